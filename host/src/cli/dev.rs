@@ -1,0 +1,55 @@
+//! `sdhost dev …`: tools for developers and tests.
+
+use crate::device::parse_dtype;
+use crate::tiny_model::{write_tiny_model, Preset, TinyModelSpec};
+use std::path::PathBuf;
+
+/// Developer subcommands.
+#[derive(clap::Subcommand)]
+pub enum DevCommand {
+    /// Write a random-weight checkpoint with real SD 1.x key names (deterministic per seed).
+    MakeTinyModel {
+        /// Output `.safetensors` path.
+        out: PathBuf,
+        /// Seed of the random weights.
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+        /// Make a 9-channel inpainting UNet.
+        #[arg(long)]
+        inpainting: bool,
+        /// Architecture: tiny widths, or the full SD 1.5 shapes.
+        #[arg(long, value_enum, default_value = "tiny")]
+        preset: Preset,
+        /// Dtype on disk: fp32, fp16 or bf16.
+        #[arg(long, default_value = "fp32")]
+        dtype: String,
+    },
+}
+
+/// Runs a developer subcommand.
+pub fn run(cmd: DevCommand) -> anyhow::Result<()> {
+    match cmd {
+        DevCommand::MakeTinyModel {
+            out,
+            seed,
+            inpainting,
+            preset,
+            dtype,
+        } => {
+            let spec = TinyModelSpec {
+                preset,
+                inpainting,
+                seed,
+                storage: parse_dtype(&dtype)?,
+            };
+            let arch = write_tiny_model(&spec, &out)?;
+            println!(
+                "wrote {} ({}, {:?}, seed {seed}, {dtype})",
+                out.display(),
+                arch.family(),
+                preset
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! The `sdhost` command line.
+
+mod check;
+mod dev;
+mod info;
+
+use clap::{Parser, Subcommand};
+
+/// Stable Diffusion for image editors: img2img and inpainting on libtorch.
+#[derive(Parser)]
+#[command(name = "sdhost", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a checkpoint's architecture, dtype, parameter count and A1111 hashes.
+    Info(info::InfoArgs),
+    /// Load a checkpoint on a device and run each network once, with timings.
+    Check(check::CheckArgs),
+    /// Developer tools: tiny models and network checks.
+    #[command(subcommand)]
+    Dev(dev::DevCommand),
+}
+
+impl Cli {
+    /// Runs the chosen command.
+    pub fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Info(args) => info::run(&args),
+            Command::Check(args) => check::run(&args),
+            Command::Dev(cmd) => dev::run(cmd),
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Device and dtype selection from user-facing names (`cpu`, `cuda`, `cuda:1`; `fp32`, `fp16`, `bf16`).
+
+use tch::{Device, Kind};
+
+/// A device or dtype name that was not understood, or a device that is not available.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The name is not a device.
+    #[error("unknown device `{0}` (expected cpu, cuda or cuda:N)")]
+    UnknownDevice(String),
+    /// CUDA was asked for but libtorch sees no CUDA device.
+    #[error("device `{0}` is not available: libtorch sees {1} CUDA device(s)")]
+    Unavailable(String, i64),
+    /// The name is not a dtype.
+    #[error("unknown dtype `{0}` (expected fp32, fp16 or bf16)")]
+    UnknownDtype(String),
+}
+
+/// Parses a device name and checks that the device exists.
+pub fn parse_device(name: &str) -> Result<Device, DeviceError> {
+    let lower = name.trim().to_ascii_lowercase();
+    let index = match lower.as_str() {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" | "gpu" => 0,
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|i| i.parse::<usize>().ok())
+            .ok_or_else(|| DeviceError::UnknownDevice(name.to_string()))?,
+    };
+    let count = tch::Cuda::device_count();
+    if (index as i64) < count {
+        Ok(Device::Cuda(index))
+    } else {
+        Err(DeviceError::Unavailable(name.to_string(), count))
+    }
+}
+
+/// Parses a dtype name.
+pub fn parse_dtype(name: &str) -> Result<Kind, DeviceError> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "fp32" | "f32" | "float32" | "float" => Ok(Kind::Float),
+        "fp16" | "f16" | "float16" | "half" => Ok(Kind::Half),
+        "bf16" | "bfloat16" => Ok(Kind::BFloat16),
+        _ => Err(DeviceError::UnknownDtype(name.to_string())),
+    }
+}
+
+/// The user-facing name of a dtype.
+pub fn dtype_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Float => "fp32",
+        Kind::Half => "fp16",
+        Kind::BFloat16 => "bf16",
+        Kind::Double => "fp64",
+        _ => "other",
+    }
+}

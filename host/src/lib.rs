@@ -1,0 +1,13 @@
+//! sdhost: Stable Diffusion img2img and inpainting for image editors, on libtorch.
+//!
+//! The modules follow the data path: [`checkpoint`] reads model files, [`models`] holds the
+//! networks, [`weights`] connects the two.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod device;
+pub mod error;
+pub mod models;
+pub mod rng;
+pub mod tiny_model;
+pub mod weights;

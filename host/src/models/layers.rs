@@ -1,0 +1,194 @@
+//! The small layers every network here is made of, loaded under their checkpoint names.
+
+use crate::error::Result;
+use crate::weights::VarBuilder;
+use tch::{Kind, Tensor};
+
+/// A fully connected layer (`weight` [out, in], optional `bias`).
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `weight` and, if `bias`, `bias` under `vb`.
+    pub fn new(vb: &VarBuilder, in_dim: i64, out_dim: i64, bias: bool) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get("weight", &[out_dim, in_dim])?,
+            bias: if bias {
+                Some(vb.get("bias", &[out_dim])?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// `x · Wᵀ + b` over the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+/// A 2-D convolution with square kernel, stride and padding.
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Tensor,
+    stride: i64,
+    padding: i64,
+}
+
+/// Kernel, stride and padding of a [`Conv2d`].
+#[derive(Clone, Copy, Debug)]
+pub struct ConvSpec {
+    /// Kernel size.
+    pub kernel: i64,
+    /// Stride.
+    pub stride: i64,
+    /// Zero padding on every side.
+    pub padding: i64,
+}
+
+impl ConvSpec {
+    /// 3×3, stride 1, padding 1: the shape-preserving convolution.
+    pub const SAME3: Self = Self {
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+    };
+    /// 1×1 projection.
+    pub const POINTWISE: Self = Self {
+        kernel: 1,
+        stride: 1,
+        padding: 0,
+    };
+}
+
+impl Conv2d {
+    /// Loads `weight` [out, in, k, k] and `bias` [out] under `vb`.
+    pub fn new(vb: &VarBuilder, in_ch: i64, out_ch: i64, spec: ConvSpec) -> Result<Self> {
+        let k = spec.kernel;
+        let weight = if k == 1 {
+            // Some converters store 1×1 convolutions as linear weights.
+            vb.get_reshaped("weight", &[out_ch, in_ch, 1, 1], &[out_ch, in_ch])?
+        } else {
+            vb.get("weight", &[out_ch, in_ch, k, k])?
+        };
+        Ok(Self {
+            weight,
+            bias: vb.get("bias", &[out_ch])?,
+            stride: spec.stride,
+            padding: spec.padding,
+        })
+    }
+
+    /// Applies the convolution to an NCHW tensor.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.conv2d(
+            &self.weight,
+            Some(&self.bias),
+            [self.stride, self.stride],
+            [self.padding, self.padding],
+            [1, 1],
+            1,
+        )
+    }
+}
+
+/// Group normalisation with affine parameters.
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: i64,
+    eps: f64,
+    upcast: bool,
+}
+
+impl GroupNorm {
+    /// Loads `weight` and `bias` [channels]; `upcast` computes in fp32 like LDM's `GroupNorm32`.
+    pub fn new(
+        vb: &VarBuilder,
+        groups: i64,
+        channels: i64,
+        eps: f64,
+        upcast: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get("weight", &[channels])?,
+            bias: vb.get("bias", &[channels])?,
+            groups,
+            eps,
+            upcast,
+        })
+    }
+
+    /// Normalises an NC… tensor over channel groups.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        if self.upcast && x.kind() != Kind::Float {
+            let (w, b) = (
+                self.weight.to_kind(Kind::Float),
+                self.bias.to_kind(Kind::Float),
+            );
+            x.to_kind(Kind::Float)
+                .group_norm(self.groups, Some(&w), Some(&b), self.eps, true)
+                .to_kind(x.kind())
+        } else {
+            x.group_norm(
+                self.groups,
+                Some(&self.weight),
+                Some(&self.bias),
+                self.eps,
+                true,
+            )
+        }
+    }
+}
+
+/// Layer normalisation over the last dimension.
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    dim: i64,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// Loads `weight` and `bias` [dim].
+    pub fn new(vb: &VarBuilder, dim: i64, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get("weight", &[dim])?,
+            bias: vb.get("bias", &[dim])?,
+            dim,
+            eps,
+        })
+    }
+
+    /// Normalises over the last dimension.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm(
+            [self.dim],
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )
+    }
+}
+
+/// Multi-head attention of `q` [B, Lq, H·D] over `k`, `v` [B, Lk, H·D] with `heads` heads.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: i64, causal: bool) -> Tensor {
+    let (b, lq, width) = q.size3().expect("attention query is [B, L, C]");
+    let lk = k.size()[1];
+    let d = width / heads;
+    let split = |t: &Tensor, l: i64| t.reshape([b, l, heads, d]).transpose(1, 2);
+    let out = Tensor::scaled_dot_product_attention(
+        &split(q, lq),
+        &split(k, lk),
+        &split(v, lk),
+        None::<Tensor>,
+        0.0,
+        causal,
+        None,
+        false,
+    );
+    out.transpose(1, 2).reshape([b, lq, width])
+}

@@ -1,0 +1,9 @@
+//! The Stable Diffusion networks: CLIP text encoder, UNet, autoencoder.
+
+pub mod clip;
+pub mod layers;
+pub mod stable_diffusion;
+pub mod unet;
+pub mod vae;
+
+pub use stable_diffusion::StableDiffusion;

@@ -1,0 +1,265 @@
+//! The CompVis/LDM `UNetModel` of Stable Diffusion 1.x (and the SD2 variants of its blocks).
+//!
+//! Keys mirror the checkpoint under `model.diffusion_model`: `time_embed`, `input_blocks.N.M`,
+//! `middle_block.M`, `output_blocks.N.M`, `out`.
+
+mod resblock;
+mod sampling;
+mod timestep;
+mod transformer;
+
+pub use timestep::timestep_embedding;
+
+use crate::error::Result;
+use crate::models::layers::{Conv2d, ConvSpec, GroupNorm, Linear};
+use crate::weights::VarBuilder;
+use resblock::ResBlock;
+use sampling::{Downsample, Upsample};
+use tch::Tensor;
+use transformer::{SpatialTransformer, TransformerSpec};
+
+/// Group count of every group norm in the UNet.
+const GROUPS: i64 = 32;
+/// Epsilon of the UNet's `GroupNorm32` layers.
+const NORM_EPS: f64 = 1e-5;
+
+/// How attention heads are counted: SD1 fixes the count, SD2 fixes the width of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum AttentionHeads {
+    /// A fixed number of heads at every level (`num_heads`, SD1: 8).
+    Count(i64),
+    /// Heads of a fixed width (`num_head_channels`, SD2: 64).
+    Width(i64),
+}
+
+impl AttentionHeads {
+    /// Heads for a transformer over `channels` channels.
+    pub fn heads_for(self, channels: i64) -> i64 {
+        match self {
+            Self::Count(n) => n,
+            Self::Width(w) => channels / w,
+        }
+    }
+}
+
+/// Shape of an LDM UNet, as inferred from a checkpoint or written by hand.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct UNetConfig {
+    /// Latent channels in (4, or 9 for inpainting models).
+    pub in_channels: i64,
+    /// Channels out (4).
+    pub out_channels: i64,
+    /// Base width (`model_channels`, 320 for SD1).
+    pub model_channels: i64,
+    /// Width multiplier per level (`channel_mult`, [1, 2, 4, 4] for SD1).
+    pub channel_mult: Vec<i64>,
+    /// ResBlocks per level on the way down (`num_res_blocks`, 2).
+    pub num_res_blocks: i64,
+    /// Whether each level has attention (SD1: all but the last).
+    pub attention_levels: Vec<bool>,
+    /// Transformer blocks per attention layer (`transformer_depth`, 1).
+    pub transformer_depth: i64,
+    /// Width of the text conditioning (`context_dim`, 768 for SD1).
+    pub context_dim: i64,
+    /// Head rule.
+    pub heads: AttentionHeads,
+    /// Linear projections in transformers (SD2) instead of 1×1 convolutions (SD1).
+    pub use_linear_in_transformer: bool,
+}
+
+impl UNetConfig {
+    /// The exact SD 1.5 UNet (`v1-inference.yaml`), with `in_channels` 4 or 9.
+    pub fn sd15(in_channels: i64) -> Self {
+        Self {
+            in_channels,
+            out_channels: 4,
+            model_channels: 320,
+            channel_mult: vec![1, 2, 4, 4],
+            num_res_blocks: 2,
+            attention_levels: vec![true, true, true, false],
+            transformer_depth: 1,
+            context_dim: 768,
+            heads: AttentionHeads::Count(8),
+            use_linear_in_transformer: false,
+        }
+    }
+
+    /// Width of the timestep embedding (`time_embed_dim`).
+    pub fn time_embed_dim(&self) -> i64 {
+        4 * self.model_channels
+    }
+
+    fn transformer(&self, channels: i64) -> TransformerSpec {
+        TransformerSpec {
+            channels,
+            context_dim: self.context_dim,
+            heads: self.heads.heads_for(channels),
+            depth: self.transformer_depth,
+            linear_projection: self.use_linear_in_transformer,
+        }
+    }
+}
+
+/// One layer of a `TimestepEmbedSequential`.
+enum Layer {
+    Res(ResBlock),
+    Attention(SpatialTransformer),
+    Down(Downsample),
+    Up(Upsample),
+}
+
+/// A `TimestepEmbedSequential`: layers applied in order, each given what it needs.
+struct Block(Vec<Layer>);
+
+impl Block {
+    fn forward(
+        &self,
+        x: &Tensor,
+        emb: &Tensor,
+        context: &Tensor,
+        up_size: Option<(i64, i64)>,
+    ) -> Tensor {
+        let mut h = x.shallow_clone();
+        for layer in &self.0 {
+            h = match layer {
+                Layer::Res(r) => r.forward(&h, emb),
+                Layer::Attention(t) => t.forward(&h, context),
+                Layer::Down(d) => d.forward(&h),
+                Layer::Up(u) => u.forward(&h, up_size),
+            };
+        }
+        h
+    }
+}
+
+/// The denoising UNet: predicts noise (or v) for latents at a timestep under a text context.
+pub struct UNetModel {
+    time_embed_1: Linear,
+    time_embed_2: Linear,
+    conv_in: Conv2d,
+    input_blocks: Vec<Block>,
+    middle_block: Block,
+    output_blocks: Vec<Block>,
+    out_norm: GroupNorm,
+    out_conv: Conv2d,
+    config: UNetConfig,
+}
+
+impl UNetModel {
+    /// Loads the UNet under `vb` (the `model.diffusion_model` level of the checkpoint).
+    pub fn new(vb: &VarBuilder, config: &UNetConfig) -> Result<Self> {
+        let mc = config.model_channels;
+        let temb = config.time_embed_dim();
+        let levels = config.channel_mult.len();
+        let attention = |b: &VarBuilder, ch: i64| -> Result<Layer> {
+            Ok(Layer::Attention(SpatialTransformer::new(
+                b,
+                config.transformer(ch),
+            )?))
+        };
+
+        // Down path: `input_blocks.0` is the stem convolution, then per level
+        // `num_res_blocks` × (ResBlock [+ transformer]) and a Downsample except at the bottom.
+        let conv_in = Conv2d::new(
+            &vb.pp("input_blocks.0.0"),
+            config.in_channels,
+            mc,
+            ConvSpec::SAME3,
+        )?;
+        let mut input_blocks = Vec::new();
+        let mut skip_channels = vec![mc];
+        let mut ch = mc;
+        for (level, &mult) in config.channel_mult.iter().enumerate() {
+            for _ in 0..config.num_res_blocks {
+                let b = vb.pp(format!("input_blocks.{}", input_blocks.len() + 1));
+                let out = mult * mc;
+                let mut layers = vec![Layer::Res(ResBlock::new(&b.pp(0), ch, out, temb)?)];
+                ch = out;
+                if config.attention_levels[level] {
+                    layers.push(attention(&b.pp(1), ch)?);
+                }
+                input_blocks.push(Block(layers));
+                skip_channels.push(ch);
+            }
+            if level + 1 != levels {
+                let b = vb.pp(format!("input_blocks.{}", input_blocks.len() + 1));
+                input_blocks.push(Block(vec![Layer::Down(Downsample::new(&b.pp(0), ch)?)]));
+                skip_channels.push(ch);
+            }
+        }
+
+        let mid = vb.pp("middle_block");
+        let middle_block = Block(vec![
+            Layer::Res(ResBlock::new(&mid.pp(0), ch, ch, temb)?),
+            attention(&mid.pp(1), ch)?,
+            Layer::Res(ResBlock::new(&mid.pp(2), ch, ch, temb)?),
+        ]);
+
+        // Up path: per level from the bottom, `num_res_blocks + 1` ResBlocks each taking one
+        // skip connection, the last of a level followed by an Upsample except at the top.
+        let mut output_blocks = Vec::new();
+        for (level, &mult) in config.channel_mult.iter().enumerate().rev() {
+            for i in 0..=config.num_res_blocks {
+                let b = vb.pp(format!("output_blocks.{}", output_blocks.len()));
+                let skip = skip_channels
+                    .pop()
+                    .expect("one skip connection per input block");
+                let out = mult * mc;
+                let mut layers = vec![Layer::Res(ResBlock::new(&b.pp(0), ch + skip, out, temb)?)];
+                ch = out;
+                if config.attention_levels[level] {
+                    layers.push(attention(&b.pp(1), ch)?);
+                }
+                if level > 0 && i == config.num_res_blocks {
+                    layers.push(Layer::Up(Upsample::new(&b.pp(layers.len()), ch)?));
+                }
+                output_blocks.push(Block(layers));
+            }
+        }
+
+        Ok(Self {
+            time_embed_1: Linear::new(&vb.pp("time_embed.0"), mc, temb, true)?,
+            time_embed_2: Linear::new(&vb.pp("time_embed.2"), temb, temb, true)?,
+            conv_in,
+            input_blocks,
+            middle_block,
+            output_blocks,
+            out_norm: GroupNorm::new(&vb.pp("out.0"), GROUPS, ch, NORM_EPS, true)?,
+            out_conv: Conv2d::new(&vb.pp("out.2"), mc, config.out_channels, ConvSpec::SAME3)?,
+            config: config.clone(),
+        })
+    }
+
+    /// The configuration this model was built with.
+    pub fn config(&self) -> &UNetConfig {
+        &self.config
+    }
+
+    /// Model output for latents `x` [B, C, H, W] at `timesteps` [B] (float, may be fractional)
+    /// under `context` [B, L, context_dim].
+    pub fn forward(&self, x: &Tensor, timesteps: &Tensor, context: &Tensor) -> Tensor {
+        let t_emb = timestep_embedding(timesteps, self.config.model_channels).to_kind(x.kind());
+        let emb = self
+            .time_embed_2
+            .forward(&self.time_embed_1.forward(&t_emb).silu());
+
+        let mut h = self.conv_in.forward(x);
+        let mut skips = vec![h.shallow_clone()];
+        for block in &self.input_blocks {
+            h = block.forward(&h, &emb, context, None);
+            skips.push(h.shallow_clone());
+        }
+        h = self.middle_block.forward(&h, &emb, context, None);
+        for block in &self.output_blocks {
+            let skip = skips.pop().expect("one skip connection per output block");
+            h = Tensor::cat(&[&h, &skip], 1);
+            // An Upsample must land on the size of the next skip connection (odd sizes).
+            let up_size = skips.last().map(|s| {
+                let size = s.size();
+                (size[2], size[3])
+            });
+            h = block.forward(&h, &emb, context, up_size);
+        }
+        self.out_conv.forward(&self.out_norm.forward(&h).silu())
+    }
+}

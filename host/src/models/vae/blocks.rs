@@ -1,0 +1,166 @@
+//! Building blocks shared by the autoencoder's encoder and decoder.
+
+use crate::error::Result;
+use crate::models::layers::{attention, Conv2d, ConvSpec, GroupNorm};
+use crate::weights::VarBuilder;
+use tch::Tensor;
+
+/// Group count of the autoencoder's norms.
+const GROUPS: i64 = 32;
+/// Epsilon of the autoencoder's norms (LDM `Normalize`).
+const NORM_EPS: f64 = 1e-6;
+
+/// The autoencoder's group norm (computed in the model dtype, unlike the UNet's).
+pub fn normalize(vb: &VarBuilder, channels: i64) -> Result<GroupNorm> {
+    GroupNorm::new(vb, GROUPS, channels, NORM_EPS, false)
+}
+
+/// `ResnetBlock` without timestep: norm1, conv1, norm2, conv2, optional `nin_shortcut`.
+pub struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    nin_shortcut: Option<Conv2d>,
+}
+
+impl ResnetBlock {
+    /// Loads a block mapping `in_ch` to `out_ch` channels.
+    pub fn new(vb: &VarBuilder, in_ch: i64, out_ch: i64) -> Result<Self> {
+        Ok(Self {
+            norm1: normalize(&vb.pp("norm1"), in_ch)?,
+            conv1: Conv2d::new(&vb.pp("conv1"), in_ch, out_ch, ConvSpec::SAME3)?,
+            norm2: normalize(&vb.pp("norm2"), out_ch)?,
+            conv2: Conv2d::new(&vb.pp("conv2"), out_ch, out_ch, ConvSpec::SAME3)?,
+            nin_shortcut: if in_ch == out_ch {
+                None
+            } else {
+                Some(Conv2d::new(
+                    &vb.pp("nin_shortcut"),
+                    in_ch,
+                    out_ch,
+                    ConvSpec::POINTWISE,
+                )?)
+            },
+        })
+    }
+
+    /// `shortcut(x) + conv2(swish(norm2(conv1(swish(norm1(x))))))`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let h = self.conv1.forward(&self.norm1.forward(x).silu());
+        let h = self.conv2.forward(&self.norm2.forward(&h).silu());
+        match &self.nin_shortcut {
+            Some(shortcut) => shortcut.forward(x) + h,
+            None => x + h,
+        }
+    }
+}
+
+/// `AttnBlock`: single-head self-attention over all pixels with 1×1 projections.
+pub struct AttnBlock {
+    norm: GroupNorm,
+    q: Conv2d,
+    k: Conv2d,
+    v: Conv2d,
+    proj_out: Conv2d,
+}
+
+impl AttnBlock {
+    /// Loads the block for `channels` channels.
+    pub fn new(vb: &VarBuilder, channels: i64) -> Result<Self> {
+        let c = channels;
+        let p = ConvSpec::POINTWISE;
+        Ok(Self {
+            norm: normalize(&vb.pp("norm"), c)?,
+            q: Conv2d::new(&vb.pp("q"), c, c, p)?,
+            k: Conv2d::new(&vb.pp("k"), c, c, p)?,
+            v: Conv2d::new(&vb.pp("v"), c, c, p)?,
+            proj_out: Conv2d::new(&vb.pp("proj_out"), c, c, p)?,
+        })
+    }
+
+    /// `x + proj_out(attention(norm(x)))`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let (b, c, h, w) = x.size4().expect("VAE features are NCHW");
+        let n = self.norm.forward(x);
+        let tokens = |t: Tensor| t.reshape([b, c, h * w]).transpose(1, 2);
+        let out = attention(
+            &tokens(self.q.forward(&n)),
+            &tokens(self.k.forward(&n)),
+            &tokens(self.v.forward(&n)),
+            1,
+            false,
+        );
+        let out = out.transpose(1, 2).reshape([b, c, h, w]);
+        x + self.proj_out.forward(&out)
+    }
+}
+
+/// `Downsample` of the encoder: pad right and bottom by one, then a strided 3×3 convolution.
+pub struct Downsample {
+    conv: Conv2d,
+}
+
+impl Downsample {
+    /// Loads `conv` for `channels` channels.
+    pub fn new(vb: &VarBuilder, channels: i64) -> Result<Self> {
+        let spec = ConvSpec {
+            kernel: 3,
+            stride: 2,
+            padding: 0,
+        };
+        Ok(Self {
+            conv: Conv2d::new(&vb.pp("conv"), channels, channels, spec)?,
+        })
+    }
+
+    /// Halves height and width.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.conv.forward(&x.constant_pad_nd([0, 1, 0, 1]))
+    }
+}
+
+/// `Upsample` of the decoder: nearest-neighbour ×2 then a 3×3 convolution.
+pub struct Upsample {
+    conv: Conv2d,
+}
+
+impl Upsample {
+    /// Loads `conv` for `channels` channels.
+    pub fn new(vb: &VarBuilder, channels: i64) -> Result<Self> {
+        Ok(Self {
+            conv: Conv2d::new(&vb.pp("conv"), channels, channels, ConvSpec::SAME3)?,
+        })
+    }
+
+    /// Doubles height and width.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let (_, _, h, w) = x.size4().expect("VAE features are NCHW");
+        self.conv
+            .forward(&x.upsample_nearest2d([2 * h, 2 * w], None, None))
+    }
+}
+
+/// The `mid` section shared by encoder and decoder: ResNet, attention, ResNet.
+pub struct MidBlock {
+    block_1: ResnetBlock,
+    attn_1: AttnBlock,
+    block_2: ResnetBlock,
+}
+
+impl MidBlock {
+    /// Loads `block_1`, `attn_1`, `block_2` for `channels` channels.
+    pub fn new(vb: &VarBuilder, channels: i64) -> Result<Self> {
+        Ok(Self {
+            block_1: ResnetBlock::new(&vb.pp("block_1"), channels, channels)?,
+            attn_1: AttnBlock::new(&vb.pp("attn_1"), channels)?,
+            block_2: ResnetBlock::new(&vb.pp("block_2"), channels, channels)?,
+        })
+    }
+
+    /// Applies the three layers.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.block_2
+            .forward(&self.attn_1.forward(&self.block_1.forward(x)))
+    }
+}

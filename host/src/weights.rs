@@ -1,0 +1,101 @@
+//! Named-tensor access while building networks: a path-scoped builder over a tensor source.
+//!
+//! Network constructors ask for tensors by the checkpoint's own key names
+//! (`model.diffusion_model.input_blocks.1.0.in_layers.0.weight`), so a model file and the code
+//! that reads it stay in one-to-one correspondence.
+
+use crate::error::{LoadError, Result};
+use tch::{Device, Kind, Tensor};
+
+/// Where named tensors come from when a network is built.
+pub trait TensorSource {
+    /// The stored shape of `key`, if the source has stored shapes.
+    fn stored_shape(&self, key: &str) -> Option<Vec<i64>>;
+    /// The tensor under `key`, which must have `shape`, converted to `kind` on `device`.
+    fn tensor(&self, key: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor>;
+}
+
+/// A view of a tensor source under a key prefix, with the dtype and device to build in.
+#[derive(Clone)]
+pub struct VarBuilder<'a> {
+    source: &'a dyn TensorSource,
+    prefix: String,
+    kind: Kind,
+    device: Device,
+}
+
+impl<'a> VarBuilder<'a> {
+    /// A builder at the root of `source`.
+    pub fn new(source: &'a dyn TensorSource, kind: Kind, device: Device) -> Self {
+        Self {
+            source,
+            prefix: String::new(),
+            kind,
+            device,
+        }
+    }
+
+    /// The builder for the sub-path `name` (joined with a dot).
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        Self {
+            prefix,
+            ..self.clone()
+        }
+    }
+
+    /// The full key of `name` under this builder.
+    pub fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// The dtype networks are built in.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The device networks are built on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The tensor `name`, which must have exactly `shape`.
+    pub fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        self.source
+            .tensor(&self.key(name), shape, self.kind, self.device)
+    }
+
+    /// Whether the source stores `name` (random sources store everything they are asked for).
+    pub fn contains(&self, name: &str) -> bool {
+        self.source.stored_shape(&self.key(name)).is_some()
+    }
+
+    /// The tensor `name` in `shape`, also accepting it stored in the `alternative` layout
+    /// with the same number of elements (1×1 convolutions saved as linear weights).
+    pub fn get_reshaped(&self, name: &str, shape: &[i64], alternative: &[i64]) -> Result<Tensor> {
+        let key = self.key(name);
+        match self.source.stored_shape(&key) {
+            Some(stored) if stored == alternative => Ok(self
+                .source
+                .tensor(&key, alternative, self.kind, self.device)?
+                .reshape(shape)),
+            _ => self.get(name, shape),
+        }
+    }
+}
+
+/// A missing-key error for a source at `path`.
+pub fn missing(path: &std::path::Path, key: &str) -> LoadError {
+    LoadError::MissingTensor {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+    }
+}

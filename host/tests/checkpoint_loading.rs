@@ -1,0 +1,243 @@
+//! Loading checkpoints as they exist in the wild: key variants, dtypes, broken files, hashes.
+
+mod common;
+
+use sdhost::checkpoint::{infer_architecture, verify_structure, Checkpoint, ModelHashes};
+use sdhost::error::LoadError;
+use sdhost::models::StableDiffusion;
+use sdhost::tiny_model::{save_safetensors, write_tiny_model, Preset, TinyModelSpec};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+fn tiny(dir: &Path, seed: i64) -> PathBuf {
+    let path = dir.join(format!("tiny-{seed}.safetensors"));
+    let spec = TinyModelSpec {
+        preset: Preset::Tiny,
+        inpainting: false,
+        seed,
+        storage: Kind::Float,
+    };
+    write_tiny_model(&spec, &path).expect("write tiny model");
+    path
+}
+
+/// Rewrites `src` into `dst` after `edit` changes its tensor list.
+fn rewrite(src: &Path, dst: &Path, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) {
+    let mut tensors = Tensor::read_safetensors(src).expect("read");
+    edit(&mut tensors);
+    save_safetensors(&tensors, dst).expect("write");
+}
+
+fn load(path: &Path) -> Result<StableDiffusion, LoadError> {
+    let ckpt = Checkpoint::open(path)?;
+    let arch = infer_architecture(&ckpt)?;
+    verify_structure(&ckpt, &arch)?;
+    StableDiffusion::load(&ckpt, &arch, Kind::Float, Device::Cpu)
+}
+
+fn unet_output(sd: &StableDiffusion) -> Tensor {
+    let _guard = tch::no_grad_guard();
+    let (x, ctx) = sdhost::rng::with_global_seed(5, || {
+        let opts = (Kind::Float, Device::Cpu);
+        (
+            Tensor::randn([1, 4, 8, 8], opts),
+            Tensor::randn([1, 77, 32], opts),
+        )
+    });
+    sd.unet.forward(&x, &Tensor::from_slice(&[10.0f32]), &ctx)
+}
+
+#[test]
+fn same_seed_gives_same_bytes_and_other_seeds_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = std::fs::read(tiny(dir.path(), 1)).unwrap();
+    let again = dir.path().join("again.safetensors");
+    let spec = TinyModelSpec {
+        preset: Preset::Tiny,
+        inpainting: false,
+        seed: 1,
+        storage: Kind::Float,
+    };
+    write_tiny_model(&spec, &again).unwrap();
+    assert_eq!(a, std::fs::read(&again).unwrap());
+    assert_ne!(a, std::fs::read(tiny(dir.path(), 2)).unwrap());
+}
+
+#[test]
+fn variants_written_by_other_tools_load_to_the_same_network() {
+    tch::set_num_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny(dir.path(), 3);
+    let reference = unet_output(&load(&base).unwrap());
+    let clip_ref = load(&base).unwrap();
+
+    // Old transformers: CLIP keys without `text_model.`; no position_ids; EMA copies present;
+    // VAE attention projections stored as linear weights (diffusers' conversion script).
+    let variant = dir.path().join("variant.safetensors");
+    rewrite(&base, &variant, |tensors| {
+        tensors.retain(|(k, _)| !k.ends_with("position_ids"));
+        for (k, t) in tensors.iter_mut() {
+            if let Some(rest) = k.strip_prefix("cond_stage_model.transformer.text_model.") {
+                *k = format!("cond_stage_model.transformer.{rest}");
+            }
+            if k.contains("mid.attn_1.") && t.dim() == 4 {
+                *t = t.squeeze_dim(-1).squeeze_dim(-1);
+            }
+        }
+        tensors.push(("model_ema.decay".into(), Tensor::from_slice(&[0.9999f32])));
+        tensors.push(("model_ema.num_updates".into(), Tensor::from_slice(&[7i32])));
+    });
+    let sd = load(&variant).unwrap();
+    assert_eq!(sd.architecture.clip_prefix, "cond_stage_model.transformer");
+    assert!(unet_output(&sd).equal(&reference));
+    let ids = Tensor::from_slice(&[49406i64, 320, 49407]).unsqueeze(0);
+    assert!(sd
+        .clip
+        .encode(&ids, 1)
+        .equal(&clip_ref.clip.encode(&ids, 1)));
+}
+
+#[test]
+fn fp16_and_bf16_checkpoints_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, name) in [(Kind::Half, "fp16"), (Kind::BFloat16, "bf16")] {
+        let path = dir.path().join(format!("{name}.safetensors"));
+        let spec = TinyModelSpec {
+            preset: Preset::Tiny,
+            inpainting: false,
+            seed: 4,
+            storage: kind,
+        };
+        write_tiny_model(&spec, &path).unwrap();
+        let ckpt = Checkpoint::open(&path).unwrap();
+        let key = "model.diffusion_model.input_blocks.0.0.weight";
+        assert_eq!(
+            sdhost::checkpoint::kind_of(ckpt.dtype(key).unwrap()),
+            Some(kind)
+        );
+        let sd = load(&path).unwrap();
+        assert!(unet_output(&sd).isfinite().all().int64_value(&[]) != 0);
+    }
+}
+
+#[test]
+fn missing_and_misshapen_tensors_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny(dir.path(), 5);
+    let missing_key = "model.diffusion_model.output_blocks.2.0.emb_layers.1.bias";
+    let missing = dir.path().join("missing.safetensors");
+    rewrite(&base, &missing, |t| t.retain(|(k, _)| k != missing_key));
+    let err = load(&missing)
+        .err()
+        .expect("a missing tensor is an error")
+        .to_string();
+    assert!(
+        err.contains(missing_key) && err.contains("missing.safetensors"),
+        "{err}"
+    );
+
+    let bad_key = "first_stage_model.decoder.conv_out.bias";
+    let misshapen = dir.path().join("misshapen.safetensors");
+    rewrite(&base, &misshapen, |t| {
+        for (k, v) in t.iter_mut() {
+            if k == bad_key {
+                *v = Tensor::zeros([7], (Kind::Float, Device::Cpu));
+            }
+        }
+    });
+    let err = load(&misshapen)
+        .err()
+        .expect("a misshapen tensor is an error");
+    assert!(
+        matches!(err, LoadError::ShapeMismatch { ref key, .. } if key == bad_key),
+        "{err}"
+    );
+}
+
+#[test]
+fn broken_files_give_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny(dir.path(), 6);
+    let bytes = std::fs::read(&base).unwrap();
+    let write = |name: &str, data: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, data).unwrap();
+        p
+    };
+
+    let empty = write("empty.safetensors", b"");
+    assert!(matches!(
+        Checkpoint::open(&empty),
+        Err(LoadError::Empty { .. })
+    ));
+
+    let truncated = write("truncated.safetensors", &bytes[..bytes.len() / 2]);
+    assert!(matches!(
+        Checkpoint::open(&truncated),
+        Err(LoadError::InvalidSafetensors { .. })
+    ));
+
+    let mut corrupt = bytes.clone();
+    corrupt[8..40].copy_from_slice(&[b'#'; 32]);
+    let corrupt = write("corrupt.safetensors", &corrupt);
+    assert!(matches!(
+        Checkpoint::open(&corrupt),
+        Err(LoadError::InvalidSafetensors { .. })
+    ));
+
+    let pickle = write(
+        "model.ckpt",
+        b"PK\x03\x04 a zip archive with a pickle inside",
+    );
+    let err = Checkpoint::open(&pickle).err().unwrap();
+    assert!(matches!(err, LoadError::PickleCheckpoint { .. }));
+    assert!(err.to_string().contains("convert it to .safetensors"));
+
+    let lora = dir.path().join("lora.safetensors");
+    rewrite(&base, &lora, |t| {
+        t.retain(|(k, _)| k.starts_with("first_stage_model."))
+    });
+    let err = infer_architecture(&Checkpoint::open(&lora).unwrap())
+        .err()
+        .unwrap();
+    assert!(matches!(err, LoadError::NotStableDiffusion { .. }), "{err}");
+}
+
+#[test]
+fn hashes_match_a1111_definitions_and_are_cached() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny(dir.path(), 8);
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(
+        bytes.len() > 0x110000,
+        "the tiny model covers the legacy hash window"
+    );
+    let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let full = hex(&Sha256::digest(&bytes));
+    let legacy = hex(&Sha256::digest(&bytes[0x100000..0x110000]));
+
+    let hashes = ModelHashes::compute(&path).unwrap();
+    assert_eq!(hashes.sha256, full);
+    assert_eq!(hashes.short(), &full[..10]);
+    assert_eq!(hashes.legacy, &legacy[..8]);
+
+    // The cache answers for an unchanged file, and is bypassed once the file changes.
+    let cache = dir.path().join("cache");
+    assert_eq!(ModelHashes::cached(&path, Some(&cache)).unwrap(), hashes);
+    let file = cache.join(sdhost::checkpoint::HASH_CACHE_FILE);
+    let planted = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(&full, &"0".repeat(64));
+    std::fs::write(&file, planted).unwrap();
+    assert_eq!(
+        ModelHashes::cached(&path, Some(&cache)).unwrap().sha256,
+        "0".repeat(64)
+    );
+    std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+    let changed = ModelHashes::cached(&path, Some(&cache)).unwrap();
+    assert_eq!(
+        changed.sha256,
+        hex(&Sha256::digest(&bytes[..bytes.len() - 1]))
+    );
+}

@@ -1,0 +1,173 @@
+//! The `sdhost` binary on good and bad input: one-line errors, non-zero exit, never a panic.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn sdhost(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sdhost"))
+        .args(args)
+        .env(
+            "SDHOST_CACHE_DIR",
+            std::env::temp_dir().join("sdhost-test-cache"),
+        )
+        .output()
+        .expect("run sdhost")
+}
+
+fn assert_one_line_error(out: &Output, mentions: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "not one line: {stderr}"
+    );
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains(mentions),
+        "{stderr}"
+    );
+}
+
+fn make_tiny(path: &Path, extra: &[&str]) {
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["dev".as_ref(), "make-tiny-model".as_ref(), path.as_os_str()];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    let out = sdhost(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn info_describes_a_tiny_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.safetensors");
+    make_tiny(&model, &["--inpainting", "--dtype", "fp16"]);
+    let out = sdhost(&["info".as_ref(), model.as_os_str()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "SD 1.x inpainting",
+        "in 9 out 4",
+        "F16",
+        "model hash:",
+        "legacy",
+        "vocabulary 49408",
+    ] {
+        assert!(
+            text.contains(expected),
+            "`{expected}` missing from:\n{text}"
+        );
+    }
+    let json = sdhost(&["info".as_ref(), "--json".as_ref(), model.as_os_str()]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("valid JSON");
+    assert_eq!(value["architecture"]["unet"]["in_channels"], 9);
+    assert_eq!(value["hashes"]["model_hash"].as_str().unwrap().len(), 10);
+}
+
+#[test]
+fn check_runs_every_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.safetensors");
+    make_tiny(&model, &[]);
+    let out = sdhost(&[
+        "check".as_ref(),
+        model.as_os_str(),
+        "--threads".as_ref(),
+        "1".as_ref(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok: every network ran"));
+}
+
+#[test]
+fn bad_files_fail_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.safetensors");
+    make_tiny(&model, &[]);
+    let bytes = std::fs::read(&model).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty.safetensors", vec![], "empty"),
+        (
+            "truncated.safetensors",
+            bytes[..bytes.len() - 100].to_vec(),
+            "not a valid .safetensors",
+        ),
+        (
+            "corrupt.safetensors",
+            [&[0xffu8; 8][..], &bytes[8..]].concat(),
+            "not a valid .safetensors",
+        ),
+        (
+            "text.safetensors",
+            b"hello, this is not a model".to_vec(),
+            "not a valid .safetensors",
+        ),
+        (
+            "model.ckpt",
+            b"\x80\x02}q\x00.".to_vec(),
+            "convert it to .safetensors",
+        ),
+    ];
+    for (name, data, mentions) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, data).unwrap();
+        for cmd in ["info", "check"] {
+            let out = sdhost(&[cmd.as_ref(), path.as_os_str()]);
+            assert_one_line_error(&out, mentions);
+            assert_one_line_error(&out, name);
+        }
+    }
+    let missing = dir.path().join("absent.safetensors");
+    assert_one_line_error(
+        &sdhost(&["info".as_ref(), missing.as_os_str()]),
+        "cannot read",
+    );
+}
+
+#[test]
+fn non_sd_safetensors_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("not-sd.safetensors");
+    let t = tch::Tensor::zeros([4, 4], (tch::Kind::Float, tch::Device::Cpu));
+    sdhost::tiny_model::save_safetensors(&[("lora_unet_down.weight".into(), t)], &path).unwrap();
+    assert_one_line_error(
+        &sdhost(&["info".as_ref(), path.as_os_str()]),
+        "not a Stable Diffusion checkpoint",
+    );
+}
+
+#[test]
+fn unknown_device_and_dtype_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.safetensors");
+    make_tiny(&model, &[]);
+    let out = sdhost(&[
+        "check".as_ref(),
+        model.as_os_str(),
+        "--device".as_ref(),
+        "tpu".as_ref(),
+    ]);
+    assert_one_line_error(&out, "unknown device `tpu`");
+    let out = sdhost(&[
+        "check".as_ref(),
+        model.as_os_str(),
+        "--dtype".as_ref(),
+        "int3".as_ref(),
+    ]);
+    assert_one_line_error(&out, "unknown dtype `int3`");
+}

@@ -1,0 +1,79 @@
+//! Shared helpers of the integration tests: paths, the reference Python, tolerances.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tch::Tensor;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// The Python of the project's virtual environment (override with `SDHOST_PYTHON`).
+pub fn python() -> PathBuf {
+    std::env::var_os("SDHOST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".venv/bin/python"))
+}
+
+/// Runs `tests/reference/<script>` with `args` in the project's venv and fails loudly if it fails.
+pub fn run_reference(script: &str, args: &[&std::ffi::OsStr]) {
+    let python = python();
+    assert!(
+        python.exists(),
+        "{} is missing: run `make test` (it creates the venv with the reference packages)",
+        python.display()
+    );
+    let status = Command::new(&python)
+        .arg(workspace().join("tests/reference").join(script))
+        .args(args)
+        .status()
+        .expect("start the reference Python");
+    assert!(
+        status.success(),
+        "reference script {script} failed: {status}"
+    );
+}
+
+/// Reads a `.safetensors` file written by the reference side.
+pub fn read_tensors(path: &Path) -> std::collections::HashMap<String, Tensor> {
+    Tensor::read_safetensors(path)
+        .expect("read reference tensors")
+        .into_iter()
+        .collect()
+}
+
+/// Max absolute error relative to the reference's scale (its max magnitude, at least 1).
+pub fn relative_error(actual: &Tensor, expected: &Tensor) -> f64 {
+    assert_eq!(
+        actual.size(),
+        expected.size(),
+        "shape differs from the reference"
+    );
+    let diff = (actual.to_kind(tch::Kind::Double) - expected.to_kind(tch::Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[]);
+    let scale = expected
+        .to_kind(tch::Kind::Double)
+        .abs()
+        .max()
+        .double_value(&[])
+        .max(1.0);
+    diff / scale
+}
+
+/// Asserts parity within `tolerance` (relative, see [`relative_error`]).
+pub fn assert_close(name: &str, actual: &Tensor, expected: &Tensor, tolerance: f64) {
+    let err = relative_error(actual, expected);
+    println!("{name}: relative max abs error {err:.3e}");
+    assert!(
+        err <= tolerance,
+        "{name}: relative max abs error {err:.3e} > {tolerance:.0e}"
+    );
+}
