@@ -8,6 +8,7 @@ pub mod cli;
 pub mod device;
 pub mod error;
 pub mod models;
+pub mod pickle;
 pub mod prompt;
 pub mod rng;
 pub mod tiny_model;

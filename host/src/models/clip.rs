@@ -168,4 +168,9 @@ impl ClipTextModel {
     pub fn kind(&self) -> Kind {
         self.token_embedding.kind()
     }
+
+    /// Device of the weights.
+    pub fn device(&self) -> tch::Device {
+        self.token_embedding.device()
+    }
 }

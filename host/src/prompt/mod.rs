@@ -1,6 +1,9 @@
 //! Prompt conditioning: A1111 prompt syntax, CLIP tokenisation, chunking and encoding.
 
+pub mod chunks;
 pub mod clean;
+pub mod conditioning;
+pub mod embeddings;
 pub mod emphasis;
 pub mod schedule;
 pub mod tokenizer;
