@@ -171,3 +171,43 @@ fn unknown_device_and_dtype_are_clear() {
     ]);
     assert_one_line_error(&out, "unknown dtype `int3`");
 }
+
+#[test]
+fn prompt_shows_schedule_tokens_and_embeddings() {
+    let dir = tempfile::tempdir().unwrap();
+    let emb_dir = dir.path().join("embeddings");
+    std::fs::create_dir(&emb_dir).unwrap();
+    let vectors = tch::Tensor::ones([2, 768], (tch::Kind::Float, tch::Device::Cpu));
+    sdhost::tiny_model::save_safetensors(
+        &[("emb_params".into(), vectors)],
+        &emb_dir.join("dongwm-nt.safetensors"),
+    )
+    .unwrap();
+    let out = sdhost(&[
+        "prompt".as_ref(),
+        "a (cat:1.3) [dog:bird:0.5] BREAK dongwm-nt".as_ref(),
+        "--steps".as_ref(),
+        "10".as_ref(),
+        "--embeddings-dir".as_ref(),
+        emb_dir.as_os_str(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "model calls ..=5: \"a (cat:1.3) dog BREAK dongwm-nt\"",
+        "model calls ..=10: \"a (cat:1.3) bird BREAK dongwm-nt\"",
+        "cat</w>×1.300",
+        "in 2 chunk(s)",
+        "<dongwm-nt> <dongwm-nt>",
+        "TI hashes: dongwm-nt: ",
+    ] {
+        assert!(
+            text.contains(expected),
+            "`{expected}` missing from:\n{text}"
+        );
+    }
+}

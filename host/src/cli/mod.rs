@@ -3,6 +3,7 @@
 mod check;
 mod dev;
 mod info;
+mod prompt;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Load a checkpoint on a device and run each network once, with timings.
     Check(check::CheckArgs),
+    /// Show how a prompt is understood: schedule, emphasis, tokens and chunks.
+    Prompt(prompt::PromptArgs),
     /// Developer tools: tiny models and network checks.
     #[command(subcommand)]
     Dev(dev::DevCommand),
@@ -31,6 +34,7 @@ impl Cli {
         match self.command {
             Command::Info(args) => info::run(&args),
             Command::Check(args) => check::run(&args),
+            Command::Prompt(args) => prompt::run(&args),
             Command::Dev(cmd) => dev::run(cmd),
         }
     }

@@ -216,3 +216,18 @@ fn vectors_from_safetensors(path: &Path) -> Result<Tensor, EmbeddingError> {
     };
     Ok(file.raw(key)?)
 }
+
+/// A1111's `TI hashes` infotext value for the embeddings used: `name: hash, …` in first-use
+/// order, with `:` and `,` removed from names; `None` when no embedding was used.
+pub fn ti_hashes<'a>(used: impl IntoIterator<Item = &'a Embedding>) -> Option<String> {
+    let mut seen: Vec<String> = Vec::new();
+    let mut parts = Vec::new();
+    for e in used {
+        let name = e.name.replace([':', ','], "");
+        if !seen.contains(&name) {
+            parts.push(format!("{name}: {}", e.hash));
+            seen.push(name);
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
