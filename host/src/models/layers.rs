@@ -94,6 +94,29 @@ impl Conv2d {
     }
 }
 
+/// Nearest-neighbour ×2 followed by a 3×3 convolution (`conv`): the upsampling of both the
+/// UNet and the autoencoder's decoder.
+pub struct Upsample {
+    conv: Conv2d,
+}
+
+impl Upsample {
+    /// Loads `conv` for `channels` channels.
+    pub fn new(vb: &VarBuilder, channels: i64) -> Result<Self> {
+        Ok(Self {
+            conv: Conv2d::new(&vb.pp("conv"), channels, channels, ConvSpec::SAME3)?,
+        })
+    }
+
+    /// Doubles height and width, or resizes to `size` (a UNet skip connection of odd size).
+    pub fn forward(&self, x: &Tensor, size: Option<(i64, i64)>) -> Tensor {
+        let (_, _, h, w) = x.size4().expect("features are NCHW");
+        let (oh, ow) = size.unwrap_or((2 * h, 2 * w));
+        self.conv
+            .forward(&x.upsample_nearest2d([oh, ow], None, None))
+    }
+}
+
 /// Group normalisation with affine parameters.
 pub struct GroupNorm {
     weight: Tensor,

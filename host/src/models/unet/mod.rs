@@ -11,10 +11,10 @@ mod transformer;
 pub use timestep::timestep_embedding;
 
 use crate::error::Result;
-use crate::models::layers::{Conv2d, ConvSpec, GroupNorm, Linear};
+use crate::models::layers::{Conv2d, ConvSpec, GroupNorm, Linear, Upsample};
 use crate::weights::VarBuilder;
 use resblock::ResBlock;
-use sampling::{Downsample, Upsample};
+use sampling::Downsample;
 use tch::Tensor;
 use transformer::{SpatialTransformer, TransformerSpec};
 

@@ -1,4 +1,4 @@
-//! Resolution changes between UNet levels.
+//! Downsampling between UNet levels (upsampling is the shared `layers::Upsample`).
 
 use crate::error::Result;
 use crate::models::layers::{Conv2d, ConvSpec};
@@ -26,27 +26,5 @@ impl Downsample {
     /// Halves height and width.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         self.op.forward(x)
-    }
-}
-
-/// Nearest-neighbour ×2 followed by a 3×3 convolution (`conv`).
-pub struct Upsample {
-    conv: Conv2d,
-}
-
-impl Upsample {
-    /// Loads `conv` for `channels` channels.
-    pub fn new(vb: &VarBuilder, channels: i64) -> Result<Self> {
-        Ok(Self {
-            conv: Conv2d::new(&vb.pp("conv"), channels, channels, ConvSpec::SAME3)?,
-        })
-    }
-
-    /// Doubles height and width, or matches `size` when a skip connection has odd size.
-    pub fn forward(&self, x: &Tensor, size: Option<(i64, i64)>) -> Tensor {
-        let (_, _, h, w) = x.size4().expect("UNet features are NCHW");
-        let (oh, ow) = size.unwrap_or((2 * h, 2 * w));
-        self.conv
-            .forward(&x.upsample_nearest2d([oh, ow], None, None))
     }
 }

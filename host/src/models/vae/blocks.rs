@@ -120,27 +120,6 @@ impl Downsample {
     }
 }
 
-/// `Upsample` of the decoder: nearest-neighbour ×2 then a 3×3 convolution.
-pub struct Upsample {
-    conv: Conv2d,
-}
-
-impl Upsample {
-    /// Loads `conv` for `channels` channels.
-    pub fn new(vb: &VarBuilder, channels: i64) -> Result<Self> {
-        Ok(Self {
-            conv: Conv2d::new(&vb.pp("conv"), channels, channels, ConvSpec::SAME3)?,
-        })
-    }
-
-    /// Doubles height and width.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let (_, _, h, w) = x.size4().expect("VAE features are NCHW");
-        self.conv
-            .forward(&x.upsample_nearest2d([2 * h, 2 * w], None, None))
-    }
-}
-
 /// The `mid` section shared by encoder and decoder: ResNet, attention, ResNet.
 pub struct MidBlock {
     block_1: ResnetBlock,

@@ -1,9 +1,9 @@
 //! The autoencoder's decoder: latent → image in [−1, 1].
 
-use super::blocks::{normalize, MidBlock, ResnetBlock, Upsample};
+use super::blocks::{normalize, MidBlock, ResnetBlock};
 use super::VaeConfig;
 use crate::error::Result;
-use crate::models::layers::{Conv2d, ConvSpec, GroupNorm};
+use crate::models::layers::{Conv2d, ConvSpec, GroupNorm, Upsample};
 use crate::weights::VarBuilder;
 use tch::Tensor;
 
@@ -63,7 +63,7 @@ impl Decoder {
                 h = block.forward(&h);
             }
             if let Some(u) = &level.upsample {
-                h = u.forward(&h);
+                h = u.forward(&h, None);
             }
         }
         self.conv_out.forward(&self.norm_out.forward(&h).silu())
