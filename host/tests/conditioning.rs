@@ -203,3 +203,50 @@ torch.save({"string_to_param": {"*": Evil()}}, os.path.join(d, "evil.pt"))
     assert_eq!(db.skipped.len(), 1);
     assert!(db.skipped[0].contains("evil.pt"));
 }
+
+#[test]
+fn schedules_and_padding() {
+    tch::set_num_threads(1);
+    let _guard = tch::no_grad_guard();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.safetensors");
+    let spec = TinyModelSpec {
+        preset: Preset::Tiny,
+        inpainting: false,
+        seed: 22,
+        storage: Kind::Float,
+    };
+    write_tiny_model(&spec, &model).unwrap();
+    let ckpt = Checkpoint::open(&model).unwrap();
+    let sd = StableDiffusion::load(
+        &ckpt,
+        &infer_architecture(&ckpt).unwrap(),
+        Kind::Float,
+        Device::Cpu,
+    )
+    .unwrap();
+    let db = EmbeddingDatabase::default();
+    let c = Conditioner {
+        clip: &sd.clip,
+        embeddings: &db,
+        clip_skip: 1,
+    };
+
+    // Computed once per job; each model call looks its conditioning up.
+    let schedule = c.schedule("a [cat:dog:0.5]", 10);
+    assert_eq!(schedule.len(), 2);
+    let both = c.encode_texts(&["a cat".into(), "a dog".into()]);
+    let first = sdhost::prompt::conditioning::cond_at_call(&schedule, 5);
+    let second = sdhost::prompt::conditioning::cond_at_call(&schedule, 6);
+    assert!(first.equal(&both.get(0)) && second.equal(&both.get(1)));
+
+    let parts = c.multicond("a cat AND a dog :0.7", 10);
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[1].weight, 0.7);
+
+    let one_chunk = c.encode_texts(&["a cat".into()]).get(0);
+    let padded = c.pad_to_chunks(&one_chunk, 2);
+    assert_eq!(padded.size(), [154, 32]);
+    assert!(padded.narrow(0, 77, 77).equal(&c.empty_prompt()));
+    assert!(padded.narrow(0, 0, 77).equal(&one_chunk));
+}

@@ -117,6 +117,28 @@ impl Conditioner<'_> {
         &z * (original_mean / new_mean).to_kind(z.kind())
     }
 
+    /// The encoding of the empty prompt [77, width] (also what an empty negative prompt is).
+    pub fn empty_prompt(&self) -> Tensor {
+        self.encode_texts(&[String::new()]).get(0)
+    }
+
+    /// Extends `cond` [77·k, width] to `chunks` chunks with empty-prompt encodings, as A1111's
+    /// `pad_cond_uncond` option does so that cond and uncond of different lengths share a batch.
+    pub fn pad_to_chunks(&self, cond: &Tensor, chunks: usize) -> Tensor {
+        let have = cond.size()[0] / 77;
+        let missing = chunks as i64 - have;
+        if missing <= 0 {
+            return cond.shallow_clone();
+        }
+        Tensor::cat(
+            &[
+                cond.shallow_clone(),
+                self.empty_prompt().repeat([missing, 1]),
+            ],
+            0,
+        )
+    }
+
     /// The schedule of one prompt over `steps` model calls: all its scheduled texts are encoded
     /// together, as A1111 encodes them.
     pub fn schedule(&self, prompt: &str, steps: usize) -> Vec<ScheduledCond> {
