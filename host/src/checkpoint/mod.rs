@@ -120,6 +120,31 @@ impl Checkpoint {
         Ok(Tensor::f_from_data_size(bytes, &shape, kind)?)
     }
 
+    /// A CPU tensor viewing the mapped bytes of `key`, when they are aligned for its dtype.
+    fn mapped_view(&self, key: &str) -> Result<Option<Tensor>> {
+        let Some(info) = self.tensors.get(key) else {
+            return Err(crate::weights::missing(&self.path, key));
+        };
+        let Some(kind) = kind_of(info.dtype) else {
+            return Ok(None);
+        };
+        let (start, end) = info.data_offsets;
+        let bytes = &self.mmap[self.data_start + start..self.data_start + end];
+        if bytes.is_empty() || (bytes.as_ptr() as usize) % kind.elt_size_in_bytes() != 0 {
+            return Ok(None);
+        }
+        let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        let mut strides = vec![1i64; shape.len()];
+        for i in (0..shape.len().saturating_sub(1)).rev() {
+            strides[i] = strides[i + 1] * shape[i + 1];
+        }
+        // SAFETY: the bytes are in bounds (validated header), aligned (checked above), and the
+        // view never escapes: `tensor` copies it before returning.
+        let view =
+            unsafe { Tensor::f_from_blob(bytes.as_ptr(), &shape, &strides, kind, Device::Cpu)? };
+        Ok(Some(view))
+    }
+
     /// Mapped bytes of the whole file (for hashing without a second read path).
     pub fn bytes(&self) -> &[u8] {
         &self.mmap
@@ -143,7 +168,17 @@ impl TensorSource for Checkpoint {
                 found,
             });
         }
-        Ok(self.raw(key)?.f_to_device(device)?.f_to_kind(kind)?)
+        let Some(view) = self.mapped_view(key)? else {
+            return Ok(self.raw(key)?.f_to_device(device)?.f_to_kind(kind)?);
+        };
+        // One pass from the page cache into the final dtype and device; a view that would
+        // survive unchanged (same dtype, CPU) is copied so no tensor outlives the map.
+        let out = view.f_to_device(device)?.f_to_kind(kind)?;
+        if out.data_ptr() == view.data_ptr() {
+            Ok(out.f_detach_copy()?)
+        } else {
+            Ok(out)
+        }
     }
 }
 
