@@ -47,7 +47,8 @@ fn make_tiny(path: &Path, extra: &[&str]) {
 #[test]
 fn info_describes_a_tiny_model() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny.safetensors");
+    // Missing folders of the output path are created.
+    let model = dir.path().join("models/new/tiny.safetensors");
     make_tiny(&model, &["--inpainting", "--dtype", "fp16"]);
     let out = sdhost(&["info".as_ref(), model.as_os_str()]);
     let text = String::from_utf8_lossy(&out.stdout);

@@ -42,6 +42,11 @@ pub fn run(cmd: DevCommand) -> anyhow::Result<()> {
                 seed,
                 storage: parse_dtype(&dtype)?,
             };
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    anyhow::anyhow!("{}: cannot create folder: {e}", parent.display())
+                })?;
+            }
             let arch = write_tiny_model(&spec, &out)?;
             println!(
                 "wrote {} ({}, {:?}, seed {seed}, {dtype})",
