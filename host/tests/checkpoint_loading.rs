@@ -10,15 +10,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 fn tiny(dir: &Path, seed: i64) -> PathBuf {
-    let path = dir.join(format!("tiny-{seed}.safetensors"));
-    let spec = TinyModelSpec {
-        preset: Preset::Tiny,
-        inpainting: false,
-        seed,
-        storage: Kind::Float,
-    };
-    write_tiny_model(&spec, &path).expect("write tiny model");
-    path
+    common::tiny_model(dir, seed)
 }
 
 /// Rewrites `src` into `dst` after `edit` changes its tensor list.

@@ -4,12 +4,10 @@
 mod common;
 
 use common::{assert_close, read_tensors, run_reference};
-use sdhost::checkpoint::{infer_architecture, Checkpoint};
-use sdhost::models::StableDiffusion;
 use sdhost::prompt::chunks::{tokenize_line, TokenizedPrompt};
 use sdhost::prompt::conditioning::Conditioner;
 use sdhost::prompt::embeddings::EmbeddingDatabase;
-use sdhost::tiny_model::{save_safetensors, write_tiny_model, Preset, TinyModelSpec};
+use sdhost::tiny_model::save_safetensors;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -45,14 +43,7 @@ fn conditioning_matches_a1111_math() {
     tch::set_num_threads(1);
     let _guard = tch::no_grad_guard();
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny.safetensors");
-    let spec = TinyModelSpec {
-        preset: Preset::Tiny,
-        inpainting: false,
-        seed: 21,
-        storage: Kind::Float,
-    };
-    write_tiny_model(&spec, &model).unwrap();
+    let model = common::tiny_model(dir.path(), 21);
     let emb_dir = dir.path().join("embeddings");
     std::fs::create_dir(&emb_dir).unwrap();
     write_embedding(&emb_dir, "myemb", 3, 1);
@@ -60,14 +51,7 @@ fn conditioning_matches_a1111_math() {
     let db = EmbeddingDatabase::load_dir(&emb_dir, 32).unwrap();
     assert_eq!(db.len(), 2, "skipped: {:?}", db.skipped);
 
-    let ckpt = Checkpoint::open(&model).unwrap();
-    let sd = StableDiffusion::load(
-        &ckpt,
-        &infer_architecture(&ckpt).unwrap(),
-        Kind::Float,
-        Device::Cpu,
-    )
-    .unwrap();
+    let sd = common::load_fp32(&model);
 
     let long = "a red cat, ".repeat(30);
     let groups: Vec<(&str, usize, Vec<String>)> = vec![
@@ -209,22 +193,8 @@ fn schedules_and_padding() {
     tch::set_num_threads(1);
     let _guard = tch::no_grad_guard();
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny.safetensors");
-    let spec = TinyModelSpec {
-        preset: Preset::Tiny,
-        inpainting: false,
-        seed: 22,
-        storage: Kind::Float,
-    };
-    write_tiny_model(&spec, &model).unwrap();
-    let ckpt = Checkpoint::open(&model).unwrap();
-    let sd = StableDiffusion::load(
-        &ckpt,
-        &infer_architecture(&ckpt).unwrap(),
-        Kind::Float,
-        Device::Cpu,
-    )
-    .unwrap();
+    let model = common::tiny_model(dir.path(), 22);
+    let sd = common::load_fp32(&model);
     let db = EmbeddingDatabase::default();
     let c = Conditioner {
         clip: &sd.clip,

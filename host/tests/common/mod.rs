@@ -77,3 +77,24 @@ pub fn assert_close(name: &str, actual: &Tensor, expected: &Tensor, tolerance: f
         "{name}: relative max abs error {err:.3e} > {tolerance:.0e}"
     );
 }
+
+/// Writes the tiny fp32 model of `seed` into `dir` and returns its path.
+pub fn tiny_model(dir: &Path, seed: i64) -> PathBuf {
+    let path = dir.join(format!("tiny-{seed}.safetensors"));
+    let spec = sdhost::tiny_model::TinyModelSpec {
+        preset: sdhost::tiny_model::Preset::Tiny,
+        inpainting: false,
+        seed,
+        storage: tch::Kind::Float,
+    };
+    sdhost::tiny_model::write_tiny_model(&spec, &path).expect("write tiny model");
+    path
+}
+
+/// Loads every network of the checkpoint at `path` in fp32 on the CPU.
+pub fn load_fp32(path: &Path) -> sdhost::models::StableDiffusion {
+    let ckpt = sdhost::checkpoint::Checkpoint::open(path).expect("open checkpoint");
+    let arch = sdhost::checkpoint::infer_architecture(&ckpt).expect("infer architecture");
+    sdhost::models::StableDiffusion::load(&ckpt, &arch, tch::Kind::Float, tch::Device::Cpu)
+        .expect("load networks")
+}
