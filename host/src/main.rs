@@ -4,6 +4,13 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // The commands here print to a terminal or pipe: end quietly when the reader goes away
+    // (`sdhost info … | head`) instead of panicking in println!. A long-running server
+    // command must keep Rust's default (SIGPIPE ignored) so a dropped client is an error.
+    // SAFETY: called before any thread is started; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = sdhost::cli::Cli::parse();
     match cli.run() {
         Ok(()) => ExitCode::SUCCESS,

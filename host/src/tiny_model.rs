@@ -4,7 +4,7 @@
 //! (seconds to make and run); `Preset::Sd15` is the full-size SD 1.5 layout with random weights,
 //! for proving the full architecture and measuring speed.
 
-use crate::checkpoint::{dtype_of, Architecture, CLIP_PREFIX, UNET_PREFIX};
+use crate::checkpoint::{dtype_of, Architecture, CLIP_PREFIX};
 use crate::error::{LoadError, Result};
 use crate::models::clip::ClipConfig;
 use crate::models::unet::{AttentionHeads, UNetConfig};
@@ -166,7 +166,6 @@ pub fn write_tiny_model(spec: &TinyModelSpec, path: &Path) -> Result<Architectur
         format!("{}.embeddings.position_ids", architecture.clip_prefix),
         ids,
     ));
-    debug_assert!(tensors.iter().any(|(k, _)| k.starts_with(UNET_PREFIX)));
     save_safetensors(&tensors, path).map(|()| architecture)
 }
 

@@ -73,11 +73,6 @@ impl<'a> VarBuilder<'a> {
             .tensor(&self.key(name), shape, self.kind, self.device)
     }
 
-    /// Whether the source stores `name` (random sources store everything they are asked for).
-    pub fn contains(&self, name: &str) -> bool {
-        self.source.stored_shape(&self.key(name)).is_some()
-    }
-
     /// The tensor `name` in `shape`, also accepting it stored in the `alternative` layout
     /// with the same number of elements (1×1 convolutions saved as linear weights).
     pub fn get_reshaped(&self, name: &str, shape: &[i64], alternative: &[i64]) -> Result<Tensor> {

@@ -233,3 +233,63 @@ fn hashes_match_a1111_definitions_and_are_cached() {
         hex(&Sha256::digest(&bytes[..bytes.len() - 1]))
     );
 }
+
+#[test]
+fn crafted_shapes_are_refused_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = tiny(dir.path(), 9);
+    let zeros = |shape: &[i64]| Tensor::zeros(shape, (Kind::Float, Device::Cpu));
+    type Edit = Box<dyn Fn(&mut Vec<(String, Tensor)>)>;
+    let replace = |key: &'static str, t: Tensor| -> Edit {
+        Box::new(move |ts: &mut Vec<(String, Tensor)>| {
+            for (k, v) in ts.iter_mut() {
+                if k == key {
+                    *v = t.shallow_clone();
+                }
+            }
+        })
+    };
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "1-D UNet stem",
+            replace("model.diffusion_model.input_blocks.0.0.weight", zeros(&[5])),
+        ),
+        (
+            "empty VAE stem",
+            replace(
+                "first_stage_model.encoder.conv_in.weight",
+                zeros(&[0, 3, 3, 3]),
+            ),
+        ),
+        (
+            "UNet width not a multiple of 32",
+            replace(
+                "model.diffusion_model.input_blocks.1.0.in_layers.2.weight",
+                zeros(&[48, 32, 3, 3]),
+            ),
+        ),
+        (
+            "no ResBlock after the stem",
+            Box::new(|ts: &mut Vec<(String, Tensor)>| {
+                ts.retain(|(k, _)| {
+                    !k.contains("diffusion_model.input_blocks.1.")
+                        && !k.contains("diffusion_model.input_blocks.2.")
+                })
+            }),
+        ),
+    ];
+    for (name, edit) in cases {
+        let path = dir.path().join("crafted.safetensors");
+        rewrite(&base, &path, |ts| edit(ts));
+        let result = std::panic::catch_unwind(|| load(&path).map(drop));
+        let err = result.unwrap_or_else(|_| panic!("{name}: panicked")).err();
+        let err = err.unwrap_or_else(|| panic!("{name}: accepted"));
+        assert!(
+            matches!(
+                err,
+                LoadError::NotStableDiffusion { .. } | LoadError::ShapeMismatch { .. }
+            ),
+            "{name}: {err}"
+        );
+    }
+}

@@ -3,7 +3,14 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn sdhost(args: &[&std::ffi::OsStr]) -> Output {
+/// Runs the binary with mixed `&str`/path arguments.
+macro_rules! sdhost {
+    ($($arg:expr),* $(,)?) => {
+        run_sdhost(&[$(std::ffi::OsStr::new(&$arg)),*])
+    };
+}
+
+fn run_sdhost(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sdhost"))
         .args(args)
         .env(
@@ -36,7 +43,7 @@ fn make_tiny(path: &Path, extra: &[&str]) {
     let mut args: Vec<&std::ffi::OsStr> =
         vec!["dev".as_ref(), "make-tiny-model".as_ref(), path.as_os_str()];
     args.extend(extra.iter().map(std::ffi::OsStr::new));
-    let out = sdhost(&args);
+    let out = run_sdhost(&args);
     assert!(
         out.status.success(),
         "{}",
@@ -50,7 +57,7 @@ fn info_describes_a_tiny_model() {
     // Missing folders of the output path are created.
     let model = dir.path().join("models/new/tiny.safetensors");
     make_tiny(&model, &["--inpainting", "--dtype", "fp16"]);
-    let out = sdhost(&["info".as_ref(), model.as_os_str()]);
+    let out = sdhost!("info", model);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -70,7 +77,7 @@ fn info_describes_a_tiny_model() {
             "`{expected}` missing from:\n{text}"
         );
     }
-    let json = sdhost(&["info".as_ref(), "--json".as_ref(), model.as_os_str()]);
+    let json = sdhost!("info", "--json", model);
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("valid JSON");
     assert_eq!(value["architecture"]["unet"]["in_channels"], 9);
     assert_eq!(value["hashes"]["model_hash"].as_str().unwrap().len(), 10);
@@ -81,12 +88,7 @@ fn check_runs_every_network() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny.safetensors");
     make_tiny(&model, &[]);
-    let out = sdhost(&[
-        "check".as_ref(),
-        model.as_os_str(),
-        "--threads".as_ref(),
-        "1".as_ref(),
-    ]);
+    let out = sdhost!("check", model, "--threads", "1",);
     assert!(
         out.status.success(),
         "{}",
@@ -128,16 +130,13 @@ fn bad_files_fail_with_one_line() {
         let path = dir.path().join(name);
         std::fs::write(&path, data).unwrap();
         for cmd in ["info", "check"] {
-            let out = sdhost(&[cmd.as_ref(), path.as_os_str()]);
+            let out = sdhost!(cmd, path);
             assert_one_line_error(&out, mentions);
             assert_one_line_error(&out, name);
         }
     }
     let missing = dir.path().join("absent.safetensors");
-    assert_one_line_error(
-        &sdhost(&["info".as_ref(), missing.as_os_str()]),
-        "cannot read",
-    );
+    assert_one_line_error(&sdhost!("info", missing), "cannot read");
 }
 
 #[test]
@@ -146,10 +145,7 @@ fn non_sd_safetensors_is_refused() {
     let path = dir.path().join("not-sd.safetensors");
     let t = tch::Tensor::zeros([4, 4], (tch::Kind::Float, tch::Device::Cpu));
     sdhost::tiny_model::save_safetensors(&[("lora_unet_down.weight".into(), t)], &path).unwrap();
-    assert_one_line_error(
-        &sdhost(&["info".as_ref(), path.as_os_str()]),
-        "not a Stable Diffusion checkpoint",
-    );
+    assert_one_line_error(&sdhost!("info", path), "not a Stable Diffusion checkpoint");
 }
 
 #[test]
@@ -157,19 +153,9 @@ fn unknown_device_and_dtype_are_clear() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny.safetensors");
     make_tiny(&model, &[]);
-    let out = sdhost(&[
-        "check".as_ref(),
-        model.as_os_str(),
-        "--device".as_ref(),
-        "tpu".as_ref(),
-    ]);
+    let out = sdhost!("check", model, "--device", "tpu",);
     assert_one_line_error(&out, "unknown device `tpu`");
-    let out = sdhost(&[
-        "check".as_ref(),
-        model.as_os_str(),
-        "--dtype".as_ref(),
-        "int3".as_ref(),
-    ]);
+    let out = sdhost!("check", model, "--dtype", "int3",);
     assert_one_line_error(&out, "unknown dtype `int3`");
 }
 
@@ -184,14 +170,14 @@ fn prompt_shows_schedule_tokens_and_embeddings() {
         &emb_dir.join("dongwm-nt.safetensors"),
     )
     .unwrap();
-    let out = sdhost(&[
-        "prompt".as_ref(),
-        "a (cat:1.3) [dog:bird:0.5] BREAK dongwm-nt".as_ref(),
-        "--steps".as_ref(),
-        "10".as_ref(),
-        "--embeddings-dir".as_ref(),
-        emb_dir.as_os_str(),
-    ]);
+    let out = sdhost!(
+        "prompt",
+        "a (cat:1.3) [dog:bird:0.5] BREAK dongwm-nt",
+        "--steps",
+        "10",
+        "--embeddings-dir",
+        emb_dir,
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

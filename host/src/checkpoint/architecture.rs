@@ -62,7 +62,7 @@ pub fn infer_architecture(ckpt: &Checkpoint) -> Result<Architecture> {
             ))
         })?;
 
-    let unet = infer_unet(&require, &shape)?;
+    let unet = infer_unet(&require, &shape, &not_sd)?;
     let vae = infer_vae(&require, &shape)?;
     let clip = infer_clip(&clip_prefix, &require, &shape)?;
     if clip.hidden_size != unet.context_dim {
@@ -71,26 +71,84 @@ pub fn infer_architecture(ckpt: &Checkpoint) -> Result<Architecture> {
             clip.hidden_size, unet.context_dim
         )));
     }
-    Ok(Architecture {
+    let architecture = Architecture {
         unet,
         vae,
         clip,
         clip_prefix,
-    })
+    };
+    check_widths(&architecture).map_err(not_sd)?;
+    Ok(architecture)
+}
+
+/// Rejects shapes the networks cannot run with (a crafted or damaged file would otherwise
+/// fail later, inside libtorch): group norms need multiples of 32 channels, attention widths
+/// must split into whole heads, and a prompt chunk needs 77 positions.
+fn check_widths(a: &Architecture) -> Result<(), String> {
+    let u = &a.unet;
+    let unet_widths: Vec<i64> = u
+        .channel_mult
+        .iter()
+        .map(|m| m * u.model_channels)
+        .collect();
+    for (&width, &attention) in unet_widths.iter().zip(&u.attention_levels) {
+        if width <= 0 || width % 32 != 0 {
+            return Err(format!(
+                "UNet width {width} is not a positive multiple of 32"
+            ));
+        }
+        let heads = u.heads.heads_for(width);
+        if attention && (heads <= 0 || width % heads != 0) {
+            return Err(format!(
+                "UNet width {width} does not split into {heads} attention heads"
+            ));
+        }
+    }
+    let v = &a.vae;
+    if v.ch_mult.is_empty() || v.num_res_blocks < 1 {
+        return Err("the VAE encoder has no levels".into());
+    }
+    if let Some(width) = v
+        .ch_mult
+        .iter()
+        .map(|m| m * v.ch)
+        .find(|w| *w <= 0 || w % 32 != 0)
+    {
+        return Err(format!(
+            "VAE width {width} is not a positive multiple of 32"
+        ));
+    }
+    let c = &a.clip;
+    if c.num_layers < 1 || c.hidden_size % c.num_heads != 0 || c.max_positions < 77 {
+        return Err(format!(
+            "text encoder of width {}, {} layers, {} positions cannot encode a 77-token prompt",
+            c.hidden_size, c.num_layers, c.max_positions
+        ));
+    }
+    Ok(())
 }
 
 type Lookup<'a> = dyn Fn(&str) -> Option<Vec<i64>> + 'a;
 type Require<'a> = dyn Fn(&str) -> Result<Vec<i64>> + 'a;
+type NotSd<'a> = dyn Fn(String) -> LoadError + 'a;
+
+/// Size of dimension `i`, 0 when the tensor has fewer dimensions (rejected later as a width).
+fn dim(shape: &[i64], i: usize) -> i64 {
+    shape.get(i).copied().unwrap_or(0)
+}
 
 fn count(shape: &Lookup, key_of: impl Fn(i64) -> String) -> i64 {
     (0..).take_while(|&i| shape(&key_of(i)).is_some()).count() as i64
 }
 
-fn infer_unet(require: &Require, shape: &Lookup) -> Result<UNetConfig> {
+fn infer_unet(require: &Require, shape: &Lookup, not_sd: &NotSd) -> Result<UNetConfig> {
     let p = UNET_PREFIX;
     let stem = require(&format!("{p}.input_blocks.0.0.weight"))?;
-    let (model_channels, in_channels) = (stem[0], stem[1]);
-    let out_channels = require(&format!("{p}.out.2.weight"))?[0];
+    let (model_channels, in_channels) = (dim(&stem, 0), dim(&stem, 1));
+    if model_channels <= 0 {
+        return Err(not_sd("the UNet stem has no output channels".into()));
+    }
+    let out_channels = dim(&require(&format!("{p}.out.2.weight"))?, 0);
 
     // Walk the input blocks: ResBlocks (with in_layers) until a Downsample (`op`) ends a level.
     let mut channel_mult = Vec::new();
@@ -109,7 +167,7 @@ fn infer_unet(require: &Require, shape: &Lookup) -> Result<UNetConfig> {
             in_level = 0;
             level_attention = false;
         } else if let Some(conv) = shape(&format!("{block}.0.in_layers.2.weight")) {
-            level_channels = conv[0];
+            level_channels = dim(&conv, 0);
             level_attention |= shape(&format!("{block}.1.proj_in.weight")).is_some();
             in_level += 1;
         } else {
@@ -118,7 +176,9 @@ fn infer_unet(require: &Require, shape: &Lookup) -> Result<UNetConfig> {
         index += 1;
     }
     if in_level == 0 {
-        return Err(require(&format!("{p}.input_blocks.1.0.in_layers.2.weight")).unwrap_err());
+        return Err(not_sd(
+            "the UNet has no ResBlock at its lowest level".into(),
+        ));
     }
     // The bottom level has no Downsample.
     channel_mult.push(level_channels / model_channels);
@@ -129,9 +189,12 @@ fn infer_unet(require: &Require, shape: &Lookup) -> Result<UNetConfig> {
 
     let transformer = format!("{p}.middle_block.1");
     let proj_in = require(&format!("{transformer}.proj_in.weight"))?;
-    let context_dim = require(&format!(
-        "{transformer}.transformer_blocks.0.attn2.to_k.weight"
-    ))?[1];
+    let context_dim = dim(
+        &require(&format!(
+            "{transformer}.transformer_blocks.0.attn2.to_k.weight"
+        ))?,
+        1,
+    );
     let transformer_depth = count(shape, |i| {
         format!("{transformer}.transformer_blocks.{i}.attn1.to_q.weight")
     });
@@ -158,16 +221,28 @@ fn infer_unet(require: &Require, shape: &Lookup) -> Result<UNetConfig> {
 fn infer_vae(require: &Require, shape: &Lookup) -> Result<VaeConfig> {
     let p = format!("{VAE_PREFIX}.encoder");
     let conv_in = require(&format!("{p}.conv_in.weight"))?;
-    let ch = conv_in[0];
+    let ch = dim(&conv_in, 0);
     let levels = count(shape, |i| format!("{p}.down.{i}.block.0.conv1.weight"));
     let ch_mult = (0..levels)
-        .map(|i| Ok(require(&format!("{p}.down.{i}.block.0.conv2.weight"))?[0] / ch))
+        .map(|i| {
+            Ok(
+                dim(&require(&format!("{p}.down.{i}.block.0.conv2.weight"))?, 0)
+                    .checked_div(ch)
+                    .unwrap_or(0),
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
     let num_res_blocks = count(shape, |j| format!("{p}.down.0.block.{j}.conv1.weight"));
-    let z_channels = require(&format!("{VAE_PREFIX}.decoder.conv_in.weight"))?[1];
-    let out_channels = require(&format!("{VAE_PREFIX}.decoder.conv_out.weight"))?[0];
+    let z_channels = dim(
+        &require(&format!("{VAE_PREFIX}.decoder.conv_in.weight"))?,
+        1,
+    );
+    let out_channels = dim(
+        &require(&format!("{VAE_PREFIX}.decoder.conv_out.weight"))?,
+        0,
+    );
     Ok(VaeConfig {
-        in_channels: conv_in[1],
+        in_channels: dim(&conv_in, 1),
         out_channels,
         ch,
         ch_mult,
@@ -185,11 +260,11 @@ fn infer_clip(prefix: &str, require: &Require, shape: &Lookup) -> Result<ClipCon
         format!("{prefix}.encoder.layers.{i}.mlp.fc1.weight")
     });
     Ok(ClipConfig {
-        vocab_size: tokens[0],
-        hidden_size: tokens[1],
-        intermediate_size: fc1[0],
+        vocab_size: dim(&tokens, 0),
+        hidden_size: dim(&tokens, 1),
+        intermediate_size: dim(&fc1, 0),
         num_layers,
-        num_heads: ClipConfig::heads_for_width(tokens[1]),
-        max_positions: positions[0],
+        num_heads: ClipConfig::heads_for_width(dim(&tokens, 1)),
+        max_positions: dim(&positions, 0),
     })
 }

@@ -85,6 +85,22 @@ impl Checkpoint {
             .map(|info| info.shape.iter().map(|&d| d as i64).collect())
     }
 
+    /// Checks that `key` exists with exactly `shape`, naming the file and key otherwise.
+    pub fn expect_shape(&self, key: &str, shape: &[i64]) -> Result<()> {
+        let found = self
+            .shape(key)
+            .ok_or_else(|| crate::weights::missing(&self.path, key))?;
+        if found != shape {
+            return Err(LoadError::ShapeMismatch {
+                path: self.path.clone(),
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found,
+            });
+        }
+        Ok(())
+    }
+
     /// The stored dtype of `key`.
     pub fn dtype(&self, key: &str) -> Option<Dtype> {
         self.tensors.get(key).map(|info| info.dtype)
@@ -144,11 +160,6 @@ impl Checkpoint {
             unsafe { Tensor::f_from_blob(bytes.as_ptr(), &shape, &strides, kind, Device::Cpu)? };
         Ok(Some(view))
     }
-
-    /// Mapped bytes of the whole file (for hashing without a second read path).
-    pub fn bytes(&self) -> &[u8] {
-        &self.mmap
-    }
 }
 
 impl TensorSource for Checkpoint {
@@ -157,17 +168,7 @@ impl TensorSource for Checkpoint {
     }
 
     fn tensor(&self, key: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
-        let found = self
-            .shape(key)
-            .ok_or_else(|| crate::weights::missing(&self.path, key))?;
-        if found != shape {
-            return Err(LoadError::ShapeMismatch {
-                path: self.path.clone(),
-                key: key.to_string(),
-                expected: shape.to_vec(),
-                found,
-            });
-        }
+        self.expect_shape(key, shape)?;
         let Some(view) = self.mapped_view(key)? else {
             return Ok(self.raw(key)?.f_to_device(device)?.f_to_kind(kind)?);
         };

@@ -2,7 +2,7 @@
 //! without reading any weight data.
 
 use super::{Architecture, Checkpoint};
-use crate::error::{LoadError, Result};
+use crate::error::Result;
 use crate::models::StableDiffusion;
 use crate::weights::TensorSource;
 use tch::{Device, Kind, Tensor};
@@ -17,18 +17,7 @@ impl TensorSource for ShapeCheck<'_> {
     }
 
     fn tensor(&self, key: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
-        let found = self
-            .0
-            .shape(key)
-            .ok_or_else(|| crate::weights::missing(self.0.path(), key))?;
-        if found != shape {
-            return Err(LoadError::ShapeMismatch {
-                path: self.0.path().to_path_buf(),
-                key: key.to_string(),
-                expected: shape.to_vec(),
-                found,
-            });
-        }
+        self.0.expect_shape(key, shape)?;
         Ok(Tensor::zeros([1], (kind, device)).expand(shape, false))
     }
 }

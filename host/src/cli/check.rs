@@ -6,13 +6,11 @@
 use crate::checkpoint::{infer_architecture, Checkpoint};
 use crate::device::{dtype_name, parse_device, parse_dtype};
 use crate::models::StableDiffusion;
+use crate::prompt::conditioning::Conditioner;
+use crate::prompt::embeddings::EmbeddingDatabase;
 use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Kind, Tensor};
-
-/// CLIP's begin- and end-of-text tokens: an empty prompt is BOS then EOS padding.
-const BOS: i64 = 49406;
-const EOS: i64 = 49407;
 
 /// Arguments of `sdhost check`.
 #[derive(clap::Args)]
@@ -57,12 +55,15 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
 
     let downscale = arch.vae.downscale();
     let side = args.size.max(downscale) / downscale * downscale;
-    let positions = arch.clip.max_positions;
-    let mut ids = vec![EOS; positions as usize];
-    ids[0] = BOS;
-    let ids = Tensor::from_slice(&ids).unsqueeze(0).to_device(device);
-
-    let context = timed("CLIP (empty prompt)", || sd.clip.encode(&ids, 1))?;
+    let embeddings = EmbeddingDatabase::default();
+    let conditioner = Conditioner {
+        clip: &sd.clip,
+        embeddings: &embeddings,
+        clip_skip: 1,
+    };
+    let context = timed("CLIP (empty prompt)", || {
+        conditioner.empty_prompt().unsqueeze(0)
+    })?;
     let image = (Tensor::arange(side, (Kind::Float, device)) / (side as f64 / 2.0) - 1.0)
         .view([1, 1, 1, side])
         .expand([1, 3, side, side], false)

@@ -45,10 +45,10 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<()> {
     let hashes = if args.no_hash {
         None
     } else {
-        Some(ModelHashes::cached(
-            &args.model,
-            default_cache_dir().as_deref(),
-        )?)
+        Some(
+            ModelHashes::cached(&args.model, default_cache_dir().as_deref())
+                .map_err(|e| anyhow::anyhow!("{}: cannot hash: {e}", args.model.display()))?,
+        )
     };
 
     if args.json {

@@ -1,9 +1,8 @@
 //! Textual-inversion embeddings from an `embeddings/` folder: the file name is the prompt word.
 
 use super::tokenizer::ClipTokenizer;
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, ModelHashes};
 use crate::error::LoadError;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -175,14 +174,13 @@ pub fn load_embedding(path: &Path, width: i64) -> Result<Embedding, EmbeddingErr
             expected: width,
         });
     }
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let hash: String = Sha256::digest(&bytes)[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = ModelHashes::compute(path)
+        .map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .sha256[..12]
+        .to_string();
     let data: Vec<f32> = Vec::try_from(vectors.flatten(0, -1)).map_err(LoadError::from)?;
     Ok(Embedding {
         vectors: data,
