@@ -11,5 +11,6 @@ pub mod models;
 pub mod pickle;
 pub mod prompt;
 pub mod rng;
+pub mod sampling;
 pub mod tiny_model;
 pub mod weights;

@@ -1,0 +1,2 @@
+//! Sampling: the model's noise levels, sigma schedules, noise sources and the k-diffusion
+//! denoiser with classifier-free guidance that sampler plugins drive.
