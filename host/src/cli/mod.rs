@@ -4,6 +4,7 @@ mod check;
 mod dev;
 mod info;
 mod prompt;
+mod samplers;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Show how a prompt is understood: schedule, emphasis, tokens and chunks.
     Prompt(prompt::PromptArgs),
+    /// List the samplers of every loaded plugin with their default schedules.
+    Samplers(samplers::SamplersArgs),
     /// Developer tools: tiny models and network checks.
     #[command(subcommand)]
     Dev(dev::DevCommand),
@@ -35,6 +38,7 @@ impl Cli {
             Command::Info(args) => info::run(&args),
             Command::Check(args) => check::run(&args),
             Command::Prompt(args) => prompt::run(&args),
+            Command::Samplers(args) => samplers::run(&args),
             Command::Dev(cmd) => dev::run(cmd),
         }
     }

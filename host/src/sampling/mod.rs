@@ -1,2 +1,4 @@
 //! Sampling: the model's noise levels, sigma schedules, noise sources and the k-diffusion
 //! denoiser with classifier-free guidance that sampler plugins drive.
+pub mod plugins;
+pub mod session;

@@ -1,0 +1,164 @@
+//! Every built-in sampler, loaded through the plugin ABI, against k-diffusion (and the Python
+//! ports of A1111's own samplers) on a deterministic toy denoiser fed the same noise.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{assert_close, read_tensors, run_reference};
+use sdhost::sampling::plugins::{PluginPaths, SampleRequest, SamplerRegistry};
+use sdhost::sampling::session::{Denoise, Noise, StepFailure};
+use sdhost_plugin_api::{Flow, OptionValue};
+use serde_json::json;
+use tch::{Kind, Tensor};
+
+/// Final latents of deterministic and same-noise stochastic samplers (relative).
+const TOLERANCE: f64 = 1e-4;
+
+/// The toy D(x, σ) of samplers_reference.py.
+struct ToyDenoiser {
+    calls: usize,
+}
+
+impl Denoise for ToyDenoiser {
+    fn denoise(&mut self, x: &Tensor, sigma: f64, _: Option<f64>) -> Result<Tensor, StepFailure> {
+        self.calls += 1;
+        let s = Tensor::from(sigma as f32);
+        Ok(x.tanh() / (&s + 1.0) + x * 0.5 / (&s * &s + 1.0).sqrt())
+    }
+}
+
+/// Replays the reference's noise bank in call order.
+struct BankNoise {
+    bank: Vec<Tensor>,
+    used: usize,
+}
+
+impl BankNoise {
+    fn next(&mut self) -> Result<Tensor, StepFailure> {
+        let noise = self
+            .bank
+            .get(self.used)
+            .ok_or_else(|| StepFailure::failed("noise bank exhausted"))?
+            .copy();
+        self.used += 1;
+        Ok(noise)
+    }
+}
+
+impl Noise for BankNoise {
+    fn noise(&mut self) -> Result<Tensor, StepFailure> {
+        self.next()
+    }
+    fn brownian_noise(&mut self, _: f64, _: f64) -> Result<Tensor, StepFailure> {
+        self.next()
+    }
+}
+
+fn registry() -> SamplerRegistry {
+    let paths = PluginPaths::discover(None);
+    assert!(
+        paths.builtin.is_some(),
+        "the built-in sampler plugin was not found next to the test binary: \
+         run `cargo build --release --workspace` first (make test does)"
+    );
+    let registry = SamplerRegistry::load(&PluginPaths {
+        builtin: paths.builtin,
+        folder: None,
+    });
+    assert!(registry.skipped.is_empty(), "{:?}", registry.skipped);
+    registry
+}
+
+/// Runs one case from its reference file; returns (result, expected, noise used, expected used).
+fn run_case(registry: &SamplerRegistry, case: &serde_json::Value, file: &std::path::Path) {
+    let tensors: HashMap<String, Tensor> = read_tensors(file);
+    let name = case["sampler"].as_str().unwrap();
+    let bank_len = tensors.keys().filter(|k| k.starts_with("noise.")).count();
+    let bank = (0..bank_len)
+        .map(|i| tensors[&format!("noise.{i}")].shallow_clone())
+        .collect();
+    let sigmas = Vec::<f64>::try_from(&tensors["sigmas"]).unwrap();
+    let timesteps = tensors
+        .get("timesteps")
+        .map(|t| Vec::<f64>::try_from(&t.to_kind(Kind::Double)).unwrap())
+        .unwrap_or_default();
+    let alphas_cumprod = tensors
+        .get("alphas_cumprod")
+        .map(|t| Vec::<f64>::try_from(&t.to_kind(Kind::Double)).unwrap())
+        .unwrap_or_default();
+    let options = case
+        .get("options")
+        .and_then(|o| o.as_object())
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| {
+                    let value = match v {
+                        serde_json::Value::String(s) => OptionValue::Text(s.as_str().into()),
+                        other => OptionValue::Number(other.as_f64().unwrap()),
+                    };
+                    (k.clone(), value)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let sampler = registry.find(name).expect("sampler is listed");
+    let mut denoiser = ToyDenoiser { calls: 0 };
+    let mut noise = BankNoise { bank, used: 0 };
+    let mut steps = 0;
+    let mut on_step = |_: sdhost::sampling::session::StepReport<'_>| {
+        steps += 1;
+        Flow::Continue
+    };
+    let result = registry
+        .sample(
+            sampler,
+            SampleRequest {
+                x: tensors["x"].shallow_clone(),
+                sigmas,
+                timesteps,
+                alphas_cumprod,
+                options,
+            },
+            &mut denoiser,
+            &mut noise,
+            &mut on_step,
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let label = format!("{name} {case}");
+    assert_close(&label, &result, &tensors["expected"], TOLERANCE);
+    let expected_draws = tensors["bank_used"].int64_value(&[0]) as usize;
+    assert_eq!(
+        noise.used, expected_draws,
+        "{label}: noise draws differ from the reference (A1111 counts every draw)"
+    );
+    assert!(steps > 0, "{label}: no step callback");
+}
+
+fn check_cases(cases: Vec<serde_json::Value>) {
+    tch::set_num_threads(1);
+    let _guard = tch::no_grad_guard();
+    let registry = registry();
+    let dir = tempfile::tempdir().unwrap();
+    let cases_file = dir.path().join("cases.json");
+    std::fs::write(&cases_file, serde_json::to_string(&cases).unwrap()).unwrap();
+    run_reference(
+        "samplers_reference.py",
+        &[cases_file.as_os_str(), dir.path().as_os_str()],
+    );
+    for (i, case) in cases.iter().enumerate() {
+        run_case(&registry, case, &dir.path().join(format!("case_{i}.safetensors")));
+    }
+}
+
+#[test]
+fn euler_family_matches_k_diffusion() {
+    check_cases(vec![
+        json!({"sampler": "Euler", "steps": 10, "seed": 1}),
+        json!({"sampler": "Euler", "steps": 12, "start": 4, "seed": 2,
+               "options": {"s_churn": 1.0, "s_tmin": 0.1, "s_tmax": 9.0}}),
+        json!({"sampler": "Euler a", "steps": 10, "seed": 3}),
+        json!({"sampler": "Euler a", "steps": 7, "start": 2, "seed": 4, "options": {"eta": 0.5}}),
+        json!({"sampler": "Euler a", "steps": 1, "seed": 5}),
+    ]);
+}

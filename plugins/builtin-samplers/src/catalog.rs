@@ -1,0 +1,124 @@
+//! The sampler table: how A1111 presents each sampler, and the function that runs it.
+
+use sdhost_plugin_api::abi_stable::std_types::{RNone, RSome, RString, RVec};
+use sdhost_plugin_api::{
+    Context, Latent, OptionValue, SampleError, SamplerInfo, SamplerOption, ScheduleInput,
+};
+
+use crate::euler;
+
+/// A sampler function: walks the context's σ schedule from `x`.
+type Run = for<'c, 'a> fn(&'c Context<'a>, Latent<'c, 'a>) -> Result<Latent<'c, 'a>, SampleError>;
+
+/// Flags of a sampler, as A1111's sampler table sets them.
+#[derive(Default, Clone, Copy)]
+struct Flags {
+    discard_penultimate_sigma: bool,
+    second_order: bool,
+    uses_ensd: bool,
+    brownian: bool,
+}
+
+/// One row of the table.
+struct Entry {
+    name: &'static str,
+    aliases: &'static [&'static str],
+    default_schedule: Option<&'static str>,
+    input: ScheduleInput,
+    flags: Flags,
+    options: fn() -> Vec<SamplerOption>,
+    run: Run,
+}
+
+fn number(name: &str, default: f64, help: &str) -> SamplerOption {
+    SamplerOption {
+        name: name.into(),
+        default: OptionValue::Number(default),
+        help: help.into(),
+    }
+}
+
+/// Karras churn options of Euler, Heun and DPM2 (A1111 options `s_churn` ...).
+fn churn_options() -> Vec<SamplerOption> {
+    vec![
+        number("s_churn", 0.0, "stochasticity: noise added back per step (0 = none)"),
+        number("s_tmin", 0.0, "lowest σ at which churn applies"),
+        number("s_tmax", f64::INFINITY, "highest σ at which churn applies"),
+        number("s_noise", 1.0, "scale of the added noise"),
+    ]
+}
+
+/// Options of the ancestral and SDE samplers (A1111 `eta_ancestral`, `s_noise`).
+fn ancestral_options() -> Vec<SamplerOption> {
+    vec![
+        number("eta", 1.0, "share of fresh noise per step (0 = deterministic)"),
+        number("s_noise", 1.0, "scale of the added noise"),
+    ]
+}
+
+const ENTRIES: &[Entry] = &[
+    Entry {
+        name: "Euler a",
+        aliases: &["k_euler_a", "k_euler_ancestral"],
+        default_schedule: None,
+        input: ScheduleInput::Sigmas,
+        flags: Flags {
+            discard_penultimate_sigma: false,
+            second_order: false,
+            uses_ensd: true,
+            brownian: false,
+        },
+        options: ancestral_options,
+        run: euler::euler_ancestral,
+    },
+    Entry {
+        name: "Euler",
+        aliases: &["k_euler"],
+        default_schedule: None,
+        input: ScheduleInput::Sigmas,
+        flags: Flags {
+            discard_penultimate_sigma: false,
+            second_order: false,
+            uses_ensd: false,
+            brownian: false,
+        },
+        options: churn_options,
+        run: euler::euler,
+    },
+];
+
+fn describe(entry: &Entry) -> SamplerInfo {
+    SamplerInfo {
+        name: entry.name.into(),
+        aliases: entry.aliases.iter().map(|a| RString::from(*a)).collect(),
+        default_schedule: match entry.default_schedule {
+            Some(schedule) => RSome(schedule.into()),
+            None => RNone,
+        },
+        input: entry.input,
+        discard_penultimate_sigma: entry.flags.discard_penultimate_sigma,
+        second_order: entry.flags.second_order,
+        uses_ensd: entry.flags.uses_ensd,
+        brownian: entry.flags.brownian,
+        options: RVec::from((entry.options)()),
+    }
+}
+
+/// Every sampler of the plugin, in A1111's UI order.
+pub fn samplers() -> Vec<SamplerInfo> {
+    ENTRIES.iter().map(describe).collect()
+}
+
+/// Runs the sampler called `name` (the export helper has already resolved aliases).
+pub fn run<'c, 'a>(
+    name: &str,
+    context: &'c Context<'a>,
+    x: Latent<'c, 'a>,
+) -> Result<Latent<'c, 'a>, SampleError> {
+    let entry = ENTRIES
+        .iter()
+        .find(|entry| entry.name == name)
+        .ok_or_else(|| SampleError::BadInput(format!("no sampler named {name}")))?;
+    (entry.run)(context, x)
+}
+

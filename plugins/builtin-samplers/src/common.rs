@@ -1,0 +1,47 @@
+//! Pieces several samplers share.
+
+use sdhost_plugin_api::{Context, Latent, SampleError};
+
+/// The ancestral split of a step σ → σ_next into a deterministic part σ_down and fresh noise
+/// σ_up, with σ_down² + σ_up² = σ_next² (k-diffusion `get_ancestral_step`).
+pub fn ancestral_step(sigma: f64, sigma_next: f64, eta: f64) -> (f64, f64) {
+    if eta == 0.0 {
+        return (sigma_next, 0.0);
+    }
+    let up = (eta
+        * (sigma_next * sigma_next * (sigma * sigma - sigma_next * sigma_next)
+            / (sigma * sigma))
+            .sqrt())
+    .min(sigma_next);
+    let down = (sigma_next * sigma_next - up * up).sqrt();
+    (down, up)
+}
+
+/// The ODE derivative (x − D)/σ (A1111's `to_d` with a scalar σ).
+pub fn to_d<'c, 'a>(x: &Latent<'c, 'a>, denoised: &Latent<'c, 'a>, sigma: f64) -> Latent<'c, 'a> {
+    x.mix(1.0 / sigma, denoised, -1.0 / sigma)
+}
+
+/// Churn γ of Euler/Heun/DPM2 for step `i` (zero outside [s_tmin, s_tmax]).
+pub fn churn_gamma(context: &Context<'_>, sigma: f64) -> Result<f64, SampleError> {
+    let s_churn = context.number("s_churn")?;
+    let s_tmin = context.number("s_tmin")?;
+    let s_tmax = context.number("s_tmax")?;
+    let intervals = (context.sigmas().len() - 1) as f64;
+    Ok(if s_tmin <= sigma && sigma <= s_tmax {
+        (s_churn / intervals).min(2f64.sqrt() - 1.0)
+    } else {
+        0.0
+    })
+}
+
+/// Refuses schedules a sampler cannot walk.
+pub fn require_steps(context: &Context<'_>) -> Result<usize, SampleError> {
+    let n = context.sigmas().len();
+    if n < 2 {
+        return Err(SampleError::BadInput(format!(
+            "needs at least two noise levels, got {n}"
+        )));
+    }
+    Ok(n - 1)
+}

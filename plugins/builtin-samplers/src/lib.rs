@@ -1,0 +1,36 @@
+//! sdhost's built-in samplers: A1111's img2img sampler list, as a sampler plugin.
+//!
+//! The host loads this library through the same ABI as any third-party plugin. Each sampler
+//! is a short function of the context (model, noise, σ schedule) and the starting latent, in
+//! the manner of k-diffusion's `sampling.py`; the table in [`catalog`] says how A1111 presents
+//! each one (names, aliases, default schedule, flags, options).
+
+mod catalog;
+mod common;
+mod euler;
+
+use sdhost_plugin_api::{
+    export_sampler_plugin, Context, Latent, SampleError, SamplerInfo, SamplerPlugin,
+};
+
+/// The built-in sampler plugin.
+pub struct BuiltinSamplers;
+
+impl SamplerPlugin for BuiltinSamplers {
+    const NAME: &'static str = "sdhost built-in";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+
+    fn samplers() -> Vec<SamplerInfo> {
+        catalog::samplers()
+    }
+
+    fn sample<'c, 'a>(
+        sampler: &str,
+        context: &'c Context<'a>,
+        x: Latent<'c, 'a>,
+    ) -> Result<Latent<'c, 'a>, SampleError> {
+        catalog::run(sampler, context, x)
+    }
+}
+
+export_sampler_plugin!(BuiltinSamplers);
