@@ -198,3 +198,30 @@ fn prompt_shows_schedule_tokens_and_embeddings() {
         );
     }
 }
+
+#[test]
+fn samplers_lists_every_plugin_and_skipped_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let release = Path::new(env!("CARGO_BIN_EXE_sdhost")).parent().unwrap();
+    for lib in ["libexample_sampler.so", "libnot_a_plugin.so"] {
+        std::fs::copy(release.join(lib), dir.path().join(lib)).unwrap();
+    }
+    let out = sdhost!("samplers", "--plugins-dir", dir.path(), "--options");
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{stdout}"))
+            .to_string()
+    };
+    assert!(line("Euler a").contains("sdhost built-in"));
+    assert!(line("Midpoint").contains("example"));
+    assert!(stdout.contains("midpoint = 0.5"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("libnot_a_plugin.so: not an sdhost sampler plugin"),
+        "{stderr}"
+    );
+}

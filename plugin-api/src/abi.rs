@@ -292,7 +292,8 @@ pub struct SamplerPluginModule {
     pub samplers: extern "C" fn() -> RVec<SamplerInfo>,
     /// Runs the named sampler; returns the final latent.
     #[sabi(last_prefix_field)]
-    pub sample: extern "C" fn(sampler: RStr<'_>, job: SampleJob<'_>) -> RResult<TensorId, PluginError>,
+    pub sample:
+        extern "C" fn(sampler: RStr<'_>, job: SampleJob<'_>) -> RResult<TensorId, PluginError>,
 }
 
 impl RootModule for SamplerPluginRef {

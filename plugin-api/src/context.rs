@@ -6,8 +6,8 @@ use std::fmt;
 use abi_stable::std_types::{RNone, ROption, RSome, RVec, Tuple2};
 
 use crate::abi::{
-    Flow, HostError, HostErrorKind, HostRef, OptionValue, PluginError, PluginErrorKind,
-    SampleJob, SamplerOption, StepInfo, TensorId,
+    Flow, HostError, HostErrorKind, HostRef, OptionValue, PluginError, PluginErrorKind, SampleJob,
+    SamplerOption, StepInfo, TensorId,
 };
 use crate::latent::Latent;
 

@@ -100,8 +100,7 @@ pub mod __private {
             Err(payload) => RResult::RErr(PluginError {
                 kind: PluginErrorKind::Panic,
                 host_kind: RNone,
-                message: format!("sampler {sampler} panicked: {}", panic_message(&*payload))
-                    .into(),
+                message: format!("sampler {sampler} panicked: {}", panic_message(&*payload)).into(),
             }),
         }
     }

@@ -22,7 +22,7 @@ pub use abi::{
     SamplerOption, ScheduleInput, StepInfo, TensorId,
 };
 pub use context::{Context, SampleError};
-pub use export::{SamplerPlugin, __private};
+pub use export::{__private, SamplerPlugin};
 pub use latent::Latent;
 
 /// Re-exported so that [`export_sampler_plugin!`] works without the plugin naming abi_stable.

@@ -11,6 +11,11 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// Kind of the weights.
+    pub fn kind(&self) -> Kind {
+        self.weight.kind()
+    }
+
     /// Loads `weight` and, if `bias`, `bias` under `vb`.
     pub fn new(vb: &VarBuilder, in_dim: i64, out_dim: i64, bias: bool) -> Result<Self> {
         Ok(Self {

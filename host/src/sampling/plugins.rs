@@ -6,11 +6,11 @@
 use std::path::{Path, PathBuf};
 
 use sdhost_plugin_api::abi::{
-    HostErrorKind, Host_TO, OptionValue, PluginErrorKind, SampleJob, SamplerInfo,
-    SamplerPluginRef,
+    HostErrorKind, Host_TO, OptionValue, PluginErrorKind, SampleJob, SamplerInfo, SamplerPluginRef,
 };
-use sdhost_plugin_api::abi_stable::library::{lib_header_from_path, LibraryError};
+use sdhost_plugin_api::abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
 use sdhost_plugin_api::abi_stable::sabi_trait::TD_Opaque;
+use sdhost_plugin_api::abi_stable::sabi_types::{VersionNumber, VersionStrings};
 use sdhost_plugin_api::abi_stable::std_types::{RStr, Tuple2};
 use sdhost_plugin_api::abi_stable::RMut;
 use sdhost_plugin_api::Flow;
@@ -96,6 +96,7 @@ impl LoadedPlugin {
     /// Loads and checks one plugin library (it stays mapped for the life of the process).
     pub fn load(path: &Path) -> Result<Self, PluginLoadError> {
         let header = lib_header_from_path(path).map_err(|e| load_error(path, e))?;
+        check_api_version(path, header.version_strings())?;
         let module = header
             .init_root_module::<SamplerPluginRef>()
             .map_err(|e| load_error(path, e))?;
@@ -107,6 +108,50 @@ impl LoadedPlugin {
             module,
         })
     }
+}
+
+/// Plugins must be built against the same plugin API release line as the host: the same
+/// minor version for 0.x (each ABI change bumps it), the same major version after 1.0.
+/// abi_stable alone would also accept a newer minor and then fail on the layout, with a
+/// report of several hundred lines.
+fn check_api_version(path: &Path, plugin: VersionStrings) -> Result<(), PluginLoadError> {
+    let mismatch = |plugin: String| PluginLoadError::VersionMismatch {
+        path: path.to_path_buf(),
+        plugin,
+        host: SamplerPluginRef::VERSION_STRINGS.version.to_string(),
+    };
+    let shown = plugin.version.to_string();
+    let (Ok(host), Ok(found)) = (
+        VersionNumber::new(SamplerPluginRef::VERSION_STRINGS),
+        VersionNumber::new(plugin),
+    ) else {
+        return Err(mismatch(shown));
+    };
+    let compatible = if host.major == 0 {
+        found.major == 0 && found.minor == host.minor
+    } else {
+        found.major == host.major
+    };
+    if compatible {
+        Ok(())
+    } else {
+        Err(mismatch(shown))
+    }
+}
+
+/// The few lines of abi_stable's layout report that say what differs.
+fn layout_summary(report: &str) -> String {
+    let lines: Vec<&str> = report
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let summary: Vec<&str> = lines
+        .iter()
+        .position(|l| l.starts_with("Error:"))
+        .map(|start| lines[start..].iter().take(5).copied().collect())
+        .unwrap_or_else(|| lines.iter().take(5).copied().collect());
+    summary.join(" ")
 }
 
 fn load_error(path: &Path, error: LibraryError) -> PluginLoadError {
@@ -132,7 +177,7 @@ fn load_error(path: &Path, error: LibraryError) -> PluginLoadError {
         },
         other => PluginLoadError::AbiMismatch {
             path,
-            detail: other.to_string(),
+            detail: layout_summary(&other.to_string()),
         },
     }
 }
@@ -247,8 +292,7 @@ impl SamplerRegistry {
             .filter(|p| {
                 p.is_file()
                     && p.file_name().is_some_and(|n| {
-                        n.to_string_lossy()
-                            .ends_with(std::env::consts::DLL_SUFFIX)
+                        n.to_string_lossy().ends_with(std::env::consts::DLL_SUFFIX)
                     })
             })
             .collect();
@@ -373,7 +417,10 @@ impl SamplerRegistry {
 }
 
 /// Refuses options the sampler does not declare, or of the wrong kind, before it runs.
-fn check_options(info: &SamplerInfo, options: &[(String, OptionValue)]) -> Result<(), SamplingError> {
+fn check_options(
+    info: &SamplerInfo,
+    options: &[(String, OptionValue)],
+) -> Result<(), SamplingError> {
     for (name, value) in options {
         let Some(declared) = info.options.iter().find(|o| o.name.as_str() == name) else {
             let known: Vec<&str> = info.options.iter().map(|o| o.name.as_str()).collect();
@@ -381,7 +428,11 @@ fn check_options(info: &SamplerInfo, options: &[(String, OptionValue)]) -> Resul
                 sampler: info.name.to_string(),
                 message: format!(
                     "unknown option \"{name}\" (it accepts: {})",
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 ),
             });
         };

@@ -230,7 +230,12 @@ impl UNetModel {
         })
     }
 
-    /// The configuration this model was built with.
+    /// Kind of the weights (the UNet's compute dtype).
+    pub fn kind(&self) -> tch::Kind {
+        self.time_embed_1.kind()
+    }
+
+    /// The configuration it was built with.
     pub fn config(&self) -> &UNetConfig {
         &self.config
     }
