@@ -1,0 +1,252 @@
+//! The k-diffusion denoiser over the UNet, with classifier-free guidance (A1111's
+//! `CFGDenoiser` around k-diffusion's `CompVisDenoiser` / `CompVisVDenoiser`).
+//!
+//! One call evaluates, for every image of the batch, each `AND` part of its prompt and its
+//! negative prompt at the conditioning scheduled for this model call, in one UNet batch where
+//! the token lengths agree, and combines the denoised outputs:
+//! `D = D_u + Σ_j w_j·s·(D_c_j − D_u)`.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use tch::{Kind, Tensor};
+
+use super::noise_levels::{NoiseLevels, NoiseModel};
+use super::session::{Denoise, StepFailure};
+use crate::models::unet::UNetModel;
+use crate::prompt::conditioning::{cond_at_call, CondPart, ScheduledCond};
+use sdhost_plugin_api::abi::HostErrorKind;
+
+/// What the UNet predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prediction {
+    /// Noise ε (SD1, SD2-base).
+    Epsilon,
+    /// Velocity v (SD2-768).
+    V,
+}
+
+/// The conditioning of a job's batch.
+pub struct Guidance {
+    /// Per image: the `AND` parts of its positive prompt.
+    pub conds: Vec<Vec<CondPart>>,
+    /// Per image: its negative prompt's schedule.
+    pub unconds: Vec<Vec<ScheduledCond>>,
+    /// CFG scale `s`.
+    pub cfg_scale: f64,
+}
+
+/// The UNet as a k-diffusion denoiser with classifier-free guidance.
+pub struct CfgDenoiser<'m> {
+    unet: &'m UNetModel,
+    levels: &'m NoiseLevels,
+    prediction: Prediction,
+    guidance: Guidance,
+    /// Extra input channels of inpainting models, per image [B, 5, h, w], appended to x.
+    image_conditioning: Option<Tensor>,
+    /// Round the timestep to fp16 before the UNet, as A1111 does with an fp16 UNet.
+    round_timestep_fp16: bool,
+    /// Most rows per UNet call; halved automatically when the device runs out of memory.
+    max_rows: usize,
+    call: usize,
+}
+
+impl<'m> CfgDenoiser<'m> {
+    /// A denoiser for `guidance` over `unet`, rounding timesteps to fp16 (A1111's default).
+    pub fn new(
+        unet: &'m UNetModel,
+        levels: &'m NoiseLevels,
+        prediction: Prediction,
+        guidance: Guidance,
+    ) -> Self {
+        CfgDenoiser {
+            unet,
+            levels,
+            prediction,
+            guidance,
+            image_conditioning: None,
+            round_timestep_fp16: true,
+            max_rows: usize::MAX,
+            call: 0,
+        }
+    }
+
+    /// Whether the timestep is rounded to fp16 (A1111 with a half-precision UNet).
+    pub fn round_timestep_fp16(mut self, round: bool) -> Self {
+        self.round_timestep_fp16 = round;
+        self
+    }
+
+    /// Limits the rows of one UNet call (cond and uncond of all images share a call if
+    /// they fit; A1111's `batch_cond_uncond`).
+    pub fn max_rows(mut self, rows: usize) -> Self {
+        self.max_rows = rows.max(1);
+        self
+    }
+
+    /// Adds the inpainting model's image conditioning (masked image latent and mask).
+    pub fn image_conditioning(mut self, conditioning: Tensor) -> Self {
+        self.image_conditioning = Some(conditioning);
+        self
+    }
+
+    /// Number of model calls so far (A1111's `CFGDenoiser.step`, used by prompt editing).
+    pub fn calls(&self) -> usize {
+        self.call
+    }
+
+    /// The UNet timestep for a noise level.
+    fn timestep(&self, sigma: f64, timestep: Option<f64>) -> f64 {
+        let t = timestep.unwrap_or_else(|| self.levels.sigma_to_t(sigma));
+        if self.round_timestep_fp16 {
+            f64::from(half::f16::from_f64(t))
+        } else {
+            t
+        }
+    }
+
+    /// D(x, σ) for the given rows (image index, conditioning) in chunks of `max_rows`.
+    fn denoise_rows(
+        &mut self,
+        x: &Tensor,
+        sigma: f64,
+        t: f64,
+        rows: &[(usize, &Tensor)],
+    ) -> Result<Vec<Tensor>, StepFailure> {
+        let mut out = Vec::with_capacity(rows.len());
+        let mut start = 0;
+        while start < rows.len() {
+            let end = (start + self.max_rows).min(rows.len());
+            match self.run_unet(x, sigma, t, &rows[start..end]) {
+                Ok(denoised) => {
+                    out.extend(denoised);
+                    start = end;
+                }
+                Err(failure) if failure.kind == HostErrorKind::OutOfMemory && end - start > 1 => {
+                    // Split the batch rather than fail: A1111's answer to "does not fit".
+                    self.max_rows = (end - start) / 2;
+                }
+                Err(failure) => return Err(failure),
+            }
+        }
+        Ok(out)
+    }
+
+    /// One UNet call; libtorch errors (they panic in tch) become step failures.
+    fn run_unet(
+        &self,
+        x: &Tensor,
+        sigma: f64,
+        t: f64,
+        rows: &[(usize, &Tensor)],
+    ) -> Result<Vec<Tensor>, StepFailure> {
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let index: Vec<i64> = rows.iter().map(|(image, _)| *image as i64).collect();
+            let index = Tensor::from_slice(&index).to_device(x.device());
+            let x_rows = x.index_select(0, &index);
+            let c_in = 1.0 / (sigma * sigma + 1.0).sqrt();
+            let mut input = &x_rows * c_in;
+            if let Some(conditioning) = &self.image_conditioning {
+                input = Tensor::cat(&[input, conditioning.index_select(0, &index)], 1);
+            }
+            let kind = self.unet_kind();
+            let context = Tensor::stack(&rows.iter().map(|(_, cond)| *cond).collect::<Vec<_>>(), 0)
+                .to_kind(kind);
+            let timesteps = Tensor::full([rows.len() as i64], t, (Kind::Float, x.device()));
+            let output = self
+                .unet
+                .forward(&input.to_kind(kind), &timesteps, &context)
+                .to_kind(x.kind());
+            let denoised = match self.prediction {
+                Prediction::Epsilon => &x_rows - output * sigma,
+                Prediction::V => {
+                    let c_skip = 1.0 / (sigma * sigma + 1.0);
+                    let c_out = -sigma / (sigma * sigma + 1.0).sqrt();
+                    &x_rows * c_skip + output * c_out
+                }
+            };
+            denoised.unbind(0)
+        }));
+        outcome.map_err(|payload| torch_panic("model call", &*payload))
+    }
+
+    fn unet_kind(&self) -> Kind {
+        self.unet.kind()
+    }
+}
+
+/// Turns a panic from a tch operation into a step failure (out of memory gets its own kind).
+pub fn torch_panic(context: &str, payload: &(dyn std::any::Any + Send)) -> StepFailure {
+    let text = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown error".to_string());
+    StepFailure::from_torch(context, &tch::TchError::Torch(text))
+}
+
+impl Denoise for CfgDenoiser<'_> {
+    fn denoise(
+        &mut self,
+        x: &Tensor,
+        sigma: f64,
+        timestep: Option<f64>,
+    ) -> Result<Tensor, StepFailure> {
+        let batch = x.size()[0] as usize;
+        if self.guidance.conds.len() != batch || self.guidance.unconds.len() != batch {
+            return Err(StepFailure::failed(format!(
+                "conditioning for {} images, latent batch of {batch}",
+                self.guidance.conds.len()
+            )));
+        }
+        let t = self.timestep(sigma, timestep);
+        let call = self.call;
+        // Rows in A1111's order: every image's cond parts, then every image's uncond.
+        let mut rows: Vec<(usize, Tensor)> = Vec::new();
+        let mut weights: Vec<f64> = Vec::new();
+        for (image, parts) in self.guidance.conds.iter().enumerate() {
+            for part in parts {
+                rows.push((image, cond_at_call(&part.schedule, call).shallow_clone()));
+                weights.push(part.weight);
+            }
+        }
+        let cond_count = rows.len();
+        for (image, schedule) in self.guidance.unconds.iter().enumerate() {
+            rows.push((image, cond_at_call(schedule, call).shallow_clone()));
+        }
+        // Rows with different token counts cannot share a UNet batch.
+        let mut outputs: Vec<Option<Tensor>> = (0..rows.len()).map(|_| None).collect();
+        let mut lengths: Vec<i64> = rows.iter().map(|(_, c)| c.size()[0]).collect();
+        lengths.sort_unstable();
+        lengths.dedup();
+        for length in lengths {
+            let group: Vec<usize> = (0..rows.len())
+                .filter(|&i| rows[i].1.size()[0] == length)
+                .collect();
+            let group_rows: Vec<(usize, &Tensor)> =
+                group.iter().map(|&i| (rows[i].0, &rows[i].1)).collect();
+            let denoised = self.denoise_rows(x, sigma, t, &group_rows)?;
+            for (i, d) in group.into_iter().zip(denoised) {
+                outputs[i] = Some(d);
+            }
+        }
+        let outputs: Vec<Tensor> = outputs
+            .into_iter()
+            .map(|o| o.expect("every row ran"))
+            .collect();
+        let (cond_out, uncond_out) = outputs.split_at(cond_count);
+        let scale = self.guidance.cfg_scale;
+        let mut result = Vec::with_capacity(batch);
+        let mut part = 0;
+        for (image, parts) in self.guidance.conds.iter().enumerate() {
+            let uncond = &uncond_out[image];
+            let mut denoised = uncond.copy();
+            for _ in parts {
+                denoised += (&cond_out[part] - uncond) * (weights[part] * scale);
+                part += 1;
+            }
+            result.push(denoised);
+        }
+        self.call += 1;
+        Ok(Tensor::stack(&result, 0))
+    }
+}
