@@ -1,8 +1,10 @@
-//! Makes the binaries and tests find libtorch without LD_LIBRARY_PATH, and keeps CUDA usable.
+//! Makes the binaries and tests find libtorch without LD_LIBRARY_PATH, keeps CUDA usable, and
+//! compiles the C++ shim that gives Rust libtorch generator objects (csrc/generator.cpp).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib_dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
@@ -17,4 +19,31 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+    compile_generator_shim(Path::new(&lib_dir));
+}
+
+/// Builds csrc/generator.cpp against the libtorch headers the way torch-sys builds its wrapper.
+fn compile_generator_shim(lib_dir: &Path) {
+    const SOURCE: &str = "csrc/generator.cpp";
+    println!("cargo:rerun-if-changed={SOURCE}");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_INCLUDE");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    // torch-sys does not pass its include dirs on; they sit beside its lib dir in every layout
+    // it supports (LIBTORCH, the pip package), and LIBTORCH_INCLUDE overrides them there too.
+    let root = std::env::var_os("LIBTORCH_INCLUDE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| lib_dir.parent().unwrap_or(lib_dir).to_path_buf());
+    // The same default as torch-sys: the pip wheels and current libtorch zips use the new ABI.
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(root.join("include"))
+        .include(root.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file(SOURCE)
+        .compile("sdhost_generator");
 }
