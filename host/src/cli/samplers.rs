@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use clap::Args;
 use sdhost_plugin_api::{OptionValue, ScheduleInput};
 
+use crate::sampling::plan::LCM_SCHEDULE;
 use crate::sampling::plugins::{PluginPaths, SamplerRegistry};
+use crate::sampling::schedule::Schedule;
 
 /// Arguments of `sdhost samplers`.
 #[derive(Args)]
@@ -35,8 +37,11 @@ pub fn run(args: &SamplersArgs) -> anyhow::Result<()> {
             let info = found.info;
             let schedule = match (info.input, info.default_schedule.as_ref().into_option()) {
                 (ScheduleInput::Timesteps, _) => "DDIM timesteps".to_string(),
-                (_, Some(name)) => name.to_string(),
-                (_, None) => "Automatic (model default)".to_string(),
+                (_, Some(name)) if name.as_str() == LCM_SCHEDULE => "LCM's own".to_string(),
+                (_, Some(name)) => Schedule::from_name(name.as_str())
+                    .map(|s| s.label().to_string())
+                    .unwrap_or_else(|_| format!("{name} (unknown to this sdhost)")),
+                (_, None) => "Automatic (Uniform)".to_string(),
             };
             let aliases: Vec<&str> = info.aliases.iter().map(|a| a.as_str()).collect();
             [

@@ -2,6 +2,7 @@
 //! denoiser with classifier-free guidance that sampler plugins drive.
 pub mod denoiser;
 pub mod noise_levels;
+pub mod plan;
 pub mod plugins;
 pub mod schedule;
 pub mod session;

@@ -1,0 +1,82 @@
+//! Sampler and schedule resolution and img2img noise levels, as A1111 decides them
+//! (spec §1.1-1.4, §4.1, §4.4), through the built-in plugin's sampler table.
+
+use sdhost::sampling::noise_levels::NoiseLevels;
+use sdhost::sampling::plan::{PlanError, SamplerSettings, SamplingPlan};
+use sdhost::sampling::plugins::{PluginPaths, SamplerRegistry};
+use sdhost::sampling::schedule::Schedule;
+
+fn registry() -> SamplerRegistry {
+    let builtin = PluginPaths::discover(None).builtin;
+    assert!(
+        builtin.is_some(),
+        "build the workspace first (make test does)"
+    );
+    SamplerRegistry::load(&PluginPaths {
+        builtin,
+        folder: None,
+    })
+}
+
+fn settings(sampler: &str, steps: usize, strength: f64) -> SamplerSettings {
+    SamplerSettings {
+        sampler: sampler.into(),
+        steps,
+        denoising_strength: strength,
+        ..SamplerSettings::default()
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-4 * b.abs().max(1.0)
+}
+
+#[test]
+fn img2img_enters_the_schedule_at_the_strength() {
+    let registry = registry();
+    let levels = NoiseLevels::sd_scaled_linear();
+    // Spec §1.2: N = 20, ds = 0.75 → 16 steps from index 4 of the schedule (Karras σ ≈ 5.789).
+    let plan = SamplingPlan::new(&registry, &settings("Euler Karras", 20, 0.75), &levels).unwrap();
+    assert_eq!(plan.schedule, Some(Schedule::Karras));
+    assert_eq!(plan.schedule_label, "Karras");
+    assert_eq!(
+        (plan.t_enc, plan.steps_run, plan.sigmas.len()),
+        (15, 16, 17)
+    );
+    assert!(close(plan.sigmas[0], 5.7894), "{}", plan.sigmas[0]);
+    assert_eq!(*plan.sigmas.last().unwrap(), 0.0);
+    assert_eq!(plan.full_sigmas.len(), 21);
+
+    // ds = 0: one step from the smallest non-zero σ; ds = 1: the whole schedule from σ_max.
+    let zero = SamplingPlan::new(&registry, &settings("Euler", 20, 0.0), &levels).unwrap();
+    assert_eq!(zero.sigmas.len(), 2);
+    assert!(close(zero.sigmas[0], 0.0292), "{}", zero.sigmas[0]);
+    let one = SamplingPlan::new(&registry, &settings("Euler", 20, 1.0), &levels).unwrap();
+    assert_eq!(one.sigmas.len(), 21);
+    assert!(close(one.sigmas[0], 14.6146));
+    // Euler has no default schedule: Automatic is the model's own (Uniform), written as such.
+    assert_eq!(one.schedule, Some(Schedule::Uniform));
+    assert_eq!(one.schedule_label, "Automatic");
+    assert!(close(one.sigmas[1], 10.7468), "{}", one.sigmas[1]);
+
+    // img2img_fix_steps: exactly N steps of a longer schedule.
+    let fixed = SamplerSettings {
+        fix_steps: true,
+        ..settings("Euler", 20, 0.5)
+    };
+    let plan = SamplingPlan::new(&registry, &fixed, &levels).unwrap();
+    assert_eq!((plan.steps_run, plan.full_sigmas.len()), (20, 41));
+}
+
+#[test]
+fn bad_settings_are_refused_with_reasons() {
+    let registry = registry();
+    let levels = NoiseLevels::sd_scaled_linear();
+    let unknown = SamplingPlan::new(&registry, &settings("Euler b", 20, 0.5), &levels);
+    let message = unknown.err().unwrap().to_string();
+    assert!(message.contains("unknown sampler \"Euler b\""), "{message}");
+    let strength = SamplingPlan::new(&registry, &settings("Euler", 20, 1.5), &levels);
+    assert!(matches!(strength, Err(PlanError::Invalid(_))));
+    let steps = SamplingPlan::new(&registry, &settings("Euler", 0, 0.5), &levels);
+    assert!(matches!(steps, Err(PlanError::Invalid(_))));
+}
