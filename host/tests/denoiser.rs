@@ -145,3 +145,70 @@ fn cfg_denoiser_and_samplers_match_k_diffusion_on_tiny_unet() {
         }
     }
 }
+
+/// The whole sampling path as an img2img job runs it: plan (Karras, strength 0.6), per-image
+/// generators (start noise, then every sampler draw), CFG denoiser, plugin sampler.
+#[test]
+fn img2img_sampling_with_a1111_noise_matches_reference() {
+    use sdhost::rng::ImageRng;
+    use sdhost::sampling::noise::JobNoise;
+    use sdhost::sampling::plan::{SamplerSettings, SamplingPlan};
+    use sdhost::sampling::schedule::Schedule;
+
+    tch::set_num_threads(1);
+    let _guard = tch::no_grad_guard();
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), 5);
+    let out = dir.path().join("ref.safetensors");
+    run_reference(
+        "denoiser_reference.py",
+        &[model.as_os_str(), out.as_os_str()],
+    );
+    let r = read_tensors(&out);
+    let sd = common::load_fp32(&model);
+    let ckpt = sdhost::checkpoint::Checkpoint::open(&model).unwrap();
+    let levels = NoiseLevels::from_checkpoint(&ckpt).unwrap();
+    let registry = SamplerRegistry::load(&PluginPaths {
+        builtin: PluginPaths::discover(None).builtin,
+        folder: None,
+    });
+    for (sampler, key) in [("Euler a", "euler_a"), ("Euler", "euler")] {
+        let settings = SamplerSettings {
+            sampler: sampler.into(),
+            schedule: Schedule::Karras,
+            steps: 10,
+            denoising_strength: 0.6,
+            ..SamplerSettings::default()
+        };
+        let plan = SamplingPlan::new(&registry, &settings, &levels).unwrap();
+        let mut rng = ImageRng::new(&[1234, 4294967293], [4, 8, 8], tch::Device::Cpu).unwrap();
+        let x = plan.start_latent(&r["x0"], &rng.first().unwrap());
+        let mut noise = JobNoise::new(rng, tch::Device::Cpu, tch::Kind::Float);
+        let guidance = Guidance {
+            conds: vec![vec![part(&r["cond_a"], 1.0)], vec![part(&r["cond_b"], 1.0)]],
+            unconds: vec![fixed(&r["uncond0"]), fixed(&r["uncond1"])],
+            cfg_scale: 7.0,
+        };
+        let mut denoiser = CfgDenoiser::new(&sd.unet, &levels, Prediction::Epsilon, guidance);
+        let mut steps = 0;
+        let result = registry
+            .sample(
+                plan.sampler,
+                plan.request(x),
+                &mut denoiser,
+                &mut noise,
+                &mut |_| {
+                    steps += 1;
+                    Flow::Continue
+                },
+            )
+            .unwrap();
+        assert_eq!(steps, plan.steps_run);
+        assert_close(
+            &format!("img2img {sampler}"),
+            &result,
+            &r[&format!("a1111.{key}")],
+            TOLERANCE,
+        );
+    }
+}

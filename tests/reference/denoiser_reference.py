@@ -110,6 +110,31 @@ def main():
             out[f"{tag}.{name}.euler"] = sampling.sample_euler(model, x.clone(), sigmas, disable=True)
             out[f"{tag}.{name}.dpmpp_2m"] = sampling.sample_dpmpp_2m(model, x.clone(), sigmas, disable=True)
             out[f"{tag}.{name}.heun"] = sampling.sample_heun(model, x.clone(), sigmas, disable=True)
+    # A1111's img2img noise: one generator per image seed; the first draw noises the init
+    # latent, every randn_like inside the sampler takes the next draw of each (TorchHijack).
+    seeds = [1234, 4294967293]
+    inner = external.CompVisDenoiser(LdmWrapper(unet, alphas, True))
+    model = CfgDenoiser(inner, *cases["single"], 7.0)
+    full = sampling.get_sigmas_karras(10, inner.sigmas[0].item(), inner.sigmas[-1].item())
+    sched = full[10 - 6 - 1:]  # 10 steps at denoising strength 0.6: t_enc = 6
+    for name, function in [("euler_a", "sample_euler_ancestral"), ("euler", "sample_euler")]:
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        draw = lambda: torch.stack([torch.randn((4, 8, 8), generator=g) for g in gens])  # noqa: E731
+
+        class Hijack:
+            def __getattr__(self, attr):
+                return getattr(torch, attr)
+
+            def randn_like(self, x, *args, **kwargs):
+                return draw()
+
+        x = x0 + draw() * sched[0]
+        saved = sampling.torch
+        sampling.torch = Hijack()
+        try:
+            out[f"a1111.{name}"] = getattr(sampling, function)(model, x, sched, disable=True)
+        finally:
+            sampling.torch = saved
     save_file({k: v.contiguous() for k, v in out.items()}, out_path)
 
 
