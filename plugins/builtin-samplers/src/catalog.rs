@@ -5,13 +5,13 @@ use sdhost_plugin_api::{
     Context, Latent, OptionValue, SampleError, SamplerInfo, SamplerOption, ScheduleInput,
 };
 
-use crate::euler;
+use crate::{dpmpp, dpmpp_sde, euler, heun, lms};
 
 /// A sampler function: walks the context's σ schedule from `x`.
 type Run = for<'c, 'a> fn(&'c Context<'a>, Latent<'c, 'a>) -> Result<Latent<'c, 'a>, SampleError>;
 
 /// Flags of a sampler, as A1111's sampler table sets them.
-#[derive(Default, Clone, Copy)]
+#[derive(Clone, Copy)]
 struct Flags {
     discard_penultimate_sigma: bool,
     second_order: bool,
@@ -41,32 +41,124 @@ fn number(name: &str, default: f64, help: &str) -> SamplerOption {
 /// Karras churn options of Euler, Heun and DPM2 (A1111 options `s_churn` ...).
 fn churn_options() -> Vec<SamplerOption> {
     vec![
-        number("s_churn", 0.0, "stochasticity: noise added back per step (0 = none)"),
+        number(
+            "s_churn",
+            0.0,
+            "stochasticity: noise added back per step (0 = none)",
+        ),
         number("s_tmin", 0.0, "lowest σ at which churn applies"),
         number("s_tmax", f64::INFINITY, "highest σ at which churn applies"),
         number("s_noise", 1.0, "scale of the added noise"),
     ]
 }
 
+/// Samplers without options.
+fn no_options() -> Vec<SamplerOption> {
+    Vec::new()
+}
+
 /// Options of the ancestral and SDE samplers (A1111 `eta_ancestral`, `s_noise`).
 fn ancestral_options() -> Vec<SamplerOption> {
     vec![
-        number("eta", 1.0, "share of fresh noise per step (0 = deterministic)"),
+        number(
+            "eta",
+            1.0,
+            "share of fresh noise per step (0 = deterministic)",
+        ),
         number("s_noise", 1.0, "scale of the added noise"),
     ]
 }
 
+/// No flags set.
+const NONE: Flags = Flags {
+    discard_penultimate_sigma: false,
+    second_order: false,
+    uses_ensd: false,
+    brownian: false,
+};
+
+/// A1111's sampler table (`sd_samplers_kdiffusion.py` and friends), in its UI order.
 const ENTRIES: &[Entry] = &[
+    Entry {
+        name: "DPM++ 2M",
+        aliases: &["k_dpmpp_2m"],
+        default_schedule: Some("karras"),
+        input: ScheduleInput::Sigmas,
+        flags: NONE,
+        options: no_options,
+        run: dpmpp::dpmpp_2m,
+    },
+    Entry {
+        name: "DPM++ SDE",
+        aliases: &["k_dpmpp_sde"],
+        default_schedule: Some("karras"),
+        input: ScheduleInput::Sigmas,
+        flags: Flags {
+            second_order: true,
+            brownian: true,
+            ..NONE
+        },
+        options: ancestral_options,
+        run: dpmpp_sde::dpmpp_sde,
+    },
+    Entry {
+        name: "DPM++ 2M SDE",
+        aliases: &["k_dpmpp_2m_sde"],
+        default_schedule: Some("exponential"),
+        input: ScheduleInput::Sigmas,
+        flags: Flags {
+            brownian: true,
+            ..NONE
+        },
+        options: ancestral_options,
+        run: dpmpp_sde::dpmpp_2m_sde,
+    },
+    Entry {
+        name: "DPM++ 2M SDE Heun",
+        aliases: &["k_dpmpp_2m_sde_heun"],
+        default_schedule: Some("exponential"),
+        input: ScheduleInput::Sigmas,
+        flags: Flags {
+            brownian: true,
+            ..NONE
+        },
+        options: ancestral_options,
+        run: dpmpp_sde::dpmpp_2m_sde_heun,
+    },
+    Entry {
+        name: "DPM++ 2S a",
+        aliases: &["k_dpmpp_2s_a"],
+        default_schedule: Some("karras"),
+        input: ScheduleInput::Sigmas,
+        flags: Flags {
+            uses_ensd: true,
+            second_order: true,
+            ..NONE
+        },
+        options: ancestral_options,
+        run: dpmpp::dpmpp_2s_ancestral,
+    },
+    Entry {
+        name: "DPM++ 3M SDE",
+        aliases: &["k_dpmpp_3m_sde"],
+        default_schedule: Some("exponential"),
+        input: ScheduleInput::Sigmas,
+        flags: Flags {
+            discard_penultimate_sigma: true,
+            brownian: true,
+            ..NONE
+        },
+        options: ancestral_options,
+        run: dpmpp_sde::dpmpp_3m_sde,
+    },
     Entry {
         name: "Euler a",
         aliases: &["k_euler_a", "k_euler_ancestral"],
         default_schedule: None,
         input: ScheduleInput::Sigmas,
         flags: Flags {
-            discard_penultimate_sigma: false,
-            second_order: false,
             uses_ensd: true,
-            brownian: false,
+            ..NONE
         },
         options: ancestral_options,
         run: euler::euler_ancestral,
@@ -76,14 +168,57 @@ const ENTRIES: &[Entry] = &[
         aliases: &["k_euler"],
         default_schedule: None,
         input: ScheduleInput::Sigmas,
-        flags: Flags {
-            discard_penultimate_sigma: false,
-            second_order: false,
-            uses_ensd: false,
-            brownian: false,
-        },
+        flags: NONE,
         options: churn_options,
         run: euler::euler,
+    },
+    Entry {
+        name: "LMS",
+        aliases: &["k_lms"],
+        default_schedule: None,
+        input: ScheduleInput::Sigmas,
+        flags: NONE,
+        options: no_options,
+        run: lms::lms,
+    },
+    Entry {
+        name: "Heun",
+        aliases: &["k_heun"],
+        default_schedule: None,
+        input: ScheduleInput::Sigmas,
+        flags: Flags {
+            second_order: true,
+            ..NONE
+        },
+        options: churn_options,
+        run: heun::heun,
+    },
+    Entry {
+        name: "DPM2",
+        aliases: &["k_dpm_2"],
+        default_schedule: Some("karras"),
+        input: ScheduleInput::Sigmas,
+        flags: Flags {
+            discard_penultimate_sigma: true,
+            second_order: true,
+            ..NONE
+        },
+        options: churn_options,
+        run: heun::dpm_2,
+    },
+    Entry {
+        name: "DPM2 a",
+        aliases: &["k_dpm_2_a"],
+        default_schedule: Some("karras"),
+        input: ScheduleInput::Sigmas,
+        flags: Flags {
+            discard_penultimate_sigma: true,
+            uses_ensd: true,
+            second_order: true,
+            ..NONE
+        },
+        options: ancestral_options,
+        run: heun::dpm_2_ancestral,
     },
 ];
 
@@ -121,4 +256,3 @@ pub fn run<'c, 'a>(
         .ok_or_else(|| SampleError::BadInput(format!("no sampler named {name}")))?;
     (entry.run)(context, x)
 }
-

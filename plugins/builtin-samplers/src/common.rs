@@ -9,8 +9,7 @@ pub fn ancestral_step(sigma: f64, sigma_next: f64, eta: f64) -> (f64, f64) {
         return (sigma_next, 0.0);
     }
     let up = (eta
-        * (sigma_next * sigma_next * (sigma * sigma - sigma_next * sigma_next)
-            / (sigma * sigma))
+        * (sigma_next * sigma_next * (sigma * sigma - sigma_next * sigma_next) / (sigma * sigma))
             .sqrt())
     .min(sigma_next);
     let down = (sigma_next * sigma_next - up * up).sqrt();

@@ -7,7 +7,11 @@
 
 mod catalog;
 mod common;
+mod dpmpp;
+mod dpmpp_sde;
 mod euler;
+mod heun;
+mod lms;
 
 use sdhost_plugin_api::{
     export_sampler_plugin, Context, Latent, SampleError, SamplerInfo, SamplerPlugin,
