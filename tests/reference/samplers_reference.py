@@ -24,10 +24,14 @@ import kdiffusion  # noqa: E402
 sampling, external = kdiffusion.load()
 
 
-def toy_denoise(x, sigma):
-    """D(x, σ): smooth, nonlinear and σ-dependent; the Rust test computes the same."""
+def toy_denoise(x, sigma, timestep=None):
+    """D(x, σ): smooth, nonlinear and σ-dependent; the Rust test computes the same. A timestep
+    chosen by the sampler (DDIM family, LCM) also enters, so that a wrong one shows."""
     s = sigma.reshape(-1, 1, 1, 1).to(x.dtype)
-    return torch.tanh(x) / (1 + s) + 0.5 * x / torch.sqrt(1 + s * s)
+    denoised = torch.tanh(x) / (1 + s) + 0.5 * x / torch.sqrt(1 + s * s)
+    if timestep is not None:
+        denoised = denoised + x * (timestep / 20000.0)
+    return denoised
 
 
 class NoiseBank:
@@ -90,6 +94,20 @@ def run_case(case, out_path):
     bank_size = case.get("bank", 200)
     bank = [torch.randn(shape, generator=generator) for _ in range(bank_size)]
     steps = case["steps"]
+    name = case["sampler"]
+    if name not in KDIFFUSION:
+        import a1111_samplers
+
+        start_noise = torch.randn(shape, generator=generator)
+        noise = NoiseBank(bank)
+        result, extra = a1111_samplers.run(name, toy_denoise, x0, start_noise, case, case.get("options", {}), noise)
+        tensors = {"expected": result.contiguous(), "bank_used": torch.tensor([noise.used], dtype=torch.int64)}
+        tensors.update({k: v.contiguous() for k, v in extra.items()})
+        tensors["x"] = tensors["x"].float().contiguous()
+        for i, b in enumerate(bank):
+            tensors[f"noise.{i}"] = b.contiguous()
+        save_file(tensors, out_path)
+        return
     if case.get("schedule", "karras") == "karras":
         sigmas = sampling.get_sigmas_karras(steps, 0.0291675, 14.614642)
     else:

@@ -5,7 +5,7 @@ use sdhost_plugin_api::{
     Context, Latent, OptionValue, SampleError, SamplerInfo, SamplerOption, ScheduleInput,
 };
 
-use crate::{dpmpp, dpmpp_sde, euler, heun, lms};
+use crate::{dpmpp, dpmpp_sde, euler, heun, lcm, lms, restart, timesteps};
 
 /// A sampler function: walks the context's σ schedule from `x`.
 type Run = for<'c, 'a> fn(&'c Context<'a>, Latent<'c, 'a>) -> Result<Latent<'c, 'a>, SampleError>;
@@ -55,6 +55,20 @@ fn churn_options() -> Vec<SamplerOption> {
 /// Samplers without options.
 fn no_options() -> Vec<SamplerOption> {
     Vec::new()
+}
+
+/// Restart's option (A1111 `s_noise`).
+fn noise_options() -> Vec<SamplerOption> {
+    vec![number("s_noise", 1.0, "scale of the added noise")]
+}
+
+/// DDIM's option (A1111 `eta_ddim`).
+fn ddim_options() -> Vec<SamplerOption> {
+    vec![number(
+        "eta",
+        0.0,
+        "share of fresh noise per step (0 = deterministic)",
+    )]
 }
 
 /// Options of the ancestral and SDE samplers (A1111 `eta_ancestral`, `s_noise`).
@@ -219,6 +233,45 @@ const ENTRIES: &[Entry] = &[
         },
         options: ancestral_options,
         run: heun::dpm_2_ancestral,
+    },
+    Entry {
+        name: "Restart",
+        aliases: &["restart"],
+        default_schedule: Some("karras"),
+        input: ScheduleInput::Sigmas,
+        flags: Flags {
+            second_order: true,
+            ..NONE
+        },
+        options: noise_options,
+        run: restart::restart,
+    },
+    Entry {
+        name: "DDIM",
+        aliases: &["ddim"],
+        default_schedule: None,
+        input: ScheduleInput::Timesteps,
+        flags: NONE,
+        options: ddim_options,
+        run: timesteps::ddim,
+    },
+    Entry {
+        name: "PLMS",
+        aliases: &["plms"],
+        default_schedule: None,
+        input: ScheduleInput::Timesteps,
+        flags: NONE,
+        options: no_options,
+        run: timesteps::plms,
+    },
+    Entry {
+        name: "LCM",
+        aliases: &["k_lcm"],
+        default_schedule: Some("lcm"),
+        input: ScheduleInput::Sigmas,
+        flags: NONE,
+        options: no_options,
+        run: lcm::lcm,
     },
 ];
 

@@ -11,7 +11,10 @@ mod dpmpp;
 mod dpmpp_sde;
 mod euler;
 mod heun;
+mod lcm;
 mod lms;
+mod restart;
+mod timesteps;
 
 use sdhost_plugin_api::{
     export_sampler_plugin, Context, Latent, SampleError, SamplerInfo, SamplerPlugin,
