@@ -231,3 +231,15 @@ fn a1111_own_samplers_match_python_ports() {
         json!({"sampler": "Restart", "steps": 40, "seed": 51, "options": {"s_noise": 1.01}}),
     ]);
 }
+
+#[test]
+fn dpm_fast_and_adaptive_match_k_diffusion() {
+    check_cases(vec![
+        json!({"sampler": "DPM fast", "steps": 9, "seed": 61}),
+        json!({"sampler": "DPM fast", "steps": 10, "seed": 62}),
+        json!({"sampler": "DPM fast", "steps": 8, "start": 3, "seed": 63, "options": {"eta": 0.0}}),
+        json!({"sampler": "DPM fast", "steps": 2, "seed": 64}),
+        json!({"sampler": "DPM adaptive", "steps": 10, "seed": 65, "options": {"eta": 0.0}}),
+        json!({"sampler": "DPM adaptive", "steps": 10, "start": 4, "seed": 66, "bank": 400}),
+    ]);
+}

@@ -76,8 +76,9 @@ KDIFFUSION = {
     "DPM++ 2M SDE Heun": ("sample_dpmpp_2m_sde", {"solver_type": "heun"}),
     "DPM++ 3M SDE": ("sample_dpmpp_3m_sde", {}),
     "LMS": ("sample_lms", {}),
-    "DPM fast": ("sample_dpm_fast", {}),
-    "DPM adaptive": ("sample_dpm_adaptive", {}),
+    # A1111 runs these with eta = opts.eta_ancestral (1.0), not k-diffusion's default 0.
+    "DPM fast": ("sample_dpm_fast", {"eta": 1.0}),
+    "DPM adaptive": ("sample_dpm_adaptive", {"eta": 1.0}),
 }
 
 # Keyword arguments that take a noise sampler (these samplers draw through it, not randn_like).

@@ -5,7 +5,7 @@ use sdhost_plugin_api::{
     Context, Latent, OptionValue, SampleError, SamplerInfo, SamplerOption, ScheduleInput,
 };
 
-use crate::{dpmpp, dpmpp_sde, euler, heun, lcm, lms, restart, timesteps};
+use crate::{dpm_solver, dpmpp, dpmpp_sde, euler, heun, lcm, lms, restart, timesteps};
 
 /// A sampler function: walks the context's σ schedule from `x`.
 type Run = for<'c, 'a> fn(&'c Context<'a>, Latent<'c, 'a>) -> Result<Latent<'c, 'a>, SampleError>;
@@ -233,6 +233,30 @@ const ENTRIES: &[Entry] = &[
         },
         options: ancestral_options,
         run: heun::dpm_2_ancestral,
+    },
+    Entry {
+        name: "DPM fast",
+        aliases: &["k_dpm_fast"],
+        default_schedule: None,
+        input: ScheduleInput::Sigmas,
+        flags: Flags {
+            uses_ensd: true,
+            ..NONE
+        },
+        options: ancestral_options,
+        run: dpm_solver::dpm_fast,
+    },
+    Entry {
+        name: "DPM adaptive",
+        aliases: &["k_dpm_ad"],
+        default_schedule: None,
+        input: ScheduleInput::Sigmas,
+        flags: Flags {
+            uses_ensd: true,
+            ..NONE
+        },
+        options: ancestral_options,
+        run: dpm_solver::dpm_adaptive,
     },
     Entry {
         name: "Restart",

@@ -7,6 +7,7 @@
 
 mod catalog;
 mod common;
+mod dpm_solver;
 mod dpmpp;
 mod dpmpp_sde;
 mod euler;
