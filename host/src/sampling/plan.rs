@@ -231,6 +231,15 @@ impl<'r> SamplingPlan<'r> {
         init_latent + noise * self.sigmas[0]
     }
 
+    /// The σ range of the Brownian-tree noise: the smallest positive and the largest σ of the
+    /// full schedule (A1111 builds the tree over the whole schedule, not the img2img part).
+    pub fn brownian_range(&self) -> (f64, f64) {
+        let positive = self.full_sigmas.iter().copied().filter(|&s| s > 0.0);
+        let min = positive.clone().fold(f64::INFINITY, f64::min);
+        let max = positive.fold(0.0, f64::max);
+        (min, max)
+    }
+
     /// The request for the sampler, starting from `x`.
     pub fn request(&self, x: Tensor) -> SampleRequest {
         SampleRequest {
