@@ -165,18 +165,22 @@ def run(name, toy, x0, start_noise, case, options, noise):
     steps = case["steps"]
     alphas = sd_alphas_cumprod()
     out = {"alphas_cumprod": alphas.double()}
-    if name in ("DDIM", "PLMS"):
+    if name in ("DDIM", "PLMS", "UniPC"):
         t_enc = case["t_enc"]
         timesteps = a1111_timesteps(steps)
         ts_sched = torch.tensor(timesteps[:t_enc])
         a = alphas[timesteps[t_enc]]
         x = a.sqrt() * x0 + (1 - a).sqrt() * start_noise
         model = eps_model(toy, alphas)
+        descent = torch.tensor(timesteps[: t_enc + 1][::-1].copy(), dtype=torch.float64)
         if name == "DDIM":
             result = ddim(model, x, ts_sched, alphas, noise, options.get("eta", 0.0))
-        else:
+        elif name == "PLMS":
             result = plms(model, x, ts_sched, alphas)
-        descent = torch.tensor(timesteps[: t_enc + 1][::-1].copy(), dtype=torch.float64)
+        else:
+            result = unipc(toy, x / a.sqrt(), [float(t) for t in descent], alphas,
+                           options.get("variant", "bh1"), int(options.get("order", 3)),
+                           bool(options.get("lower_order_final", 1)))
         out["timesteps"] = descent
         out["sigmas"] = torch.stack([((1 - alphas[int(t)]) / alphas[int(t)]).sqrt() for t in descent]).double()
         out["x"] = x / a.sqrt()
@@ -198,3 +202,89 @@ def run(name, toy, x0, start_noise, case, options, noise):
     out["sigmas"] = sigmas.double()
     out["x"] = x
     return result, out
+
+
+class UniPcSchedule:
+    """The VP schedule of UniPC's 'discrete' mode: log α = ½·ln ᾱ_i at t_i = (i+1)/N, linear
+    in between and beyond the ends."""
+
+    def __init__(self, alphas):
+        self.log_alpha = [0.5 * float(a) for a in torch.log(alphas.double())]
+        self.n = len(self.log_alpha)
+
+    def la(self, t):
+        i = min(max(int(np.floor(t * self.n - 1)), 0), self.n - 2)
+        x0, x1 = (i + 1) / self.n, (i + 2) / self.n
+        y0, y1 = self.log_alpha[i], self.log_alpha[i + 1]
+        return y0 + (t - x0) * (y1 - y0) / (x1 - x0)
+
+    def alpha(self, t):
+        return np.exp(self.la(t))
+
+    def std(self, t):
+        return np.sqrt(1 - np.exp(2 * self.la(t)))
+
+    def lam(self, t):
+        return self.la(t) - 0.5 * np.log(1 - np.exp(2 * self.la(t)))
+
+
+def unipc(toy, x, descent, alphas, variant="bh1", order=3, lower_order_final=True):
+    """UniPC multistep, data prediction, B(h) variants, time-uniform steps (A1111's use)."""
+    ns = UniPcSchedule(alphas)
+    steps = len(descent) - 1
+    x = x * alphas[int(descent[0])].sqrt()
+    if steps == 0:
+        return x
+    order = min(order, steps)
+    t_0, t_T = 1.0 / ns.n, descent[1] / 1000 + 1 / 1000
+    ts = [t_T + (t_0 - t_T) * i / steps for i in range(steps + 1)]
+
+    def model(x, t):
+        a, s = ns.alpha(t), ns.std(t)
+        return toy(x / a, torch.tensor([s / a]), (t - 1.0 / ns.n) * 1000.0)
+
+    def update(x, models, times, t, order, use_corrector):
+        t0, m0 = times[-1], models[-1]
+        h = ns.lam(t) - ns.lam(t0)
+        rks, d1s = [], []
+        for i in range(1, order):
+            rk = (ns.lam(times[-(i + 1)]) - ns.lam(t0)) / h
+            rks.append(rk)
+            d1s.append((models[-(i + 1)] - m0) / rk)
+        rks.append(1.0)
+        hh = -h
+        h_phi_1 = np.expm1(hh)
+        h_phi_k = h_phi_1 / hh - 1
+        b_h = hh if variant == "bh1" else np.expm1(hh)
+        R, b, fact = [], [], 1
+        for i in range(1, order + 1):
+            R.append([rk ** (i - 1) for rk in rks])
+            b.append(h_phi_k * fact / b_h)
+            fact *= i + 1
+            h_phi_k = h_phi_k / hh - 1 / fact
+        R, b = np.array(R), np.array(b)
+        a_t = ns.alpha(t)
+        base = ns.std(t) / ns.std(t0) * x - a_t * h_phi_1 * m0
+        x_t = base
+        if d1s:
+            rhos_p = [0.5] if order == 2 else np.linalg.solve(R[:-1, :-1], b[:-1])
+            x_t = base - a_t * b_h * sum(r * d for r, d in zip(rhos_p, d1s))
+        if not use_corrector:
+            return x_t, None
+        rhos_c = [0.5] if order == 1 else np.linalg.solve(R, b)
+        m_t = model(x_t, t)
+        corr = sum(r * d for r, d in zip(rhos_c[:-1], d1s)) if d1s else 0
+        return base - a_t * b_h * (corr + rhos_c[-1] * (m_t - m0)), m_t
+
+    models, times = [model(x, ts[0])], [ts[0]]
+    for k in range(1, order):
+        x, m = update(x, models, times, ts[k], k, True)
+        models.append(m if m is not None else model(x, ts[k]))
+        times.append(ts[k])
+    for step in range(order, steps + 1):
+        step_order = min(order, steps + 1 - step) if lower_order_final else order
+        x, m = update(x, models, times, ts[step], step_order, step != steps)
+        models, times = models[1:], times[1:] + [ts[step]]
+        if step < steps:
+            models.append(m if m is not None else model(x, ts[step]))
+    return x

@@ -5,7 +5,7 @@ use sdhost_plugin_api::{
     Context, Latent, OptionValue, SampleError, SamplerInfo, SamplerOption, ScheduleInput,
 };
 
-use crate::{dpm_solver, dpmpp, dpmpp_sde, euler, heun, lcm, lms, restart, timesteps};
+use crate::{dpm_solver, dpmpp, dpmpp_sde, euler, heun, lcm, lms, restart, timesteps, unipc};
 
 /// A sampler function: walks the context's σ schedule from `x`.
 type Run = for<'c, 'a> fn(&'c Context<'a>, Latent<'c, 'a>) -> Result<Latent<'c, 'a>, SampleError>;
@@ -60,6 +60,30 @@ fn no_options() -> Vec<SamplerOption> {
 /// Restart's option (A1111 `s_noise`).
 fn noise_options() -> Vec<SamplerOption> {
     vec![number("s_noise", 1.0, "scale of the added noise")]
+}
+
+/// UniPC's options (A1111 `uni_pc_variant`, `uni_pc_skip_type`, `uni_pc_order`,
+/// `uni_pc_lower_order_final`).
+fn unipc_options() -> Vec<SamplerOption> {
+    let text = |name: &str, default: &str, help: &str| SamplerOption {
+        name: name.into(),
+        default: OptionValue::Text(default.into()),
+        help: help.into(),
+    };
+    vec![
+        text("variant", "bh1", "B(h) variant: bh1 or bh2"),
+        text(
+            "skip_type",
+            "time_uniform",
+            "time spacing: time_uniform or time_quadratic",
+        ),
+        number("order", 3.0, "solver order (at most the number of steps)"),
+        number(
+            "lower_order_final",
+            1.0,
+            "lower the order on the final steps (1 = on)",
+        ),
+    ]
 }
 
 /// DDIM's option (A1111 `eta_ddim`).
@@ -287,6 +311,15 @@ const ENTRIES: &[Entry] = &[
         flags: NONE,
         options: no_options,
         run: timesteps::plms,
+    },
+    Entry {
+        name: "UniPC",
+        aliases: &["unipc"],
+        default_schedule: None,
+        input: ScheduleInput::Timesteps,
+        flags: NONE,
+        options: unipc_options,
+        run: unipc::unipc,
     },
     Entry {
         name: "LCM",

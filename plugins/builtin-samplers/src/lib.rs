@@ -16,6 +16,7 @@ mod lcm;
 mod lms;
 mod restart;
 mod timesteps;
+mod unipc;
 
 use sdhost_plugin_api::{
     export_sampler_plugin, Context, Latent, SampleError, SamplerInfo, SamplerPlugin,
