@@ -38,57 +38,55 @@ def eps_model(toy, alphas):
     return model
 
 
+def _descent_pairs(timesteps, alphas_cumprod):
+    """(ᾱ now, ᾱ next) for each model call of A1111's DDIM-family loop: from the top of the
+    given timesteps down to the second, each moving to the one below (the lowest goes to
+    ᾱ[0]); ᾱ next in float64 as A1111 keeps it."""
+    ts = [int(t) for t in timesteps]
+    pairs = []
+    for j in range(len(ts) - 1, 0, -1):
+        below = ts[j - 1]
+        pairs.append((ts[j], float(alphas_cumprod[ts[j]]), float(alphas_cumprod[below].double())))
+    return pairs
+
+
 def ddim(model, x, timesteps, alphas_cumprod, noise, eta):
-    alphas = alphas_cumprod[timesteps]
-    alphas_prev = alphas_cumprod[torch.nn.functional.pad(timesteps[:-1], pad=(1, 0))].to(torch.float64)
-    sqrt_one_minus_alphas = torch.sqrt(1 - alphas)
-    sigmas = eta * np.sqrt((1 - alphas_prev.numpy()) / (1 - alphas) * (1 - alphas / alphas_prev.numpy()))
-    s_in = x.new_ones([x.shape[0]]).reshape(-1, 1, 1, 1)
-    for i in range(len(timesteps) - 1):
-        index = len(timesteps) - 1 - i
-        e_t = model(x, timesteps[index].item())
-        a_t = alphas[index].item() * s_in
-        a_prev = alphas_prev[index].item() * s_in
-        sigma_t = sigmas[index].item() * s_in
-        sqrt_one_minus_at = sqrt_one_minus_alphas[index].item() * s_in
-        pred_x0 = (x - sqrt_one_minus_at * e_t) / a_t.sqrt()
-        dir_xt = (1.0 - a_prev - sigma_t ** 2).sqrt() * e_t
-        x = a_prev.sqrt() * pred_x0 + dir_xt + sigma_t * noise.next()
+    """DDIM with A1111's loop bounds; one noise draw per step even when η = 0."""
+    for t, a_now, a_next in _descent_pairs(timesteps, alphas_cumprod):
+        eps = model(x, t)
+        a_now32 = torch.tensor(a_now, dtype=torch.float32)
+        x0 = (x - torch.sqrt(1 - a_now32) * eps) / a_now32.sqrt()
+        spread = eta * np.sqrt((1 - a_next) / (1 - a_now) * (1 - a_now / a_next))
+        z = noise.next()
+        x = np.sqrt(a_next) * x0 + np.sqrt(1.0 - a_next - spread ** 2) * eps + spread * z
     return x
 
 
 def plms(model, x, timesteps, alphas_cumprod):
-    alphas = alphas_cumprod[timesteps]
-    alphas_prev = alphas_cumprod[torch.nn.functional.pad(timesteps[:-1], pad=(1, 0))].to(torch.float64)
-    sqrt_one_minus_alphas = torch.sqrt(1 - alphas)
-    s_in = x.new_ones([x.shape[0]]).reshape(-1, 1, 1, 1)
-    old_eps = []
+    """PLMS: improved-Euler start, then Adams–Bashforth of order 2, 3, 4 on ε."""
+    history = []
 
-    def step(x, e_t, index):
-        a_t = alphas[index].item() * s_in
-        a_prev = alphas_prev[index].item() * s_in
-        sqrt_one_minus_at = sqrt_one_minus_alphas[index].item() * s_in
-        pred_x0 = (x - sqrt_one_minus_at * e_t) / a_t.sqrt()
-        return a_prev.sqrt() * pred_x0 + (1.0 - a_prev).sqrt() * e_t
+    def move(x, eps, a_now, a_next):
+        a_now32 = torch.tensor(a_now, dtype=torch.float32)
+        x0 = (x - torch.sqrt(1 - a_now32) * eps) / a_now32.sqrt()
+        return np.sqrt(a_next) * x0 + np.sqrt(1.0 - a_next) * eps
 
-    for i in range(len(timesteps) - 1):
-        index = len(timesteps) - 1 - i
-        t_next = timesteps[max(index - 1, 0)].item()
-        e_t = model(x, timesteps[index].item())
-        if len(old_eps) == 0:
-            x_prev = step(x, e_t, index)
-            e_prime = (e_t + model(x_prev, t_next)) / 2
-        elif len(old_eps) == 1:
-            e_prime = (3 * e_t - old_eps[-1]) / 2
-        elif len(old_eps) == 2:
-            e_prime = (23 * e_t - 16 * old_eps[-1] + 5 * old_eps[-2]) / 12
+    pairs = _descent_pairs(timesteps, alphas_cumprod)
+    ts = [int(t) for t in timesteps]
+    for k, (t, a_now, a_next) in enumerate(pairs):
+        eps = model(x, t)
+        if not history:
+            t_below = ts[max(len(ts) - 2 - k, 0)]
+            eps_next = model(move(x, eps, a_now, a_next), t_below)
+            blended = (eps + eps_next) / 2
+        elif len(history) == 1:
+            blended = (3 * eps - history[-1]) / 2
+        elif len(history) == 2:
+            blended = (23 * eps - 16 * history[-1] + 5 * history[-2]) / 12
         else:
-            e_prime = (55 * e_t - 59 * old_eps[-1] + 37 * old_eps[-2] - 9 * old_eps[-3]) / 24
-        x_new = step(x, e_prime, index)
-        old_eps.append(e_t)
-        if len(old_eps) >= 4:
-            old_eps.pop(0)
-        x = x_new
+            blended = (55 * eps - 59 * history[-1] + 37 * history[-2] - 9 * history[-3]) / 24
+        x = move(x, blended, a_now, a_next)
+        history = (history + [eps])[-3:]
     return x
 
 
@@ -116,48 +114,40 @@ def lcm(toy, x, sigmas, schedule, noise):
     return x
 
 
+def restart_steps(sigmas):
+    """The (σ, σ_next) pairs of A1111's Restart: for 20+ steps a shorter Karras schedule, with
+    restart segments from the σ nearest 0.1 back up to the σ nearest 2 (9 steps once; for 36+
+    steps n//4 steps twice)."""
+    n = len(sigmas) - 1
+    if n < 20:
+        return list(zip(sigmas[:-1], sigmas[1:]))
+    extra, repeats = (n // 4, 2) if n >= 36 else (9, 1)
+    base = sampling.get_sigmas_karras(n - extra * repeats, sigmas[-2].item(), sigmas[0].item())
+    nearest = lambda value: int((base - value).abs().argmin())  # noqa: E731
+    low, high = nearest(0.1), nearest(2.0)
+    pairs = []
+    for i in range(len(base) - 1):
+        pairs.append((base[i], base[i + 1]))
+        if i + 1 == low and high < low:
+            segment = sampling.get_sigmas_karras(extra + 1, base[low].item(), base[high].item())[:-1]
+            pairs.extend(list(zip(segment[:-1], segment[1:])) * repeats)
+    return pairs
+
+
 def restart(toy, x, sigmas, noise, s_noise=1.0):
-    """A1111's restart_sampler with its automatic restart list."""
-
-    def heun_step(x, old_sigma, new_sigma):
-        denoised = toy(x, old_sigma.reshape(1))
-        d = sampling.to_d(x, old_sigma, denoised)
-        dt = new_sigma - old_sigma
-        if new_sigma == 0:
-            return x + d * dt
-        x_2 = x + d * dt
-        d_2 = sampling.to_d(x_2, new_sigma, toy(x_2, new_sigma.reshape(1)))
-        return x + (d + d_2) / 2 * dt
-
-    steps = sigmas.shape[0] - 1
-    restart_list = {}
-    if steps >= 20:
-        restart_steps, restart_times = 9, 1
-        if steps >= 36:
-            restart_steps, restart_times = steps // 4, 2
-        sigmas = sampling.get_sigmas_karras(steps - restart_steps * restart_times, sigmas[-2].item(), sigmas[0].item())
-        restart_list = {0.1: [restart_steps + 1, restart_times, 2]}
-    restart_list = {int(torch.argmin(abs(sigmas - key), dim=0)): value for key, value in restart_list.items()}
-    step_list = []
-    for i in range(len(sigmas) - 1):
-        step_list.append((sigmas[i], sigmas[i + 1]))
-        if i + 1 in restart_list:
-            restart_steps, restart_times, restart_max = restart_list[i + 1]
-            min_idx = i + 1
-            max_idx = int(torch.argmin(abs(sigmas - restart_max), dim=0))
-            if max_idx < min_idx:
-                sigma_restart = sampling.get_sigmas_karras(restart_steps, sigmas[min_idx].item(), sigmas[max_idx].item())[:-1]
-                while restart_times > 0:
-                    restart_times -= 1
-                    step_list.extend(zip(sigma_restart[:-1], sigma_restart[1:]))
-    last_sigma = None
-    for old_sigma, new_sigma in step_list:
-        if last_sigma is None:
-            last_sigma = old_sigma
-        elif last_sigma < old_sigma:
-            x = x + noise.next() * s_noise * (old_sigma ** 2 - last_sigma ** 2) ** 0.5
-        x = heun_step(x, old_sigma, new_sigma)
-        last_sigma = new_sigma
+    """Heun steps over restart_steps(); re-noise whenever a step starts above the last σ."""
+    reached = None
+    for high, low in restart_steps(sigmas):
+        if reached is not None and reached < high:
+            x = x + noise.next() * s_noise * (high ** 2 - reached ** 2) ** 0.5
+        slope = sampling.to_d(x, high, toy(x, high.reshape(1)))
+        if low == 0:
+            x = x + slope * (low - high)
+        else:
+            x_end = x + slope * (low - high)
+            slope_end = sampling.to_d(x_end, low, toy(x_end, low.reshape(1)))
+            x = x + (slope + slope_end) / 2 * (low - high)
+        reached = low
     return x
 
 
