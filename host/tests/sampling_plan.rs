@@ -1,7 +1,7 @@
 //! Sampler and schedule resolution and img2img noise levels, as A1111 decides them
 //! (spec §1.1-1.4, §4.1, §4.4), through the built-in plugin's sampler table.
 
-use sdhost::sampling::noise_levels::NoiseLevels;
+use sdhost::sampling::noise_levels::{NoiseLevels, NoiseModel};
 use sdhost::sampling::plan::{PlanError, SamplerSettings, SamplingPlan};
 use sdhost::sampling::plugins::{PluginPaths, SamplerRegistry};
 use sdhost::sampling::schedule::Schedule;
@@ -79,4 +79,33 @@ fn bad_settings_are_refused_with_reasons() {
     assert!(matches!(strength, Err(PlanError::Invalid(_))));
     let steps = SamplingPlan::new(&registry, &settings("Euler", 0, 0.5), &levels);
     assert!(matches!(steps, Err(PlanError::Invalid(_))));
+}
+
+#[test]
+fn sampler_defaults_and_timestep_samplers() {
+    let registry = registry();
+    let levels = NoiseLevels::sd_scaled_linear();
+    // The UI default: DPM++ 2M with Automatic → Karras.
+    let plan = SamplingPlan::new(&registry, &SamplerSettings::default(), &levels).unwrap();
+    assert_eq!(plan.sampler.info.name.as_str(), "DPM++ 2M");
+    assert_eq!(
+        (plan.schedule, plan.schedule_label.as_str()),
+        (Some(Schedule::Karras), "Karras")
+    );
+    // DPM2 discards the penultimate σ: still steps + 1 values.
+    let dpm2 = SamplingPlan::new(&registry, &settings("DPM2", 20, 1.0), &levels).unwrap();
+    assert!(dpm2.discard_penultimate);
+    assert_eq!(dpm2.full_sigmas.len(), 21);
+    // DDIM at 20 steps, strength 0.75: noised to t = 751, then 751 → 1 in 14 calls.
+    let ddim = SamplingPlan::new(&registry, &settings("DDIM", 20, 0.75), &levels).unwrap();
+    assert_eq!(ddim.t_enc, 15);
+    assert_eq!(ddim.timesteps.first(), Some(&751.0));
+    assert_eq!(ddim.timesteps.last(), Some(&1.0));
+    assert_eq!(ddim.timesteps.len(), 16);
+    assert_eq!(ddim.steps_run, 14);
+    assert!(close(ddim.sigmas[0], levels.sigmas()[751]));
+    // LCM's own schedule: 4 steps from σ_max over LCM's 50 levels.
+    let lcm = SamplingPlan::new(&registry, &settings("LCM", 4, 1.0), &levels).unwrap();
+    assert_eq!(lcm.full_sigmas.len(), 5);
+    assert!(close(lcm.full_sigmas[0], 14.6146));
 }
