@@ -44,3 +44,55 @@ pub fn require_steps(context: &Context<'_>) -> Result<usize, SampleError> {
     }
     Ok(n - 1)
 }
+
+/// DPM-Solver's time λ = −ln σ.
+pub fn lambda(sigma: f64) -> f64 {
+    -sigma.ln()
+}
+
+/// σ = e^(−λ), the inverse of [`lambda`].
+pub fn sigma_of(lambda: f64) -> f64 {
+    (-lambda).exp()
+}
+
+/// The model's prediction at step `i` (σ_i), reported to the host's progress callback.
+pub fn denoise_step<'c, 'a>(
+    context: &'c Context<'a>,
+    i: usize,
+    x: &Latent<'c, 'a>,
+) -> Result<Latent<'c, 'a>, SampleError> {
+    let sigma = context.sigmas()[i];
+    let denoised = context.denoise(x, sigma)?;
+    context.callback(i, sigma, sigma, x, &denoised)?;
+    Ok(denoised)
+}
+
+/// Ancestral samplers' fresh noise of σ_up, drawn only when σ_next > 0 (A1111's draw count).
+pub fn add_ancestral_noise<'c, 'a>(
+    context: &'c Context<'a>,
+    x: Latent<'c, 'a>,
+    sigma_next: f64,
+    sigma_up: f64,
+) -> Result<Latent<'c, 'a>, SampleError> {
+    if sigma_next <= 0.0 {
+        return Ok(x);
+    }
+    let noise = context.noise()?;
+    Ok(x.mix(1.0, &noise, context.number("s_noise")? * sigma_up))
+}
+
+/// Churn before a step: draws ε (always, as A1111 counts it) and returns (x, σ̂).
+pub fn churn<'c, 'a>(
+    context: &'c Context<'a>,
+    x: Latent<'c, 'a>,
+    sigma: f64,
+) -> Result<(Latent<'c, 'a>, f64), SampleError> {
+    let gamma = churn_gamma(context, sigma)?;
+    let eps = context.noise()?;
+    let sigma_hat = sigma * (gamma + 1.0);
+    if gamma > 0.0 {
+        let scale = context.number("s_noise")? * (sigma_hat * sigma_hat - sigma * sigma).sqrt();
+        return Ok((x.mix(1.0, &eps, scale), sigma_hat));
+    }
+    Ok((x, sigma_hat))
+}

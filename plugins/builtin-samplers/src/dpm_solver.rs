@@ -4,15 +4,7 @@
 
 use sdhost_plugin_api::{Context, Latent, SampleError};
 
-use crate::common::ancestral_step;
-
-fn sigma(t: f64) -> f64 {
-    (-t).exp()
-}
-
-fn time(sigma: f64) -> f64 {
-    -sigma.ln()
-}
+use crate::common::{ancestral_step, lambda as time, sigma_of as sigma};
 
 /// The model as DPM-Solver sees it: ε(x, t) = (x − D(x, σ(t)))/σ(t).
 struct Solver<'c, 'a> {

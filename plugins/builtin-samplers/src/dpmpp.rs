@@ -3,12 +3,9 @@
 
 use sdhost_plugin_api::{Context, Latent, SampleError};
 
-use crate::common::{ancestral_step, require_steps, to_d};
-
-/// λ = −ln σ.
-fn lambda(sigma: f64) -> f64 {
-    -sigma.ln()
-}
+use crate::common::{
+    add_ancestral_noise, ancestral_step, denoise_step, lambda, require_steps, to_d,
+};
 
 /// DPM++ 2M: second-order multistep using the previous denoised prediction.
 pub fn dpmpp_2m<'c, 'a>(
@@ -19,8 +16,7 @@ pub fn dpmpp_2m<'c, 'a>(
     let sigmas = context.sigmas();
     let mut old_denoised: Option<Latent<'c, 'a>> = None;
     for i in 0..steps {
-        let denoised = context.denoise(&x, sigmas[i])?;
-        context.callback(i, sigmas[i], sigmas[i], &x, &denoised)?;
+        let denoised = denoise_step(context, i, &x)?;
         let (t, t_next) = (lambda(sigmas[i]), lambda(sigmas[i + 1]));
         let h = t_next - t;
         let ratio = sigmas[i + 1] / sigmas[i];
@@ -49,12 +45,10 @@ pub fn dpmpp_2s_ancestral<'c, 'a>(
 ) -> Result<Latent<'c, 'a>, SampleError> {
     let steps = require_steps(context)?;
     let eta = context.number("eta")?;
-    let s_noise = context.number("s_noise")?;
     let sigmas = context.sigmas();
     for i in 0..steps {
-        let denoised = context.denoise(&x, sigmas[i])?;
+        let denoised = denoise_step(context, i, &x)?;
         let (sigma_down, sigma_up) = ancestral_step(sigmas[i], sigmas[i + 1], eta);
-        context.callback(i, sigmas[i], sigmas[i], &x, &denoised)?;
         if sigma_down == 0.0 {
             let d = to_d(&x, &denoised, sigmas[i]);
             x = x.mix(1.0, &d, sigma_down - sigmas[i]);
@@ -67,10 +61,7 @@ pub fn dpmpp_2s_ancestral<'c, 'a>(
             let denoised_2 = context.denoise(&x_2, sigma_s)?;
             x = x.mix(sigma_down / sigmas[i], &denoised_2, -(-h).exp_m1());
         }
-        if sigmas[i + 1] > 0.0 {
-            let noise = context.noise()?;
-            x = x.mix(1.0, &noise, s_noise * sigma_up);
-        }
+        x = add_ancestral_noise(context, x, sigmas[i + 1], sigma_up)?;
     }
     Ok(x)
 }

@@ -3,15 +3,7 @@
 
 use sdhost_plugin_api::{Context, Latent, SampleError};
 
-use crate::common::{ancestral_step, require_steps, to_d};
-
-fn lambda(sigma: f64) -> f64 {
-    -sigma.ln()
-}
-
-fn sigma_of(lambda: f64) -> f64 {
-    (-lambda).exp()
-}
+use crate::common::{ancestral_step, denoise_step, lambda, require_steps, sigma_of, to_d};
 
 /// DPM++ SDE: two stages per step (r = ½) with ancestral noise from the Brownian tree.
 pub fn dpmpp_sde<'c, 'a>(
@@ -24,8 +16,7 @@ pub fn dpmpp_sde<'c, 'a>(
     let r = 0.5;
     let sigmas = context.sigmas();
     for i in 0..steps {
-        let denoised = context.denoise(&x, sigmas[i])?;
-        context.callback(i, sigmas[i], sigmas[i], &x, &denoised)?;
+        let denoised = denoise_step(context, i, &x)?;
         if sigmas[i + 1] == 0.0 {
             let d = to_d(&x, &denoised, sigmas[i]);
             x = x.mix(1.0, &d, sigmas[i + 1] - sigmas[i]);
@@ -88,8 +79,7 @@ fn dpmpp_2m_sde_with<'c, 'a>(
     let mut old_denoised: Option<Latent<'c, 'a>> = None;
     let mut h_last = 0.0;
     for i in 0..steps {
-        let denoised = context.denoise(&x, sigmas[i])?;
-        context.callback(i, sigmas[i], sigmas[i], &x, &denoised)?;
+        let denoised = denoise_step(context, i, &x)?;
         if sigmas[i + 1] == 0.0 {
             x = denoised.clone();
         } else {
@@ -152,8 +142,7 @@ pub fn dpmpp_3m_sde<'c, 'a>(
     let mut denoised_2: Option<Latent<'c, 'a>> = None;
     let (mut h_1, mut h_2): (Option<f64>, Option<f64>) = (None, None);
     for i in 0..steps {
-        let denoised = context.denoise(&x, sigmas[i])?;
-        context.callback(i, sigmas[i], sigmas[i], &x, &denoised)?;
+        let denoised = denoise_step(context, i, &x)?;
         let mut h_now = None;
         if sigmas[i + 1] == 0.0 {
             x = denoised.clone();

@@ -2,23 +2,7 @@
 
 use sdhost_plugin_api::{Context, Latent, SampleError};
 
-use crate::common::{ancestral_step, churn_gamma, require_steps, to_d};
-
-/// Churn before a step: draws ε (always, as A1111 counts it) and returns (x, σ̂).
-fn churn<'c, 'a>(
-    context: &'c Context<'a>,
-    x: Latent<'c, 'a>,
-    sigma: f64,
-) -> Result<(Latent<'c, 'a>, f64), SampleError> {
-    let gamma = churn_gamma(context, sigma)?;
-    let eps = context.noise()?;
-    let sigma_hat = sigma * (gamma + 1.0);
-    if gamma > 0.0 {
-        let scale = context.number("s_noise")? * (sigma_hat * sigma_hat - sigma * sigma).sqrt();
-        return Ok((x.mix(1.0, &eps, scale), sigma_hat));
-    }
-    Ok((x, sigma_hat))
-}
+use crate::common::{ancestral_step, churn, denoise_step, require_steps, to_d};
 
 /// Heun's second-order method (Karras et al. 2022, Algorithm 2); Euler for the last step.
 pub fn heun<'c, 'a>(
@@ -97,9 +81,8 @@ pub fn dpm_2_ancestral<'c, 'a>(
     let s_noise = context.number("s_noise")?;
     let sigmas = context.sigmas();
     for i in 0..steps {
-        let denoised = context.denoise(&x, sigmas[i])?;
+        let denoised = denoise_step(context, i, &x)?;
         let (sigma_down, sigma_up) = ancestral_step(sigmas[i], sigmas[i + 1], eta);
-        context.callback(i, sigmas[i], sigmas[i], &x, &denoised)?;
         let d = to_d(&x, &denoised, sigmas[i]);
         if sigma_down == 0.0 {
             x = x.mix(1.0, &d, sigma_down - sigmas[i]);
