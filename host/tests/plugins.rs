@@ -314,10 +314,15 @@ fn refuses_libraries_that_are_not_plugins() {
     assert!(plain.to_string().contains("not_a_plugin"), "{plain}");
 }
 
-/// Builds the example plugin against a copy of sdhost-plugin-api whose version is 0.2.0.
-fn build_plugin_with_other_api_version() -> PathBuf {
+/// Builds the example plugin against a copy of sdhost-plugin-api with another `version` and
+/// its `abi.rs` passed through `edit`, in `target/fixtures/<name>`.
+fn build_plugin_against_changed_api(
+    name: &str,
+    version: &str,
+    edit: impl Fn(String) -> String,
+) -> PathBuf {
     let root = common::workspace();
-    let work = root.join("target/fixtures/plugin-api-0.2");
+    let work = root.join("target/fixtures").join(name);
     let api = work.join("plugin-api");
     let plugin = work.join("example-sampler");
     for dir in [&api.join("src"), &plugin.join("src")] {
@@ -325,16 +330,20 @@ fn build_plugin_with_other_api_version() -> PathBuf {
     }
     for entry in std::fs::read_dir(root.join("plugin-api/src")).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), api.join("src").join(entry.file_name())).unwrap();
+        let mut text = std::fs::read_to_string(entry.path()).unwrap();
+        if entry.file_name() == "abi.rs" {
+            text = edit(text);
+        }
+        std::fs::write(api.join("src").join(entry.file_name()), text).unwrap();
     }
     let manifest = std::fs::read_to_string(root.join("plugin-api/Cargo.toml"))
         .unwrap()
-        .replace("version = \"0.1.0\"", "version = \"0.2.0\"")
+        .replace("version = \"0.1.0\"", &format!("version = \"{version}\""))
         .replace("edition.workspace = true", "edition = \"2021\"")
         .replace("license.workspace = true", "")
         .replace("rust-version.workspace = true", "")
         .replace("abi_stable.workspace = true", "abi_stable = \"0.11\"");
-    assert!(manifest.contains("0.2.0"));
+    assert!(manifest.contains(version));
     std::fs::write(api.join("Cargo.toml"), manifest).unwrap();
     std::fs::copy(
         root.join("plugins/example-sampler/src/lib.rs"),
@@ -372,7 +381,7 @@ fn build_plugin_with_other_api_version() -> PathBuf {
 
 #[test]
 fn refuses_a_plugin_built_against_another_api_version() {
-    let built = build_plugin_with_other_api_version();
+    let built = build_plugin_against_changed_api("plugin-api-0.2", "0.2.0", |abi| abi);
     let folder = tempfile::tempdir().unwrap();
     let path = folder.path().join(library_file_name("example_sampler_v2"));
     std::fs::copy(&built, &path).unwrap();
@@ -390,5 +399,37 @@ fn refuses_a_plugin_built_against_another_api_version() {
             );
         }
         other => panic!("expected one version mismatch, got {other:?}"),
+    }
+}
+
+#[test]
+fn refuses_a_plugin_whose_abi_layout_differs() {
+    // Same version number, one more operation in an enum: abi_stable's layout check catches it.
+    let built = build_plugin_against_changed_api("plugin-api-layout", "0.1.0", |abi| {
+        let changed = abi.replace(
+            "pub enum ScalarOp {\n",
+            "pub enum ScalarOp {\n    /// x·s\n    Mul,\n",
+        );
+        assert_ne!(changed, abi, "the fixture edit must apply");
+        changed
+    });
+    let folder = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        &built,
+        folder.path().join(library_file_name("example_changed")),
+    )
+    .unwrap();
+    let registry = registry_with(folder.path());
+    assert_eq!(registry.plugins().len(), 1);
+    match &registry.skipped[..] {
+        [error @ PluginLoadError::AbiMismatch { detail, .. }] => {
+            let message = error.to_string();
+            assert!(message.contains("example_changed"), "{message}");
+            assert!(
+                detail.lines().count() <= 5 && detail.len() < 600,
+                "{detail}"
+            );
+        }
+        other => panic!("expected one ABI mismatch, got {other:?}"),
     }
 }
