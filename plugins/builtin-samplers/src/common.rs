@@ -96,3 +96,18 @@ pub fn churn<'c, 'a>(
     }
     Ok((x, sigma_hat))
 }
+
+/// The first half of an Euler/Heun/DPM2 step at step `i`: churn, the model call at σ̂
+/// (reported to the host), and the slope there. Returns (x after churn, σ̂, slope).
+pub fn churned_slope<'c, 'a>(
+    context: &'c Context<'a>,
+    i: usize,
+    x: Latent<'c, 'a>,
+) -> Result<(Latent<'c, 'a>, f64, Latent<'c, 'a>), SampleError> {
+    let sigma = context.sigmas()[i];
+    let (x, sigma_hat) = churn(context, x, sigma)?;
+    let denoised = context.denoise(&x, sigma_hat)?;
+    let d = to_d(&x, &denoised, sigma_hat);
+    context.callback(i, sigma, sigma_hat, &x, &denoised)?;
+    Ok((x, sigma_hat, d))
+}

@@ -3,7 +3,7 @@
 use sdhost_plugin_api::{Context, Latent, SampleError};
 
 use crate::common::{
-    add_ancestral_noise, ancestral_step, churn, denoise_step, require_steps, to_d,
+    add_ancestral_noise, ancestral_step, churned_slope, denoise_step, require_steps, to_d,
 };
 
 /// Euler with optional churn; draws its churn noise every step, as A1111 does, even unused.
@@ -14,11 +14,8 @@ pub fn euler<'c, 'a>(
     let steps = require_steps(context)?;
     let sigmas = context.sigmas();
     for i in 0..steps {
-        let (churned, sigma_hat) = churn(context, x, sigmas[i])?;
+        let (churned, sigma_hat, d) = churned_slope(context, i, x)?;
         x = churned;
-        let denoised = context.denoise(&x, sigma_hat)?;
-        let d = to_d(&x, &denoised, sigma_hat);
-        context.callback(i, sigmas[i], sigma_hat, &x, &denoised)?;
         x = x.mix(1.0, &d, sigmas[i + 1] - sigma_hat);
     }
     Ok(x)

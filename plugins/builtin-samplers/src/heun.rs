@@ -2,7 +2,7 @@
 
 use sdhost_plugin_api::{Context, Latent, SampleError};
 
-use crate::common::{ancestral_step, churn, denoise_step, require_steps, to_d};
+use crate::common::{ancestral_step, churned_slope, denoise_step, require_steps, to_d};
 
 /// Heun's second-order method (Karras et al. 2022, Algorithm 2); Euler for the last step.
 pub fn heun<'c, 'a>(
@@ -12,11 +12,8 @@ pub fn heun<'c, 'a>(
     let steps = require_steps(context)?;
     let sigmas = context.sigmas();
     for i in 0..steps {
-        let (churned, sigma_hat) = churn(context, x, sigmas[i])?;
+        let (churned, sigma_hat, d) = churned_slope(context, i, x)?;
         x = churned;
-        let denoised = context.denoise(&x, sigma_hat)?;
-        let d = to_d(&x, &denoised, sigma_hat);
-        context.callback(i, sigmas[i], sigma_hat, &x, &denoised)?;
         let dt = sigmas[i + 1] - sigma_hat;
         if sigmas[i + 1] == 0.0 {
             x = x.mix(1.0, &d, dt);
@@ -43,11 +40,8 @@ pub fn dpm_2<'c, 'a>(
     let steps = require_steps(context)?;
     let sigmas = context.sigmas();
     for i in 0..steps {
-        let (churned, sigma_hat) = churn(context, x, sigmas[i])?;
+        let (churned, sigma_hat, d) = churned_slope(context, i, x)?;
         x = churned;
-        let denoised = context.denoise(&x, sigma_hat)?;
-        let d = to_d(&x, &denoised, sigma_hat);
-        context.callback(i, sigmas[i], sigma_hat, &x, &denoised)?;
         x = midpoint_step(context, &x, &d, sigma_hat, sigmas[i + 1])?;
     }
     Ok(x)
