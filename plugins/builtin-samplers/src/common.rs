@@ -82,7 +82,7 @@ pub fn add_ancestral_noise<'c, 'a>(
 }
 
 /// Churn before a step: draws ε (always, as A1111 counts it) and returns (x, σ̂).
-pub fn churn<'c, 'a>(
+fn churn<'c, 'a>(
     context: &'c Context<'a>,
     x: Latent<'c, 'a>,
     sigma: f64,
