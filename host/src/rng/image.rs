@@ -1,7 +1,40 @@
 //! A1111's per-image noise source, `modules/rng.py: ImageRNG` (spec §3.2–§3.4).
 
 use super::generator::{Generator, RngError};
+use super::philox::Philox;
 use tch::{Device, Kind, Tensor};
+
+/// Where per-image noise comes from (A1111's "Random number generator source" option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RngSource {
+    /// libtorch's generator on a device: the CPU ("CPU") or a CUDA device ("GPU").
+    Torch(Device),
+    /// A1111's "NV": CUDA's Philox stream computed on the CPU.
+    Nv,
+}
+
+/// One image's generator, of either source.
+#[derive(Debug)]
+enum SeedGenerator {
+    Torch(Generator),
+    Philox(Philox),
+}
+
+impl SeedGenerator {
+    fn new(seed: u64, source: RngSource) -> Result<Self, RngError> {
+        Ok(match source {
+            RngSource::Torch(device) => SeedGenerator::Torch(Generator::new(seed, device)?),
+            RngSource::Nv => SeedGenerator::Philox(Philox::new(seed)),
+        })
+    }
+
+    fn randn(&mut self, shape: &[i64]) -> Result<Tensor, RngError> {
+        match self {
+            SeedGenerator::Torch(generator) => generator.randn(shape, Kind::Float),
+            SeedGenerator::Philox(generator) => generator.randn(shape),
+        }
+    }
+}
 
 /// A1111's "Extra" seed options: variation seeds and "resize seed from" (spec §3.2).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -17,9 +50,10 @@ pub struct Variation {
 /// The initial and later sampler noise of a batch, each image drawing from its own generator.
 ///
 /// Image `i` owns a generator seeded with `seeds[i]`, so its noise does not depend on the batch
-/// size or its position in the batch. The generators live on the device given to
-/// [`ImageRng::new`]: the CPU for A1111's "CPU" RNG source, CUDA for its default "GPU" one; the
-/// noise is made there (float32) and the caller moves it to the model's device.
+/// size or its position in the batch. The generators are libtorch's on the device given to
+/// [`ImageRng::new`] (the CPU for A1111's "CPU" RNG source, CUDA for its default "GPU" one) or,
+/// with [`ImageRng::with_source`] and [`RngSource::Nv`], A1111's CPU Philox; the noise is made
+/// there (float32) and the caller moves it to the model's device.
 ///
 /// Unlike A1111, drawing never touches libtorch's global generator (A1111 leaves it seeded with
 /// the batch's last seed, which only its later VAE posterior sampling notices, spec §1.6).
@@ -27,16 +61,25 @@ pub struct Variation {
 pub struct ImageRng {
     shape: [i64; 3],
     seeds: Vec<u64>,
-    device: Device,
+    source: RngSource,
     variation: Variation,
     ensd: i64,
-    generators: Vec<Generator>,
+    generators: Vec<SeedGenerator>,
     started: bool,
 }
 
 impl ImageRng {
     /// Generators for `seeds` on `device`, drawing noise of one image's `shape` `[C, H, W]`.
     pub fn new(seeds: &[u64], shape: [i64; 3], device: Device) -> Result<Self, RngError> {
+        Self::with_source(seeds, shape, RngSource::Torch(device))
+    }
+
+    /// Generators of `source` for `seeds`, drawing noise of one image's `shape` `[C, H, W]`.
+    pub fn with_source(
+        seeds: &[u64],
+        shape: [i64; 3],
+        source: RngSource,
+    ) -> Result<Self, RngError> {
         if seeds.is_empty() {
             return Err(RngError::NoSeeds);
         }
@@ -45,12 +88,12 @@ impl ImageRng {
         }
         let generators = seeds
             .iter()
-            .map(|&seed| Generator::new(seed, device))
+            .map(|&seed| SeedGenerator::new(seed, source))
             .collect::<Result<_, _>>()?;
         Ok(Self {
             shape,
             seeds: seeds.to_vec(),
-            device,
+            source,
             variation: Variation::default(),
             ensd: 0,
             generators,
@@ -88,21 +131,21 @@ impl ImageRng {
             // a fresh generator's first draw.
             let subnoise = if strength != 0.0 {
                 let subseed = self.variation.subseeds.get(i).copied().unwrap_or(0);
-                Some(Generator::new(subseed, self.device)?.randn(&noise_shape, Kind::Float)?)
+                Some(SeedGenerator::new(subseed, self.source)?.randn(&noise_shape)?)
             } else {
                 None
             };
             let mut noise = if resized {
-                Generator::new(seed, self.device)?.randn(&noise_shape, Kind::Float)?
+                SeedGenerator::new(seed, self.source)?.randn(&noise_shape)?
             } else {
-                generator.randn(&shape, Kind::Float)?
+                generator.randn(&shape)?
             };
             if let Some(subnoise) = subnoise {
                 noise = slerp(strength, &noise, &subnoise)?;
             }
             if resized {
                 // The seed's noise at the old size lands centred in the image's own first draw.
-                let full = generator.randn(&shape, Kind::Float)?;
+                let full = generator.randn(&shape)?;
                 paste_centred(&full, &noise)?;
                 noise = full;
             }
@@ -112,7 +155,7 @@ impl ImageRng {
             self.generators = self
                 .seeds
                 .iter()
-                .map(|&seed| Generator::new(seed.wrapping_add_signed(self.ensd), self.device))
+                .map(|&seed| SeedGenerator::new(seed.wrapping_add_signed(self.ensd), self.source))
                 .collect::<Result<_, _>>()?;
         }
         Ok(Tensor::f_stack(&images, 0)?)
@@ -130,7 +173,7 @@ impl ImageRng {
         let draws = self
             .generators
             .iter_mut()
-            .map(|generator| generator.randn(&shape, Kind::Float))
+            .map(|generator| generator.randn(&shape))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Tensor::f_stack(&draws, 0)?)
     }

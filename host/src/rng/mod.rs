@@ -1,5 +1,5 @@
 //! Random numbers: libtorch's global CPU generator, per-image generator objects, and A1111's
-//! per-image noise source built on them.
+//! per-image noise source built on them, and A1111's "NV" source ([`Philox`]).
 //!
 //! tch exposes no generator objects, so [`Generator`] wraps libtorch's own through a small C++
 //! shim (csrc/generator.cpp); its draws are bit-identical to `torch.Generator(device)` +
@@ -11,9 +11,11 @@
 
 mod generator;
 mod image;
+mod philox;
 
 pub use generator::{Generator, RngError};
-pub use image::{ImageRng, Variation};
+pub use image::{ImageRng, RngSource, Variation};
+pub use philox::Philox;
 
 use std::sync::Mutex;
 
