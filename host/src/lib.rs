@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod device;
 pub mod error;
+pub mod infotext;
 pub mod models;
 pub mod pickle;
 pub mod prompt;
