@@ -12,10 +12,12 @@
 mod generator;
 mod image;
 mod philox;
+mod seeds;
 
 pub use generator::{Generator, RngError};
 pub use image::{ImageRng, RngSource, Variation};
 pub use philox::Philox;
+pub use seeds::{fixed_seed, random_seed, SeedList, RANDOM_SEED_BOUND};
 
 use std::sync::Mutex;
 
