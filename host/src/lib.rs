@@ -10,6 +10,7 @@ pub mod error;
 pub mod infotext;
 pub mod models;
 pub mod pickle;
+pub mod pipeline;
 pub mod prepare;
 pub mod prompt;
 pub mod rng;

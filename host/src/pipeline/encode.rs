@@ -1,0 +1,48 @@
+//! Init image → scaled latent (A1111 `images_tensor_to_samples` + LDM
+//! `get_first_stage_encoding`).
+
+use image::RgbImage;
+use tch::{Device, Kind, Tensor};
+
+use crate::models::vae::{AutoencoderKl, SD1_LATENT_SCALE};
+use crate::rng::{Generator, RngError};
+
+/// How the init image's latent is taken from the encoder's distribution.
+pub enum InitLatent<'g> {
+    /// A sample, as A1111 does (its noise from this generator).
+    Sample(&'g mut Generator),
+    /// The distribution's mean: deterministic, independent of any seed.
+    Mean,
+}
+
+/// An RGB image as a [1, 3, H, W] tensor in [−1, 1] (`x / 255 · 2 − 1`, float32 first).
+pub fn image_to_tensor(image: &RgbImage, device: Device, kind: Kind) -> Tensor {
+    let (w, h) = image.dimensions();
+    let pixels = Tensor::from_slice(image.as_raw())
+        .reshape([i64::from(h), i64::from(w), 3])
+        .permute([2, 0, 1])
+        .unsqueeze(0)
+        .to_kind(Kind::Float);
+    ((pixels / 255.0) * 2.0 - 1.0)
+        .to_device(device)
+        .to_kind(kind)
+}
+
+/// The scaled latent [1, 4, H/8, W/8] of one image, in the VAE's dtype on its device.
+pub fn encode_image(
+    vae: &AutoencoderKl,
+    image: &RgbImage,
+    init: InitLatent<'_>,
+    device: Device,
+    kind: Kind,
+) -> Result<Tensor, RngError> {
+    let distribution = vae.encode(&image_to_tensor(image, device, kind));
+    let latent = match init {
+        InitLatent::Mean => distribution.mean.shallow_clone(),
+        InitLatent::Sample(generator) => {
+            let noise = generator.randn(&distribution.mean.size(), Kind::Float)?;
+            distribution.sample_with(&noise.to_device(device).to_kind(kind))
+        }
+    };
+    Ok(latent * SD1_LATENT_SCALE)
+}

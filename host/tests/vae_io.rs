@@ -1,0 +1,59 @@
+//! The init image into the latent space and latents back to 8-bit pixels, against A1111's
+//! conversions on diffusers' AutoencoderKL (tiny model).
+
+mod common;
+
+use common::{assert_close, read_tensors, run_reference};
+use sdhost::pipeline::decode::decode_latents;
+use sdhost::pipeline::encode::{encode_image, InitLatent};
+use sdhost::rng::Generator;
+use tch::{Device, Kind};
+
+#[test]
+fn vae_round_trip_matches_a1111_conversions() {
+    tch::set_num_threads(1);
+    let _guard = tch::no_grad_guard();
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), 9);
+    run_reference(
+        "vae_io_reference.py",
+        &[model.as_os_str(), dir.path().as_os_str()],
+    );
+    let r = read_tensors(&dir.path().join("latents.safetensors"));
+    let sd = common::load_fp32(&model);
+    let init = image::open(dir.path().join("init.png")).unwrap().to_rgb8();
+
+    let mean = encode_image(&sd.vae, &init, InitLatent::Mean, Device::Cpu, Kind::Float).unwrap();
+    assert_close("latent mean", &mean, &r["mean"], 1e-4);
+    let mut generator = Generator::new(77, Device::Cpu).unwrap();
+    let sample = encode_image(
+        &sd.vae,
+        &init,
+        InitLatent::Sample(&mut generator),
+        Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    assert_close("latent sample", &sample, &r["sample"], 1e-4);
+    let spread = common::relative_error(&r["sample"], &r["mean"]);
+    assert!(
+        spread > 1e-3,
+        "the sample must differ from the mean ({spread:.1e})"
+    );
+
+    let images = decode_latents(&sd.vae, &r["z"]);
+    assert_eq!(images.len(), 2);
+    let mut differing = 0;
+    for (i, image) in images.iter().enumerate() {
+        let expected = image::open(dir.path().join(format!("decoded_{i}.png")))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(image.dimensions(), expected.dimensions());
+        for (a, e) in image.as_raw().iter().zip(expected.as_raw()) {
+            // Truncation turns float noise of 1e-6 into a 1-level step at exact boundaries.
+            assert!(a.abs_diff(*e) <= 1, "decoded {i}: {a} vs {e}");
+            differing += usize::from(a != e);
+        }
+    }
+    println!("decoded pixels differing by one level: {differing}");
+}
