@@ -225,3 +225,26 @@ fn samplers_lists_every_plugin_and_skipped_library() {
         "{stderr}"
     );
 }
+
+#[test]
+fn png_info_prints_and_parses_infotext() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("00000-1.png");
+    let text = "a cat\nNegative prompt: blurry\nSteps: 20, Sampler: Euler, Schedule type: Automatic, CFG scale: 7, Seed: 1, Size: 8x8, TI hashes: \"a: 1, b: 2\"";
+    let image = image::RgbImage::new(8, 8);
+    sdhost::pipeline::png_info::save_png(&path, &image, Some(text)).unwrap();
+    let out = sdhost!("png-info", path);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), text);
+    let out = sdhost!("png-info", path, "--json");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["negative_prompt"], "blurry");
+    assert_eq!(json["parameters"]["TI hashes"], "a: 1, b: 2");
+    let plain = dir.path().join("plain.png");
+    sdhost::pipeline::png_info::save_png(&plain, &image, None).unwrap();
+    assert_one_line_error(&sdhost!("png-info", plain), "has no generation parameters");
+    assert_one_line_error(
+        &sdhost!("png-info", dir.path().join("missing.png")),
+        "missing.png",
+    );
+}

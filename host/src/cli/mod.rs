@@ -3,6 +3,7 @@
 mod check;
 mod dev;
 mod info;
+mod png_info;
 mod prompt;
 mod samplers;
 
@@ -24,6 +25,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Show how a prompt is understood: schedule, emphasis, tokens and chunks.
     Prompt(prompt::PromptArgs),
+    /// Show the generation parameters (A1111 infotext) stored in a PNG.
+    PngInfo(png_info::PngInfoArgs),
     /// List the samplers of every loaded plugin with their default schedules.
     Samplers(samplers::SamplersArgs),
     /// Developer tools: tiny models and network checks.
@@ -38,6 +41,7 @@ impl Cli {
             Command::Info(args) => info::run(&args),
             Command::Check(args) => check::run(&args),
             Command::Prompt(args) => prompt::run(&args),
+            Command::PngInfo(args) => png_info::run(&args),
             Command::Samplers(args) => samplers::run(&args),
             Command::Dev(cmd) => dev::run(cmd),
         }
