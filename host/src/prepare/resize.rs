@@ -52,28 +52,17 @@ pub fn resize_image(mode: ResizeMode, image: &RgbImage, width: u32, height: u32)
     match mode {
         ResizeMode::LatentUpscale => image.clone(),
         ResizeMode::JustResize => lanczos(tw, th),
-        ResizeMode::CropAndResize => {
-            // Compare aspect ratios as A1111 does (floats), sizes by floor division.
-            let wider = (tw as f64 / th as f64) > (w as f64 / h as f64);
-            let (src_w, src_h) = if wider {
-                (tw, h * tw / w)
-            } else {
-                (w * th / h, th)
-            };
-            let resized = lanczos(src_w, src_h);
-            let mut canvas = RgbImage::new(width, height);
-            paste(
-                &mut canvas,
-                &resized,
-                tw / 2 - src_w / 2,
-                th / 2 - src_h / 2,
-            );
-            canvas
-        }
-        ResizeMode::ResizeAndFill => {
+        ResizeMode::CropAndResize | ResizeMode::ResizeAndFill => {
+            // Aspect ratios compared as A1111 does (floats), sizes by floor division: crop
+            // covers the target, fill fits inside it.
             let ratio = tw as f64 / th as f64;
             let src_ratio = w as f64 / h as f64;
-            let (src_w, src_h) = if ratio < src_ratio {
+            let fit_width = if mode == ResizeMode::CropAndResize {
+                ratio > src_ratio
+            } else {
+                ratio < src_ratio
+            };
+            let (src_w, src_h) = if fit_width {
                 (tw, h * tw / w)
             } else {
                 (w * th / h, th)
@@ -86,6 +75,9 @@ pub fn resize_image(mode: ResizeMode, image: &RgbImage, width: u32, height: u32)
                 tw / 2 - src_w / 2,
                 th / 2 - src_h / 2,
             );
+            if mode == ResizeMode::CropAndResize {
+                return canvas;
+            }
             if ratio < src_ratio {
                 let fill = th / 2 - src_h / 2;
                 if fill > 0 {
