@@ -41,6 +41,9 @@ fn vae_round_trip_matches_a1111_conversions() {
         "the sample must differ from the mean ({spread:.1e})"
     );
 
+    let resized = sdhost::pipeline::encode::resize_latent(&r["z"], 9, 7).unwrap();
+    assert_close("latent upscale", &resized, &r["z_resized"], 1e-6);
+
     let images = decode_latents(&sd.vae, &r["z"]);
     assert_eq!(images.len(), 2);
     let mut differing = 0;

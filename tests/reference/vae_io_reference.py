@@ -38,7 +38,10 @@ def main():
         image = torch.clamp((decoded + 1.0) / 2.0, min=0.0, max=1.0)
         image = (255.0 * np.moveaxis(image.numpy(), 0, 2)).astype(np.uint8)
         Image.fromarray(image).save(os.path.join(out, f"decoded_{i}.png"))
-    save_file({"mean": (dist.mean * SCALE).contiguous(), "sample": (sample * SCALE).contiguous(), "z": z},
+    # Resize mode 3 (latent upscale): bilinear, align_corners=False, to the job's latent size.
+    z_resized = torch.nn.functional.interpolate(z, size=(9, 7), mode="bilinear", align_corners=False)
+    save_file({"mean": (dist.mean * SCALE).contiguous(), "sample": (sample * SCALE).contiguous(), "z": z,
+               "z_resized": z_resized.contiguous()},
               os.path.join(out, "latents.safetensors"))
 
 

@@ -46,3 +46,9 @@ pub fn encode_image(
     };
     Ok(latent * SD1_LATENT_SCALE)
 }
+
+/// Resize mode "Just resize (latent upscale)": the init latent [B, 4, h, w] resized to the job's
+/// latent size, bilinear without corner alignment or antialiasing (A1111's `F.interpolate`).
+pub fn resize_latent(latent: &Tensor, height: i64, width: i64) -> Result<Tensor, tch::TchError> {
+    latent.f_upsample_bilinear2d([height, width], false, None, None)
+}
