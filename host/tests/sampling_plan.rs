@@ -77,6 +77,13 @@ fn bad_settings_are_refused_with_reasons() {
     assert!(message.contains("unknown sampler \"Euler b\""), "{message}");
     let strength = SamplingPlan::new(&registry, &settings("Euler", 20, 1.5), &levels);
     assert!(matches!(strength, Err(PlanError::Invalid(_))));
+    // Legacy suffix names are case-insensitive; non-ASCII names are refused, never a panic.
+    let legacy = SamplingPlan::new(&registry, &settings("euler a KARRAS", 20, 0.5), &levels);
+    assert_eq!(legacy.unwrap().schedule, Some(Schedule::Karras));
+    for odd in ["İİİ Karras", "Euler aİ", "Ω", " "] {
+        let refused = SamplingPlan::new(&registry, &settings(odd, 20, 0.5), &levels);
+        assert!(matches!(refused, Err(PlanError::Sampler(_))), "{odd}");
+    }
     let steps = SamplingPlan::new(&registry, &settings("Euler", 0, 0.5), &levels);
     assert!(matches!(steps, Err(PlanError::Invalid(_))));
 }

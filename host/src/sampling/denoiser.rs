@@ -89,11 +89,6 @@ impl<'m> CfgDenoiser<'m> {
         self
     }
 
-    /// Number of model calls so far (A1111's `CFGDenoiser.step`, used by prompt editing).
-    pub fn calls(&self) -> usize {
-        self.call
-    }
-
     /// The UNet timestep for a noise level.
     fn timestep(&self, sigma: f64, timestep: Option<f64>) -> f64 {
         let t = timestep.unwrap_or_else(|| self.levels.sigma_to_t(sigma));

@@ -307,48 +307,42 @@ pub fn scaled_linear_alphas_cumprod(
         .collect()
 }
 
-/// `torch.linspace` in float32 as its kernel computes it: the first half counts up from
-/// `start`, the second half down from `end`, with step `(end − start)/(n − 1)` in f32.
-pub(crate) fn linspace32(start: f32, end: f32, n: usize) -> Vec<f32> {
-    match n {
-        0 => Vec::new(),
-        1 => vec![start],
-        _ => {
-            let step = (end - start) / (n - 1) as f32;
-            let halfway = n / 2;
-            (0..n)
-                .map(|i| {
-                    if i < halfway {
-                        start + step * i as f32
-                    } else {
-                        end - step * (n - i - 1) as f32
-                    }
-                })
-                .collect()
+/// Defines `torch.linspace` for one float type as its kernel computes it: the first half
+/// counts up from `start`, the second half down from `end`, with step `(end − start)/(n − 1)`
+/// in that type.
+macro_rules! torch_linspace {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($float:ty)) => {
+        $(#[$doc])*
+        $vis fn $name(start: $float, end: $float, n: usize) -> Vec<$float> {
+            match n {
+                0 => Vec::new(),
+                1 => vec![start],
+                _ => {
+                    let step = (end - start) / (n - 1) as $float;
+                    let halfway = n / 2;
+                    (0..n)
+                        .map(|i| {
+                            if i < halfway {
+                                start + step * i as $float
+                            } else {
+                                end - step * (n - i - 1) as $float
+                            }
+                        })
+                        .collect()
+                }
+            }
         }
-    }
+    };
 }
 
-/// `torch.linspace` in float64 (same split as [`linspace32`]).
-fn linspace64(start: f64, end: f64, n: usize) -> Vec<f64> {
-    match n {
-        0 => Vec::new(),
-        1 => vec![start],
-        _ => {
-            let step = (end - start) / (n - 1) as f64;
-            let halfway = n / 2;
-            (0..n)
-                .map(|i| {
-                    if i < halfway {
-                        start + step * i as f64
-                    } else {
-                        end - step * (n - i - 1) as f64
-                    }
-                })
-                .collect()
-        }
-    }
-}
+torch_linspace!(
+    /// `torch.linspace` in float32.
+    pub(crate) fn linspace32(f32)
+);
+torch_linspace!(
+    /// `torch.linspace` in float64.
+    fn linspace64(f64)
+);
 
 /// f32 values as f64 with k-diffusion's `append_zero`.
 pub(crate) fn append_zero(values: &[f32]) -> Vec<f64> {

@@ -104,18 +104,24 @@ impl SamplerRegistry {
         match self.find(name) {
             Ok(found) => Ok((found, None)),
             Err(error) => {
+                let name = name.trim();
                 for schedule in Schedule::ALL {
                     let names = [schedule.label(), schedule.name()]
                         .into_iter()
                         .chain(schedule.aliases().iter().copied());
                     for suffix in names {
-                        let lower = name.to_lowercase();
-                        if let Some(base) =
-                            lower.strip_suffix(&format!(" {}", suffix.to_lowercase()))
+                        // Byte offsets of the original name: schedule names are ASCII, and
+                        // a lowercased copy of a non-ASCII name could have other offsets.
+                        let Some(split) = name.len().checked_sub(suffix.len() + 1) else {
+                            continue;
+                        };
+                        if !name.is_char_boundary(split)
+                            || !name[split..].eq_ignore_ascii_case(&format!(" {suffix}"))
                         {
-                            if let Ok(found) = self.find(&name[..base.len()]) {
-                                return Ok((found, Some(schedule)));
-                            }
+                            continue;
+                        }
+                        if let Ok(found) = self.find(&name[..split]) {
+                            return Ok((found, Some(schedule)));
                         }
                     }
                 }

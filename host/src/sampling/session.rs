@@ -125,16 +125,6 @@ impl<'s> Session<'s> {
         self.tensors.remove(&id.0)
     }
 
-    /// The first failure of the session, if any.
-    pub fn failure(&self) -> Option<&StepFailure> {
-        self.failure.as_ref()
-    }
-
-    /// Number of live handles (for leak checks in tests).
-    pub fn live_handles(&self) -> usize {
-        self.tensors.len()
-    }
-
     fn get(&mut self, id: TensorId) -> Option<&Tensor> {
         if !self.tensors.contains_key(&id.0) {
             self.fail(StepFailure {
@@ -203,21 +193,15 @@ impl Host for Session<'_> {
             return INVALID;
         }
         self.compute("linear combination", |session| {
-            let mut sum: Option<Tensor> = None;
-            for term in terms.iter() {
-                let tensor = &session.tensors[&term.tensor.0];
-                let scaled = tensor.f_mul_scalar(term.coefficient);
-                let next = match (sum.take(), scaled) {
-                    (None, scaled) => scaled,
-                    (Some(acc), Ok(scaled)) => acc.f_add(&scaled),
-                    (Some(_), Err(error)) => Err(error),
-                };
-                match next {
-                    Ok(tensor) => sum = Some(tensor),
-                    Err(error) => return Some(Err(error)),
-                }
-            }
-            sum.map(Ok)
+            // The first product is a fresh tensor, so the rest can be added into it in place.
+            let (first, rest) = terms.split_first()?;
+            let first = session.tensors[&first.tensor.0].f_mul_scalar(first.coefficient);
+            Some(first.and_then(|sum| {
+                rest.iter().try_fold(sum, |mut sum, term| {
+                    let scaled = session.tensors[&term.tensor.0].f_mul_scalar(term.coefficient)?;
+                    sum.f_add_(&scaled)
+                })
+            }))
         })
     }
 
