@@ -65,4 +65,13 @@ fn resize_mode_names() {
         Some(ResizeMode::LatentUpscale)
     );
     assert_eq!(ResizeMode::parse("stretch"), None);
+    // The UI labels (what the infotext writes) parse back to their mode.
+    for mode in [
+        ResizeMode::JustResize,
+        ResizeMode::CropAndResize,
+        ResizeMode::ResizeAndFill,
+        ResizeMode::LatentUpscale,
+    ] {
+        assert_eq!(ResizeMode::parse(mode.label()), Some(mode));
+    }
 }

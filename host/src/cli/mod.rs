@@ -2,6 +2,7 @@
 
 mod check;
 mod dev;
+mod img2img;
 mod info;
 mod png_info;
 mod prompt;
@@ -19,6 +20,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// img2img as A1111's img2img tab does it: init image, prompt, sampler, seed → PNGs.
+    Img2img(Box<img2img::Img2ImgArgs>),
     /// Show a checkpoint's architecture, dtype, parameter count and A1111 hashes.
     Info(info::InfoArgs),
     /// Load a checkpoint on a device and run each network once, with timings.
@@ -38,6 +41,7 @@ impl Cli {
     /// Runs the chosen command.
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
+            Command::Img2img(args) => img2img::run(&args),
             Command::Info(args) => info::run(&args),
             Command::Check(args) => check::run(&args),
             Command::Prompt(args) => prompt::run(&args),

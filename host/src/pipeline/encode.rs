@@ -4,7 +4,7 @@
 use image::RgbImage;
 use tch::{Device, Kind, Tensor};
 
-use crate::models::vae::{AutoencoderKl, SD1_LATENT_SCALE};
+use crate::models::vae::{AutoencoderKl, LatentDistribution, SD1_LATENT_SCALE};
 use crate::rng::{Generator, RngError};
 
 /// How the init image's latent is taken from the encoder's distribution.
@@ -28,6 +28,36 @@ pub fn image_to_tensor(image: &RgbImage, device: Device, kind: Kind) -> Tensor {
         .to_kind(kind)
 }
 
+/// An init image through the VAE encoder: the latent distribution every image of a job
+/// takes its init latent from (A1111 encodes each copy; the distribution is the same).
+pub struct InitEncoding {
+    distribution: LatentDistribution,
+}
+
+impl InitEncoding {
+    /// Encodes one image in the VAE's dtype on `device`.
+    pub fn new(vae: &AutoencoderKl, image: &RgbImage, device: Device, kind: Kind) -> Self {
+        InitEncoding {
+            distribution: vae.encode(&image_to_tensor(image, device, kind)),
+        }
+    }
+
+    /// The scaled latent [1, 4, H/8, W/8] (the generator draws on the CPU, as ldm's
+    /// `torch.randn` does, and the noise is moved to the latent's device).
+    pub fn latent(&self, init: InitLatent<'_>) -> Result<Tensor, RngError> {
+        let mean = &self.distribution.mean;
+        let latent = match init {
+            InitLatent::Mean => mean.shallow_clone(),
+            InitLatent::Sample(generator) => {
+                let noise = generator.randn(&mean.size(), Kind::Float)?;
+                self.distribution
+                    .sample_with(&noise.to_device(mean.device()).to_kind(mean.kind()))
+            }
+        };
+        Ok(latent * SD1_LATENT_SCALE)
+    }
+}
+
 /// The scaled latent [1, 4, H/8, W/8] of one image, in the VAE's dtype on its device.
 pub fn encode_image(
     vae: &AutoencoderKl,
@@ -36,15 +66,7 @@ pub fn encode_image(
     device: Device,
     kind: Kind,
 ) -> Result<Tensor, RngError> {
-    let distribution = vae.encode(&image_to_tensor(image, device, kind));
-    let latent = match init {
-        InitLatent::Mean => distribution.mean.shallow_clone(),
-        InitLatent::Sample(generator) => {
-            let noise = generator.randn(&distribution.mean.size(), Kind::Float)?;
-            distribution.sample_with(&noise.to_device(device).to_kind(kind))
-        }
-    };
-    Ok(latent * SD1_LATENT_SCALE)
+    InitEncoding::new(vae, image, device, kind).latent(init)
 }
 
 /// Resize mode "Just resize (latent upscale)": the init latent [B, 4, h, w] resized to the job's

@@ -1,6 +1,10 @@
-//! The img2img job's ends: the init image into the latent space and latents back into 8-bit
-//! images, as A1111 does them (spec §1.6).
+//! The img2img job: the init image into the latent space, sampling, latents back into 8-bit
+//! images with their infotext, as A1111 does them (spec §0.1, §1.6, §9).
 
 pub mod decode;
 pub mod encode;
+pub mod img2img;
+pub mod model;
+pub mod output;
+pub mod params;
 pub mod png_info;

@@ -30,10 +30,25 @@ impl ResizeMode {
                 "0" | "just-resize" => ResizeMode::JustResize,
                 "1" | "crop-and-resize" => ResizeMode::CropAndResize,
                 "2" | "resize-and-fill" => ResizeMode::ResizeAndFill,
-                "3" | "latent-upscale" | "just-resize-latent-upscale" => ResizeMode::LatentUpscale,
+                "3"
+                | "latent-upscale"
+                | "just-resize-latent-upscale"
+                | "just-resize-(latent-upscale)" => ResizeMode::LatentUpscale,
                 _ => return None,
             },
         )
+    }
+}
+
+impl ResizeMode {
+    /// The label A1111's UI shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            ResizeMode::JustResize => "Just resize",
+            ResizeMode::CropAndResize => "Crop and resize",
+            ResizeMode::ResizeAndFill => "Resize and fill",
+            ResizeMode::LatentUpscale => "Just resize (latent upscale)",
+        }
     }
 }
 

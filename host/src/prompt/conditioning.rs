@@ -2,9 +2,10 @@
 //! A1111's emphasis weighting, chunk concatenation, and the per-step schedule of a job.
 
 use super::chunks::{tokenize_line, PromptChunk, TokenizedPrompt};
-use super::embeddings::EmbeddingDatabase;
+use super::embeddings::{Embedding, EmbeddingDatabase};
 use super::schedule::{prompt_schedule, split_and};
 use crate::models::clip::ClipTextModel;
+use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 /// Conditioning of one scheduled text: used for model calls up to `end_at_step`.
@@ -163,6 +164,31 @@ impl Conditioner<'_> {
                 schedule: self.schedule(&text, steps),
                 weight,
             })
+            .collect()
+    }
+
+    /// The embeddings the prompt and negative prompt use over `steps` model calls, in
+    /// first-use order (for the infotext's `TI hashes`).
+    pub fn embeddings_used(
+        &self,
+        prompt: &str,
+        negative_prompt: &str,
+        steps: usize,
+    ) -> Vec<Arc<Embedding>> {
+        let mut texts: Vec<String> = split_and(prompt)
+            .into_iter()
+            .flat_map(|(text, _)| prompt_schedule(&text, steps))
+            .map(|scheduled| scheduled.text)
+            .collect();
+        texts.extend(
+            prompt_schedule(negative_prompt, steps)
+                .into_iter()
+                .map(|scheduled| scheduled.text),
+        );
+        texts
+            .iter()
+            .flat_map(|text| tokenize_line(text, self.embeddings).chunks)
+            .flat_map(|chunk| chunk.fixes.into_iter().map(|fix| fix.embedding))
             .collect()
     }
 }

@@ -1,0 +1,336 @@
+//! One img2img job as A1111 runs it (spec §0.1): the init image is resized and encoded once,
+//! then `batch_count` batches of `batch_size` images are sampled, each image from its own seed,
+//! decoded and given its infotext.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use image::RgbImage;
+use sdhost_plugin_api::Flow;
+use tch::{Device, Kind, Tensor};
+
+use super::decode::decode_latents;
+use super::encode::{resize_latent, InitEncoding, InitLatent};
+use super::model::GenerationModel;
+use super::params::{ImageFacts, Img2ImgParams, InitLatentMode, RngChoice};
+use crate::infotext::Infotext;
+use crate::prepare::resize::{resize_image, ResizeMode};
+use crate::prompt::conditioning::{CondPart, Conditioner, ScheduledCond};
+use crate::prompt::embeddings::ti_hashes;
+use crate::rng::{
+    fixed_seed, random_seed, Generator, ImageRng, RngError, RngSource, SeedList, Variation,
+};
+use crate::sampling::brownian::BrownianTreeNoise;
+use crate::sampling::denoiser::{CfgDenoiser, Guidance, Prediction};
+use crate::sampling::noise::JobNoise;
+use crate::sampling::plan::{PlanError, SamplingPlan};
+use crate::sampling::plugins::{SamplerRegistry, SamplingError};
+
+/// Largest accepted side in pixels (A1111's sliders stop at 2048; its API takes more).
+pub const MAX_SIDE: u32 = 8192;
+
+/// Why a job could not run (nothing of it is kept except the images already reported).
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// A parameter out of range.
+    #[error("{0}")]
+    InvalidParams(String),
+    /// Sampler or schedule settings that cannot be sampled.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The noise source failed (for example the GPU RNG without CUDA).
+    #[error("noise: {0}")]
+    Rng(#[from] RngError),
+    /// The sampler failed.
+    #[error(transparent)]
+    Sampling(SamplingError),
+    /// A libtorch operation outside sampling failed (out of memory, device error).
+    #[error("{stage}: {message}")]
+    Torch {
+        stage: &'static str,
+        message: String,
+    },
+}
+
+/// Progress reported while a job runs.
+pub enum JobEvent<'a> {
+    /// The job is set up: how many images, and sampler steps per batch.
+    Started {
+        images: usize,
+        batches: usize,
+        steps_per_batch: usize,
+    },
+    /// Batch `batch` (from 0) finished sampler step `step` (from 1).
+    Step { batch: usize, step: usize },
+    /// An image is done (decoded, with its infotext).
+    Image(&'a GeneratedImage),
+}
+
+/// One finished image.
+pub struct GeneratedImage {
+    /// Position in the job (batch after batch).
+    pub index: usize,
+    /// Its seed.
+    pub seed: u64,
+    /// The pixels.
+    pub image: RgbImage,
+    /// Its generation parameters.
+    pub infotext: Infotext,
+}
+
+/// What a job produced.
+pub struct JobOutcome {
+    /// The finished images, in order.
+    pub images: Vec<GeneratedImage>,
+    /// Whether the observer stopped it before the end.
+    pub cancelled: bool,
+}
+
+/// Runs `f`, turning a libtorch panic into a [`JobError::Torch`] (the daemon must survive
+/// out-of-memory and device errors).
+fn guarded<T>(stage: &'static str, f: impl FnOnce() -> T) -> Result<T, JobError> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| JobError::Torch {
+        stage,
+        message: payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown error".into()),
+    })
+}
+
+impl Img2ImgParams {
+    /// Checks sizes, counts and scales before any work.
+    pub fn validate(&self, downscale: u32) -> Result<(), JobError> {
+        let invalid = |message: String| Err(JobError::InvalidParams(message));
+        for (name, side) in [("width", self.width), ("height", self.height)] {
+            if side < downscale || side > MAX_SIDE || side % downscale != 0 {
+                return invalid(format!(
+                    "{name} {side} must be a multiple of {downscale} between {downscale} and {MAX_SIDE}"
+                ));
+            }
+        }
+        if self.batch_count == 0 || self.batch_size == 0 {
+            return invalid("batch count and batch size must be at least 1".into());
+        }
+        if self.clip_skip == 0 {
+            return invalid("clip skip must be at least 1".into());
+        }
+        for (name, value) in [
+            ("CFG scale", self.cfg_scale),
+            ("variation strength", self.subseed_strength),
+            ("initial noise multiplier", self.initial_noise_multiplier),
+        ] {
+            if !value.is_finite() {
+                return invalid(format!("{name} must be a finite number, got {value}"));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.subseed_strength) {
+            return invalid(format!(
+                "variation strength must be between 0 and 1, got {}",
+                self.subseed_strength
+            ));
+        }
+        if let Some((w, h)) = self.seed_resize_from {
+            if w > MAX_SIDE || h > MAX_SIDE {
+                return invalid(format!(
+                    "seed resize size {w}x{h} is larger than {MAX_SIDE}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The source of per-image noise for a model on `device`.
+fn rng_source(choice: RngChoice, device: Device) -> Result<RngSource, JobError> {
+    match (choice, device) {
+        (RngChoice::Cpu, _) => Ok(RngSource::Torch(Device::Cpu)),
+        (RngChoice::Nv, _) => Ok(RngSource::Nv),
+        (RngChoice::Gpu, Device::Cuda(_)) => Ok(RngSource::Torch(device)),
+        (RngChoice::Gpu, other) => Err(JobError::InvalidParams(format!(
+            "the GPU RNG needs a CUDA device, the model runs on {other:?}; use the CPU or NV RNG"
+        ))),
+    }
+}
+
+/// Copies a prompt's conditioning for another image of the batch (tensors are shared).
+fn share_parts(parts: &[CondPart]) -> Vec<CondPart> {
+    parts
+        .iter()
+        .map(|part| CondPart {
+            schedule: share_schedule(&part.schedule),
+            weight: part.weight,
+        })
+        .collect()
+}
+
+fn share_schedule(schedule: &[ScheduledCond]) -> Vec<ScheduledCond> {
+    schedule
+        .iter()
+        .map(|s| ScheduledCond {
+            end_at_step: s.end_at_step,
+            cond: s.cond.shallow_clone(),
+        })
+        .collect()
+}
+
+/// Runs an img2img job on `init_image` (already flattened to RGB). `observe` sees progress
+/// and each image as it is finished; returning [`Flow::Cancel`] from a step stops the job
+/// after the current step, keeping the images already finished.
+pub fn run_img2img(
+    model: &GenerationModel,
+    registry: &SamplerRegistry,
+    params: &Img2ImgParams,
+    init_image: &RgbImage,
+    observe: &mut dyn FnMut(JobEvent<'_>) -> Flow,
+) -> Result<JobOutcome, JobError> {
+    let _guard = tch::no_grad_guard();
+    let downscale = model.downscale();
+    params.validate(downscale)?;
+    let source = rng_source(params.rng, model.device)?;
+    let plan = SamplingPlan::new(registry, &params.sampler, &model.levels)?;
+    let info = plan.sampler.info;
+
+    let seed = fixed_seed(params.seed, random_seed);
+    let subseed = fixed_seed(params.subseed, random_seed);
+    let total = params.batch_count * params.batch_size;
+    let seeds = SeedList::new(seed, subseed, params.subseed_strength, total);
+
+    // Init once per job (A1111 `init`): resize, encode.
+    let (latent_h, latent_w) = (
+        i64::from(params.height / downscale),
+        i64::from(params.width / downscale),
+    );
+    let encoding = guarded("VAE encode", || {
+        let resized = resize_image(params.resize_mode, init_image, params.width, params.height);
+        InitEncoding::new(&model.sd.vae, &resized, model.device, model.kind)
+    })?;
+    let init_latent = |image_seed: u64| -> Result<Tensor, JobError> {
+        let latent = match params.init_latent {
+            InitLatentMode::Mean => encoding.latent(InitLatent::Mean)?,
+            InitLatentMode::Sample => {
+                let mut generator = Generator::new(image_seed, Device::Cpu)?;
+                encoding.latent(InitLatent::Sample(&mut generator))?
+            }
+        };
+        let latent = latent.to_kind(Kind::Float);
+        if params.resize_mode == ResizeMode::LatentUpscale {
+            resize_latent(&latent, latent_h, latent_w).map_err(|e| JobError::Torch {
+                stage: "latent upscale",
+                message: e.to_string(),
+            })
+        } else {
+            Ok(latent)
+        }
+    };
+
+    // Conditioning: prompt schedules count model calls (twice per step for second-order
+    // samplers); A1111 caches them across the job's batches, as here.
+    let conditioner = Conditioner {
+        clip: &model.sd.clip,
+        embeddings: &model.embeddings,
+        clip_skip: params.clip_skip,
+    };
+    let schedule_steps = params.sampler.steps * if info.second_order { 2 } else { 1 };
+    let (cond, uncond) = guarded("prompt encoding", || {
+        (
+            conditioner.multicond(&params.prompt, schedule_steps),
+            conditioner.schedule(&params.negative_prompt, schedule_steps),
+        )
+    })?;
+    let used = conditioner.embeddings_used(&params.prompt, &params.negative_prompt, schedule_steps);
+    let ti = ti_hashes(used.iter().map(|e| e.as_ref()));
+
+    observe(JobEvent::Started {
+        images: total,
+        batches: params.batch_count,
+        steps_per_batch: plan.steps_run,
+    });
+
+    let mut images = Vec::with_capacity(total);
+    for batch in 0..params.batch_count {
+        let (batch_seeds, batch_subseeds) = seeds.batch(batch, params.batch_size);
+        let mut rng = ImageRng::with_source(batch_seeds, [4, latent_h, latent_w], source)?
+            .with_variation(Variation {
+                subseeds: batch_subseeds.to_vec(),
+                strength: params.subseed_strength,
+                resize_from: params
+                    .seed_resize_from
+                    .map(|(w, h)| (i64::from(h), i64::from(w))),
+            })
+            .with_ensd(params.eta_noise_seed_delta);
+        let noise = rng.first()?.to_device(model.device) * params.initial_noise_multiplier;
+        let init = batch_seeds
+            .iter()
+            .map(|&s| init_latent(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let x = plan.start_latent(&Tensor::cat(&init, 0), &noise);
+        let mut job_noise = JobNoise::new(rng, model.device, Kind::Float);
+        if info.brownian {
+            let (sigma_min, sigma_max) = plan.brownian_range();
+            let tree =
+                BrownianTreeNoise::new(batch_seeds, [4, latent_h, latent_w], sigma_min, sigma_max)
+                    .map_err(|failure| JobError::InvalidParams(failure.message))?;
+            job_noise = job_noise.with_brownian(Box::new(tree));
+        }
+        let guidance = Guidance {
+            conds: batch_seeds.iter().map(|_| share_parts(&cond)).collect(),
+            unconds: batch_seeds
+                .iter()
+                .map(|_| share_schedule(&uncond))
+                .collect(),
+            cfg_scale: params.cfg_scale,
+        };
+        let mut denoiser =
+            CfgDenoiser::new(&model.sd.unet, &model.levels, Prediction::Epsilon, guidance);
+        let mut step = 0;
+        let sampled = registry.sample(
+            plan.sampler,
+            plan.request(x),
+            &mut denoiser,
+            &mut job_noise,
+            &mut |_| {
+                step += 1;
+                observe(JobEvent::Step { batch, step })
+            },
+        );
+        let latents = match sampled {
+            Ok(latents) => latents,
+            Err(SamplingError::Cancelled) => {
+                return Ok(JobOutcome {
+                    images,
+                    cancelled: true,
+                })
+            }
+            Err(error) => return Err(JobError::Sampling(error)),
+        };
+        let decoded = guarded("VAE decode", || {
+            decode_latents(&model.sd.vae, &latents.to_kind(model.kind))
+        })?;
+        for ((image, &image_seed), &image_subseed) in
+            decoded.into_iter().zip(batch_seeds).zip(batch_subseeds)
+        {
+            let infotext = params.infotext(&ImageFacts {
+                seed: image_seed,
+                subseed: image_subseed,
+                sampler: info,
+                schedule_label: &plan.schedule_label,
+                discard_penultimate: plan.discard_penultimate,
+                model: (&model.name, &model.hash),
+                ti_hashes: ti.clone(),
+            });
+            let generated = GeneratedImage {
+                index: images.len(),
+                seed: image_seed,
+                image,
+                infotext,
+            };
+            observe(JobEvent::Image(&generated));
+            images.push(generated);
+        }
+    }
+    Ok(JobOutcome {
+        images,
+        cancelled: false,
+    })
+}

@@ -1,0 +1,106 @@
+//! A checkpoint ready for jobs: its networks on a device, its noise levels, the name and hash
+//! the infotext gives it, and the textual-inversion embeddings its prompts may use.
+
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Kind};
+
+use crate::checkpoint::{default_cache_dir, infer_architecture, Checkpoint, ModelHashes};
+use crate::error::LoadError;
+use crate::models::StableDiffusion;
+use crate::prompt::embeddings::EmbeddingDatabase;
+use crate::sampling::noise_levels::{NoiseLevels, NoiseLevelsError};
+
+/// Why a model could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The checkpoint could not be read or built.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Its noise schedule is unusable.
+    #[error(transparent)]
+    NoiseLevels(#[from] NoiseLevelsError),
+    /// The file could not be hashed.
+    #[error("{path}: cannot hash: {source}")]
+    Hash {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The embeddings folder could not be listed.
+    #[error("{path}: cannot read the embeddings folder: {source}")]
+    Embeddings {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A loaded checkpoint with what a job needs besides the networks.
+pub struct GenerationModel {
+    /// Text encoder, UNet and autoencoder.
+    pub sd: StableDiffusion,
+    /// The model's discrete noise levels (σ table).
+    pub levels: NoiseLevels,
+    /// Infotext `Model`: the file name without folder and extension.
+    pub name: String,
+    /// Infotext `Model hash`: A1111's short sha256.
+    pub hash: String,
+    /// Embeddings available to prompts.
+    pub embeddings: EmbeddingDatabase,
+    /// Where the networks run.
+    pub device: Device,
+    /// Their dtype.
+    pub kind: Kind,
+}
+
+impl GenerationModel {
+    /// Loads `path` in `kind` on `device`, with the embeddings under `embeddings_dir` if given.
+    pub fn load(
+        path: &Path,
+        device: Device,
+        kind: Kind,
+        embeddings_dir: Option<&Path>,
+    ) -> Result<Self, ModelError> {
+        let _guard = tch::no_grad_guard();
+        let checkpoint = Checkpoint::open(path)?;
+        let architecture = infer_architecture(&checkpoint)?;
+        let sd = StableDiffusion::load(&checkpoint, &architecture, kind, device)?;
+        let levels = NoiseLevels::from_checkpoint(&checkpoint)?;
+        let hashes =
+            ModelHashes::cached(path, default_cache_dir().as_deref()).map_err(|source| {
+                ModelError::Hash {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+        let embeddings = match embeddings_dir {
+            Some(dir) => EmbeddingDatabase::load_dir(dir, architecture.clip.hidden_size).map_err(
+                |source| ModelError::Embeddings {
+                    path: dir.to_path_buf(),
+                    source,
+                },
+            )?,
+            None => EmbeddingDatabase::default(),
+        };
+        Ok(GenerationModel {
+            sd,
+            levels,
+            name: model_name(path),
+            hash: hashes.short().to_string(),
+            embeddings,
+            device,
+            kind,
+        })
+    }
+
+    /// Pixels per latent pixel (8 for SD).
+    pub fn downscale(&self) -> u32 {
+        self.sd.architecture.vae.downscale() as u32
+    }
+}
+
+/// A1111's `Model` value: the checkpoint's file name without folder and extension.
+pub fn model_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

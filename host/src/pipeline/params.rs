@@ -1,0 +1,368 @@
+//! The parameters of an img2img job, named as A1111's img2img tab names them, and their
+//! infotext: written under every image and read back to reproduce one (spec §9).
+
+use sdhost_plugin_api::{OptionValue, SamplerInfo};
+
+use crate::infotext::{py_float, Infotext};
+use crate::prepare::resize::ResizeMode;
+use crate::sampling::plan::SamplerSettings;
+use crate::sampling::schedule::Schedule;
+
+/// Where the per-image noise comes from (A1111's "Random number generator source").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RngChoice {
+    /// libtorch's CPU generator: the same numbers on every machine (infotext `RNG: CPU`).
+    Cpu,
+    /// A1111's "NV": CUDA's Philox stream computed on the CPU (infotext `RNG: NV`).
+    Nv,
+    /// The CUDA generator of the model's device (A1111's default; no `RNG` key).
+    Gpu,
+}
+
+impl RngChoice {
+    /// The infotext `RNG` value (none for GPU, A1111's default).
+    pub fn infotext_value(self) -> Option<&'static str> {
+        match self {
+            RngChoice::Cpu => Some("CPU"),
+            RngChoice::Nv => Some("NV"),
+            RngChoice::Gpu => None,
+        }
+    }
+
+    /// The choice an infotext `RNG` value names (absent: GPU).
+    pub fn from_infotext(value: Option<&str>) -> Option<Self> {
+        match value.map(str::trim) {
+            None => Some(RngChoice::Gpu),
+            Some(v) if v.eq_ignore_ascii_case("cpu") => Some(RngChoice::Cpu),
+            Some(v) if v.eq_ignore_ascii_case("nv") => Some(RngChoice::Nv),
+            Some(v) if v.eq_ignore_ascii_case("gpu") => Some(RngChoice::Gpu),
+            Some(_) => None,
+        }
+    }
+}
+
+/// How the init image's latent is taken from the VAE encoder's distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InitLatentMode {
+    /// A sample, as A1111 takes it; its noise is the first draw of a CPU generator seeded with
+    /// the image's seed (what A1111's global generator holds when a one-image job is repeated).
+    Sample,
+    /// The distribution's mean: no noise at all.
+    Mean,
+}
+
+/// Infotext key for [`InitLatentMode::Mean`] (sdhost's own; A1111 ignores unknown keys).
+pub const INIT_LATENT_KEY: &str = "Init latent";
+/// Infotext key for a resize mode other than Just resize (sdhost's own).
+pub const RESIZE_MODE_KEY: &str = "Resize mode";
+
+/// Every parameter of an img2img job.
+#[derive(Debug, Clone)]
+pub struct Img2ImgParams {
+    /// Prompt (A1111 syntax: emphasis, `AND`, prompt editing, embeddings).
+    pub prompt: String,
+    /// Negative prompt.
+    pub negative_prompt: String,
+    /// How the init image is fitted to `width`×`height`.
+    pub resize_mode: ResizeMode,
+    /// Output width in pixels (a multiple of the latent downscale, 8).
+    pub width: u32,
+    /// Output height in pixels.
+    pub height: u32,
+    /// Sampler, schedule, steps, denoising strength and sampler options.
+    pub sampler: SamplerSettings,
+    /// Classifier-free guidance scale.
+    pub cfg_scale: f64,
+    /// Seed; negative for a random one.
+    pub seed: i64,
+    /// Variation seed; negative for a random one.
+    pub subseed: i64,
+    /// Variation strength (0: off).
+    pub subseed_strength: f64,
+    /// "Resize seed from" (width, height).
+    pub seed_resize_from: Option<(u32, u32)>,
+    /// Number of batches run one after another.
+    pub batch_count: usize,
+    /// Images per batch (sampled together).
+    pub batch_size: usize,
+    /// Clip skip (1: the last CLIP layer).
+    pub clip_skip: usize,
+    /// Noise source.
+    pub rng: RngChoice,
+    /// Sampled or mean init latent.
+    pub init_latent: InitLatentMode,
+    /// Factor on the initial noise (A1111 `initial_noise_multiplier`).
+    pub initial_noise_multiplier: f64,
+    /// Eta noise seed delta (ENSD).
+    pub eta_noise_seed_delta: i64,
+}
+
+impl Default for Img2ImgParams {
+    /// A1111's img2img tab defaults, with the CPU RNG (the same images on every machine).
+    fn default() -> Self {
+        Img2ImgParams {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            resize_mode: ResizeMode::JustResize,
+            width: 512,
+            height: 512,
+            sampler: SamplerSettings::default(),
+            cfg_scale: 7.0,
+            seed: -1,
+            subseed: -1,
+            subseed_strength: 0.0,
+            seed_resize_from: None,
+            batch_count: 1,
+            batch_size: 1,
+            clip_skip: 1,
+            rng: RngChoice::Cpu,
+            init_latent: InitLatentMode::Sample,
+            initial_noise_multiplier: 1.0,
+            eta_noise_seed_delta: 0,
+        }
+    }
+}
+
+/// A number as A1111's UI sends it: whole values without a decimal point (`7`, `0.75`).
+pub fn ui_number(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        format!("{}", value as i64)
+    } else {
+        py_float(value)
+    }
+}
+
+/// The infotext keys of sampler options (A1111's names where it has one).
+fn option_key(option: &str, info: &SamplerInfo) -> String {
+    let timesteps = info.input == sdhost_plugin_api::ScheduleInput::Timesteps;
+    match option {
+        "eta" if timesteps => "Eta DDIM".into(),
+        "eta" => "Eta".into(),
+        "s_churn" => "Sigma churn".into(),
+        "s_tmin" => "Sigma tmin".into(),
+        "s_tmax" => "Sigma tmax".into(),
+        "s_noise" => "Sigma noise".into(),
+        other => format!("{} {other}", info.name),
+    }
+}
+
+fn option_text(value: &OptionValue) -> String {
+    match value {
+        OptionValue::Number(n) => ui_number(*n),
+        OptionValue::Text(t) => t.to_string(),
+    }
+}
+
+/// The value an option has in a job: set, or the sampler's default.
+pub fn option_value<'a>(
+    options: &'a [(String, OptionValue)],
+    info: &'a SamplerInfo,
+    name: &str,
+) -> Option<&'a OptionValue> {
+    options
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v)
+        .or_else(|| {
+            info.options
+                .iter()
+                .find(|o| o.name.as_str() == name)
+                .map(|o| &o.default)
+        })
+}
+
+/// What one image's infotext says besides the job parameters.
+pub struct ImageFacts<'a> {
+    /// The image's seed.
+    pub seed: u64,
+    /// The image's variation seed.
+    pub subseed: u64,
+    /// The sampler that ran.
+    pub sampler: &'a SamplerInfo,
+    /// The schedule label (`Schedule type`).
+    pub schedule_label: &'a str,
+    /// Whether the penultimate σ was dropped by the user's option.
+    pub discard_penultimate: bool,
+    /// Model name and short hash.
+    pub model: (&'a str, &'a str),
+    /// `TI hashes` of the embeddings the prompts used.
+    pub ti_hashes: Option<String>,
+}
+
+impl Img2ImgParams {
+    /// One image's infotext, keys in A1111's insertion order (ordered by [`Infotext::with_params`]).
+    pub fn infotext(&self, facts: &ImageFacts<'_>) -> Infotext {
+        let info = facts.sampler;
+        let varied = self.subseed_strength != 0.0;
+        let eta_used = option_value(&self.sampler.options, info, "eta")
+            .is_some_and(|v| !matches!(v, OptionValue::Number(n) if *n == 0.0));
+        let ensd = self.eta_noise_seed_delta != 0 && info.uses_ensd && eta_used;
+        let size = |(w, h): (u32, u32)| format!("{w}x{h}");
+        let schedule = &self.sampler.schedule_options;
+        let mut values: Vec<(&str, Option<String>)> = vec![
+            ("Steps", Some(self.sampler.steps.to_string())),
+            ("Sampler", Some(info.name.to_string())),
+            ("Schedule type", Some(facts.schedule_label.to_string())),
+            ("CFG scale", Some(ui_number(self.cfg_scale))),
+            ("Seed", Some(facts.seed.to_string())),
+            ("Size", Some(size((self.width, self.height)))),
+            ("Model hash", Some(facts.model.1.to_string())),
+            ("Model", Some(facts.model.0.to_string())),
+            ("Variation seed", varied.then(|| facts.subseed.to_string())),
+            (
+                "Variation seed strength",
+                varied.then(|| ui_number(self.subseed_strength)),
+            ),
+            ("Seed resize from", self.seed_resize_from.map(size)),
+            (
+                "Denoising strength",
+                Some(ui_number(self.sampler.denoising_strength)),
+            ),
+            (
+                "Clip skip",
+                (self.clip_skip > 1).then(|| self.clip_skip.to_string()),
+            ),
+            ("ENSD", ensd.then(|| self.eta_noise_seed_delta.to_string())),
+            ("RNG", self.rng.infotext_value().map(String::from)),
+            (
+                RESIZE_MODE_KEY,
+                (self.resize_mode != ResizeMode::JustResize)
+                    .then(|| self.resize_mode.label().to_string()),
+            ),
+            (
+                INIT_LATENT_KEY,
+                (self.init_latent == InitLatentMode::Mean).then(|| "mean".to_string()),
+            ),
+            ("TI hashes", facts.ti_hashes.clone()),
+            (
+                "Noise multiplier",
+                (self.initial_noise_multiplier != 1.0)
+                    .then(|| ui_number(self.initial_noise_multiplier)),
+            ),
+            (
+                "Discard penultimate sigma",
+                (facts.discard_penultimate && !info.discard_penultimate_sigma)
+                    .then(|| "True".to_string()),
+            ),
+            ("Schedule min sigma", schedule.sigma_min.map(ui_number)),
+            ("Schedule max sigma", schedule.sigma_max.map(ui_number)),
+            ("Schedule rho", schedule.rho.map(ui_number)),
+        ];
+        let mut option_values: Vec<(String, String)> = Vec::new();
+        for (name, value) in &self.sampler.options {
+            let default = info.options.iter().find(|o| o.name.as_str() == name);
+            if default.is_some_and(|d| &d.default == value) {
+                continue;
+            }
+            option_values.push((option_key(name, info), option_text(value)));
+        }
+        values.extend(
+            option_values
+                .iter()
+                .map(|(k, v)| (k.as_str(), Some(v.clone()))),
+        );
+        values.push((
+            "Version",
+            Some(format!("sdhost-{}", env!("CARGO_PKG_VERSION"))),
+        ));
+        Infotext::with_params(&self.prompt, &self.negative_prompt, values)
+    }
+
+    /// Takes over what an infotext says (A1111's "PNG Info → Send to img2img"): prompts, steps,
+    /// sampler, schedule, CFG, seeds, size, strength, clip skip, RNG and the sdhost keys; keys
+    /// that are absent get A1111's defaults for pasted infotext. Returns what it could not use.
+    pub fn apply_infotext(&mut self, infotext: &Infotext) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut number = |key: &str| -> Option<f64> {
+            let text = infotext.get(key)?;
+            match text.trim().parse::<f64>() {
+                Ok(value) => Some(value),
+                Err(_) => {
+                    problems.push(format!("{key}: \"{text}\" is not a number"));
+                    None
+                }
+            }
+        };
+        self.prompt = infotext.prompt.clone();
+        self.negative_prompt = infotext.negative_prompt.clone();
+        if let Some(steps) = number("Steps") {
+            self.sampler.steps = steps as usize;
+        }
+        if let Some(cfg) = number("CFG scale") {
+            self.cfg_scale = cfg;
+        }
+        if let Some(seed) = number("Seed") {
+            self.seed = seed as i64;
+        }
+        if let Some(strength) = number("Denoising strength") {
+            self.sampler.denoising_strength = strength;
+        }
+        self.clip_skip = number("Clip skip").map_or(1, |c| c as usize);
+        self.subseed_strength = number("Variation seed strength").unwrap_or(0.0);
+        if let Some(subseed) = number("Variation seed") {
+            self.subseed = subseed as i64;
+        }
+        self.eta_noise_seed_delta = number("ENSD").map_or(0, |e| e as i64);
+        self.initial_noise_multiplier = number("Noise multiplier").unwrap_or(1.0);
+        self.sampler.schedule_options.sigma_min = number("Schedule min sigma");
+        self.sampler.schedule_options.sigma_max = number("Schedule max sigma");
+        self.sampler.schedule_options.rho = number("Schedule rho");
+        if let Some((width, height)) = infotext.size("Size") {
+            self.width = width;
+            self.height = height;
+        }
+        self.seed_resize_from = infotext.size("Seed resize from");
+        if let Some(sampler) = infotext.get("Sampler") {
+            self.sampler.sampler = sampler.to_string();
+        }
+        self.sampler.schedule = match infotext.get("Schedule type") {
+            None => Schedule::Automatic,
+            Some(label) => Schedule::from_name(label).unwrap_or_else(|_| {
+                problems.push(format!("Schedule type: unknown schedule \"{label}\""));
+                Schedule::Automatic
+            }),
+        };
+        self.sampler.schedule_options.discard_penultimate =
+            infotext.get("Discard penultimate sigma") == Some("True");
+        match RngChoice::from_infotext(infotext.get("RNG")) {
+            Some(rng) => self.rng = rng,
+            None => problems.push(format!(
+                "RNG: unknown source \"{}\"",
+                infotext.get("RNG").unwrap_or_default()
+            )),
+        }
+        self.resize_mode = match infotext.get(RESIZE_MODE_KEY) {
+            None => ResizeMode::JustResize,
+            Some(label) => ResizeMode::parse(label).unwrap_or_else(|| {
+                problems.push(format!("{RESIZE_MODE_KEY}: unknown mode \"{label}\""));
+                ResizeMode::JustResize
+            }),
+        };
+        self.init_latent = match infotext.get(INIT_LATENT_KEY) {
+            Some(v) if v.eq_ignore_ascii_case("mean") => InitLatentMode::Mean,
+            _ => InitLatentMode::Sample,
+        };
+        problems
+    }
+
+    /// Reads the sampler options an infotext sets for `info` (after [`Self::apply_infotext`]
+    /// named the sampler): `Eta`, `Sigma churn` … and sdhost's `<Sampler> <option>` keys.
+    pub fn apply_sampler_options(&mut self, infotext: &Infotext, info: &SamplerInfo) {
+        let mut options = Vec::new();
+        for declared in info.options.iter() {
+            let key = option_key(declared.name.as_str(), info);
+            let Some(text) = infotext.get(&key) else {
+                continue;
+            };
+            let value = match &declared.default {
+                OptionValue::Number(_) => match text.trim().parse::<f64>() {
+                    Ok(n) => OptionValue::Number(n),
+                    Err(_) => continue,
+                },
+                OptionValue::Text(_) => OptionValue::Text(text.into()),
+            };
+            options.push((declared.name.to_string(), value));
+        }
+        self.sampler.options = options;
+    }
+}

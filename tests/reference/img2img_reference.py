@@ -1,0 +1,110 @@
+"""A whole A1111 img2img job on the tiny checkpoint, from diffusers' networks, k-diffusion's
+samplers and the rules of ../shared/spec/a1111-img2img.md (§0.1, §1, §2, §3, §4.4, §5, §6.5).
+
+Usage: img2img_reference.py CHECKPOINT INIT.png CASES.json OUT_DIR
+
+CASES.json: a list of {"name", "sampler" (k-diffusion function), "karras" (bool), "steps",
+"strength", "seeds", "width", "height", "prompt", "negative_prompt", "cfg_scale"}.
+For each case and image i, writes OUT_DIR/<name>_<i>.png. The job:
+  * init image: Pillow Lanczos "Just resize" to width×height, ×2/255−1, VAE encoder;
+    the posterior sample's noise is the first draw of a CPU generator seeded with the image's
+    seed (what A1111's global generator gives when the same one-image job runs again);
+  * prompts: CLIP BPE tokens in one 77-token chunk (BOS, tokens, EOS padding), last layer;
+  * t_enc = int(min(strength, 0.999)·steps); σ = the sampler's schedule[steps − t_enc − 1:];
+    x = init + σ₀·first draw of each image's generator (torch.Generator(cpu).manual_seed);
+    every randn_like in the sampler takes each generator's next draw (A1111's TorchHijack);
+  * A1111's CFG on k-diffusion's CompVisDenoiser, timestep rounded to fp16;
+  * each latent decoded alone, clamp((x+1)/2)·255 truncated to uint8.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(__file__))
+import kdiffusion  # noqa: E402
+from denoiser_reference import CfgDenoiser, LdmWrapper  # noqa: E402
+from ldm_to_diffusers import build_clip, build_unet, build_vae, load_checkpoint  # noqa: E402
+from tokenize_reference import load_open_clip_tokenizer  # noqa: E402
+
+sampling, external = kdiffusion.load()
+SCALE = 0.18215
+BOS, EOS = 49406, 49407
+
+
+def encode_prompt(clip, bpe, text: str) -> torch.Tensor:
+    """One chunk of A1111's SD1 conditioning for a short prompt without emphasis."""
+    ids = bpe.encode(text.strip().lower())[:75]
+    tokens = [BOS] + ids + [EOS] * (76 - len(ids))
+    return clip(torch.tensor([tokens])).last_hidden_state[0]
+
+
+def to_pixels(decoded: torch.Tensor) -> np.ndarray:
+    image = torch.clamp((decoded + 1.0) / 2.0, min=0.0, max=1.0)
+    return (255.0 * np.moveaxis(image.numpy(), 0, 2)).astype(np.uint8)
+
+
+@torch.no_grad()
+def main() -> None:
+    checkpoint, init_path, cases_path, out = sys.argv[1:5]
+    torch.set_num_threads(1)
+    sd = load_checkpoint(checkpoint)
+    unet, vae, clip = build_unet(sd), build_vae(sd), build_clip(sd)
+    bpe = load_open_clip_tokenizer()
+    inner = external.CompVisDenoiser(LdmWrapper(unet, sd["alphas_cumprod"].float(), True))
+    init = Image.open(init_path).convert("RGB")
+    for case in json.load(open(cases_path)):
+        width, height, steps = case["width"], case["height"], case["steps"]
+        seeds = case["seeds"]
+        resized = init.resize((width, height), resample=Image.Resampling.LANCZOS)
+        x = torch.from_numpy(np.asarray(resized).astype(np.float32) / 255.0)
+        dist = vae.encode((2.0 * x - 1.0).permute(2, 0, 1).unsqueeze(0)).latent_dist
+        init_latents = []
+        for seed in seeds:
+            noise = torch.randn(dist.mean.shape, generator=torch.Generator().manual_seed(seed))
+            init_latents.append((dist.mean + dist.std * noise)[0] * SCALE)
+        init_latent = torch.stack(init_latents)
+
+        cond = encode_prompt(clip, bpe, case["prompt"])
+        uncond = encode_prompt(clip, bpe, case["negative_prompt"])
+        model = CfgDenoiser(inner, [[(cond, 1.0)] for _ in seeds], [uncond for _ in seeds],
+                            case["cfg_scale"])
+
+        if case["karras"]:
+            sigmas = sampling.get_sigmas_karras(steps, inner.sigmas[0].item(), inner.sigmas[-1].item())
+        else:
+            sigmas = inner.get_sigmas(steps)
+        t_enc = int(min(case["strength"], 0.999) * steps)
+        sched = sigmas[steps - t_enc - 1:]
+
+        gens = [torch.Generator().manual_seed(seed) for seed in seeds]
+        shape = (4, height // 8, width // 8)
+        draw = lambda: torch.stack([torch.randn(shape, generator=g) for g in gens])  # noqa: E731
+
+        class Hijack:
+            def __getattr__(self, attr):
+                return getattr(torch, attr)
+
+            def randn_like(self, x, *args, **kwargs):
+                return draw()
+
+        x = init_latent + draw() * sched[0]
+        saved = sampling.torch
+        sampling.torch = Hijack()
+        try:
+            samples = getattr(sampling, case["sampler"])(model, x, sched, disable=True)
+        finally:
+            sampling.torch = saved
+        for i in range(len(seeds)):
+            decoded = vae.decode(samples[i:i + 1] / SCALE).sample[0]
+            Image.fromarray(to_pixels(decoded)).save(os.path.join(out, f"{case['name']}_{i}.png"))
+
+
+if __name__ == "__main__":
+    main()
