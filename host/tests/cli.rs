@@ -248,3 +248,215 @@ fn png_info_prints_and_parses_infotext() {
         "missing.png",
     );
 }
+
+/// A small RGBA init image with a transparent corner.
+fn write_init(path: &Path) {
+    let image = image::RgbaImage::from_fn(40, 36, |x, y| {
+        image::Rgba([
+            (x * 6) as u8,
+            (y * 7) as u8,
+            120,
+            if x + y < 10 { 0 } else { 255 },
+        ])
+    });
+    image.save(path).unwrap();
+}
+
+fn pixels(path: &Path) -> image::RgbImage {
+    image::open(path).unwrap().to_rgb8()
+}
+
+#[test]
+fn img2img_writes_pngs_that_png_info_reads_and_from_png_reproduces() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.safetensors");
+    make_tiny(&model, &[]);
+    let init = dir.path().join("init.png");
+    write_init(&init);
+    let out_dir = dir.path().join("out");
+    let out = sdhost!(
+        "img2img",
+        "--model",
+        model,
+        "--init-image",
+        init,
+        "--prompt",
+        "a (red:1.1) cat",
+        "--negative-prompt",
+        "blurry, dark",
+        "--seed",
+        "5",
+        "--steps",
+        "5",
+        "--sampler",
+        "DPM++ 2M",
+        "--scheduler",
+        "Karras",
+        "--batch-count",
+        "2",
+        "--denoising-strength",
+        "0.6",
+        "--cfg-scale",
+        "6.5",
+        "--out-dir",
+        out_dir,
+        "--threads",
+        "1",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Default size: the init image's, down to a multiple of 8.
+    let first = out_dir.join("00000-5.png");
+    let second = out_dir.join("00001-6.png");
+    assert_eq!(pixels(&first).dimensions(), (40, 32));
+
+    let out = sdhost!("png-info", second, "--json");
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["prompt"], "a (red:1.1) cat");
+    assert_eq!(json["negative_prompt"], "blurry, dark");
+    let params = &json["parameters"];
+    for (key, value) in [
+        ("Steps", "5"),
+        ("Sampler", "DPM++ 2M"),
+        ("Schedule type", "Karras"),
+        ("CFG scale", "6.5"),
+        ("Seed", "6"),
+        ("Size", "40x32"),
+        ("Model", "tiny"),
+        ("Denoising strength", "0.6"),
+        ("RNG", "CPU"),
+    ] {
+        assert_eq!(params[key], value, "{key}");
+    }
+
+    // --from-png reproduces the second image exactly; a flag given overrides the PNG.
+    let again = dir.path().join("again");
+    let out = sdhost!(
+        "img2img",
+        "--model",
+        model,
+        "--init-image",
+        init,
+        "--from-png",
+        second,
+        "--out-dir",
+        again,
+        "--threads",
+        "1",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pixels(&again.join("00000-6.png")), pixels(&second));
+    let out = sdhost!(
+        "img2img",
+        "--model",
+        model,
+        "--init-image",
+        init,
+        "--from-png",
+        second,
+        "--seed",
+        "9",
+        "--out-dir",
+        again,
+    );
+    assert!(out.status.success());
+    assert!(again.join("00001-9.png").exists(), "numbering goes on");
+
+    // Mistakes a user can make: one line each, nothing written.
+    let img2img = |extra: &[&str]| {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "img2img".into(),
+            "--model".into(),
+            model.clone().into(),
+            "--init-image".into(),
+            init.clone().into(),
+            "--out-dir".into(),
+            dir.path().join("none").into(),
+        ];
+        args.extend(extra.iter().map(Into::into));
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        run_sdhost(&refs)
+    };
+    assert_one_line_error(&img2img(&["--width", "30"]), "multiple of 8");
+    assert_one_line_error(&img2img(&["--sampler", "Eulerish"]), "Eulerish");
+    assert_one_line_error(&img2img(&["--scheduler", "wobbly"]), "wobbly");
+    assert_one_line_error(&img2img(&["--option", "eta"]), "NAME=VALUE");
+    assert_one_line_error(
+        &img2img(&["--sampler", "Euler", "--option", "eta=1"]),
+        "eta",
+    );
+    assert_one_line_error(&img2img(&["--rng", "gpu"]), "CUDA");
+    assert_one_line_error(
+        &img2img(&["--from-png", init.to_str().unwrap()]),
+        "no generation parameters",
+    );
+    assert!(!dir.path().join("none").exists());
+    let out = sdhost!(
+        "img2img",
+        "--model",
+        model,
+        "--init-image",
+        dir.path().join("nope.png"),
+    );
+    assert_one_line_error(&out, "nope.png");
+    std::fs::write(dir.path().join("text.png"), b"not an image").unwrap();
+    let out = sdhost!(
+        "img2img",
+        "--model",
+        model,
+        "--init-image",
+        dir.path().join("text.png"),
+    );
+    assert_one_line_error(&out, "not a readable image");
+}
+
+#[test]
+fn img2img_stops_on_ctrl_c_and_keeps_finished_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.safetensors");
+    make_tiny(&model, &[]);
+    let init = dir.path().join("init.png");
+    write_init(&init);
+    let out_dir = dir.path().join("out");
+    let child = Command::new(env!("CARGO_BIN_EXE_sdhost"))
+        .args(["img2img", "--model"])
+        .arg(&model)
+        .arg("--init-image")
+        .arg(&init)
+        .args(["--seed", "1", "--steps", "400", "--denoising-strength", "1"])
+        .args(["--batch-count", "50", "--threads", "1", "--out-dir"])
+        .arg(&out_dir)
+        .env("SDHOST_CACHE_DIR", dir.path().join("cache"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = out_dir.join("00000-1.png");
+    let start = std::time::Instant::now();
+    while !first.exists() {
+        assert!(start.elapsed().as_secs() < 120, "no image written");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("stopped by Ctrl-C"), "{stderr}");
+    let kept = std::fs::read_dir(&out_dir).unwrap().count();
+    assert!((1..50).contains(&kept), "{kept} images kept");
+    // What was kept is complete: every file is a readable PNG with its infotext.
+    for entry in std::fs::read_dir(&out_dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert!(sdhost::pipeline::png_info::read_png_infotext(&path)
+            .unwrap()
+            .is_some());
+    }
+}

@@ -1,9 +1,11 @@
 //! A1111's resize modes against Pillow (the library A1111 resizes with) on odd sizes and
-//! aspect ratios: every pixel within 1 level per channel, nearly all identical.
+//! aspect ratios: every pixel within 1 level per channel, nearly all identical; and the
+//! init image's transparency flattened as A1111 flattens it.
 
 mod common;
 
 use common::run_reference;
+use sdhost::prepare::init_image::{load_init_image, DEFAULT_BACKGROUND};
 use sdhost::prepare::resize::{resize_image, ResizeMode};
 
 #[test]
@@ -51,6 +53,13 @@ fn resize_modes_match_pillow() {
         differing * 100 <= total,
         "more than 1% of values differ from Pillow"
     );
+
+    // Transparency flattened over white exactly as A1111 (Pillow) does it.
+    let flattened = load_init_image(&dir.path().join("rgba.png"), DEFAULT_BACKGROUND).unwrap();
+    let expected = image::open(dir.path().join("flattened.png"))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(flattened, expected, "flatten differs from Pillow");
 }
 
 #[test]

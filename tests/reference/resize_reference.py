@@ -1,7 +1,9 @@
 """A1111's img2img resize modes with Pillow, written from ../shared/spec/a1111-img2img.md §2.
 
 Usage: resize_reference.py OUT_DIR
-Writes src_<i>.png and mode<m>_<i>.png for each case (source size, target size).
+Writes src_<i>.png and mode<m>_<i>.png for each case (source size, target size), and
+rgba.png with flattened.png: A1111's `images.flatten` (paste onto the background colour with
+the image's alpha as mask, then RGB) over white.
 """
 
 import os
@@ -58,6 +60,14 @@ def main():
             resize_image(mode, src, tw, th).save(os.path.join(out, f"mode{mode}_{i}.png"))
         with open(os.path.join(out, f"target_{i}.txt"), "w") as f:
             f.write(f"{tw} {th}")
+    # Every alpha value against varied colours.
+    alpha = np.tile(np.arange(256, dtype=np.uint8), (3, 1))
+    colour = rng.integers(0, 256, (3, 256, 3), dtype=np.uint8)
+    rgba = Image.fromarray(np.dstack([colour, alpha]), "RGBA")
+    rgba.save(os.path.join(out, "rgba.png"))
+    background = Image.new("RGBA", rgba.size, "#ffffff")
+    background.paste(rgba, mask=rgba)
+    background.convert("RGB").save(os.path.join(out, "flattened.png"))
 
 
 if __name__ == "__main__":
