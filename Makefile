@@ -3,6 +3,7 @@
 
 SDHOST := target/release/sdhost
 DEMO_MODEL := models/tiny-sd1.safetensors
+DEMO_IMAGE := host/assets/sample-init.png
 
 .PHONY: setup build run test lint
 
@@ -12,11 +13,15 @@ setup:
 build: setup
 	cargo build --release
 
-# Until the daemon lands: make the tiny random-weight model and run every network once.
+# Until the daemon lands: make the tiny random-weight model and run img2img on the bundled
+# sample image; the PNGs land in outputs/img2img-images with their infotext.
 run: build
 	@[ -f $(DEMO_MODEL) ] || $(SDHOST) dev make-tiny-model $(DEMO_MODEL)
-	$(SDHOST) info $(DEMO_MODEL)
-	$(SDHOST) check $(DEMO_MODEL)
+	$(SDHOST) img2img --model $(DEMO_MODEL) --init-image $(DEMO_IMAGE) \
+		--prompt "a cottage on a green hill, (golden hour:1.2)" --negative-prompt "blurry" \
+		--sampler "DPM++ 2M" --scheduler Karras --steps 20 --denoising-strength 0.6 \
+		--seed 1234 --batch-size 2
+	$(SDHOST) png-info "$$(ls -t outputs/img2img-images/*.png | head -1)"
 
 test: build lint
 	cargo test --release --workspace

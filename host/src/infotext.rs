@@ -219,7 +219,7 @@ impl Infotext {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const SPEC_EXAMPLE: &str = "a cat\nNegative prompt: blurry\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234, Size: 512x512, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.75, Mask blur: 4, Inpaint area: Only masked, Masked area padding: 32, Lora hashes: \"add_detail: 7c6bad76eb54\", Version: v1.10.1";
@@ -289,5 +289,36 @@ mod tests {
         let info = Infotext::parse("a photo\nstyle: nice, mood: calm");
         assert_eq!(info.prompt, "a photo\nstyle: nice, mood: calm");
         assert!(info.params.is_empty());
+    }
+
+    /// A real-world shaped A1111 infotext: multi-line prompt with a LoRA tag and quotes,
+    /// two-line negative prompt, VAE, two LoRA hashes and TI hashes in quoted values.
+    pub(crate) const A1111_SAMPLE: &str = "masterpiece, best quality, <lora:add_detail:0.8>, 1girl,\n(detailed face:1.2), \"quoted words\", [cat:dog:0.4]\nNegative prompt: (worst quality:1.4), lowres\nEasyNegative\nSteps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 3450128396, Size: 512x768, Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, VAE hash: 735e4c3a44, VAE: vae-ft-mse-840000-ema-pruned.safetensors, Denoising strength: 0.45, Clip skip: 2, Mask blur: 4, Inpaint area: Only masked, Masked area padding: 32, Lora hashes: \"add_detail: 7c6bad76eb54, more_details: 3b8aa1d351ef\", TI hashes: \"EasyNegative: c74b4e810b03\", Emphasis: Original, Version: v1.10.1";
+
+    #[test]
+    fn parses_a_real_world_a1111_sample() {
+        let info = Infotext::parse(A1111_SAMPLE);
+        assert_eq!(
+            info.prompt,
+            "masterpiece, best quality, <lora:add_detail:0.8>, 1girl,\n(detailed face:1.2), \"quoted words\", [cat:dog:0.4]"
+        );
+        assert_eq!(
+            info.negative_prompt,
+            "(worst quality:1.4), lowres\nEasyNegative"
+        );
+        assert_eq!(
+            info.get("Lora hashes"),
+            Some("add_detail: 7c6bad76eb54, more_details: 3b8aa1d351ef")
+        );
+        assert_eq!(info.get("TI hashes"), Some("EasyNegative: c74b4e810b03"));
+        assert_eq!(
+            info.get("VAE"),
+            Some("vae-ft-mse-840000-ema-pruned.safetensors")
+        );
+        assert_eq!(info.get("Seed"), Some("3450128396"));
+        assert_eq!(info.size("Size"), Some((512, 768)));
+        assert_eq!(info.get("Version"), Some("v1.10.1"));
+        assert_eq!(info.params.len(), 19);
+        assert_eq!(info.to_text(), A1111_SAMPLE, "round trip");
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use sdhost_plugin_api::{Flow, OptionValue};
 
 use crate::device::{parse_device, parse_dtype};
@@ -206,8 +206,15 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
 
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps, {per_sec}, ETA {eta}")
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps, {its}, ETA {eta}")
             .expect("valid progress template")
+            .with_key(
+                "its",
+                |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    // Sampler steps per second, as A1111's console shows them.
+                    let _ = write!(w, "{:.2} it/s", state.per_sec());
+                },
+            )
             .progress_chars("=> "),
     );
     let mut batches = 1;
@@ -230,7 +237,7 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
             }
             JobEvent::Image(image) => match save_numbered(&args.out_dir, image) {
                 Ok(path) => {
-                    bar.println(format!("{}", path.display()));
+                    bar.suspend(|| println!("{}", path.display()));
                     saved.push(path);
                 }
                 Err(error) => {

@@ -366,3 +366,46 @@ impl Img2ImgParams {
         self.sampler.options = options;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a1111_infotext_becomes_job_parameters() {
+        let infotext = Infotext::parse(crate::infotext::tests::A1111_SAMPLE);
+        let mut params = Img2ImgParams::default();
+        let problems = params.apply_infotext(&infotext);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(params.prompt.starts_with("masterpiece"));
+        assert_eq!(
+            params.negative_prompt,
+            "(worst quality:1.4), lowres\nEasyNegative"
+        );
+        assert_eq!(params.sampler.steps, 28);
+        assert_eq!(params.sampler.sampler, "DPM++ 2M");
+        assert_eq!(params.sampler.schedule, Schedule::Karras);
+        assert_eq!(params.cfg_scale, 7.0);
+        assert_eq!(params.seed, 3_450_128_396);
+        assert_eq!((params.width, params.height), (512, 768));
+        assert_eq!(params.sampler.denoising_strength, 0.45);
+        assert_eq!(params.clip_skip, 2);
+        // No RNG key: A1111's default, the GPU generator.
+        assert_eq!(params.rng, RngChoice::Gpu);
+        assert_eq!(params.resize_mode, ResizeMode::JustResize);
+
+        let odd = Infotext::parse(
+            "x\nSteps: many, Sampler: Euler, Seed: 1, RNG: quantum, Schedule type: Wobbly",
+        );
+        let problems = Img2ImgParams::default().apply_infotext(&odd);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn ui_numbers_drop_a_whole_number_point() {
+        assert_eq!(ui_number(7.0), "7");
+        assert_eq!(ui_number(6.5), "6.5");
+        assert_eq!(ui_number(0.75), "0.75");
+        assert_eq!(ui_number(1.0), "1");
+    }
+}
