@@ -233,6 +233,20 @@ fn job_seeds_infotext_cancel_and_errors() {
     assert!(outcome.cancelled);
     assert_eq!(outcome.images.len(), 2);
 
+    // A side that is not a multiple of 8 works as in A1111: the image is 8·⌊side/8⌋ wide.
+    let odd = run(
+        &model,
+        &registry,
+        &Img2ImgParams {
+            width: 45,
+            height: 30,
+            ..alone.clone()
+        },
+        &init,
+    );
+    assert_eq!(odd.images[0].image.dimensions(), (40, 24));
+    assert_eq!(odd.images[0].infotext.get("Size"), Some("45x30"));
+
     // Resize modes and the mean init latent run and say so in the infotext.
     for mode in [
         ResizeMode::CropAndResize,
@@ -261,10 +275,10 @@ fn job_seeds_infotext_cancel_and_errors() {
             .to_string()
     };
     assert!(error(Img2ImgParams {
-        width: 36,
+        width: 4,
         ..alone.clone()
     })
-    .contains("multiple of 8"));
+    .contains("between 8 and"));
     assert!(error(Img2ImgParams {
         batch_size: 0,
         ..alone.clone()

@@ -102,10 +102,12 @@ impl Img2ImgParams {
     /// Checks sizes, counts and scales before any work.
     pub fn validate(&self, downscale: u32) -> Result<(), JobError> {
         let invalid = |message: String| Err(JobError::InvalidParams(message));
+        // Sides need not be multiples of 8: as in A1111, the latent is side/8 rounded down and
+        // so is the decoded image (the VAE encoder floors each halving the same way).
         for (name, side) in [("width", self.width), ("height", self.height)] {
-            if side < downscale || side > MAX_SIDE || side % downscale != 0 {
+            if !(downscale..=MAX_SIDE).contains(&side) {
                 return invalid(format!(
-                    "{name} {side} must be a multiple of {downscale} between {downscale} and {MAX_SIDE}"
+                    "{name} {side} must be between {downscale} and {MAX_SIDE} pixels"
                 ));
             }
         }
