@@ -262,18 +262,41 @@ fn write_init(path: &Path) {
     image.save(path).unwrap();
 }
 
-fn pixels(path: &Path) -> image::RgbImage {
-    image::open(path).unwrap().to_rgb8()
+/// A folder with a tiny model, an init image and the path of an output folder.
+struct Img2ImgFixture {
+    dir: tempfile::TempDir,
+    model: std::path::PathBuf,
+    init: std::path::PathBuf,
+    out_dir: std::path::PathBuf,
 }
 
-#[test]
-fn img2img_writes_pngs_that_png_info_reads_and_from_png_reproduces() {
+fn img2img_fixture() -> Img2ImgFixture {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny.safetensors");
     make_tiny(&model, &[]);
     let init = dir.path().join("init.png");
     write_init(&init);
     let out_dir = dir.path().join("out");
+    Img2ImgFixture {
+        dir,
+        model,
+        init,
+        out_dir,
+    }
+}
+
+fn pixels(path: &Path) -> image::RgbImage {
+    image::open(path).unwrap().to_rgb8()
+}
+
+#[test]
+fn img2img_writes_pngs_that_png_info_reads_and_from_png_reproduces() {
+    let Img2ImgFixture {
+        dir,
+        model,
+        init,
+        out_dir,
+    } = img2img_fixture();
     let out = sdhost!(
         "img2img",
         "--model",
@@ -420,12 +443,12 @@ fn img2img_writes_pngs_that_png_info_reads_and_from_png_reproduces() {
 
 #[test]
 fn img2img_stops_on_ctrl_c_and_keeps_finished_images() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny.safetensors");
-    make_tiny(&model, &[]);
-    let init = dir.path().join("init.png");
-    write_init(&init);
-    let out_dir = dir.path().join("out");
+    let Img2ImgFixture {
+        dir,
+        model,
+        init,
+        out_dir,
+    } = img2img_fixture();
     let child = Command::new(env!("CARGO_BIN_EXE_sdhost"))
         .args(["img2img", "--model"])
         .arg(&model)

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 
+use super::pillow::div255;
+
 /// A1111's `img2img_background_color` default: transparent pixels become white.
 pub const DEFAULT_BACKGROUND: [u8; 3] = [255, 255, 255];
 
@@ -64,23 +66,9 @@ pub fn flatten(image: &DynamicImage, background: [u8; 3]) -> RgbImage {
     out
 }
 
-/// Pillow's rounded division by 255 (`DIV255` in its C sources: exact for 0..=255·255).
-fn div255(value: u32) -> u8 {
-    let tmp = value + 128;
-    (((tmp >> 8) + tmp) >> 8) as u8
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn div255_rounds_to_nearest() {
-        for value in 0..=255 * 255 {
-            let expected = (f64::from(value) / 255.0).round() as u8;
-            assert_eq!(div255(value), expected, "{value}");
-        }
-    }
 
     #[test]
     fn transparent_pixels_take_the_background() {

@@ -1,7 +1,12 @@
-//! Preparing the init image (and later the mask) for a job: reading and flattening it, and
-//! A1111's resize modes on top of a Pillow-exact resampler, since A1111 resizes with Pillow
-//! and results should match it.
+//! Preparing the init image and mask for a job: reading and flattening the image, A1111's
+//! resize modes on top of a Pillow-exact resampler (A1111 resizes with Pillow and results
+//! should match it), the mask's threshold and blur, the "only masked" crop region and the
+//! "fill" of the hole.
 
+pub mod crop;
+pub mod fill;
 pub mod init_image;
+pub mod mask;
+pub mod pillow;
 pub mod resample;
 pub mod resize;
