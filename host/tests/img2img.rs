@@ -46,7 +46,7 @@ fn run(
     params: &Img2ImgParams,
     init: &RgbImage,
 ) -> JobOutcome {
-    run_img2img(model, registry, params, init, &mut |_| Flow::Continue).expect("job runs")
+    run_img2img(model, registry, params, init, None, &mut |_| Flow::Continue).expect("job runs")
 }
 
 fn mean_abs_difference(a: &RgbImage, b: &RgbImage) -> (f64, u8) {
@@ -181,7 +181,7 @@ fn job_seeds_infotext_cancel_and_errors() {
     };
 
     let mut events = Vec::new();
-    let outcome = run_img2img(&model, &registry, &base, &init, &mut |event| {
+    let outcome = run_img2img(&model, &registry, &base, &init, None, &mut |event| {
         events.push(match event {
             JobEvent::Started {
                 images,
@@ -225,10 +225,17 @@ fn job_seeds_infotext_cancel_and_errors() {
     assert_eq!(again.images[0].image, single.images[0].image);
 
     // Cancelling in the second batch keeps the first batch's images.
-    let outcome = run_img2img(&model, &registry, &base, &init, &mut |event| match event {
-        JobEvent::Step { batch: 1, step: 2 } => Flow::Cancel,
-        _ => Flow::Continue,
-    })
+    let outcome = run_img2img(
+        &model,
+        &registry,
+        &base,
+        &init,
+        None,
+        &mut |event| match event {
+            JobEvent::Step { batch: 1, step: 2 } => Flow::Cancel,
+            _ => Flow::Continue,
+        },
+    )
     .unwrap();
     assert!(outcome.cancelled);
     assert_eq!(outcome.images.len(), 2);
@@ -269,10 +276,12 @@ fn job_seeds_infotext_cancel_and_errors() {
 
     // User errors are typed and say what is wrong.
     let error = |params: Img2ImgParams| {
-        run_img2img(&model, &registry, &params, &init, &mut |_| Flow::Continue)
-            .err()
-            .expect("refused")
-            .to_string()
+        run_img2img(&model, &registry, &params, &init, None, &mut |_| {
+            Flow::Continue
+        })
+        .err()
+        .expect("refused")
+        .to_string()
     };
     assert!(error(Img2ImgParams {
         width: 4,

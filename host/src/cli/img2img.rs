@@ -14,10 +14,12 @@ use crate::device::{parse_device, parse_dtype};
 use crate::infotext::Infotext;
 use crate::pipeline::img2img::{run_img2img, JobEvent};
 use crate::pipeline::model::GenerationModel;
-use crate::pipeline::output::{save_numbered, DEFAULT_OUTPUT_DIR};
+use crate::pipeline::output::{save_numbered, save_patch, DEFAULT_OUTPUT_DIR};
 use crate::pipeline::params::{Img2ImgParams, InitLatentMode, RngChoice};
 use crate::pipeline::png_info::read_png_infotext;
-use crate::prepare::init_image::{load_init_image, DEFAULT_BACKGROUND};
+use crate::prepare::init_image::{load_image, DEFAULT_BACKGROUND};
+use crate::prepare::inpaint::MaskedContent;
+use crate::prepare::modes::{Img2ImgMode, ModeInputs};
 use crate::prepare::resize::ResizeMode;
 use crate::sampling::plugins::{PluginPaths, SamplerRegistry};
 use crate::sampling::schedule::Schedule;
@@ -100,6 +102,53 @@ pub struct Img2ImgArgs {
     /// Eta noise seed delta (ENSD) [default: 0].
     #[arg(long, allow_hyphen_values = true)]
     eta_noise_seed_delta: Option<i64>,
+    /// Which A1111 tab: img2img, sketch, inpaint, inpaint-sketch, inpaint-upload [default:
+    /// inpaint-upload with --mask, sketch with --sketch, else img2img].
+    #[arg(long, value_enum)]
+    mode: Option<Img2ImgMode>,
+    /// Mask image: transparency → its alpha (above 128 counts), opaque → its luma (white =
+    /// regenerate). Another size with the image's aspect ratio is scaled to it.
+    #[arg(long)]
+    mask: Option<PathBuf>,
+    /// Sketch layer painted over the image (Sketch; with --mode inpaint-sketch its strokes
+    /// are also the mask).
+    #[arg(long)]
+    sketch: Option<PathBuf>,
+    /// Mask blur in pixels, x and y [default: 4].
+    #[arg(long)]
+    mask_blur: Option<u32>,
+    /// Mask blur along x only.
+    #[arg(long)]
+    mask_blur_x: Option<u32>,
+    /// Mask blur along y only.
+    #[arg(long)]
+    mask_blur_y: Option<u32>,
+    /// Mask mode "Inpaint not masked": regenerate what the mask leaves out.
+    #[arg(long)]
+    inpainting_mask_invert: bool,
+    /// Masked content: fill, original, latent-noise, latent-nothing [default: original].
+    #[arg(long, value_enum)]
+    inpainting_fill: Option<MaskedContent>,
+    /// Inpaint area "Only masked": generate the masked region at the full width × height.
+    #[arg(long)]
+    inpaint_full_res: bool,
+    /// Only masked padding, pixels [default: 32].
+    #[arg(long)]
+    inpaint_full_res_padding: Option<u32>,
+    /// Only masked: grow the region to at least this size first (e.g. 512x512, SD's native
+    /// size), so a small selection keeps its surroundings.
+    #[arg(long, value_parser = parse_size, value_name = "WxH")]
+    inpaint_min_context: Option<(u32, u32)>,
+    /// Inpaint sketch's mask transparency, 0-100 [default: 0].
+    #[arg(long, default_value_t = 0.0)]
+    mask_alpha: f64,
+    /// Inpainting models: conditioning mask strength, 0-1 [default: 1].
+    #[arg(long)]
+    inpainting_mask_weight: Option<f64>,
+    /// Also write each inpainting result as NNNNN-SEED-patch.png: the regenerated area with
+    /// alpha = the blend mask, its offset in the image in the PNG and on stdout.
+    #[arg(long)]
+    patch_out: bool,
     /// Sampler option, repeatable: eta=0.5, s_churn=1 (`sdhost samplers --options` lists them).
     #[arg(long = "option", value_name = "NAME=VALUE")]
     options: Vec<String>,
@@ -161,7 +210,9 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
         tch::set_num_threads(args.threads);
     }
     let registry = SamplerRegistry::load(&PluginPaths::discover(args.plugins_dir.clone()));
-    let init_image = load_init_image(&args.init_image, DEFAULT_BACKGROUND)?;
+    let image = load_image(&args.init_image)?;
+    let sketch = args.sketch.as_deref().map(load_image).transpose()?;
+    let mask_image = args.mask.as_deref().map(load_image).transpose()?;
     let model = GenerationModel::load(&args.model, device, kind, args.embeddings_dir.as_deref())?;
 
     let mut params = Img2ImgParams::default();
@@ -187,10 +238,21 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
         }
     } else {
         let step = model.downscale();
-        params.width = (init_image.width() / step * step).max(step);
-        params.height = (init_image.height() / step * step).max(step);
+        params.width = (image.width() / step * step).max(step);
+        params.height = (image.height() / step * step).max(step);
     }
     apply_flags(args, &mut params)?;
+    let mode = args
+        .mode
+        .unwrap_or_else(|| Img2ImgMode::implied(sketch.is_some(), mask_image.is_some()));
+    let (init_image, mask) = mode.prepare(&ModeInputs {
+        image: &image,
+        sketch: sketch.as_ref(),
+        mask: mask_image.as_ref(),
+        mask_alpha: args.mask_alpha,
+        mask_blur: params.inpaint.mask_blur_x,
+        background: DEFAULT_BACKGROUND,
+    })?;
 
     let interrupted = Arc::new(AtomicBool::new(false));
     {
@@ -220,38 +282,60 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
     let mut batches = 1;
     let mut saved = Vec::new();
     let mut save_error = None;
-    let outcome = run_img2img(&model, &registry, &params, &init_image, &mut |event| {
-        match event {
-            JobEvent::Started {
-                batches: count,
-                steps_per_batch,
-                ..
-            } => {
-                batches = count;
-                bar.set_length((count * steps_per_batch) as u64);
-                bar.set_message(format!("batch 1/{count}"));
-            }
-            JobEvent::Step { batch, .. } => {
-                bar.set_message(format!("batch {}/{batches}", batch + 1));
-                bar.inc(1);
-            }
-            JobEvent::Image(image) => match save_numbered(&args.out_dir, image) {
-                Ok(path) => {
-                    bar.suspend(|| println!("{}", path.display()));
-                    saved.push(path);
+    let outcome = run_img2img(
+        &model,
+        &registry,
+        &params,
+        &init_image,
+        mask.as_ref(),
+        &mut |event| {
+            match event {
+                JobEvent::Started {
+                    batches: count,
+                    steps_per_batch,
+                    ..
+                } => {
+                    batches = count;
+                    bar.set_length((count * steps_per_batch) as u64);
+                    bar.set_message(format!("batch 1/{count}"));
                 }
-                Err(error) => {
-                    save_error.get_or_insert(error);
-                    return Flow::Cancel;
+                JobEvent::Step { batch, .. } => {
+                    bar.set_message(format!("batch {}/{batches}", batch + 1));
+                    bar.inc(1);
                 }
-            },
-        }
-        if interrupted.load(Ordering::SeqCst) || save_error.is_some() {
-            Flow::Cancel
-        } else {
-            Flow::Continue
-        }
-    });
+                JobEvent::Image(image) => {
+                    let written = save_numbered(&args.out_dir, image).and_then(|path| {
+                        let patch = if args.patch_out {
+                            save_patch(&path, image)?
+                        } else {
+                            None
+                        };
+                        Ok((path, patch))
+                    });
+                    match written {
+                        Ok((path, patch)) => {
+                            bar.suspend(|| {
+                                println!("{}", path.display());
+                                if let (Some(patch_path), Some(patch)) = (patch, &image.patch) {
+                                    println!("{} at {},{}", patch_path.display(), patch.x, patch.y);
+                                }
+                            });
+                            saved.push(path);
+                        }
+                        Err(error) => {
+                            save_error.get_or_insert(error);
+                            return Flow::Cancel;
+                        }
+                    }
+                }
+            }
+            if interrupted.load(Ordering::SeqCst) || save_error.is_some() {
+                Flow::Cancel
+            } else {
+                Flow::Continue
+            }
+        },
+    );
     bar.finish_and_clear();
     if let Some(error) = save_error {
         return Err(error.into());
@@ -312,6 +396,24 @@ fn apply_flags(args: &Img2ImgArgs, params: &mut Img2ImgParams) -> anyhow::Result
         &args.initial_noise_multiplier,
     );
     set(&mut params.eta_noise_seed_delta, &args.eta_noise_seed_delta);
+    let inpaint = &mut params.inpaint;
+    if let Some(blur) = args.mask_blur {
+        inpaint.mask_blur_x = blur;
+        inpaint.mask_blur_y = blur;
+    }
+    set(&mut inpaint.mask_blur_x, &args.mask_blur_x);
+    set(&mut inpaint.mask_blur_y, &args.mask_blur_y);
+    inpaint.invert |= args.inpainting_mask_invert;
+    set(&mut inpaint.masked_content, &args.inpainting_fill);
+    inpaint.only_masked |= args.inpaint_full_res;
+    set(
+        &mut inpaint.only_masked_padding,
+        &args.inpaint_full_res_padding,
+    );
+    if args.inpaint_min_context.is_some() {
+        inpaint.min_context = args.inpaint_min_context;
+    }
+    set(&mut inpaint.mask_weight, &args.inpainting_mask_weight);
     for option in &args.options {
         let (name, value) = parse_option(option)?;
         params.sampler.options.retain(|(n, _)| *n != name);

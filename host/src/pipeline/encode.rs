@@ -37,8 +37,13 @@ pub struct InitEncoding {
 impl InitEncoding {
     /// Encodes one image in the VAE's dtype on `device`.
     pub fn new(vae: &AutoencoderKl, image: &RgbImage, device: Device, kind: Kind) -> Self {
+        Self::from_pixels(vae, &image_to_tensor(image, device, kind))
+    }
+
+    /// Encodes pixels [1, 3, H, W] in [−1, 1] already on the VAE's device and dtype.
+    pub fn from_pixels(vae: &AutoencoderKl, pixels: &Tensor) -> Self {
         InitEncoding {
-            distribution: vae.encode(&image_to_tensor(image, device, kind)),
+            distribution: vae.encode(pixels),
         }
     }
 

@@ -4,29 +4,30 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use image::RgbImage;
-use sdhost_plugin_api::Flow;
+use image::{GrayImage, RgbImage};
+use sdhost_plugin_api::{Flow, ScheduleInput};
 use tch::{Device, Kind, Tensor};
 
 use super::decode::decode_latents;
-use super::encode::{resize_latent, InitEncoding, InitLatent};
+use super::init::JobInit;
 use super::model::GenerationModel;
-use super::params::{ImageFacts, Img2ImgParams, InitLatentMode, RngChoice};
+use super::params::{ImageFacts, Img2ImgParams, RngChoice};
 use crate::infotext::Infotext;
-use crate::prepare::resize::{resize_image, ResizeMode};
+use crate::prepare::inpaint::{MaskError, MaskedContent, Patch};
 use crate::prompt::conditioning::{CondPart, Conditioner, ScheduledCond};
 use crate::prompt::embeddings::ti_hashes;
-use crate::rng::{
-    fixed_seed, random_seed, Generator, ImageRng, RngError, RngSource, SeedList, Variation,
-};
+use crate::rng::{fixed_seed, random_seed, ImageRng, RngError, RngSource, SeedList, Variation};
 use crate::sampling::brownian::BrownianTreeNoise;
-use crate::sampling::denoiser::{CfgDenoiser, Guidance, Prediction};
+use crate::sampling::denoiser::{CfgDenoiser, Guidance, LatentMask, Prediction};
 use crate::sampling::noise::JobNoise;
 use crate::sampling::plan::{PlanError, SamplingPlan};
 use crate::sampling::plugins::{SamplerRegistry, SamplingError};
 
 /// Largest accepted side in pixels (A1111's sliders stop at 2048; its API takes more).
 pub const MAX_SIDE: u32 = 8192;
+
+/// Largest mask blur accepted (A1111's slider stops at 64).
+pub const MAX_MASK_BLUR: u32 = 256;
 
 /// Why a job could not run (nothing of it is kept except the images already reported).
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,9 @@ pub enum JobError {
     /// The sampler failed.
     #[error(transparent)]
     Sampling(SamplingError),
+    /// The mask cannot be used.
+    #[error("mask: {0}")]
+    Mask(#[from] MaskError),
     /// A libtorch operation outside sampling failed (out of memory, device error).
     #[error("{stage}: {message}")]
     Torch {
@@ -71,8 +75,10 @@ pub struct GeneratedImage {
     pub index: usize,
     /// Its seed.
     pub seed: u64,
-    /// The pixels.
+    /// The pixels (inpainting: the composite over the original).
     pub image: RgbImage,
+    /// Inpainting: the generated area as an RGBA layer with its offset, for editors.
+    pub patch: Option<Patch>,
     /// Its generation parameters.
     pub infotext: Infotext,
 }
@@ -87,7 +93,7 @@ pub struct JobOutcome {
 
 /// Runs `f`, turning a libtorch panic into a [`JobError::Torch`] (the daemon must survive
 /// out-of-memory and device errors).
-fn guarded<T>(stage: &'static str, f: impl FnOnce() -> T) -> Result<T, JobError> {
+pub(crate) fn guarded<T>(stage: &'static str, f: impl FnOnce() -> T) -> Result<T, JobError> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|payload| JobError::Torch {
         stage,
         message: payload
@@ -131,6 +137,16 @@ impl Img2ImgParams {
                 "variation strength must be between 0 and 1, got {}",
                 self.subseed_strength
             ));
+        }
+        let inpaint = &self.inpaint;
+        if !(0.0..=1.0).contains(&inpaint.mask_weight) {
+            return invalid(format!(
+                "inpainting mask weight must be between 0 and 1, got {}",
+                inpaint.mask_weight
+            ));
+        }
+        if inpaint.mask_blur_x > MAX_MASK_BLUR || inpaint.mask_blur_y > MAX_MASK_BLUR {
+            return invalid(format!("mask blur must be at most {MAX_MASK_BLUR} pixels"));
         }
         if let Some((w, h)) = self.seed_resize_from {
             if w > MAX_SIDE || h > MAX_SIDE {
@@ -176,7 +192,8 @@ fn share_schedule(schedule: &[ScheduledCond]) -> Vec<ScheduledCond> {
         .collect()
 }
 
-/// Runs an img2img job on `init_image` (already flattened to RGB). `observe` sees progress
+/// Runs an img2img job on `init_image` (already flattened to RGB), inpainting where `mask`
+/// (255 = regenerate, the image's size) says when one is given. `observe` sees progress
 /// and each image as it is finished; returning [`Flow::Cancel`] from a step stops the job
 /// after the current step, keeping the images already finished.
 pub fn run_img2img(
@@ -184,6 +201,7 @@ pub fn run_img2img(
     registry: &SamplerRegistry,
     params: &Img2ImgParams,
     init_image: &RgbImage,
+    mask: Option<&GrayImage>,
     observe: &mut dyn FnMut(JobEvent<'_>) -> Flow,
 ) -> Result<JobOutcome, JobError> {
     let _guard = tch::no_grad_guard();
@@ -198,32 +216,21 @@ pub fn run_img2img(
     let total = params.batch_count * params.batch_size;
     let seeds = SeedList::new(seed, subseed, params.subseed_strength, total);
 
-    // Init once per job (A1111 `init`): resize, encode.
-    let (latent_h, latent_w) = (
+    // Init once per job (A1111 `init`): mask, resize or crop, fill, encode.
+    let shape = [
+        4,
         i64::from(params.height / downscale),
         i64::from(params.width / downscale),
-    );
-    let encoding = guarded("VAE encode", || {
-        let resized = resize_image(params.resize_mode, init_image, params.width, params.height);
-        InitEncoding::new(&model.sd.vae, &resized, model.device, model.kind)
-    })?;
-    let init_latent = |image_seed: u64| -> Result<Tensor, JobError> {
-        let latent = match params.init_latent {
-            InitLatentMode::Mean => encoding.latent(InitLatent::Mean)?,
-            InitLatentMode::Sample => {
-                let mut generator = Generator::new(image_seed, Device::Cpu)?;
-                encoding.latent(InitLatent::Sample(&mut generator))?
-            }
-        };
-        let latent = latent.to_kind(Kind::Float);
-        if params.resize_mode == ResizeMode::LatentUpscale {
-            resize_latent(&latent, latent_h, latent_w).map_err(|e| JobError::Torch {
-                stage: "latent upscale",
-                message: e.to_string(),
-            })
-        } else {
-            Ok(latent)
-        }
+    ];
+    let init = JobInit::new(model, params, init_image, mask)?;
+    // "Latent noise" is the first batch's initial noise, also for later batches (A1111).
+    let latent_noise = match (&init.inpaint, params.inpaint.masked_content) {
+        (Some(_), MaskedContent::LatentNoise) => Some(
+            ImageRng::with_source(seeds.batch(0, params.batch_size).0, shape, source)?
+                .first()?
+                .to_device(model.device),
+        ),
+        _ => None,
     };
 
     // Conditioning: prompt schedules count model calls (twice per step for second-order
@@ -252,7 +259,7 @@ pub fn run_img2img(
     let mut images = Vec::with_capacity(total);
     for batch in 0..params.batch_count {
         let (batch_seeds, batch_subseeds) = seeds.batch(batch, params.batch_size);
-        let mut rng = ImageRng::with_source(batch_seeds, [4, latent_h, latent_w], source)?
+        let mut rng = ImageRng::with_source(batch_seeds, shape, source)?
             .with_variation(Variation {
                 subseeds: batch_subseeds.to_vec(),
                 strength: params.subseed_strength,
@@ -262,17 +269,28 @@ pub fn run_img2img(
             })
             .with_ensd(params.eta_noise_seed_delta);
         let noise = rng.first()?.to_device(model.device) * params.initial_noise_multiplier;
-        let init = batch_seeds
+        let latents = batch_seeds
             .iter()
-            .map(|&s| init_latent(s))
+            .map(|&s| init.image_latents(s))
             .collect::<Result<Vec<_>, _>>()?;
-        let x = plan.start_latent(&Tensor::cat(&init, 0), &noise);
+        let init_latent = guarded("init latent", || {
+            let stacked = Tensor::cat(&latents.iter().map(|l| &l.init).collect::<Vec<_>>(), 0);
+            match (&init.latent_mask, params.inpaint.masked_content) {
+                (Some((keep, regenerate)), MaskedContent::LatentNoise) => {
+                    let first = latent_noise.as_ref().expect("made for latent noise");
+                    let noise = first.narrow(0, 0, stacked.size()[0]);
+                    &stacked * keep + noise * regenerate
+                }
+                (Some((keep, _)), MaskedContent::LatentNothing) => &stacked * keep,
+                _ => stacked,
+            }
+        })?;
+        let x = plan.start_latent(&init_latent, &noise);
         let mut job_noise = JobNoise::new(rng, model.device, Kind::Float);
         if info.brownian {
             let (sigma_min, sigma_max) = plan.brownian_range();
-            let tree =
-                BrownianTreeNoise::new(batch_seeds, [4, latent_h, latent_w], sigma_min, sigma_max)
-                    .map_err(|failure| JobError::InvalidParams(failure.message))?;
+            let tree = BrownianTreeNoise::new(batch_seeds, shape, sigma_min, sigma_max)
+                .map_err(|failure| JobError::InvalidParams(failure.message))?;
             job_noise = job_noise.with_brownian(Box::new(tree));
         }
         let guidance = Guidance {
@@ -285,6 +303,23 @@ pub fn run_img2img(
         };
         let mut denoiser =
             CfgDenoiser::new(&model.sd.unet, &model.levels, Prediction::Epsilon, guidance);
+        if let Some((keep, regenerate)) = &init.latent_mask {
+            denoiser = denoiser.latent_mask(LatentMask {
+                init_latent: init_latent.shallow_clone(),
+                keep: keep.shallow_clone(),
+                regenerate: regenerate.shallow_clone(),
+                before_denoising: info.input == ScheduleInput::Timesteps,
+            });
+        }
+        if init.uses_inpainting_conditioning() {
+            let conditioning: Vec<&Tensor> = latents
+                .iter()
+                .filter_map(|l| l.conditioning.as_ref())
+                .collect();
+            denoiser = denoiser.image_conditioning(guarded("inpainting conditioning", || {
+                Tensor::cat(&conditioning, 0).to_kind(model.kind)
+            })?);
+        }
         let mut step = 0;
         let sampled = registry.sample(
             plan.sampler,
@@ -296,8 +331,8 @@ pub fn run_img2img(
                 observe(JobEvent::Step { batch, step })
             },
         );
-        let latents = match sampled {
-            Ok(latents) => latents,
+        let samples = match sampled {
+            Ok(samples) => samples,
             Err(SamplingError::Cancelled) => {
                 return Ok(JobOutcome {
                     images,
@@ -307,11 +342,23 @@ pub fn run_img2img(
             Err(error) => return Err(JobError::Sampling(error)),
         };
         let decoded = guarded("VAE decode", || {
-            decode_latents(&model.sd.vae, &latents.to_kind(model.kind))
+            let samples = match &init.latent_mask {
+                // The kept area is exactly the init latent again (A1111 `sample`).
+                Some((keep, regenerate)) => samples * regenerate + &init_latent * keep,
+                None => samples,
+            };
+            decode_latents(&model.sd.vae, &samples.to_kind(model.kind))
         })?;
-        for ((image, &image_seed), &image_subseed) in
+        for ((generated, &image_seed), &image_subseed) in
             decoded.into_iter().zip(batch_seeds).zip(batch_subseeds)
         {
+            let (image, patch) = match &init.inpaint {
+                Some(prepared) => (
+                    prepared.composite(&generated),
+                    Some(prepared.patch(&generated)),
+                ),
+                None => (generated, None),
+            };
             let infotext = params.infotext(&ImageFacts {
                 seed: image_seed,
                 subseed: image_subseed,
@@ -320,11 +367,14 @@ pub fn run_img2img(
                 discard_penultimate: plan.discard_penultimate,
                 model: (&model.name, &model.hash),
                 ti_hashes: ti.clone(),
+                inpainting: init.inpaint.is_some(),
+                inpainting_conditioning: init.uses_inpainting_conditioning(),
             });
             let generated = GeneratedImage {
                 index: images.len(),
                 seed: image_seed,
                 image,
+                patch,
                 infotext,
             };
             observe(JobEvent::Image(&generated));

@@ -4,6 +4,8 @@
 pub mod decode;
 pub mod encode;
 pub mod img2img;
+pub mod init;
+pub mod mask_latents;
 pub mod model;
 pub mod output;
 pub mod params;

@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use super::img2img::GeneratedImage;
-use super::png_info::{save_png, PngError};
+use super::png_info::{save_png, save_rgba_png, PngError};
+
+/// PNG text key of a patch's offset in the full image: `x,y`.
+pub const PATCH_OFFSET_KEY: &str = "sdhost-patch-offset";
 
 /// A1111's default img2img output folder (relative to where it runs).
 pub const DEFAULT_OUTPUT_DIR: &str = "outputs/img2img-images";
@@ -43,6 +46,31 @@ pub fn save_numbered(dir: &Path, image: &GeneratedImage) -> Result<PathBuf, PngE
     };
     save_png(&path, &image.image, Some(&image.infotext.to_text()))?;
     Ok(path)
+}
+
+/// Saves an inpainting result's patch next to its image as `NNNNN-SEED-patch.png` (RGBA,
+/// alpha = blend mask, its offset in the `sdhost-patch-offset` text chunk and the infotext in
+/// `parameters`); returns the path, or None when the image has no patch.
+pub fn save_patch(image_path: &Path, image: &GeneratedImage) -> Result<Option<PathBuf>, PngError> {
+    let Some(patch) = &image.patch else {
+        return Ok(None);
+    };
+    let stem = image_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = image_path.with_file_name(format!("{stem}-patch.png"));
+    let offset = format!("{},{}", patch.x, patch.y);
+    let infotext = image.infotext.to_text();
+    save_rgba_png(
+        &path,
+        &patch.image,
+        &[
+            (PATCH_OFFSET_KEY, offset.as_str()),
+            (super::png_info::PARAMETERS_KEY, infotext.as_str()),
+        ],
+    )?;
+    Ok(Some(path))
 }
 
 #[cfg(test)]

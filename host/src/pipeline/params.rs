@@ -4,6 +4,7 @@
 use sdhost_plugin_api::{OptionValue, SamplerInfo};
 
 use crate::infotext::{py_float, Infotext};
+use crate::prepare::inpaint::{InpaintSettings, MaskedContent};
 use crate::prepare::resize::ResizeMode;
 use crate::sampling::plan::SamplerSettings;
 use crate::sampling::schedule::Schedule;
@@ -95,6 +96,8 @@ pub struct Img2ImgParams {
     pub initial_noise_multiplier: f64,
     /// Eta noise seed delta (ENSD).
     pub eta_noise_seed_delta: i64,
+    /// Mask handling, used when the job has a mask.
+    pub inpaint: InpaintSettings,
 }
 
 impl Default for Img2ImgParams {
@@ -119,6 +122,7 @@ impl Default for Img2ImgParams {
             init_latent: InitLatentMode::Sample,
             initial_noise_multiplier: 1.0,
             eta_noise_seed_delta: 0,
+            inpaint: InpaintSettings::default(),
         }
     }
 }
@@ -187,6 +191,10 @@ pub struct ImageFacts<'a> {
     pub model: (&'a str, &'a str),
     /// `TI hashes` of the embeddings the prompts used.
     pub ti_hashes: Option<String>,
+    /// The job had a mask.
+    pub inpainting: bool,
+    /// The model took inpainting conditioning (9-channel UNet).
+    pub inpainting_conditioning: bool,
 }
 
 impl Img2ImgParams {
@@ -199,6 +207,8 @@ impl Img2ImgParams {
         let ensd = self.eta_noise_seed_delta != 0 && info.uses_ensd && eta_used;
         let size = |(w, h): (u32, u32)| format!("{w}x{h}");
         let schedule = &self.sampler.schedule_options;
+        let inpaint = &self.inpaint;
+        let masked = facts.inpainting;
         let mut values: Vec<(&str, Option<String>)> = vec![
             ("Steps", Some(self.sampler.steps.to_string())),
             ("Sampler", Some(info.name.to_string())),
@@ -219,6 +229,12 @@ impl Img2ImgParams {
                 Some(ui_number(self.sampler.denoising_strength)),
             ),
             (
+                "Conditional mask weight",
+                facts
+                    .inpainting_conditioning
+                    .then(|| py_float(inpaint.mask_weight)),
+            ),
+            (
                 "Clip skip",
                 (self.clip_skip > 1).then(|| self.clip_skip.to_string()),
             ),
@@ -232,6 +248,28 @@ impl Img2ImgParams {
             (
                 INIT_LATENT_KEY,
                 (self.init_latent == InitLatentMode::Mean).then(|| "mean".to_string()),
+            ),
+            (
+                "Mask mode",
+                (masked && inpaint.invert).then(|| "Inpaint not masked".to_string()),
+            ),
+            (
+                "Mask blur",
+                (masked && inpaint.mask_blur_x == inpaint.mask_blur_y && inpaint.mask_blur_x > 0)
+                    .then(|| inpaint.mask_blur_x.to_string()),
+            ),
+            (
+                "Inpaint area",
+                (masked && inpaint.only_masked).then(|| "Only masked".to_string()),
+            ),
+            (
+                "Masked area padding",
+                (masked && inpaint.only_masked).then(|| inpaint.only_masked_padding.to_string()),
+            ),
+            (
+                "Masked content",
+                (masked && inpaint.masked_content != MaskedContent::Original)
+                    .then(|| inpaint.masked_content.label().to_string()),
             ),
             ("TI hashes", facts.ti_hashes.clone()),
             (
@@ -307,6 +345,16 @@ impl Img2ImgParams {
         self.sampler.schedule_options.sigma_min = number("Schedule min sigma");
         self.sampler.schedule_options.sigma_max = number("Schedule max sigma");
         self.sampler.schedule_options.rho = number("Schedule rho");
+        let defaults = InpaintSettings::default();
+        if let Some(blur) = number("Mask blur") {
+            self.inpaint.mask_blur_x = blur as u32;
+            self.inpaint.mask_blur_y = blur as u32;
+        }
+        self.inpaint.invert = infotext.get("Mask mode") == Some("Inpaint not masked");
+        self.inpaint.only_masked = infotext.get("Inpaint area") == Some("Only masked");
+        self.inpaint.only_masked_padding =
+            number("Masked area padding").map_or(defaults.only_masked_padding, |p| p as u32);
+        self.inpaint.mask_weight = number("Conditional mask weight").unwrap_or(1.0);
         if let Some((width, height)) = infotext.size("Size") {
             self.width = width;
             self.height = height;
@@ -336,6 +384,13 @@ impl Img2ImgParams {
             Some(label) => ResizeMode::parse(label).unwrap_or_else(|| {
                 problems.push(format!("{RESIZE_MODE_KEY}: unknown mode \"{label}\""));
                 ResizeMode::JustResize
+            }),
+        };
+        self.inpaint.masked_content = match infotext.get("Masked content") {
+            None => MaskedContent::Original,
+            Some(label) => MaskedContent::parse(label).unwrap_or_else(|| {
+                problems.push(format!("Masked content: unknown \"{label}\""));
+                MaskedContent::Original
             }),
         };
         self.init_latent = match infotext.get(INIT_LATENT_KEY) {

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-use image::RgbImage;
+use image::{RgbImage, RgbaImage};
 
 /// The PNG text keyword A1111 stores its infotext under.
 pub const PARAMETERS_KEY: &str = "parameters";
@@ -30,6 +30,39 @@ fn is_latin1(text: &str) -> bool {
 
 /// Writes `image` as an 8-bit RGB PNG with `infotext` in its `parameters` chunk.
 pub fn save_png(path: &Path, image: &RgbImage, infotext: Option<&str>) -> Result<(), PngError> {
+    let texts: Vec<(&str, &str)> = infotext.map(|t| (PARAMETERS_KEY, t)).into_iter().collect();
+    write_png(
+        path,
+        (image.width(), image.height()),
+        png::ColorType::Rgb,
+        image.as_raw(),
+        &texts,
+    )
+}
+
+/// Writes `image` as an 8-bit RGBA PNG with the given text chunks.
+pub fn save_rgba_png(
+    path: &Path,
+    image: &RgbaImage,
+    texts: &[(&str, &str)],
+) -> Result<(), PngError> {
+    write_png(
+        path,
+        (image.width(), image.height()),
+        png::ColorType::Rgba,
+        image.as_raw(),
+        texts,
+    )
+}
+
+/// An 8-bit PNG with text chunks: tEXt for Latin-1 text, uncompressed iTXt otherwise.
+fn write_png(
+    path: &Path,
+    (width, height): (u32, u32),
+    color: png::ColorType,
+    data: &[u8],
+    texts: &[(&str, &str)],
+) -> Result<(), PngError> {
     let io = |source| PngError::Io {
         path: path.to_path_buf(),
         source,
@@ -39,27 +72,27 @@ pub fn save_png(path: &Path, image: &RgbImage, infotext: Option<&str>) -> Result
         reason: e.to_string(),
     };
     let file = File::create(path).map_err(io)?;
-    let mut encoder = png::Encoder::new(BufWriter::new(file), image.width(), image.height());
-    encoder.set_color(png::ColorType::Rgb);
+    let mut encoder = png::Encoder::new(BufWriter::new(file), width, height);
+    encoder.set_color(color);
     encoder.set_depth(png::BitDepth::Eight);
-    if let Some(text) = infotext {
+    for (key, text) in texts {
         if is_latin1(text) {
             encoder
-                .add_text_chunk(PARAMETERS_KEY.into(), text.into())
+                .add_text_chunk((*key).into(), (*text).into())
                 .map_err(png)?;
         } else {
             encoder
-                .add_itxt_chunk(PARAMETERS_KEY.into(), text.into())
+                .add_itxt_chunk((*key).into(), (*text).into())
                 .map_err(png)?;
         }
     }
     let mut writer = encoder.write_header().map_err(png)?;
-    writer.write_image_data(image.as_raw()).map_err(png)?;
+    writer.write_image_data(data).map_err(png)?;
     writer.finish().map_err(png)
 }
 
-/// The `parameters` text of a PNG, if it has one.
-pub fn read_png_infotext(path: &Path) -> Result<Option<String>, PngError> {
+/// The text of chunk `key` of a PNG, if it has one.
+pub fn read_png_text(path: &Path, key: &str) -> Result<Option<String>, PngError> {
     let file = File::open(path).map_err(|source| PngError::Io {
         path: path.to_path_buf(),
         source,
@@ -74,19 +107,24 @@ pub fn read_png_infotext(path: &Path) -> Result<Option<String>, PngError> {
     if let Some(chunk) = info
         .uncompressed_latin1_text
         .iter()
-        .find(|c| c.keyword == PARAMETERS_KEY)
+        .find(|c| c.keyword == key)
     {
         return Ok(Some(chunk.text.clone()));
     }
-    if let Some(chunk) = info.utf8_text.iter().find(|c| c.keyword == PARAMETERS_KEY) {
+    if let Some(chunk) = info.utf8_text.iter().find(|c| c.keyword == key) {
         return chunk.get_text().map(Some).map_err(|e| png(e.to_string()));
     }
     if let Some(chunk) = info
         .compressed_latin1_text
         .iter()
-        .find(|c| c.keyword == PARAMETERS_KEY)
+        .find(|c| c.keyword == key)
     {
         return chunk.get_text().map(Some).map_err(|e| png(e.to_string()));
     }
     Ok(None)
+}
+
+/// The `parameters` text of a PNG, if it has one.
+pub fn read_png_infotext(path: &Path) -> Result<Option<String>, PngError> {
+    read_png_text(path, PARAMETERS_KEY)
 }

@@ -26,25 +26,28 @@ pub enum InitImageError {
 
 /// Loads an image file, applies its EXIF orientation and flattens it onto `background`.
 pub fn load_init_image(path: &Path, background: [u8; 3]) -> Result<RgbImage, InitImageError> {
+    Ok(flatten(&load_image(path)?, background))
+}
+
+/// Loads an image file (PNG or JPEG) as it is, with its EXIF orientation applied.
+pub fn load_image(path: &Path) -> Result<DynamicImage, InitImageError> {
     let decode = |reason: String| InitImageError::Decode {
         path: path.to_path_buf(),
         reason,
     };
+    let io = |source| InitImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let reader = ImageReader::open(path)
-        .map_err(|source| InitImageError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?
+        .map_err(io)?
         .with_guessed_format()
-        .map_err(|source| InitImageError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(io)?;
     let mut decoder = reader.into_decoder().map_err(|e| decode(e.to_string()))?;
     let orientation = decoder.orientation().map_err(|e| decode(e.to_string()))?;
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| decode(e.to_string()))?;
     image.apply_orientation(orientation);
-    Ok(flatten(&image, background))
+    Ok(image)
 }
 
 /// An image in RGB: pixels with alpha are blended over `background` the way Pillow's

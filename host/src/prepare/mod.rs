@@ -6,7 +6,9 @@
 pub mod crop;
 pub mod fill;
 pub mod init_image;
+pub mod inpaint;
 pub mod mask;
+pub mod modes;
 pub mod pillow;
 pub mod resample;
 pub mod resize;

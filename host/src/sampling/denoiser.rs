@@ -35,6 +35,19 @@ pub struct Guidance {
     pub cfg_scale: f64,
 }
 
+/// Inpainting's per-call blend with the clean init latent (A1111 `CFGDenoiser`, spec §7.5).
+pub struct LatentMask {
+    /// The init latent [B, 4, h, w] (with "latent noise"/"latent nothing" applied).
+    pub init_latent: Tensor,
+    /// 1 where the original is kept (A1111 `mask`), broadcastable to the latent.
+    pub keep: Tensor,
+    /// 1 where the image is regenerated (A1111 `nmask`).
+    pub regenerate: Tensor,
+    /// Blend the model's input instead of its output (A1111's timestep samplers: DDIM, PLMS,
+    /// UniPC).
+    pub before_denoising: bool,
+}
+
 /// The UNet as a k-diffusion denoiser with classifier-free guidance.
 pub struct CfgDenoiser<'m> {
     unet: &'m UNetModel,
@@ -43,6 +56,8 @@ pub struct CfgDenoiser<'m> {
     guidance: Guidance,
     /// Extra input channels of inpainting models, per image [B, 5, h, w], appended to x.
     image_conditioning: Option<Tensor>,
+    /// Inpainting's blend with the init latent.
+    latent_mask: Option<LatentMask>,
     /// Round the timestep to fp16 before the UNet, as A1111 does with an fp16 UNet.
     round_timestep_fp16: bool,
     /// Most rows per UNet call; halved automatically when the device runs out of memory.
@@ -64,6 +79,7 @@ impl<'m> CfgDenoiser<'m> {
             prediction,
             guidance,
             image_conditioning: None,
+            latent_mask: None,
             round_timestep_fp16: true,
             max_rows: usize::MAX,
             call: 0,
@@ -86,6 +102,12 @@ impl<'m> CfgDenoiser<'m> {
     /// Adds the inpainting model's image conditioning (masked image latent and mask).
     pub fn image_conditioning(mut self, conditioning: Tensor) -> Self {
         self.image_conditioning = Some(conditioning);
+        self
+    }
+
+    /// Blends every model call with the clean init latent where the mask keeps the original.
+    pub fn latent_mask(mut self, mask: LatentMask) -> Self {
+        self.latent_mask = Some(mask);
         self
     }
 
@@ -181,6 +203,41 @@ pub fn torch_panic(context: &str, payload: &(dyn std::any::Any + Send)) -> StepF
 
 impl Denoise for CfgDenoiser<'_> {
     fn denoise(
+        &mut self,
+        x: &Tensor,
+        sigma: f64,
+        timestep: Option<f64>,
+    ) -> Result<Tensor, StepFailure> {
+        let Some(mask) = &self.latent_mask else {
+            return self.guided(x, sigma, timestep);
+        };
+        if mask.before_denoising {
+            // The timestep samplers' x is the VP latent over √ᾱ, so the clean latent A1111
+            // blends into its VP input is scaled by 1/√ᾱ = √(1+σ²) here.
+            let blended = torch_op("inpainting mask", || {
+                x * &mask.regenerate + &mask.init_latent * &mask.keep * (1.0 + sigma * sigma).sqrt()
+            })?;
+            // ε comes from the blended input; the sampler goes on from its own x.
+            let denoised = self.guided(&blended, sigma, timestep)?;
+            torch_op("inpainting mask", || denoised + (x - &blended))
+        } else {
+            let denoised = self.guided(x, sigma, timestep)?;
+            let mask = self.latent_mask.as_ref().expect("checked above");
+            torch_op("inpainting mask", || {
+                denoised * &mask.regenerate + &mask.init_latent * &mask.keep
+            })
+        }
+    }
+}
+
+/// Runs tensor arithmetic whose libtorch errors (panics in tch) become step failures.
+fn torch_op<T>(context: &str, f: impl FnOnce() -> T) -> Result<T, StepFailure> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| torch_panic(context, &*payload))
+}
+
+impl CfgDenoiser<'_> {
+    /// D(x, σ) with classifier-free guidance, before any inpainting blend.
+    fn guided(
         &mut self,
         x: &Tensor,
         sigma: f64,

@@ -1,0 +1,157 @@
+//! What a job computes once from its init image and mask (A1111
+//! `StableDiffusionProcessingImg2Img.init`): the prepared image and its encoding, the
+//! inpainting masks, and per image its init latent and inpainting-model conditioning.
+
+use image::{GrayImage, RgbImage};
+use tch::{Device, Kind, Tensor};
+
+use super::encode::{resize_latent, InitEncoding, InitLatent};
+use super::img2img::{guarded, JobError};
+use super::mask_latents::{conditioning_mask, inpainting_conditioning, latent_mask};
+use super::model::GenerationModel;
+use super::params::{Img2ImgParams, InitLatentMode};
+use crate::prepare::inpaint::{prepare_inpaint, InpaintInit};
+use crate::prepare::resize::{resize_image, ResizeMode};
+use crate::rng::Generator;
+
+/// A job's init, shared by all its batches.
+pub struct JobInit<'m> {
+    model: &'m GenerationModel,
+    /// The image that was encoded (job size; cropped and filled when inpainting).
+    pub image: RgbImage,
+    /// Inpainting's images (mask, overlay, region), when a mask was given.
+    pub inpaint: Option<InpaintInit>,
+    encoding: InitEncoding,
+    /// (keep, regenerate) latent masks when inpainting.
+    pub latent_mask: Option<(Tensor, Tensor)>,
+    /// The pixel mask of an inpainting model's conditioning (None for other models).
+    conditioning_mask: Option<Tensor>,
+    latent_size: (i64, i64),
+    init_latent: InitLatentMode,
+    resize_mode: ResizeMode,
+    mask_weight: f64,
+}
+
+/// How the next VAE encoding is taken: a sample with the image's generator, or the mean.
+fn take(generator: &mut Option<Generator>) -> InitLatent<'_> {
+    match generator {
+        Some(g) => InitLatent::Sample(g),
+        None => InitLatent::Mean,
+    }
+}
+
+/// One image's latents from the init.
+pub struct ImageLatents {
+    /// The init latent [1, 4, h, w], float32.
+    pub init: Tensor,
+    /// An inpainting model's extra channels [1, 5, h, w].
+    pub conditioning: Option<Tensor>,
+}
+
+impl<'m> JobInit<'m> {
+    /// Prepares and encodes `init_image` (and `mask`, 255 = regenerate) for `params`.
+    pub fn new(
+        model: &'m GenerationModel,
+        params: &Img2ImgParams,
+        init_image: &RgbImage,
+        mask: Option<&GrayImage>,
+    ) -> Result<Self, JobError> {
+        let downscale = model.downscale();
+        let latent_size = (
+            i64::from(params.height / downscale),
+            i64::from(params.width / downscale),
+        );
+        let inpaint = mask
+            .map(|mask| {
+                prepare_inpaint(
+                    init_image,
+                    mask,
+                    &params.inpaint,
+                    params.resize_mode,
+                    params.width,
+                    params.height,
+                )
+            })
+            .transpose()?;
+        let image = match &inpaint {
+            Some(prepared) => prepared.image.clone(),
+            None => resize_image(params.resize_mode, init_image, params.width, params.height),
+        };
+        let encoding = guarded("VAE encode", || {
+            InitEncoding::new(&model.sd.vae, &image, model.device, model.kind)
+        })?;
+        let round = params.inpaint.mask_round;
+        let latent_mask = inpaint.as_ref().map(|prepared| {
+            latent_mask(
+                &prepared.mask,
+                latent_size.0,
+                latent_size.1,
+                round,
+                model.device,
+            )
+        });
+        let conditioning_mask = (model.sd.architecture.unet.in_channels == 9).then(|| {
+            conditioning_mask(
+                inpaint.as_ref().map(|prepared| &prepared.mask),
+                i64::from(image.height()),
+                i64::from(image.width()),
+                round,
+                model.device,
+            )
+        });
+        Ok(JobInit {
+            model,
+            image,
+            inpaint,
+            encoding,
+            latent_mask,
+            conditioning_mask,
+            latent_size,
+            init_latent: params.init_latent,
+            resize_mode: params.resize_mode,
+            mask_weight: params.inpaint.mask_weight,
+        })
+    }
+
+    /// Whether the model gets inpainting conditioning (infotext `Conditional mask weight`).
+    pub fn uses_inpainting_conditioning(&self) -> bool {
+        self.conditioning_mask.is_some()
+    }
+
+    /// The latents of the image with `seed`: the VAE posterior sampled with the first draws
+    /// of a CPU generator seeded with it (the init latent first, then the conditioning's), or
+    /// the posterior means.
+    pub fn image_latents(&self, seed: u64) -> Result<ImageLatents, JobError> {
+        let mut generator = match self.init_latent {
+            InitLatentMode::Sample => Some(Generator::new(seed, Device::Cpu)?),
+            InitLatentMode::Mean => None,
+        };
+        let mut init = self
+            .encoding
+            .latent(take(&mut generator))?
+            .to_kind(Kind::Float);
+        if self.resize_mode == ResizeMode::LatentUpscale {
+            init = resize_latent(&init, self.latent_size.0, self.latent_size.1).map_err(|e| {
+                JobError::Torch {
+                    stage: "latent upscale",
+                    message: e.to_string(),
+                }
+            })?;
+        }
+        let conditioning = match &self.conditioning_mask {
+            None => None,
+            Some(mask) => Some(guarded("inpainting conditioning", || {
+                inpainting_conditioning(
+                    &self.model.sd.vae,
+                    &self.image,
+                    mask,
+                    self.mask_weight,
+                    take(&mut generator),
+                    self.latent_size,
+                    self.model.kind,
+                )
+            })??),
+        };
+        Ok(ImageLatents { init, conditioning })
+    }
+}

@@ -1,0 +1,100 @@
+//! The latent side of inpainting (spec §7.4): the mask at latent resolution that the sampler
+//! blends with, and the extra input channels of inpainting models (mask + masked-image latent).
+
+use image::{DynamicImage, GrayImage, RgbImage};
+use tch::{Device, Kind, Tensor};
+
+use super::encode::{image_to_tensor, resize_latent, InitEncoding, InitLatent};
+use crate::models::vae::AutoencoderKl;
+use crate::prepare::resample::{resize, Filter};
+use crate::rng::RngError;
+
+/// The latent mask as (keep, regenerate) [1, 4, h, w]: the processed mask resized to the latent
+/// size with Pillow's default (bicubic) filter, channel 0 over 255, rounded when `round`
+/// (A1111 `init`: `latmask`, `mask`, `nmask`).
+pub fn latent_mask(
+    mask: &GrayImage,
+    height: i64,
+    width: i64,
+    round: bool,
+    device: Device,
+) -> (Tensor, Tensor) {
+    let rgb = DynamicImage::ImageLuma8(mask.clone()).to_rgb8();
+    let small = resize(&rgb, width as u32, height as u32, Filter::Bicubic, None);
+    let values: Vec<f32> = small
+        .pixels()
+        .map(|p| {
+            let v = f32::from(p[0]) / 255.0;
+            if round {
+                v.round_ties_even()
+            } else {
+                v
+            }
+        })
+        .collect();
+    let regenerate = Tensor::from_slice(&values)
+        .reshape([1, 1, height, width])
+        .repeat([1, 4, 1, 1])
+        .to_device(device);
+    let keep = 1.0 - &regenerate;
+    (keep, regenerate)
+}
+
+/// The pixel-resolution mask of the inpainting-model conditioning [1, 1, H, W] (1 = hole):
+/// the processed mask over 255, rounded when `round`; all ones without a mask (plain img2img
+/// on an inpainting model, as A1111 does it).
+pub fn conditioning_mask(
+    mask: Option<&GrayImage>,
+    height: i64,
+    width: i64,
+    round: bool,
+    device: Device,
+) -> Tensor {
+    match mask {
+        None => Tensor::ones([1, 1, height, width], (Kind::Float, device)),
+        Some(mask) => {
+            let values: Vec<f32> = mask
+                .pixels()
+                .map(|p| {
+                    let v = f32::from(p[0]) / 255.0;
+                    if round {
+                        v.round_ties_even()
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            Tensor::from_slice(&values)
+                .reshape([1, 1, height, width])
+                .to_device(device)
+        }
+    }
+}
+
+/// An inpainting model's image conditioning [1, 5, h, w] for one image: the mask at latent
+/// size (nearest) and the latent of the image with its hole blanked by `weight`
+/// (`lerp(src, src·(1−mask), weight)`), taken from the encoder as `init` says (A1111
+/// `inpainting_image_conditioning`).
+pub fn inpainting_conditioning(
+    vae: &AutoencoderKl,
+    image: &RgbImage,
+    mask: &Tensor,
+    weight: f64,
+    init: InitLatent<'_>,
+    latent_size: (i64, i64),
+    kind: Kind,
+) -> Result<Tensor, RngError> {
+    let device = mask.device();
+    let source = image_to_tensor(image, device, Kind::Float);
+    let hidden = &source * (1.0 - mask);
+    let masked = source.lerp(&hidden, weight);
+    let mut latent = InitEncoding::from_pixels(vae, &masked.to_kind(kind))
+        .latent(init)?
+        .to_kind(Kind::Float);
+    if latent.size()[2..] != [latent_size.0, latent_size.1] {
+        // Latent upscale: the image was encoded at its own size, like the init latent.
+        latent = resize_latent(&latent, latent_size.0, latent_size.1).map_err(RngError::from)?;
+    }
+    let small_mask = mask.upsample_nearest2d([latent_size.0, latent_size.1], None, None);
+    Ok(Tensor::cat(&[small_mask, latent], 1))
+}
