@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use image::RgbImage;
 use sdhost::pipeline::img2img::{run_img2img, JobEvent, JobOutcome};
 use sdhost::pipeline::model::GenerationModel;
@@ -26,20 +24,6 @@ fn registry() -> SamplerRegistry {
     })
 }
 
-/// A smooth, non-square test picture (gradients and a disc), so resizing does something.
-fn init_image(path: &Path) -> RgbImage {
-    let image = RgbImage::from_fn(100, 76, |x, y| {
-        let inside = (x as i32 - 60).pow(2) + (y as i32 - 36).pow(2) < 400;
-        image::Rgb([
-            (x * 255 / 99) as u8,
-            (y * 255 / 75) as u8,
-            if inside { 230 } else { 40 },
-        ])
-    });
-    image.save(path).unwrap();
-    image
-}
-
 fn run(
     model: &GenerationModel,
     registry: &SamplerRegistry,
@@ -49,26 +33,13 @@ fn run(
     run_img2img(model, registry, params, init, None, &mut |_| Flow::Continue).expect("job runs")
 }
 
-fn mean_abs_difference(a: &RgbImage, b: &RgbImage) -> (f64, u8) {
-    assert_eq!(a.dimensions(), b.dimensions());
-    let (sum, max) = a
-        .as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .fold((0u64, 0u8), |(sum, max), (&p, &q)| {
-            let d = p.abs_diff(q);
-            (sum + u64::from(d), max.max(d))
-        });
-    (sum as f64 / a.as_raw().len() as f64, max)
-}
-
 #[test]
 fn img2img_matches_the_python_reference_pipeline() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = common::tiny_model(dir.path(), 11);
     let init_path = dir.path().join("init.png");
-    let init = init_image(&init_path);
+    let init = common::test_picture(&init_path);
     let (width, height) = (64, 48);
     let seeds = [31337u64, 31338];
     let cases = [
@@ -132,7 +103,7 @@ fn img2img_matches_the_python_reference_pipeline() {
                 let expected = image::open(dir.path().join(format!("{name}_{k}_{i}.png")))
                     .unwrap()
                     .to_rgb8();
-                let (mean, max) = mean_abs_difference(&generated.image, &expected);
+                let (mean, max) = common::pixel_difference(&generated.image, &expected);
                 println!(
                     "{sampler} strength {strength} image {i}: mean |Δ| {mean:.4}, max {max} (of 255)"
                 );
@@ -145,7 +116,7 @@ fn img2img_matches_the_python_reference_pipeline() {
             let other = image::open(dir.path().join(format!("{name}_{k}_1.png")))
                 .unwrap()
                 .to_rgb8();
-            let (mean, _) = mean_abs_difference(&outcome.images[0].image, &other);
+            let (mean, _) = common::pixel_difference(&outcome.images[0].image, &other);
             println!("  other seed: mean |Δ| {mean:.2}");
             assert!(
                 mean > 5.0 * MEAN_TOLERANCE,
@@ -162,7 +133,7 @@ fn job_seeds_infotext_cancel_and_errors() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = common::tiny_model(dir.path(), 12);
-    let init = init_image(&dir.path().join("init.png"));
+    let init = common::test_picture(&dir.path().join("init.png"));
     let model = GenerationModel::load(&checkpoint, Device::Cpu, Kind::Float, None).unwrap();
     let registry = registry();
     let base = Img2ImgParams {
@@ -218,7 +189,7 @@ fn job_seeds_infotext_cancel_and_errors() {
         ..base.clone()
     };
     let single = run(&model, &registry, &alone, &init);
-    let (mean, max) = mean_abs_difference(&single.images[0].image, &outcome.images[3].image);
+    let (mean, max) = common::pixel_difference(&single.images[0].image, &outcome.images[3].image);
     assert!(mean < 0.05 && max <= 1, "mean {mean}, max {max}");
     // The same one-image job again is bit-identical.
     let again = run(&model, &registry, &alone, &init);

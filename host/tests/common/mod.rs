@@ -80,10 +80,20 @@ pub fn assert_close(name: &str, actual: &Tensor, expected: &Tensor, tolerance: f
 
 /// Writes the tiny fp32 model of `seed` into `dir` and returns its path.
 pub fn tiny_model(dir: &Path, seed: i64) -> PathBuf {
-    let path = dir.join(format!("tiny-{seed}.safetensors"));
+    write_tiny(dir, seed, false)
+}
+
+/// Writes the tiny fp32 inpainting (9-channel UNet) model of `seed` into `dir`.
+pub fn tiny_inpainting_model(dir: &Path, seed: i64) -> PathBuf {
+    write_tiny(dir, seed, true)
+}
+
+fn write_tiny(dir: &Path, seed: i64, inpainting: bool) -> PathBuf {
+    let kind = if inpainting { "inpainting-" } else { "" };
+    let path = dir.join(format!("tiny-{kind}{seed}.safetensors"));
     let spec = sdhost::tiny_model::TinyModelSpec {
         preset: sdhost::tiny_model::Preset::Tiny,
-        inpainting: false,
+        inpainting,
         seed,
         storage: tch::Kind::Float,
     };
@@ -97,4 +107,33 @@ pub fn load_fp32(path: &Path) -> sdhost::models::StableDiffusion {
     let arch = sdhost::checkpoint::infer_architecture(&ckpt).expect("infer architecture");
     sdhost::models::StableDiffusion::load(&ckpt, &arch, tch::Kind::Float, tch::Device::Cpu)
         .expect("load networks")
+}
+
+/// A smooth, non-square test picture (gradients and a disc), saved to `path`, so resizing and
+/// inpainting have something to work on.
+pub fn test_picture(path: &Path) -> image::RgbImage {
+    let image = image::RgbImage::from_fn(100, 76, |x, y| {
+        let inside = (x as i32 - 60).pow(2) + (y as i32 - 36).pow(2) < 400;
+        image::Rgb([
+            (x * 255 / 99) as u8,
+            (y * 255 / 75) as u8,
+            if inside { 230 } else { 40 },
+        ])
+    });
+    image.save(path).unwrap();
+    image
+}
+
+/// The mean and largest absolute difference of two images, per channel value.
+pub fn pixel_difference(a: &image::RgbImage, b: &image::RgbImage) -> (f64, u8) {
+    assert_eq!(a.dimensions(), b.dimensions());
+    let (sum, max) = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .fold((0u64, 0u8), |(sum, max), (&p, &q)| {
+            let d = p.abs_diff(q);
+            (sum + u64::from(d), max.max(d))
+        });
+    (sum as f64 / a.as_raw().len() as f64, max)
 }
