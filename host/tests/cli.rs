@@ -483,3 +483,148 @@ fn img2img_stops_on_ctrl_c_and_keeps_finished_images() {
             .is_some());
     }
 }
+
+#[test]
+fn every_img2img_mode_runs_from_the_cli_on_the_bundled_pictures() {
+    let Img2ImgFixture { dir, model, .. } = img2img_fixture();
+    let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets");
+    let (picture, mask, sketch) = (
+        assets.join("sample-init.png"),
+        assets.join("sample-mask.png"),
+        assets.join("sample-sketch.png"),
+    );
+    // Inpaint upload scales a mask with the image's aspect ratio.
+    let half_mask = dir.path().join("half-mask.png");
+    image::imageops::resize(
+        &image::open(&mask).unwrap().to_luma8(),
+        128,
+        96,
+        image::imageops::FilterType::Nearest,
+    )
+    .save(&half_mask)
+    .unwrap();
+    let original = pixels(&picture);
+    let run = |mode: &str, extra: &[&std::ffi::OsStr]| {
+        let out_dir = dir.path().join(mode);
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "img2img".as_ref(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--init-image".as_ref(),
+            picture.as_os_str(),
+            "--mode".as_ref(),
+            mode.as_ref(),
+            "--seed".as_ref(),
+            "4".as_ref(),
+            "--steps".as_ref(),
+            "3".as_ref(),
+            "--threads".as_ref(),
+            "1".as_ref(),
+            "--patch-out".as_ref(),
+            "--out-dir".as_ref(),
+            out_dir.as_os_str(),
+        ];
+        args.extend_from_slice(extra);
+        let out = run_sdhost(&args);
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out_dir
+    };
+    let img2img = run("img2img", &[]);
+    assert!(
+        !img2img.join("00000-4-patch.png").exists(),
+        "no mask, no patch"
+    );
+    let sketched = run("sketch", &["--sketch".as_ref(), sketch.as_os_str()]);
+    assert!(sketched.join("00000-4.png").exists());
+    for (mode, extra) in [
+        ("inpaint", vec!["--mask".as_ref(), mask.as_os_str()]),
+        (
+            "inpaint-upload",
+            vec!["--mask".as_ref(), half_mask.as_os_str()],
+        ),
+        (
+            "inpaint-sketch",
+            vec![
+                "--sketch".as_ref(),
+                sketch.as_os_str(),
+                "--mask-alpha".as_ref(),
+                "20".as_ref(),
+            ],
+        ),
+    ] {
+        let out_dir = run(mode, &extra);
+        let result = pixels(&out_dir.join("00000-4.png"));
+        // Far from the mask the picture is the original, exactly; inside it is not.
+        assert_eq!(result.get_pixel(5, 5), original.get_pixel(5, 5), "{mode}");
+        assert_eq!(
+            result.get_pixel(250, 186),
+            original.get_pixel(250, 186),
+            "{mode}"
+        );
+        assert_ne!(result, original, "{mode}: nothing was regenerated");
+        let patch = out_dir.join("00000-4-patch.png");
+        let offset = sdhost::pipeline::png_info::read_png_text(
+            &patch,
+            sdhost::pipeline::output::PATCH_OFFSET_KEY,
+        )
+        .unwrap()
+        .expect("patch offset");
+        assert!(offset.contains(','), "{offset}");
+        assert_eq!(
+            image::open(&patch).unwrap().color(),
+            image::ColorType::Rgba8
+        );
+        let info = sdhost::pipeline::png_info::read_png_infotext(&out_dir.join("00000-4.png"))
+            .unwrap()
+            .unwrap();
+        assert!(info.contains("Mask blur: 4"), "{info}");
+    }
+
+    // Inputs that do not fit: one line each.
+    let fail = |extra: &[&str]| {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "img2img".into(),
+            "--model".into(),
+            model.clone().into(),
+            "--init-image".into(),
+            picture.clone().into(),
+            "--out-dir".into(),
+            dir.path().join("none").into(),
+        ];
+        args.extend(extra.iter().map(Into::into));
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        run_sdhost(&refs)
+    };
+    assert_one_line_error(&fail(&["--mode", "inpaint"]), "Inpaint needs a mask");
+    assert_one_line_error(&fail(&["--mode", "sketch"]), "Sketch needs a sketch layer");
+    let square = dir.path().join("square.png");
+    image::GrayImage::new(50, 50).save(&square).unwrap();
+    assert_one_line_error(
+        &fail(&["--mask", square.to_str().unwrap()]),
+        "another aspect ratio",
+    );
+    assert_one_line_error(
+        &fail(&["--mode", "inpaint", "--mask", square.to_str().unwrap()]),
+        "50x50",
+    );
+    let empty = dir.path().join("empty.png");
+    image::GrayImage::new(256, 192).save(&empty).unwrap();
+    assert_one_line_error(
+        &fail(&["--mask", empty.to_str().unwrap()]),
+        "the mask is empty",
+    );
+    assert_one_line_error(
+        &fail(&[
+            "--mask",
+            mask.to_str().unwrap(),
+            "--inpainting-mask-weight",
+            "2",
+        ]),
+        "mask weight",
+    );
+    assert!(!dir.path().join("none").exists());
+}
