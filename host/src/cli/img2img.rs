@@ -145,6 +145,9 @@ pub struct Img2ImgArgs {
     /// Inpainting models: conditioning mask strength, 0-1 [default: 1].
     #[arg(long)]
     inpainting_mask_weight: Option<f64>,
+    /// Colour correction: match each result's colours to the init image (A1111's option).
+    #[arg(long)]
+    color_correction: bool,
     /// Also write each inpainting result as NNNNN-SEED-patch.png: the regenerated area with
     /// alpha = the blend mask, its offset in the image in the PNG and on stdout.
     #[arg(long)]
@@ -396,6 +399,7 @@ fn apply_flags(args: &Img2ImgArgs, params: &mut Img2ImgParams) -> anyhow::Result
         &args.initial_noise_multiplier,
     );
     set(&mut params.eta_noise_seed_delta, &args.eta_noise_seed_delta);
+    params.color_correction |= args.color_correction;
     let inpaint = &mut params.inpaint;
     if let Some(blur) = args.mask_blur {
         inpaint.mask_blur_x = blur;

@@ -352,6 +352,10 @@ pub fn run_img2img(
         for ((generated, &image_seed), &image_subseed) in
             decoded.into_iter().zip(batch_seeds).zip(batch_subseeds)
         {
+            let generated = match &init.color_correction {
+                Some(correction) => correction.apply(&generated),
+                None => generated,
+            };
             let (image, patch) = match &init.inpaint {
                 Some(prepared) => (
                     prepared.composite(&generated),

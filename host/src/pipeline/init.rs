@@ -10,6 +10,7 @@ use super::img2img::{guarded, JobError};
 use super::mask_latents::{conditioning_mask, inpainting_conditioning, latent_mask};
 use super::model::GenerationModel;
 use super::params::{Img2ImgParams, InitLatentMode};
+use crate::prepare::color_correction::ColorCorrection;
 use crate::prepare::inpaint::{prepare_inpaint, InpaintInit};
 use crate::prepare::resize::{resize_image, ResizeMode};
 use crate::rng::Generator;
@@ -22,6 +23,8 @@ pub struct JobInit<'m> {
     /// Inpainting's images (mask, overlay, region), when a mask was given.
     pub inpaint: Option<InpaintInit>,
     encoding: InitEncoding,
+    /// The colour target when colour correction is on.
+    pub color_correction: Option<ColorCorrection>,
     /// (keep, regenerate) latent masks when inpainting.
     pub latent_mask: Option<(Tensor, Tensor)>,
     /// The pixel mask of an inpainting model's conditioning (None for other models).
@@ -99,8 +102,13 @@ impl<'m> JobInit<'m> {
                 model.device,
             )
         });
+        // A1111 takes the target after crop, resize and fill.
+        let color_correction = params
+            .color_correction
+            .then(|| ColorCorrection::new(&image));
         Ok(JobInit {
             model,
+            color_correction,
             image,
             inpaint,
             encoding,

@@ -56,6 +56,8 @@ pub enum InitLatentMode {
 pub const INIT_LATENT_KEY: &str = "Init latent";
 /// Infotext key for a resize mode other than Just resize (sdhost's own).
 pub const RESIZE_MODE_KEY: &str = "Resize mode";
+/// Infotext key for colour correction when on (sdhost's own; A1111 keeps it as an option).
+pub const COLOR_CORRECTION_KEY: &str = "Color correction";
 
 /// Every parameter of an img2img job.
 #[derive(Debug, Clone)]
@@ -98,6 +100,8 @@ pub struct Img2ImgParams {
     pub eta_noise_seed_delta: i64,
     /// Mask handling, used when the job has a mask.
     pub inpaint: InpaintSettings,
+    /// Match each result's colours to the init image (A1111 `img2img_color_correction`).
+    pub color_correction: bool,
 }
 
 impl Default for Img2ImgParams {
@@ -123,6 +127,7 @@ impl Default for Img2ImgParams {
             initial_noise_multiplier: 1.0,
             eta_noise_seed_delta: 0,
             inpaint: InpaintSettings::default(),
+            color_correction: false,
         }
     }
 }
@@ -271,6 +276,10 @@ impl Img2ImgParams {
                 (masked && inpaint.masked_content != MaskedContent::Original)
                     .then(|| inpaint.masked_content.label().to_string()),
             ),
+            (
+                COLOR_CORRECTION_KEY,
+                self.color_correction.then(|| "True".to_string()),
+            ),
             ("TI hashes", facts.ti_hashes.clone()),
             (
                 "Noise multiplier",
@@ -393,6 +402,7 @@ impl Img2ImgParams {
                 MaskedContent::Original
             }),
         };
+        self.color_correction = infotext.get(COLOR_CORRECTION_KEY) == Some("True");
         self.init_latent = match infotext.get(INIT_LATENT_KEY) {
             Some(v) if v.eq_ignore_ascii_case("mean") => InitLatentMode::Mean,
             _ => InitLatentMode::Sample,

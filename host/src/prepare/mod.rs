@@ -3,6 +3,7 @@
 //! should match it), the mask's threshold and blur, the "only masked" crop region and the
 //! "fill" of the hole.
 
+pub mod color_correction;
 pub mod crop;
 pub mod fill;
 pub mod init_image;
