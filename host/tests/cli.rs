@@ -285,6 +285,21 @@ fn img2img_fixture() -> Img2ImgFixture {
     }
 }
 
+/// `sdhost img2img` on `model` and `init` into `out_dir` with more flags.
+fn img2img_into(model: &Path, init: &Path, out_dir: &Path, extra: &[&str]) -> Output {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "img2img".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--init-image".as_ref(),
+        init.as_os_str(),
+        "--out-dir".as_ref(),
+        out_dir.as_os_str(),
+    ];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    run_sdhost(&args)
+}
+
 fn pixels(path: &Path) -> image::RgbImage {
     image::open(path).unwrap().to_rgb8()
 }
@@ -394,20 +409,7 @@ fn img2img_writes_pngs_that_png_info_reads_and_from_png_reproduces() {
     assert!(again.join("00001-9.png").exists(), "numbering goes on");
 
     // Mistakes a user can make: one line each, nothing written.
-    let img2img = |extra: &[&str]| {
-        let mut args: Vec<std::ffi::OsString> = vec![
-            "img2img".into(),
-            "--model".into(),
-            model.clone().into(),
-            "--init-image".into(),
-            init.clone().into(),
-            "--out-dir".into(),
-            dir.path().join("none").into(),
-        ];
-        args.extend(extra.iter().map(Into::into));
-        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-        run_sdhost(&refs)
-    };
+    let img2img = |extra: &[&str]| img2img_into(&model, &init, &dir.path().join("none"), extra);
     assert_one_line_error(&img2img(&["--width", "3"]), "between 8 and");
     assert_one_line_error(&img2img(&["--sampler", "Eulerish"]), "Eulerish");
     assert_one_line_error(&img2img(&["--scheduler", "wobbly"]), "wobbly");
@@ -585,20 +587,7 @@ fn every_img2img_mode_runs_from_the_cli_on_the_bundled_pictures() {
     }
 
     // Inputs that do not fit: one line each.
-    let fail = |extra: &[&str]| {
-        let mut args: Vec<std::ffi::OsString> = vec![
-            "img2img".into(),
-            "--model".into(),
-            model.clone().into(),
-            "--init-image".into(),
-            picture.clone().into(),
-            "--out-dir".into(),
-            dir.path().join("none").into(),
-        ];
-        args.extend(extra.iter().map(Into::into));
-        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-        run_sdhost(&refs)
-    };
+    let fail = |extra: &[&str]| img2img_into(&model, &picture, &dir.path().join("none"), extra);
     assert_one_line_error(&fail(&["--mode", "inpaint"]), "Inpaint needs a mask");
     assert_one_line_error(&fail(&["--mode", "sketch"]), "Sketch needs a sketch layer");
     let square = dir.path().join("square.png");

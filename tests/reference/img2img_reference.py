@@ -45,6 +45,25 @@ def encode_prompt(clip, bpe, text: str) -> torch.Tensor:
     return clip(torch.tensor([tokens])).last_hidden_state[0]
 
 
+def sample_with_draws(function: str, model, x, sigmas, draw):
+    """Runs k-diffusion's `function` with every randn_like answered by `draw()` (A1111's
+    TorchHijack: the next draw of each image's generator)."""
+
+    class Hijack:
+        def __getattr__(self, attr):
+            return getattr(torch, attr)
+
+        def randn_like(self, x, *args, **kwargs):
+            return draw()
+
+    saved = sampling.torch
+    sampling.torch = Hijack()
+    try:
+        return getattr(sampling, function)(model, x, sigmas, disable=True)
+    finally:
+        sampling.torch = saved
+
+
 def to_pixels(decoded: torch.Tensor) -> np.ndarray:
     image = torch.clamp((decoded + 1.0) / 2.0, min=0.0, max=1.0)
     return (255.0 * np.moveaxis(image.numpy(), 0, 2)).astype(np.uint8)
@@ -87,20 +106,8 @@ def main() -> None:
         shape = (4, height // 8, width // 8)
         draw = lambda: torch.stack([torch.randn(shape, generator=g) for g in gens])  # noqa: E731
 
-        class Hijack:
-            def __getattr__(self, attr):
-                return getattr(torch, attr)
-
-            def randn_like(self, x, *args, **kwargs):
-                return draw()
-
         x = init_latent + draw() * sched[0]
-        saved = sampling.torch
-        sampling.torch = Hijack()
-        try:
-            samples = getattr(sampling, case["sampler"])(model, x, sched, disable=True)
-        finally:
-            sampling.torch = saved
+        samples = sample_with_draws(case["sampler"], model, x, sched, draw)
         for i in range(len(seeds)):
             decoded = vae.decode(samples[i:i + 1] / SCALE).sample[0]
             Image.fromarray(to_pixels(decoded)).save(os.path.join(out, f"{case['name']}_{i}.png"))

@@ -29,7 +29,7 @@ import kdiffusion  # noqa: E402
 # diffusers first: kdiffusion.load(), which the next modules call, stubs torchvision.
 from ldm_to_diffusers import build_clip, build_unet, build_vae, load_checkpoint  # noqa: E402
 from a1111_samplers import a1111_timesteps, ddim  # noqa: E402
-from img2img_reference import SCALE, encode_prompt, to_pixels  # noqa: E402
+from img2img_reference import SCALE, encode_prompt, sample_with_draws, to_pixels  # noqa: E402
 from mask_reference import a1111_blur, crop_region, expand, fill  # noqa: E402
 from resize_reference import resize_image  # noqa: E402
 from tokenize_reference import load_open_clip_tokenizer  # noqa: E402
@@ -178,21 +178,8 @@ def run_case(case, nets, bpe, init, mask, out):
         else:
             sigmas = inner.get_sigmas(steps)
         sched = sigmas[steps - t_enc - 1:]
-
-        class Hijack:
-            def __getattr__(self, attr):
-                return getattr(torch, attr)
-
-            def randn_like(self, x, *args, **kwargs):
-                return draws.next()
-
         x = init_latent + draws.next() * sched[0]
-        saved = sampling.torch
-        sampling.torch = Hijack()
-        try:
-            samples = getattr(sampling, case["sampler"])(model, x, sched, disable=True)
-        finally:
-            sampling.torch = saved
+        samples = sample_with_draws(case["sampler"], model, x, sched, draws.next)
     samples = samples * regen + init_latent * keep
     for i in range(len(seeds)):
         generated = Image.fromarray(to_pixels(vae.decode(samples[i:i + 1] / SCALE).sample[0]))

@@ -9,6 +9,21 @@ use crate::models::vae::AutoencoderKl;
 use crate::prepare::resample::{resize, Filter};
 use crate::rng::RngError;
 
+/// 8-bit mask values as 0–1 floats, rounded half to even when `round` (numpy's `around`,
+/// torch's `round`).
+fn mask_values(values: impl Iterator<Item = u8>, round: bool) -> Vec<f32> {
+    values
+        .map(|v| {
+            let v = f32::from(v) / 255.0;
+            if round {
+                v.round_ties_even()
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
 /// The latent mask as (keep, regenerate) [1, 4, h, w]: the processed mask resized to the latent
 /// size with Pillow's default (bicubic) filter, channel 0 over 255, rounded when `round`
 /// (A1111 `init`: `latmask`, `mask`, `nmask`).
@@ -21,17 +36,7 @@ pub fn latent_mask(
 ) -> (Tensor, Tensor) {
     let rgb = DynamicImage::ImageLuma8(mask.clone()).to_rgb8();
     let small = resize(&rgb, width as u32, height as u32, Filter::Bicubic, None);
-    let values: Vec<f32> = small
-        .pixels()
-        .map(|p| {
-            let v = f32::from(p[0]) / 255.0;
-            if round {
-                v.round_ties_even()
-            } else {
-                v
-            }
-        })
-        .collect();
+    let values = mask_values(small.pixels().map(|p| p[0]), round);
     let regenerate = Tensor::from_slice(&values)
         .reshape([1, 1, height, width])
         .repeat([1, 4, 1, 1])
@@ -53,17 +58,7 @@ pub fn conditioning_mask(
     match mask {
         None => Tensor::ones([1, 1, height, width], (Kind::Float, device)),
         Some(mask) => {
-            let values: Vec<f32> = mask
-                .pixels()
-                .map(|p| {
-                    let v = f32::from(p[0]) / 255.0;
-                    if round {
-                        v.round_ties_even()
-                    } else {
-                        v
-                    }
-                })
-                .collect();
+            let values = mask_values(mask.pixels().map(|p| p[0]), round);
             Tensor::from_slice(&values)
                 .reshape([1, 1, height, width])
                 .to_device(device)
