@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod cli;
+pub mod daemon;
 pub mod device;
 pub mod error;
 pub mod infotext;

@@ -7,6 +7,7 @@ mod info;
 mod png_info;
 mod prompt;
 mod samplers;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: keep a model loaded and serve editors over a local socket.
+    Serve(Box<serve::ServeArgs>),
     /// img2img as A1111's img2img tab does it: init image, prompt, sampler, seed → PNGs.
     Img2img(Box<img2img::Img2ImgArgs>),
     /// Show a checkpoint's architecture, dtype, parameter count and A1111 hashes.
@@ -41,6 +44,7 @@ impl Cli {
     /// Runs the chosen command.
     pub fn run(self) -> anyhow::Result<()> {
         match self.command {
+            Command::Serve(args) => serve::run(&args),
             Command::Img2img(args) => img2img::run(&args),
             Command::Info(args) => info::run(&args),
             Command::Check(args) => check::run(&args),

@@ -91,18 +91,31 @@ fn write_png(
     writer.finish().map_err(png)
 }
 
-/// The text of chunk `key` of a PNG, if it has one.
+/// The text of chunk `key` of a PNG file, if it has one.
 pub fn read_png_text(path: &Path, key: &str) -> Result<Option<String>, PngError> {
     let file = File::open(path).map_err(|source| PngError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let png = |reason: String| PngError::Png {
+    text_chunk(std::io::BufReader::new(file), key).map_err(|reason| PngError::Png {
         path: path.to_path_buf(),
         reason,
-    };
-    let decoder = png::Decoder::new(std::io::BufReader::new(file));
-    let reader = decoder.read_info().map_err(|e| png(e.to_string()))?;
+    })
+}
+
+/// The text of chunk `key` of PNG bytes, if it has one.
+pub fn png_text(bytes: &[u8], key: &str) -> Result<Option<String>, String> {
+    text_chunk(std::io::Cursor::new(bytes), key)
+}
+
+/// Reads the PNG's header chunks (not its pixels) and returns text chunk `key` (tEXt, iTXt
+/// or zTXt).
+fn text_chunk<R: std::io::BufRead + std::io::Seek>(
+    reader: R,
+    key: &str,
+) -> Result<Option<String>, String> {
+    let decoder = png::Decoder::new(reader);
+    let reader = decoder.read_info().map_err(|e| e.to_string())?;
     let info = reader.info();
     if let Some(chunk) = info
         .uncompressed_latin1_text
@@ -112,14 +125,14 @@ pub fn read_png_text(path: &Path, key: &str) -> Result<Option<String>, PngError>
         return Ok(Some(chunk.text.clone()));
     }
     if let Some(chunk) = info.utf8_text.iter().find(|c| c.keyword == key) {
-        return chunk.get_text().map(Some).map_err(|e| png(e.to_string()));
+        return chunk.get_text().map(Some).map_err(|e| e.to_string());
     }
     if let Some(chunk) = info
         .compressed_latin1_text
         .iter()
         .find(|c| c.keyword == key)
     {
-        return chunk.get_text().map(Some).map_err(|e| png(e.to_string()));
+        return chunk.get_text().map(Some).map_err(|e| e.to_string());
     }
     Ok(None)
 }

@@ -118,6 +118,17 @@ impl EmbeddingDatabase {
             .map(|(ids, e)| (e, ids.len()))
     }
 
+    /// The names of the loaded embeddings (the words prompts use), sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .by_first_token
+            .values()
+            .flat_map(|entries| entries.iter().map(|(_, e)| e.name.clone()))
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Number of loaded embeddings.
     pub fn len(&self) -> usize {
         self.by_first_token.values().map(Vec::len).sum()

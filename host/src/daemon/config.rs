@@ -1,0 +1,164 @@
+//! The daemon's settings: a TOML file (`$XDG_CONFIG_HOME/sdhost/config.toml` or `--config`)
+//! overridden by command-line flags, and the per-user paths it uses.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Settings of `sdhost serve`; every field is optional in the file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Unix socket path.
+    pub socket: Option<PathBuf>,
+    /// TCP address to listen on as well (`127.0.0.1:7861`); clients need the token.
+    pub listen: Option<String>,
+    /// The checkpoint loaded at start.
+    pub model: Option<PathBuf>,
+    /// An A1111 `models/` folder (`Stable-diffusion/`, `embeddings/` …) or any folder of
+    /// checkpoints.
+    pub models_dir: Option<PathBuf>,
+    /// Textual-inversion embeddings (default: `embeddings/` next to or inside `models_dir`).
+    pub embeddings_dir: Option<PathBuf>,
+    /// Third-party sampler plugins.
+    pub plugins_dir: Option<PathBuf>,
+    /// Device: cpu, cuda, cuda:N.
+    pub device: Option<String>,
+    /// Compute dtype: fp32, fp16, bf16.
+    pub dtype: Option<String>,
+    /// libtorch intra-op threads (0: its default).
+    pub threads: Option<i32>,
+    /// Limits on what a client may ask.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// What one request may ask for.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest frame payload in bytes (all attachments).
+    pub max_frame_bytes: u64,
+    /// Largest image (input or output) in pixels.
+    pub max_pixels: u64,
+    /// Most images per job (batch count × batch size).
+    pub max_images: usize,
+    /// Longest prompt, in characters.
+    pub max_prompt_chars: usize,
+    /// Most jobs waiting at once (over all clients).
+    pub queue_capacity: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 256 << 20,
+            max_pixels: 4096 * 4096,
+            max_images: 64,
+            max_prompt_chars: 20_000,
+            queue_capacity: 64,
+        }
+    }
+}
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these settings.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl ServeConfig {
+    /// Reads a config file.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The file named by `--config`, else the per-user file when it exists, else defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        match explicit {
+            Some(path) => Self::read(path),
+            None => match config_dir().map(|d| d.join("config.toml")) {
+                Some(path) if path.exists() => Self::read(&path),
+                _ => Ok(Self::default()),
+            },
+        }
+    }
+}
+
+fn env_dir(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+fn home() -> Option<PathBuf> {
+    env_dir("HOME")
+}
+
+/// `$XDG_CONFIG_HOME/sdhost` (or `~/.config/sdhost`).
+pub fn config_dir() -> Option<PathBuf> {
+    env_dir("XDG_CONFIG_HOME")
+        .or_else(|| home().map(|h| h.join(".config")))
+        .map(|d| d.join("sdhost"))
+}
+
+/// `$XDG_DATA_HOME/sdhost` (or `~/.local/share/sdhost`): the demo model lives there.
+pub fn data_dir() -> Option<PathBuf> {
+    env_dir("XDG_DATA_HOME")
+        .or_else(|| home().map(|h| h.join(".local/share")))
+        .map(|d| d.join("sdhost"))
+}
+
+/// The default socket: `$XDG_RUNTIME_DIR/sdhost/sdhost.sock`, else
+/// `/tmp/sdhost-<uid>/sdhost.sock`.
+pub fn default_socket() -> PathBuf {
+    let dir = env_dir("XDG_RUNTIME_DIR")
+        .map(|d| d.join("sdhost"))
+        .unwrap_or_else(|| {
+            // SAFETY: getuid has no preconditions and cannot fail.
+            let uid = unsafe { libc::getuid() };
+            std::env::temp_dir().join(format!("sdhost-{uid}"))
+        });
+    dir.join("sdhost.sock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_files_parse_and_refuse_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "models_dir = \"/srv/webui/models\"\ndevice = \"cuda\"\n[limits]\nmax_images = 8\n",
+        )
+        .unwrap();
+        let config = ServeConfig::read(&path).unwrap();
+        assert_eq!(config.models_dir, Some(PathBuf::from("/srv/webui/models")));
+        assert_eq!(config.limits.max_images, 8);
+        assert_eq!(
+            config.limits.queue_capacity,
+            Limits::default().queue_capacity
+        );
+        std::fs::write(&path, "modle = \"x\"\n").unwrap();
+        let error = ServeConfig::read(&path).unwrap_err().to_string();
+        assert!(error.contains("modle"), "{error}");
+    }
+}

@@ -1,0 +1,120 @@
+//! The checkpoints a daemon can load: an A1111 `models/` tree used as it is
+//! (`Stable-diffusion/**.safetensors`, `embeddings/` beside or inside it), or any folder.
+
+use std::path::{Path, PathBuf};
+
+/// Checkpoints found, named as A1111 titles them (path under the checkpoint folder, no
+/// extension).
+#[derive(Debug, Clone, Default)]
+pub struct ModelCatalog {
+    entries: Vec<(String, PathBuf)>,
+}
+
+/// A1111's checkpoint folder inside `models/`.
+const CHECKPOINT_FOLDER: &str = "Stable-diffusion";
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        if path.is_dir() {
+            collect(&path, out);
+        } else if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+        {
+            out.push(path);
+        }
+    }
+}
+
+impl ModelCatalog {
+    /// The checkpoints under `models_dir` (its `Stable-diffusion/` folder when it has one) and
+    /// `extra` (a model named on the command line), sorted by name.
+    pub fn scan(models_dir: Option<&Path>, extra: Option<&Path>) -> Self {
+        let mut entries = Vec::new();
+        if let Some(dir) = models_dir {
+            let root = if dir.join(CHECKPOINT_FOLDER).is_dir() {
+                dir.join(CHECKPOINT_FOLDER)
+            } else {
+                dir.to_path_buf()
+            };
+            let mut files = Vec::new();
+            collect(&root, &mut files);
+            for file in files {
+                let relative = file.strip_prefix(&root).unwrap_or(&file).with_extension("");
+                entries.push((relative.to_string_lossy().into_owned(), file));
+            }
+        }
+        if let Some(file) = extra {
+            let name = crate::pipeline::model::model_name(file);
+            if !entries.iter().any(|(_, path)| path == file) {
+                entries.push((name, file.to_path_buf()));
+            }
+        }
+        entries.sort();
+        ModelCatalog { entries }
+    }
+
+    /// Names in order.
+    pub fn names(&self) -> Vec<String> {
+        self.entries.iter().map(|(name, _)| name.clone()).collect()
+    }
+
+    /// The file of a model named by its title, file stem or file name.
+    pub fn find(&self, name: &str) -> Option<&Path> {
+        self.entries
+            .iter()
+            .find(|(title, path)| {
+                title == name
+                    || path.file_stem().is_some_and(|s| s == name)
+                    || path.file_name().is_some_and(|s| s == name)
+            })
+            .map(|(_, path)| path.as_path())
+    }
+
+    /// The first model, if any.
+    pub fn first(&self) -> Option<&Path> {
+        self.entries.first().map(|(_, path)| path.as_path())
+    }
+}
+
+/// A1111's embeddings folder for a `models/` folder: `embeddings/` inside it or beside it.
+pub fn embeddings_dir(models_dir: &Path) -> Option<PathBuf> {
+    [
+        models_dir.join("embeddings"),
+        models_dir.parent()?.join("embeddings"),
+    ]
+    .into_iter()
+    .find(|dir| dir.is_dir())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_a1111_tree_is_read_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let models = dir.path().join("models");
+        std::fs::create_dir_all(models.join("Stable-diffusion/sd15")).unwrap();
+        std::fs::create_dir_all(models.join("VAE")).unwrap();
+        std::fs::create_dir_all(dir.path().join("embeddings")).unwrap();
+        for file in [
+            "Stable-diffusion/v1-5.safetensors",
+            "Stable-diffusion/sd15/inpainting.safetensors",
+            "Stable-diffusion/old.ckpt",
+            "VAE/vae.safetensors",
+        ] {
+            std::fs::write(models.join(file), b"x").unwrap();
+        }
+        let catalog = ModelCatalog::scan(Some(&models), None);
+        assert_eq!(catalog.names(), ["sd15/inpainting", "v1-5"]);
+        assert!(catalog.find("inpainting").is_some());
+        assert!(catalog.find("v1-5.safetensors").is_some());
+        assert!(catalog.find("vae").is_none());
+        assert_eq!(embeddings_dir(&models), Some(dir.path().join("embeddings")));
+    }
+}

@@ -1,0 +1,269 @@
+//! The job queue: FIFO per connection, round-robin across connections (one client's batch of
+//! jobs does not starve another's), bounded, with per-job cancel flags.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use crossbeam_channel::Sender;
+
+use super::protocol::Attachment;
+use super::request::GenerateRequest;
+
+/// A connection's number.
+pub type ConnId = u64;
+
+/// A frame to send to a client: header and attachments.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// JSON header.
+    pub header: serde_json::Value,
+    /// Attachments with bytes.
+    pub attachments: Vec<(Attachment, Vec<u8>)>,
+}
+
+impl Outgoing {
+    /// A frame with only a header.
+    pub fn event(header: serde_json::Value) -> Self {
+        Outgoing {
+            header,
+            attachments: Vec::new(),
+        }
+    }
+}
+
+/// What a queued job does.
+#[derive(Debug)]
+pub enum JobKind {
+    /// An img2img / inpaint job.
+    Generate(Box<GenerateRequest>),
+    /// Load another model.
+    SelectModel(String),
+}
+
+/// A queued job.
+#[derive(Debug)]
+pub struct Job {
+    /// The daemon's job number (unique per daemon).
+    pub id: u64,
+    /// The client's request id.
+    pub request_id: serde_json::Value,
+    /// Its connection.
+    pub conn: ConnId,
+    /// What to do.
+    pub kind: JobKind,
+    /// Set to stop it.
+    pub cancel: Arc<AtomicBool>,
+    /// Where its events go.
+    pub events: Sender<Outgoing>,
+}
+
+#[derive(Default)]
+struct State {
+    queued: BTreeMap<ConnId, VecDeque<Job>>,
+    /// Connections with queued jobs, in turn order.
+    turns: VecDeque<ConnId>,
+    waiting: usize,
+    running: Option<(u64, ConnId, Arc<AtomicBool>)>,
+    shutdown: bool,
+}
+
+/// The daemon's queue, shared by the connections and the worker.
+pub struct Scheduler {
+    state: Mutex<State>,
+    wake: Condvar,
+    capacity: usize,
+}
+
+/// What a cancel request found.
+#[derive(Debug)]
+pub enum CancelOutcome {
+    /// The job was waiting: here it is, removed.
+    Dequeued(Box<Job>),
+    /// The job is running: its flag is set, the worker stops it at the next step.
+    Flagged,
+    /// No such job of this connection.
+    Unknown,
+}
+
+impl Scheduler {
+    /// An empty queue holding at most `capacity` waiting jobs.
+    pub fn new(capacity: usize) -> Self {
+        Scheduler {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the queue half-updated: every update is
+        // a single collection operation. Keep serving.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `job`, first calling `announce` with how many jobs are ahead of it (under the
+    /// lock, so the announcement is sent before the worker can report the job started);
+    /// gives the job back when the queue is full.
+    pub fn submit(&self, job: Job, announce: impl FnOnce(&Job, usize)) -> Result<(), Job> {
+        let mut state = self.lock();
+        if state.waiting >= self.capacity || state.shutdown {
+            return Err(job);
+        }
+        let ahead = state.waiting + usize::from(state.running.is_some());
+        announce(&job, ahead);
+        let conn = job.conn;
+        state.queued.entry(conn).or_default().push_back(job);
+        if !state.turns.contains(&conn) {
+            state.turns.push_back(conn);
+        }
+        state.waiting += 1;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The next job in turn, waiting for one; None after [`Self::shutdown`].
+    pub fn next(&self) -> Option<Job> {
+        let mut state = self.lock();
+        loop {
+            if state.shutdown {
+                return None;
+            }
+            if let Some(conn) = state.turns.pop_front() {
+                let queue = state.queued.get_mut(&conn).expect("a turn has a queue");
+                let job = queue.pop_front().expect("a turn has a job");
+                if queue.is_empty() {
+                    state.queued.remove(&conn);
+                } else {
+                    state.turns.push_back(conn);
+                }
+                state.waiting -= 1;
+                state.running = Some((job.id, job.conn, job.cancel.clone()));
+                return Some(job);
+            }
+            state = self
+                .wake
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    /// The worker finished its job.
+    pub fn finished(&self) {
+        self.lock().running = None;
+    }
+
+    fn remove_queued(state: &mut State, conn: ConnId, job: Option<u64>) -> Vec<Job> {
+        let Some(queue) = state.queued.get_mut(&conn) else {
+            return Vec::new();
+        };
+        let (removed, kept): (Vec<Job>, Vec<Job>) = queue
+            .drain(..)
+            .partition(|j| job.is_none_or(|id| j.id == id));
+        *queue = kept.into();
+        if queue.is_empty() {
+            state.queued.remove(&conn);
+            state.turns.retain(|&c| c != conn);
+        }
+        state.waiting -= removed.len();
+        removed
+    }
+
+    /// Cancels job `job` of connection `conn`.
+    pub fn cancel(&self, conn: ConnId, job: u64) -> CancelOutcome {
+        let mut state = self.lock();
+        if let Some(found) = Self::remove_queued(&mut state, conn, Some(job)).pop() {
+            return CancelOutcome::Dequeued(Box::new(found));
+        }
+        match &state.running {
+            Some((id, owner, flag)) if *id == job && *owner == conn => {
+                flag.store(true, Ordering::SeqCst);
+                CancelOutcome::Flagged
+            }
+            _ => CancelOutcome::Unknown,
+        }
+    }
+
+    /// A connection went away: its waiting jobs are dropped and its running job is cancelled.
+    pub fn drop_connection(&self, conn: ConnId) {
+        let mut state = self.lock();
+        Self::remove_queued(&mut state, conn, None);
+        if let Some((_, owner, flag)) = &state.running {
+            if *owner == conn {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Stops the worker after its current job.
+    pub fn shutdown(&self) {
+        let mut state = self.lock();
+        state.shutdown = true;
+        if let Some((_, _, flag)) = &state.running {
+            flag.store(true, Ordering::SeqCst);
+        }
+        self.wake.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: u64, conn: ConnId) -> Job {
+        let (events, _) = crossbeam_channel::unbounded();
+        Job {
+            id,
+            request_id: serde_json::Value::Null,
+            conn,
+            kind: JobKind::SelectModel(String::new()),
+            cancel: Arc::new(AtomicBool::new(false)),
+            events,
+        }
+    }
+
+    #[test]
+    fn connections_take_turns_and_keep_their_order() {
+        let queue = Scheduler::new(10);
+        for (id, conn) in [(1, 1), (2, 1), (3, 1), (4, 2), (5, 3), (6, 2)] {
+            queue.submit(job(id, conn), |_, _| {}).unwrap();
+        }
+        let order: Vec<u64> = (0..6)
+            .map(|_| {
+                let j = queue.next().unwrap();
+                queue.finished();
+                j.id
+            })
+            .collect();
+        assert_eq!(order, [1, 4, 5, 2, 6, 3]);
+    }
+
+    #[test]
+    fn full_queue_cancel_and_disconnect() {
+        let queue = Scheduler::new(2);
+        let mut positions = Vec::new();
+        queue
+            .submit(job(1, 1), |_, ahead| positions.push(ahead))
+            .unwrap();
+        queue
+            .submit(job(2, 1), |_, ahead| positions.push(ahead))
+            .unwrap();
+        assert_eq!(positions, [0, 1]);
+        assert!(queue.submit(job(3, 2), |_, _| {}).is_err(), "full");
+        let running = queue.next().unwrap();
+        assert!(
+            matches!(queue.cancel(2, 1), CancelOutcome::Unknown),
+            "not its job"
+        );
+        assert!(matches!(queue.cancel(1, 1), CancelOutcome::Flagged));
+        assert!(running.cancel.load(Ordering::SeqCst));
+        assert!(matches!(queue.cancel(1, 2), CancelOutcome::Dequeued(_)));
+        queue.submit(job(4, 3), |_, _| {}).unwrap();
+        queue.drop_connection(3);
+        queue.finished();
+        queue.shutdown();
+        assert!(queue.next().is_none());
+    }
+}

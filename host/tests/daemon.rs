@@ -1,0 +1,493 @@
+//! The real daemon (`sdhost serve`) on a temporary socket with a tiny model: many clients,
+//! fairness and routing, cancel, disconnects, malformed input, limits, permissions, TCP
+//! tokens and single-instance start.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sdhost::daemon::protocol::{
+    read_frame, write_frame, Attachment, Frame, FrameLimits, PixelFormat, MAGIC,
+};
+use serde_json::{json, Value};
+
+const LIMITS: FrameLimits = FrameLimits {
+    max_payload: 1 << 30,
+};
+
+/// A daemon process and its folder; killed when dropped.
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sdhost(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sdhost"));
+    command
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env("XDG_DATA_HOME", dir.join("data"))
+        .env("XDG_RUNTIME_DIR", dir.join("run"))
+        .env("SDHOST_CACHE_DIR", dir.join("cache"));
+    command
+}
+
+/// Starts `sdhost serve` with a tiny model and waits until it answers.
+fn start_daemon(extra: &[&str], config: Option<&str>) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), 31);
+    let socket = dir.path().join("run/sdhost/sdhost.sock");
+    let mut command = sdhost(dir.path());
+    command
+        .args(["serve", "--threads", "1", "--model"])
+        .arg(&model)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(text) = config {
+        let path = dir.path().join("serve.toml");
+        std::fs::write(&path, text).unwrap();
+        command.arg("--config").arg(path);
+    }
+    let child = command.spawn().expect("start sdhost serve");
+    let daemon = Daemon { child, dir, socket };
+    let start = Instant::now();
+    loop {
+        if let Ok(mut client) = Client::connect(&daemon.socket) {
+            client.hello();
+            return daemon;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the daemon did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A protocol client over the library's framing.
+struct Client {
+    stream: UnixStream,
+    next_id: u64,
+    /// Events read while waiting for another one.
+    pending: std::collections::VecDeque<Frame>,
+}
+
+impl Client {
+    fn connect(path: &Path) -> std::io::Result<Self> {
+        let stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+        Ok(Client {
+            stream,
+            next_id: 1,
+            pending: Default::default(),
+        })
+    }
+
+    fn send(&mut self, mut header: Value, attachments: &[(Attachment, Vec<u8>)]) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        header["id"] = json!(id);
+        write_frame(&mut self.stream, &header, attachments).unwrap();
+        id
+    }
+
+    fn read(&mut self) -> Frame {
+        match self.pending.pop_front() {
+            Some(frame) => frame,
+            None => read_frame(&mut self.stream, LIMITS).expect("a frame from the daemon"),
+        }
+    }
+
+    /// The next frame answering request `id`; frames of other requests stay queued.
+    fn answer(&mut self, id: u64) -> Frame {
+        let mut others = Vec::new();
+        let found = loop {
+            let frame = read_frame(&mut self.stream, LIMITS).expect("a frame from the daemon");
+            // The first answer to a request: `queued` for a job, else anything without a job.
+            let header = &frame.header;
+            if header["id"] == json!(id) && (header["type"] == "queued" || header["job"].is_null())
+            {
+                break frame;
+            }
+            others.push(frame);
+        };
+        self.pending.extend(others);
+        found
+    }
+
+    fn hello(&mut self) -> Value {
+        self.send(
+            json!({"type": "hello", "protocol": 1, "client": "test"}),
+            &[],
+        );
+        let welcome = self.read().header;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        welcome
+    }
+
+    fn connected(path: &Path) -> Self {
+        let mut client = Client::connect(path).unwrap();
+        client.hello();
+        client
+    }
+
+    /// Queues a small img2img job; returns its job number.
+    fn submit(&mut self, seed: u64, steps: u64) -> u64 {
+        let id = self.send(
+            json!({"type": "img2img", "params": {
+                "prompt": "a house", "seed": seed, "steps": steps, "sampler_name": "Euler",
+                "denoising_strength": 1.0,
+            }}),
+            &[image_attachment(32, 32)],
+        );
+        let queued = self.answer(id).header;
+        assert_eq!(queued["type"], "queued", "{queued}");
+        queued["job"].as_u64().unwrap()
+    }
+}
+
+fn image_attachment(width: u32, height: u32) -> (Attachment, Vec<u8>) {
+    let bytes: Vec<u8> = (0..width * height * 4).map(|i| (i % 251) as u8).collect();
+    (
+        Attachment {
+            name: "image".into(),
+            format: PixelFormat::Rgba8,
+            width,
+            height,
+            length: bytes.len() as u64,
+        },
+        bytes,
+    )
+}
+
+#[test]
+fn many_clients_get_their_own_results_in_order() {
+    let daemon = start_daemon(&[], None);
+    let socket = daemon.socket.clone();
+    let clients: Vec<_> = (0..8u64)
+        .map(|c| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut client = Client::connected(&socket);
+                let jobs: Vec<(u64, u64)> = (0..5u64)
+                    .map(|j| {
+                        let seed = 1000 * c + j;
+                        (client.submit(seed, 2), seed)
+                    })
+                    .collect();
+                let mut finished = Vec::new();
+                let mut seeds = std::collections::HashMap::new();
+                while finished.len() < jobs.len() {
+                    let event = client.read().header;
+                    let job = event["job"].as_u64().expect("job events carry the job");
+                    assert!(jobs.iter().any(|(j, _)| *j == job), "misrouted: {event}");
+                    match event["type"].as_str().unwrap() {
+                        "result" => {
+                            seeds.insert(job, event["seed"].as_u64().unwrap());
+                        }
+                        "done" => finished.push(job),
+                        "error" | "cancelled" => panic!("job failed: {event}"),
+                        _ => {}
+                    }
+                }
+                // FIFO per client, and every job's image has the seed it asked for.
+                assert_eq!(finished, jobs.iter().map(|(j, _)| *j).collect::<Vec<_>>());
+                for (job, seed) in jobs {
+                    assert_eq!(seeds[&job], seed);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().expect("client thread");
+    }
+}
+
+#[test]
+fn cancel_and_disconnect_stop_jobs_and_the_daemon_goes_on() {
+    let daemon = start_daemon(&[], None);
+    let mut client = Client::connected(&daemon.socket);
+    let job = client.submit(1, 400);
+    let waiting = client.submit(2, 2);
+    // Cancel the waiting job first: it never runs.
+    client.send(json!({"type": "cancel", "job": waiting}), &[]);
+    let mut steps_after_cancel = None;
+    let mut cancelled = Vec::new();
+    while cancelled.len() < 2 {
+        let event = client.read().header;
+        match event["type"].as_str().unwrap() {
+            "progress" if event["step"].as_u64() == Some(2) && steps_after_cancel.is_none() => {
+                client.send(json!({"type": "cancel", "job": job}), &[]);
+                steps_after_cancel = Some(0);
+            }
+            "progress" => {
+                if let Some(n) = steps_after_cancel.as_mut() {
+                    *n += 1;
+                }
+            }
+            "cancelled" => cancelled.push(event["job"].as_u64().unwrap()),
+            "error" | "done" => panic!("unexpected {event}"),
+            _ => {}
+        }
+    }
+    assert_eq!(cancelled, [waiting, job]);
+    // One step may already be under way when the cancel arrives.
+    assert!(
+        steps_after_cancel.unwrap() <= 1,
+        "{steps_after_cancel:?} steps after cancel"
+    );
+    client.send(json!({"type": "cancel", "job": 999}), &[]);
+    assert_eq!(client.read().header["code"], "unknown_job");
+
+    // A client that vanishes mid-job (GIMP SIGKILLs its plug-in): its job stops, the next
+    // client's job runs.
+    let mut doomed = Client::connected(&daemon.socket);
+    doomed.submit(3, 100_000);
+    loop {
+        if doomed.read().header["type"] == "progress" {
+            break;
+        }
+    }
+    drop(doomed);
+    let mut next = Client::connected(&daemon.socket);
+    let job = next.submit(4, 2);
+    loop {
+        let event = next.read().header;
+        if event["type"] == "done" {
+            assert_eq!(event["job"], json!(job));
+            break;
+        }
+        assert_ne!(event["type"], "error", "{event}");
+    }
+}
+
+#[test]
+fn malformed_input_gets_error_frames_and_never_kills_the_daemon() {
+    let daemon = start_daemon(&[], Some("[limits]\nmax_pixels = 5000\nmax_images = 4\nmax_prompt_chars = 50\nmax_frame_bytes = 100000\n"));
+    let error_code = |frame: Frame| -> String {
+        assert_eq!(frame.header["type"], "error", "{}", frame.header);
+        frame.header["code"].as_str().unwrap().to_string()
+    };
+    // Garbage: an error frame, then the daemon closes (framing is lost).
+    let mut raw = UnixStream::connect(&daemon.socket).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert_eq!(error_code(read_frame(&mut raw, LIMITS).unwrap()), "framing");
+    assert!(
+        read_frame(&mut raw, LIMITS).is_err(),
+        "closed after framing is lost"
+    );
+    // A frame announcing more than the limit.
+    let mut raw = UnixStream::connect(&daemon.socket).unwrap();
+    let mut huge = Vec::from(MAGIC);
+    huge.extend_from_slice(&2u32.to_be_bytes());
+    huge.extend_from_slice(&u32::MAX.to_be_bytes());
+    raw.write_all(&huge).unwrap();
+    assert_eq!(error_code(read_frame(&mut raw, LIMITS).unwrap()), "framing");
+    // A truncated frame and a hang-up.
+    let mut raw = UnixStream::connect(&daemon.socket).unwrap();
+    raw.write_all(&MAGIC).unwrap();
+    raw.write_all(&[0, 0, 0, 40]).unwrap();
+    drop(raw);
+
+    // Errors that keep the connection: each answered, then a ping still works.
+    let mut client = Client::connect(&daemon.socket).unwrap();
+    client.send(json!({"type": "ping"}), &[]);
+    assert_eq!(error_code(client.read()), "hello_required");
+    client.hello();
+    let mut bad_json = Vec::from(MAGIC);
+    bad_json.extend_from_slice(&5u32.to_be_bytes());
+    bad_json.extend_from_slice(&0u32.to_be_bytes());
+    bad_json.extend_from_slice(b"{oops");
+    client.stream.write_all(&bad_json).unwrap();
+    assert_eq!(error_code(client.read()), "bad_frame");
+    let (mut wrong, bytes) = image_attachment(8, 8);
+    wrong.height = 9;
+    client.send(json!({"type": "img2img"}), &[(wrong, bytes)]);
+    assert_eq!(error_code(client.read()), "bad_frame");
+    client.send(json!({"type": "teleport"}), &[]);
+    assert_eq!(error_code(client.read()), "unknown_request");
+    client.send(json!({"type": "img2img"}), &[]);
+    assert_eq!(error_code(client.read()), "bad_request");
+    client.send(
+        json!({"type": "img2img", "params": {"stepz": 3}}),
+        &[image_attachment(8, 8)],
+    );
+    assert_eq!(error_code(client.read()), "bad_request");
+    client.send(
+        json!({"type": "img2img", "params": {"sampler_name": "Nope", "steps": 2}}),
+        &[image_attachment(16, 16)],
+    );
+    assert_eq!(client.read().header["type"], "queued");
+    loop {
+        let event = client.read().header;
+        if event["type"] == "error" {
+            assert_eq!(event["code"], "invalid_params");
+            assert!(event["message"].as_str().unwrap().contains("Nope"));
+            break;
+        }
+    }
+    client.send(
+        json!({"type": "img2img", "mode": "inpaint"}),
+        &[image_attachment(16, 16)],
+    );
+    assert_eq!(client.read().header["type"], "queued");
+    loop {
+        let event = client.read().header;
+        if event["type"] == "error" {
+            assert!(event["message"].as_str().unwrap().contains("needs a mask"));
+            break;
+        }
+    }
+    // Limits: pixels (of the attachment and of the output), images, prompt length, frame size.
+    client.send(json!({"type": "img2img"}), &[image_attachment(100, 100)]);
+    assert_eq!(error_code(client.read()), "limit");
+    client.send(
+        json!({"type": "img2img", "params": {"width": 512, "height": 512}}),
+        &[image_attachment(8, 8)],
+    );
+    assert_eq!(error_code(client.read()), "limit");
+    client.send(
+        json!({"type": "img2img", "params": {"n_iter": 3, "batch_size": 2}}),
+        &[image_attachment(8, 8)],
+    );
+    assert_eq!(error_code(client.read()), "limit");
+    client.send(
+        json!({"type": "img2img", "params": {"prompt": "x".repeat(60)}}),
+        &[image_attachment(8, 8)],
+    );
+    assert_eq!(error_code(client.read()), "limit");
+    client.send(
+        json!({"type": "png_info"}),
+        &[(
+            Attachment {
+                name: "image".into(),
+                format: PixelFormat::Png,
+                width: 0,
+                height: 0,
+                length: 4,
+            },
+            b"nope".to_vec(),
+        )],
+    );
+    assert_eq!(error_code(client.read()), "bad_request");
+    client.send(json!({"type": "ping"}), &[]);
+    assert_eq!(client.read().header["type"], "pong");
+
+    // The wrong protocol version is refused and the connection closed.
+    let mut old = Client::connect(&daemon.socket).unwrap();
+    old.send(json!({"type": "hello", "protocol": 99}), &[]);
+    assert_eq!(error_code(old.read()), "protocol_version");
+    assert!(read_frame(&mut old.stream, LIMITS).is_err());
+
+    // After all that the daemon still serves jobs.
+    let mut fine = Client::connected(&daemon.socket);
+    let job = fine.submit(5, 2);
+    loop {
+        let event = fine.read().header;
+        if event["type"] == "done" {
+            assert_eq!(event["job"], json!(job));
+            break;
+        }
+    }
+}
+
+#[test]
+fn sockets_tokens_queue_limit_and_single_instance() {
+    let daemon = start_daemon(
+        &["--listen", "127.0.0.1:0"],
+        Some("[limits]\nqueue_capacity = 2\n"),
+    );
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&daemon.socket), 0o600);
+    assert_eq!(mode(daemon.socket.parent().unwrap()), 0o700);
+    let token_file = daemon.dir.path().join("config/sdhost/token");
+    assert_eq!(mode(&token_file), 0o600);
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    assert_eq!(token.len(), 64);
+
+    // A second daemon on the same socket is refused with a clear message.
+    let model = common::tiny_model(daemon.dir.path(), 32);
+    let out = sdhost(daemon.dir.path())
+        .args(["serve", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already listening"), "{stderr}");
+
+    // The queue is bounded: one running, two waiting, the next refused.
+    let mut client = Client::connected(&daemon.socket);
+    let long = client.submit(1, 100_000);
+    loop {
+        if client.read().header["type"] == "started" {
+            break;
+        }
+    }
+    client.submit(2, 2);
+    client.submit(3, 2);
+    client.send(
+        json!({"type": "img2img", "params": {"steps": 2}}),
+        &[image_attachment(16, 16)],
+    );
+    let full = client.read().header;
+    assert_eq!(full["code"], "queue_full", "{full}");
+    client.send(json!({"type": "cancel", "job": long}), &[]);
+    drop(client);
+
+    // TCP: the token is required. (The address is in the daemon's log; find the port.)
+    let port = tcp_port(daemon.child.id());
+    let tcp_hello = |token: Option<&str>| -> Value {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        write_frame(
+            &mut stream,
+            &json!({"type": "hello", "protocol": 1, "token": token}),
+            &[],
+        )
+        .unwrap();
+        read_frame(&mut stream, LIMITS).unwrap().header
+    };
+    assert_eq!(tcp_hello(None)["code"], "unauthorized");
+    assert_eq!(tcp_hello(Some("guess"))["code"], "unauthorized");
+    assert_eq!(tcp_hello(Some(&token))["type"], "welcome");
+}
+
+/// The TCP port a process listens on (from /proc/net/tcp and its sockets).
+fn tcp_port(pid: u32) -> u16 {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(String::from)
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // Listening sockets (state 0A) of this process.
+        if fields[3] == "0A" && inodes.iter().any(|i| i == fields[9]) {
+            let port = fields[1].rsplit(':').next().unwrap();
+            return u16::from_str_radix(port, 16).unwrap();
+        }
+    }
+    panic!("the daemon listens on no TCP port");
+}
