@@ -5,7 +5,7 @@ SDHOST := target/release/sdhost
 DEMO_MODEL := models/tiny-sd1.safetensors
 DEMO_IMAGE := host/assets/sample-init.png
 
-.PHONY: setup build run test lint
+.PHONY: setup build run demo test lint
 
 setup:
 	@scripts/setup
@@ -13,10 +13,14 @@ setup:
 build: setup
 	cargo build --release
 
-# Until the daemon lands: make the tiny random-weight model, run img2img on the bundled sample
-# image and inpaint its house (only masked, with the patch for editors); the PNGs land in
-# outputs/img2img-images with their infotext.
+# The main job: the daemon on its default socket. With no model configured it makes a tiny
+# random-weight demo model and says so; pass your own with
+# `target/release/sdhost serve --models-dir ~/stable-diffusion-webui/models`.
 run: build
+	$(SDHOST) serve
+
+# The command-line demo: img2img and inpainting of the bundled picture with the demo model.
+demo: build
 	@[ -f $(DEMO_MODEL) ] || $(SDHOST) dev make-tiny-model $(DEMO_MODEL)
 	$(SDHOST) img2img --model $(DEMO_MODEL) --init-image $(DEMO_IMAGE) \
 		--prompt "a cottage on a green hill, (golden hour:1.2)" --negative-prompt "blurry" \
@@ -24,10 +28,10 @@ run: build
 		--seed 1234 --batch-size 2
 	$(SDHOST) img2img --model $(DEMO_MODEL) --init-image $(DEMO_IMAGE) --mask host/assets/sample-mask.png \
 		--prompt "a stone tower" --inpaint-full-res --inpainting-fill fill --seed 1234 --patch-out
-	$(SDHOST) png-info "$$(ls -t outputs/img2img-images/*.png | head -1)"
 
 test: build lint
 	cargo test --release --workspace
+	.venv/bin/python -m pytest -q gimp-bridge/tests
 
 lint:
 	cargo fmt --all --check
