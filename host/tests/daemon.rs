@@ -406,7 +406,7 @@ fn malformed_input_gets_error_frames_and_never_kills_the_daemon() {
 
 #[test]
 fn sockets_tokens_queue_limit_and_single_instance() {
-    let daemon = start_daemon(
+    let mut daemon = start_daemon(
         &["--listen", "127.0.0.1:0"],
         Some("[limits]\nqueue_capacity = 2\n"),
     );
@@ -466,6 +466,36 @@ fn sockets_tokens_queue_limit_and_single_instance() {
     assert_eq!(tcp_hello(None)["code"], "unauthorized");
     assert_eq!(tcp_hello(Some("guess"))["code"], "unauthorized");
     assert_eq!(tcp_hello(Some(&token))["type"], "welcome");
+
+    // A daemon that dies leaves its socket file; the next one replaces it.
+    let _ = daemon.child.kill();
+    let _ = daemon.child.wait();
+    assert!(daemon.socket.exists(), "a killed daemon leaves its socket");
+    assert!(
+        Client::connect(&daemon.socket).is_err(),
+        "nobody answers on it"
+    );
+    let mut next = sdhost(daemon.dir.path())
+        .args(["serve", "--threads", "1", "--model"])
+        .arg(&model)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let answered = loop {
+        if let Ok(mut client) = Client::connect(&daemon.socket) {
+            break client.hello();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no daemon on the stale socket"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(answered["model"]["name"], "tiny-32");
+    let _ = next.kill();
+    let _ = next.wait();
 }
 
 /// The TCP port a process listens on (from /proc/net/tcp and its sockets).

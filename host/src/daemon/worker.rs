@@ -1,6 +1,7 @@
 //! The worker: the one thread that owns the model and the device. It takes jobs from the
 //! queue in turn, streams their events to their connection and survives every job failure.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -115,7 +116,19 @@ impl Worker {
     /// Serves jobs until the queue shuts down.
     pub fn run(mut self, queue: &Scheduler) {
         while let Some(job) = queue.next() {
-            self.serve(&job);
+            // Whatever a job hits, the worker (and with it the daemon) must go on.
+            let outcome = catch_unwind(AssertUnwindSafe(|| self.serve(&job)));
+            if let Err(payload) = outcome {
+                let message = payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown failure".into());
+                Self::send(
+                    &job,
+                    error_event(&job.request_id, Some(job.id), "internal", &message),
+                );
+            }
             queue.finished();
         }
     }
