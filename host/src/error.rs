@@ -48,3 +48,13 @@ pub enum LoadError {
 
 /// Result type for loading.
 pub type Result<T, E = LoadError> = std::result::Result<T, E>;
+
+/// The message of a caught panic (tch reports libtorch errors, out-of-memory included, as
+/// panics carrying the error text).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown error".to_string())
+}

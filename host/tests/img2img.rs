@@ -195,21 +195,26 @@ fn job_seeds_infotext_cancel_and_errors() {
     let again = run(&model, &registry, &alone, &init);
     assert_eq!(again.images[0].image, single.images[0].image);
 
-    // Cancelling in the second batch keeps the first batch's images.
-    let outcome = run_img2img(
-        &model,
-        &registry,
-        &base,
-        &init,
-        None,
-        &mut |event| match event {
-            JobEvent::Step { batch: 1, step: 2 } => Flow::Cancel,
-            _ => Flow::Continue,
-        },
-    )
+    // Cancelling in the second batch keeps the first batch's images, and no step runs after
+    // the step that saw the cancel.
+    let mut cancelled = false;
+    let mut steps_after_cancel = 0;
+    let outcome = run_img2img(&model, &registry, &base, &init, None, &mut |event| {
+        if let JobEvent::Step { batch, step } = event {
+            if cancelled {
+                steps_after_cancel += 1;
+            }
+            if (batch, step) == (1, 2) {
+                cancelled = true;
+                return Flow::Cancel;
+            }
+        }
+        Flow::Continue
+    })
     .unwrap();
     assert!(outcome.cancelled);
     assert_eq!(outcome.images.len(), 2);
+    assert_eq!(steps_after_cancel, 0);
 
     // A side that is not a multiple of 8 works as in A1111: the image is 8·⌊side/8⌋ wide.
     let odd = run(

@@ -119,11 +119,7 @@ impl Worker {
             // Whatever a job hits, the worker (and with it the daemon) must go on.
             let outcome = catch_unwind(AssertUnwindSafe(|| self.serve(&job)));
             if let Err(payload) = outcome {
-                let message = payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown failure".into());
+                let message = crate::error::panic_message(&*payload);
                 Self::send(
                     &job,
                     error_event(&job.request_id, Some(job.id), "internal", &message),

@@ -96,11 +96,7 @@ pub struct JobOutcome {
 pub(crate) fn guarded<T>(stage: &'static str, f: impl FnOnce() -> T) -> Result<T, JobError> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|payload| JobError::Torch {
         stage,
-        message: payload
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown error".into()),
+        message: crate::error::panic_message(&*payload),
     })
 }
 

@@ -193,11 +193,7 @@ impl<'m> CfgDenoiser<'m> {
 
 /// Turns a panic from a tch operation into a step failure (out of memory gets its own kind).
 pub fn torch_panic(context: &str, payload: &(dyn std::any::Any + Send)) -> StepFailure {
-    let text = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown error".to_string());
+    let text = crate::error::panic_message(payload);
     StepFailure::from_torch(context, &tch::TchError::Torch(text))
 }
 
