@@ -5,7 +5,7 @@ SDHOST := target/release/sdhost
 DEMO_MODEL := models/tiny-sd1.safetensors
 DEMO_IMAGE := host/assets/sample-init.png
 
-.PHONY: setup build run demo test lint
+.PHONY: setup build run demo test lint install-gimp-plugin
 
 setup:
 	@scripts/setup
@@ -32,6 +32,11 @@ demo: build
 test: build lint
 	cargo test --release --workspace
 	.venv/bin/python -m pytest -q gimp-bridge/tests
+	tests/gimp/run_e2e.sh
+
+# The GIMP 3 plug-in into ~/.config/GIMP/3.0/plug-ins (see README, "Use it from GIMP").
+install-gimp-plugin:
+	gimp-bridge/install.sh
 
 lint:
 	cargo fmt --all --check

@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+"""sdhost for GIMP 3: A1111's img2img tab (img2img, Sketch, Inpaint, Inpaint sketch, Inpaint
+with an external mask) on the current layer, the selection as the mask, results as new layers
+placed where they belong. Talks to the sdhost daemon (`sdhost serve`) over its local socket.
+
+Install: `gimp-bridge/install.sh` (copies this folder and sdhost_client.py, sdhost_bridge.py
+into GIMP's plug-in folder).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import gi  # noqa: E402
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("GimpUi", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject  # noqa: E402
+
+from sdhost_bridge import (  # noqa: E402
+    JobRunner, Region, Settings, context_region, placements, start_daemon,
+)
+from sdhost_client import Client, Image, default_socket  # noqa: E402
+
+PARASITE = "sdhost/infotext"
+RGBA = "R'G'B'A u8"  # 8-bit, sRGB curve, straight alpha
+MASK = "Y u8"  # the selection's own (linear) values: feathering as drawn
+
+# procedure name → (mode, menu label, blurb)
+PROCEDURES = {
+    "sdhost-img2img": ("img2img", "_img2img…", "Regenerate the layer from a prompt"),
+    "sdhost-sketch": ("sketch", "_Sketch…", "img2img of the layer with a sketch layer painted over it"),
+    "sdhost-inpaint": ("inpaint", "_Inpaint selection…", "Regenerate the selection (the selection is the mask)"),
+    "sdhost-inpaint-sketch": ("inpaint-sketch", "Inpaint s_ketch…",
+                              "Regenerate where a sketch layer paints over the layer"),
+    "sdhost-inpaint-mask": ("inpaint-upload", "Inpaint with a _mask…",
+                            "Inpaint with a layer mask, a channel or a mask file"),
+}
+INFO_PROCEDURE = "sdhost-layer-info"
+
+
+def add_arguments(p: Gimp.Procedure, mode: str) -> None:
+    rw = GObject.ParamFlags.READWRITE
+    p.add_string_argument("prompt", "_Prompt", "Prompt (A1111 syntax)", "", rw)
+    p.add_string_argument("negative-prompt", "_Negative prompt", "Negative prompt", "", rw)
+    p.add_string_argument("sampler", "Sa_mpler", "Sampler, e.g. DPM++ 2M, Euler a", "DPM++ 2M", rw)
+    p.add_string_argument("scheduler", "Sc_hedule type", "Automatic, Karras, Exponential…", "Automatic", rw)
+    p.add_int_argument("steps", "S_teps", "Sampling steps", 1, 150, 20, rw)
+    p.add_double_argument("cfg-scale", "C_FG scale", "Classifier-free guidance", 1.0, 30.0, 7.0, rw)
+    p.add_double_argument("denoising-strength", "_Denoising strength", "0 keeps the image, 1 replaces it",
+                          0.0, 1.0, 0.75, rw)
+    p.add_int_argument("seed", "S_eed", "-1: random", -1, 2**31 - 1, -1, rw)
+    p.add_int_argument("batch-count", "Batch _count", "Batches run one after another", 1, 16, 1, rw)
+    p.add_int_argument("batch-size", "Batch si_ze", "Images per batch", 1, 8, 1, rw)
+    p.add_int_argument("width", "_Width", "Generation width (0: automatic)", 0, 4096, 0, rw)
+    p.add_int_argument("height", "H_eight", "Generation height (0: automatic)", 0, 4096, 0, rw)
+    p.add_int_argument("resize-mode", "_Resize mode",
+                       "0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale", 0, 3, 0, rw)
+    p.add_int_argument("clip-skip", "Clip s_kip", "CLIP layers to skip", 1, 12, 1, rw)
+    if mode in ("sketch", "inpaint-sketch"):
+        p.add_layer_argument("sketch-layer", "Sketch _layer", "The layer painted over the image", False, rw)
+    if mode in ("inpaint", "inpaint-sketch", "inpaint-upload"):
+        p.add_int_argument("mask-blur", "Mask _blur", "Pixels", 0, 64, 4, rw)
+        p.add_boolean_argument("invert-mask", "Inpaint _not masked", "Regenerate outside the mask", False, rw)
+        p.add_int_argument("masked-content", "Masked _content",
+                           "0 fill, 1 original, 2 latent noise, 3 latent nothing", 0, 3, 1, rw)
+        p.add_boolean_argument("only-masked", "Only _masked",
+                               "Generate the masked region at full resolution", True, rw)
+        p.add_int_argument("padding", "Only masked _padding", "Pixels around the mask", 0, 256, 32, rw)
+        p.add_int_argument("min-context", "Minimum conte_xt", "Grow small regions to this size (0: off)",
+                           0, 2048, 0, rw)
+    if mode == "inpaint-sketch":
+        p.add_double_argument("mask-alpha", "Mask _transparency", "0-100", 0.0, 100.0, 0.0, rw)
+    if mode == "inpaint-upload":
+        p.add_channel_argument("mask-channel", "Mask c_hannel",
+                               "A channel as the mask (none: the layer's mask)", True, rw)
+        p.add_string_argument("mask-file", "Mask _file", "An image file as the mask (white = regenerate)", "", rw)
+    p.add_string_argument("socket", "Daemon so_cket", "The daemon's socket (empty: its default)", "", rw)
+    p.add_boolean_argument("start-daemon", "Start the daemon if needed",
+                           "Start `sdhost serve` (detached) when no daemon answers", False, rw)
+    p.add_string_argument("daemon-command", "Daemon command", "The sdhost program to start", "sdhost", rw)
+    p.add_int_argument("time-limit", "Time _limit", "Cancel after this many seconds (0: none)", 0, 86400, 0, rw)
+
+
+def settings_from(config: Gimp.ProcedureConfig, mode: str) -> Settings:
+    get = config.get_property
+    names = {prop.name for prop in config.list_properties()}
+    settings = Settings(
+        mode=mode, prompt=get("prompt"), negative_prompt=get("negative-prompt"),
+        sampler=get("sampler"), scheduler=get("scheduler"), steps=get("steps"),
+        cfg_scale=get("cfg-scale"), denoising_strength=get("denoising-strength"), seed=get("seed"),
+        batch_count=get("batch-count"), batch_size=get("batch-size"), width=get("width"),
+        height=get("height"), resize_mode=get("resize-mode"), clip_skip=get("clip-skip"),
+    )
+    if "mask-blur" in names:
+        settings.mask_blur = get("mask-blur")
+        settings.invert_mask = get("invert-mask")
+        settings.masked_content = get("masked-content")
+        settings.only_masked = get("only-masked")
+        settings.padding = get("padding")
+        settings.min_context = get("min-context")
+    if "mask-alpha" in names:
+        settings.mask_alpha = get("mask-alpha")
+    return settings
+
+
+def read_rgba(drawable: Gimp.Drawable, region: Region) -> bytes:
+    """The drawable's pixels in an image-coordinate region (transparent outside it)."""
+    _, ox, oy = drawable.get_offsets()
+    rect = Gegl.Rectangle.new(region.x - ox, region.y - oy, region.width, region.height)
+    return bytes(drawable.get_buffer().get(rect, 1.0, RGBA, Gegl.AbyssPolicy.NONE))
+
+
+def read_mask(drawable: Gimp.Drawable, region: Region) -> bytes:
+    _, ox, oy = drawable.get_offsets()
+    rect = Gegl.Rectangle.new(region.x - ox, region.y - oy, region.width, region.height)
+    return bytes(drawable.get_buffer().get(rect, 1.0, MASK, Gegl.AbyssPolicy.NONE))
+
+
+def fail(procedure: Gimp.Procedure, message: str,
+         status: Gimp.PDBStatusType = Gimp.PDBStatusType.EXECUTION_ERROR):
+    return procedure.new_return_values(status, GLib.Error(message))
+
+
+def run(procedure, run_mode, image, drawables, config, data):
+    name = procedure.get_name()
+    mode = PROCEDURES[name][0]
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        GimpUi.init(name)
+        dialog = GimpUi.ProcedureDialog.new(procedure, config, PROCEDURES[name][1].replace("_", "").rstrip("…"))
+        dialog.fill(None)
+        ok = dialog.run()
+        dialog.destroy()
+        if not ok:
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    if len(drawables) != 1 or not isinstance(drawables[0], Gimp.Layer):
+        return fail(procedure, "select exactly one layer", Gimp.PDBStatusType.CALLING_ERROR)
+    layer = drawables[0]
+    settings = settings_from(config, mode)
+    image_w, image_h = image.get_width(), image.get_height()
+
+    # The mask source decides the region: the selection, a channel, a layer mask or a file.
+    bounds = None
+    mask_drawable = None
+    mask_file = None
+    if mode in ("inpaint", "inpaint-sketch"):
+        _, non_empty, x1, y1, x2, y2 = Gimp.Selection.bounds(image)
+        if mode == "inpaint" and not non_empty:
+            return fail(procedure, "select the area to inpaint first", Gimp.PDBStatusType.CALLING_ERROR)
+        if non_empty:
+            bounds = (x1, y1, x2, y2)
+            mask_drawable = image.get_selection()
+    elif mode == "inpaint-upload":
+        mask_drawable = config.get_property("mask-channel") or layer.get_mask()
+        mask_file = config.get_property("mask-file") or None
+        if mask_drawable is None and mask_file is None:
+            return fail(procedure, "give a mask channel, a layer mask or a mask file",
+                        Gimp.PDBStatusType.CALLING_ERROR)
+        if mask_file is not None:
+            mask_drawable = None
+    sketch = config.get_property("sketch-layer") if mode in ("sketch", "inpaint-sketch") else None
+    if mode in ("sketch", "inpaint-sketch") and sketch is None:
+        return fail(procedure, "choose the sketch layer", Gimp.PDBStatusType.CALLING_ERROR)
+
+    width, height = settings.generation_size(Region(0, 0, image_w, image_h))
+    region = context_region(image_w, image_h, bounds, settings.only_masked and bounds is not None,
+                            settings.padding, width, height, settings.min_context)
+    attachments = [("image", Image(read_rgba(layer, region), region.width, region.height))]
+    if mask_drawable is not None:
+        attachments.append(("mask", Image(read_mask(mask_drawable, region), region.width, region.height, "y8")))
+    elif mask_file is not None:
+        try:
+            with open(mask_file, "rb") as f:
+                attachments.append(("mask", Image(f.read(), format="png")))
+        except OSError as error:
+            return fail(procedure, f"cannot read the mask file: {error}", Gimp.PDBStatusType.CALLING_ERROR)
+    if sketch is not None:
+        attachments.append(("sketch", Image(read_rgba(sketch, region), region.width, region.height)))
+    params = settings.params(region)
+    header = {"mode": mode, "params": params}
+
+    socket_path = config.get_property("socket") or default_socket()
+    if config.get_property("start-daemon"):
+        try:
+            Client.connect_unix(socket_path, timeout=5).close()
+        except OSError:
+            try:
+                Gimp.progress_init("sdhost: starting the daemon…")
+                start_daemon(config.get_property("daemon-command"), socket_path)
+            except OSError as error:
+                return fail(procedure, str(error))
+    runner = JobRunner(lambda: Client.connect_unix(socket_path), header, attachments)
+    Gimp.progress_init("sdhost: generating…")
+    limit = config.get_property("time-limit")
+    started = time.monotonic()
+
+    def progress(fraction: float, text: str) -> None:
+        Gimp.progress_set_text(f"sdhost: {text}")
+        Gimp.progress_update(fraction)
+
+    outcome = runner.wait(progress, (lambda: time.monotonic() - started > limit) if limit else None)
+    Gimp.progress_end()
+    if outcome.status == "error":
+        return fail(procedure, outcome.error or "the daemon failed")
+    if outcome.status == "cancelled" and not outcome.results:
+        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+
+    image.undo_group_start()
+    try:
+        parent, position = layer.get_parent(), image.get_item_position(layer)
+        placed = placements(outcome.results, region, settings.prompt)
+        target = parent
+        if len(placed) > 1:
+            group = Gimp.GroupLayer.new(image, f"sdhost: {len(placed)} results")
+            image.insert_layer(group, parent, position)
+            target, position = group, 0
+        for item in placed:
+            out = Gimp.Layer.new(image, item.name, item.width, item.height, Gimp.ImageType.RGBA_IMAGE,
+                                 100.0, Gimp.LayerMode.NORMAL)
+            image.insert_layer(out, target, position)
+            buffer = out.get_buffer()
+            buffer.set(Gegl.Rectangle.new(0, 0, item.width, item.height), RGBA, item.rgba)
+            buffer.flush()
+            out.set_offsets(item.x, item.y)
+            out.update(0, 0, item.width, item.height)
+            if not item.patch and (item.width, item.height) != (region.width, region.height):
+                # Generated at another size than the region it replaces: fit it there.
+                out.scale(region.width, region.height, False)
+                out.set_offsets(region.x, region.y)
+            out.attach_parasite(Gimp.Parasite.new(PARASITE, Gimp.PARASITE_PERSISTENT,
+                                                  item.infotext.encode("utf-8")))
+    finally:
+        image.undo_group_end()
+    Gimp.displays_flush()
+    return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+
+def run_info(procedure, run_mode, image, drawables, config, data):
+    """Shows (and returns) the infotext a result layer carries."""
+    if len(drawables) != 1:
+        return fail(procedure, "select one layer", Gimp.PDBStatusType.CALLING_ERROR)
+    parasite = drawables[0].get_parasite(PARASITE)
+    if parasite is None:
+        return fail(procedure, "this layer has no sdhost parameters", Gimp.PDBStatusType.CALLING_ERROR)
+    text = bytes(parasite.get_data()).decode("utf-8")
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        Gimp.message(text)
+    values = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+    values.remove(1)
+    values.insert(1, GObject.Value(GObject.TYPE_STRING, text))
+    return values
+
+
+class SdHost(Gimp.PlugIn):
+    def do_set_i18n(self, name):
+        return False
+
+    def do_query_procedures(self):
+        return list(PROCEDURES) + [INFO_PROCEDURE]
+
+    def do_create_procedure(self, name):
+        if name == INFO_PROCEDURE:
+            p = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_info, None)
+            p.set_menu_label("sdhost: _Parameters of this layer")
+            p.add_menu_path("<Image>/Filters/sdhost")
+            p.set_documentation("The generation parameters (A1111 infotext) of an sdhost result layer",
+                                "", name)
+            p.set_attribution("sdhost", "sdhost", "2026")
+            p.add_string_return_value("infotext", "Infotext", "A1111 infotext", "",
+                                      GObject.ParamFlags.READWRITE)
+            return p
+        mode, label, blurb = PROCEDURES[name]
+        p = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
+        p.set_image_types("RGB*")
+        p.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+        p.set_menu_label(label)
+        p.add_menu_path("<Image>/Filters/sdhost")
+        p.set_documentation(blurb, blurb + ", with Stable Diffusion through the sdhost daemon.", name)
+        p.set_attribution("sdhost", "sdhost", "2026")
+        add_arguments(p, mode)
+        return p
+
+
+Gimp.main(SdHost.__gtype__, sys.argv)

@@ -1,0 +1,96 @@
+"""The plug-in's editor-independent half: regions, parameters, placement, and jobs run on a
+worker thread against the real daemon."""
+
+from __future__ import annotations
+
+import time
+
+from sdhost_bridge import (JobRunner, Region, Settings, context_region, expand_to_aspect, placements,
+                           start_daemon)
+from sdhost_client import Client, Image
+
+
+def rgba(width: int, height: int) -> Image:
+    return Image(bytes((x + y + c) % 256 for y in range(height) for x in range(width)
+                       for c in range(4)), width, height)
+
+
+def test_context_region_reads_only_what_the_daemon_crops():
+    # Whole picture, or no selection: everything.
+    assert context_region(200, 100, None, True, 32, 64, 64) == Region(0, 0, 200, 100)
+    assert context_region(200, 100, (10, 10, 20, 20), False, 32, 64, 64) == Region(0, 0, 200, 100)
+    # Only masked: bounds + padding, grown to the generation aspect, inside the image.
+    assert context_region(200, 100, (90, 40, 110, 50), True, 5, 64, 64) == Region(85, 30, 30, 30)
+    assert context_region(200, 100, (0, 0, 10, 10), True, 4, 128, 64) == Region(0, 0, 28, 14)
+    # A small selection grown to a minimum context first, clamped by the image.
+    region = context_region(200, 100, (98, 48, 102, 52), True, 0, 64, 64, min_context=80)
+    assert region == Region(60, 10, 80, 80)
+    assert expand_to_aspect(0, 0, 10, 40, 1, 1, 100, 100) == (0, 0, 40, 40)
+
+
+def test_settings_become_a1111_parameters():
+    settings = Settings(mode="inpaint", prompt="x", only_masked=True, masked_content=0,
+                        invert_mask=True)
+    region = Region(0, 0, 300, 200)
+    params = settings.params(region)
+    assert (params["width"], params["height"]) == (512, 512)
+    assert params["inpainting_fill"] == 0 and params["inpainting_mask_invert"] == 1
+    assert Settings().params(region)["width"] == 300
+    assert Settings(width=64, height=48).params(region)["height"] == 48
+
+
+def test_a_job_runs_off_the_main_thread_and_places_its_patch(daemon):
+    mask = bytearray(48 * 40)
+    for y in range(10, 20):
+        for x in range(10, 25):
+            mask[y * 48 + x] = 255
+    region = Region(100, 50, 48, 40)
+    runner = JobRunner(daemon.client, {"mode": "inpaint", "params": {
+        "prompt": "a tower", "steps": 3, "seed": 21, "inpaint_full_res": True, "width": 32,
+        "height": 32, "inpaint_full_res_padding": 4}},
+        [("image", rgba(48, 40)), ("mask", Image(bytes(mask), 48, 40, "y8"))])
+    seen = []
+    outcome = runner.wait(lambda fraction, text: seen.append(fraction))
+    assert outcome.status == "done", outcome.error
+    assert seen and seen[-1] == 1.0
+    (placed,) = placements(outcome.results, region, "a tower")
+    assert placed.patch and placed.seed == 21 and placed.name == "sdhost: a tower (21)"
+    assert 100 <= placed.x and placed.x + placed.width <= 148
+    assert 50 <= placed.y and placed.y + placed.height <= 90
+    assert len(placed.rgba) == placed.width * placed.height * 4
+
+
+def test_a_deadline_cancels_and_an_absent_daemon_is_explained(daemon):
+    runner = JobRunner(daemon.client, {"params": {"steps": 100000, "denoising_strength": 1}},
+                       [("image", rgba(16, 16))])
+    start = time.monotonic()
+    outcome = runner.wait(lambda *_: None, lambda: time.monotonic() - start > 0.5)
+    assert outcome.status == "cancelled"
+    runner = JobRunner(lambda: Client.connect_unix("/nonexistent/sdhost.sock"), {}, [])
+    outcome = runner.wait(lambda *_: None)
+    assert outcome.status == "error" and "sdhost serve" in outcome.error
+
+
+def test_the_plug_in_can_start_a_detached_daemon(tmp_path):
+    from conftest import SDHOST
+    import os
+    import signal
+    socket_path = str(tmp_path / "run" / "sdhost.sock")
+    os.environ["XDG_DATA_HOME"] = str(tmp_path / "data")
+    try:
+        start_daemon(str(SDHOST), socket_path)
+        with Client.connect_unix(socket_path) as client:
+            assert client.welcome["model"]["demo"] is True
+            pid_hint = client.welcome["daemon"]
+        assert pid_hint.startswith("sdhost")
+    finally:
+        os.environ.pop("XDG_DATA_HOME", None)
+        # Stop it: it runs in its own session, found by its socket's owner process.
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+                except OSError:
+                    continue
+                if socket_path.encode() in cmd:
+                    os.kill(int(pid), signal.SIGTERM)

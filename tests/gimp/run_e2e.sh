@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# End-to-end test of gimp-bridge/ in real GIMP 3: the daemon runs here with a tiny model, GIMP
+# runs headless in a Debian trixie chroot (tests/gimp/setup_chroot.sh, cached outside the
+# clone) with the plug-in installed, and tests/gimp/e2e_batch.py drives every procedure
+# non-interactively against the daemon through its Unix socket, bind-mounted into the chroot.
+# Needs root. Prints "gimp e2e: passed" or fails.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+sdhost=$repo/target/release/sdhost
+root=$("$repo/tests/gimp/setup_chroot.sh")
+work=$(mktemp -d)
+home=/root/sdhost-e2e
+run_dir=$root/run/sdhost-e2e
+daemon_pid=
+cleanup() {
+  [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
+  for m in "$run_dir" "$root/dev" "$root/sys" "$root/proc"; do
+    mountpoint -q "$m" && umount "$m"
+  done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The daemon, on a socket in a folder the chroot sees.
+"$sdhost" dev make-tiny-model "$work/tiny.safetensors" >/dev/null
+mkdir -p "$work/run" "$run_dir"
+XDG_CONFIG_HOME=$work/config XDG_DATA_HOME=$work/data SDHOST_CACHE_DIR=$work/cache \
+  "$sdhost" serve --socket "$work/run/sdhost.sock" --model "$work/tiny.safetensors" --threads 1 \
+  >"$work/daemon.log" 2>&1 &
+daemon_pid=$!
+for _ in $(seq 600); do [ -S "$work/run/sdhost.sock" ] && break; sleep 0.1; done
+[ -S "$work/run/sdhost.sock" ] || { cat "$work/daemon.log"; echo "gimp e2e: the daemon did not start" >&2; exit 1; }
+
+mount -t proc proc "$root/proc"
+mount -t sysfs sysfs "$root/sys"
+mount --bind /dev "$root/dev"
+mount --bind "$work/run" "$run_dir"
+
+# A fresh GIMP profile with the plug-in installed the way users install it.
+rm -rf "$root$home"
+"$repo/gimp-bridge/install.sh" "$root$home/.config/GIMP/3.0/plug-ins" >/dev/null
+install -m 644 "$repo/tests/gimp/e2e_batch.py" "$root$home/e2e_batch.py"
+"$repo/.venv/bin/python" - "$root$home/mask.png" <<'PY'
+import sys
+from PIL import Image, ImageDraw
+mask = Image.new("L", (96, 64), 0)
+ImageDraw.Draw(mask).ellipse([50, 30, 80, 58], fill=255)
+mask.save(sys.argv[1])
+PY
+
+status=0
+timeout 900 chroot "$root" /usr/bin/env -i HOME=$home PATH=/usr/bin:/bin LANG=C.UTF-8 \
+  SDHOST_SOCKET=/run/sdhost-e2e/sdhost.sock SDHOST_MASK_FILE=$home/mask.png \
+  gimp-console-3.0 -i --batch-interpreter=python-fu-eval \
+  -b "exec(open('$home/e2e_batch.py').read())" --quit >"$work/gimp.log" 2>&1 || status=$?
+grep -E '^E2E' "$work/gimp.log" || true
+if [ "$status" != 0 ] || ! grep -q '^E2E PASSED' "$work/gimp.log"; then
+  echo "--- gimp log" >&2; cat "$work/gimp.log" >&2
+  echo "--- daemon log" >&2; cat "$work/daemon.log" >&2
+  echo "gimp e2e: FAILED" >&2
+  exit 1
+fi
+echo "gimp e2e: passed"
