@@ -24,7 +24,7 @@ gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject  # noqa: E402
 
 from sdhost_bridge import (  # noqa: E402
-    JobRunner, Region, Settings, context_region, placements, start_daemon,
+    JobRunner, Region, Settings, context_region, placements, reuse_infotext, start_daemon,
 )
 from sdhost_client import Client, Image, default_socket  # noqa: E402
 
@@ -63,6 +63,10 @@ def add_arguments(p: Gimp.Procedure, mode: str) -> None:
     p.add_int_argument("resize-mode", "_Resize mode",
                        "0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale", 0, 3, 0, rw)
     p.add_int_argument("clip-skip", "Clip s_kip", "CLIP layers to skip", 1, 12, 1, rw)
+    p.add_boolean_argument("use-visible", "Use the _visible image",
+                           "Start from what is visible instead of the current layer", False, rw)
+    p.add_layer_argument("parameters-from", "Reuse _parameters of",
+                         "A result layer whose prompt and parameters to use (none: the fields above)", True, rw)
     if mode in ("sketch", "inpaint-sketch"):
         p.add_layer_argument("sketch-layer", "Sketch _layer", "The layer painted over the image", False, rw)
     if mode in ("inpaint", "inpaint-sketch", "inpaint-upload"):
@@ -143,6 +147,13 @@ def run(procedure, run_mode, image, drawables, config, data):
         return fail(procedure, "select exactly one layer", Gimp.PDBStatusType.CALLING_ERROR)
     layer = drawables[0]
     settings = settings_from(config, mode)
+    source = config.get_property("parameters-from")
+    if source is not None:
+        parasite = source.get_parasite(PARASITE)
+        if parasite is None:
+            return fail(procedure, f"layer \"{source.get_name()}\" has no sdhost parameters",
+                        Gimp.PDBStatusType.CALLING_ERROR)
+        reuse_infotext(settings, bytes(parasite.get_data()).decode("utf-8"))
     image_w, image_h = image.get_width(), image.get_height()
 
     # The mask source decides the region: the selection, a channel, a layer mask or a file.
@@ -171,7 +182,17 @@ def run(procedure, run_mode, image, drawables, config, data):
     width, height = settings.generation_size(Region(0, 0, image_w, image_h))
     region = context_region(image_w, image_h, bounds, settings.only_masked and bounds is not None,
                             settings.padding, width, height, settings.min_context)
-    attachments = [("image", Image(read_rgba(layer, region), region.width, region.height))]
+    if config.get_property("use-visible"):
+        # The composite of the visible layers, through a temporary layer undo never sees.
+        image.undo_freeze()
+        visible = Gimp.Layer.new_from_visible(image, image, "sdhost visible")
+        image.insert_layer(visible, None, 0)
+        pixels = read_rgba(visible, region)
+        image.remove_layer(visible)
+        image.undo_thaw()
+    else:
+        pixels = read_rgba(layer, region)
+    attachments = [("image", Image(pixels, region.width, region.height))]
     if mask_drawable is not None:
         attachments.append(("mask", Image(read_mask(mask_drawable, region), region.width, region.height, "y8")))
     elif mask_file is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from sdhost_bridge import (JobRunner, Region, Settings, context_region, expand_to_aspect, placements,
+from sdhost_bridge import (JobRunner, parse_infotext, reuse_infotext, Region, Settings, context_region, expand_to_aspect, placements,
                            start_daemon)
 from sdhost_client import Client, Image
 
@@ -94,3 +94,18 @@ def test_the_plug_in_can_start_a_detached_daemon(tmp_path):
                     continue
                 if socket_path.encode() in cmd:
                     os.kill(int(pid), signal.SIGTERM)
+
+
+def test_infotext_of_a_result_is_reused():
+    text = ('a "quoted" cat, (red:1.2)\nsecond line\nNegative prompt: dog\nSteps: 12, Sampler: Euler a, '
+            'Schedule type: Karras, CFG scale: 6.5, Seed: 77, Size: 512x384, Denoising strength: 0.4, '
+            'Mask blur: 8, Inpaint area: Only masked, Masked area padding: 16, Masked content: fill, '
+            'Lora hashes: "a: 1, b: 2"')
+    prompt, negative, params = parse_infotext(text)
+    assert prompt == 'a "quoted" cat, (red:1.2)\nsecond line' and negative == "dog"
+    assert params["Lora hashes"] == "a: 1, b: 2"
+    settings = reuse_infotext(Settings(), text)
+    assert (settings.steps, settings.sampler, settings.scheduler, settings.seed) == (12, "Euler a", "Karras", 77)
+    assert (settings.width, settings.height, settings.cfg_scale) == (512, 384, 6.5)
+    assert settings.only_masked and settings.padding == 16 and settings.masked_content == 0
+    assert settings.mask_blur == 8 and settings.denoising_strength == 0.4

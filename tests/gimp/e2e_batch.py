@@ -87,6 +87,11 @@ check(out.get_parasite("sdhost/infotext").get_flags() & Gimp.PARASITE_PERSISTENT
 status, values = run("sdhost-layer-info", image, out)
 check(status == SUCCESS and "Seed: 5" in values.index(1), "layer-info returns the infotext")
 
+# The visible composite as the source, and a result's parameters reused.
+status, _ = run("sdhost-img2img", image, base, seed=99, **{"use-visible": True, "parameters-from": out})
+reused = above(image, base)
+check(status == SUCCESS and "Seed: 5" in infotext(reused), "parameters reused from a result layer (its seed)")
+
 # A batch of two: a layer group with two results.
 status, _ = run("sdhost-img2img", image, base, seed=10, **{"batch-size": 2})
 group = above(image, base)

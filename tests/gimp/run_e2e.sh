@@ -9,15 +9,17 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 sdhost=$repo/target/release/sdhost
 root=$("$repo/tests/gimp/setup_chroot.sh")
 work=$(mktemp -d)
-home=/root/sdhost-e2e
-run_dir=$root/run/sdhost-e2e
+# Per-run names inside the shared chroot, so two runs (CI and a developer) do not collide.
+tag=e2e-$$
+home=/root/sdhost-$tag
+run_dir=$root/run/sdhost-$tag
 daemon_pid=
+mounted=()
 cleanup() {
   [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
-  for m in "$run_dir" "$root/dev" "$root/sys" "$root/proc"; do
-    mountpoint -q "$m" && umount "$m"
-  done
-  rm -rf "$work"
+  for (( i=${#mounted[@]}-1; i>=0; i-- )); do umount "${mounted[$i]}" || true; done
+  rm -rf "$work" "$root$home"
+  rmdir "$run_dir" 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -31,10 +33,11 @@ daemon_pid=$!
 for _ in $(seq 600); do [ -S "$work/run/sdhost.sock" ] && break; sleep 0.1; done
 [ -S "$work/run/sdhost.sock" ] || { cat "$work/daemon.log"; echo "gimp e2e: the daemon did not start" >&2; exit 1; }
 
-mount -t proc proc "$root/proc"
-mount -t sysfs sysfs "$root/sys"
-mount --bind /dev "$root/dev"
-mount --bind "$work/run" "$run_dir"
+# Mounts stack, so a concurrent run's mounts and ours come and go independently.
+mount -t proc proc "$root/proc" && mounted+=("$root/proc")
+mount -t sysfs sysfs "$root/sys" && mounted+=("$root/sys")
+mount --bind /dev "$root/dev" && mounted+=("$root/dev")
+mount --bind "$work/run" "$run_dir" && mounted+=("$run_dir")
 
 # A fresh GIMP profile with the plug-in installed the way users install it.
 rm -rf "$root$home"
@@ -50,7 +53,7 @@ PY
 
 status=0
 timeout 900 chroot "$root" /usr/bin/env -i HOME=$home PATH=/usr/bin:/bin LANG=C.UTF-8 \
-  SDHOST_SOCKET=/run/sdhost-e2e/sdhost.sock SDHOST_MASK_FILE=$home/mask.png \
+  SDHOST_SOCKET=/run/sdhost-$tag/sdhost.sock SDHOST_MASK_FILE=$home/mask.png \
   gimp-console-3.0 -i --batch-interpreter=python-fu-eval \
   -b "exec(open('$home/e2e_batch.py').read())" --quit >"$work/gimp.log" 2>&1 || status=$?
 grep -E '^E2E' "$work/gimp.log" || true
