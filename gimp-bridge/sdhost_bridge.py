@@ -19,6 +19,50 @@ from sdhost_client import Client, DaemonError, Event, Image, default_socket
 MODES = ("img2img", "sketch", "inpaint", "inpaint-sketch", "inpaint-upload")
 # Inpaint area "Only masked" default generation size: SD 1.x's native resolution.
 NATIVE_SIZE = 512
+# What the dialog offers when the daemon cannot be asked: A1111's samplers and schedules.
+SAMPLERS = ("DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a",
+            "DPM++ 3M SDE", "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM fast",
+            "DPM adaptive", "Restart", "DDIM", "PLMS", "UniPC", "LCM")
+SCHEDULES = ("Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform",
+             "KL Optimal", "Align Your Steps", "Simple", "Normal", "DDIM", "Beta")
+# The model choice that keeps whatever the daemon has loaded.
+CURRENT_MODEL = "current"
+
+
+def slug(name: str) -> str:
+    """A dialog choice's identifier for a name: "DPM++ 2M" → "dpmpp-2m"."""
+    import re
+    return re.sub(r"[^a-z0-9]+", "-", name.lower().replace("+", "p")).strip("-") or "x"
+
+
+@dataclass
+class Choices:
+    """The lists the dialog offers."""
+
+    samplers: tuple[str, ...] = SAMPLERS
+    schedules: tuple[str, ...] = SCHEDULES
+    models: tuple[str, ...] = ()
+
+
+def fetch_choices(socket_path: str, timeout: float = 0.5) -> Choices:
+    """Samplers (with plugins' ones), schedules and models from the daemon; A1111's lists when
+    it does not answer quickly."""
+    try:
+        with Client.connect_unix(socket_path, timeout=timeout) as client:
+            welcome = client.welcome
+    except (OSError, ValueError, KeyError):
+        return Choices()
+    samplers = tuple(s["name"] for s in welcome.get("samplers", [])) or SAMPLERS
+    schedules = tuple(welcome.get("schedules", [])) or SCHEDULES
+    return Choices(samplers, schedules, tuple(welcome.get("models", [])))
+
+
+def from_slug(value: str, names: tuple[str, ...]) -> str:
+    """The name a choice identifier stands for (the identifier itself when unknown)."""
+    for name in names:
+        if slug(name) == value:
+            return name
+    return value
 
 
 @dataclass(frozen=True)
@@ -255,7 +299,8 @@ class JobRunner:
     main thread calls `wait` to receive progress and the outcome."""
 
     def __init__(self, connect: Callable[[], Client], header: dict[str, Any],
-                 attachments: list[tuple[str, Image]]) -> None:
+                 attachments: list[tuple[str, Image]], model: Optional[str] = None) -> None:
+        self.model = model
         self.events: "queue.Queue[tuple[str, Any]]" = queue.Queue()
         self._lock = threading.Lock()
         self._client: Optional[Client] = None
@@ -279,6 +324,8 @@ class JobRunner:
         results: list[Event] = []
         try:
             with connect() as client:
+                if self.model and client.welcome["model"]["name"] != self.model:
+                    client.run(client.select_model(self.model))
                 job = client.submit("img2img", header, attachments)
                 with self._lock:
                     self._client, self._job = client, job

@@ -24,11 +24,15 @@ gi.require_version("Gegl", "0.4")
 from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject  # noqa: E402
 
 from sdhost_bridge import (  # noqa: E402
-    JobRunner, Region, Settings, context_region, placements, reuse_infotext, start_daemon,
+    CURRENT_MODEL, Choices, JobRunner, Region, Settings, context_region, fetch_choices, from_slug,
+    placements, reuse_infotext, slug, start_daemon,
 )
 from sdhost_client import Client, Image, default_socket  # noqa: E402
 
 PARASITE = "sdhost/infotext"
+# The dialog's lists, from the daemon on its default socket when it runs (else A1111's), asked
+# each time GIMP creates the procedures. $SDHOST_SOCKET names another socket.
+CHOICES = fetch_choices(os.environ.get("SDHOST_SOCKET") or default_socket())
 RGBA = "R'G'B'A u8"  # 8-bit, sRGB curve, straight alpha
 MASK = "Y u8"  # the selection's own (linear) values: feathering as drawn
 
@@ -45,12 +49,25 @@ PROCEDURES = {
 INFO_PROCEDURE = "sdhost-layer-info"
 
 
-def add_arguments(p: Gimp.Procedure, mode: str) -> None:
+def choice(names, first=None) -> Gimp.Choice:
+    """A dialog list of names (identifiers from `slug`)."""
+    options = Gimp.Choice.new()
+    entries = ([first] if first else []) + list(names)
+    for index, name in enumerate(entries):
+        options.add(slug(name), index, name, "")
+    return options
+
+
+def add_arguments(p: Gimp.Procedure, mode: str, choices: Choices) -> None:
     rw = GObject.ParamFlags.READWRITE
     p.add_string_argument("prompt", "_Prompt", "Prompt (A1111 syntax)", "", rw)
     p.add_string_argument("negative-prompt", "_Negative prompt", "Negative prompt", "", rw)
-    p.add_string_argument("sampler", "Sa_mpler", "Sampler, e.g. DPM++ 2M, Euler a", "DPM++ 2M", rw)
-    p.add_string_argument("scheduler", "Sc_hedule type", "Automatic, Karras, Exponential…", "Automatic", rw)
+    p.add_choice_argument("model", "M_odel", "Checkpoint (current: the daemon's loaded one)",
+                          choice(choices.models, CURRENT_MODEL), CURRENT_MODEL, rw)
+    p.add_choice_argument("sampler", "Sa_mpler", "Sampler", choice(choices.samplers),
+                          slug(choices.samplers[0]), rw)
+    p.add_choice_argument("scheduler", "Sc_hedule type", "Schedule type", choice(choices.schedules),
+                          slug("Automatic"), rw)
     p.add_int_argument("steps", "S_teps", "Sampling steps", 1, 150, 20, rw)
     p.add_double_argument("cfg-scale", "C_FG scale", "Classifier-free guidance", 1.0, 30.0, 7.0, rw)
     p.add_double_argument("denoising-strength", "_Denoising strength", "0 keeps the image, 1 replaces it",
@@ -92,12 +109,13 @@ def add_arguments(p: Gimp.Procedure, mode: str) -> None:
     p.add_int_argument("time-limit", "Time _limit", "Cancel after this many seconds (0: none)", 0, 86400, 0, rw)
 
 
-def settings_from(config: Gimp.ProcedureConfig, mode: str) -> Settings:
+def settings_from(config: Gimp.ProcedureConfig, mode: str, choices: Choices) -> Settings:
     get = config.get_property
     names = {prop.name for prop in config.list_properties()}
     settings = Settings(
         mode=mode, prompt=get("prompt"), negative_prompt=get("negative-prompt"),
-        sampler=get("sampler"), scheduler=get("scheduler"), steps=get("steps"),
+        sampler=from_slug(get("sampler"), choices.samplers),
+        scheduler=from_slug(get("scheduler"), choices.schedules), steps=get("steps"),
         cfg_scale=get("cfg-scale"), denoising_strength=get("denoising-strength"), seed=get("seed"),
         batch_count=get("batch-count"), batch_size=get("batch-size"), width=get("width"),
         height=get("height"), resize_mode=get("resize-mode"), clip_skip=get("clip-skip"),
@@ -146,7 +164,7 @@ def run(procedure, run_mode, image, drawables, config, data):
     if len(drawables) != 1 or not isinstance(drawables[0], Gimp.Layer):
         return fail(procedure, "select exactly one layer", Gimp.PDBStatusType.CALLING_ERROR)
     layer = drawables[0]
-    settings = settings_from(config, mode)
+    settings = settings_from(config, mode, CHOICES)
     source = config.get_property("parameters-from")
     if source is not None:
         parasite = source.get_parasite(PARASITE)
@@ -216,7 +234,9 @@ def run(procedure, run_mode, image, drawables, config, data):
                 start_daemon(config.get_property("daemon-command"), socket_path)
             except OSError as error:
                 return fail(procedure, str(error))
-    runner = JobRunner(lambda: Client.connect_unix(socket_path), header, attachments)
+    model = from_slug(config.get_property("model"), CHOICES.models)
+    runner = JobRunner(lambda: Client.connect_unix(socket_path), header, attachments,
+                       None if model == CURRENT_MODEL else model)
     Gimp.progress_init("sdhost: generating…")
     limit = config.get_property("time-limit")
     started = time.monotonic()
@@ -304,7 +324,7 @@ class SdHost(Gimp.PlugIn):
         p.add_menu_path("<Image>/Filters/sdhost")
         p.set_documentation(blurb, blurb + ", with Stable Diffusion through the sdhost daemon.", name)
         p.set_attribution("sdhost", "sdhost", "2026")
-        add_arguments(p, mode)
+        add_arguments(p, mode, CHOICES)
         return p
 
 

@@ -109,3 +109,16 @@ def test_infotext_of_a_result_is_reused():
     assert (settings.width, settings.height, settings.cfg_scale) == (512, 384, 6.5)
     assert settings.only_masked and settings.padding == 16 and settings.masked_content == 0
     assert settings.mask_blur == 8 and settings.denoising_strength == 0.4
+
+
+def test_dialog_lists_come_from_the_daemon(daemon):
+    from sdhost_bridge import SAMPLERS, fetch_choices, from_slug, slug
+    choices = fetch_choices(str(daemon.socket))
+    assert choices.models == ("alpha", "beta")
+    assert "DPM++ 2M SDE Heun" in choices.samplers and "Karras" in choices.schedules
+    assert slug("DPM++ 2M SDE Heun") == "dpmpp-2m-sde-heun" and slug("Euler a") == "euler-a"
+    assert from_slug("euler-a", choices.samplers) == "Euler a"
+    # Without a daemon: A1111's lists, no models.
+    offline = fetch_choices("/nonexistent/sdhost.sock")
+    assert offline.samplers == SAMPLERS and offline.models == ()
+    assert len({slug(name) for name in SAMPLERS}) == len(SAMPLERS), "identifiers are unique"

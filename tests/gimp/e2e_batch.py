@@ -74,7 +74,7 @@ def infotext(layer):
 # img2img: one layer directly above the source, same place and size, named with the seed,
 # the infotext as a persistent parasite.
 image, base = new_image()
-status, _ = run("sdhost-img2img", image, base, seed=5)
+status, _ = run("sdhost-img2img", image, base, seed=5, sampler="euler-a", scheduler="karras")
 check(status == SUCCESS, "img2img succeeds")
 layers = top_layers(image)
 check(len(layers) == 2 and layers[1] == base, "img2img adds one layer above the source")
@@ -83,9 +83,14 @@ check(out.get_name() == "sdhost: a house (5)", f"layer named with prompt and see
 check(out.get_offsets()[1:] == (0, 0) and (out.get_width(), out.get_height()) == (W, H),
       "img2img layer covers the source")
 check("Seed: 5" in infotext(out) and "Steps: 3" in infotext(out), "infotext parasite")
+check("Sampler: Euler a, Schedule type: Karras" in infotext(out), "sampler and schedule chosen from the daemon's lists")
 check(out.get_parasite("sdhost/infotext").get_flags() & Gimp.PARASITE_PERSISTENT, "parasite is persistent")
 status, values = run("sdhost-layer-info", image, out)
 check(status == SUCCESS and "Seed: 5" in values.index(1), "layer-info returns the infotext")
+
+# Another of the daemon's models, chosen in the dialog's list.
+status, _ = run("sdhost-img2img", image, base, seed=6, model="tiny-b")
+check(status == SUCCESS and "Model: tiny-b" in infotext(above(image, base)), "a model chosen from the daemon's list")
 
 # The visible composite as the source, and a result's parameters reused.
 status, _ = run("sdhost-img2img", image, base, seed=99, **{"use-visible": True, "parameters-from": out})

@@ -24,10 +24,12 @@ cleanup() {
 trap cleanup EXIT
 
 # The daemon, on a socket in a folder the chroot sees.
-"$sdhost" dev make-tiny-model "$work/tiny.safetensors" >/dev/null
+mkdir -p "$work/models/Stable-diffusion"
+"$sdhost" dev make-tiny-model "$work/models/Stable-diffusion/tiny-a.safetensors" --seed 1 >/dev/null
+"$sdhost" dev make-tiny-model "$work/models/Stable-diffusion/tiny-b.safetensors" --seed 2 >/dev/null
 mkdir -p "$work/run" "$run_dir"
 XDG_CONFIG_HOME=$work/config XDG_DATA_HOME=$work/data SDHOST_CACHE_DIR=$work/cache \
-  "$sdhost" serve --socket "$work/run/sdhost.sock" --model "$work/tiny.safetensors" --threads 1 \
+  "$sdhost" serve --socket "$work/run/sdhost.sock" --models-dir "$work/models" --threads 1 \
   >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
 for _ in $(seq 600); do [ -S "$work/run/sdhost.sock" ] && break; sleep 0.1; done
