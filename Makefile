@@ -5,7 +5,7 @@ SDHOST := target/release/sdhost
 DEMO_MODEL := models/tiny-sd1.safetensors
 DEMO_IMAGE := host/assets/sample-init.png
 
-.PHONY: setup build run demo test lint install-gimp-plugin
+.PHONY: setup build run demo test lint bench install-gimp-plugin
 
 setup:
 	@scripts/setup
@@ -33,6 +33,10 @@ test: build lint
 	cargo test --release --workspace
 	.venv/bin/python -m pytest -q gimp-bridge/tests
 	tests/gimp/run_e2e.sh
+
+# sdhost against diffusers, side by side (docs/performance.md); a few minutes on 2 cores.
+bench: build
+	$(SDHOST) bench
 
 # The GIMP 3 plug-in into ~/.config/GIMP/3.0/plug-ins (see README, "Use it from GIMP").
 install-gimp-plugin:

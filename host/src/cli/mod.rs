@@ -1,5 +1,6 @@
 //! The `sdhost` command line.
 
+mod bench;
 mod check;
 mod dev;
 mod img2img;
@@ -35,6 +36,8 @@ enum Command {
     PngInfo(png_info::PngInfoArgs),
     /// List the samplers of every loaded plugin with their default schedules.
     Samplers(samplers::SamplersArgs),
+    /// Time sdhost's networks against diffusers' side by side (docs/performance.md).
+    Bench(Box<bench::BenchArgs>),
     /// Developer tools: tiny models and network checks.
     #[command(subcommand)]
     Dev(dev::DevCommand),
@@ -51,6 +54,7 @@ impl Cli {
             Command::Prompt(args) => prompt::run(&args),
             Command::PngInfo(args) => png_info::run(&args),
             Command::Samplers(args) => samplers::run(&args),
+            Command::Bench(args) => bench::run(&args),
             Command::Dev(cmd) => dev::run(cmd),
         }
     }
