@@ -250,5 +250,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             fp32 / bf16
         );
     }
-    Ok(())
+    drop(reference);
+    super::bench_figures::print_figures(&model, &wants)
 }

@@ -1,6 +1,7 @@
 //! The `sdhost` command line.
 
 mod bench;
+mod bench_figures;
 mod check;
 mod dev;
 mod img2img;

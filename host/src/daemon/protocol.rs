@@ -122,30 +122,52 @@ pub fn read_frame(reader: &mut impl Read, limits: FrameLimits) -> Result<Frame, 
     }
     let mut header_bytes = vec![0u8; header_len as usize];
     read_exact_or_closed(reader, &mut header_bytes).map_err(inside_frame)?;
-    let mut payload = vec![0u8; payload_len as usize];
-    read_exact_or_closed(reader, &mut payload).map_err(inside_frame)?;
+    // The header decides how the payload is split; whatever is wrong with it, the payload is
+    // consumed so the next frame starts where it should.
+    let described = describe(&header_bytes, payload_len);
+    let (header, described) = match described {
+        Ok(parts) => parts,
+        Err(message) => {
+            skip(reader, u64::from(payload_len)).map_err(inside_frame)?;
+            return Err(FrameError::Invalid(message));
+        }
+    };
+    let mut attachments = Vec::with_capacity(described.len());
+    for attachment in described {
+        // Each attachment is read straight into its own buffer: an 80 MiB layer is not copied.
+        let mut bytes = vec![0u8; attachment.length as usize];
+        read_exact_or_closed(reader, &mut bytes).map_err(inside_frame)?;
+        attachments.push((attachment, bytes));
+    }
+    Ok(Frame {
+        header,
+        attachments,
+    })
+}
 
-    let header: serde_json::Value = serde_json::from_slice(&header_bytes)
-        .map_err(|e| FrameError::Invalid(format!("the header is not valid JSON: {e}")))?;
+/// The header object and its attachment list, checked against the payload length.
+fn describe(
+    header_bytes: &[u8],
+    payload_len: u32,
+) -> Result<(serde_json::Value, Vec<Attachment>), String> {
+    let header: serde_json::Value = serde_json::from_slice(header_bytes)
+        .map_err(|e| format!("the header is not valid JSON: {e}"))?;
     if !header.is_object() {
-        return Err(FrameError::Invalid(
-            "the header must be a JSON object".into(),
-        ));
+        return Err("the header must be a JSON object".into());
     }
     let described: Vec<Attachment> = match header.get("attachments") {
         None => Vec::new(),
-        Some(list) => serde_json::from_value(list.clone())
-            .map_err(|e| FrameError::Invalid(format!("bad attachment list: {e}")))?,
+        Some(list) => {
+            serde_json::from_value(list.clone()).map_err(|e| format!("bad attachment list: {e}"))?
+        }
     };
     let declared: u64 = described.iter().map(|a| a.length).sum();
     if declared != u64::from(payload_len) {
-        return Err(FrameError::Invalid(format!(
+        return Err(format!(
             "the attachments declare {declared} bytes but the frame carries {payload_len}"
-        )));
+        ));
     }
-    let mut attachments = Vec::with_capacity(described.len());
-    let mut offset = 0usize;
-    for attachment in described {
+    for attachment in &described {
         let expected = match attachment.format {
             PixelFormat::Rgba8 => {
                 Some(u64::from(attachment.width) * u64::from(attachment.height) * 4)
@@ -155,24 +177,30 @@ pub fn read_frame(reader: &mut impl Read, limits: FrameLimits) -> Result<Frame, 
         };
         if let Some(expected) = expected {
             if expected != attachment.length || attachment.width == 0 || attachment.height == 0 {
-                return Err(FrameError::Invalid(format!(
+                return Err(format!(
                     "attachment \"{}\": {}x{} {:?} needs {expected} bytes, {} declared",
                     attachment.name,
                     attachment.width,
                     attachment.height,
                     attachment.format,
                     attachment.length
-                )));
+                ));
             }
         }
-        let end = offset + attachment.length as usize;
-        attachments.push((attachment, payload[offset..end].to_vec()));
-        offset = end;
     }
-    Ok(Frame {
-        header,
-        attachments,
-    })
+    Ok((header, described))
+}
+
+/// Reads and drops `len` bytes in small pieces (nothing of the announced size is allocated).
+fn skip(reader: &mut impl Read, len: u64) -> Result<(), FrameError> {
+    let copied = std::io::copy(&mut reader.take(len), &mut std::io::sink())?;
+    if copied < len {
+        return Err(FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "connection ended inside a frame",
+        )));
+    }
+    Ok(())
 }
 
 /// An error between the length prefix and the end of a frame means the stream is lost.

@@ -142,8 +142,8 @@ fn required<T: for<'de> Deserialize<'de>>(
 }
 
 /// Reads the request of a frame.
-pub fn parse_request(frame: &Frame, max_pixels: u64) -> Result<Envelope, RequestError> {
-    let header = &frame.header;
+pub fn parse_request(mut frame: Frame, max_pixels: u64) -> Result<Envelope, RequestError> {
+    let header = &frame.header.clone();
     let id = header.get("id").cloned().unwrap_or(serde_json::Value::Null);
     let kind: String = required(header, "type")?;
     let request = match kind.as_str() {
@@ -161,14 +161,14 @@ pub fn parse_request(frame: &Frame, max_pixels: u64) -> Result<Envelope, Request
             job: required(header, "job")?,
         },
         "png_info" => {
-            let (attachment, bytes) = attachment(frame, "image")
+            let (attachment, bytes) = take_attachment(&mut frame, "image")
                 .ok_or_else(|| RequestError::bad("png_info needs an \"image\" attachment"))?;
             if attachment.format != PixelFormat::Png {
                 return Err(RequestError::bad("png_info needs a PNG attachment"));
             }
-            Request::PngInfo { png: bytes.clone() }
+            Request::PngInfo { png: bytes }
         }
-        "img2img" => Request::Generate(Box::new(generate_request(frame, max_pixels)?)),
+        "img2img" => Request::Generate(Box::new(generate_request(&mut frame, max_pixels)?)),
         other => {
             return Err(RequestError {
                 code: "unknown_request",
@@ -181,13 +181,15 @@ pub fn parse_request(frame: &Frame, max_pixels: u64) -> Result<Envelope, Request
     Ok(Envelope { id, request })
 }
 
-fn attachment<'f>(frame: &'f Frame, name: &str) -> Option<&'f (Attachment, Vec<u8>)> {
-    frame.attachments.iter().find(|(a, _)| a.name == name)
+/// Moves the attachment `name` out of the frame (large images are not copied).
+fn take_attachment(frame: &mut Frame, name: &str) -> Option<(Attachment, Vec<u8>)> {
+    let index = frame.attachments.iter().position(|(a, _)| a.name == name)?;
+    Some(frame.attachments.swap_remove(index))
 }
 
 /// Decodes an attachment into an image, refusing more than `max_pixels` pixels.
 fn decode_image(
-    (attachment, bytes): &(Attachment, Vec<u8>),
+    (attachment, bytes): (Attachment, Vec<u8>),
     max_pixels: u64,
 ) -> Result<DynamicImage, RequestError> {
     let too_large = |w: u32, h: u32| RequestError {
@@ -207,13 +209,13 @@ fn decode_image(
     match attachment.format {
         PixelFormat::Rgba8 => {
             check(attachment.width, attachment.height)?;
-            image::RgbaImage::from_raw(attachment.width, attachment.height, bytes.clone())
+            image::RgbaImage::from_raw(attachment.width, attachment.height, bytes)
                 .map(DynamicImage::ImageRgba8)
                 .ok_or_else(|| RequestError::bad("RGBA attachment of the wrong length"))
         }
         PixelFormat::Y8 => {
             check(attachment.width, attachment.height)?;
-            image::GrayImage::from_raw(attachment.width, attachment.height, bytes.clone())
+            image::GrayImage::from_raw(attachment.width, attachment.height, bytes)
                 .map(DynamicImage::ImageLuma8)
                 .ok_or_else(|| RequestError::bad("grey attachment of the wrong length"))
         }
@@ -243,17 +245,17 @@ fn enum_value<T>(
         .ok_or_else(|| RequestError::bad(format!("field \"{name}\": unknown value \"{value}\"")))
 }
 
-fn generate_request(frame: &Frame, max_pixels: u64) -> Result<GenerateRequest, RequestError> {
-    let header = &frame.header;
+fn generate_request(frame: &mut Frame, max_pixels: u64) -> Result<GenerateRequest, RequestError> {
+    let header = &frame.header.clone();
     let mode_name: Option<String> = field(header, "mode")?;
     let wire: WireParams = field(header, "params")?.unwrap_or_default();
-    let image = attachment(frame, "image")
+    let image = take_attachment(frame, "image")
         .ok_or_else(|| RequestError::bad("img2img needs an \"image\" attachment"))
         .and_then(|a| decode_image(a, max_pixels))?;
-    let mask = attachment(frame, "mask")
+    let mask = take_attachment(frame, "mask")
         .map(|a| decode_image(a, max_pixels))
         .transpose()?;
-    let sketch = attachment(frame, "sketch")
+    let sketch = take_attachment(frame, "sketch")
         .map(|a| decode_image(a, max_pixels))
         .transpose()?;
     let mode = match mode_name {

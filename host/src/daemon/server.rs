@@ -216,10 +216,11 @@ fn read_requests<S: Read>(
                 continue;
             }
         };
-        let envelope = match parse_request(&frame, shared.limits.max_pixels) {
+        let request_id = frame.header.get("id").cloned().unwrap_or_default();
+        let envelope = match parse_request(frame, shared.limits.max_pixels) {
             Ok(envelope) => envelope,
             Err(RequestError { code, message }) => {
-                let id = frame.header.get("id").cloned().unwrap_or_default();
+                let id = request_id;
                 send(error_event(&id, None, code, &message));
                 continue;
             }
