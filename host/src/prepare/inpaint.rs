@@ -279,14 +279,37 @@ impl InpaintInit {
     /// The result as an editor layer: the generated pixels inside the region that changed,
     /// alpha = the blend mask, with the layer's offset in the composite's frame.
     pub fn patch(&self, generated: &RgbImage) -> Patch {
-        let region = self.region.unwrap_or_else(|| {
-            mask_region(&self.overlay_mask, 0).expect("a prepared mask is not empty")
-        });
-        let placed = self.uncrop(generated);
-        let image = RgbaImage::from_fn(region.width() as u32, region.height() as u32, |x, y| {
-            let (sx, sy) = (x + region.x1 as u32, y + region.y1 as u32);
-            let [r, g, b, _] = placed.get_pixel(sx, sy).0;
-            image::Rgba([r, g, b, self.overlay_mask.get_pixel(sx, sy)[0]])
+        let (region, scaled) = match self.region {
+            // Only masked: the generated image scaled into its region, as `uncrop` places it.
+            Some(region) => (
+                region,
+                resize_image(
+                    ResizeMode::CropAndResize,
+                    generated,
+                    region.width() as u32,
+                    region.height() as u32,
+                ),
+            ),
+            None => {
+                let region =
+                    mask_region(&self.overlay_mask, 0).expect("a prepared mask is not empty");
+                let cropped = image::imageops::crop_imm(
+                    generated,
+                    region.x1 as u32,
+                    region.y1 as u32,
+                    region.width() as u32,
+                    region.height() as u32,
+                )
+                .to_image();
+                (region, cropped)
+            }
+        };
+        let image = RgbaImage::from_fn(scaled.width(), scaled.height(), |x, y| {
+            let [r, g, b] = scaled.get_pixel(x, y).0;
+            let alpha = self
+                .overlay_mask
+                .get_pixel(x + region.x1 as u32, y + region.y1 as u32)[0];
+            image::Rgba([r, g, b, alpha])
         });
         Patch {
             image,

@@ -125,31 +125,37 @@ fn reflect_101(index: i64, len: i64) -> usize {
 }
 
 /// One separable Gaussian pass in OpenCV's fixed point: Σ pixel·tap, rounded from 8
-/// fractional bits.
+/// fractional bits. The reflected neighbour indices are computed once per line length.
 fn gaussian_blur_line(mask: &GrayImage, sigma: u32, axis: Axis) -> GrayImage {
     let taps = kernel_size(sigma);
-    let kernel = fixed_point_kernel(taps, f64::from(sigma));
+    let kernel: Vec<i32> = fixed_point_kernel(taps, f64::from(sigma))
+        .into_iter()
+        .map(|k| k as i32)
+        .collect();
     let half = (taps / 2) as i64;
-    let (w, h) = mask.dimensions();
-    GrayImage::from_fn(w, h, |x, y| {
-        let (pos, len) = match axis {
-            Axis::X => (i64::from(x), i64::from(w)),
-            Axis::Y => (i64::from(y), i64::from(h)),
-        };
-        let sum: i64 = kernel
-            .iter()
-            .enumerate()
-            .map(|(k, tap)| {
-                let j = reflect_101(pos + k as i64 - half, len) as u32;
-                let value = match axis {
-                    Axis::X => mask.get_pixel(j, y)[0],
-                    Axis::Y => mask.get_pixel(x, j)[0],
-                };
-                i64::from(value) * tap
-            })
-            .sum();
-        image::Luma([((sum + 128) >> 8).clamp(0, 255) as u8])
-    })
+    let (w, h) = (mask.width() as usize, mask.height() as usize);
+    // Along the line: `len` pixels `step` apart; lines start `stride` apart.
+    let (len, lines, step, stride) = match axis {
+        Axis::X => (w, h, 1, w),
+        Axis::Y => (h, w, w, 1),
+    };
+    let neighbours: Vec<usize> = (0..len as i64)
+        .flat_map(|p| (0..taps as i64).map(move |k| reflect_101(p + k - half, len as i64) * step))
+        .collect();
+    let src = mask.as_raw();
+    let mut out = vec![0u8; src.len()];
+    for line in 0..lines {
+        let start = line * stride;
+        for (p, around) in neighbours.chunks_exact(taps).enumerate() {
+            let sum: i32 = around
+                .iter()
+                .zip(&kernel)
+                .map(|(&offset, &tap)| i32::from(src[start + offset]) * tap)
+                .sum();
+            out[start + p * step] = ((sum + 128) >> 8).clamp(0, 255) as u8;
+        }
+    }
+    GrayImage::from_raw(w as u32, h as u32, out).expect("same size")
 }
 
 #[cfg(test)]
