@@ -136,6 +136,24 @@ impl Checkpoint {
         Ok(Tensor::f_from_data_size(bytes, &shape, kind)?)
     }
 
+    /// Drops the mapped pages of `key` from this process once its tensor was copied, so loading
+    /// does not hold the file's pages and the converted weights at once (peak memory); the page
+    /// cache keeps them, and a later read maps them in again.
+    fn release(&self, key: &str) {
+        if let Some(info) = self.tensors.get(key) {
+            let (start, end) = info.data_offsets;
+            // SAFETY: the map is a read-only file mapping: MADV_DONTNEED only unmaps its pages,
+            // which fault in again from the file, unchanged, if anything reads them later.
+            unsafe {
+                let _ = self.mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    self.data_start + start,
+                    end - start,
+                );
+            }
+        }
+    }
+
     /// A CPU tensor viewing the mapped bytes of `key`, when they are aligned for its dtype.
     fn mapped_view(&self, key: &str) -> Result<Option<Tensor>> {
         let Some(info) = self.tensors.get(key) else {
@@ -175,11 +193,14 @@ impl TensorSource for Checkpoint {
         // One pass from the page cache into the final dtype and device; a view that would
         // survive unchanged (same dtype, CPU) is copied so no tensor outlives the map.
         let out = view.f_to_device(device)?.f_to_kind(kind)?;
-        if out.data_ptr() == view.data_ptr() {
-            Ok(out.f_detach_copy()?)
+        let out = if out.data_ptr() == view.data_ptr() {
+            out.f_detach_copy()?
         } else {
-            Ok(out)
-        }
+            out
+        };
+        drop(view);
+        self.release(key);
+        Ok(out)
     }
 }
 
