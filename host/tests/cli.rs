@@ -373,18 +373,12 @@ fn img2img_writes_pngs_that_png_info_reads_and_from_png_reproduces() {
 
     // --from-png reproduces the second image exactly; a flag given overrides the PNG.
     let again = dir.path().join("again");
-    let out = sdhost!(
-        "img2img",
-        "--model",
-        model,
-        "--init-image",
-        init,
-        "--from-png",
-        second,
-        "--out-dir",
-        again,
-        "--threads",
-        "1",
+    let from_png = ["--from-png", second.to_str().unwrap()];
+    let out = img2img_into(
+        &model,
+        &init,
+        &again,
+        &[&from_png[..], &["--threads", "1"]].concat(),
     );
     assert!(
         out.status.success(),
@@ -392,18 +386,11 @@ fn img2img_writes_pngs_that_png_info_reads_and_from_png_reproduces() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(pixels(&again.join("00000-6.png")), pixels(&second));
-    let out = sdhost!(
-        "img2img",
-        "--model",
-        model,
-        "--init-image",
-        init,
-        "--from-png",
-        second,
-        "--seed",
-        "9",
-        "--out-dir",
-        again,
+    let out = img2img_into(
+        &model,
+        &init,
+        &again,
+        &[&from_png[..], &["--seed", "9"]].concat(),
     );
     assert!(out.status.success());
     assert!(again.join("00001-9.png").exists(), "numbering goes on");
