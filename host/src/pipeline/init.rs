@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::encode::{resize_latent, InitEncoding, InitLatent};
 use super::img2img::{guarded, JobError};
-use super::mask_latents::{conditioning_mask, inpainting_conditioning, latent_mask};
+use super::mask_latents::{conditioning_mask, latent_mask, InpaintingConditioning};
 use super::model::GenerationModel;
 use super::params::{Img2ImgParams, InitLatentMode};
 use crate::prepare::color_correction::ColorCorrection;
@@ -16,8 +16,7 @@ use crate::prepare::resize::{resize_image, ResizeMode};
 use crate::rng::Generator;
 
 /// A job's init, shared by all its batches.
-pub struct JobInit<'m> {
-    model: &'m GenerationModel,
+pub struct JobInit {
     /// The image that was encoded (job size; cropped and filled when inpainting).
     pub image: RgbImage,
     /// Inpainting's images (mask, overlay, region), when a mask was given.
@@ -27,12 +26,11 @@ pub struct JobInit<'m> {
     pub color_correction: Option<ColorCorrection>,
     /// (keep, regenerate) latent masks when inpainting.
     pub latent_mask: Option<(Tensor, Tensor)>,
-    /// The pixel mask of an inpainting model's conditioning (None for other models).
-    conditioning_mask: Option<Tensor>,
+    /// An inpainting model's conditioning source (None for other models).
+    conditioning: Option<InpaintingConditioning>,
     latent_size: (i64, i64),
     init_latent: InitLatentMode,
     resize_mode: ResizeMode,
-    mask_weight: f64,
 }
 
 /// How the next VAE encoding is taken: a sample with the image's generator, or the mean.
@@ -51,10 +49,10 @@ pub struct ImageLatents {
     pub conditioning: Option<Tensor>,
 }
 
-impl<'m> JobInit<'m> {
+impl JobInit {
     /// Prepares and encodes `init_image` (and `mask`, 255 = regenerate) for `params`.
     pub fn new(
-        model: &'m GenerationModel,
+        model: &GenerationModel,
         params: &Img2ImgParams,
         init_image: &RgbImage,
         mask: Option<&GrayImage>,
@@ -93,37 +91,47 @@ impl<'m> JobInit<'m> {
                 model.device,
             )
         });
-        let conditioning_mask = (model.sd.architecture.unet.in_channels == 9).then(|| {
-            conditioning_mask(
+        let conditioning = if model.sd.architecture.unet.in_channels == 9 {
+            let mask = conditioning_mask(
                 inpaint.as_ref().map(|prepared| &prepared.mask),
                 i64::from(image.height()),
                 i64::from(image.width()),
                 round,
                 model.device,
-            )
-        });
+            );
+            Some(guarded("inpainting conditioning", || {
+                InpaintingConditioning::new(
+                    &model.sd.vae,
+                    &image,
+                    &mask,
+                    params.inpaint.mask_weight,
+                    latent_size,
+                    model.kind,
+                )
+            })?)
+        } else {
+            None
+        };
         // A1111 takes the target after crop, resize and fill.
         let color_correction = params
             .color_correction
             .then(|| ColorCorrection::new(&image));
         Ok(JobInit {
-            model,
             color_correction,
             image,
             inpaint,
             encoding,
             latent_mask,
-            conditioning_mask,
+            conditioning,
             latent_size,
             init_latent: params.init_latent,
             resize_mode: params.resize_mode,
-            mask_weight: params.inpaint.mask_weight,
         })
     }
 
     /// Whether the model gets inpainting conditioning (infotext `Conditional mask weight`).
     pub fn uses_inpainting_conditioning(&self) -> bool {
-        self.conditioning_mask.is_some()
+        self.conditioning.is_some()
     }
 
     /// The latents of the image with `seed`: the VAE posterior sampled with the first draws
@@ -146,19 +154,9 @@ impl<'m> JobInit<'m> {
                 }
             })?;
         }
-        let conditioning = match &self.conditioning_mask {
+        let conditioning = match &self.conditioning {
             None => None,
-            Some(mask) => Some(guarded("inpainting conditioning", || {
-                inpainting_conditioning(
-                    &self.model.sd.vae,
-                    &self.image,
-                    mask,
-                    self.mask_weight,
-                    take(&mut generator),
-                    self.latent_size,
-                    self.model.kind,
-                )
-            })??),
+            Some(source) => Some(source.for_image(take(&mut generator))?),
         };
         Ok(ImageLatents { init, conditioning })
     }

@@ -66,30 +66,44 @@ pub fn conditioning_mask(
     }
 }
 
-/// An inpainting model's image conditioning [1, 5, h, w] for one image: the mask at latent
-/// size (nearest) and the latent of the image with its hole blanked by `weight`
-/// (`lerp(src, src·(1−mask), weight)`), taken from the encoder as `init` says (A1111
-/// `inpainting_image_conditioning`).
-pub fn inpainting_conditioning(
-    vae: &AutoencoderKl,
-    image: &RgbImage,
-    mask: &Tensor,
-    weight: f64,
-    init: InitLatent<'_>,
+/// An inpainting model's image conditioning (A1111 `inpainting_image_conditioning`): the mask
+/// at latent size (nearest) and the latent of the image with its hole blanked by `weight`
+/// (`lerp(src, src·(1−mask), weight)`). The masked image is encoded once per job; each image
+/// takes its own posterior sample of it.
+pub struct InpaintingConditioning {
+    encoding: InitEncoding,
+    small_mask: Tensor,
     latent_size: (i64, i64),
-    kind: Kind,
-) -> Result<Tensor, RngError> {
-    let device = mask.device();
-    let source = image_to_tensor(image, device, Kind::Float);
-    let hidden = &source * (1.0 - mask);
-    let masked = source.lerp(&hidden, weight);
-    let mut latent = InitEncoding::from_pixels(vae, &masked.to_kind(kind))
-        .latent(init)?
-        .to_kind(Kind::Float);
-    if latent.size()[2..] != [latent_size.0, latent_size.1] {
-        // Latent upscale: the image was encoded at its own size, like the init latent.
-        latent = resize_latent(&latent, latent_size.0, latent_size.1).map_err(RngError::from)?;
+}
+
+impl InpaintingConditioning {
+    /// Encodes `image` with its `mask` [1, 1, H, W] blanked by `weight`, in the VAE's `kind`.
+    pub fn new(
+        vae: &AutoencoderKl,
+        image: &RgbImage,
+        mask: &Tensor,
+        weight: f64,
+        latent_size: (i64, i64),
+        kind: Kind,
+    ) -> Self {
+        let source = image_to_tensor(image, mask.device(), Kind::Float);
+        let hidden = &source * (1.0 - mask);
+        let masked = source.lerp(&hidden, weight);
+        InpaintingConditioning {
+            encoding: InitEncoding::from_pixels(vae, &masked.to_kind(kind)),
+            small_mask: mask.upsample_nearest2d([latent_size.0, latent_size.1], None, None),
+            latent_size,
+        }
     }
-    let small_mask = mask.upsample_nearest2d([latent_size.0, latent_size.1], None, None);
-    Ok(Tensor::cat(&[small_mask, latent], 1))
+
+    /// One image's conditioning [1, 5, h, w], its latent taken as `init` says.
+    pub fn for_image(&self, init: InitLatent<'_>) -> Result<Tensor, RngError> {
+        let (h, w) = self.latent_size;
+        let mut latent = self.encoding.latent(init)?.to_kind(Kind::Float);
+        if latent.size()[2..] != [h, w] {
+            // Latent upscale: the image was encoded at its own size, like the init latent.
+            latent = resize_latent(&latent, h, w).map_err(RngError::from)?;
+        }
+        Ok(Tensor::cat(&[&self.small_mask, &latent], 1))
+    }
 }
