@@ -39,6 +39,16 @@ pub struct TinyModelSpec {
 }
 
 impl TinyModelSpec {
+    /// The tiny 4-channel model of `seed`, stored fp32 (demo, benchmarks, tests).
+    pub fn tiny(seed: i64) -> Self {
+        TinyModelSpec {
+            preset: Preset::Tiny,
+            inpainting: false,
+            seed,
+            storage: Kind::Float,
+        }
+    }
+
     /// The architecture this spec describes.
     pub fn architecture(&self) -> Architecture {
         let in_channels = if self.inpainting { 9 } else { 4 };

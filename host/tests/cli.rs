@@ -411,21 +411,19 @@ fn img2img_writes_pngs_that_png_info_reads_and_from_png_reproduces() {
         "no generation parameters",
     );
     assert!(!dir.path().join("none").exists());
-    let out = sdhost!(
-        "img2img",
-        "--model",
-        model,
-        "--init-image",
-        dir.path().join("nope.png"),
+    let out = img2img_into(
+        &model,
+        &dir.path().join("nope.png"),
+        &dir.path().join("none"),
+        &[],
     );
     assert_one_line_error(&out, "nope.png");
     std::fs::write(dir.path().join("text.png"), b"not an image").unwrap();
-    let out = sdhost!(
-        "img2img",
-        "--model",
-        model,
-        "--init-image",
-        dir.path().join("text.png"),
+    let out = img2img_into(
+        &model,
+        &dir.path().join("text.png"),
+        &dir.path().join("none"),
+        &[],
     );
     assert_one_line_error(&out, "not a readable image");
 }

@@ -223,8 +223,9 @@ fn inpainting_matches_the_python_reference_pipeline() {
         let model = &models[usize::from(case.inpainting_model)];
         let params = params(case);
         let outcome = run(model, &params, &init, &mask);
-        let prepared = prepare_inpaint(&init, &mask, &case.settings, params.resize_mode, 64, 48)
-            .expect("mask prepares");
+        let (_, prepared) =
+            prepare_inpaint(&init, &mask, &case.settings, params.resize_mode, 64, 48)
+                .expect("mask prepares");
         for (i, generated) in outcome.images.iter().enumerate() {
             let expected = image::open(dir.path().join(format!("{}_{i}.png", case.name)))
                 .unwrap()

@@ -19,27 +19,7 @@ use crate::pipeline::params::Img2ImgParams;
 use crate::prepare::inpaint::InpaintSettings;
 use crate::sampling::plan::SamplerSettings;
 use crate::sampling::plugins::{PluginPaths, SamplerRegistry};
-
-/// A scratch folder removed when dropped.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new() -> std::io::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("sdhost-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        Ok(Scratch(dir))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::tiny_model::{write_tiny_model, TinyModelSpec};
 
 /// A smooth test picture of any size.
 fn picture(width: u32, height: u32) -> RgbImage {
@@ -96,7 +76,7 @@ fn job_process(sdhost: &Path, args: &[&str]) -> anyhow::Result<(f64, f64)> {
 /// Prints the figures.
 pub fn print_figures(model: &Path, wants: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
     let sdhost = std::env::current_exe()?;
-    let work = Scratch::new()?;
+    let work = tempfile::tempdir()?;
     let init_path = work.path().join("init.png");
     picture(512, 512).save(&init_path)?;
     let model_arg = model.to_string_lossy().into_owned();
@@ -120,15 +100,7 @@ pub fn print_figures(model: &Path, wants: &dyn Fn(&str) -> bool) -> anyhow::Resu
     }
     if wants("img2img") {
         let tiny = work.path().join("tiny.safetensors");
-        crate::tiny_model::write_tiny_model(
-            &crate::tiny_model::TinyModelSpec {
-                preset: crate::tiny_model::Preset::Tiny,
-                inpainting: false,
-                seed: 0,
-                storage: Kind::Float,
-            },
-            &tiny,
-        )?;
+        write_tiny_model(&TinyModelSpec::tiny(0), &tiny)?;
         let tiny_arg = tiny.to_string_lossy().into_owned();
         for (label, model, size, steps) in [
             ("tiny model, 512², 20 steps", tiny_arg.as_str(), "512", "20"),
@@ -220,15 +192,7 @@ pub fn print_figures(model: &Path, wants: &dyn Fn(&str) -> bool) -> anyhow::Resu
 /// mean absolute pixel difference (0-255).
 fn bf16_drift(dir: &Path) -> anyhow::Result<()> {
     let tiny = dir.join("tiny-drift.safetensors");
-    crate::tiny_model::write_tiny_model(
-        &crate::tiny_model::TinyModelSpec {
-            preset: crate::tiny_model::Preset::Tiny,
-            inpainting: false,
-            seed: 3,
-            storage: Kind::Float,
-        },
-        &tiny,
-    )?;
+    write_tiny_model(&TinyModelSpec::tiny(3), &tiny)?;
     let registry = SamplerRegistry::load(&PluginPaths::discover(None));
     let init = picture(128, 128);
     let job = |kind: Kind| -> anyhow::Result<RgbImage> {

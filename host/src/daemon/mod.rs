@@ -29,13 +29,7 @@ pub fn demo_model(dir: &Path) -> anyhow::Result<PathBuf> {
     let path = dir.join(DEMO_MODEL_FILE);
     if !path.exists() {
         std::fs::create_dir_all(dir)?;
-        let spec = crate::tiny_model::TinyModelSpec {
-            preset: crate::tiny_model::Preset::Tiny,
-            inpainting: false,
-            seed: 0,
-            storage: tch::Kind::Float,
-        };
-        crate::tiny_model::write_tiny_model(&spec, &path)?;
+        crate::tiny_model::write_tiny_model(&crate::tiny_model::TinyModelSpec::tiny(0), &path)?;
     }
     Ok(path)
 }

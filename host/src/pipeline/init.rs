@@ -62,21 +62,22 @@ impl JobInit {
             i64::from(params.height / downscale),
             i64::from(params.width / downscale),
         );
-        let inpaint = mask
-            .map(|mask| {
-                prepare_inpaint(
+        let (image, inpaint) = match mask {
+            Some(mask) => {
+                let (image, prepared) = prepare_inpaint(
                     init_image,
                     mask,
                     &params.inpaint,
                     params.resize_mode,
                     params.width,
                     params.height,
-                )
-            })
-            .transpose()?;
-        let image = match &inpaint {
-            Some(prepared) => prepared.image.clone(),
-            None => resize_image(params.resize_mode, init_image, params.width, params.height),
+                )?;
+                (image, Some(prepared))
+            }
+            None => (
+                resize_image(params.resize_mode, init_image, params.width, params.height),
+                None,
+            ),
         };
         let encoding = guarded("VAE encode", || {
             InitEncoding::new(&model.sd.vae, &image, model.device, model.kind)

@@ -99,7 +99,7 @@ pub enum MaskError {
     #[error("the mask is empty: nothing to inpaint (mark the area to regenerate, or run img2img without a mask)")]
     Empty,
     /// Mask and image differ in size.
-    #[error("the mask is {mask_w}x{mask_h} but the image is {image_w}x{image_h}")]
+    #[error("the mask is {mask_w}x{mask_h} but the image is {image_w}x{image_h}; give a mask of the image's size")]
     SizeMismatch {
         mask_w: u32,
         mask_h: u32,
@@ -116,10 +116,9 @@ pub enum MaskError {
     },
 }
 
-/// An inpainting job's images after A1111's `init`.
+/// An inpainting job's masks and original after A1111's `init` (the image to encode is
+/// returned beside it by [`prepare_inpaint`]).
 pub struct InpaintInit {
-    /// The image to encode, at the job's size (cropped, resized and filled as configured).
-    pub image: RgbImage,
     /// The processed mask at the job's size (255 = regenerate): source of the latent mask.
     pub mask: GrayImage,
     /// The blend mask of the final composite, at the composite's size.
@@ -153,7 +152,8 @@ fn overlay_of(image: &RgbImage, mask: &GrayImage) -> RgbaImage {
 }
 
 /// Prepares init image and mask (`mask`: 255 = regenerate, same size as `init`) for a job of
-/// `width`×`height`, in A1111's order: invert, blur, region or resize, overlay, fill.
+/// `width`×`height`, in A1111's order: invert, blur, region or resize, overlay, fill. Returns
+/// the image to encode (job size: cropped, resized, filled) and the masks and original.
 pub fn prepare_inpaint(
     init: &RgbImage,
     mask: &GrayImage,
@@ -161,7 +161,7 @@ pub fn prepare_inpaint(
     resize_mode: ResizeMode,
     width: u32,
     height: u32,
-) -> Result<InpaintInit, MaskError> {
+) -> Result<(RgbImage, InpaintInit), MaskError> {
     let (image_w, image_h) = init.dimensions();
     if mask.dimensions() != init.dimensions() {
         return Err(MaskError::SizeMismatch {
@@ -181,7 +181,7 @@ pub fn prepare_inpaint(
         return Err(MaskError::Empty);
     }
 
-    let mut prepared = if settings.only_masked {
+    let (mut image, prepared) = if settings.only_masked {
         let mut region = mask_region(&m, settings.only_masked_padding).ok_or(MaskError::Empty)?;
         if let Some((min_w, min_h)) = settings.min_context {
             region = grow_to_at_least(region, min_w, min_h, image_w, image_h);
@@ -205,13 +205,14 @@ pub fn prepare_inpaint(
             region.height() as u32,
         )
         .to_image();
-        InpaintInit {
-            image: resize_image(ResizeMode::ResizeAndFill, &crop(init), width, height),
+        let image = resize_image(ResizeMode::ResizeAndFill, &crop(init), width, height);
+        let prepared = InpaintInit {
             mask: resize_mask(ResizeMode::ResizeAndFill, &cropped_mask, width, height),
             overlay: overlay_of(init, &m),
             overlay_mask: m,
             region: Some(region),
-        }
+        };
+        (image, prepared)
     } else {
         if resize_mode == ResizeMode::LatentUpscale && (image_w, image_h) != (width, height) {
             return Err(MaskError::LatentUpscaleWithMask {
@@ -228,18 +229,18 @@ pub fn prepare_inpaint(
             .pixels_mut()
             .for_each(|p| p[0] = p[0].saturating_mul(2));
         let image = resize_image(resize_mode, init, width, height);
-        InpaintInit {
+        let prepared = InpaintInit {
             overlay: overlay_of(&image, &doubled),
             overlay_mask: doubled,
-            image,
             mask: processed,
             region: None,
-        }
+        };
+        (image, prepared)
     };
     if settings.masked_content != MaskedContent::Original {
-        prepared.image = fill(&prepared.image, &prepared.mask);
+        image = fill(&image, &prepared.mask);
     }
-    Ok(prepared)
+    Ok((image, prepared))
 }
 
 impl InpaintInit {

@@ -102,12 +102,12 @@ impl Img2ImgMode {
             Img2ImgMode::Img2img => Ok((image, None)),
             Img2ImgMode::Sketch => {
                 let sketch = need(inputs.sketch, "a sketch layer")?;
-                check_size("sketch", sketch, w, h, "")?;
+                check_size("sketch", sketch, w, h, SKETCH_HINT)?;
                 Ok((painted(&image, sketch), None))
             }
             Img2ImgMode::Inpaint => {
                 let mask = need(inputs.mask, "a mask")?;
-                check_size("mask", mask, w, h, "")?;
+                check_size("mask", mask, w, h, "; give a mask of the image's size, or use Inpaint upload, which scales a mask of the same aspect ratio")?;
                 Ok((image, Some(binary_mask(mask, true))))
             }
             Img2ImgMode::InpaintUpload => {
@@ -117,7 +117,7 @@ impl Img2ImgMode {
             }
             Img2ImgMode::InpaintSketch => {
                 let sketch = need(inputs.sketch, "a sketch layer")?;
-                check_size("sketch", sketch, w, h, "")?;
+                check_size("sketch", sketch, w, h, SKETCH_HINT)?;
                 if !(0.0..=100.0).contains(&inputs.mask_alpha) {
                     return Err(ModeError::MaskAlpha(inputs.mask_alpha));
                 }
@@ -131,6 +131,9 @@ impl Img2ImgMode {
         }
     }
 }
+
+/// What to do about a sketch layer of the wrong size.
+const SKETCH_HINT: &str = "; the sketch layer must cover the image exactly";
 
 fn check_size(
     what: &'static str,
@@ -177,7 +180,7 @@ fn fit_uploaded_mask(mask: GrayImage, w: u32, h: u32) -> Result<GrayImage, ModeE
             h: mh,
             image_w: w,
             image_h: h,
-            hint: " and has another aspect ratio (a mask of the image's size or aspect ratio is needed)",
+            hint: " and has another aspect ratio; give a mask of the image's size or aspect ratio",
         });
     }
     let rgb = DynamicImage::ImageLuma8(mask).to_rgb8();
