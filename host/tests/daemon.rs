@@ -519,3 +519,168 @@ fn tcp_port(pid: u32) -> u16 {
     }
     panic!("the daemon listens on no TCP port");
 }
+
+/// The frames of job `job` up to its end (`done` expected).
+fn job_events(client: &mut Client, job: u64) -> Vec<Frame> {
+    let mut events = Vec::new();
+    loop {
+        let frame = client.read();
+        if frame.header["job"] != json!(job) {
+            continue;
+        }
+        let kind = frame.header["type"].as_str().unwrap().to_string();
+        assert!(kind != "error" && kind != "cancelled", "{}", frame.header);
+        events.push(frame);
+        if kind == "done" {
+            return events;
+        }
+    }
+}
+
+#[test]
+fn previews_come_on_the_asked_steps_and_bad_settings_are_refused() {
+    let daemon = start_daemon(&[], None);
+    let mut client = Client::connected(&daemon.socket);
+    let welcome = client.hello();
+    assert_eq!(welcome["preview_methods"], json!(["Approx cheap", "Full"]));
+    let mut run = |preview: Option<Value>| -> Vec<Frame> {
+        let mut header = json!({"type": "img2img", "params": {
+            "prompt": "a boat", "seed": 9, "steps": 5, "sampler_name": "Euler",
+            "denoising_strength": 1.0, "n_iter": 2, "batch_size": 2,
+        }});
+        if let Some(preview) = preview {
+            header["preview"] = preview;
+        }
+        let id = client.send(header, &[image_attachment(48, 40)]);
+        let queued = client.answer(id).header;
+        assert_eq!(queued["type"], "queued", "{queued}");
+        job_events(&mut client, queued["job"].as_u64().unwrap())
+    };
+    // (global step, preview header, attachment) of each progress event after the first.
+    let previews = |events: &[Frame]| -> (u64, Vec<(u64, Value, Option<Attachment>)>) {
+        let total = events
+            .iter()
+            .find(|e| e.header["type"] == "progress")
+            .unwrap()
+            .header["total"]
+            .as_u64()
+            .unwrap();
+        let steps = events
+            .iter()
+            .filter(|e| e.header["type"] == "progress" && e.header["step"] != json!(0))
+            .map(|e| {
+                let attachment = e.attachments.first().map(|(a, bytes)| {
+                    assert_eq!(bytes.len() as u64, a.length);
+                    // Opaque RGBA.
+                    assert!(bytes.chunks(4).all(|p| p[3] == 255));
+                    a.clone()
+                });
+                (
+                    e.header["step"].as_u64().unwrap(),
+                    e.header["preview"].clone(),
+                    attachment,
+                )
+            })
+            .collect();
+        (total, steps)
+    };
+
+    // Approx cheap every 2 steps: steps 2 and 4 of each batch, the batch's first image, at
+    // latent resolution.
+    let (total, steps) = previews(&run(Some(json!({"method": "Approx cheap", "every": 2}))));
+    let per_batch = total / 2;
+    assert!(
+        per_batch >= 4,
+        "two previews per batch need 4 steps, got {per_batch}"
+    );
+    assert_eq!(steps.len() as u64, total);
+    let expected: Vec<u64> = (1..=total)
+        .filter(|s| ((s - 1) % per_batch + 1) % 2 == 0)
+        .collect();
+    let with_preview: Vec<u64> = steps
+        .iter()
+        .filter(|(_, p, _)| !p.is_null())
+        .map(|(s, _, _)| *s)
+        .collect();
+    assert_eq!(with_preview, expected);
+    for (step, preview, attachment) in &steps {
+        if preview.is_null() {
+            assert!(
+                attachment.is_none(),
+                "step {step}: attachment without preview"
+            );
+            continue;
+        }
+        let batch = (step - 1) / per_batch;
+        assert_eq!(
+            *preview,
+            json!({"width": 6, "height": 5, "index": batch * 2}),
+            "step {step}"
+        );
+        let attachment = attachment.as_ref().expect("a preview attachment");
+        assert_eq!(attachment.name, "preview");
+        assert_eq!(attachment.format, PixelFormat::Rgba8);
+        assert_eq!((attachment.width, attachment.height), (6, 5));
+    }
+
+    // Full on every step: image resolution; the last step's preview is the first result.
+    let events = run(Some(json!({"method": "Full", "every": 1})));
+    let (_, steps) = previews(&events);
+    assert!(steps
+        .iter()
+        .all(|(_, p, a)| p["width"] == 48 && p["height"] == 40 && a.is_some()));
+    let last_of_first_batch = events
+        .iter()
+        .filter(|e| e.header["type"] == "progress" && e.header["step"] == json!(per_batch))
+        .map(|e| &e.attachments[0].1)
+        .next()
+        .unwrap();
+    let first_result = events
+        .iter()
+        .find(|e| e.header["type"] == "result" && e.header["index"] == json!(0))
+        .unwrap();
+    let final_pixels = &first_result.attachments[0].1;
+    let differing: Vec<u8> = final_pixels
+        .iter()
+        .zip(last_of_first_batch.iter())
+        .map(|(a, b)| a.abs_diff(*b))
+        .filter(|&d| d > 0)
+        .collect();
+    println!(
+        "last Full preview vs result: {} of {} values differ, max {:?}",
+        differing.len(),
+        final_pixels.len(),
+        differing.iter().max()
+    );
+    // The denoised prediction up to float rounding (Euler's last step to σ = 0), which
+    // truncation can turn into one level at a boundary.
+    assert!(differing.iter().all(|&d| d <= 1) && differing.len() * 100 <= final_pixels.len());
+
+    // Without the field, or with null: no previews, as before.
+    for preview in [None, Some(Value::Null)] {
+        let (_, steps) = previews(&run(preview));
+        assert!(steps.iter().all(|(_, p, a)| p.is_null() && a.is_none()));
+    }
+
+    // Bad settings are refused before queueing.
+    for (preview, needle) in [
+        (json!({"method": "TAESD", "every": 2}), "TAESD"),
+        (json!({"method": "Full", "every": 0}), "at least 1"),
+        (json!({"method": "Full", "every": -2}), "at least 1"),
+        (json!({"every": 2}), "method"),
+        (json!({"method": "Full", "evry": 2}), "evry"),
+        (json!("Full"), "preview"),
+    ] {
+        let id = client.send(
+            json!({"type": "img2img", "preview": preview, "params": {"steps": 2}}),
+            &[image_attachment(16, 16)],
+        );
+        let answer = client.answer(id).header;
+        assert_eq!(answer["code"], "bad_request", "{answer}");
+        let message = answer["message"].as_str().unwrap();
+        assert!(
+            message.contains(needle) && message.contains("preview"),
+            "{message}"
+        );
+    }
+}

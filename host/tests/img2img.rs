@@ -159,7 +159,7 @@ fn job_seeds_infotext_cancel_and_errors() {
                 batches,
                 steps_per_batch,
             } => format!("start {images} {batches} {steps_per_batch}"),
-            JobEvent::Step { batch, step } => format!("step {batch} {step}"),
+            JobEvent::Step { batch, step, .. } => format!("step {batch} {step}"),
             JobEvent::Image(image) => format!("image {}", image.seed),
         });
         Flow::Continue
@@ -200,7 +200,7 @@ fn job_seeds_infotext_cancel_and_errors() {
     let mut cancelled = false;
     let mut steps_after_cancel = 0;
     let outcome = run_img2img(&model, &registry, &base, &init, None, &mut |event| {
-        if let JobEvent::Step { batch, step } = event {
+        if let JobEvent::Step { batch, step, .. } = event {
             if cancelled {
                 steps_after_cancel += 1;
             }

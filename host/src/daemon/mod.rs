@@ -18,6 +18,7 @@ use serde_json::json;
 
 pub use models::ModelCatalog;
 
+use crate::pipeline::preview::PreviewMethod;
 use crate::sampling::plugins::SamplerRegistry;
 use crate::sampling::schedule::Schedule;
 
@@ -35,7 +36,7 @@ pub fn demo_model(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// What the daemon can do, for `welcome` and `list`: samplers with their plugin, schedules,
-/// modes, limits.
+/// modes, preview methods, limits.
 pub fn capabilities(registry: &SamplerRegistry, limits: &config::Limits) -> serde_json::Value {
     let samplers: Vec<serde_json::Value> = registry
         .samplers()
@@ -68,6 +69,7 @@ pub fn capabilities(registry: &SamplerRegistry, limits: &config::Limits) -> serd
         "modes": ["img2img", "sketch", "inpaint", "inpaint-sketch", "inpaint-upload"],
         "resize_modes": ["just-resize", "crop-and-resize", "resize-and-fill", "latent-upscale"],
         "formats": ["rgba8", "y8", "png"],
+        "preview_methods": PreviewMethod::ALL.iter().map(|m| m.label()).collect::<Vec<_>>(),
         "limits": {
             "max_frame_bytes": limits.max_frame_bytes,
             "max_pixels": limits.max_pixels,

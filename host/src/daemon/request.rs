@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::protocol::{Attachment, Frame, PixelFormat};
 use crate::pipeline::params::{Img2ImgParams, InitLatentMode, RngChoice};
+use crate::pipeline::preview::{PreviewMethod, PreviewSettings};
 use crate::prepare::inpaint::MaskedContent;
 use crate::prepare::modes::Img2ImgMode;
 use crate::prepare::resize::ResizeMode;
@@ -61,6 +62,8 @@ pub struct GenerateRequest {
     pub sketch: Option<DynamicImage>,
     /// Inpaint sketch's mask transparency.
     pub mask_alpha: f64,
+    /// Live previews on progress events (none unless asked for).
+    pub preview: Option<PreviewSettings>,
 }
 
 /// Why a request was refused (becomes an `error` event with this code).
@@ -120,6 +123,28 @@ struct WireParams {
     init_latent: Option<String>,
     mask_alpha: Option<f64>,
     sampler_options: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// The `preview` object on the wire: `{"method", "every"?}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WirePreview {
+    method: String,
+    every: Option<i64>,
+}
+
+/// Reads the optional top-level `preview` field; absent or null means no previews.
+fn preview_settings(header: &serde_json::Value) -> Result<Option<PreviewSettings>, RequestError> {
+    let Some(wire) = field::<WirePreview>(header, "preview")? else {
+        return Ok(None);
+    };
+    let bad = |e: crate::pipeline::preview::PreviewError| {
+        RequestError::bad(format!("field \"preview\": {e}"))
+    };
+    let method: PreviewMethod = wire.method.parse().map_err(bad)?;
+    PreviewSettings::new(method, wire.every.unwrap_or(1))
+        .map(Some)
+        .map_err(bad)
 }
 
 fn field<T: for<'de> Deserialize<'de>>(
@@ -249,6 +274,7 @@ fn generate_request(frame: &mut Frame, max_pixels: u64) -> Result<GenerateReques
     let header = &frame.header.clone();
     let mode_name: Option<String> = field(header, "mode")?;
     let wire: WireParams = field(header, "params")?.unwrap_or_default();
+    let preview = preview_settings(header)?;
     let image = take_attachment(frame, "image")
         .ok_or_else(|| RequestError::bad("img2img needs an \"image\" attachment"))
         .and_then(|a| decode_image(a, max_pixels))?;
@@ -359,5 +385,6 @@ fn generate_request(frame: &mut Frame, max_pixels: u64) -> Result<GenerateReques
         mask,
         sketch,
         mask_alpha: wire.mask_alpha.unwrap_or(0.0),
+        preview,
     })
 }

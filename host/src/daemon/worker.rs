@@ -16,6 +16,7 @@ use super::request::GenerateRequest;
 use super::ModelCatalog;
 use crate::pipeline::img2img::{run_img2img, GeneratedImage, JobError, JobEvent};
 use crate::pipeline::model::GenerationModel;
+use crate::pipeline::preview::preview_image;
 use crate::prepare::init_image::DEFAULT_BACKGROUND;
 use crate::prepare::modes::ModeInputs;
 use crate::sampling::plugins::{SamplerRegistry, SamplingError};
@@ -92,6 +93,38 @@ fn rgba_attachment(name: &str, image: &image::RgbaImage) -> (Attachment, Vec<u8>
         },
         image.as_raw().clone(),
     )
+}
+
+/// The `progress` event of sampler step `step` of batch `batch`, with the preview of the batch's
+/// first image when the request asked for one at this step. A preview that cannot be made
+/// (out of memory in a full decode …) is left out: previews never fail a job.
+fn step_event(
+    job: &Job,
+    request: &GenerateRequest,
+    model: &GenerationModel,
+    (batch, step, steps_per_batch): (usize, usize, usize),
+    denoised: &tch::Tensor,
+) -> Outgoing {
+    let header = json!({
+        "type": "progress", "id": job.request_id, "job": job.id,
+        "step": batch * steps_per_batch + step, "batch": batch,
+    });
+    let mut event = Outgoing::event(header);
+    let Some(settings) = request.preview.filter(|s| s.due(step)) else {
+        return event;
+    };
+    match preview_image(settings.method, denoised, 0, &model.sd.vae, model.kind) {
+        Ok(image) => {
+            let rgba = image::DynamicImage::ImageRgb8(image).to_rgba8();
+            event.header["preview"] = json!({
+                "width": rgba.width(), "height": rgba.height(),
+                "index": batch * request.params.batch_size,
+            });
+            event.attachments.push(rgba_attachment("preview", &rgba));
+        }
+        Err(error) => eprintln!("sdhost: job {}: no preview at step {step}: {error}", job.id),
+    }
+    event
 }
 
 /// The `result` event of one finished image: the image, and the patch when inpainting.
@@ -225,8 +258,9 @@ impl Worker {
             }
         };
         let mut steps_per_batch = 0;
+        let model = &self.model;
         let outcome = run_img2img(
-            &self.model,
+            model,
             &self.registry,
             &request.params,
             &init,
@@ -247,15 +281,20 @@ impl Worker {
                             })),
                         );
                     }
-                    JobEvent::Step { batch, step } => {
-                        Self::send(
+                    JobEvent::Step {
+                        batch,
+                        step,
+                        denoised,
+                    } => Self::send(
+                        job,
+                        step_event(
                             job,
-                            Outgoing::event(json!({
-                                "type": "progress", "id": job.request_id, "job": job.id,
-                                "step": batch * steps_per_batch + step, "batch": batch,
-                            })),
-                        );
-                    }
+                            request,
+                            model,
+                            (batch, step, steps_per_batch),
+                            denoised,
+                        ),
+                    ),
                     JobEvent::Image(image) => Self::send(job, result_event(job, image)),
                 }
                 if job.cancel.load(Ordering::SeqCst) {

@@ -64,7 +64,13 @@ pub enum JobEvent<'a> {
         steps_per_batch: usize,
     },
     /// Batch `batch` (from 0) finished sampler step `step` (from 1).
-    Step { batch: usize, step: usize },
+    Step {
+        batch: usize,
+        step: usize,
+        /// The step's denoised prediction of the batch (scaled latents [batch_size, 4, h, w],
+        /// for inpainting with the kept area already the init latent's): what previews show.
+        denoised: &'a Tensor,
+    },
     /// An image is done (decoded, with its infotext).
     Image(&'a GeneratedImage),
 }
@@ -322,9 +328,13 @@ pub fn run_img2img(
             plan.request(x),
             &mut denoiser,
             &mut job_noise,
-            &mut |_| {
+            &mut |report| {
                 step += 1;
-                observe(JobEvent::Step { batch, step })
+                observe(JobEvent::Step {
+                    batch,
+                    step,
+                    denoised: report.denoised,
+                })
             },
         );
         let samples = match sampled {

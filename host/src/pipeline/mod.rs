@@ -10,3 +10,4 @@ pub mod model;
 pub mod output;
 pub mod params;
 pub mod png_info;
+pub mod preview;
