@@ -6,6 +6,9 @@ Used by the GIMP plug-in and by the tests. One `Client` is one connection:
         job = client.img2img(image, params={"prompt": "a cat", "steps": 20}, mask=mask)
         for event in client.events(job):
             ...  # queued, started, progress, result (with .attachments), done / cancelled / error
+
+Live previews (A1111's): pass `preview={"method": "Approx cheap", "every": 2}` (or "Full") to
+`img2img`; every 2nd sampler step's progress event then has `event.preview_image` (rgba8).
 """
 
 from __future__ import annotations
@@ -62,6 +65,12 @@ class Event:
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.header.get(key, default)
+
+    @property
+    def preview_image(self) -> Optional[Image]:
+        """A progress event's live preview (rgba8, the running batch's first image, job image
+        `self["preview"]["index"]`), or None when this step has none."""
+        return self.attachments.get("preview") if self.type == "progress" else None
 
 
 def encode_frame(header: dict[str, Any], attachments: list[tuple[str, Image]] = ()) -> bytes:
@@ -185,11 +194,16 @@ class Client:
         return int(queued["job"])
 
     def img2img(self, image: Image, params: Optional[dict[str, Any]] = None, mode: Optional[str] = None,
-                mask: Optional[Image] = None, sketch: Optional[Image] = None) -> int:
-        """Queues an img2img / inpaint job (A1111 API parameter names); returns its job."""
+                mask: Optional[Image] = None, sketch: Optional[Image] = None,
+                preview: Optional[dict[str, Any]] = None) -> int:
+        """Queues an img2img / inpaint job (A1111 API parameter names); returns its job.
+        `preview`: live previews on progress events, `{"method": "Approx cheap" | "Full",
+        "every": N}` (method names as the daemon's `welcome["preview_methods"]`)."""
         header: dict[str, Any] = {"params": params or {}}
         if mode:
             header["mode"] = mode
+        if preview is not None:
+            header["preview"] = preview
         attachments = [("image", image)]
         if mask is not None:
             attachments.append(("mask", mask))
