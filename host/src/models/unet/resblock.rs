@@ -41,18 +41,19 @@ impl ResBlock {
 
     /// `skip(x) + out_layers(in_layers(x) + emb_layers(emb))`.
     pub fn forward(&self, x: &Tensor, emb: &Tensor) -> Tensor {
-        let h = self.in_conv.forward(&self.in_norm.forward(x).silu());
-        let e = self
+        // Activations and sums go in place into tensors made here, so each full-size
+        // activation is freed as soon as it is used (the peak memory at 64×64 latents).
+        let mut h = self.in_conv.forward(&self.in_norm.forward(x).silu_());
+        h += self
             .emb_proj
             .forward(&emb.silu())
             .unsqueeze(-1)
             .unsqueeze(-1);
-        let h = self
-            .out_conv
-            .forward(&self.out_norm.forward(&(h + e)).silu());
+        let mut h = self.out_conv.forward(&self.out_norm.forward(&h).silu_());
         match &self.skip_connection {
-            Some(skip) => skip.forward(x) + h,
-            None => x + h,
+            Some(skip) => h += skip.forward(x),
+            None => h += x,
         }
+        h
     }
 }
