@@ -55,3 +55,19 @@ pub fn dtype_name(kind: Kind) -> &'static str {
         _ => "other",
     }
 }
+
+/// Hands the heap memory that finished stages freed back to the system. glibc keeps freed
+/// buffers below its (adaptive) mmap threshold in its heaps, so without this a job's VAE
+/// decode would stack its peak on top of what the sampler left behind (CPU only; the CUDA
+/// caching allocator reuses its blocks itself).
+pub fn release_freed_memory(device: Device) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if device == Device::Cpu {
+        // SAFETY: malloc_trim only returns unused heap pages; it touches no live allocation.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = device;
+}

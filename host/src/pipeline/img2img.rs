@@ -12,6 +12,7 @@ use super::decode::decode_latents;
 use super::init::JobInit;
 use super::model::GenerationModel;
 use super::params::{ImageFacts, Img2ImgParams, RngChoice};
+use crate::device::release_freed_memory;
 use crate::infotext::Infotext;
 use crate::prepare::inpaint::{MaskError, MaskedContent, Patch};
 use crate::prompt::conditioning::{CondPart, Conditioner, ScheduledCond};
@@ -225,6 +226,7 @@ pub fn run_img2img(
         i64::from(params.width / downscale),
     ];
     let init = JobInit::new(model, params, init_image, mask)?;
+    release_freed_memory(model.device);
     // "Latent noise" is the first batch's initial noise, also for later batches (A1111).
     let latent_noise = match (&init.inpaint, params.inpaint.masked_content) {
         (Some(_), MaskedContent::LatentNoise) => Some(
@@ -347,6 +349,7 @@ pub fn run_img2img(
             }
             Err(error) => return Err(JobError::Sampling(error)),
         };
+        release_freed_memory(model.device);
         let decoded = guarded("VAE decode", || {
             let samples = match &init.latent_mask {
                 // The kept area is exactly the init latent again (A1111 `sample`).
