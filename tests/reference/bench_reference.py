@@ -5,7 +5,13 @@ Usage: bench_reference.py CHECKPOINT THREADS
 Reads one JSON command per line on stdin, answers one JSON line on stdout:
   {"op": "unet" | "vae_encode" | "vae_decode" | "clip", "dtype": "fp32" | "bf16", "size": N}
   -> {"seconds": t}   (one timed run; networks are built on first use per dtype)
+  {"op": "img2img", "model": PATH, "init": PNG, "size": N, "steps": S}
+  -> {"seconds": t}   (one whole diffusers img2img job, its pipeline built on first use)
   {"op": "quit"}
+
+Or: bench_reference.py --job CHECKPOINT THREADS INIT SIZE STEPS OUT
+  one whole img2img job in a fresh process, from loading the checkpoint to writing OUT (PNG);
+  `sdhost bench` measures its wall time and peak RSS next to `sdhost img2img`'s.
 """
 
 from __future__ import annotations
@@ -16,26 +22,80 @@ import sys
 import time
 
 import torch
+from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
 from diffusers.utils import logging as diffusers_logging
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import CLIPTokenizerFast
 
 sys.path.insert(0, os.path.dirname(__file__))
 from ldm_to_diffusers import build_clip, build_unet, build_vae, load_checkpoint  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+TOKENIZER = os.path.join(os.path.dirname(__file__), "..", "..", "host", "assets", "clip-tokenizer.json")
+PROMPT = "a lighthouse on a cliff"
+
+
+def build_pipeline(checkpoint: str) -> StableDiffusionImg2ImgPipeline:
+    """diffusers' img2img pipeline on the checkpoint's weights, fp32, Euler as sdhost runs it.
+
+    The file's tensors are kept in their stored dtype until each network copies them into its
+    fp32 parameters, and dropped after, as a careful diffusers user would load them.
+    """
+    state = load_file(checkpoint)
+    unet, vae, clip = build_unet(state), build_vae(state), build_clip(state)
+    del state
+    # sdhost's tokenizer file is OpenAI's CLIP BPE, which is what CLIPTokenizer holds.
+    end = "<|endoftext|>"
+    tokenizer = CLIPTokenizerFast(tokenizer_file=TOKENIZER, bos_token="<|startoftext|>",
+                                  eos_token=end, pad_token=end, unk_token=end, model_max_length=77)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
+                                       beta_schedule="scaled_linear", timestep_spacing="linspace",
+                                       steps_offset=1)
+    pipe = StableDiffusionImg2ImgPipeline(vae=vae, text_encoder=clip, tokenizer=tokenizer, unet=unet,
+                                          scheduler=scheduler, safety_checker=None,
+                                          feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_job(pipe: StableDiffusionImg2ImgPipeline, init: str, size: int, steps: int) -> Image.Image:
+    """One image at strength 1 (steps UNet calls with CFG 7, as `sdhost img2img --steps`)."""
+    image = Image.open(init).convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
+    with torch.inference_mode():
+        return pipe(PROMPT, image=image, strength=1.0, num_inference_steps=steps,
+                    guidance_scale=7.0, negative_prompt="",
+                    generator=torch.Generator().manual_seed(1)).images[0]
+
+
+def job_main(args: list[str]) -> None:
+    checkpoint, threads, init, size, steps, out = args
+    torch.set_num_threads(int(threads))
+    diffusers_logging.set_verbosity_error()
+    run_job(build_pipeline(checkpoint), init, int(size), int(steps)).save(out)
 
 
 def main() -> None:
+    if sys.argv[1] == "--job":
+        job_main(sys.argv[2:])
+        return
     checkpoint, threads = sys.argv[1], int(sys.argv[2])
     torch.set_num_threads(threads)
     diffusers_logging.set_verbosity_error()
-    state = load_checkpoint(checkpoint)
+    state: dict[str, torch.Tensor] = {}  # read on first use: the job cases never need it
     nets: dict[tuple[str, str], torch.nn.Module] = {}
+    pipelines: dict[str, StableDiffusionImg2ImgPipeline] = {}
 
-    def net(kind: str, dtype: str) -> torch.nn.Module:
-        if (kind, dtype) not in nets:
+    def net(kind: str, dtype: str, channels_last: bool = False) -> torch.nn.Module:
+        if not state:
+            state.update(load_checkpoint(checkpoint))
+        if (kind, dtype, channels_last) not in nets:
             build = {"unet": build_unet, "vae": build_vae, "clip": build_clip}[kind]
-            nets[(kind, dtype)] = build(state).to(DTYPES[dtype])
-        return nets[(kind, dtype)]
+            model = build(state).to(DTYPES[dtype])
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            nets[(kind, dtype, channels_last)] = model
+        return nets[(kind, dtype, channels_last)]
 
     for line in sys.stdin:
         command = json.loads(line)
@@ -44,10 +104,21 @@ def main() -> None:
             return
         dtype, size = command.get("dtype", "fp32"), int(command.get("size", 64))
         kind = DTYPES[dtype]
-        with torch.inference_mode():
-            if op == "unet":
-                model = net("unet", dtype)
+        # Variants measured against the default (inference mode, contiguous NCHW).
+        channels_last = bool(command.get("channels_last", False))
+        grad_mode = torch.no_grad() if command.get("grad_mode") == "no_grad" else torch.inference_mode()
+        with grad_mode:
+            if op == "img2img":
+                path = command["model"]
+                if path not in pipelines:
+                    pipelines[path] = build_pipeline(path)
+                pipe, init, steps = pipelines[path], command["init"], int(command["steps"])
+                run = lambda: run_job(pipe, init, size, steps)  # noqa: E731
+            elif op in ("unet", "profile"):
+                model = net("unet", dtype, channels_last)
                 x = torch.randn(2, 4, size, size, dtype=kind)
+                if channels_last:
+                    x = x.to(memory_format=torch.channels_last)
                 t = torch.tensor([500.0, 500.0])
                 context = torch.randn(2, 77, model.config.cross_attention_dim, dtype=kind)
                 run = lambda: model(x, t, encoder_hidden_states=context).sample  # noqa: E731
@@ -66,10 +137,41 @@ def main() -> None:
             else:
                 print(json.dumps({"error": f"unknown op {op}"}), flush=True)
                 continue
+            if op == "profile":
+                print(json.dumps(profile(run)), flush=True)
+                continue
             start = time.perf_counter()
             run()
             seconds = time.perf_counter() - start
         print(json.dumps({"seconds": seconds}), flush=True)
+
+
+# Where a UNet call's time goes, by the aten operators' own (self) CPU time.
+CATEGORIES = [
+    ("convolution", ("conv",)),
+    ("attention", ("scaled_dot_product", "flash_attention", "_efficient_attention")),
+    ("linear and matmul", ("addmm", "aten::mm", "bmm", "linear", "matmul", "baddbmm")),
+    ("group and layer norm", ("group_norm", "layer_norm")),
+]
+
+
+def profile(run) -> dict:
+    """One profiled call: total seconds and seconds per operator category (the rest: other)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - start
+    parts = {name: 0.0 for name, _ in CATEGORIES}
+    parts["elementwise and other"] = 0.0
+    for event in prof.key_averages():
+        name = event.key
+        category = next((c for c, keys in CATEGORIES if any(k in name for k in keys)),
+                        "elementwise and other")
+        parts[category] += event.self_cpu_time_total / 1e6
+    return {"seconds": seconds, "ops": parts}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 //! The `sdhost` command line.
 
 mod bench;
-mod bench_figures;
 mod check;
 mod dev;
 mod img2img;

@@ -1,0 +1,71 @@
+//! Where a 512² job's peak memory comes from: each stage of an SD 1.5 img2img run on its own,
+//! with the process's resident memory before it and its peak while it runs (Linux resets the
+//! peak, `VmHWM`, when "5" is written to `/proc/self/clear_refs`).
+
+use std::path::Path;
+
+use anyhow::Context;
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::{infer_architecture, Checkpoint};
+use crate::device::release_freed_memory;
+use crate::models::StableDiffusion;
+
+/// A field of `/proc/self/status` in MiB.
+fn status_mib(field: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc/self/status"))?;
+    Ok(kib / 1024.0)
+}
+
+/// Runs `stage`, printing resident memory before, its peak above that, and what it keeps.
+fn stage<T>(label: &str, run: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    // As the pipeline does between its stages.
+    release_freed_memory(Device::Cpu);
+    let before = status_mib("VmRSS:")?;
+    std::fs::write("/proc/self/clear_refs", "5").context("resetting the peak RSS")?;
+    let value = run()?;
+    let (peak, after) = (status_mib("VmHWM:")?, status_mib("VmRSS:")?);
+    println!(
+        "  {label:<38} {before:>9.0} {:>+9.0} {:>+9.0}",
+        peak - before,
+        after - before
+    );
+    Ok(value)
+}
+
+/// Prints the memory profile of the stages of a `size`² fp32 job on `model`.
+pub fn profile(model: &Path, size: i64) -> anyhow::Result<()> {
+    println!("peak memory by stage, SD 1.5 at {size}², fp32, CFG batch 2 (MiB):");
+    println!("  {:<38} {:>9} {:>9} {:>9}", "stage", "RSS", "peak", "kept");
+    let on = (Kind::Float, Device::Cpu);
+    let sd = stage("load the checkpoint", || {
+        let checkpoint = Checkpoint::open(model)?;
+        let architecture = infer_architecture(&checkpoint)?;
+        Ok(StableDiffusion::load(
+            &checkpoint,
+            &architecture,
+            Kind::Float,
+            Device::Cpu,
+        )?)
+    })?;
+    let context = stage("CLIP, prompt and negative prompt", || {
+        let ids = Tensor::randint(49000, [2, 77], (Kind::Int64, Device::Cpu));
+        Ok(sd.clip.encode(&ids, 1))
+    })?;
+    let latent = stage("VAE encode", || {
+        let image = Tensor::rand([1, 3, size, size], on) * 2.0 - 1.0;
+        Ok(sd.vae.encode(&image).mean)
+    })?;
+    let latent = stage("UNet call", || {
+        let x = Tensor::cat(&[&latent, &latent], 0);
+        let t = Tensor::from_slice(&[500.0f32, 500.0]);
+        Ok(sd.unet.forward(&x, &t, &context).narrow(0, 0, 1))
+    })?;
+    let _image = stage("VAE decode", || Ok(sd.vae.decode(&latent)))?;
+    Ok(())
+}
