@@ -602,3 +602,65 @@ fn every_img2img_mode_runs_from_the_cli_on_the_bundled_pictures() {
     );
     assert!(!dir.path().join("none").exists());
 }
+
+#[test]
+fn img2img_vae_tiling_runs_large_images_in_tiles_and_reproduces() {
+    let Img2ImgFixture {
+        dir,
+        model,
+        init,
+        out_dir,
+    } = img2img_fixture();
+    // Larger than one 512² tile in both directions, so encode and decode both tile.
+    let job = [
+        "--width",
+        "576",
+        "--height",
+        "544",
+        "--steps",
+        "1",
+        "--seed",
+        "3",
+        "--threads",
+        "1",
+    ];
+    let plain_dir = dir.path().join("plain");
+    let out = img2img_into(&model, &init, &plain_dir, &job);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = img2img_into(
+        &model,
+        &init,
+        &out_dir,
+        &[&job[..], &["--vae-tiling"]].concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (plain, tiled) = (plain_dir.join("00000-3.png"), out_dir.join("00000-3.png"));
+    assert_eq!(pixels(&tiled).dimensions(), (576, 544));
+    assert_ne!(pixels(&tiled), pixels(&plain), "tiles see only themselves");
+
+    let parameters = |path: &Path| {
+        let out = sdhost!("png-info", path, "--json");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        json["parameters"].clone()
+    };
+    assert_eq!(parameters(&tiled)["VAE tiling"], "True");
+    assert!(parameters(&plain).get("VAE tiling").is_none());
+
+    let again = dir.path().join("again");
+    let from_png = ["--from-png", tiled.to_str().unwrap(), "--threads", "1"];
+    let out = img2img_into(&model, &init, &again, &from_png);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pixels(&again.join("00000-3.png")), pixels(&tiled));
+}

@@ -131,17 +131,30 @@ fn full_preview_of_the_last_euler_step_is_the_final_image() {
                 ..
             } => steps_per_batch = steps,
             JobEvent::Step { step, denoised, .. } => {
-                let full =
-                    || preview_images(PreviewMethod::Full, denoised, &model.sd.vae, model.kind);
+                let full = || {
+                    preview_images(
+                        PreviewMethod::Full,
+                        denoised,
+                        &model.sd.vae,
+                        model.kind,
+                        None,
+                    )
+                };
                 if step == 1 {
                     first = Some(full().unwrap());
                 }
                 if step == steps_per_batch {
                     let images = full().unwrap();
                     // One image of the batch alone is that image's preview.
-                    let second =
-                        preview_image(PreviewMethod::Full, denoised, 1, &model.sd.vae, model.kind)
-                            .unwrap();
+                    let second = preview_image(
+                        PreviewMethod::Full,
+                        denoised,
+                        1,
+                        &model.sd.vae,
+                        model.kind,
+                        None,
+                    )
+                    .unwrap();
                     assert_eq!(second, images[1]);
                     last = Some(images);
                 }
@@ -174,7 +187,8 @@ fn full_preview_of_the_last_euler_step_is_the_final_image() {
             &Tensor::zeros([2, 4, 5, 6], (Kind::Float, Device::Cpu)),
             2,
             &model.sd.vae,
-            model.kind
+            model.kind,
+            None
         ),
         Err(PreviewError::Shape { index: 2, .. })
     ));

@@ -148,6 +148,10 @@ pub struct Img2ImgArgs {
     /// Colour correction: match each result's colours to the init image (A1111's option).
     #[arg(long)]
     color_correction: bool,
+    /// VAE tiling: encode and decode images larger than 512² in overlapping 512² tiles, so
+    /// memory stays at one tile's whatever the size (pixels differ slightly).
+    #[arg(long)]
+    vae_tiling: bool,
     /// Also write each inpainting result as NNNNN-SEED-patch.png: the regenerated area with
     /// alpha = the blend mask, its offset in the image in the PNG and on stdout.
     #[arg(long)]
@@ -400,6 +404,7 @@ fn apply_flags(args: &Img2ImgArgs, params: &mut Img2ImgParams) -> anyhow::Result
     );
     set(&mut params.eta_noise_seed_delta, &args.eta_noise_seed_delta);
     params.color_correction |= args.color_correction;
+    params.vae_tiling |= args.vae_tiling;
     let inpaint = &mut params.inpaint;
     if let Some(blur) = args.mask_blur {
         inpaint.mask_blur_x = blur;

@@ -113,7 +113,14 @@ fn step_event(
     let Some(settings) = request.preview.filter(|s| s.due(step)) else {
         return event;
     };
-    match preview_image(settings.method, denoised, 0, &model.sd.vae, model.kind) {
+    match preview_image(
+        settings.method,
+        denoised,
+        0,
+        &model.sd.vae,
+        model.kind,
+        request.params.vae_tiling(),
+    ) {
         Ok(image) => {
             let rgba = image::DynamicImage::ImageRgb8(image).to_rgba8();
             event.header["preview"] = json!({

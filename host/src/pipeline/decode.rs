@@ -5,7 +5,7 @@
 use image::RgbImage;
 use tch::{Kind, Tensor};
 
-use crate::models::vae::{AutoencoderKl, SD1_LATENT_SCALE};
+use crate::models::vae::{AutoencoderKl, VaeTiling, SD1_LATENT_SCALE};
 
 /// A decoded image tensor [3, H, W] in about [−1, 1] → RGB, A1111's way (truncation).
 pub fn tensor_to_image(decoded: &Tensor) -> RgbImage {
@@ -20,12 +20,16 @@ pub fn tensor_to_image(decoded: &Tensor) -> RgbImage {
     RgbImage::from_raw(w as u32, h as u32, data).expect("pixel count matches the size")
 }
 
-/// Decodes scaled latents [B, 4, h, w] one by one into RGB images.
-pub fn decode_latents(vae: &AutoencoderKl, latents: &Tensor) -> Vec<RgbImage> {
+/// Decodes scaled latents [B, 4, h, w] one by one into RGB images (in tiles with `tiling`).
+pub fn decode_latents(
+    vae: &AutoencoderKl,
+    latents: &Tensor,
+    tiling: Option<VaeTiling>,
+) -> Vec<RgbImage> {
     (0..latents.size()[0])
         .map(|i| {
             let latent = latents.get(i).unsqueeze(0) / SD1_LATENT_SCALE;
-            tensor_to_image(&vae.decode(&latent).get(0))
+            tensor_to_image(&vae.decode_tiled(&latent, tiling).get(0))
         })
         .collect()
 }

@@ -4,7 +4,7 @@
 use image::RgbImage;
 use tch::{Device, Kind, Tensor};
 
-use crate::models::vae::{AutoencoderKl, LatentDistribution, SD1_LATENT_SCALE};
+use crate::models::vae::{AutoencoderKl, LatentDistribution, VaeTiling, SD1_LATENT_SCALE};
 use crate::rng::{Generator, RngError};
 
 /// How the init image's latent is taken from the encoder's distribution.
@@ -35,15 +35,21 @@ pub struct InitEncoding {
 }
 
 impl InitEncoding {
-    /// Encodes one image in the VAE's dtype on `device`.
-    pub fn new(vae: &AutoencoderKl, image: &RgbImage, device: Device, kind: Kind) -> Self {
-        Self::from_pixels(vae, &image_to_tensor(image, device, kind))
+    /// Encodes one image in the VAE's dtype on `device` (in tiles with `tiling`).
+    pub fn new(
+        vae: &AutoencoderKl,
+        image: &RgbImage,
+        device: Device,
+        kind: Kind,
+        tiling: Option<VaeTiling>,
+    ) -> Self {
+        Self::from_pixels(vae, &image_to_tensor(image, device, kind), tiling)
     }
 
     /// Encodes pixels [1, 3, H, W] in [−1, 1] already on the VAE's device and dtype.
-    pub fn from_pixels(vae: &AutoencoderKl, pixels: &Tensor) -> Self {
+    pub fn from_pixels(vae: &AutoencoderKl, pixels: &Tensor, tiling: Option<VaeTiling>) -> Self {
         InitEncoding {
-            distribution: vae.encode(pixels),
+            distribution: vae.encode_tiled(pixels, tiling),
         }
     }
 
@@ -71,7 +77,7 @@ pub fn encode_image(
     device: Device,
     kind: Kind,
 ) -> Result<Tensor, RngError> {
-    InitEncoding::new(vae, image, device, kind).latent(init)
+    InitEncoding::new(vae, image, device, kind, None).latent(init)
 }
 
 /// Resize mode "Just resize (latent upscale)": the init latent [B, 4, h, w] resized to the job's

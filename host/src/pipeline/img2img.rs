@@ -356,7 +356,11 @@ pub fn run_img2img(
                 Some((keep, regenerate)) => samples * regenerate + &init_latent * keep,
                 None => samples,
             };
-            decode_latents(&model.sd.vae, &samples.to_kind(model.kind))
+            decode_latents(
+                &model.sd.vae,
+                &samples.to_kind(model.kind),
+                params.vae_tiling(),
+            )
         })?;
         for ((generated, &image_seed), &image_subseed) in
             decoded.into_iter().zip(batch_seeds).zip(batch_subseeds)

@@ -80,7 +80,13 @@ impl JobInit {
             ),
         };
         let encoding = guarded("VAE encode", || {
-            InitEncoding::new(&model.sd.vae, &image, model.device, model.kind)
+            InitEncoding::new(
+                &model.sd.vae,
+                &image,
+                model.device,
+                model.kind,
+                params.vae_tiling(),
+            )
         })?;
         let round = params.inpaint.mask_round;
         let latent_mask = inpaint.as_ref().map(|prepared| {
@@ -108,6 +114,7 @@ impl JobInit {
                     params.inpaint.mask_weight,
                     latent_size,
                     model.kind,
+                    params.vae_tiling(),
                 )
             })?)
         } else {

@@ -5,7 +5,7 @@ use image::{DynamicImage, GrayImage, RgbImage};
 use tch::{Device, Kind, Tensor};
 
 use super::encode::{image_to_tensor, resize_latent, InitEncoding, InitLatent};
-use crate::models::vae::AutoencoderKl;
+use crate::models::vae::{AutoencoderKl, VaeTiling};
 use crate::prepare::resample::{resize, Filter};
 use crate::rng::RngError;
 
@@ -85,12 +85,13 @@ impl InpaintingConditioning {
         weight: f64,
         latent_size: (i64, i64),
         kind: Kind,
+        tiling: Option<VaeTiling>,
     ) -> Self {
         let source = image_to_tensor(image, mask.device(), Kind::Float);
         let hidden = &source * (1.0 - mask);
         let masked = source.lerp(&hidden, weight);
         InpaintingConditioning {
-            encoding: InitEncoding::from_pixels(vae, &masked.to_kind(kind)),
+            encoding: InitEncoding::from_pixels(vae, &masked.to_kind(kind), tiling),
             small_mask: mask.upsample_nearest2d([latent_size.0, latent_size.1], None, None),
             latent_size,
         }

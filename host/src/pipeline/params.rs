@@ -4,6 +4,7 @@
 use sdhost_plugin_api::{OptionValue, SamplerInfo};
 
 use crate::infotext::{py_float, Infotext};
+use crate::models::vae::VaeTiling;
 use crate::prepare::inpaint::{InpaintSettings, MaskedContent};
 use crate::prepare::resize::ResizeMode;
 use crate::sampling::plan::SamplerSettings;
@@ -58,6 +59,8 @@ pub const INIT_LATENT_KEY: &str = "Init latent";
 pub const RESIZE_MODE_KEY: &str = "Resize mode";
 /// Infotext key for colour correction when on (sdhost's own; A1111 keeps it as an option).
 pub const COLOR_CORRECTION_KEY: &str = "Color correction";
+/// Infotext key for tiled VAE encoding and decoding when on (sdhost's own).
+pub const VAE_TILING_KEY: &str = "VAE tiling";
 
 /// Every parameter of an img2img job.
 #[derive(Debug, Clone)]
@@ -102,6 +105,9 @@ pub struct Img2ImgParams {
     pub inpaint: InpaintSettings,
     /// Match each result's colours to the init image (A1111 `img2img_color_correction`).
     pub color_correction: bool,
+    /// Encode and decode images larger than 512² in overlapping tiles (diffusers'
+    /// `enable_tiling`): memory of one tile whatever the size, pixels slightly different.
+    pub vae_tiling: bool,
 }
 
 impl Default for Img2ImgParams {
@@ -128,6 +134,7 @@ impl Default for Img2ImgParams {
             eta_noise_seed_delta: 0,
             inpaint: InpaintSettings::default(),
             color_correction: false,
+            vae_tiling: false,
         }
     }
 }
@@ -203,6 +210,11 @@ pub struct ImageFacts<'a> {
 }
 
 impl Img2ImgParams {
+    /// The job's VAE tiling, when on.
+    pub fn vae_tiling(&self) -> Option<VaeTiling> {
+        self.vae_tiling.then(VaeTiling::default)
+    }
+
     /// One image's infotext, keys in A1111's insertion order (ordered by [`Infotext::with_params`]).
     pub fn infotext(&self, facts: &ImageFacts<'_>) -> Infotext {
         let info = facts.sampler;
@@ -280,6 +292,7 @@ impl Img2ImgParams {
                 COLOR_CORRECTION_KEY,
                 self.color_correction.then(|| "True".to_string()),
             ),
+            (VAE_TILING_KEY, self.vae_tiling.then(|| "True".to_string())),
             ("TI hashes", facts.ti_hashes.clone()),
             (
                 "Noise multiplier",
@@ -403,6 +416,7 @@ impl Img2ImgParams {
             }),
         };
         self.color_correction = infotext.get(COLOR_CORRECTION_KEY) == Some("True");
+        self.vae_tiling = infotext.get(VAE_TILING_KEY) == Some("True");
         self.init_latent = match infotext.get(INIT_LATENT_KEY) {
             Some(v) if v.eq_ignore_ascii_case("mean") => InitLatentMode::Mean,
             _ => InitLatentMode::Sample,

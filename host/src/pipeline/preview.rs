@@ -10,7 +10,7 @@ use image::RgbImage;
 use tch::{Kind, Tensor};
 
 use super::decode::{decode_latents, tensor_to_image};
-use crate::models::vae::AutoencoderKl;
+use crate::models::vae::{AutoencoderKl, VaeTiling};
 
 /// A1111's `cheap_approximation` coefficients for SD1/SD2 latents: row = latent channel,
 /// columns = R, G, B (they act on the scaled latent the sampler works in).
@@ -129,15 +129,17 @@ pub fn cheap_images(latents: &Tensor) -> Result<Vec<RgbImage>, PreviewError> {
 }
 
 /// Previews of every latent of the batch (`latents`: scaled, [n, 4, h, w], any device and
-/// dtype). Full decodes with `vae` in `vae_kind`, exactly as the job's final images are.
+/// dtype). Full decodes with `vae` in `vae_kind` (and the job's `tiling`), exactly as the
+/// job's final images are.
 pub fn preview_images(
     method: PreviewMethod,
     latents: &Tensor,
     vae: &AutoencoderKl,
     vae_kind: Kind,
+    tiling: Option<VaeTiling>,
 ) -> Result<Vec<RgbImage>, PreviewError> {
     check_shape(latents, 0)?;
-    guarded(|| render(method, latents, vae, vae_kind))
+    guarded(|| render(method, latents, vae, vae_kind, tiling))
 }
 
 /// The preview of image `index` of the batch (only that one is decoded or mixed).
@@ -147,10 +149,11 @@ pub fn preview_image(
     index: i64,
     vae: &AutoencoderKl,
     vae_kind: Kind,
+    tiling: Option<VaeTiling>,
 ) -> Result<RgbImage, PreviewError> {
     check_shape(latents, index)?;
     guarded(|| {
-        render(method, &latents.narrow(0, index, 1), vae, vae_kind)
+        render(method, &latents.narrow(0, index, 1), vae, vae_kind, tiling)
             .pop()
             .expect("one latent gives one image")
     })
@@ -161,6 +164,7 @@ fn render(
     latents: &Tensor,
     vae: &AutoencoderKl,
     vae_kind: Kind,
+    tiling: Option<VaeTiling>,
 ) -> Vec<RgbImage> {
     // Callers outside a job (tests, tools) must not build autograd graphs either.
     let _guard = tch::no_grad_guard();
@@ -168,7 +172,7 @@ fn render(
     // truncate. The shared conversion computes (x + 1)/2, the same float: halving is exact.
     match method {
         PreviewMethod::ApproxCheap => cheap_to_images(latents),
-        PreviewMethod::Full => decode_latents(vae, &latents.to_kind(vae_kind)),
+        PreviewMethod::Full => decode_latents(vae, &latents.to_kind(vae_kind), tiling),
     }
 }
 

@@ -3,9 +3,11 @@
 mod blocks;
 mod decoder;
 mod encoder;
+mod tiling;
 
 pub use decoder::Decoder;
 pub use encoder::Encoder;
+pub use tiling::{run_tiled, TileGrid, VaeTiling};
 
 use crate::error::Result;
 use crate::models::layers::{Conv2d, ConvSpec};
@@ -108,7 +110,19 @@ impl AutoencoderKl {
 
     /// Image in [−1, 1] (NCHW) → distribution of the unscaled latent.
     pub fn encode(&self, image: &Tensor) -> LatentDistribution {
-        let moments = self.quant_conv.forward(&self.encoder.forward(image));
+        self.encode_tiled(image, None)
+    }
+
+    /// [`Self::encode`], in tiles when `tiling` is given and the image is larger than a tile.
+    pub fn encode_tiled(&self, image: &Tensor, tiling: Option<VaeTiling>) -> LatentDistribution {
+        let moments = |x: &Tensor| self.quant_conv.forward(&self.encoder.forward(x));
+        let (height, width) = (image.size()[2], image.size()[3]);
+        let moments = match tiling {
+            Some(t) if height > t.tile_size || width > t.tile_size => {
+                run_tiled(image, t.encode_grid(self.config.downscale()), moments)
+            }
+            _ => moments(image),
+        };
         let parts = moments.chunk(2, 1);
         LatentDistribution {
             mean: parts[0].shallow_clone(),
@@ -118,6 +132,19 @@ impl AutoencoderKl {
 
     /// Unscaled latent → image in about [−1, 1].
     pub fn decode(&self, latent: &Tensor) -> Tensor {
-        self.decoder.forward(&self.post_quant_conv.forward(latent))
+        self.decode_tiled(latent, None)
+    }
+
+    /// [`Self::decode`], in tiles when `tiling` is given and the latent is larger than a tile.
+    pub fn decode_tiled(&self, latent: &Tensor, tiling: Option<VaeTiling>) -> Tensor {
+        let decode = |z: &Tensor| self.decoder.forward(&self.post_quant_conv.forward(z));
+        let downscale = self.config.downscale();
+        let (height, width) = (latent.size()[2], latent.size()[3]);
+        match tiling {
+            Some(t) if height > t.tile_size / downscale || width > t.tile_size / downscale => {
+                run_tiled(latent, t.decode_grid(downscale), decode)
+            }
+            _ => decode(latent),
+        }
     }
 }
