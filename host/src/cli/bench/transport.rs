@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::reference::median;
 use crate::daemon::protocol::{
     read_frame, write_frame, Attachment, Frame, FrameLimits, PixelFormat,
 };
@@ -110,7 +111,7 @@ pub fn round_trip(sdhost: &Path, model: &str, dir: &Path) -> anyhow::Result<()> 
     }
     println!(
         "socket round trip of a 4096² RGBA layer + Y8 mask (80 MiB), no compute: {:.0} ms median (target 150 ms)",
-        super::reference::median(times)
+        median(times)
     );
     Ok(())
 }
@@ -174,21 +175,35 @@ pub fn preview_rate(sdhost: &Path, dir: &Path) -> anyhow::Result<()> {
     let mut daemon = BenchDaemon::start(sdhost, &tiny.to_string_lossy(), dir)?;
     let steps = 20;
     run_job(&mut daemon, None, 128, 2)?; // warm-up
-    for side in [128, 512] {
-        let plain = run_job(&mut daemon, None, side, steps)?;
-        for method in ["Approx cheap", "Full"] {
-            let job = run_job(&mut daemon, Some(method), side, steps)?;
-            anyhow::ensure!(
-                job.previews == steps,
-                "{method}: {} previews for {steps} steps",
-                job.previews
+                                         // Rounds alternate the three kinds of job; medians, as one job's time varies by ±10 % here.
+    for (side, rounds) in [(128, 5), (512, 1)] {
+        let methods = [None, Some("Approx cheap"), Some("Full")];
+        let mut jobs: Vec<Vec<JobStream>> = methods.iter().map(|_| Vec::new()).collect();
+        for _ in 0..rounds {
+            for (method, runs) in methods.iter().zip(&mut jobs) {
+                runs.push(run_job(&mut daemon, *method, side, steps)?);
+            }
+        }
+        let seconds = |runs: &[JobStream]| median(runs.iter().map(|j| j.seconds).collect());
+        let plain = seconds(&jobs[0]);
+        for (method, runs) in methods.iter().zip(&jobs).skip(1) {
+            let method = method.unwrap_or_default();
+            for job in runs {
+                anyhow::ensure!(
+                    job.previews == steps,
+                    "{method}: {} previews for {steps} steps",
+                    job.previews
+                );
+            }
+            let rate = median(
+                runs.iter()
+                    .map(|j| (j.previews - 1) as f64 / j.preview_span)
+                    .collect(),
             );
-            let rate = (job.previews - 1) as f64 / job.preview_span;
+            let with = seconds(runs);
             println!(
-                "progress with a {method} preview every step (tiny model, {side}², {steps} steps): {rate:.1} previews/s; job {:.2} s vs {:.2} s without = {:.2}x",
-                job.seconds,
-                plain.seconds,
-                job.seconds / plain.seconds
+                "progress with a {method} preview every step (tiny model, {side}², {steps} steps, median of {rounds}): {rate:.1} previews/s; job {with:.2} s vs {plain:.2} s without = {:.2}x",
+                with / plain
             );
         }
     }
