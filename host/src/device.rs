@@ -63,7 +63,8 @@ pub fn dtype_name(kind: Kind) -> &'static str {
 pub fn release_freed_memory(device: Device) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if device == Device::Cpu {
-        // SAFETY: malloc_trim only returns unused heap pages; it touches no live allocation.
+        // SAFETY: malloc_trim only returns unused heap pages and touches no live allocation; it
+        // takes each arena's lock, so other threads may allocate meanwhile.
         unsafe {
             libc::malloc_trim(0);
         }

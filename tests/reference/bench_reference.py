@@ -171,7 +171,7 @@ def profile(run) -> dict:
         category = next((c for c, keys in CATEGORIES if any(k in name for k in keys)),
                         "elementwise and other")
         parts[category] += event.self_cpu_time_total / 1e6
-    return {"seconds": seconds, "ops": parts}
+    return {"seconds": seconds, "ops": list(parts.items())}  # in CATEGORIES order
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ pub struct Img2ImgParams {
     pub inpaint: InpaintSettings,
     /// Match each result's colours to the init image (A1111 `img2img_color_correction`).
     pub color_correction: bool,
-    /// Encode and decode images larger than 512² in overlapping tiles (diffusers'
+    /// Encode and decode images wider or taller than 512 px in overlapping tiles (diffusers'
     /// `enable_tiling`): memory of one tile whatever the size, pixels slightly different.
     pub vae_tiling: bool,
 }

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use tch::{Device, Kind, Tensor};
 
+use super::reference::status_kib;
 use crate::checkpoint::{infer_architecture, Checkpoint};
 use crate::device::release_freed_memory;
 use crate::models::vae::VaeTiling;
@@ -16,11 +17,7 @@ use crate::models::StableDiffusion;
 
 /// A field of `/proc/self/status` in MiB.
 fn status_mib(field: &str) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+    let kib = status_kib(Path::new("/proc/self/status"), field)
         .with_context(|| format!("no {field} in /proc/self/status"))?;
     Ok(kib / 1024.0)
 }

@@ -80,6 +80,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "unknown bench case \"{case}\" (known: {CASES})"
         );
     }
+    for dtype in &args.dtypes {
+        // The reference side knows these two; fp16 convolutions have no fast CPU kernels.
+        anyhow::ensure!(
+            matches!(dtype.as_str(), "fp32" | "bf16"),
+            "bench dtype \"{dtype}\": the CPU comparison runs fp32 and bf16"
+        );
+    }
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));

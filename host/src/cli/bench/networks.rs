@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use anyhow::Context;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
@@ -187,10 +188,17 @@ pub fn profile(script: &ReferenceScript, model: &Path, threads: i32) -> anyhow::
         "  {:<24} {:>9} {:>9} {:>9}",
         "category", "fp32", "bf16", "speed-up"
     );
-    let ops = parts[0]["ops"].as_object().cloned().unwrap_or_default();
-    for (category, fp32) in &ops {
-        let fp32 = fp32.as_f64().unwrap_or(0.0);
-        let bf16 = parts[1]["ops"][category].as_f64().unwrap_or(0.0);
+    let categories = |answer: &serde_json::Value| -> anyhow::Result<Vec<(String, f64)>> {
+        let ops = answer["ops"]
+            .as_array()
+            .with_context(|| format!("the reference's profile answered {answer}"))?;
+        Ok(ops
+            .iter()
+            .filter_map(|pair| Some((pair[0].as_str()?.to_string(), pair[1].as_f64()?)))
+            .collect())
+    };
+    let (fp32_ops, bf16_ops) = (categories(&parts[0])?, categories(&parts[1])?);
+    for ((category, fp32), (_, bf16)) in fp32_ops.iter().zip(&bf16_ops) {
         println!(
             "  {category:<24} {fp32:>9.3} {bf16:>9.3} {:>8.2}x",
             fp32 / bf16

@@ -82,8 +82,8 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// One warm-up of each side, then `repeat` timed runs alternating between them, so both see
-/// the same machine state; the two medians.
+/// One warm-up of each side, then `repeat` timed runs alternating between them (which side
+/// goes first alternates too), so both see the same machine state; the two medians.
 pub fn interleaved(
     repeat: usize,
     mut ours: impl FnMut() -> anyhow::Result<f64>,
@@ -92,9 +92,14 @@ pub fn interleaved(
     ours()?;
     theirs()?;
     let (mut mine, mut reference) = (Vec::new(), Vec::new());
-    for _ in 0..repeat.max(1) {
-        mine.push(ours()?);
-        reference.push(theirs()?);
+    for round in 0..repeat.max(1) {
+        if round % 2 == 0 {
+            mine.push(ours()?);
+            reference.push(theirs()?);
+        } else {
+            reference.push(theirs()?);
+            mine.push(ours()?);
+        }
     }
     Ok((median(mine), median(reference)))
 }
@@ -117,15 +122,11 @@ pub fn job_process(program: &Path, args: &[&str]) -> anyhow::Result<(f64, f64)> 
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {}", program.display()))?;
-    let status_file = format!("/proc/{}/status", child.id());
-    let mut peak_kib = 0u64;
+    let status_file = PathBuf::from(format!("/proc/{}/status", child.id()));
+    let mut peak_kib = 0.0f64;
     let status = loop {
-        if let Ok(text) = std::fs::read_to_string(&status_file) {
-            let hwm = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
-            peak_kib = peak_kib.max(hwm.unwrap_or(0));
+        if let Some(hwm) = status_kib(&status_file, "VmHWM:") {
+            peak_kib = peak_kib.max(hwm);
         }
         if let Some(status) = child.try_wait()? {
             break status;
@@ -138,5 +139,14 @@ pub fn job_process(program: &Path, args: &[&str]) -> anyhow::Result<(f64, f64)> 
         program.display(),
         args.join(" ")
     );
-    Ok((start.elapsed().as_secs_f64(), peak_kib as f64 / 1024.0))
+    Ok((start.elapsed().as_secs_f64(), peak_kib / 1024.0))
+}
+
+/// A memory field (`VmRSS:`, `VmHWM:` …) of a `/proc/…/status` file, in KiB.
+pub fn status_kib(status_file: &Path, field: &str) -> Option<f64> {
+    std::fs::read_to_string(status_file)
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
 }

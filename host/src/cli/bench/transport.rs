@@ -28,7 +28,7 @@ struct BenchDaemon {
 impl BenchDaemon {
     fn start(sdhost: &Path, model: &str, dir: &Path) -> anyhow::Result<Self> {
         let socket = dir.join(format!("bench-{}.sock", std::process::id()));
-        let process = Command::new(sdhost)
+        let mut process = Command::new(sdhost)
             .args(["serve", "--model", model, "--socket"])
             .arg(&socket)
             .env("SDHOST_CACHE_DIR", dir.join("cache"))
@@ -40,9 +40,15 @@ impl BenchDaemon {
             match UnixStream::connect(&socket) {
                 Ok(stream) => break stream,
                 Err(_) if start.elapsed().as_secs() < 120 => {
+                    if let Some(status) = process.try_wait()? {
+                        anyhow::bail!("the bench daemon exited at start ({status})");
+                    }
                     std::thread::sleep(Duration::from_millis(100))
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    let _ = process.kill();
+                    return Err(e.into());
+                }
             }
         };
         write_frame(&mut stream, &json!({"type": "hello", "protocol": 1}), &[])?;
@@ -116,7 +122,7 @@ pub fn round_trip(sdhost: &Path, model: &str, dir: &Path) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// What a client sees of one job: seconds from `queued` to `done`, and the previews that came
+/// What a client sees of one job: seconds from sending it to `done`, and the previews that came
 /// with its progress events.
 struct JobStream {
     seconds: f64,
@@ -174,8 +180,9 @@ pub fn preview_rate(sdhost: &Path, dir: &Path) -> anyhow::Result<()> {
     write_tiny_model(&TinyModelSpec::tiny(0), &tiny)?;
     let mut daemon = BenchDaemon::start(sdhost, &tiny.to_string_lossy(), dir)?;
     let steps = 20;
-    run_job(&mut daemon, None, 128, 2)?; // warm-up
-                                         // Rounds alternate the three kinds of job; medians, as one job's time varies by ±10 % here.
+    // A warm-up, then rounds alternating the three kinds of job; medians, as one job's time
+    // varies by ±10 % here.
+    run_job(&mut daemon, None, 128, 2)?;
     for (side, rounds) in [(128, 5), (512, 1)] {
         let methods = [None, Some("Approx cheap"), Some("Full")];
         let mut jobs: Vec<Vec<JobStream>> = methods.iter().map(|_| Vec::new()).collect();

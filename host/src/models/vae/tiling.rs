@@ -1,7 +1,8 @@
 //! Tiled encoding and decoding, for images too large to run through the autoencoder in one
 //! piece: overlapping tiles run on their own and their overlaps are blended linearly, exactly
 //! as diffusers' `AutoencoderKL.enable_tiling()` does, so its results can be checked against
-//! it. Memory then stays at one tile's activations whatever the image size; the price is that
+//! it (diffusers tiles at the VAE config's `sample_size`, 512 for SD 1.x, the default here).
+//! Memory then stays at one tile's activations whatever the image size; the price is that
 //! each tile's group norms see only the tile (pixels differ slightly from an untiled run).
 
 use tch::{Kind, Tensor};
@@ -64,7 +65,9 @@ impl VaeTiling {
 }
 
 /// Weights `(1 − i/extent, i/extent)` for `i` in `0..extent`, shaped to broadcast along `dim`
-/// of an NCHW tensor (computed in f64 and rounded once, as Python floats are).
+/// of an NCHW tensor. Computed in f64 and rounded once to the tensor's dtype: in f32 that is
+/// the scalar diffusers multiplies by; in bf16/fp16 the weights of the default extents (16 and
+/// 128) are exact anyway.
 fn ramps(extent: i64, dim: usize, kind: Kind, device: tch::Device) -> (Tensor, Tensor) {
     let up: Vec<f64> = (0..extent).map(|i| i as f64 / extent as f64).collect();
     let down: Vec<f64> = up.iter().map(|w| 1.0 - w).collect();
@@ -96,7 +99,9 @@ fn blend(a: &Tensor, b: &Tensor, extent: i64, dim: usize) {
 /// blended result (diffusers' `tiled_encode` / `tiled_decode` loop).
 pub fn run_tiled(input: &Tensor, grid: TileGrid, f: impl Fn(&Tensor) -> Tensor) -> Tensor {
     let (height, width) = (input.size()[2], input.size()[3]);
-    let starts = |side: i64| (0..side).step_by(grid.stride as usize).collect::<Vec<_>>();
+    // A stride of 0 (a tile of a pixel or two, or overlap 1) would never advance.
+    let stride = grid.stride.max(1) as usize;
+    let starts = |side: i64| (0..side).step_by(stride).collect::<Vec<_>>();
     let tile = |start: i64, side: i64| grid.tile_in.min(side - start);
     let mut rows: Vec<Vec<Tensor>> = Vec::new();
     for &i in &starts(height) {
