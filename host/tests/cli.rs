@@ -21,6 +21,15 @@ fn run_sdhost(args: &[&std::ffi::OsStr]) -> Output {
         .expect("run sdhost")
 }
 
+/// The command succeeded; its stderr is the failure message otherwise.
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn assert_one_line_error(out: &Output, mentions: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -44,11 +53,7 @@ fn make_tiny(path: &Path, extra: &[&str]) {
         vec!["dev".as_ref(), "make-tiny-model".as_ref(), path.as_os_str()];
     args.extend(extra.iter().map(std::ffi::OsStr::new));
     let out = run_sdhost(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }
 
 #[test]
@@ -59,11 +64,7 @@ fn info_describes_a_tiny_model() {
     make_tiny(&model, &["--inpainting", "--dtype", "fp16"]);
     let out = sdhost!("info", model);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     for expected in [
         "SD 1.x inpainting",
         "in 9 out 4",
@@ -89,11 +90,7 @@ fn check_runs_every_network() {
     let model = dir.path().join("tiny.safetensors");
     make_tiny(&model, &[]);
     let out = sdhost!("check", model, "--threads", "1",);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok: every network ran"));
 }
 
@@ -179,11 +176,7 @@ fn prompt_shows_schedule_tokens_and_embeddings() {
         emb_dir,
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     for expected in [
         "model calls ..=5: \"a (cat:1.3) dog BREAK dongwm-nt\"",
         "model calls ..=10: \"a (cat:1.3) bird BREAK dongwm-nt\"",
@@ -341,11 +334,7 @@ fn img2img_writes_pngs_that_png_info_reads_and_from_png_reproduces() {
         "--threads",
         "1",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     // Default size: the init image's, down to a multiple of 8.
     let first = out_dir.join("00000-5.png");
     let second = out_dir.join("00001-6.png");
@@ -380,11 +369,7 @@ fn img2img_writes_pngs_that_png_info_reads_and_from_png_reproduces() {
         &again,
         &[&from_png[..], &["--threads", "1"]].concat(),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_eq!(pixels(&again.join("00000-6.png")), pixels(&second));
     let out = img2img_into(
         &model,
@@ -626,22 +611,14 @@ fn img2img_vae_tiling_runs_large_images_in_tiles_and_reproduces() {
     ];
     let plain_dir = dir.path().join("plain");
     let out = img2img_into(&model, &init, &plain_dir, &job);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let out = img2img_into(
         &model,
         &init,
         &out_dir,
         &[&job[..], &["--vae-tiling"]].concat(),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let (plain, tiled) = (plain_dir.join("00000-3.png"), out_dir.join("00000-3.png"));
     assert_eq!(pixels(&tiled).dimensions(), (576, 544));
     assert_ne!(pixels(&tiled), pixels(&plain), "tiles see only themselves");
@@ -657,10 +634,6 @@ fn img2img_vae_tiling_runs_large_images_in_tiles_and_reproduces() {
     let again = dir.path().join("again");
     let from_png = ["--from-png", tiled.to_str().unwrap(), "--threads", "1"];
     let out = img2img_into(&model, &init, &again, &from_png);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_eq!(pixels(&again.join("00000-3.png")), pixels(&tiled));
 }

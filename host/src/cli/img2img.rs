@@ -148,8 +148,8 @@ pub struct Img2ImgArgs {
     /// Colour correction: match each result's colours to the init image (A1111's option).
     #[arg(long)]
     color_correction: bool,
-    /// VAE tiling: encode and decode images wider or taller than 512 px in overlapping 512² tiles, so
-    /// memory stays at one tile's whatever the size (pixels differ slightly).
+    /// VAE tiling: encode and decode images wider or taller than 512 px in overlapping 512²
+    /// tiles, so memory stays at one tile's whatever the size (pixels differ slightly).
     #[arg(long)]
     vae_tiling: bool,
     /// Also write each inpainting result as NNNNN-SEED-patch.png: the regenerated area with

@@ -43,6 +43,20 @@ pub(super) fn params(width: u32, height: u32, steps: usize, strength: f64) -> Im
     }
 }
 
+/// Seconds one img2img job takes with `model` loaded.
+pub(super) fn time_job(
+    model: &GenerationModel,
+    registry: &SamplerRegistry,
+    params: &Img2ImgParams,
+    init: &RgbImage,
+    mask: Option<&GrayImage>,
+) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    run_img2img(model, registry, params, init, mask, &mut |_| Flow::Continue)
+        .context("benchmark job")?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
 /// Prints the figures.
 pub fn print_figures(model: &Path, wants: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
     let sdhost = std::env::current_exe()?;
@@ -71,12 +85,7 @@ pub fn print_figures(model: &Path, wants: &dyn Fn(&str) -> bool) -> anyhow::Resu
         let generation = GenerationModel::load(model, Device::Cpu, Kind::Float, None)?;
         let registry = SamplerRegistry::load(&PluginPaths::discover(None));
         let time_job = |params: &Img2ImgParams, init: &RgbImage, mask: Option<&GrayImage>| {
-            let start = Instant::now();
-            run_img2img(&generation, &registry, params, init, mask, &mut |_| {
-                Flow::Continue
-            })
-            .map(|_| start.elapsed().as_secs_f64())
-            .context("benchmark job")
+            time_job(&generation, &registry, params, init, mask)
         };
         if wants("scaling") {
             let init = picture(256, 256);

@@ -4,15 +4,12 @@
 
 use std::path::Path;
 
-use anyhow::Context;
-use sdhost_plugin_api::Flow;
 use serde_json::json;
 use tch::{Device, Kind};
 
-use super::figures::{params, picture};
+use super::figures::{params, picture, time_job};
 use super::reference::{interleaved, job_process, Reference, ReferenceScript};
 use crate::checkpoint::{Checkpoint, CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX};
-use crate::pipeline::img2img::run_img2img;
 use crate::pipeline::model::GenerationModel;
 use crate::sampling::plugins::{PluginPaths, SamplerRegistry};
 use crate::tiny_model::{write_tiny_model, TinyModelSpec};
@@ -61,14 +58,7 @@ pub fn run(
         let job = params(size, size, steps, 1.0);
         let (mine, theirs) = interleaved(
             repeat,
-            || {
-                let start = std::time::Instant::now();
-                run_img2img(&generation, &registry, &job, &init, None, &mut |_| {
-                    Flow::Continue
-                })
-                .context("benchmark job")?;
-                Ok(start.elapsed().as_secs_f64())
-            },
+            || time_job(&generation, &registry, &job, &init, None),
             || {
                 reference.time(json!({
                     "op": "img2img", "model": path, "init": init_arg, "size": size, "steps": steps,

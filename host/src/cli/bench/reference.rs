@@ -36,7 +36,8 @@ impl Reference {
             .spawn()
             .with_context(|| {
                 format!(
-                    "starting {} {}",
+                    "starting the reference side {} {} (run `make bench` from the repository \
+                     root, which sets up .venv, or pass --python and --reference)",
                     script.python.display(),
                     script.script.display()
                 )

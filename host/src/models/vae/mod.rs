@@ -116,12 +116,9 @@ impl AutoencoderKl {
     /// [`Self::encode`], in tiles when `tiling` is given and the image is larger than a tile.
     pub fn encode_tiled(&self, image: &Tensor, tiling: Option<VaeTiling>) -> LatentDistribution {
         let moments = |x: &Tensor| self.quant_conv.forward(&self.encoder.forward(x));
-        let (height, width) = (image.size()[2], image.size()[3]);
         let moments = match tiling {
-            Some(t) if height > t.tile_size || width > t.tile_size => {
-                run_tiled(image, t.encode_grid(self.config.downscale()), moments)
-            }
-            _ => moments(image),
+            Some(t) => run_tiled(image, t.encode_grid(self.config.downscale()), moments),
+            None => moments(image),
         };
         let parts = moments.chunk(2, 1);
         LatentDistribution {
@@ -138,13 +135,9 @@ impl AutoencoderKl {
     /// [`Self::decode`], in tiles when `tiling` is given and the latent is larger than a tile.
     pub fn decode_tiled(&self, latent: &Tensor, tiling: Option<VaeTiling>) -> Tensor {
         let decode = |z: &Tensor| self.decoder.forward(&self.post_quant_conv.forward(z));
-        let downscale = self.config.downscale();
-        let (height, width) = (latent.size()[2], latent.size()[3]);
         match tiling {
-            Some(t) if height > t.tile_size / downscale || width > t.tile_size / downscale => {
-                run_tiled(latent, t.decode_grid(downscale), decode)
-            }
-            _ => decode(latent),
+            Some(t) => run_tiled(latent, t.decode_grid(self.config.downscale()), decode),
+            None => decode(latent),
         }
     }
 }

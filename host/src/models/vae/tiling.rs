@@ -96,9 +96,13 @@ fn blend(a: &Tensor, b: &Tensor, extent: i64, dim: usize) {
 }
 
 /// Runs `f` over overlapping tiles of `input` [B, C, H, W] on `grid` and assembles the
-/// blended result (diffusers' `tiled_encode` / `tiled_decode` loop).
+/// blended result (diffusers' `tiled_encode` / `tiled_decode` loop); an input that fits in one
+/// tile runs whole, as diffusers only tiles a side longer than a tile.
 pub fn run_tiled(input: &Tensor, grid: TileGrid, f: impl Fn(&Tensor) -> Tensor) -> Tensor {
     let (height, width) = (input.size()[2], input.size()[3]);
+    if height <= grid.tile_in && width <= grid.tile_in {
+        return f(input);
+    }
     // A stride of 0 (a tile of a pixel or two, or overlap 1) would never advance.
     let stride = grid.stride.max(1) as usize;
     let starts = |side: i64| (0..side).step_by(stride).collect::<Vec<_>>();
