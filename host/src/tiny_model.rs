@@ -21,6 +21,9 @@ use tch::{Device, Kind, Tensor};
 pub enum Preset {
     /// UNet 32/64 over 2 levels, 2-layer CLIP of width 32 with the real vocabulary, VAE 32/64.
     Tiny,
+    /// `Tiny` with SD 1.x's four UNet levels (three downsamples, attention on the first three):
+    /// latent sides that are not multiples of 8 meet mismatched skip connections as in SD 1.5.
+    TinyDeep,
     /// The exact SD 1.5 shapes (860M-parameter UNet, CLIP ViT-L/14, kl-f8 VAE).
     Sd15,
 }
@@ -59,14 +62,22 @@ impl TinyModelSpec {
                 clip: ClipConfig::vit_l14(),
                 clip_prefix: format!("{CLIP_PREFIX}.text_model"),
             },
-            Preset::Tiny => Architecture {
+            Preset::Tiny | Preset::TinyDeep => Architecture {
                 unet: UNetConfig {
                     in_channels,
                     out_channels: 4,
                     model_channels: 32,
-                    channel_mult: vec![1, 2],
+                    channel_mult: if self.preset == Preset::Tiny {
+                        vec![1, 2]
+                    } else {
+                        vec![1, 1, 2, 2]
+                    },
                     num_res_blocks: 2,
-                    attention_levels: vec![true, false],
+                    attention_levels: if self.preset == Preset::Tiny {
+                        vec![true, false]
+                    } else {
+                        vec![true, true, true, false]
+                    },
                     transformer_depth: 1,
                     context_dim: 32,
                     heads: AttentionHeads::Count(8),

@@ -637,3 +637,44 @@ fn img2img_vae_tiling_runs_large_images_in_tiles_and_reproduces() {
     assert_success(&out);
     assert_eq!(pixels(&again.join("00000-3.png")), pixels(&tiled));
 }
+
+/// 96×64 with SD 1.x's four UNet levels (skip connections of mismatched size, resized as
+/// A1111 does): the PNG's infotext alone reproduces it.
+#[test]
+fn img2img_at_96x64_reproduces_from_its_infotext() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny-deep.safetensors");
+    make_tiny(&model, &["--preset", "tiny-deep"]);
+    let init = dir.path().join("init.png");
+    write_init(&init);
+    let first = dir.path().join("first");
+    let job = [
+        "--width",
+        "96",
+        "--height",
+        "64",
+        "--steps",
+        "6",
+        "--seed",
+        "77",
+        "--sampler",
+        "DPM++ 2M SDE",
+        "--denoising-strength",
+        "0.7",
+        "--threads",
+        "1",
+    ];
+    assert_success(&img2img_into(&model, &init, &first, &job));
+    let made = first.join("00000-77.png");
+    assert_eq!(pixels(&made).dimensions(), (96, 64));
+
+    let again = dir.path().join("again");
+    let from_png = ["--from-png", made.to_str().unwrap(), "--threads", "1"];
+    assert_success(&img2img_into(&model, &init, &again, &from_png));
+    let remade = again.join("00000-77.png");
+    assert_eq!(pixels(&remade), pixels(&made));
+    assert_eq!(
+        std::fs::read(&remade).unwrap(),
+        std::fs::read(&made).unwrap()
+    );
+}

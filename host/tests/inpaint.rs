@@ -33,6 +33,10 @@ fn test_mask(path: &std::path::Path) -> GrayImage {
 struct Case {
     name: &'static str,
     inpainting_model: bool,
+    /// SD 1.x's four UNet levels (`Preset::TinyDeep`) instead of the tiny model's two.
+    deep: bool,
+    /// The job's width × height (only masked: the size the crop is processed at).
+    size: (u32, u32),
     sampler: &'static str,
     reference_sampler: &'static str,
     karras: bool,
@@ -47,6 +51,8 @@ fn cases() -> Vec<Case> {
         Case {
             name: "whole_original_euler_a",
             inpainting_model: false,
+            deep: false,
+            size: (64, 48),
             sampler: "Euler a",
             reference_sampler: "sample_euler_ancestral",
             karras: false,
@@ -57,6 +63,8 @@ fn cases() -> Vec<Case> {
         Case {
             name: "only_masked_fill_dpmpp_2m",
             inpainting_model: false,
+            deep: false,
+            size: (64, 48),
             sampler: "DPM++ 2M",
             reference_sampler: "sample_dpmpp_2m",
             karras: true,
@@ -72,6 +80,8 @@ fn cases() -> Vec<Case> {
         Case {
             name: "inverted_latent_noise_euler",
             inpainting_model: false,
+            deep: false,
+            size: (64, 48),
             sampler: "Euler",
             reference_sampler: "sample_euler",
             karras: false,
@@ -88,6 +98,8 @@ fn cases() -> Vec<Case> {
         Case {
             name: "latent_nothing_ddim",
             inpainting_model: false,
+            deep: false,
+            size: (64, 48),
             sampler: "DDIM",
             reference_sampler: "ddim",
             karras: false,
@@ -101,6 +113,8 @@ fn cases() -> Vec<Case> {
         Case {
             name: "inpainting_model_euler",
             inpainting_model: true,
+            deep: false,
+            size: (64, 48),
             sampler: "Euler",
             reference_sampler: "sample_euler",
             karras: false,
@@ -114,6 +128,8 @@ fn cases() -> Vec<Case> {
         Case {
             name: "inpainting_model_only_masked_ddim",
             inpainting_model: true,
+            deep: false,
+            size: (64, 48),
             sampler: "DDIM",
             reference_sampler: "ddim",
             karras: false,
@@ -122,6 +138,41 @@ fn cases() -> Vec<Case> {
             settings: InpaintSettings {
                 only_masked: true,
                 only_masked_padding: 4,
+                masked_content: MaskedContent::Fill,
+                ..whole.clone()
+            },
+        },
+        // The crop processed at 72×56: a 9×7 latent, odd on both sides at every level, so
+        // A1111's resize at the skip connections decides the picture.
+        Case {
+            name: "deep_only_masked_odd_latent_euler_a",
+            inpainting_model: false,
+            deep: true,
+            size: (72, 56),
+            sampler: "Euler a",
+            reference_sampler: "sample_euler_ancestral",
+            karras: false,
+            strength: 0.7,
+            seeds: &[14, 15],
+            settings: InpaintSettings {
+                only_masked: true,
+                only_masked_padding: 8,
+                ..whole.clone()
+            },
+        },
+        Case {
+            name: "deep_inpainting_model_only_masked_odd_latent_dpmpp_2m",
+            inpainting_model: true,
+            deep: true,
+            size: (72, 56),
+            sampler: "DPM++ 2M",
+            reference_sampler: "sample_dpmpp_2m",
+            karras: true,
+            strength: 0.85,
+            seeds: &[16],
+            settings: InpaintSettings {
+                only_masked: true,
+                only_masked_padding: 12,
                 masked_content: MaskedContent::Fill,
                 ..whole
             },
@@ -133,8 +184,8 @@ fn params(case: &Case) -> Img2ImgParams {
     Img2ImgParams {
         prompt: "a red cat on a sofa".into(),
         negative_prompt: "blurry".into(),
-        width: 64,
-        height: 48,
+        width: case.size.0,
+        height: case.size.1,
         cfg_scale: 6.5,
         seed: case.seeds[0] as i64,
         batch_size: case.seeds.len(),
@@ -174,8 +225,19 @@ fn run(
 fn inpainting_matches_the_python_reference_pipeline() {
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
-    let plain = common::tiny_model(dir.path(), 21);
-    let inpainting = common::tiny_inpainting_model(dir.path(), 22);
+    // Indexed [deep][inpainting].
+    let checkpoints = [
+        [
+            common::tiny_model(dir.path(), 21),
+            common::tiny_inpainting_model(dir.path(), 22),
+        ],
+        [
+            common::tiny_deep_model(dir.path(), 23, false),
+            common::tiny_deep_model(dir.path(), 24, true),
+        ],
+    ];
+    let checkpoint =
+        |case: &Case| &checkpoints[usize::from(case.deep)][usize::from(case.inpainting_model)];
     let init_path = dir.path().join("init.png");
     let mask_path = dir.path().join("mask.png");
     let init = common::test_picture(&init_path);
@@ -187,9 +249,10 @@ fn inpainting_matches_the_python_reference_pipeline() {
             let s = &case.settings;
             serde_json::json!({
                 "name": case.name,
-                "checkpoint": if case.inpainting_model { &inpainting } else { &plain },
+                "checkpoint": checkpoint(case),
                 "sampler": case.reference_sampler, "karras": case.karras, "steps": 10,
-                "strength": case.strength, "seeds": case.seeds, "width": 64, "height": 48,
+                "strength": case.strength, "seeds": case.seeds, "width": case.size.0,
+                "height": case.size.1,
                 "prompt": "a red cat on a sofa", "negative_prompt": "blurry", "cfg_scale": 6.5,
                 "blur": s.mask_blur_x, "invert": s.invert,
                 "fill": match s.masked_content {
@@ -215,17 +278,21 @@ fn inpainting_matches_the_python_reference_pipeline() {
         ],
     );
 
-    let models = [
-        GenerationModel::load(&plain, Device::Cpu, Kind::Float, None).unwrap(),
-        GenerationModel::load(&inpainting, Device::Cpu, Kind::Float, None).unwrap(),
-    ];
     for case in &cases {
-        let model = &models[usize::from(case.inpainting_model)];
+        let model = GenerationModel::load(checkpoint(case), Device::Cpu, Kind::Float, None)
+            .expect("model loads");
         let params = params(case);
-        let outcome = run(model, &params, &init, &mask);
-        let (_, prepared) =
-            prepare_inpaint(&init, &mask, &case.settings, params.resize_mode, 64, 48)
-                .expect("mask prepares");
+        let outcome = run(&model, &params, &init, &mask);
+        let (width, height) = case.size;
+        let (_, prepared) = prepare_inpaint(
+            &init,
+            &mask,
+            &case.settings,
+            params.resize_mode,
+            width,
+            height,
+        )
+        .expect("mask prepares");
         for (i, generated) in outcome.images.iter().enumerate() {
             let expected = image::open(dir.path().join(format!("{}_{i}.png", case.name)))
                 .unwrap()

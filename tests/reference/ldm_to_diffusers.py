@@ -11,9 +11,11 @@ import re
 from dataclasses import dataclass
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel
+
+from a1111_unet import A1111UNet
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
@@ -131,10 +133,11 @@ def convert_unet(u: dict[str, torch.Tensor], s: UNetShape) -> dict[str, torch.Te
     return out
 
 
-def build_unet(sd: dict[str, torch.Tensor]) -> UNet2DConditionModel:
+def build_unet(sd: dict[str, torch.Tensor]) -> A1111UNet:
+    """diffusers' UNet with the checkpoint's weights, walked as A1111 walks LDM's (a1111_unet.py)."""
     u = _sub(sd, UNET)
     s = unet_shape(u)
-    unet = UNet2DConditionModel(
+    unet = A1111UNet(
         sample_size=64,
         in_channels=s.in_channels,
         out_channels=s.out_channels,

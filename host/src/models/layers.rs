@@ -113,12 +113,12 @@ impl Upsample {
         })
     }
 
-    /// Doubles height and width, or resizes to `size` (a UNet skip connection of odd size).
-    pub fn forward(&self, x: &Tensor, size: Option<(i64, i64)>) -> Tensor {
+    /// Doubles height and width (nearest), then convolves, at every size: LDM's `Upsample`.
+    /// A UNet skip connection of odd size is matched afterwards, at the concatenation.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
         let (_, _, h, w) = x.size4().expect("features are NCHW");
-        let (oh, ow) = size.unwrap_or((2 * h, 2 * w));
         self.conv
-            .forward(&x.upsample_nearest2d([oh, ow], None, None))
+            .forward(&x.upsample_nearest2d([2 * h, 2 * w], None, None))
     }
 }
 

@@ -88,11 +88,26 @@ pub fn tiny_inpainting_model(dir: &Path, seed: i64) -> PathBuf {
     write_tiny(dir, seed, true)
 }
 
+/// Writes the tiny fp32 model of `seed` with SD 1.x's four UNet levels (`Preset::TinyDeep`),
+/// for sizes whose latent sides are not multiples of 8.
+pub fn tiny_deep_model(dir: &Path, seed: i64, inpainting: bool) -> PathBuf {
+    write_preset(dir, sdhost::tiny_model::Preset::TinyDeep, seed, inpainting)
+}
+
 fn write_tiny(dir: &Path, seed: i64, inpainting: bool) -> PathBuf {
+    write_preset(dir, sdhost::tiny_model::Preset::Tiny, seed, inpainting)
+}
+
+fn write_preset(
+    dir: &Path,
+    preset: sdhost::tiny_model::Preset,
+    seed: i64,
+    inpainting: bool,
+) -> PathBuf {
     let kind = if inpainting { "inpainting-" } else { "" };
-    let path = dir.join(format!("tiny-{kind}{seed}.safetensors"));
+    let path = dir.join(format!("{preset:?}-{kind}{seed}.safetensors").to_lowercase());
     let spec = sdhost::tiny_model::TinyModelSpec {
-        preset: sdhost::tiny_model::Preset::Tiny,
+        preset,
         inpainting,
         seed,
         storage: tch::Kind::Float,

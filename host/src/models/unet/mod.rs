@@ -112,20 +112,14 @@ enum Layer {
 struct Block(Vec<Layer>);
 
 impl Block {
-    fn forward(
-        &self,
-        x: &Tensor,
-        emb: &Tensor,
-        context: &Tensor,
-        up_size: Option<(i64, i64)>,
-    ) -> Tensor {
+    fn forward(&self, x: &Tensor, emb: &Tensor, context: &Tensor) -> Tensor {
         let mut h = x.shallow_clone();
         for layer in &self.0 {
             h = match layer {
                 Layer::Res(r) => r.forward(&h, emb),
                 Layer::Attention(t) => t.forward(&h, context),
                 Layer::Down(d) => d.forward(&h),
-                Layer::Up(u) => u.forward(&h, up_size),
+                Layer::Up(u) => u.forward(&h),
             };
         }
         h
@@ -251,20 +245,29 @@ impl UNetModel {
         let mut h = self.conv_in.forward(x);
         let mut skips = vec![h.shallow_clone()];
         for block in &self.input_blocks {
-            h = block.forward(&h, &emb, context, None);
+            h = block.forward(&h, &emb, context);
             skips.push(h.shallow_clone());
         }
-        h = self.middle_block.forward(&h, &emb, context, None);
+        h = self.middle_block.forward(&h, &emb, context);
         for block in &self.output_blocks {
             let skip = skips.pop().expect("one skip connection per output block");
-            h = Tensor::cat(&[&h, &skip], 1);
-            // An Upsample must land on the size of the next skip connection (odd sizes).
-            let up_size = skips.last().map(|s| {
-                let size = s.size();
-                (size[2], size[3])
-            });
-            h = block.forward(&h, &emb, context, up_size);
+            h = block.forward(&concat_skip(&h, &skip), &emb, context);
         }
         self.out_conv.forward(&self.out_norm.forward(&h).silu())
+    }
+}
+
+/// `h` joined to a skip connection along the channels, as A1111 patches LDM's `th.cat`
+/// (`modules/sd_hijack_unet.py: TorchHijackForUnet.cat`): where a latent side is not a multiple
+/// of 2^levels, the ×2-upsampled `h` is one row or column larger than the skip tensor and is
+/// resized to it, nearest-neighbour. diffusers instead upsamples straight to the skip's size
+/// (`upsample_size`), which gives other pictures at such sizes.
+fn concat_skip(h: &Tensor, skip: &Tensor) -> Tensor {
+    let (hs, ss) = (h.size(), skip.size());
+    if hs[2..] == ss[2..] {
+        Tensor::cat(&[h, skip], 1)
+    } else {
+        let resized = h.upsample_nearest2d([ss[2], ss[3]], None, None);
+        Tensor::cat(&[&resized, skip], 1)
     }
 }

@@ -63,7 +63,7 @@ impl Decoder {
                 h = block.forward(&h);
             }
             if let Some(u) = &level.upsample {
-                h = u.forward(&h, None);
+                h = u.forward(&h);
             }
         }
         self.conv_out.forward(&self.norm_out.forward(&h).silu())
