@@ -1,8 +1,14 @@
-//! A1111's img2img colour correction (spec §7.7): each result's colours are matched to the
-//! init image's in 8-bit CIE Lab (histogram matching per channel), and the result keeps its
-//! own luminosity (a "luminosity" blend of the matched image with the generated one).
+//! A1111's img2img colour correction (`modules/processing.py: setup_color_correction`,
+//! `apply_color_correction`): each result's colours are matched to the init image's in 8-bit
+//! CIE Lab (histogram matching per channel), and the result keeps its own luminosity (a
+//! "luminosity" blend of the matched image with the generated one).
 
+mod histogram;
+mod luminosity;
+
+use histogram::match_histogram;
 use image::RgbImage;
+use luminosity::luminosity_blend;
 
 /// OpenCV's sRGB → XYZ (D65) matrix and white point.
 const RGB_TO_XYZ: [[f64; 3]; 3] = [
@@ -132,72 +138,4 @@ fn lab8_to_rgb(lab: [u8; 3]) -> [u8; 3] {
         let linear: f64 = row.iter().zip(&xyz).map(|(m, v)| m * v).sum();
         saturate(linear_to_srgb(linear.clamp(0.0, 1.0)) * 255.0)
     })
-}
-
-/// scikit-image's `match_histograms` for one 8-bit channel: each value maps to the template
-/// value at the same quantile (linear between template values), truncated back to 8 bits.
-fn match_histogram(source: &[u8], template: &[u8]) -> Vec<u8> {
-    let mut src_counts = [0u64; 256];
-    source.iter().for_each(|&v| src_counts[usize::from(v)] += 1);
-    let mut tmpl_counts = [0u64; 256];
-    template
-        .iter()
-        .for_each(|&v| tmpl_counts[usize::from(v)] += 1);
-    let quantiles = |counts: &[u64], total: usize| -> Vec<f64> {
-        let mut running = 0u64;
-        counts
-            .iter()
-            .map(|&c| {
-                running += c;
-                running as f64 / total as f64
-            })
-            .collect()
-    };
-    let src_quantiles = quantiles(&src_counts, source.len());
-    let (tmpl_values, tmpl_present): (Vec<f64>, Vec<u64>) = tmpl_counts
-        .iter()
-        .enumerate()
-        .filter(|(_, &c)| c > 0)
-        .map(|(v, &c)| (v as f64, c))
-        .unzip();
-    let tmpl_quantiles = quantiles(&tmpl_present, template.len());
-    let lookup: Vec<u8> = src_quantiles
-        .iter()
-        .map(|&q| interp(q, &tmpl_quantiles, &tmpl_values) as u8)
-        .collect();
-    source.iter().map(|&v| lookup[usize::from(v)]).collect()
-}
-
-/// `numpy.interp` for increasing `xp`.
-fn interp(x: f64, xp: &[f64], fp: &[f64]) -> f64 {
-    if x <= xp[0] {
-        return fp[0];
-    }
-    if x >= xp[xp.len() - 1] {
-        return fp[fp.len() - 1];
-    }
-    let j = xp.partition_point(|&v| v <= x) - 1;
-    let slope = (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j]);
-    slope * (x - xp[j]) + fp[j]
-}
-
-/// blendmodes 2022's luminosity blend of opaque pixels: the corrected colour moved to the
-/// generated pixel's luma, clipped into gamut (min side first, then max with the luma and
-/// maximum found before), ×255 truncated.
-fn luminosity_blend(corrected: [u8; 3], generated: [u8; 3]) -> [u8; 3] {
-    let lum = |c: &[f64; 3]| c[0] * 0.299 + c[1] * 0.587 + c[2] * 0.114;
-    let mut c = corrected.map(|v| f64::from(v) / 255.0);
-    let target = lum(&generated.map(|v| f64::from(v) / 255.0));
-    let delta = target - lum(&c);
-    c.iter_mut().for_each(|v| *v += delta);
-    let l = lum(&c);
-    let min = c.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = c.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if min < 0.0 {
-        c = c.map(|v| l + (v - l) * l / (l - min));
-    }
-    if max > 1.0 {
-        c = c.map(|v| l + (v - l) * (1.0 - l) / (max - l));
-    }
-    c.map(|v| (v.clamp(0.0, 1.0) * 255.0) as u8)
 }
