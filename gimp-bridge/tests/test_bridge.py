@@ -122,3 +122,19 @@ def test_dialog_lists_come_from_the_daemon(daemon):
     offline = fetch_choices("/nonexistent/sdhost.sock")
     assert offline.samplers == SAMPLERS and offline.models == ()
     assert len({slug(name) for name in SAMPLERS}) == len(SAMPLERS), "identifiers are unique"
+
+
+def test_settings_send_only_request_fields_with_the_daemons_defaults(daemon):
+    """The dialog's parameters are fields of the daemon's one request type (its `list` says
+    which, with A1111's defaults), so a renamed or dropped field fails here, not in GIMP."""
+    with Client.connect_unix(str(daemon.socket), timeout=30) as client:
+        fields = {f["name"]: f["default"] for f in client.list()["request_fields"]}
+    params = Settings().params(Region(0, 0, 64, 48))
+    shorthands = {"mask_blur"}  # A1111's: sets mask_blur_x and mask_blur_y
+    assert set(params) - set(fields) <= shorthands, set(params) - set(fields) - shorthands
+    for name in ("prompt", "sampler_name", "scheduler", "steps", "cfg_scale",
+                 "denoising_strength", "seed", "n_iter", "batch_size", "clip_skip",
+                 "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",
+                 "resize_mode", "mask_alpha"):
+        assert params[name] == fields[name], (name, params[name], fields[name])
+    assert params["mask_blur"] == fields["mask_blur_x"] == fields["mask_blur_y"]

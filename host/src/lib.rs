@@ -14,6 +14,7 @@ pub mod pickle;
 pub mod pipeline;
 pub mod prepare;
 pub mod prompt;
+pub mod request;
 pub mod rng;
 pub mod sampling;
 pub mod tiny_model;

@@ -583,7 +583,7 @@ fn every_img2img_mode_runs_from_the_cli_on_the_bundled_pictures() {
             "--inpainting-mask-weight",
             "2",
         ]),
-        "mask weight",
+        "inpainting_mask_weight",
     );
     assert!(!dir.path().join("none").exists());
 }

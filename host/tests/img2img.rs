@@ -6,8 +6,8 @@ mod common;
 use image::RgbImage;
 use sdhost::pipeline::img2img::{run_img2img, JobEvent, JobOutcome};
 use sdhost::pipeline::model::GenerationModel;
-use sdhost::pipeline::params::{Img2ImgParams, RngChoice};
 use sdhost::prepare::resize::ResizeMode;
+use sdhost::request::{GenerationRequest, RngChoice};
 use sdhost::sampling::plan::SamplerSettings;
 use sdhost::sampling::plugins::{PluginPaths, SamplerRegistry};
 use sdhost::sampling::schedule::Schedule;
@@ -27,7 +27,7 @@ fn registry() -> SamplerRegistry {
 fn run(
     model: &GenerationModel,
     registry: &SamplerRegistry,
-    params: &Img2ImgParams,
+    params: &GenerationRequest,
     init: &RgbImage,
 ) -> JobOutcome {
     run_img2img(model, registry, params, init, None, &mut |_| Flow::Continue).expect("job runs")
@@ -76,7 +76,7 @@ fn compare_with_reference(
     let registry = registry();
     for &(name, sampler, _, karras) in samplers {
         for (k, &strength) in strengths.iter().enumerate() {
-            let params = Img2ImgParams {
+            let params = GenerationRequest {
                 prompt: "a red cat on a sofa".into(),
                 negative_prompt: "blurry".into(),
                 width,
@@ -95,7 +95,7 @@ fn compare_with_reference(
                     denoising_strength: strength,
                     ..SamplerSettings::default()
                 },
-                ..Img2ImgParams::default()
+                ..GenerationRequest::default()
             };
             let outcome = run(&model, &registry, &params, &init);
             assert_eq!(outcome.images.len(), 2);
@@ -164,19 +164,19 @@ fn job_seeds_infotext_cancel_and_errors() {
     let init = common::test_picture(&dir.path().join("init.png"));
     let model = GenerationModel::load(&checkpoint, Device::Cpu, Kind::Float, None).unwrap();
     let registry = registry();
-    let base = Img2ImgParams {
+    let base = GenerationRequest {
         prompt: "a house".into(),
         width: 32,
         height: 32,
         seed: 100,
-        batch_count: 2,
+        n_iter: 2,
         batch_size: 2,
         sampler: SamplerSettings {
             sampler: "Euler a".into(),
             steps: 4,
             ..SamplerSettings::default()
         },
-        ..Img2ImgParams::default()
+        ..GenerationRequest::default()
     };
 
     let mut events = Vec::new();
@@ -210,9 +210,9 @@ fn job_seeds_infotext_cancel_and_errors() {
 
     // Image 103 alone (batch of one) gets the same noise: pixels equal up to batched
     // arithmetic in the UNet.
-    let alone = Img2ImgParams {
+    let alone = GenerationRequest {
         seed: 103,
-        batch_count: 1,
+        n_iter: 1,
         batch_size: 1,
         ..base.clone()
     };
@@ -248,7 +248,7 @@ fn job_seeds_infotext_cancel_and_errors() {
     let odd = run(
         &model,
         &registry,
-        &Img2ImgParams {
+        &GenerationRequest {
             width: 45,
             height: 30,
             ..alone.clone()
@@ -264,9 +264,9 @@ fn job_seeds_infotext_cancel_and_errors() {
         ResizeMode::ResizeAndFill,
         ResizeMode::LatentUpscale,
     ] {
-        let params = Img2ImgParams {
+        let params = GenerationRequest {
             resize_mode: mode,
-            init_latent: sdhost::pipeline::params::InitLatentMode::Mean,
+            init_latent: sdhost::request::InitLatentMode::Mean,
             width: 40,
             height: 24,
             ..alone.clone()
@@ -279,7 +279,7 @@ fn job_seeds_infotext_cancel_and_errors() {
     }
 
     // User errors are typed and say what is wrong.
-    let error = |params: Img2ImgParams| {
+    let error = |params: GenerationRequest| {
         run_img2img(&model, &registry, &params, &init, None, &mut |_| {
             Flow::Continue
         })
@@ -287,18 +287,18 @@ fn job_seeds_infotext_cancel_and_errors() {
         .expect("refused")
         .to_string()
     };
-    assert!(error(Img2ImgParams {
+    assert!(error(GenerationRequest {
         width: 4,
         ..alone.clone()
     })
     .contains("between 8 and"));
-    assert!(error(Img2ImgParams {
+    assert!(error(GenerationRequest {
         batch_size: 0,
         ..alone.clone()
     })
     .contains("batch"));
-    assert!(error(Img2ImgParams {
-        rng: RngChoice::Gpu,
+    assert!(error(GenerationRequest {
+        randn_source: RngChoice::Gpu,
         ..alone.clone()
     })
     .contains("CUDA"));

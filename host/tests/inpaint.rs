@@ -7,9 +7,9 @@ mod common;
 use image::{GrayImage, RgbImage};
 use sdhost::pipeline::img2img::{run_img2img, JobOutcome};
 use sdhost::pipeline::model::GenerationModel;
-use sdhost::pipeline::params::Img2ImgParams;
 use sdhost::prepare::inpaint::{prepare_inpaint, InpaintSettings, MaskedContent};
 use sdhost::prepare::mask::binary_mask;
+use sdhost::request::GenerationRequest;
 use sdhost::sampling::plan::SamplerSettings;
 use sdhost::sampling::plugins::{PluginPaths, SamplerRegistry};
 use sdhost::sampling::schedule::Schedule;
@@ -180,8 +180,8 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn params(case: &Case) -> Img2ImgParams {
-    Img2ImgParams {
+fn params(case: &Case) -> GenerationRequest {
+    GenerationRequest {
         prompt: "a red cat on a sofa".into(),
         negative_prompt: "blurry".into(),
         width: case.size.0,
@@ -201,13 +201,13 @@ fn params(case: &Case) -> Img2ImgParams {
             ..SamplerSettings::default()
         },
         inpaint: case.settings.clone(),
-        ..Img2ImgParams::default()
+        ..GenerationRequest::default()
     }
 }
 
 fn run(
     model: &GenerationModel,
-    params: &Img2ImgParams,
+    params: &GenerationRequest,
     init: &RgbImage,
     mask: &GrayImage,
 ) -> JobOutcome {
@@ -352,7 +352,7 @@ fn masks_that_cannot_be_used_are_refused_clearly() {
         builtin: PluginPaths::discover(None).builtin,
         folder: None,
     });
-    let error = |mask: &GrayImage, params: &Img2ImgParams| {
+    let error = |mask: &GrayImage, params: &GenerationRequest| {
         run_img2img(&model, &registry, params, &init, Some(mask), &mut |_| {
             Flow::Continue
         })
@@ -362,7 +362,7 @@ fn masks_that_cannot_be_used_are_refused_clearly() {
     };
     let empty = GrayImage::new(100, 76);
     assert!(error(&empty, &params(case)).contains("the mask is empty"));
-    let only_masked = Img2ImgParams {
+    let only_masked = GenerationRequest {
         inpaint: InpaintSettings {
             only_masked: true,
             ..InpaintSettings::default()
@@ -375,7 +375,7 @@ fn masks_that_cannot_be_used_are_refused_clearly() {
     let full = GrayImage::from_pixel(100, 76, image::Luma([255]));
     let outcome = run(&model, &params(case), &init, &full);
     assert_eq!(outcome.images.len(), 2);
-    let inverted = Img2ImgParams {
+    let inverted = GenerationRequest {
         inpaint: InpaintSettings {
             invert: true,
             ..InpaintSettings::default()

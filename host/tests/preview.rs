@@ -7,10 +7,10 @@ mod common;
 use image::RgbImage;
 use sdhost::pipeline::img2img::{run_img2img, JobEvent};
 use sdhost::pipeline::model::GenerationModel;
-use sdhost::pipeline::params::Img2ImgParams;
 use sdhost::pipeline::preview::{
     cheap_images, preview_image, preview_images, PreviewError, PreviewMethod, CHEAP_COEFFICIENTS,
 };
+use sdhost::request::GenerationRequest;
 use sdhost::sampling::plan::SamplerSettings;
 use sdhost::sampling::plugins::{PluginPaths, SamplerRegistry};
 use sdhost_plugin_api::Flow;
@@ -106,7 +106,7 @@ fn full_preview_of_the_last_euler_step_is_the_final_image() {
         builtin: PluginPaths::discover(None).builtin,
         folder: None,
     });
-    let params = Img2ImgParams {
+    let params = GenerationRequest {
         prompt: "a lighthouse".into(),
         width: 48,
         height: 40,
@@ -118,7 +118,7 @@ fn full_preview_of_the_last_euler_step_is_the_final_image() {
             denoising_strength: 0.8,
             ..SamplerSettings::default()
         },
-        ..Img2ImgParams::default()
+        ..GenerationRequest::default()
     };
     let mut steps_per_batch = 0;
     let mut first: Option<Vec<RgbImage>> = None;

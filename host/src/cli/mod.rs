@@ -7,6 +7,7 @@ mod img2img;
 mod info;
 mod png_info;
 mod prompt;
+pub mod request_flags;
 mod samplers;
 mod serve;
 

@@ -19,6 +19,8 @@ use serde_json::json;
 pub use models::ModelCatalog;
 
 use crate::pipeline::preview::PreviewMethod;
+use crate::prepare::modes::Img2ImgMode;
+use crate::request::GenerationRequest;
 use crate::sampling::plugins::SamplerRegistry;
 use crate::sampling::schedule::Schedule;
 
@@ -66,7 +68,10 @@ pub fn capabilities(registry: &SamplerRegistry, limits: &config::Limits) -> serd
     json!({
         "samplers": samplers,
         "schedules": Schedule::ALL.iter().map(|s| s.label()).collect::<Vec<_>>(),
-        "modes": ["img2img", "sketch", "inpaint", "inpaint-sketch", "inpaint-upload"],
+        "modes": Img2ImgMode::ALL.iter().map(|m| m.name()).collect::<Vec<_>>(),
+        // Every field `params` takes, with its doc and A1111's UI default: clients build their
+        // dialogs and defaults from this rather than from a copy.
+        "request_fields": GenerationRequest::fields(),
         "resize_modes": ["just-resize", "crop-and-resize", "resize-and-fill", "latent-upscale"],
         "formats": ["rgba8", "y8", "png"],
         "preview_methods": PreviewMethod::ALL.iter().map(|m| m.label()).collect::<Vec<_>>(),

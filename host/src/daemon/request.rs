@@ -1,19 +1,13 @@
 //! Requests a client can send, read from frame headers (docs/protocol.md). Job parameters use
 //! the field names of A1111's `/sdapi/v1/img2img` so existing client code maps over directly.
 
-use std::collections::BTreeMap;
-
 use image::DynamicImage;
-use sdhost_plugin_api::OptionValue;
 use serde::Deserialize;
 
 use super::protocol::{Attachment, Frame, PixelFormat};
-use crate::pipeline::params::{Img2ImgParams, InitLatentMode, RngChoice};
 use crate::pipeline::preview::{PreviewMethod, PreviewSettings};
-use crate::prepare::inpaint::MaskedContent;
 use crate::prepare::modes::Img2ImgMode;
-use crate::prepare::resize::ResizeMode;
-use crate::sampling::schedule::Schedule;
+use crate::request::GenerationRequest;
 
 /// A request and the id the client gave it (echoed in every answer to it).
 #[derive(Debug)]
@@ -53,15 +47,13 @@ pub struct GenerateRequest {
     /// Which A1111 tab.
     pub mode: Img2ImgMode,
     /// The job parameters.
-    pub params: Img2ImgParams,
+    pub params: GenerationRequest,
     /// The image.
     pub image: DynamicImage,
     /// The mask, for the inpaint modes.
     pub mask: Option<DynamicImage>,
     /// The sketch layer, for the sketch modes.
     pub sketch: Option<DynamicImage>,
-    /// Inpaint sketch's mask transparency.
-    pub mask_alpha: f64,
     /// Live previews on progress events (none unless asked for).
     pub preview: Option<PreviewSettings>,
 }
@@ -83,47 +75,6 @@ impl RequestError {
             message: message.into(),
         }
     }
-}
-
-/// Job parameters on the wire (A1111 API names; every field optional).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WireParams {
-    prompt: Option<String>,
-    negative_prompt: Option<String>,
-    resize_mode: Option<serde_json::Value>,
-    sampler_name: Option<String>,
-    scheduler: Option<String>,
-    steps: Option<usize>,
-    cfg_scale: Option<f64>,
-    denoising_strength: Option<f64>,
-    seed: Option<i64>,
-    subseed: Option<i64>,
-    subseed_strength: Option<f64>,
-    seed_resize_from_w: Option<u32>,
-    seed_resize_from_h: Option<u32>,
-    width: Option<u32>,
-    height: Option<u32>,
-    n_iter: Option<usize>,
-    batch_size: Option<usize>,
-    clip_skip: Option<usize>,
-    mask_blur: Option<u32>,
-    mask_blur_x: Option<u32>,
-    mask_blur_y: Option<u32>,
-    inpainting_mask_invert: Option<u8>,
-    inpainting_fill: Option<u8>,
-    inpaint_full_res: Option<bool>,
-    inpaint_full_res_padding: Option<u32>,
-    inpaint_min_context: Option<[u32; 2]>,
-    inpainting_mask_weight: Option<f64>,
-    initial_noise_multiplier: Option<f64>,
-    eta_noise_seed_delta: Option<i64>,
-    color_correction: Option<bool>,
-    vae_tiling: Option<bool>,
-    rng: Option<String>,
-    init_latent: Option<String>,
-    mask_alpha: Option<f64>,
-    sampler_options: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// The `preview` object on the wire: `{"method", "every"?}`.
@@ -262,19 +213,11 @@ fn decode_image(
     }
 }
 
-fn enum_value<T>(
-    value: &str,
-    name: &str,
-    parse: impl Fn(&str) -> Option<T>,
-) -> Result<T, RequestError> {
-    parse(value)
-        .ok_or_else(|| RequestError::bad(format!("field \"{name}\": unknown value \"{value}\"")))
-}
-
 fn generate_request(frame: &mut Frame, max_pixels: u64) -> Result<GenerateRequest, RequestError> {
     let header = &frame.header.clone();
     let mode_name: Option<String> = field(header, "mode")?;
-    let wire: WireParams = field(header, "params")?.unwrap_or_default();
+    let changes: serde_json::Map<String, serde_json::Value> =
+        field(header, "params")?.unwrap_or_default();
     let preview = preview_settings(header)?;
     let image = take_attachment(frame, "image")
         .ok_or_else(|| RequestError::bad("img2img needs an \"image\" attachment"))
@@ -286,107 +229,26 @@ fn generate_request(frame: &mut Frame, max_pixels: u64) -> Result<GenerateReques
         .map(|a| decode_image(a, max_pixels))
         .transpose()?;
     let mode = match mode_name {
-        Some(name) => enum_value(&name, "mode", |v| {
-            <Img2ImgMode as clap::ValueEnum>::from_str(v, true).ok()
+        Some(name) => Img2ImgMode::parse(&name).ok_or_else(|| {
+            RequestError::bad(format!("field \"mode\": unknown value \"{name}\""))
         })?,
         None => Img2ImgMode::implied(sketch.is_some(), mask.is_some()),
     };
-
-    let mut params = Img2ImgParams {
+    // The image's size unless the request sets one.
+    let base = GenerationRequest {
         width: image.width(),
         height: image.height(),
-        ..Img2ImgParams::default()
+        ..GenerationRequest::ui_defaults()
     };
-    let p = &mut params;
-    macro_rules! take {
-        ($($wire:ident => $target:expr),* $(,)?) => {
-            $(if let Some(value) = wire.$wire { $target = value; })*
-        };
-    }
-    take!(
-        prompt => p.prompt,
-        negative_prompt => p.negative_prompt,
-        sampler_name => p.sampler.sampler,
-        steps => p.sampler.steps,
-        cfg_scale => p.cfg_scale,
-        denoising_strength => p.sampler.denoising_strength,
-        seed => p.seed,
-        subseed => p.subseed,
-        subseed_strength => p.subseed_strength,
-        width => p.width,
-        height => p.height,
-        n_iter => p.batch_count,
-        batch_size => p.batch_size,
-        clip_skip => p.clip_skip,
-        initial_noise_multiplier => p.initial_noise_multiplier,
-        eta_noise_seed_delta => p.eta_noise_seed_delta,
-        color_correction => p.color_correction,
-        vae_tiling => p.vae_tiling,
-        inpaint_full_res => p.inpaint.only_masked,
-        inpaint_full_res_padding => p.inpaint.only_masked_padding,
-        inpainting_mask_weight => p.inpaint.mask_weight,
-    );
-    if let Some(mode) = &wire.resize_mode {
-        let text = match mode {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        p.resize_mode = enum_value(&text, "resize_mode", ResizeMode::parse)?;
-    }
-    if let Some(name) = &wire.scheduler {
-        p.sampler.schedule = Schedule::from_name(name)
-            .map_err(|e| RequestError::bad(format!("field \"scheduler\": {e}")))?;
-    }
-    if let (Some(w), Some(h)) = (wire.seed_resize_from_w, wire.seed_resize_from_h) {
-        p.seed_resize_from = (w > 0 && h > 0).then_some((w, h));
-    }
-    if let Some(blur) = wire.mask_blur {
-        p.inpaint.mask_blur_x = blur;
-        p.inpaint.mask_blur_y = blur;
-    }
-    take!(
-        mask_blur_x => p.inpaint.mask_blur_x,
-        mask_blur_y => p.inpaint.mask_blur_y,
-    );
-    if let Some(invert) = wire.inpainting_mask_invert {
-        p.inpaint.invert = invert != 0;
-    }
-    if let Some(fill) = wire.inpainting_fill {
-        p.inpaint.masked_content =
-            enum_value(&fill.to_string(), "inpainting_fill", MaskedContent::parse)?;
-    }
-    if let Some([w, h]) = wire.inpaint_min_context {
-        p.inpaint.min_context = Some((w, h));
-    }
-    if let Some(rng) = &wire.rng {
-        p.rng = enum_value(rng, "rng", |v| {
-            <RngChoice as clap::ValueEnum>::from_str(v, true).ok()
-        })?;
-    }
-    if let Some(init) = &wire.init_latent {
-        p.init_latent = enum_value(init, "init_latent", |v| {
-            <InitLatentMode as clap::ValueEnum>::from_str(v, true).ok()
-        })?;
-    }
-    for (name, value) in wire.sampler_options.unwrap_or_default() {
-        let value = match value {
-            serde_json::Value::Number(n) => OptionValue::Number(n.as_f64().unwrap_or(f64::NAN)),
-            serde_json::Value::String(s) => OptionValue::Text(s.into()),
-            other => {
-                return Err(RequestError::bad(format!(
-                    "sampler option \"{name}\" must be a number or a string, got {other}"
-                )))
-            }
-        };
-        p.sampler.options.push((name, value));
-    }
+    let params = base
+        .overlay(&changes)
+        .map_err(|e| RequestError::bad(format!("params: {e}")))?;
     Ok(GenerateRequest {
         mode,
         params,
         image,
         mask,
         sketch,
-        mask_alpha: wire.mask_alpha.unwrap_or(0.0),
         preview,
     })
 }

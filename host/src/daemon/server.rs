@@ -291,7 +291,7 @@ fn read_requests<S: Read>(
                 let params = &request.params;
                 let limits = &shared.limits;
                 let pixels = u64::from(params.width) * u64::from(params.height);
-                let images = params.batch_count.saturating_mul(params.batch_size);
+                let images = params.n_iter.saturating_mul(params.batch_size);
                 let prompt = params.prompt.chars().count() + params.negative_prompt.chars().count();
                 let refused = if pixels > limits.max_pixels {
                     Some(format!(

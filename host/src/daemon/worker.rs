@@ -71,7 +71,9 @@ pub fn error_event(
 /// The error code of a failed job.
 fn error_code(error: &JobError) -> &'static str {
     match error {
-        JobError::InvalidParams(_) | JobError::Plan(_) => "invalid_params",
+        JobError::InvalidParams(_) | JobError::Plan(_) | JobError::Unsupported(_) => {
+            "invalid_params"
+        }
         JobError::Mask(_) => "bad_mask",
         JobError::Sampling(SamplingError::OutOfMemory { .. }) => "out_of_memory",
         JobError::Torch { message, .. } if message.to_lowercase().contains("out of memory") => {
@@ -245,7 +247,7 @@ impl Worker {
             image: &request.image,
             sketch: request.sketch.as_ref(),
             mask: request.mask.as_ref(),
-            mask_alpha: request.mask_alpha,
+            mask_alpha: request.params.mask_alpha,
             mask_blur: request.params.inpaint.mask_blur_x,
             background: DEFAULT_BACKGROUND,
         });

@@ -1,5 +1,5 @@
 //! One img2img job as A1111 runs it (spec §0.1): the init image is resized and encoded once,
-//! then `batch_count` batches of `batch_size` images are sampled, each image from its own seed,
+//! then `n_iter` batches of `batch_size` images are sampled, each image from its own seed,
 //! decoded and given its infotext.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -11,12 +11,12 @@ use tch::{Device, Kind, Tensor};
 use super::decode::decode_latents;
 use super::init::JobInit;
 use super::model::GenerationModel;
-use super::params::{ImageFacts, Img2ImgParams, RngChoice};
 use crate::device::release_freed_memory;
 use crate::infotext::Infotext;
 use crate::prepare::inpaint::{MaskError, MaskedContent, Patch};
 use crate::prompt::conditioning::{CondPart, Conditioner, ScheduledCond};
 use crate::prompt::embeddings::ti_hashes;
+use crate::request::{GenerationRequest, ImageFacts, InvalidRequest, RngChoice};
 use crate::rng::{fixed_seed, random_seed, ImageRng, RngError, RngSource, SeedList, Variation};
 use crate::sampling::brownian::BrownianTreeNoise;
 use crate::sampling::denoiser::{CfgDenoiser, Guidance, LatentMask, Prediction};
@@ -24,18 +24,15 @@ use crate::sampling::noise::JobNoise;
 use crate::sampling::plan::{PlanError, SamplingPlan};
 use crate::sampling::plugins::{SamplerRegistry, SamplingError};
 
-/// Largest accepted side in pixels (A1111's sliders stop at 2048; its API takes more).
-pub const MAX_SIDE: u32 = 8192;
-
-/// Largest mask blur accepted (A1111's slider stops at 64).
-pub const MAX_MASK_BLUR: u32 = 256;
-
 /// Why a job could not run (nothing of it is kept except the images already reported).
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// A parameter out of range.
+    #[error(transparent)]
+    InvalidParams(#[from] InvalidRequest),
+    /// Settings that cannot work together on this model or device.
     #[error("{0}")]
-    InvalidParams(String),
+    Unsupported(String),
     /// Sampler or schedule settings that cannot be sampled.
     #[error(transparent)]
     Plan(#[from] PlanError),
@@ -107,68 +104,13 @@ pub(crate) fn guarded<T>(stage: &'static str, f: impl FnOnce() -> T) -> Result<T
     })
 }
 
-impl Img2ImgParams {
-    /// Checks sizes, counts and scales before any work.
-    pub fn validate(&self, downscale: u32) -> Result<(), JobError> {
-        let invalid = |message: String| Err(JobError::InvalidParams(message));
-        // Sides need not be multiples of 8: as in A1111, the latent is side/8 rounded down and
-        // so is the decoded image (the VAE encoder floors each halving the same way).
-        for (name, side) in [("width", self.width), ("height", self.height)] {
-            if !(downscale..=MAX_SIDE).contains(&side) {
-                return invalid(format!(
-                    "{name} {side} must be between {downscale} and {MAX_SIDE} pixels"
-                ));
-            }
-        }
-        if self.batch_count == 0 || self.batch_size == 0 {
-            return invalid("batch count and batch size must be at least 1".into());
-        }
-        if self.clip_skip == 0 {
-            return invalid("clip skip must be at least 1".into());
-        }
-        for (name, value) in [
-            ("CFG scale", self.cfg_scale),
-            ("variation strength", self.subseed_strength),
-            ("initial noise multiplier", self.initial_noise_multiplier),
-        ] {
-            if !value.is_finite() {
-                return invalid(format!("{name} must be a finite number, got {value}"));
-            }
-        }
-        if !(0.0..=1.0).contains(&self.subseed_strength) {
-            return invalid(format!(
-                "variation strength must be between 0 and 1, got {}",
-                self.subseed_strength
-            ));
-        }
-        let inpaint = &self.inpaint;
-        if !(0.0..=1.0).contains(&inpaint.mask_weight) {
-            return invalid(format!(
-                "inpainting mask weight must be between 0 and 1, got {}",
-                inpaint.mask_weight
-            ));
-        }
-        if inpaint.mask_blur_x > MAX_MASK_BLUR || inpaint.mask_blur_y > MAX_MASK_BLUR {
-            return invalid(format!("mask blur must be at most {MAX_MASK_BLUR} pixels"));
-        }
-        if let Some((w, h)) = self.seed_resize_from {
-            if w > MAX_SIDE || h > MAX_SIDE {
-                return invalid(format!(
-                    "seed resize size {w}x{h} is larger than {MAX_SIDE}"
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
 /// The source of per-image noise for a model on `device`.
 fn rng_source(choice: RngChoice, device: Device) -> Result<RngSource, JobError> {
     match (choice, device) {
         (RngChoice::Cpu, _) => Ok(RngSource::Torch(Device::Cpu)),
         (RngChoice::Nv, _) => Ok(RngSource::Nv),
         (RngChoice::Gpu, Device::Cuda(_)) => Ok(RngSource::Torch(device)),
-        (RngChoice::Gpu, other) => Err(JobError::InvalidParams(format!(
+        (RngChoice::Gpu, other) => Err(JobError::Unsupported(format!(
             "the GPU RNG needs a CUDA device, the model runs on {other:?}; use the CPU or NV RNG"
         ))),
     }
@@ -202,7 +144,7 @@ fn share_schedule(schedule: &[ScheduledCond]) -> Vec<ScheduledCond> {
 pub fn run_img2img(
     model: &GenerationModel,
     registry: &SamplerRegistry,
-    params: &Img2ImgParams,
+    params: &GenerationRequest,
     init_image: &RgbImage,
     mask: Option<&GrayImage>,
     observe: &mut dyn FnMut(JobEvent<'_>) -> Flow,
@@ -210,13 +152,13 @@ pub fn run_img2img(
     let _guard = tch::no_grad_guard();
     let downscale = model.downscale();
     params.validate(downscale)?;
-    let source = rng_source(params.rng, model.device)?;
+    let source = rng_source(params.randn_source, model.device)?;
     let plan = SamplingPlan::new(registry, &params.sampler, &model.levels)?;
     let info = plan.sampler.info;
 
     let seed = fixed_seed(params.seed, random_seed);
     let subseed = fixed_seed(params.subseed, random_seed);
-    let total = params.batch_count * params.batch_size;
+    let total = params.n_iter * params.batch_size;
     let seeds = SeedList::new(seed, subseed, params.subseed_strength, total);
 
     // Init once per job (A1111 `init`): mask, resize or crop, fill, encode.
@@ -256,19 +198,19 @@ pub fn run_img2img(
 
     observe(JobEvent::Started {
         images: total,
-        batches: params.batch_count,
+        batches: params.n_iter,
         steps_per_batch: plan.steps_run,
     });
 
     let mut images = Vec::with_capacity(total);
-    for batch in 0..params.batch_count {
+    for batch in 0..params.n_iter {
         let (batch_seeds, batch_subseeds) = seeds.batch(batch, params.batch_size);
         let mut rng = ImageRng::with_source(batch_seeds, shape, source)?
             .with_variation(Variation {
                 subseeds: batch_subseeds.to_vec(),
                 strength: params.subseed_strength,
                 resize_from: params
-                    .seed_resize_from
+                    .seed_resize_from()
                     .map(|(w, h)| (i64::from(h), i64::from(w))),
             })
             .with_ensd(params.eta_noise_seed_delta);
@@ -294,7 +236,7 @@ pub fn run_img2img(
         if info.brownian {
             let (sigma_min, sigma_max) = plan.brownian_range();
             let tree = BrownianTreeNoise::new(batch_seeds, shape, sigma_min, sigma_max)
-                .map_err(|failure| JobError::InvalidParams(failure.message))?;
+                .map_err(|failure| JobError::Unsupported(failure.message))?;
             job_noise = job_noise.with_brownian(Box::new(tree));
         }
         let guidance = Guidance {

@@ -9,10 +9,10 @@ use super::encode::{resize_latent, InitEncoding, InitLatent};
 use super::img2img::{guarded, JobError};
 use super::mask_latents::{conditioning_mask, latent_mask, InpaintingConditioning};
 use super::model::GenerationModel;
-use super::params::{Img2ImgParams, InitLatentMode};
 use crate::prepare::color_correction::ColorCorrection;
 use crate::prepare::inpaint::{prepare_inpaint, InpaintInit};
 use crate::prepare::resize::{resize_image, ResizeMode};
+use crate::request::{GenerationRequest, InitLatentMode};
 use crate::rng::Generator;
 
 /// A job's init, shared by all its batches.
@@ -53,7 +53,7 @@ impl JobInit {
     /// Prepares and encodes `init_image` (and `mask`, 255 = regenerate) for `params`.
     pub fn new(
         model: &GenerationModel,
-        params: &Img2ImgParams,
+        params: &GenerationRequest,
         init_image: &RgbImage,
         mask: Option<&GrayImage>,
     ) -> Result<Self, JobError> {
@@ -122,7 +122,7 @@ impl JobInit {
         };
         // A1111 takes the target after crop, resize and fill.
         let color_correction = params
-            .color_correction
+            .img2img_color_correction
             .then(|| ColorCorrection::new(&image));
         Ok(JobInit {
             color_correction,

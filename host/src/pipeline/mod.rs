@@ -8,6 +8,6 @@ pub mod init;
 pub mod mask_latents;
 pub mod model;
 pub mod output;
-pub mod params;
+
 pub mod png_info;
 pub mod preview;

@@ -11,7 +11,7 @@ use super::pillow::{alpha_composite, paste_with_mask, unpremultiply};
 use super::resize::{resize_image, ResizeMode};
 
 /// What fills the masked area before sampling (A1111 "Masked content").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MaskedContent {
     /// Blurred surrounding colours.
     Fill,
@@ -24,6 +24,16 @@ pub enum MaskedContent {
 }
 
 impl MaskedContent {
+    /// A1111's index (`inpainting_fill`, 0-3).
+    pub fn index(self) -> u8 {
+        match self {
+            MaskedContent::Fill => 0,
+            MaskedContent::Original => 1,
+            MaskedContent::LatentNoise => 2,
+            MaskedContent::LatentNothing => 3,
+        }
+    }
+
     /// A1111's label (infotext value; "original" is its default and not written).
     pub fn label(self) -> &'static str {
         match self {
@@ -50,28 +60,40 @@ impl MaskedContent {
     }
 }
 
-/// A1111's inpainting parameters (img2img tab, Inpaint section) plus sdhost's context growth.
-#[derive(Debug, Clone, PartialEq)]
+/// A1111's inpainting parameters (img2img tab, Inpaint section) plus sdhost's context growth;
+/// serde names are A1111's API fields.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default)]
 pub struct InpaintSettings {
-    /// Mask blur σ along x, in pixels (A1111 `mask_blur_x`).
+    /// Mask blur σ along x, in pixels (`mask_blur` sets both).
     pub mask_blur_x: u32,
-    /// Mask blur σ along y (A1111 `mask_blur_y`).
+    /// Mask blur σ along y, in pixels.
     pub mask_blur_y: u32,
-    /// "Inpaint not masked": regenerate outside the mask.
+    /// Mask mode "Inpaint not masked": regenerate what the mask leaves out (A1111 sends 0/1).
+    #[serde(
+        rename = "inpainting_mask_invert",
+        deserialize_with = "crate::request::flag"
+    )]
     pub invert: bool,
-    /// Masked content.
+    /// Masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing (names work too).
+    #[serde(rename = "inpainting_fill")]
+    #[schemars(with = "crate::request::IndexOrName")]
     pub masked_content: MaskedContent,
-    /// Inpaint area "Only masked" (A1111 `inpaint_full_res`).
+    /// Inpaint area "Only masked": generate the masked region at the full width x height.
+    #[serde(rename = "inpaint_full_res")]
     pub only_masked: bool,
-    /// Only masked padding, pixels (A1111 `inpaint_full_res_padding`).
+    /// Only masked padding, pixels.
+    #[serde(rename = "inpaint_full_res_padding")]
     pub only_masked_padding: u32,
-    /// Only masked: grow the region to at least this size first, so a small selection gets
-    /// context (sdhost's, for editors; None: A1111's behaviour).
+    /// Only masked: grow the region to at least [width, height] first, so a small selection
+    /// keeps its surroundings (sdhost's, for editors; null: A1111's behaviour).
+    #[serde(rename = "inpaint_min_context", with = "crate::request::size_pair")]
+    #[schemars(with = "Option<[u32; 2]>")]
     pub min_context: Option<(u32, u32)>,
-    /// Inpainting models: how much of the masked image the conditioning hides (A1111
-    /// `inpainting_mask_weight`).
+    /// Inpainting models: conditioning mask strength, 0-1.
+    #[serde(rename = "inpainting_mask_weight")]
     pub mask_weight: f64,
-    /// Round the latent mask and the inpainting model's mask to 0/1 (A1111 `mask_round`).
+    /// Round the latent mask and the inpainting model's mask to 0/1.
     pub mask_round: bool,
 }
 

@@ -9,7 +9,7 @@ use super::pillow::{alpha_composite, blend, gaussian_blur};
 use super::resample::{resize, Filter};
 
 /// The tab of A1111's img2img page a job comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Img2ImgMode {
     /// The image alone.
     Img2img,
@@ -73,6 +73,32 @@ impl Img2ImgMode {
             Img2ImgMode::InpaintSketch => "Inpaint sketch",
             Img2ImgMode::InpaintUpload => "Inpaint upload",
         }
+    }
+
+    /// Every mode, in A1111's tab order.
+    pub const ALL: [Img2ImgMode; 5] = [
+        Img2ImgMode::Img2img,
+        Img2ImgMode::Sketch,
+        Img2ImgMode::Inpaint,
+        Img2ImgMode::InpaintSketch,
+        Img2ImgMode::InpaintUpload,
+    ];
+
+    /// The mode's name on the wire and the command line (`inpaint-sketch`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Img2ImgMode::Img2img => "img2img",
+            Img2ImgMode::Sketch => "sketch",
+            Img2ImgMode::Inpaint => "inpaint",
+            Img2ImgMode::InpaintSketch => "inpaint-sketch",
+            Img2ImgMode::InpaintUpload => "inpaint-upload",
+        }
+    }
+
+    /// The mode named `text` (any case; `_` for `-` too).
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim().to_ascii_lowercase().replace('_', "-");
+        Self::ALL.into_iter().find(|m| m.name() == text)
     }
 
     /// The mode the inputs imply when none is named: a mask → Inpaint upload, a sketch →

@@ -18,6 +18,16 @@ pub enum ResizeMode {
 }
 
 impl ResizeMode {
+    /// A1111's index of the mode (0-3).
+    pub fn index(self) -> u8 {
+        match self {
+            ResizeMode::JustResize => 0,
+            ResizeMode::CropAndResize => 1,
+            ResizeMode::ResizeAndFill => 2,
+            ResizeMode::LatentUpscale => 3,
+        }
+    }
+
     /// A1111's mode index (0–3) or a name such as `crop-and-resize`.
     pub fn parse(text: &str) -> Option<Self> {
         Some(

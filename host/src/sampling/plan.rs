@@ -14,22 +14,31 @@ use super::schedule::{
 /// The default schedule name a sampler gives when it samples with LCM's own noise levels.
 pub const LCM_SCHEDULE: &str = "lcm";
 
-/// The sampler settings of an img2img job (A1111's img2img tab and options).
-#[derive(Debug, Clone)]
+/// The sampler settings of an img2img job (A1111's img2img tab and options); serde names are
+/// A1111's API fields and option names.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default)]
 pub struct SamplerSettings {
-    /// Sampler name or alias; a legacy name with a schedule suffix ("DPM++ 2M Karras") works.
+    /// Sampler by A1111 name or alias; a legacy name with a schedule ("DPM++ 2M Karras") works.
+    #[serde(rename = "sampler_name", alias = "sampler_index")]
     pub sampler: String,
     /// Schedule type; Automatic picks the sampler's default.
+    #[serde(rename = "scheduler")]
+    #[schemars(with = "String")]
     pub schedule: Schedule,
-    /// Steps (the UI slider).
+    /// Sampling steps.
     pub steps: usize,
-    /// Denoising strength in [0, 1].
+    /// How much of the init image is replaced, 0-1.
     pub denoising_strength: f64,
-    /// A1111 option `img2img_fix_steps`: run exactly `steps` steps.
+    /// A1111 option `img2img_fix_steps`: run exactly `steps` steps whatever the strength.
+    #[serde(rename = "img2img_fix_steps")]
     pub fix_steps: bool,
     /// σ range, ρ, Beta parameters, `always_discard_next_to_last_sigma`.
+    #[serde(flatten)]
     pub schedule_options: ScheduleOptions,
-    /// Sampler options (eta, s_churn ...).
+    /// Sampler options, e.g. {"eta": 0.5, "s_churn": 1} (`sdhost samplers --options`).
+    #[serde(rename = "sampler_options", with = "crate::request::sampler_options")]
+    #[schemars(with = "std::collections::BTreeMap<String, serde_json::Value>")]
     pub options: Vec<(String, OptionValue)>,
 }
 

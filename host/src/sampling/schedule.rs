@@ -227,23 +227,30 @@ impl FromStr for Schedule {
 
 /// A1111's schedule options (settings `sigma_min`, `sigma_max`, `rho`, `beta_dist_alpha`,
 /// `beta_dist_beta`, `always_discard_next_to_last_sigma`, `use_old_karras_scheduler_sigmas`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(default)]
 pub struct ScheduleOptions {
-    /// Smallest σ instead of the model's (None or 0: the model's).
+    /// Smallest σ of the schedule instead of the model's (null or 0: the model's).
     pub sigma_min: Option<f64>,
-    /// Largest σ instead of the model's (None or 0: the model's).
+    /// Largest σ instead of the model's (null or 0: the model's).
     pub sigma_max: Option<f64>,
-    /// ρ for Karras and Polyexponential (None or 0: their default).
+    /// ρ for Karras and Polyexponential (null or 0: their default).
     pub rho: Option<f64>,
-    /// α of the Beta schedule (A1111 default 0.6).
+    /// α of the Beta schedule.
+    #[serde(rename = "beta_dist_alpha")]
     pub beta_alpha: f64,
-    /// β of the Beta schedule (A1111 default 0.6).
+    /// β of the Beta schedule.
+    #[serde(rename = "beta_dist_beta")]
     pub beta_beta: f64,
     /// Make the list for one more step and drop the second-to-last σ.
+    #[serde(rename = "always_discard_next_to_last_sigma")]
     pub discard_penultimate: bool,
-    /// Use Align Your Steps' SDXL levels.
+    /// Align Your Steps: use its SDXL noise levels (set from the model, not by requests).
+    #[serde(skip)]
+    #[schemars(skip)]
     pub sdxl: bool,
-    /// Base range 0.1…10 instead of the model's σmin…σmax.
+    /// Karras: base range 0.1…10 instead of the model's σmin…σmax.
+    #[serde(rename = "use_old_karras_scheduler_sigmas")]
     pub old_karras_sigmas: bool,
 }
 

@@ -13,8 +13,8 @@ use crate::checkpoint::{infer_architecture, Checkpoint};
 use crate::models::StableDiffusion;
 use crate::pipeline::img2img::run_img2img;
 use crate::pipeline::model::GenerationModel;
-use crate::pipeline::params::Img2ImgParams;
 use crate::prepare::inpaint::InpaintSettings;
+use crate::request::GenerationRequest;
 use crate::sampling::plan::SamplerSettings;
 use crate::sampling::plugins::{PluginPaths, SamplerRegistry};
 use crate::tiny_model::{write_tiny_model, TinyModelSpec};
@@ -27,8 +27,8 @@ pub(super) fn picture(width: u32, height: u32) -> RgbImage {
 }
 
 /// A one-image Euler job of the given size, steps and strength.
-pub(super) fn params(width: u32, height: u32, steps: usize, strength: f64) -> Img2ImgParams {
-    Img2ImgParams {
+pub(super) fn params(width: u32, height: u32, steps: usize, strength: f64) -> GenerationRequest {
+    GenerationRequest {
         prompt: "a lighthouse on a cliff".into(),
         width,
         height,
@@ -39,7 +39,7 @@ pub(super) fn params(width: u32, height: u32, steps: usize, strength: f64) -> Im
             denoising_strength: strength,
             ..SamplerSettings::default()
         },
-        ..Img2ImgParams::default()
+        ..GenerationRequest::default()
     }
 }
 
@@ -47,7 +47,7 @@ pub(super) fn params(width: u32, height: u32, steps: usize, strength: f64) -> Im
 pub(super) fn time_job(
     model: &GenerationModel,
     registry: &SamplerRegistry,
-    params: &Img2ImgParams,
+    params: &GenerationRequest,
     init: &RgbImage,
     mask: Option<&GrayImage>,
 ) -> anyhow::Result<f64> {
@@ -84,7 +84,7 @@ pub fn print_figures(model: &Path, wants: &dyn Fn(&str) -> bool) -> anyhow::Resu
     if needs_model {
         let generation = GenerationModel::load(model, Device::Cpu, Kind::Float, None)?;
         let registry = SamplerRegistry::load(&PluginPaths::discover(None));
-        let time_job = |params: &Img2ImgParams, init: &RgbImage, mask: Option<&GrayImage>| {
+        let time_job = |params: &GenerationRequest, init: &RgbImage, mask: Option<&GrayImage>| {
             time_job(&generation, &registry, params, init, mask)
         };
         if wants("scaling") {
@@ -106,7 +106,7 @@ pub fn print_figures(model: &Path, wants: &dyn Fn(&str) -> bool) -> anyhow::Resu
                     mask.put_pixel(x, y, image::Luma([255]));
                 }
             }
-            let inpaint = Img2ImgParams {
+            let inpaint = GenerationRequest {
                 inpaint: InpaintSettings {
                     only_masked: true,
                     ..InpaintSettings::default()

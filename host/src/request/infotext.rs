@@ -1,57 +1,20 @@
-//! The parameters of an img2img job, named as A1111's img2img tab names them, and their
-//! infotext: written under every image and read back to reproduce one (spec §9).
+//! A request's infotext: written under every image in A1111's keys and order
+//! (`modules/processing.py: create_infotext`) and read back to reproduce one
+//! (`modules/infotext_utils.py: parse_generation_parameters`).
+//!
+//! Fields that A1111's infotext has no key for are written, when they differ from the default,
+//! under their own API name (`mask_blur_x: 3`) and read back the same way, so a new request
+//! field reaches the infotext without code here. The job's shape (`n_iter`, `batch_size`) is not
+//! a property of one image and is not written.
 
 use sdhost_plugin_api::{OptionValue, SamplerInfo};
+use serde_json::{Map, Value};
 
+use super::{GenerationRequest, InitLatentMode, RngChoice};
 use crate::infotext::{py_float, Infotext};
-use crate::models::vae::VaeTiling;
 use crate::prepare::inpaint::{InpaintSettings, MaskedContent};
 use crate::prepare::resize::ResizeMode;
-use crate::sampling::plan::SamplerSettings;
 use crate::sampling::schedule::Schedule;
-
-/// Where the per-image noise comes from (A1111's "Random number generator source").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum RngChoice {
-    /// libtorch's CPU generator: the same numbers on every machine (infotext `RNG: CPU`).
-    Cpu,
-    /// A1111's "NV": CUDA's Philox stream computed on the CPU (infotext `RNG: NV`).
-    Nv,
-    /// The CUDA generator of the model's device (A1111's default; no `RNG` key).
-    Gpu,
-}
-
-impl RngChoice {
-    /// The infotext `RNG` value (none for GPU, A1111's default).
-    pub fn infotext_value(self) -> Option<&'static str> {
-        match self {
-            RngChoice::Cpu => Some("CPU"),
-            RngChoice::Nv => Some("NV"),
-            RngChoice::Gpu => None,
-        }
-    }
-
-    /// The choice an infotext `RNG` value names (absent: GPU).
-    pub fn from_infotext(value: Option<&str>) -> Option<Self> {
-        match value.map(str::trim) {
-            None => Some(RngChoice::Gpu),
-            Some(v) if v.eq_ignore_ascii_case("cpu") => Some(RngChoice::Cpu),
-            Some(v) if v.eq_ignore_ascii_case("nv") => Some(RngChoice::Nv),
-            Some(v) if v.eq_ignore_ascii_case("gpu") => Some(RngChoice::Gpu),
-            Some(_) => None,
-        }
-    }
-}
-
-/// How the init image's latent is taken from the VAE encoder's distribution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum InitLatentMode {
-    /// A sample, as A1111 takes it; its noise is the first draw of a CPU generator seeded with
-    /// the image's seed (what A1111's global generator holds when a one-image job is repeated).
-    Sample,
-    /// The distribution's mean: no noise at all.
-    Mean,
-}
 
 /// Infotext key for [`InitLatentMode::Mean`] (sdhost's own; A1111 ignores unknown keys).
 pub const INIT_LATENT_KEY: &str = "Init latent";
@@ -62,82 +25,45 @@ pub const COLOR_CORRECTION_KEY: &str = "Color correction";
 /// Infotext key for tiled VAE encoding and decoding when on (sdhost's own).
 pub const VAE_TILING_KEY: &str = "VAE tiling";
 
-/// Every parameter of an img2img job.
-#[derive(Debug, Clone)]
-pub struct Img2ImgParams {
-    /// Prompt (A1111 syntax: emphasis, `AND`, prompt editing, embeddings).
-    pub prompt: String,
-    /// Negative prompt.
-    pub negative_prompt: String,
-    /// How the init image is fitted to `width`×`height`.
-    pub resize_mode: ResizeMode,
-    /// Output width in pixels (a multiple of the latent downscale, 8).
-    pub width: u32,
-    /// Output height in pixels.
-    pub height: u32,
-    /// Sampler, schedule, steps, denoising strength and sampler options.
-    pub sampler: SamplerSettings,
-    /// Classifier-free guidance scale.
-    pub cfg_scale: f64,
-    /// Seed; negative for a random one.
-    pub seed: i64,
-    /// Variation seed; negative for a random one.
-    pub subseed: i64,
-    /// Variation strength (0: off).
-    pub subseed_strength: f64,
-    /// "Resize seed from" (width, height).
-    pub seed_resize_from: Option<(u32, u32)>,
-    /// Number of batches run one after another.
-    pub batch_count: usize,
-    /// Images per batch (sampled together).
-    pub batch_size: usize,
-    /// Clip skip (1: the last CLIP layer).
-    pub clip_skip: usize,
-    /// Noise source.
-    pub rng: RngChoice,
-    /// Sampled or mean init latent.
-    pub init_latent: InitLatentMode,
-    /// Factor on the initial noise (A1111 `initial_noise_multiplier`).
-    pub initial_noise_multiplier: f64,
-    /// Eta noise seed delta (ENSD).
-    pub eta_noise_seed_delta: i64,
-    /// Mask handling, used when the job has a mask.
-    pub inpaint: InpaintSettings,
-    /// Match each result's colours to the init image (A1111 `img2img_color_correction`).
-    pub color_correction: bool,
-    /// Encode and decode images wider or taller than 512 px in overlapping tiles (diffusers'
-    /// `enable_tiling`): memory of one tile whatever the size, pixels slightly different.
-    pub vae_tiling: bool,
-}
+/// Request fields written under A1111's (or sdhost's named) keys by
+/// [`GenerationRequest::infotext`]; every other field goes under its API name.
+const KEYED_FIELDS: &[&str] = &[
+    "prompt",
+    "negative_prompt",
+    "steps",
+    "sampler_name",
+    "scheduler",
+    "cfg_scale",
+    "seed",
+    "width",
+    "height",
+    "subseed",
+    "subseed_strength",
+    "seed_resize_from_w",
+    "seed_resize_from_h",
+    "denoising_strength",
+    "inpainting_mask_weight",
+    "clip_skip",
+    "eta_noise_seed_delta",
+    "randn_source",
+    "resize_mode",
+    "init_latent",
+    "inpainting_mask_invert",
+    "inpaint_full_res",
+    "inpaint_full_res_padding",
+    "inpainting_fill",
+    "img2img_color_correction",
+    "vae_tiling",
+    "initial_noise_multiplier",
+    "always_discard_next_to_last_sigma",
+    "sigma_min",
+    "sigma_max",
+    "rho",
+    "sampler_options",
+];
 
-impl Default for Img2ImgParams {
-    /// A1111's img2img tab defaults, with the CPU RNG (the same images on every machine).
-    fn default() -> Self {
-        Img2ImgParams {
-            prompt: String::new(),
-            negative_prompt: String::new(),
-            resize_mode: ResizeMode::JustResize,
-            width: 512,
-            height: 512,
-            sampler: SamplerSettings::default(),
-            cfg_scale: 7.0,
-            seed: -1,
-            subseed: -1,
-            subseed_strength: 0.0,
-            seed_resize_from: None,
-            batch_count: 1,
-            batch_size: 1,
-            clip_skip: 1,
-            rng: RngChoice::Cpu,
-            init_latent: InitLatentMode::Sample,
-            initial_noise_multiplier: 1.0,
-            eta_noise_seed_delta: 0,
-            inpaint: InpaintSettings::default(),
-            color_correction: false,
-            vae_tiling: false,
-        }
-    }
-}
+/// Fields that describe the job, not one image: never in an image's infotext.
+pub const JOB_SHAPE_FIELDS: &[&str] = &["n_iter", "batch_size"];
 
 /// A number as A1111's UI sends it: whole values without a decimal point (`7`, `0.75`).
 pub fn ui_number(value: f64) -> String {
@@ -209,12 +135,7 @@ pub struct ImageFacts<'a> {
     pub inpainting_conditioning: bool,
 }
 
-impl Img2ImgParams {
-    /// The job's VAE tiling, when on.
-    pub fn vae_tiling(&self) -> Option<VaeTiling> {
-        self.vae_tiling.then(VaeTiling::default)
-    }
-
+impl GenerationRequest {
     /// One image's infotext, keys in A1111's insertion order (ordered by [`Infotext::with_params`]).
     pub fn infotext(&self, facts: &ImageFacts<'_>) -> Infotext {
         let info = facts.sampler;
@@ -240,7 +161,7 @@ impl Img2ImgParams {
                 "Variation seed strength",
                 varied.then(|| ui_number(self.subseed_strength)),
             ),
-            ("Seed resize from", self.seed_resize_from.map(size)),
+            ("Seed resize from", self.seed_resize_from().map(size)),
             (
                 "Denoising strength",
                 Some(ui_number(self.sampler.denoising_strength)),
@@ -256,7 +177,7 @@ impl Img2ImgParams {
                 (self.clip_skip > 1).then(|| self.clip_skip.to_string()),
             ),
             ("ENSD", ensd.then(|| self.eta_noise_seed_delta.to_string())),
-            ("RNG", self.rng.infotext_value().map(String::from)),
+            ("RNG", self.randn_source.infotext_value().map(String::from)),
             (
                 RESIZE_MODE_KEY,
                 (self.resize_mode != ResizeMode::JustResize)
@@ -290,7 +211,7 @@ impl Img2ImgParams {
             ),
             (
                 COLOR_CORRECTION_KEY,
-                self.color_correction.then(|| "True".to_string()),
+                self.img2img_color_correction.then(|| "True".to_string()),
             ),
             (VAE_TILING_KEY, self.vae_tiling.then(|| "True".to_string())),
             ("TI hashes", facts.ti_hashes.clone()),
@@ -321,6 +242,8 @@ impl Img2ImgParams {
                 .iter()
                 .map(|(k, v)| (k.as_str(), Some(v.clone()))),
         );
+        let by_name = self.fields_by_api_name(inpaint, masked);
+        values.extend(by_name.iter().map(|(k, v)| (k.as_str(), Some(v.clone()))));
         values.push((
             "Version",
             Some(format!("sdhost-{}", env!("CARGO_PKG_VERSION"))),
@@ -381,7 +304,10 @@ impl Img2ImgParams {
             self.width = width;
             self.height = height;
         }
-        self.seed_resize_from = infotext.size("Seed resize from");
+        let (w, h) = infotext
+            .size("Seed resize from")
+            .map_or((-1, -1), |(w, h)| (i64::from(w), i64::from(h)));
+        (self.seed_resize_from_w, self.seed_resize_from_h) = (w, h);
         if let Some(sampler) = infotext.get("Sampler") {
             self.sampler.sampler = sampler.to_string();
         }
@@ -395,7 +321,7 @@ impl Img2ImgParams {
         self.sampler.schedule_options.discard_penultimate =
             infotext.get("Discard penultimate sigma") == Some("True");
         match RngChoice::from_infotext(infotext.get("RNG")) {
-            Some(rng) => self.rng = rng,
+            Some(rng) => self.randn_source = rng,
             None => problems.push(format!(
                 "RNG: unknown source \"{}\"",
                 infotext.get("RNG").unwrap_or_default()
@@ -415,13 +341,71 @@ impl Img2ImgParams {
                 MaskedContent::Original
             }),
         };
-        self.color_correction = infotext.get(COLOR_CORRECTION_KEY) == Some("True");
+        self.img2img_color_correction = infotext.get(COLOR_CORRECTION_KEY) == Some("True");
         self.vae_tiling = infotext.get(VAE_TILING_KEY) == Some("True");
         self.init_latent = match infotext.get(INIT_LATENT_KEY) {
             Some(v) if v.eq_ignore_ascii_case("mean") => InitLatentMode::Mean,
             _ => InitLatentMode::Sample,
         };
+        self.apply_fields_by_api_name(infotext, &mut problems);
         problems
+    }
+
+    /// `name: value` pairs for the fields A1111's keys do not carry, where they differ from
+    /// the default; mask settings only for jobs with a mask, and the mask blurs only when
+    /// they differ from each other (else `Mask blur` has them).
+    fn fields_by_api_name(&self, inpaint: &InpaintSettings, masked: bool) -> Vec<(String, String)> {
+        let defaults = GenerationRequest::ui_defaults().to_object();
+        let mask_fields = match serde_json::to_value(InpaintSettings::default()) {
+            Ok(Value::Object(map)) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let blurs_apart = inpaint.mask_blur_x != inpaint.mask_blur_y;
+        self.to_object()
+            .into_iter()
+            .filter(|(name, value)| {
+                let keyed = KEYED_FIELDS.contains(&name.as_str())
+                    || JOB_SHAPE_FIELDS.contains(&name.as_str());
+                let blur = matches!(name.as_str(), "mask_blur_x" | "mask_blur_y");
+                let mask_only = mask_fields.contains(name) || name == "mask_alpha";
+                !keyed
+                    && (masked || !mask_only)
+                    && (!blur || blurs_apart)
+                    && defaults.get(name) != Some(value)
+            })
+            .map(|(name, value)| {
+                let text = match value {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (name, text)
+            })
+            .collect()
+    }
+
+    /// Reads the keys that are API field names (see [`Self::fields_by_api_name`]).
+    fn apply_fields_by_api_name(&mut self, infotext: &Infotext, problems: &mut Vec<String>) {
+        let mut changes = Map::new();
+        for field in GenerationRequest::fields() {
+            let name = field.name.as_str();
+            if KEYED_FIELDS.contains(&name) || JOB_SHAPE_FIELDS.contains(&name) {
+                continue;
+            }
+            if let Some(text) = infotext.get(name) {
+                let value = match (&field.default, serde_json::from_str::<Value>(text)) {
+                    (Value::String(_), _) | (_, Err(_)) => Value::String(text.to_string()),
+                    (_, Ok(value)) => value,
+                };
+                changes.insert(name.to_string(), value);
+            }
+        }
+        for (name, value) in changes {
+            let single = Map::from_iter([(name.clone(), value)]);
+            match self.overlay(&single) {
+                Ok(updated) => *self = updated,
+                Err(error) => problems.push(error.to_string()),
+            }
+        }
     }
 
     /// Reads the sampler options an infotext sets for `info` (after [`Self::apply_infotext`]
@@ -453,7 +437,7 @@ mod tests {
     #[test]
     fn a1111_infotext_becomes_job_parameters() {
         let infotext = Infotext::parse(crate::infotext::tests::A1111_SAMPLE);
-        let mut params = Img2ImgParams::default();
+        let mut params = GenerationRequest::default();
         let problems = params.apply_infotext(&infotext);
         assert!(problems.is_empty(), "{problems:?}");
         assert!(params.prompt.starts_with("masterpiece"));
@@ -470,13 +454,13 @@ mod tests {
         assert_eq!(params.sampler.denoising_strength, 0.45);
         assert_eq!(params.clip_skip, 2);
         // No RNG key: A1111's default, the GPU generator.
-        assert_eq!(params.rng, RngChoice::Gpu);
+        assert_eq!(params.randn_source, RngChoice::Gpu);
         assert_eq!(params.resize_mode, ResizeMode::JustResize);
 
         let odd = Infotext::parse(
             "x\nSteps: many, Sampler: Euler, Seed: 1, RNG: quantum, Schedule type: Wobbly",
         );
-        let problems = Img2ImgParams::default().apply_infotext(&odd);
+        let problems = GenerationRequest::default().apply_infotext(&odd);
         assert_eq!(problems.len(), 3, "{problems:?}");
     }
 
