@@ -314,6 +314,9 @@ fn refuses_libraries_that_are_not_plugins() {
     assert!(plain.to_string().contains("not_a_plugin"), "{plain}");
 }
 
+/// The version of sdhost-plugin-api in this tree (plugin-api/Cargo.toml).
+const API_VERSION: &str = "0.2.0";
+
 /// Builds the example plugin against a copy of sdhost-plugin-api with another `version` and
 /// its `abi.rs` passed through `edit`, in `target/fixtures/<name>`.
 fn build_plugin_against_changed_api(
@@ -338,7 +341,10 @@ fn build_plugin_against_changed_api(
     }
     let manifest = std::fs::read_to_string(root.join("plugin-api/Cargo.toml"))
         .unwrap()
-        .replace("version = \"0.1.0\"", &format!("version = \"{version}\""))
+        .replace(
+            &format!("version = \"{API_VERSION}\""),
+            &format!("version = \"{version}\""),
+        )
         .replace("edition.workspace = true", "edition = \"2021\"")
         .replace("license.workspace = true", "")
         .replace("rust-version.workspace = true", "")
@@ -381,7 +387,7 @@ fn build_plugin_against_changed_api(
 
 #[test]
 fn refuses_a_plugin_built_against_another_api_version() {
-    let built = build_plugin_against_changed_api("plugin-api-0.2", "0.2.0", |abi| abi);
+    let built = build_plugin_against_changed_api("plugin-api-0.3", "0.3.0", |abi| abi);
     let folder = tempfile::tempdir().unwrap();
     let path = folder.path().join(library_file_name("example_sampler_v2"));
     std::fs::copy(&built, &path).unwrap();
@@ -389,12 +395,12 @@ fn refuses_a_plugin_built_against_another_api_version() {
     assert_eq!(registry.plugins().len(), 1);
     match &registry.skipped[..] {
         [error @ PluginLoadError::VersionMismatch { plugin, host, .. }] => {
-            assert_eq!((plugin.as_str(), host.as_str()), ("0.2.0", "0.1.0"));
+            assert_eq!((plugin.as_str(), host.as_str()), ("0.3.0", API_VERSION));
             let message = error.to_string();
             assert!(
                 message.contains("example_sampler_v2")
-                    && message.contains("0.2.0")
-                    && message.contains("0.1.0"),
+                    && message.contains("0.3.0")
+                    && message.contains(API_VERSION),
                 "{message}"
             );
         }
@@ -405,7 +411,7 @@ fn refuses_a_plugin_built_against_another_api_version() {
 #[test]
 fn refuses_a_plugin_whose_abi_layout_differs() {
     // Same version number, one more operation in an enum: abi_stable's layout check catches it.
-    let built = build_plugin_against_changed_api("plugin-api-layout", "0.1.0", |abi| {
+    let built = build_plugin_against_changed_api("plugin-api-layout", API_VERSION, |abi| {
         let changed = abi.replace(
             "pub enum ScalarOp {\n",
             "pub enum ScalarOp {\n    /// x·s\n    Mul,\n",

@@ -68,6 +68,16 @@ pub enum ScalarOp {
     Min,
 }
 
+/// Functions of one number (see [`Host::scalar_fn`]).
+#[repr(u8)]
+#[derive(StableAbi, Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ScalarFn {
+    /// ln x
+    Ln,
+    /// eˣ
+    Exp,
+}
+
 /// Reductions of a whole tensor (all images of the batch) to one number.
 #[repr(u8)]
 #[derive(StableAbi, Copy, Clone, Debug, PartialEq, Eq)]
@@ -168,6 +178,12 @@ pub trait Host {
     fn noise(&mut self) -> RResult<TensorId, HostError>;
     /// Brownian-tree noise for the interval (σ, σ_next), normalised to unit variance.
     fn brownian_noise(&mut self, sigma: f64, sigma_next: f64) -> RResult<TensorId, HostError>;
+    /// `function(x)` of a float32 number as libtorch rounds it on the sampler's device (NaN
+    /// after a failure). k-diffusion computes some noise levels on 0-d float32 tensors, and the
+    /// Brownian tree tells levels one float32 step apart from each other, so a sampler that
+    /// queries it at computed levels needs libtorch's last bit, which Rust's `ln`/`exp` may
+    /// not share.
+    fn scalar_fn(&mut self, function: ScalarFn, x: f32) -> f32;
     /// Reports a finished step; answers whether to go on.
     #[sabi(last_prefix_field)]
     fn step(&mut self, info: StepInfo) -> RResult<Flow, HostError>;

@@ -7,7 +7,7 @@ use abi_stable::std_types::{RNone, ROption, RSome, RVec, Tuple2};
 
 use crate::abi::{
     Flow, HostError, HostErrorKind, HostRef, OptionValue, PluginError, PluginErrorKind, SampleJob,
-    SamplerOption, StepInfo, TensorId,
+    SamplerOption, ScalarFn, StepInfo, TensorId,
 };
 use crate::latent::Latent;
 
@@ -211,6 +211,18 @@ impl<'a> Context<'a> {
             .brownian_noise(sigma, sigma_next)
             .into_result()?;
         Ok(self.wrap(id))
+    }
+
+    /// ln x rounded as libtorch rounds it in float32 on the job's device: for noise levels that
+    /// must equal k-diffusion's to the last bit (Brownian-tree queries). NaN after a failure,
+    /// which the next fallible call reports.
+    pub fn ln_f32(&self, x: f32) -> f32 {
+        self.host().scalar_fn(ScalarFn::Ln, x)
+    }
+
+    /// eˣ rounded as libtorch rounds it in float32 on the job's device (see [`Self::ln_f32`]).
+    pub fn exp_f32(&self, x: f32) -> f32 {
+        self.host().scalar_fn(ScalarFn::Exp, x)
     }
 
     /// Reports step `step` to the host; an error when the user cancelled.

@@ -18,7 +18,7 @@ use crate::prompt::conditioning::{CondPart, Conditioner, ScheduledCond};
 use crate::prompt::embeddings::ti_hashes;
 use crate::request::{GenerationRequest, ImageFacts, InvalidRequest, RngChoice};
 use crate::rng::{fixed_seed, random_seed, ImageRng, RngError, RngSource, SeedList, Variation};
-use crate::sampling::brownian::BrownianTreeNoise;
+use crate::sampling::brownian::{BrownianError, BrownianTreeNoise};
 use crate::sampling::denoiser::{CfgDenoiser, Guidance, LatentMask, Prediction};
 use crate::sampling::noise::JobNoise;
 use crate::sampling::plan::{PlanError, SamplingPlan};
@@ -235,8 +235,22 @@ pub fn run_img2img(
         let mut job_noise = JobNoise::new(rng, model.device, Kind::Float);
         if info.brownian {
             let (sigma_min, sigma_max) = plan.brownian_range();
-            let tree = BrownianTreeNoise::new(batch_seeds, shape, sigma_min, sigma_max)
-                .map_err(|failure| JobError::Unsupported(failure.message))?;
+            let tree = BrownianTreeNoise::new(
+                batch_seeds,
+                shape,
+                source,
+                model.device,
+                sigma_min,
+                sigma_max,
+            )
+            .map_err(|error| match error {
+                BrownianError::Rng(error) => JobError::Rng(error),
+                BrownianError::Torch(error) => JobError::Torch {
+                    stage: "Brownian tree",
+                    message: error.to_string(),
+                },
+                other => JobError::Unsupported(other.to_string()),
+            })?;
             job_noise = job_noise.with_brownian(Box::new(tree));
         }
         let guidance = Guidance {

@@ -36,6 +36,12 @@ impl SeedGenerator {
     }
 }
 
+/// The first draw `[shape]` of a fresh generator of `source` seeded with `seed` (A1111's
+/// `randn_local`, which also makes every draw of the SDE samplers' Brownian tree).
+pub fn randn_local(seed: u64, shape: &[i64], source: RngSource) -> Result<Tensor, RngError> {
+    SeedGenerator::new(seed, source)?.randn(shape)
+}
+
 /// A1111's "Extra" seed options: variation seeds and "resize seed from" (spec §3.2).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Variation {

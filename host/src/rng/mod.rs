@@ -15,7 +15,7 @@ mod philox;
 mod seeds;
 
 pub use generator::{Generator, RngError};
-pub use image::{ImageRng, RngSource, Variation};
+pub use image::{randn_local, ImageRng, RngSource, Variation};
 pub use philox::Philox;
 pub use seeds::{fixed_seed, random_seed, SeedList, RANDOM_SEED_BOUND};
 

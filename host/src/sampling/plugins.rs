@@ -364,7 +364,7 @@ impl SamplerRegistry {
     ) -> Result<Tensor, SamplingError> {
         let sampler_name = sampler.info.name.to_string();
         check_options(sampler.info, &request.options)?;
-        let mut session = Session::new(denoiser, noise, on_step);
+        let mut session = Session::new(request.x.device(), denoiser, noise, on_step);
         let x = session.insert(request.x);
         let outcome = {
             let job = SampleJob {

@@ -8,12 +8,12 @@
 use std::collections::HashMap;
 
 use sdhost_plugin_api::abi::{
-    BinaryOp, Host, HostError, HostErrorKind, Reduction, ScalarOp, StepInfo, TensorId, Term,
-    UnaryOp,
+    BinaryOp, Host, HostError, HostErrorKind, Reduction, ScalarFn, ScalarOp, StepInfo, TensorId,
+    Term, UnaryOp,
 };
 use sdhost_plugin_api::abi_stable::std_types::{ROption, RResult, RSlice};
 use sdhost_plugin_api::Flow;
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 /// The handle the session hands out after a failure; never a live tensor.
 const INVALID: TensorId = TensorId(0);
@@ -90,14 +90,17 @@ pub struct Session<'s> {
     tensors: HashMap<u64, Tensor>,
     next_id: u64,
     failure: Option<StepFailure>,
+    /// Where the sampler's latents live: scalar functions are rounded as there.
+    device: Device,
     denoiser: &'s mut dyn Denoise,
     noise: &'s mut dyn Noise,
     on_step: &'s mut dyn FnMut(StepReport<'_>) -> Flow,
 }
 
 impl<'s> Session<'s> {
-    /// A session over the given model, noise and progress callback.
+    /// A session for latents on `device` over the given model, noise and progress callback.
     pub fn new(
+        device: Device,
         denoiser: &'s mut dyn Denoise,
         noise: &'s mut dyn Noise,
         on_step: &'s mut dyn FnMut(StepReport<'_>) -> Flow,
@@ -106,6 +109,7 @@ impl<'s> Session<'s> {
             tensors: HashMap::new(),
             next_id: 1,
             failure: None,
+            device,
             denoiser,
             noise,
             on_step,
@@ -272,6 +276,23 @@ impl Host for Session<'_> {
             self.fail(StepFailure::from_torch("reduction", &error));
             f64::NAN
         })
+    }
+
+    fn scalar_fn(&mut self, function: ScalarFn, x: f32) -> f32 {
+        // A 0-d float32 tensor on the latents' device, as k-diffusion's σ arithmetic runs.
+        let value = Tensor::f_scalar_tensor(f64::from(x), (Kind::Float, self.device))
+            .and_then(|x| match function {
+                ScalarFn::Ln => x.f_log(),
+                ScalarFn::Exp => x.f_exp(),
+            })
+            .and_then(|y| y.f_double_value(&[]));
+        match value {
+            Ok(value) => value as f32,
+            Err(error) => {
+                self.fail(StepFailure::from_torch("scalar function", &error));
+                f32::NAN
+            }
+        }
     }
 
     fn share(&mut self, x: TensorId) -> TensorId {

@@ -1,5 +1,9 @@
 //! The stochastic DPM-Solver++ samplers, driven by Brownian-tree noise: DPM++ SDE, DPM++ 2M
 //! SDE (midpoint and Heun variants) and DPM++ 3M SDE (k-diffusion).
+//!
+//! The tree is queried exactly where k-diffusion queries it: at the schedule's σ's (2M, 3M),
+//! which are float32 values already, or, for DPM++ SDE, at levels computed through the host's
+//! float32 `ln`/`exp` the way k-diffusion computes them on tensors.
 
 use sdhost_plugin_api::{Context, Latent, SampleError};
 
@@ -28,9 +32,20 @@ pub fn dpmpp_sde<'c, 'a>(
         let fac = 1.0 / (2.0 * r);
         let (sigma_t, sigma_s, sigma_next) = (sigma_of(t), sigma_of(s), sigma_of(t_next));
 
+        // The Brownian tree resolves σ to 1e-6 and its path is rough at that scale, so it must
+        // be queried at k-diffusion's noise levels to the last bit: σ_fn(t), σ_fn(s) and
+        // σ_fn(t_next) as computed on float32 tensors (the coefficients, smooth in σ, are
+        // left in float64).
+        let t32 = -context.ln_f32(sigmas[i] as f32);
+        let t_next32 = -context.ln_f32(sigmas[i + 1] as f32);
+        let s32 = t32 + (t_next32 - t32) * r as f32;
+        let query_t = f64::from(context.exp_f32(-t32));
+        let query_s = f64::from(context.exp_f32(-s32));
+        let query_next = f64::from(context.exp_f32(-t_next32));
+
         let (sd, su) = ancestral_step(sigma_t, sigma_s, eta);
         let s_ = lambda(sd);
-        let noise = context.brownian_noise(sigma_t, sigma_s)?;
+        let noise = context.brownian_noise(query_t, query_s)?;
         let x_2 = Latent::combine(
             context,
             &[
@@ -44,7 +59,7 @@ pub fn dpmpp_sde<'c, 'a>(
         let (sd, su) = ancestral_step(sigma_t, sigma_next, eta);
         let t_next_ = lambda(sd);
         let weight = -(t - t_next_).exp_m1();
-        let noise = context.brownian_noise(sigma_t, sigma_next)?;
+        let noise = context.brownian_noise(query_t, query_next)?;
         x = Latent::combine(
             context,
             &[
