@@ -1,5 +1,5 @@
 //! A1111's infotext: the generation parameters written under an image and into its PNG
-//! (`modules/processing.py: create_infotext`, `modules/infotext_utils.py`; spec §9).
+//! (`modules/processing.py: create_infotext`, `modules/infotext_utils.py: parse_generation_parameters`).
 
 use std::sync::OnceLock;
 

@@ -1,5 +1,6 @@
 //! Whole img2img jobs on the tiny model against a Python reference pipeline made of diffusers'
-//! networks, k-diffusion's samplers and the spec's rules (tests/reference/img2img_reference.py).
+//! networks, k-diffusion's samplers and A1111's rules for the job, listed in
+//! tests/reference/img2img_reference.py.
 
 mod common;
 

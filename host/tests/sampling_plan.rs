@@ -1,5 +1,8 @@
 //! Sampler and schedule resolution and img2img noise levels, as A1111 decides them
-//! (spec §1.1-1.4, §4.1, §4.4), through the built-in plugin's sampler table.
+//! (`modules/sd_samplers.py: get_sampler_and_scheduler`, `modules/sd_samplers_common.py:
+//! setup_img2img_steps`, `modules/sd_samplers_kdiffusion.py: KDiffusionSampler.sample_img2img`,
+//! `modules/sd_samplers_timesteps.py: CompVisSampler.sample_img2img`, `modules/sd_schedulers.py`),
+//! through the built-in plugin's sampler table.
 
 use sdhost::sampling::noise_levels::{NoiseLevels, NoiseModel};
 use sdhost::sampling::plan::{PlanError, SamplerSettings, SamplingPlan};
@@ -35,7 +38,8 @@ fn close(a: f64, b: f64) -> bool {
 fn img2img_enters_the_schedule_at_the_strength() {
     let registry = registry();
     let levels = NoiseLevels::sd_scaled_linear();
-    // Spec §1.2: N = 20, ds = 0.75 → 16 steps from index 4 of the schedule (Karras σ ≈ 5.789).
+    // A1111 `KDiffusionSampler.sample_img2img`: N = 20, ds = 0.75 → t_enc = 15, so 16 steps
+    // from index 4 of the schedule (Karras σ ≈ 5.789).
     let plan = SamplingPlan::new(&registry, &settings("Euler Karras", 20, 0.75), &levels).unwrap();
     assert_eq!(plan.schedule, Some(Schedule::Karras));
     assert_eq!(plan.schedule_label, "Karras");

@@ -1,5 +1,6 @@
 """A whole A1111 img2img job on the tiny checkpoint, from diffusers' networks, k-diffusion's
-samplers and the rules of ../shared/spec/a1111-img2img.md (§0.1, §1, §2, §3, §4.4, §5, §6.5).
+samplers and the rules of A1111's job (`modules/processing.py: process_images_inner`,
+`StableDiffusionProcessingImg2Img.init` and `.sample`), as listed below.
 
 Usage: img2img_reference.py CHECKPOINT INIT.png CASES.json OUT_DIR
 

@@ -1,7 +1,9 @@
 """A1111 inpainting jobs on the tiny checkpoints, from diffusers' networks, k-diffusion's
-samplers (DDIM as A1111's loop), Pillow/OpenCV for the masks, and the rules of
-../shared/spec/a1111-img2img.md §7 (mask preparation, inpaint area, fill, latent mask,
-per-step blending, inpainting-model conditioning, overlay composite).
+samplers (DDIM as A1111's loop), Pillow/OpenCV for the masks, and A1111's inpainting rules
+(`modules/processing.py: StableDiffusionProcessingImg2Img.init` and `.sample`,
+`inpainting_image_conditioning`, `apply_overlay`; `modules/masking.py`;
+`modules/sd_samplers_cfg_denoiser.py: CFGDenoiser.forward`): mask preparation, inpaint area,
+fill, latent mask, per-step blending, inpainting-model conditioning, overlay composite.
 
 Usage: inpaint_reference.py INIT.png MASK.png CASES.json OUT_DIR
 
@@ -89,7 +91,7 @@ class Cfg:
 
 
 def prepare(init, mask, case):
-    """Mask and image as A1111's init prepares them (§7.2-§7.4)."""
+    """Mask and image as A1111's `StableDiffusionProcessingImg2Img.init` prepares them."""
     w, h = case["width"], case["height"]
     m = ImageOps.invert(mask) if case["invert"] else mask
     m = Image.fromarray(a1111_blur(np.array(m), case["blur"], case["blur"]))

@@ -1,5 +1,6 @@
-"""A1111's mask preparation with the libraries it uses (OpenCV, Pillow), written from
-../shared/spec/a1111-img2img.md §7.2-§7.4.
+"""A1111's mask preparation with the libraries it uses (OpenCV, Pillow), written from a
+description of `modules/processing.py: create_binary_mask, StableDiffusionProcessingImg2Img.init`
+and `modules/masking.py: get_crop_region_v2, expand_crop_region, fill`.
 
 Usage: mask_reference.py OUT_DIR
 Writes:

@@ -1,6 +1,6 @@
-"""Reference for A1111's "NV" RNG source: Philox4x32-10 + Box–Muller in numpy, written from
-the description in ../shared/spec/a1111-img2img.md §3.5 (numpy's uint32 × float32 promotion to
-float64 included).
+"""Reference for A1111's "NV" RNG source (`modules/rng_philox.py: Generator`): Philox4x32-10 +
+Box–Muller in numpy, written from a description of that module, not from its code (numpy's
+uint32 × float32 promotion to float64 included).
 
 Usage: philox_reference.py OUT.safetensors
 Writes "nv/{seed}/{shape}/{k}" for the k-th successive draw of each seed and shape.

@@ -1,4 +1,5 @@
-"""A1111's img2img resize modes with Pillow, written from ../shared/spec/a1111-img2img.md §2.
+"""A1111's img2img resize modes with Pillow (`modules/images.py: resize_image`), written from a
+description of that function.
 
 Usage: resize_reference.py OUT_DIR
 Writes src_<i>.png and mode<m>_<i>.png for each case (source size, target size), and

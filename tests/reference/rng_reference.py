@@ -7,8 +7,8 @@ IN.json: {"device": "cpu" | "cuda",
   "image_rngs": [{"name", "seeds", "shape", "subseeds", "strength", "resize_from": [h, w] | null,
                   "ensd", "calls"}]                              -> "img/{name}/{k}"}
 Generators: torch.Generator(device).manual_seed(seed), then successive torch.randn draws.
-ImageRNG follows A1111 v1.10.1 modules/rng.py as described in ../shared/spec/a1111-img2img.md
-§3.2-§3.4 (written from that description): the seed noise and the variation noise of
+ImageRNG follows A1111 v1.10.1 `modules/rng.py: ImageRNG, slerp, randn` (written from a
+description of that module, not from its code): the seed noise and the variation noise of
 "randn(seed, shape)" come from the global generator re-seeded with torch.manual_seed, later draws
 from each image's own generator, re-created with seed + ENSD after the first call.
 """
@@ -34,7 +34,7 @@ def global_randn(seed: int, shape, device: str) -> torch.Tensor:
 
 
 def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    # Norms over dim 1 of (C, H, W): the spec's quirk.
+    # Norms over dim 1 of (C, H, W): A1111's quirk (`modules/rng.py: slerp`).
     low_unit = low / torch.norm(low, dim=1, keepdim=True)
     high_unit = high / torch.norm(high, dim=1, keepdim=True)
     cos = (low_unit * high_unit).sum(1)

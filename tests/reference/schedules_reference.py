@@ -13,8 +13,11 @@ options: sigma_min, sigma_max (0 or "model": the model's), rho (0 = default), be
 
 The k-diffusion parts (Karras, Exponential, Polyexponential, the model's own schedule,
 sigma_to_t / t_to_sigma) call k-diffusion; the schedules only A1111 has are written here from
-the project's A1111 spec (§1.1–1.3, §4.2–4.4) and A1111's scheduler definitions, with the
-same tensor dtypes (float32 tensors, Python floats, numpy float64) at each step.
+A1111's definitions (`modules/sd_schedulers.py`, `modules/sd_samplers_common.py:
+setup_img2img_steps`, `modules/sd_samplers_kdiffusion.py: KDiffusionSampler.get_sigmas`,
+`modules/sd_samplers_timesteps.py: CompVisSampler`, `modules/sd_samplers_lcm.py`; the SD noise
+levels from ldm's `DDPM.register_schedule`), with the same tensor dtypes (float32 tensors,
+Python floats, numpy float64) at each step.
 """
 
 from __future__ import annotations

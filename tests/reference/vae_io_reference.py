@@ -1,6 +1,8 @@
 """A1111's VAE round trip on diffusers' AutoencoderKL: init image → scaled latent (mean, and
 a sample with a given generator), and latents → 8-bit images (each decoded alone, clamp, ×255,
-truncation), written from ../shared/spec/a1111-img2img.md §1.6.
+truncation), written from A1111's `modules/sd_samplers_common.py: images_tensor_to_samples`
+(with ldm's `LatentDiffusion.get_first_stage_encoding`) and `modules/processing.py:
+decode_latent_batch`, `process_images_inner`.
 
 Usage: vae_io_reference.py CHECKPOINT OUT_DIR
 Writes init.png, latents.safetensors (mean, sample, z) and decoded_<i>.png.

@@ -1,6 +1,7 @@
-//! One img2img job as A1111 runs it (spec §0.1): the init image is resized and encoded once,
-//! then `n_iter` batches of `batch_size` images are sampled, each image from its own seed,
-//! decoded and given its infotext.
+//! One img2img job as A1111 runs it (`modules/processing.py: process_images_inner`,
+//! `StableDiffusionProcessingImg2Img.init` and `.sample`): the init image is resized and
+//! encoded once, then `n_iter` batches of `batch_size` images are sampled, each image from
+//! its own seed, decoded and given its infotext.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 

@@ -1,5 +1,7 @@
-//! The latent side of inpainting (spec §7.4): the mask at latent resolution that the sampler
-//! blends with, and the extra input channels of inpainting models (mask + masked-image latent).
+//! The latent side of inpainting (`modules/processing.py: StableDiffusionProcessingImg2Img.init`,
+//! `StableDiffusionProcessing.inpainting_image_conditioning`): the mask at latent resolution that
+//! the sampler blends with, and the extra input channels of inpainting models (mask +
+//! masked-image latent).
 
 use image::{DynamicImage, GrayImage, RgbImage};
 use tch::{Device, Kind, Tensor};

@@ -1,5 +1,6 @@
 //! The img2img job: the init image into the latent space, sampling, latents back into 8-bit
-//! images with their infotext, as A1111 does them (spec §0.1, §1.6, §9).
+//! images with their infotext, as A1111 does them (`modules/processing.py:
+//! process_images_inner`, `decode_latent_batch`, `create_infotext`).
 
 pub mod decode;
 pub mod encode;

@@ -1,5 +1,5 @@
 //! "Inpaint area: Only masked": the region of the image that is generated at the job's size
-//! (A1111 `masking.get_crop_region_v2` and `expand_crop_region`; spec §7.3).
+//! (A1111 `modules/masking.py: get_crop_region_v2` and `expand_crop_region`).
 
 use image::GrayImage;
 

@@ -1,4 +1,4 @@
-//! "Masked content: fill" (A1111 `masking.fill`, spec §7.4): the hole is painted with ever
+//! "Masked content: fill" (A1111 `modules/masking.py: fill`): the hole is painted with ever
 //! finer blurs of the colours around it, the unmasked pixels stay as they are.
 
 use image::{GrayImage, RgbImage, RgbaImage};

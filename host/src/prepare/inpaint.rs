@@ -1,6 +1,7 @@
-//! The image side of inpainting (A1111 `StableDiffusionProcessingImg2Img.init` with a mask,
-//! and `apply_overlay`; spec §7.2–§7.6): the processed mask, the original kept for the final
-//! composite, the region generated, the filled init image, and the composite itself.
+//! The image side of inpainting (A1111 `modules/processing.py:
+//! StableDiffusionProcessingImg2Img.init` with a mask, `apply_overlay` and `uncrop`): the
+//! processed mask, the original kept for the final composite, the region generated, the filled
+//! init image, and the composite itself.
 
 use image::{GrayImage, RgbImage, RgbaImage};
 

@@ -1,4 +1,5 @@
-//! The inpainting mask as A1111 prepares it (spec §7.2): the user's mask image made binary
+//! The inpainting mask as A1111 prepares it (`modules/processing.py: create_binary_mask` and
+//! the start of `StableDiffusionProcessingImg2Img.init`): the user's mask image made binary
 //! (or luma), optionally inverted, then blurred in x and y with OpenCV's 8-bit Gaussian.
 
 use image::{DynamicImage, GrayImage};

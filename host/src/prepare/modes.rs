@@ -1,5 +1,6 @@
-//! A1111's img2img tabs (spec §8) as inputs to one job: which image is the init image and
-//! where the mask comes from in img2img, Sketch, Inpaint, Inpaint sketch and Inpaint upload.
+//! A1111's img2img tabs (`modules/img2img.py: img2img`, the tabs of `modules/ui.py`) as inputs
+//! to one job: which image is the init image and where the mask comes from in img2img, Sketch,
+//! Inpaint, Inpaint sketch and Inpaint upload.
 
 use image::{DynamicImage, GrayImage, RgbImage, RgbaImage};
 

@@ -1,4 +1,5 @@
-//! A1111's img2img resize modes (`modules/images.py: resize_image`; spec §2).
+//! A1111's img2img resize modes (`modules/images.py: resize_image`, as
+//! `modules/processing.py: StableDiffusionProcessingImg2Img.init` calls it).
 
 use image::{imageops, RgbImage};
 

@@ -1,4 +1,4 @@
-//! A1111's per-image noise source, `modules/rng.py: ImageRNG` (spec §3.2–§3.4).
+//! A1111's per-image noise source, `modules/rng.py: ImageRNG` (`first`, `next`, `slerp`).
 
 use super::generator::{Generator, RngError};
 use super::philox::Philox;
@@ -42,7 +42,8 @@ pub fn randn_local(seed: u64, shape: &[i64], source: RngSource) -> Result<Tensor
     SeedGenerator::new(seed, source)?.randn(shape)
 }
 
-/// A1111's "Extra" seed options: variation seeds and "resize seed from" (spec §3.2).
+/// A1111's "Extra" seed options: variation seeds and "resize seed from"
+/// (`modules/processing_scripts/seed.py: ScriptSeed`, used by `modules/rng.py: ImageRNG.first`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Variation {
     /// The variation seed of each image; images past its end use 0, as A1111 does.
@@ -62,7 +63,9 @@ pub struct Variation {
 /// there (float32) and the caller moves it to the model's device.
 ///
 /// Unlike A1111, drawing never touches libtorch's global generator (A1111 leaves it seeded with
-/// the batch's last seed, which only its later VAE posterior sampling notices, spec §1.6).
+/// the batch's last seed through `torch.manual_seed` in `modules/rng.py: randn`, which only its
+/// later VAE posterior sampling notices: ldm's `DiagonalGaussianDistribution.sample` draws
+/// with `torch.randn` from that global generator).
 #[derive(Debug)]
 pub struct ImageRng {
     shape: [i64; 3],
@@ -114,7 +117,8 @@ impl ImageRng {
     }
 
     /// Sets the eta noise seed delta: after [`Self::first`], image `i` draws from a new
-    /// generator seeded with `seeds[i] + delta` (spec §3.4); 0 (A1111's default) keeps its own.
+    /// generator seeded with `seeds[i] + delta` (option `eta_noise_seed_delta`, applied at the
+    /// end of `modules/rng.py: ImageRNG.first`); 0 (A1111's default) keeps its own.
     pub fn with_ensd(mut self, delta: i64) -> Self {
         self.ensd = delta;
         self

@@ -1,6 +1,7 @@
 //! A1111's "NV" RNG source (`modules/rng_philox.py`): the stream CUDA's `torch.randn` makes
 //! (Philox4x32-10 counters and Box–Muller), computed on the CPU so that images made on NVIDIA
-//! GPUs can be reproduced anywhere (spec §3.5).
+//! GPUs can be reproduced anywhere (`modules/rng.py: create_generator` picks it for the
+//! `randn_source` option "NV").
 //!
 //! A1111 does the Box–Muller arithmetic in float64 with float32-rounded constants (numpy's
 //! promotion of uint32 × float32) and rounds the result to float32; so does this. The result
@@ -90,7 +91,7 @@ mod tests {
 
     #[test]
     fn matches_a1111_nv_values_of_the_spec() {
-        // Spec §3.5: A1111's rng_philox.py (numpy 1.26), seed 0, shape (3, 4), first row.
+        // A1111's `modules/rng_philox.py` run with numpy 1.26: seed 0, shape (3, 4), first row.
         let mut g = Philox::new(0);
         let draw = g.randn(&[3, 4]).unwrap();
         let row: Vec<f32> = Vec::try_from(draw.get(0)).unwrap();

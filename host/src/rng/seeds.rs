@@ -1,4 +1,4 @@
-//! A job's seed list (A1111 `processing.py: get_fixed_seed, process_images_inner`; spec §3.1).
+//! A job's seed list (A1111 `modules/processing.py: get_fixed_seed, process_images_inner`).
 
 /// A1111's upper bound (exclusive) for a random seed: `random.randrange(4294967294)`.
 pub const RANDOM_SEED_BOUND: u64 = 4_294_967_294;

@@ -35,7 +35,8 @@ pub struct Guidance {
     pub cfg_scale: f64,
 }
 
-/// Inpainting's per-call blend with the clean init latent (A1111 `CFGDenoiser`, spec §7.5).
+/// Inpainting's per-call blend with the clean init latent (A1111
+/// `modules/sd_samplers_cfg_denoiser.py: CFGDenoiser.forward`, `mask_before_denoising`).
 pub struct LatentMask {
     /// The init latent [B, 4, h, w] (with "latent noise"/"latent nothing" applied).
     pub init_latent: Tensor,

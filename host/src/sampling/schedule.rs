@@ -658,7 +658,8 @@ fn numpy_interp(x: f64, xs: &[f64], ys: &[f64]) -> f64 {
 mod tests {
     use super::*;
 
-    /// Spec §4.4's four-decimal reference lists must agree to rounding.
+    /// A1111's SD 1.x σ lists for 20 steps (`modules/sd_schedulers.py` on the model's noise
+    /// levels), written to four decimals, must agree to rounding.
     fn assert_rounded(actual: &[f64], expected: &[f64]) {
         assert_eq!(actual.len(), expected.len(), "{actual:?}");
         for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
