@@ -24,7 +24,7 @@ demo: build
 	@[ -f $(DEMO_MODEL) ] || $(SDHOST) dev make-tiny-model $(DEMO_MODEL)
 	$(SDHOST) img2img --model $(DEMO_MODEL) --init-image $(DEMO_IMAGE) \
 		--prompt "a cottage on a green hill, (golden hour:1.2)" --negative-prompt "blurry" \
-		--sampler "DPM++ 2M" --scheduler Karras --steps 20 --denoising-strength 0.6 \
+		--sampler-name "DPM++ 2M" --scheduler Karras --steps 20 --denoising-strength 0.6 \
 		--seed 1234 --batch-size 2
 	$(SDHOST) img2img --model $(DEMO_MODEL) --init-image $(DEMO_IMAGE) --mask host/assets/sample-mask.png \
 		--prompt "a stone tower" --inpaint-full-res --inpainting-fill fill --seed 1234 --patch-out
