@@ -3,6 +3,7 @@
 //! processed mask, the original kept for the final composite, the region generated, the filled
 //! init image, and the composite itself.
 
+use smart_default::SmartDefault;
 use image::{GrayImage, RgbImage, RgbaImage};
 
 use super::crop::{expand_to_aspect, grow_to_at_least, mask_region, CropRegion};
@@ -63,12 +64,16 @@ impl MaskedContent {
 
 /// A1111's inpainting parameters (img2img tab, Inpaint section) plus sdhost's context growth;
 /// serde names are A1111's API fields.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, SmartDefault,
+)]
 #[serde(default)]
 pub struct InpaintSettings {
     /// Mask blur σ along x, in pixels (`mask_blur` sets both).
+    #[default(4)]
     pub mask_blur_x: u32,
     /// Mask blur σ along y, in pixels.
+    #[default(4)]
     pub mask_blur_y: u32,
     /// Mask mode "Inpaint not masked": regenerate what the mask leaves out (A1111 sends 0/1).
     #[serde(
@@ -79,12 +84,14 @@ pub struct InpaintSettings {
     /// Masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing (names work too).
     #[serde(rename = "inpainting_fill")]
     #[schemars(with = "crate::request::IndexOrName")]
+    #[default(MaskedContent::Original)]
     pub masked_content: MaskedContent,
     /// Inpaint area "Only masked": generate the masked region at the full width x height.
     #[serde(rename = "inpaint_full_res")]
     pub only_masked: bool,
     /// Only masked padding, pixels.
     #[serde(rename = "inpaint_full_res_padding")]
+    #[default(32)]
     pub only_masked_padding: u32,
     /// Only masked: grow the region to at least [width, height] first, so a small selection
     /// keeps its surroundings (sdhost's, for editors; null: A1111's behaviour).
@@ -93,26 +100,11 @@ pub struct InpaintSettings {
     pub min_context: Option<(u32, u32)>,
     /// Inpainting models: conditioning mask strength, 0-1.
     #[serde(rename = "inpainting_mask_weight")]
+    #[default(1.0)]
     pub mask_weight: f64,
     /// Round the latent mask and the inpainting model's mask to 0/1.
+    #[default(true)]
     pub mask_round: bool,
-}
-
-impl Default for InpaintSettings {
-    /// A1111's UI defaults: blur 4, inpaint masked, original, whole picture, padding 32.
-    fn default() -> Self {
-        InpaintSettings {
-            mask_blur_x: 4,
-            mask_blur_y: 4,
-            invert: false,
-            masked_content: MaskedContent::Original,
-            only_masked: false,
-            only_masked_padding: 32,
-            min_context: None,
-            mask_weight: 1.0,
-            mask_round: true,
-        }
-    }
 }
 
 /// Why a mask cannot be used.

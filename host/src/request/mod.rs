@@ -18,6 +18,7 @@ pub(crate) use wire_forms::{flag, sampler_options, size_pair, IndexOrName};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use smart_default::SmartDefault;
 
 use crate::models::vae::VaeTiling;
 use crate::prepare::inpaint::InpaintSettings;
@@ -97,7 +98,10 @@ impl InitLatentMode {
 }
 
 /// Every parameter of a generation job, under A1111's API names.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+///
+/// Each field carries its doc (the CLI's help, the protocol doc, clients' descriptions) and its
+/// A1111 UI default (`#[default]`, none: the type's zero); a new parameter is one field here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, SmartDefault)]
 #[serde(default)]
 pub struct GenerationRequest {
     /// Prompt (A1111 syntax: (emphasis:1.2), [edit:at:0.5], AND, BREAK, embeddings).
@@ -107,40 +111,54 @@ pub struct GenerationRequest {
     /// How the init image is fitted to width x height: 0 just resize, 1 crop and resize,
     /// 2 resize and fill, 3 just resize (latent upscale); names work too.
     #[schemars(with = "wire_forms::IndexOrName")]
+    #[default(ResizeMode::JustResize)]
     pub resize_mode: ResizeMode,
     /// Output width in pixels (sides need not be multiples of 8: the image is 8·⌊side/8⌋).
+    #[default(512)]
     pub width: u32,
     /// Output height in pixels.
+    #[default(512)]
     pub height: u32,
     /// Sampler, schedule, steps, denoising strength and sampler options.
     #[serde(flatten)]
     pub sampler: SamplerSettings,
     /// Classifier-free guidance scale.
+    #[default(7.0)]
     pub cfg_scale: f64,
     /// Seed; -1 picks a random one.
+    #[default(-1)]
     pub seed: i64,
     /// Variation seed; -1 picks a random one.
+    #[default(-1)]
     pub subseed: i64,
     /// Variation strength, 0-1 (0: off).
     pub subseed_strength: f64,
     /// "Resize seed from" width (-1 or 0: off).
+    #[default(-1)]
     pub seed_resize_from_w: i64,
     /// "Resize seed from" height (-1 or 0: off).
+    #[default(-1)]
     pub seed_resize_from_h: i64,
     /// Batch count: batches run one after another.
+    #[default(1)]
     pub n_iter: usize,
     /// Images sampled together per batch.
+    #[default(1)]
     pub batch_size: usize,
     /// Clip skip (1: the last CLIP layer; A1111's option `CLIP_stop_at_last_layers`).
+    #[default(1)]
     pub clip_skip: usize,
     /// Noise source: CPU (the same images on every machine), NV (A1111's NV), GPU (CUDA).
     #[serde(alias = "rng")]
     #[schemars(with = "String")]
+    #[default(RngChoice::Cpu)]
     pub randn_source: RngChoice,
     /// Init latent: sample (as A1111) or the mean of the VAE's distribution (sdhost's).
     #[schemars(with = "String")]
+    #[default(InitLatentMode::Sample)]
     pub init_latent: InitLatentMode,
     /// Factor on the initial noise (A1111 `initial_noise_multiplier`).
+    #[default(1.0)]
     pub initial_noise_multiplier: f64,
     /// Eta noise seed delta (ENSD).
     pub eta_noise_seed_delta: i64,
@@ -158,42 +176,11 @@ pub struct GenerationRequest {
     pub vae_tiling: bool,
 }
 
-impl Default for GenerationRequest {
-    /// A1111's img2img tab defaults ([`GenerationRequest::ui_defaults`]).
-    fn default() -> Self {
-        Self::ui_defaults()
-    }
-}
-
 impl GenerationRequest {
     /// A1111's img2img tab defaults (DPM++ 2M, 20 steps, original content, whole picture,
     /// padding 32), with the CPU RNG so that images are the same on every machine.
     pub fn ui_defaults() -> Self {
-        GenerationRequest {
-            prompt: String::new(),
-            negative_prompt: String::new(),
-            resize_mode: ResizeMode::JustResize,
-            width: 512,
-            height: 512,
-            sampler: SamplerSettings::default(),
-            cfg_scale: 7.0,
-            seed: -1,
-            subseed: -1,
-            subseed_strength: 0.0,
-            seed_resize_from_w: -1,
-            seed_resize_from_h: -1,
-            n_iter: 1,
-            batch_size: 1,
-            clip_skip: 1,
-            randn_source: RngChoice::Cpu,
-            init_latent: InitLatentMode::Sample,
-            initial_noise_multiplier: 1.0,
-            eta_noise_seed_delta: 0,
-            inpaint: InpaintSettings::default(),
-            mask_alpha: 0.0,
-            img2img_color_correction: false,
-            vae_tiling: false,
-        }
+        Self::default()
     }
 
     /// The defaults of A1111's `/sdapi/v1/img2img` where they differ from the tab's: Euler,

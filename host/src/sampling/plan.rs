@@ -2,6 +2,7 @@
 //! would pick for the names given, the noise levels for img2img at a denoising strength, and
 //! the noised starting latent.
 
+use smart_default::SmartDefault;
 use sdhost_plugin_api::{OptionValue, ScheduleInput};
 use tch::Tensor;
 
@@ -16,19 +17,25 @@ pub const LCM_SCHEDULE: &str = "lcm";
 
 /// The sampler settings of an img2img job (A1111's img2img tab and options); serde names are
 /// A1111's API fields and option names.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, SmartDefault,
+)]
 #[serde(default)]
 pub struct SamplerSettings {
     /// Sampler by A1111 name or alias; a legacy name with a schedule ("DPM++ 2M Karras") works.
     #[serde(rename = "sampler_name", alias = "sampler_index")]
+    #[default("DPM++ 2M".to_string())]
     pub sampler: String,
     /// Schedule type; Automatic picks the sampler's default.
     #[serde(rename = "scheduler")]
     #[schemars(with = "String")]
+    #[default(Schedule::Automatic)]
     pub schedule: Schedule,
     /// Sampling steps.
+    #[default(20)]
     pub steps: usize,
     /// How much of the init image is replaced, 0-1.
+    #[default(0.75)]
     pub denoising_strength: f64,
     /// A1111 option `img2img_fix_steps`: run exactly `steps` steps whatever the strength.
     #[serde(rename = "img2img_fix_steps")]
@@ -40,21 +47,6 @@ pub struct SamplerSettings {
     #[serde(rename = "sampler_options", with = "crate::request::sampler_options")]
     #[schemars(with = "std::collections::BTreeMap<String, serde_json::Value>")]
     pub options: Vec<(String, OptionValue)>,
-}
-
-impl Default for SamplerSettings {
-    /// A1111's UI defaults: DPM++ 2M, Automatic, 20 steps, strength 0.75.
-    fn default() -> Self {
-        SamplerSettings {
-            sampler: "DPM++ 2M".into(),
-            schedule: Schedule::Automatic,
-            steps: 20,
-            denoising_strength: 0.75,
-            fix_steps: false,
-            schedule_options: ScheduleOptions::default(),
-            options: Vec::new(),
-        }
-    }
 }
 
 /// Why the settings cannot be sampled.

@@ -4,6 +4,7 @@
 //! Every list is what A1111 hands the sampler: float32 values (returned as f64), computed
 //! with the same float32/float64 split as A1111 and k-diffusion (see [`super::noise_levels`]).
 
+use smart_default::SmartDefault;
 use super::noise_levels::{
     append_zero, exp32, linspace32, LcmNoiseLevels, NoiseLevels, NoiseLevelsError, NoiseModel,
     TIMESTEPS,
@@ -227,7 +228,9 @@ impl FromStr for Schedule {
 
 /// A1111's schedule options (settings `sigma_min`, `sigma_max`, `rho`, `beta_dist_alpha`,
 /// `beta_dist_beta`, `always_discard_next_to_last_sigma`, `use_old_karras_scheduler_sigmas`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, SmartDefault,
+)]
 #[serde(default)]
 pub struct ScheduleOptions {
     /// Smallest σ of the schedule instead of the model's (null or 0: the model's).
@@ -238,9 +241,11 @@ pub struct ScheduleOptions {
     pub rho: Option<f64>,
     /// α of the Beta schedule.
     #[serde(rename = "beta_dist_alpha")]
+    #[default(0.6)]
     pub beta_alpha: f64,
     /// β of the Beta schedule.
     #[serde(rename = "beta_dist_beta")]
+    #[default(0.6)]
     pub beta_beta: f64,
     /// Make the list for one more step and drop the second-to-last σ.
     #[serde(rename = "always_discard_next_to_last_sigma")]
@@ -252,21 +257,6 @@ pub struct ScheduleOptions {
     /// Karras: base range 0.1…10 instead of the model's σmin…σmax.
     #[serde(rename = "use_old_karras_scheduler_sigmas")]
     pub old_karras_sigmas: bool,
-}
-
-impl Default for ScheduleOptions {
-    fn default() -> Self {
-        Self {
-            sigma_min: None,
-            sigma_max: None,
-            rho: None,
-            beta_alpha: 0.6,
-            beta_beta: 0.6,
-            discard_penultimate: false,
-            sdxl: false,
-            old_karras_sigmas: false,
-        }
-    }
 }
 
 impl ScheduleOptions {
