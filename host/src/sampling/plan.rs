@@ -254,6 +254,7 @@ impl<'r> SamplingPlan<'r> {
             timesteps: self.timesteps.clone(),
             alphas_cumprod: self.alphas_cumprod.clone(),
             options: self.options.clone(),
+            cancel: None,
         }
     }
 }
