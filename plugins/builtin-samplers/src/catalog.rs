@@ -7,9 +7,12 @@ use sdhost_plugin_api::{
 
 use crate::{dpm_solver, dpmpp, dpmpp_sde, euler, heun, lcm, lms, restart, timesteps, unipc};
 
+/// A function returning a sampler's spec (declared beside the sampler).
+type SpecFn = fn() -> SamplerSpec;
+
 /// A1111's img2img samplers: `samplers_k_diffusion` in `modules/sd_samplers_kdiffusion.py`,
 /// then `modules/sd_samplers_timesteps.py` and `modules/sd_samplers_lcm.py`.
-const SAMPLERS: &[(fn() -> SamplerSpec, SamplerFn)] = &[
+const SAMPLERS: &[(SpecFn, SamplerFn)] = &[
     (dpmpp::dpmpp_2m_spec, dpmpp::dpmpp_2m),
     (dpmpp_sde::dpmpp_sde_spec, dpmpp_sde::dpmpp_sde),
     (dpmpp_sde::dpmpp_2m_sde_spec, dpmpp_sde::dpmpp_2m_sde),
