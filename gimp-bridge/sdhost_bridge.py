@@ -10,7 +10,7 @@ import queue
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional
 
 from sdhost_client import Client, DaemonError, Event, Image, default_socket
@@ -131,29 +131,30 @@ def context_region(image_w: int, image_h: int, bounds: Optional[tuple[int, int, 
 
 @dataclass
 class Settings:
-    """What the dialog asks; names follow A1111's img2img tab."""
+    """What the dialog asks, under the daemon's request field names (A1111's API names; the
+    daemon's `list` names every field with its default)."""
 
     mode: str = "img2img"
     prompt: str = ""
     negative_prompt: str = ""
-    sampler: str = "DPM++ 2M"
+    sampler_name: str = "DPM++ 2M"
     scheduler: str = "Automatic"
     steps: int = 20
     cfg_scale: float = 7.0
     denoising_strength: float = 0.75
     seed: int = -1
-    batch_count: int = 1
+    n_iter: int = 1
     batch_size: int = 1
     width: int = 0  # 0: automatic (the region's size; 512 for only masked)
     height: int = 0
     resize_mode: int = 0
     clip_skip: int = 1
-    mask_blur: int = 4
-    invert_mask: bool = False
-    masked_content: int = 1  # 0 fill, 1 original, 2 latent noise, 3 latent nothing
-    only_masked: bool = False
-    padding: int = 32
-    min_context: int = 0
+    mask_blur: int = 4  # A1111's shorthand for mask_blur_x and mask_blur_y
+    inpainting_mask_invert: bool = False
+    inpainting_fill: int = 1  # 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = 32
+    min_context: int = 0  # the plug-in's: grows the region it reads (0: off)
     mask_alpha: float = 0.0
 
     def generation_size(self, region: Region) -> tuple[int, int]:
@@ -161,32 +162,24 @@ class Settings:
         native size with the region's aspect ratio (only masked)."""
         if self.width > 0 and self.height > 0:
             return self.width, self.height
-        if self.only_masked and self.mode in ("inpaint", "inpaint-sketch", "inpaint-upload"):
+        if self.inpaint_full_res and self.mode in ("inpaint", "inpaint-sketch", "inpaint-upload"):
             return NATIVE_SIZE, NATIVE_SIZE
         return region.width, region.height
 
     def params(self, region: Region) -> dict[str, Any]:
-        """The daemon's job parameters (A1111 API names)."""
-        width, height = self.generation_size(region)
-        return {
-            "prompt": self.prompt, "negative_prompt": self.negative_prompt,
-            "sampler_name": self.sampler, "scheduler": self.scheduler, "steps": self.steps,
-            "cfg_scale": self.cfg_scale, "denoising_strength": self.denoising_strength,
-            "seed": self.seed, "n_iter": self.batch_count, "batch_size": self.batch_size,
-            "width": width, "height": height, "resize_mode": self.resize_mode,
-            "clip_skip": self.clip_skip, "mask_blur": self.mask_blur,
-            "inpainting_mask_invert": int(self.invert_mask),
-            "inpainting_fill": self.masked_content, "inpaint_full_res": self.only_masked,
-            "inpaint_full_res_padding": self.padding, "mask_alpha": self.mask_alpha,
-        }
+        """The daemon's job parameters: every field but the plug-in's own, by its name."""
+        own = {"mode", "min_context"}
+        params = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in own}
+        params["width"], params["height"] = self.generation_size(region)
+        return params
 
 
 # Infotext keys that set a Settings field, and how to read them.
 INFOTEXT_FIELDS = {
-    "Steps": ("steps", int), "Sampler": ("sampler", str), "Schedule type": ("scheduler", str),
+    "Steps": ("steps", int), "Sampler": ("sampler_name", str), "Schedule type": ("scheduler", str),
     "CFG scale": ("cfg_scale", float), "Seed": ("seed", int),
     "Denoising strength": ("denoising_strength", float), "Clip skip": ("clip_skip", int),
-    "Mask blur": ("mask_blur", int), "Masked area padding": ("padding", int),
+    "Mask blur": ("mask_blur", int), "Masked area padding": ("inpaint_full_res_padding", int),
 }
 
 
@@ -235,12 +228,12 @@ def reuse_infotext(settings: "Settings", text: str) -> "Settings":
         width, height = params["Size"].split("x", 1)
         if width.isdigit() and height.isdigit():
             settings.width, settings.height = int(width), int(height)
-    settings.invert_mask = params.get("Mask mode") == "Inpaint not masked"
+    settings.inpainting_mask_invert = params.get("Mask mode") == "Inpaint not masked"
     if "Inpaint area" in params:
-        settings.only_masked = params["Inpaint area"] == "Only masked"
+        settings.inpaint_full_res = params["Inpaint area"] == "Only masked"
     contents = ["fill", "original", "latent noise", "latent nothing"]
     if params.get("Masked content") in contents:
-        settings.masked_content = contents.index(params["Masked content"])
+        settings.inpainting_fill = contents.index(params["Masked content"])
     return settings
 
 

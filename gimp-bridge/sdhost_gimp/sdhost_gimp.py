@@ -114,18 +114,18 @@ def settings_from(config: Gimp.ProcedureConfig, mode: str, choices: Choices) -> 
     names = {prop.name for prop in config.list_properties()}
     settings = Settings(
         mode=mode, prompt=get("prompt"), negative_prompt=get("negative-prompt"),
-        sampler=from_slug(get("sampler"), choices.samplers),
+        sampler_name=from_slug(get("sampler"), choices.samplers),
         scheduler=from_slug(get("scheduler"), choices.schedules), steps=get("steps"),
         cfg_scale=get("cfg-scale"), denoising_strength=get("denoising-strength"), seed=get("seed"),
-        batch_count=get("batch-count"), batch_size=get("batch-size"), width=get("width"),
+        n_iter=get("batch-count"), batch_size=get("batch-size"), width=get("width"),
         height=get("height"), resize_mode=get("resize-mode"), clip_skip=get("clip-skip"),
     )
     if "mask-blur" in names:
         settings.mask_blur = get("mask-blur")
-        settings.invert_mask = get("invert-mask")
-        settings.masked_content = get("masked-content")
-        settings.only_masked = get("only-masked")
-        settings.padding = get("padding")
+        settings.inpainting_mask_invert = get("invert-mask")
+        settings.inpainting_fill = get("masked-content")
+        settings.inpaint_full_res = get("only-masked")
+        settings.inpaint_full_res_padding = get("padding")
         settings.min_context = get("min-context")
     if "mask-alpha" in names:
         settings.mask_alpha = get("mask-alpha")
@@ -198,8 +198,8 @@ def run(procedure, run_mode, image, drawables, config, data):
         return fail(procedure, "choose the sketch layer", Gimp.PDBStatusType.CALLING_ERROR)
 
     width, height = settings.generation_size(Region(0, 0, image_w, image_h))
-    region = context_region(image_w, image_h, bounds, settings.only_masked and bounds is not None,
-                            settings.padding, width, height, settings.min_context)
+    region = context_region(image_w, image_h, bounds, settings.inpaint_full_res and bounds is not None,
+                            settings.inpaint_full_res_padding, width, height, settings.min_context)
     if config.get_property("use-visible"):
         # The composite of the visible layers, through a temporary layer undo never sees.
         image.undo_freeze()

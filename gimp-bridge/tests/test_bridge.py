@@ -29,12 +29,12 @@ def test_context_region_reads_only_what_the_daemon_crops():
 
 
 def test_settings_become_a1111_parameters():
-    settings = Settings(mode="inpaint", prompt="x", only_masked=True, masked_content=0,
-                        invert_mask=True)
+    settings = Settings(mode="inpaint", prompt="x", inpaint_full_res=True, inpainting_fill=0,
+                        inpainting_mask_invert=True)
     region = Region(0, 0, 300, 200)
     params = settings.params(region)
     assert (params["width"], params["height"]) == (512, 512)
-    assert params["inpainting_fill"] == 0 and params["inpainting_mask_invert"] == 1
+    assert params["inpainting_fill"] == 0 and params["inpainting_mask_invert"] is True
     assert Settings().params(region)["width"] == 300
     assert Settings(width=64, height=48).params(region)["height"] == 48
 
@@ -105,9 +105,9 @@ def test_infotext_of_a_result_is_reused():
     assert prompt == 'a "quoted" cat, (red:1.2)\nsecond line' and negative == "dog"
     assert params["Lora hashes"] == "a: 1, b: 2"
     settings = reuse_infotext(Settings(), text)
-    assert (settings.steps, settings.sampler, settings.scheduler, settings.seed) == (12, "Euler a", "Karras", 77)
+    assert (settings.steps, settings.sampler_name, settings.scheduler, settings.seed) == (12, "Euler a", "Karras", 77)
     assert (settings.width, settings.height, settings.cfg_scale) == (512, 384, 6.5)
-    assert settings.only_masked and settings.padding == 16 and settings.masked_content == 0
+    assert settings.inpaint_full_res and settings.inpaint_full_res_padding == 16 and settings.inpainting_fill == 0
     assert settings.mask_blur == 8 and settings.denoising_strength == 0.4
 
 

@@ -75,6 +75,7 @@ fn plugin_euler(
         timesteps: vec![],
         alphas_cumprod: vec![],
         options: vec![],
+        cancel: None,
     };
     registry
         .sample(euler, request, denoiser, noise, &mut |_| Flow::Continue)

@@ -218,6 +218,7 @@ fn run_sampler(
                 timesteps: Vec::new(),
                 alphas_cumprod: Vec::new(),
                 options: Vec::new(),
+                cancel: None,
             },
             &mut ToyDenoiser,
             &mut noise,

@@ -678,3 +678,90 @@ fn img2img_at_96x64_reproduces_from_its_infotext() {
         std::fs::read(&made).unwrap()
     );
 }
+
+#[test]
+fn prompt_json_has_token_ids_weights_chunks_and_the_schedule() {
+    let out = sdhost!(
+        "prompt",
+        "a (cat:1.3) [dog:bird:0.5] AND cat BREAK dog :0.5",
+        "--steps",
+        "10",
+        "--json",
+    );
+    assert_success(&out);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parts = json["parts"].as_array().unwrap();
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[1]["weight"], 0.5);
+
+    // Prompt editing: "dog" for model calls ..=5, "bird" after.
+    let schedule = parts[0]["schedule"].as_array().unwrap();
+    let entries: Vec<(u64, &str)> = schedule
+        .iter()
+        .map(|e| {
+            (
+                e["end_at_step"].as_u64().unwrap(),
+                e["text"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(entries, [(5, "a (cat:1.3) dog"), (10, "a (cat:1.3) bird")]);
+
+    // CLIP ids: BOS, "a", "cat", "dog"/"bird", then EOS padding to 77; "cat" weighs 1.3.
+    let ids = |entry: &serde_json::Value, chunk: usize| -> Vec<u64> {
+        entry["chunks"][chunk]["token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|id| id.as_u64().unwrap())
+            .collect()
+    };
+    let first = ids(&schedule[0], 0);
+    assert_eq!(first.len(), 77);
+    assert_eq!(first[..5], [49406, 320, 2368, 1929, 49407]);
+    assert_eq!(ids(&schedule[1], 0)[3], 3329);
+    assert_eq!(schedule[0]["chunks"][0]["weights"][2], 1.3);
+    assert_eq!(schedule[0]["chunks"][0]["tokens"][2], "cat</w>");
+    assert_eq!(schedule[0]["token_count"], 3);
+
+    // BREAK ends a chunk: "cat" and "dog" each start their own.
+    let second = &parts[1]["schedule"][0];
+    assert_eq!(second["chunks"].as_array().unwrap().len(), 2);
+    assert_eq!((ids(second, 0)[1], ids(second, 1)[1]), (2368, 1929));
+    assert!(json["embeddings_used"].as_array().unwrap().is_empty());
+    assert!(json["ti_hashes"].is_null());
+
+    // An embedding's two vectors sit at ids 0 after BOS and are named in the chunk.
+    let dir = tempfile::tempdir().unwrap();
+    let vectors = tch::Tensor::ones([2, 768], (tch::Kind::Float, tch::Device::Cpu));
+    sdhost::tiny_model::save_safetensors(
+        &[("emb_params".into(), vectors)],
+        &dir.path().join("dongwm-nt.safetensors"),
+    )
+    .unwrap();
+    let out = sdhost!(
+        "prompt",
+        "dongwm-nt",
+        "--embeddings-dir",
+        dir.path(),
+        "--json"
+    );
+    assert_success(&out);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let chunk = &json["parts"][0]["schedule"][0]["chunks"][0];
+    assert_eq!(
+        ids(&json["parts"][0]["schedule"][0], 0)[..4],
+        [49406, 0, 0, 49407]
+    );
+    assert_eq!(chunk["embeddings"][0]["name"], "dongwm-nt");
+    assert_eq!(
+        (
+            chunk["embeddings"][0]["start"].as_u64(),
+            chunk["embeddings"][0]["vectors"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    assert_eq!(chunk["tokens"][1], "<dongwm-nt>");
+    let hash = json["embeddings_used"][0]["hash"].as_str().unwrap();
+    assert_eq!(json["ti_hashes"], format!("dongwm-nt: {hash}"));
+}

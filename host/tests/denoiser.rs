@@ -149,6 +149,7 @@ fn cfg_denoiser_and_samplers_match_k_diffusion_on_tiny_unet() {
                         timesteps: vec![],
                         alphas_cumprod: vec![],
                         options: vec![],
+                        cancel: None,
                     },
                     &mut denoiser,
                     &mut noise,

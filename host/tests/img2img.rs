@@ -31,7 +31,10 @@ fn run(
     params: &GenerationRequest,
     init: &RgbImage,
 ) -> JobOutcome {
-    run_img2img(model, registry, params, init, None, &mut |_| Flow::Continue).expect("job runs")
+    run_img2img(model, registry, params, init, None, None, &mut |_| {
+        Flow::Continue
+    })
+    .expect("job runs")
 }
 
 /// One sampler of a reference comparison: sdhost's name, k-diffusion's function, Karras or not.
@@ -181,7 +184,7 @@ fn job_seeds_infotext_cancel_and_errors() {
     };
 
     let mut events = Vec::new();
-    let outcome = run_img2img(&model, &registry, &base, &init, None, &mut |event| {
+    let outcome = run_img2img(&model, &registry, &base, &init, None, None, &mut |event| {
         events.push(match event {
             JobEvent::Started {
                 images,
@@ -228,7 +231,7 @@ fn job_seeds_infotext_cancel_and_errors() {
     // the step that saw the cancel.
     let mut cancelled = false;
     let mut steps_after_cancel = 0;
-    let outcome = run_img2img(&model, &registry, &base, &init, None, &mut |event| {
+    let outcome = run_img2img(&model, &registry, &base, &init, None, None, &mut |event| {
         if let JobEvent::Step { batch, step, .. } = event {
             if cancelled {
                 steps_after_cancel += 1;
@@ -281,7 +284,7 @@ fn job_seeds_infotext_cancel_and_errors() {
 
     // User errors are typed and say what is wrong.
     let error = |params: GenerationRequest| {
-        run_img2img(&model, &registry, &params, &init, None, &mut |_| {
+        run_img2img(&model, &registry, &params, &init, None, None, &mut |_| {
             Flow::Continue
         })
         .err()

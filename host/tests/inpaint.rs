@@ -215,9 +215,15 @@ fn run(
         builtin: PluginPaths::discover(None).builtin,
         folder: None,
     });
-    run_img2img(model, &registry, params, init, Some(mask), &mut |_| {
-        Flow::Continue
-    })
+    run_img2img(
+        model,
+        &registry,
+        params,
+        init,
+        Some(mask),
+        None,
+        &mut |_| Flow::Continue,
+    )
     .expect("inpainting job runs")
 }
 
@@ -353,9 +359,15 @@ fn masks_that_cannot_be_used_are_refused_clearly() {
         folder: None,
     });
     let error = |mask: &GrayImage, params: &GenerationRequest| {
-        run_img2img(&model, &registry, params, &init, Some(mask), &mut |_| {
-            Flow::Continue
-        })
+        run_img2img(
+            &model,
+            &registry,
+            params,
+            &init,
+            Some(mask),
+            None,
+            &mut |_| Flow::Continue,
+        )
         .err()
         .expect("refused")
         .to_string()

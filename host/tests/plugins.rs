@@ -1,11 +1,14 @@
 //! Loading sampler plugins through the real dynamic path: listing, running, and every way a
 //! plugin can fail (error, panic, leaked handles, not a plugin, not a library, built against
-//! another plugin API version, cancel, out of memory) without taking the host down.
+//! another plugin API version, cancel, out of memory) without taking the host down, and a
+//! cancel flag that stops even a sampler that never reports a step.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use sdhost::sampling::plugins::{
     library_file_name, PluginLoadError, PluginPaths, SampleRequest, SamplerRegistry, SamplingError,
@@ -84,6 +87,7 @@ fn request(sigmas: &[f64], options: Vec<(String, OptionValue)>) -> SampleRequest
         timesteps: vec![],
         alphas_cumprod: vec![],
         options,
+        cancel: None,
     }
 }
 
@@ -283,6 +287,107 @@ fn cancel_and_out_of_memory_stop_the_sampler() {
         }
         other => panic!("expected out of memory, got {other:?}"),
     }
+}
+
+/// Sets the job's cancel flag during its `cancel_at`-th model call, as the daemon's connection
+/// thread does while the worker is inside the model.
+struct CancellingDenoiser {
+    calls: usize,
+    cancel_at: Option<usize>,
+    flag: Arc<AtomicBool>,
+}
+
+impl Denoise for CancellingDenoiser {
+    fn denoise(&mut self, x: &Tensor, sigma: f64, _: Option<f64>) -> Result<Tensor, StepFailure> {
+        self.calls += 1;
+        if self.cancel_at == Some(self.calls) {
+            self.flag.store(true, Ordering::SeqCst);
+        }
+        Ok(x / (1.0 + sigma * sigma))
+    }
+}
+
+/// Zero noise that counts its draws and sets the cancel flag during the `cancel_at`-th.
+struct CancellingNoise {
+    draws: usize,
+    cancel_at: Option<usize>,
+    flag: Arc<AtomicBool>,
+}
+
+impl Noise for CancellingNoise {
+    fn noise(&mut self) -> Result<Tensor, StepFailure> {
+        self.draws += 1;
+        if self.cancel_at == Some(self.draws) {
+            self.flag.store(true, Ordering::SeqCst);
+        }
+        ZeroNoise.noise()
+    }
+    fn brownian_noise(&mut self, _: f64, _: f64) -> Result<Tensor, StepFailure> {
+        self.noise()
+    }
+}
+
+#[test]
+fn cancel_flag_stops_a_sampler_that_never_reports_a_step() {
+    // "Silent" draws noise and calls the model once per σ and never calls back, so only the
+    // host's own check of the flag can stop it.
+    let folder = folder_with(&["faulty_sampler"]);
+    let registry = registry_with(folder.path());
+    let sigmas = [4.0, 3.0, 2.0, 1.0, 0.0];
+    // Returns (result, model calls, noise draws, steps reported).
+    let run_silent = |denoise_cancel_at, noise_cancel_at| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut denoiser = CancellingDenoiser {
+            calls: 0,
+            cancel_at: denoise_cancel_at,
+            flag: flag.clone(),
+        };
+        let mut noise = CancellingNoise {
+            draws: 0,
+            cancel_at: noise_cancel_at,
+            flag: flag.clone(),
+        };
+        let mut steps = 0;
+        let request = SampleRequest {
+            cancel: Some(flag),
+            ..request(&sigmas, vec![])
+        };
+        let result = registry.sample(
+            registry.find("Silent").unwrap(),
+            request,
+            &mut denoiser,
+            &mut noise,
+            &mut |_| {
+                steps += 1;
+                Flow::Continue
+            },
+        );
+        (result, denoiser.calls, noise.draws, steps)
+    };
+
+    let (result, calls, draws, steps) = run_silent(None, None);
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(
+        (calls, draws, steps),
+        (5, 5, 0),
+        "uncancelled, it runs to the end"
+    );
+
+    // Cancelled during the second model call: the third noise draw fails.
+    let (result, calls, draws, _) = run_silent(Some(2), None);
+    assert!(
+        matches!(result, Err(SamplingError::Cancelled)),
+        "{result:?}"
+    );
+    assert_eq!((calls, draws), (2, 2));
+
+    // Cancelled during the second noise draw: the second model call fails.
+    let (result, calls, draws, _) = run_silent(None, Some(2));
+    assert!(
+        matches!(result, Err(SamplingError::Cancelled)),
+        "{result:?}"
+    );
+    assert_eq!((calls, draws), (1, 2));
 }
 
 #[test]

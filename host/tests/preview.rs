@@ -124,47 +124,55 @@ fn full_preview_of_the_last_euler_step_is_the_final_image() {
     let mut first: Option<Vec<RgbImage>> = None;
     let mut last: Option<Vec<RgbImage>> = None;
     let mut cheap_sizes = Vec::new();
-    let outcome = run_img2img(&model, &registry, &params, &init, None, &mut |event| {
-        match event {
-            JobEvent::Started {
-                steps_per_batch: steps,
-                ..
-            } => steps_per_batch = steps,
-            JobEvent::Step { step, denoised, .. } => {
-                let full = || {
-                    preview_images(
-                        PreviewMethod::Full,
-                        denoised,
-                        &model.sd.vae,
-                        model.kind,
-                        None,
-                    )
-                };
-                if step == 1 {
-                    first = Some(full().unwrap());
+    let outcome = run_img2img(
+        &model,
+        &registry,
+        &params,
+        &init,
+        None,
+        None,
+        &mut |event| {
+            match event {
+                JobEvent::Started {
+                    steps_per_batch: steps,
+                    ..
+                } => steps_per_batch = steps,
+                JobEvent::Step { step, denoised, .. } => {
+                    let full = || {
+                        preview_images(
+                            PreviewMethod::Full,
+                            denoised,
+                            &model.sd.vae,
+                            model.kind,
+                            None,
+                        )
+                    };
+                    if step == 1 {
+                        first = Some(full().unwrap());
+                    }
+                    if step == steps_per_batch {
+                        let images = full().unwrap();
+                        // One image of the batch alone is that image's preview.
+                        let second = preview_image(
+                            PreviewMethod::Full,
+                            denoised,
+                            1,
+                            &model.sd.vae,
+                            model.kind,
+                            None,
+                        )
+                        .unwrap();
+                        assert_eq!(second, images[1]);
+                        last = Some(images);
+                    }
+                    let cheap = cheap_images(denoised).unwrap();
+                    cheap_sizes.extend(cheap.iter().map(|i| i.dimensions()));
                 }
-                if step == steps_per_batch {
-                    let images = full().unwrap();
-                    // One image of the batch alone is that image's preview.
-                    let second = preview_image(
-                        PreviewMethod::Full,
-                        denoised,
-                        1,
-                        &model.sd.vae,
-                        model.kind,
-                        None,
-                    )
-                    .unwrap();
-                    assert_eq!(second, images[1]);
-                    last = Some(images);
-                }
-                let cheap = cheap_images(denoised).unwrap();
-                cheap_sizes.extend(cheap.iter().map(|i| i.dimensions()));
+                JobEvent::Image(_) => {}
             }
-            JobEvent::Image(_) => {}
-        }
-        Flow::Continue
-    })
+            Flow::Continue
+        },
+    )
     .unwrap();
     assert!(steps_per_batch > 1);
     assert!(cheap_sizes.iter().all(|&size| size == (6, 5)));

@@ -319,7 +319,10 @@ fn field_table() -> String {
 fn the_protocol_doc_lists_every_request_field() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md");
     let doc = std::fs::read_to_string(&path).unwrap();
-    let (begin, end) = ("<!-- request-fields: begin -->\n", "<!-- request-fields: end -->");
+    let (begin, end) = (
+        "<!-- request-fields: begin -->\n",
+        "<!-- request-fields: end -->",
+    );
     let start = doc.find(begin).expect("docs/protocol.md marks its table") + begin.len();
     let stop = doc[start..].find(end).expect("the table's end marker") + start;
     let table = field_table();

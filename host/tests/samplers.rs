@@ -128,6 +128,7 @@ fn run_case(registry: &SamplerRegistry, case: &serde_json::Value, file: &std::pa
                 timesteps,
                 alphas_cumprod,
                 options,
+                cancel: None,
             },
             &mut denoiser,
             &mut noise,

@@ -8,8 +8,9 @@ use crate::abi::{
     PluginError, PluginErrorKind, SampleJob, SamplerInfo, SamplerPluginModule, SamplerPluginRef,
     TensorId,
 };
-use crate::context::{Context, SampleError};
+use crate::context::Context;
 use crate::latent::Latent;
+use crate::spec::SampleResult;
 
 /// A sampler plugin: its name, its samplers, and how to run one.
 pub trait SamplerPlugin {
@@ -18,7 +19,7 @@ pub trait SamplerPlugin {
     /// The plugin's version.
     const VERSION: &'static str;
 
-    /// The samplers the plugin offers.
+    /// The samplers the plugin offers, usually built with [`crate::SamplerSpec`].
     fn samplers() -> Vec<SamplerInfo>;
 
     /// Runs `sampler` (a name from [`Self::samplers`], never an alias) from the latent `x` down
@@ -27,7 +28,7 @@ pub trait SamplerPlugin {
         sampler: &str,
         context: &'c Context<'a>,
         x: Latent<'c, 'a>,
-    ) -> Result<Latent<'c, 'a>, SampleError>;
+    ) -> SampleResult<'c, 'a>;
 }
 
 /// Exports `$plugin` (a type implementing [`SamplerPlugin`]) as the library's root module.

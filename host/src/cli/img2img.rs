@@ -192,6 +192,7 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
         &params,
         &init_image,
         mask.as_ref(),
+        Some(&interrupted),
         &mut |event| {
             match event {
                 JobEvent::Started {

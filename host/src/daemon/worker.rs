@@ -274,6 +274,7 @@ impl Worker {
             &request.params,
             &init,
             mask.as_ref(),
+            Some(&job.cancel),
             &mut |event| {
                 match event {
                     JobEvent::Started {

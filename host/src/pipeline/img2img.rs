@@ -4,6 +4,8 @@
 //! its own seed, decoded and given its infotext.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use image::{GrayImage, RgbImage};
 use sdhost_plugin_api::{Flow, ScheduleInput};
@@ -23,7 +25,7 @@ use crate::sampling::brownian::{BrownianError, BrownianTreeNoise};
 use crate::sampling::denoiser::{CfgDenoiser, Guidance, LatentMask, Prediction};
 use crate::sampling::noise::JobNoise;
 use crate::sampling::plan::{PlanError, SamplingPlan};
-use crate::sampling::plugins::{SamplerRegistry, SamplingError};
+use crate::sampling::plugins::{SampleRequest, SamplerRegistry, SamplingError};
 
 /// Why a job could not run (nothing of it is kept except the images already reported).
 #[derive(Debug, thiserror::Error)]
@@ -141,13 +143,16 @@ fn share_schedule(schedule: &[ScheduledCond]) -> Vec<ScheduledCond> {
 /// Runs an img2img job on `init_image` (already flattened to RGB), inpainting where `mask`
 /// (255 = regenerate, the image's size) says when one is given. `observe` sees progress
 /// and each image as it is finished; returning [`Flow::Cancel`] from a step stops the job
-/// after the current step, keeping the images already finished.
+/// after the current step, keeping the images already finished. Setting `cancel` does the
+/// same at the sampler's next model call or noise draw, which also stops plugins that never
+/// report a step.
 pub fn run_img2img(
     model: &GenerationModel,
     registry: &SamplerRegistry,
     params: &GenerationRequest,
     init_image: &RgbImage,
     mask: Option<&GrayImage>,
+    cancel: Option<&Arc<AtomicBool>>,
     observe: &mut dyn FnMut(JobEvent<'_>) -> Flow,
 ) -> Result<JobOutcome, JobError> {
     let _guard = tch::no_grad_guard();
@@ -282,9 +287,13 @@ pub fn run_img2img(
             })?);
         }
         let mut step = 0;
+        let request = SampleRequest {
+            cancel: cancel.cloned(),
+            ..plan.request(x)
+        };
         let sampled = registry.sample(
             plan.sampler,
-            plan.request(x),
+            request,
             &mut denoiser,
             &mut job_noise,
             &mut |report| {

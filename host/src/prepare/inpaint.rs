@@ -3,8 +3,8 @@
 //! processed mask, the original kept for the final composite, the region generated, the filled
 //! init image, and the composite itself.
 
-use smart_default::SmartDefault;
 use image::{GrayImage, RgbImage, RgbaImage};
+use smart_default::SmartDefault;
 
 use super::crop::{expand_to_aspect, grow_to_at_least, mask_region, CropRegion};
 use super::fill::fill;
@@ -65,7 +65,13 @@ impl MaskedContent {
 /// A1111's inpainting parameters (img2img tab, Inpaint section) plus sdhost's context growth;
 /// serde names are A1111's API fields.
 #[derive(
-    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, SmartDefault,
+    Debug,
+    Clone,
+    PartialEq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    SmartDefault,
 )]
 #[serde(default)]
 pub struct InpaintSettings {

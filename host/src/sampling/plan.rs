@@ -2,8 +2,8 @@
 //! would pick for the names given, the noise levels for img2img at a denoising strength, and
 //! the noised starting latent.
 
-use smart_default::SmartDefault;
 use sdhost_plugin_api::{OptionValue, ScheduleInput};
+use smart_default::SmartDefault;
 use tch::Tensor;
 
 use super::noise_levels::{LcmNoiseLevels, NoiseLevels, NoiseLevelsError, NoiseModel};
@@ -18,7 +18,13 @@ pub const LCM_SCHEDULE: &str = "lcm";
 /// The sampler settings of an img2img job (A1111's img2img tab and options); serde names are
 /// A1111's API fields and option names.
 #[derive(
-    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, SmartDefault,
+    Debug,
+    Clone,
+    PartialEq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    SmartDefault,
 )]
 #[serde(default)]
 pub struct SamplerSettings {
@@ -255,6 +261,7 @@ impl<'r> SamplingPlan<'r> {
             timesteps: self.timesteps.clone(),
             alphas_cumprod: self.alphas_cumprod.clone(),
             options: self.options.clone(),
+            cancel: None,
         }
     }
 }

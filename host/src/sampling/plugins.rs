@@ -4,6 +4,8 @@
 //! `libsdhost_samplers` next to the executable, third-party ones come from the plugins folder.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use sdhost_plugin_api::abi::{
     HostErrorKind, Host_TO, OptionValue, PluginErrorKind, SampleJob, SamplerInfo, SamplerPluginRef,
@@ -264,6 +266,9 @@ pub struct SampleRequest {
     pub alphas_cumprod: Vec<f64>,
     /// Options set by the job.
     pub options: Vec<(String, OptionValue)>,
+    /// The job's cancel flag: once set, the sampler's next model call, noise draw or step
+    /// fails as cancelled, also in samplers that never report a step.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl SamplerRegistry {
@@ -365,6 +370,9 @@ impl SamplerRegistry {
         let sampler_name = sampler.info.name.to_string();
         check_options(sampler.info, &request.options)?;
         let mut session = Session::new(request.x.device(), denoiser, noise, on_step);
+        if let Some(flag) = request.cancel {
+            session.cancel_when_set(flag);
+        }
         let x = session.insert(request.x);
         let outcome = {
             let job = SampleJob {

@@ -4,11 +4,11 @@
 //! Every list is what A1111 hands the sampler: float32 values (returned as f64), computed
 //! with the same float32/float64 split as A1111 and k-diffusion (see [`super::noise_levels`]).
 
-use smart_default::SmartDefault;
 use super::noise_levels::{
     append_zero, exp32, linspace32, LcmNoiseLevels, NoiseLevels, NoiseLevelsError, NoiseModel,
     TIMESTEPS,
 };
+use smart_default::SmartDefault;
 use std::fmt;
 use std::str::FromStr;
 
@@ -229,7 +229,13 @@ impl FromStr for Schedule {
 /// A1111's schedule options (settings `sigma_min`, `sigma_max`, `rho`, `beta_dist_alpha`,
 /// `beta_dist_beta`, `always_discard_next_to_last_sigma`, `use_old_karras_scheduler_sigmas`).
 #[derive(
-    Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema, SmartDefault,
+    Debug,
+    Clone,
+    PartialEq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+    SmartDefault,
 )]
 #[serde(default)]
 pub struct ScheduleOptions {

@@ -3,9 +3,13 @@
 //! The plugin sees only handles; this module owns the tensors behind them. Tensor arithmetic
 //! cannot fail from the plugin's side: the first failure is remembered (the session is
 //! "poisoned"), later arithmetic returns an invalid handle, and the next fallible call reports
-//! the failure, so a sampler stops at its next model call or step.
+//! the failure, so a sampler stops at its next model call or step. A set cancel flag is
+//! reported the same way, so a sampler that never reports a step still stops at its next model
+//! call or noise draw.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use sdhost_plugin_api::abi::{
     BinaryOp, Host, HostError, HostErrorKind, Reduction, ScalarFn, ScalarOp, StepInfo, TensorId,
@@ -33,6 +37,14 @@ impl StepFailure {
         StepFailure {
             kind: HostErrorKind::Failed,
             message: message.into(),
+        }
+    }
+
+    /// The job was cancelled.
+    pub fn cancelled() -> Self {
+        StepFailure {
+            kind: HostErrorKind::Cancelled,
+            message: "cancelled".into(),
         }
     }
 
@@ -92,6 +104,8 @@ pub struct Session<'s> {
     failure: Option<StepFailure>,
     /// Where the sampler's latents live: scalar functions are rounded as there.
     device: Device,
+    /// The job's cancel flag, polled by every fallible call.
+    cancel: Option<Arc<AtomicBool>>,
     denoiser: &'s mut dyn Denoise,
     noise: &'s mut dyn Noise,
     on_step: &'s mut dyn FnMut(StepReport<'_>) -> Flow,
@@ -110,10 +124,19 @@ impl<'s> Session<'s> {
             next_id: 1,
             failure: None,
             device,
+            cancel: None,
             denoiser,
             noise,
             on_step,
         }
+    }
+
+    /// Fails the next model call, noise draw or step as cancelled once `flag` is set.
+    ///
+    /// The step callback can cancel too, but only samplers that report steps reach it; the
+    /// flag also stops those that do not.
+    pub fn cancel_when_set(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = Some(flag);
     }
 
     /// Registers a tensor and returns its handle.
@@ -168,7 +191,16 @@ impl<'s> Session<'s> {
         ids.iter().all(|id| self.get(*id).is_some()) && self.failure.is_none()
     }
 
-    fn pending(&self) -> Option<HostError> {
+    /// The failure the next fallible call reports: the first one remembered, or cancellation
+    /// once the job's flag is set.
+    fn pending(&mut self) -> Option<HostError> {
+        let cancelled = self
+            .cancel
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::SeqCst));
+        if cancelled {
+            self.fail(StepFailure::cancelled());
+        }
         self.failure.as_ref().map(host_error)
     }
 
@@ -356,10 +388,7 @@ impl Host for Session<'_> {
         };
         let flow = (self.on_step)(report);
         if flow == Flow::Cancel {
-            self.fail(StepFailure {
-                kind: HostErrorKind::Cancelled,
-                message: "cancelled".into(),
-            });
+            self.fail(StepFailure::cancelled());
         }
         RResult::ROk(flow)
     }

@@ -1,6 +1,23 @@
 //! Pieces several samplers share.
 
-use sdhost_plugin_api::{Context, Latent, SampleError};
+use sdhost_plugin_api::{Context, Latent, SampleError, SampleResult, SamplerSpec};
+
+/// The option of every sampler that adds noise: its scale (A1111's `s_noise` setting).
+pub fn s_noise_option(spec: SamplerSpec) -> SamplerSpec {
+    spec.option("s_noise", 1.0, "scale of the added noise")
+}
+
+/// Options of the ancestral and SDE samplers (A1111's `eta_ancestral` and `s_noise`
+/// settings): `eta` sizes the fresh noise of each step ([`ancestral_step`]), `s_noise` scales
+/// it ([`add_ancestral_noise`]).
+pub fn ancestral_options(spec: SamplerSpec) -> SamplerSpec {
+    spec.option(
+        "eta",
+        1.0,
+        "share of fresh noise per step (0 = deterministic)",
+    )
+    .with(s_noise_option)
+}
 
 /// The ancestral split of a step σ → σ_next into a deterministic part σ_down and fresh noise
 /// σ_up, with σ_down² + σ_up² = σ_next² (k-diffusion `get_ancestral_step`).
@@ -19,6 +36,19 @@ pub fn ancestral_step(sigma: f64, sigma_next: f64, eta: f64) -> (f64, f64) {
 /// The ODE derivative (x − D)/σ (A1111's `to_d` with a scalar σ).
 pub fn to_d<'c, 'a>(x: &Latent<'c, 'a>, denoised: &Latent<'c, 'a>, sigma: f64) -> Latent<'c, 'a> {
     x.mix(1.0 / sigma, denoised, -1.0 / sigma)
+}
+
+/// Karras churn options of Euler, Heun and DPM2 (A1111's `s_churn`, `s_tmin`, `s_tmax` and
+/// `s_noise` settings), read by [`churn_gamma`] and `churn`.
+pub fn churn_options(spec: SamplerSpec) -> SamplerSpec {
+    spec.option(
+        "s_churn",
+        0.0,
+        "stochasticity: noise added back per step (0 = none)",
+    )
+    .option("s_tmin", 0.0, "lowest σ at which churn applies")
+    .option("s_tmax", f64::INFINITY, "highest σ at which churn applies")
+    .with(s_noise_option)
 }
 
 /// Churn γ of Euler/Heun/DPM2 for step `i` (zero outside [s_tmin, s_tmax]).
@@ -60,7 +90,7 @@ pub fn denoise_step<'c, 'a>(
     context: &'c Context<'a>,
     i: usize,
     x: &Latent<'c, 'a>,
-) -> Result<Latent<'c, 'a>, SampleError> {
+) -> SampleResult<'c, 'a> {
     let sigma = context.sigmas()[i];
     let denoised = context.denoise(x, sigma)?;
     context.callback(i, sigma, sigma, x, &denoised)?;
@@ -73,7 +103,7 @@ pub fn add_ancestral_noise<'c, 'a>(
     x: Latent<'c, 'a>,
     sigma_next: f64,
     sigma_up: f64,
-) -> Result<Latent<'c, 'a>, SampleError> {
+) -> SampleResult<'c, 'a> {
     if sigma_next <= 0.0 {
         return Ok(x);
     }

@@ -2,9 +2,9 @@
 //! t = −ln σ between A1111's σ_max = sigmas[0] and σ_min = the last non-zero σ, with
 //! ancestral noise (η = 1 by default in A1111), as k-diffusion's `DPMSolver` does it.
 
-use sdhost_plugin_api::{Context, Latent, SampleError};
+use sdhost_plugin_api::{Context, Latent, SampleError, SampleResult, SamplerSpec};
 
-use crate::common::{ancestral_step, lambda as time, sigma_of as sigma};
+use crate::common::{ancestral_options, ancestral_step, lambda as time, sigma_of as sigma};
 
 /// The model as DPM-Solver sees it: ε(x, t) = (x − D(x, σ(t)))/σ(t).
 struct Solver<'c, 'a> {
@@ -12,7 +12,7 @@ struct Solver<'c, 'a> {
 }
 
 impl<'c, 'a> Solver<'c, 'a> {
-    fn eps(&self, x: &Latent<'c, 'a>, t: f64) -> Result<Latent<'c, 'a>, SampleError> {
+    fn eps(&self, x: &Latent<'c, 'a>, t: f64) -> SampleResult<'c, 'a> {
         let s = sigma(t);
         let denoised = self.context.denoise(x, s)?;
         Ok(x.mix(1.0 / s, &denoised, -1.0 / s))
@@ -37,7 +37,7 @@ impl<'c, 'a> Solver<'c, 'a> {
         t_next: f64,
         r1: f64,
         eps: &Latent<'c, 'a>,
-    ) -> Result<Latent<'c, 'a>, SampleError> {
+    ) -> SampleResult<'c, 'a> {
         let h = t_next - t;
         let s1 = t + r1 * h;
         let u1 = x.mix(1.0, eps, -sigma(s1) * (r1 * h).exp_m1());
@@ -57,7 +57,7 @@ impl<'c, 'a> Solver<'c, 'a> {
         t: f64,
         t_next: f64,
         eps: &Latent<'c, 'a>,
-    ) -> Result<Latent<'c, 'a>, SampleError> {
+    ) -> SampleResult<'c, 'a> {
         let (r1, r2) = (1.0 / 3.0, 2.0 / 3.0);
         let h = t_next - t;
         let (s1, s2) = (t + r1 * h, t + r2 * h);
@@ -109,11 +109,16 @@ fn time32(sigma: f64) -> f64 {
     f64::from(-(sigma as f32).ln())
 }
 
+/// How A1111 presents "DPM fast" (its row of the sampler table).
+pub fn dpm_fast_spec() -> SamplerSpec {
+    SamplerSpec::new("DPM fast")
+        .alias("k_dpm_fast")
+        .uses_ensd()
+        .with(ancestral_options)
+}
+
 /// DPM fast: ⌊n/3⌋+1 intervals evenly spaced in t, orders 3…3 then 2, 1 (or n mod 3).
-pub fn dpm_fast<'c, 'a>(
-    context: &'c Context<'a>,
-    mut x: Latent<'c, 'a>,
-) -> Result<Latent<'c, 'a>, SampleError> {
+pub fn dpm_fast<'c, 'a>(context: &'c Context<'a>, mut x: Latent<'c, 'a>) -> SampleResult<'c, 'a> {
     let (sigma_min, sigma_max, nfe) = range(context)?;
     let eta = context.number("eta")?;
     let s_noise = context.number("s_noise")?;
@@ -184,12 +189,20 @@ impl StepSize {
     }
 }
 
+/// How A1111 presents "DPM adaptive" (its row of the sampler table).
+pub fn dpm_adaptive_spec() -> SamplerSpec {
+    SamplerSpec::new("DPM adaptive")
+        .alias("k_dpm_ad")
+        .uses_ensd()
+        .with(ancestral_options)
+}
+
 /// DPM adaptive: embedded 2nd/3rd-order pairs with PID-controlled steps (A1111 defaults:
 /// order 3, rtol 0.05, atol 0.0078, h_init 0.05, I-controller, η = 1).
 pub fn dpm_adaptive<'c, 'a>(
     context: &'c Context<'a>,
     mut x: Latent<'c, 'a>,
-) -> Result<Latent<'c, 'a>, SampleError> {
+) -> SampleResult<'c, 'a> {
     let (sigma_min, sigma_max, _) = range(context)?;
     let eta = context.number("eta")?;
     let s_noise = context.number("s_noise")?;

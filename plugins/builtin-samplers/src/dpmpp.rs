@@ -1,17 +1,22 @@
 //! DPM-Solver++ samplers without Brownian noise: 2M (multistep) and 2S ancestral (Lu et al.
 //! 2022, as in k-diffusion), written in λ = −ln σ.
 
-use sdhost_plugin_api::{Context, Latent, SampleError};
+use sdhost_plugin_api::{Context, Latent, SampleResult, SamplerSpec};
 
 use crate::common::{
-    add_ancestral_noise, ancestral_step, denoise_step, lambda, require_steps, to_d,
+    add_ancestral_noise, ancestral_options, ancestral_step, denoise_step, lambda, require_steps,
+    to_d,
 };
 
+/// How A1111 presents "DPM++ 2M" (its row of the sampler table).
+pub fn dpmpp_2m_spec() -> SamplerSpec {
+    SamplerSpec::new("DPM++ 2M")
+        .alias("k_dpmpp_2m")
+        .default_schedule("karras")
+}
+
 /// DPM++ 2M: second-order multistep using the previous denoised prediction.
-pub fn dpmpp_2m<'c, 'a>(
-    context: &'c Context<'a>,
-    mut x: Latent<'c, 'a>,
-) -> Result<Latent<'c, 'a>, SampleError> {
+pub fn dpmpp_2m<'c, 'a>(context: &'c Context<'a>, mut x: Latent<'c, 'a>) -> SampleResult<'c, 'a> {
     let steps = require_steps(context)?;
     let sigmas = context.sigmas();
     let mut old_denoised: Option<Latent<'c, 'a>> = None;
@@ -38,11 +43,21 @@ pub fn dpmpp_2m<'c, 'a>(
     Ok(x)
 }
 
+/// How A1111 presents "DPM++ 2S a" (its row of the sampler table).
+pub fn dpmpp_2s_ancestral_spec() -> SamplerSpec {
+    SamplerSpec::new("DPM++ 2S a")
+        .alias("k_dpmpp_2s_a")
+        .default_schedule("karras")
+        .uses_ensd()
+        .second_order()
+        .with(ancestral_options)
+}
+
 /// DPM++ 2S ancestral: a two-stage single step to σ_down, then fresh noise of σ_up.
 pub fn dpmpp_2s_ancestral<'c, 'a>(
     context: &'c Context<'a>,
     mut x: Latent<'c, 'a>,
-) -> Result<Latent<'c, 'a>, SampleError> {
+) -> SampleResult<'c, 'a> {
     let steps = require_steps(context)?;
     let eta = context.number("eta")?;
     let sigmas = context.sigmas();

@@ -9,6 +9,16 @@ use sdhost_plugin_api::{Context, Latent, SampleError};
 
 use crate::common::{ancestral_step, denoise_step, lambda, require_steps, sigma_of, to_d};
 
+/// How A1111 presents "DPM++ SDE" (its row of the sampler table).
+pub fn dpmpp_sde_spec() -> sdhost_plugin_api::SamplerSpec {
+    sdhost_plugin_api::SamplerSpec::new("DPM++ SDE")
+        .alias("k_dpmpp_sde")
+        .default_schedule("karras")
+        .second_order()
+        .brownian()
+        .with(crate::common::ancestral_options)
+}
+
 /// DPM++ SDE: two stages per step (r = ½) with ancestral noise from the Brownian tree.
 pub fn dpmpp_sde<'c, 'a>(
     context: &'c Context<'a>,
@@ -128,6 +138,15 @@ fn dpmpp_2m_sde_with<'c, 'a>(
     Ok(x)
 }
 
+/// How A1111 presents "DPM++ 2M SDE" (its row of the sampler table).
+pub fn dpmpp_2m_sde_spec() -> sdhost_plugin_api::SamplerSpec {
+    sdhost_plugin_api::SamplerSpec::new("DPM++ 2M SDE")
+        .alias("k_dpmpp_2m_sde")
+        .default_schedule("exponential")
+        .brownian()
+        .with(crate::common::ancestral_options)
+}
+
 /// DPM++ 2M SDE with the midpoint correction.
 pub fn dpmpp_2m_sde<'c, 'a>(
     context: &'c Context<'a>,
@@ -136,12 +155,31 @@ pub fn dpmpp_2m_sde<'c, 'a>(
     dpmpp_2m_sde_with(context, x, Solver::Midpoint)
 }
 
+/// How A1111 presents "DPM++ 2M SDE Heun" (its row of the sampler table).
+pub fn dpmpp_2m_sde_heun_spec() -> sdhost_plugin_api::SamplerSpec {
+    sdhost_plugin_api::SamplerSpec::new("DPM++ 2M SDE Heun")
+        .alias("k_dpmpp_2m_sde_heun")
+        .default_schedule("exponential")
+        .brownian()
+        .with(crate::common::ancestral_options)
+}
+
 /// DPM++ 2M SDE with Heun's correction.
 pub fn dpmpp_2m_sde_heun<'c, 'a>(
     context: &'c Context<'a>,
     x: Latent<'c, 'a>,
 ) -> Result<Latent<'c, 'a>, SampleError> {
     dpmpp_2m_sde_with(context, x, Solver::Heun)
+}
+
+/// How A1111 presents "DPM++ 3M SDE" (its row of the sampler table).
+pub fn dpmpp_3m_sde_spec() -> sdhost_plugin_api::SamplerSpec {
+    sdhost_plugin_api::SamplerSpec::new("DPM++ 3M SDE")
+        .alias("k_dpmpp_3m_sde")
+        .default_schedule("exponential")
+        .discard_penultimate_sigma()
+        .brownian()
+        .with(crate::common::ancestral_options)
 }
 
 /// DPM++ 3M SDE: third-order multistep with Brownian noise.

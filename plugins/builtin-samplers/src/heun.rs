@@ -1,14 +1,22 @@
 //! Heun and the DPM-Solver-2-style samplers DPM2 and DPM2 ancestral (k-diffusion).
 
-use sdhost_plugin_api::{Context, Latent, SampleError};
+use sdhost_plugin_api::{Context, Latent, SampleResult, SamplerSpec};
 
-use crate::common::{ancestral_step, churned_slope, denoise_step, require_steps, to_d};
+use crate::common::{
+    ancestral_options, ancestral_step, churn_options, churned_slope, denoise_step, require_steps,
+    to_d,
+};
+
+/// How A1111 presents "Heun" (its row of the sampler table).
+pub fn heun_spec() -> SamplerSpec {
+    SamplerSpec::new("Heun")
+        .alias("k_heun")
+        .second_order()
+        .with(churn_options)
+}
 
 /// Heun's second-order method (Karras et al. 2022, Algorithm 2); Euler for the last step.
-pub fn heun<'c, 'a>(
-    context: &'c Context<'a>,
-    mut x: Latent<'c, 'a>,
-) -> Result<Latent<'c, 'a>, SampleError> {
+pub fn heun<'c, 'a>(context: &'c Context<'a>, mut x: Latent<'c, 'a>) -> SampleResult<'c, 'a> {
     let steps = require_steps(context)?;
     let sigmas = context.sigmas();
     for i in 0..steps {
@@ -32,11 +40,18 @@ fn log_midpoint(a: f64, b: f64) -> f64 {
     ((a.ln() + b.ln()) / 2.0).exp()
 }
 
+/// How A1111 presents "DPM2" (its row of the sampler table).
+pub fn dpm_2_spec() -> SamplerSpec {
+    SamplerSpec::new("DPM2")
+        .alias("k_dpm_2")
+        .default_schedule("karras")
+        .discard_penultimate_sigma()
+        .second_order()
+        .with(churn_options)
+}
+
 /// DPM2: the slope at the log-σ midpoint carries the whole step; Euler for the last step.
-pub fn dpm_2<'c, 'a>(
-    context: &'c Context<'a>,
-    mut x: Latent<'c, 'a>,
-) -> Result<Latent<'c, 'a>, SampleError> {
+pub fn dpm_2<'c, 'a>(context: &'c Context<'a>, mut x: Latent<'c, 'a>) -> SampleResult<'c, 'a> {
     let steps = require_steps(context)?;
     let sigmas = context.sigmas();
     for i in 0..steps {
@@ -54,7 +69,7 @@ fn midpoint_step<'c, 'a>(
     d: &Latent<'c, 'a>,
     sigma: f64,
     sigma_to: f64,
-) -> Result<Latent<'c, 'a>, SampleError> {
+) -> SampleResult<'c, 'a> {
     if sigma_to == 0.0 {
         return Ok(x.mix(1.0, d, sigma_to - sigma));
     }
@@ -65,11 +80,22 @@ fn midpoint_step<'c, 'a>(
     Ok(x.mix(1.0, &d_2, sigma_to - sigma))
 }
 
+/// How A1111 presents "DPM2 a" (its row of the sampler table).
+pub fn dpm_2_ancestral_spec() -> SamplerSpec {
+    SamplerSpec::new("DPM2 a")
+        .alias("k_dpm_2_a")
+        .default_schedule("karras")
+        .discard_penultimate_sigma()
+        .uses_ensd()
+        .second_order()
+        .with(ancestral_options)
+}
+
 /// DPM2 ancestral: a DPM2 step to σ_down, then fresh noise of σ_up.
 pub fn dpm_2_ancestral<'c, 'a>(
     context: &'c Context<'a>,
     mut x: Latent<'c, 'a>,
-) -> Result<Latent<'c, 'a>, SampleError> {
+) -> SampleResult<'c, 'a> {
     let steps = require_steps(context)?;
     let eta = context.number("eta")?;
     let s_noise = context.number("s_noise")?;

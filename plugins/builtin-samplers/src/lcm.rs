@@ -5,7 +5,7 @@
 //! boundary scalings; both are affine in the standard D, so the guided D from the host gives
 //! LCM's guided prediction exactly.
 
-use sdhost_plugin_api::{Context, Latent, SampleError};
+use sdhost_plugin_api::{Context, Latent, SampleError, SampleResult, SamplerSpec};
 
 use crate::common::require_steps;
 
@@ -50,11 +50,15 @@ fn timestep(log_sigmas: &[f32], skip: usize, sigma: f64) -> f64 {
     (nearest * skip + skip - 1) as f64
 }
 
+/// How A1111 presents "LCM" (its row of the sampler table).
+pub fn lcm_spec() -> SamplerSpec {
+    SamplerSpec::new("LCM")
+        .alias("k_lcm")
+        .default_schedule("lcm")
+}
+
 /// The LCM sampler: jump to the consistency prediction, re-noise to the next level.
-pub fn lcm<'c, 'a>(
-    context: &'c Context<'a>,
-    mut x: Latent<'c, 'a>,
-) -> Result<Latent<'c, 'a>, SampleError> {
+pub fn lcm<'c, 'a>(context: &'c Context<'a>, mut x: Latent<'c, 'a>) -> SampleResult<'c, 'a> {
     let steps = require_steps(context)?;
     let log_sigmas = log_sigmas(context)?;
     let skip = context.alphas_cumprod().len() / ORIGINAL_TIMESTEPS;

@@ -2,8 +2,8 @@
 //!
 //! The host loads this library through the same ABI as any third-party plugin. Each sampler
 //! is a short function of the context (model, noise, σ schedule) and the starting latent, in
-//! the manner of k-diffusion's `sampling.py`; the table in [`catalog`] says how A1111 presents
-//! each one (names, aliases, default schedule, flags, options).
+//! the manner of k-diffusion's `sampling.py`, with its spec beside it: how A1111 presents it
+//! (names, aliases, default schedule, flags, options with defaults). [`catalog`] lists them.
 
 mod catalog;
 mod common;
@@ -19,7 +19,7 @@ mod timesteps;
 mod unipc;
 
 use sdhost_plugin_api::{
-    export_sampler_plugin, Context, Latent, SampleError, SamplerInfo, SamplerPlugin,
+    export_sampler_plugin, Context, Latent, SampleResult, SamplerInfo, SamplerPlugin,
 };
 
 /// The built-in sampler plugin.
@@ -37,7 +37,7 @@ impl SamplerPlugin for BuiltinSamplers {
         sampler: &str,
         context: &'c Context<'a>,
         x: Latent<'c, 'a>,
-    ) -> Result<Latent<'c, 'a>, SampleError> {
+    ) -> SampleResult<'c, 'a> {
         catalog::run(sampler, context, x)
     }
 }

@@ -1,6 +1,6 @@
 //! LMS: linear multistep of order up to 4 on the σ ODE (k-diffusion `sample_lms`).
 
-use sdhost_plugin_api::{Context, Latent, SampleError};
+use sdhost_plugin_api::{Context, Latent, SampleResult, SamplerSpec};
 
 use crate::common::{require_steps, to_d};
 
@@ -35,11 +35,13 @@ fn coefficient(order: usize, sigmas: &[f64], i: usize, j: usize) -> f64 {
 /// The order A1111 runs LMS with (k-diffusion's default; A1111 offers no setting).
 const ORDER: usize = 4;
 
+/// How A1111 presents "LMS" (its row of the sampler table).
+pub fn lms_spec() -> SamplerSpec {
+    SamplerSpec::new("LMS").alias("k_lms")
+}
+
 /// LMS of order 4.
-pub fn lms<'c, 'a>(
-    context: &'c Context<'a>,
-    mut x: Latent<'c, 'a>,
-) -> Result<Latent<'c, 'a>, SampleError> {
+pub fn lms<'c, 'a>(context: &'c Context<'a>, mut x: Latent<'c, 'a>) -> SampleResult<'c, 'a> {
     let steps = require_steps(context)?;
     let order = ORDER;
     // k-diffusion takes the σ values from a float32 tensor.

@@ -2,9 +2,9 @@
 //! Heun steps on a shortened Karras schedule, with segments that jump back up from σ ≈ 0.1
 //! to σ ≈ 2 by fresh noise and descend again.
 
-use sdhost_plugin_api::{Context, Latent, SampleError};
+use sdhost_plugin_api::{Context, Latent, SampleResult, SamplerSpec};
 
-use crate::common::{require_steps, to_d};
+use crate::common::{require_steps, s_noise_option, to_d};
 
 /// Karras et al. noise levels (ρ = 7) from σ_max down to σ_min, then 0, rounded to f32 as
 /// k-diffusion's tensors are.
@@ -75,11 +75,17 @@ fn step_list(sigmas: &[f64]) -> Vec<(f64, f64)> {
     list
 }
 
+/// How A1111 presents "Restart" (its row of the sampler table).
+pub fn restart_spec() -> SamplerSpec {
+    SamplerSpec::new("Restart")
+        .alias("restart")
+        .default_schedule("karras")
+        .second_order()
+        .with(s_noise_option)
+}
+
 /// Restart: Heun steps, re-noising wherever the next step starts above the last σ reached.
-pub fn restart<'c, 'a>(
-    context: &'c Context<'a>,
-    mut x: Latent<'c, 'a>,
-) -> Result<Latent<'c, 'a>, SampleError> {
+pub fn restart<'c, 'a>(context: &'c Context<'a>, mut x: Latent<'c, 'a>) -> SampleResult<'c, 'a> {
     require_steps(context)?;
     let s_noise = context.number("s_noise")?;
     let list = step_list(context.sigmas());

@@ -7,7 +7,7 @@
 //! made one timestep lower than the noising level, `t_enc − 1` calls in all, and the result
 //! is the VP latent at `ts[0]` (t = 1, not quite clean), which is what A1111 decodes.
 
-use sdhost_plugin_api::{Context, Latent, SampleError};
+use sdhost_plugin_api::{Context, Latent, SampleError, SampleResult, SamplerSpec};
 
 /// ᾱ and the VE noise level of a timestep.
 struct Level {
@@ -55,18 +55,28 @@ fn eps<'c, 'a>(
     context: &'c Context<'a>,
     x_vp: &Latent<'c, 'a>,
     level: &Level,
-) -> Result<Latent<'c, 'a>, SampleError> {
+) -> SampleResult<'c, 'a> {
     let sigma = level.sigma();
     let x_ve = x_vp / level.alpha.sqrt();
     let denoised = context.denoise_at(&x_ve, sigma, level.t)?;
     Ok(x_ve.mix(1.0 / sigma, &denoised, -1.0 / sigma))
 }
 
+/// How A1111 presents "DDIM" (its row of the sampler table).
+pub fn ddim_spec() -> SamplerSpec {
+    SamplerSpec::new("DDIM")
+        .alias("ddim")
+        .timestep_input()
+        // A1111's `eta_ddim` setting.
+        .option(
+            "eta",
+            0.0,
+            "share of fresh noise per step (0 = deterministic)",
+        )
+}
+
 /// DDIM (η from option `eta`, A1111's `eta_ddim`); draws noise every step even at η = 0.
-pub fn ddim<'c, 'a>(
-    context: &'c Context<'a>,
-    x: Latent<'c, 'a>,
-) -> Result<Latent<'c, 'a>, SampleError> {
+pub fn ddim<'c, 'a>(context: &'c Context<'a>, x: Latent<'c, 'a>) -> SampleResult<'c, 'a> {
     let eta = context.number("eta")?;
     let (levels, mut x) = start(context, x)?;
     for (i, pair) in levels.windows(2).skip(1).enumerate() {
@@ -89,11 +99,13 @@ pub fn ddim<'c, 'a>(
     Ok(x)
 }
 
+/// How A1111 presents "PLMS" (its row of the sampler table).
+pub fn plms_spec() -> SamplerSpec {
+    SamplerSpec::new("PLMS").alias("plms").timestep_input()
+}
+
 /// PLMS: a pseudo improved Euler first step, then Adams–Bashforth of order 2–4 on ε.
-pub fn plms<'c, 'a>(
-    context: &'c Context<'a>,
-    x: Latent<'c, 'a>,
-) -> Result<Latent<'c, 'a>, SampleError> {
+pub fn plms<'c, 'a>(context: &'c Context<'a>, x: Latent<'c, 'a>) -> SampleResult<'c, 'a> {
     let (levels, mut x) = start(context, x)?;
     let mut old_eps: Vec<Latent<'c, 'a>> = Vec::new();
     let step = |x: &Latent<'c, 'a>, e: &Latent<'c, 'a>, now: &Level, prev: &Level| {

@@ -6,7 +6,7 @@
 //! the solver at continuous time (ts[t_enc−1] + 1)/1000, one DDIM step lower, running
 //! t_enc steps to t = 1/N. The result is the VP latent there, which A1111 decodes.
 
-use sdhost_plugin_api::{Context, Latent, SampleError};
+use sdhost_plugin_api::{Context, Latent, SampleError, SampleResult, SamplerSpec};
 
 /// The model's VP schedule in continuous time (UniPC's `NoiseScheduleVP('discrete')`).
 struct Schedule {
@@ -84,7 +84,7 @@ struct UniPc<'c, 'a> {
 
 impl<'c, 'a> UniPc<'c, 'a> {
     /// The data prediction x0(x, t) through the host's denoiser at model time (t − 1/N)·1000.
-    fn model(&self, x: &Latent<'c, 'a>, t: f64) -> Result<Latent<'c, 'a>, SampleError> {
+    fn model(&self, x: &Latent<'c, 'a>, t: f64) -> SampleResult<'c, 'a> {
         let alpha = self.schedule.alpha(t);
         let sigma = self.schedule.std(t) / alpha;
         let model_time = (t - 1.0 / self.schedule.n()) * 1000.0;
@@ -181,12 +181,30 @@ impl<'c, 'a> UniPc<'c, 'a> {
     }
 }
 
+/// How A1111 presents "UniPC" (its row of the sampler table).
+pub fn unipc_spec() -> SamplerSpec {
+    SamplerSpec::new("UniPC")
+        .alias("unipc")
+        .timestep_input()
+        // A1111's `uni_pc_variant`, `uni_pc_skip_type`, `uni_pc_order` and
+        // `uni_pc_lower_order_final` settings.
+        .text_option("variant", "bh1", "B(h) variant: bh1 or bh2")
+        .text_option(
+            "skip_type",
+            "time_uniform",
+            "time spacing: time_uniform or time_quadratic",
+        )
+        .option("order", 3.0, "solver order (at most the number of steps)")
+        .option(
+            "lower_order_final",
+            1.0,
+            "lower the order on the final steps (1 = on)",
+        )
+}
+
 /// UniPC with A1111's options: variant bh1/bh2, skip type time_uniform/time_quadratic/logSNR,
 /// order (3), lower order final step (on).
-pub fn unipc<'c, 'a>(
-    context: &'c Context<'a>,
-    x: Latent<'c, 'a>,
-) -> Result<Latent<'c, 'a>, SampleError> {
+pub fn unipc<'c, 'a>(context: &'c Context<'a>, x: Latent<'c, 'a>) -> SampleResult<'c, 'a> {
     let variant = context.text("variant")?;
     let bh2 = match variant.as_str() {
         "bh1" => false,

@@ -6,8 +6,8 @@
 //! plain Euler step because the slope is undefined at σ = 0.
 
 use sdhost_plugin_api::{
-    export_sampler_plugin, Context, Latent, OptionValue, SampleError, SamplerInfo, SamplerOption,
-    SamplerPlugin, ScheduleInput,
+    export_sampler_plugin, Context, Latent, SampleError, SampleResult, SamplerInfo, SamplerPlugin,
+    SamplerSpec,
 };
 
 /// The plugin: one sampler, "Midpoint".
@@ -18,29 +18,24 @@ impl SamplerPlugin for ExamplePlugin {
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
 
     fn samplers() -> Vec<SamplerInfo> {
-        vec![SamplerInfo {
-            name: "Midpoint".into(),
-            aliases: vec!["example_midpoint".into()].into(),
-            default_schedule: Some("karras".into()).into(),
-            input: ScheduleInput::Sigmas,
-            discard_penultimate_sigma: false,
-            second_order: true,
-            uses_ensd: false,
-            brownian: false,
-            options: vec![SamplerOption {
-                name: "midpoint".into(),
-                default: OptionValue::Number(0.5),
-                help: "where between σ and σ_next the second evaluation happens".into(),
-            }]
-            .into(),
-        }]
+        vec![SamplerSpec::new("Midpoint")
+            .alias("example_midpoint")
+            .default_schedule("karras")
+            // Two model calls per step: prompt-editing schedules count both.
+            .second_order()
+            .option(
+                "midpoint",
+                0.5,
+                "where between σ and σ_next the second evaluation happens",
+            )
+            .into()]
     }
 
     fn sample<'c, 'a>(
         _sampler: &str,
         context: &'c Context<'a>,
         mut x: Latent<'c, 'a>,
-    ) -> Result<Latent<'c, 'a>, SampleError> {
+    ) -> SampleResult<'c, 'a> {
         let fraction = context.number("midpoint")?;
         if !(0.0..=1.0).contains(&fraction) || fraction == 0.0 {
             return Err(SampleError::BadOption(format!(

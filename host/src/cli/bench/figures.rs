@@ -52,8 +52,10 @@ pub(super) fn time_job(
     mask: Option<&GrayImage>,
 ) -> anyhow::Result<f64> {
     let start = Instant::now();
-    run_img2img(model, registry, params, init, mask, &mut |_| Flow::Continue)
-        .context("benchmark job")?;
+    run_img2img(model, registry, params, init, mask, None, &mut |_| {
+        Flow::Continue
+    })
+    .context("benchmark job")?;
     Ok(start.elapsed().as_secs_f64())
 }
 
@@ -141,6 +143,7 @@ fn bf16_drift(dir: &Path) -> anyhow::Result<()> {
             &registry,
             &params(128, 128, 10, 0.6),
             &init,
+            None,
             None,
             &mut |_| Flow::Continue,
         )?;

@@ -1,40 +1,39 @@
-//! Test fixture: samplers that panic, return errors or leak handles, to show that the host
-//! turns each into a job error and keeps running.
+//! Test fixture: samplers that panic, return errors, leak handles or never report a step, to
+//! show that the host turns each into a job error (or a cancellation) and keeps running.
 
 use sdhost_plugin_api::{
-    export_sampler_plugin, Context, Latent, SampleError, SamplerInfo, SamplerPlugin, ScheduleInput,
+    export_sampler_plugin, Context, Latent, SampleError, SampleResult, SamplerInfo, SamplerPlugin,
+    SamplerSpec,
 };
 
 /// The fixture plugin.
 pub struct FaultyPlugin;
-
-fn info(name: &str) -> SamplerInfo {
-    SamplerInfo {
-        name: name.into(),
-        aliases: Default::default(),
-        default_schedule: None.into(),
-        input: ScheduleInput::Sigmas,
-        discard_penultimate_sigma: false,
-        second_order: false,
-        uses_ensd: false,
-        brownian: false,
-        options: Default::default(),
-    }
-}
 
 impl SamplerPlugin for FaultyPlugin {
     const NAME: &'static str = "faulty";
     const VERSION: &'static str = "0.0.1";
 
     fn samplers() -> Vec<SamplerInfo> {
-        vec![info("Panics"), info("Fails"), info("Leaks")]
+        ["Panics", "Fails", "Leaks", "Silent"]
+            .into_iter()
+            .map(|name| SamplerSpec::new(name).into())
+            .collect()
     }
 
     fn sample<'c, 'a>(
         sampler: &str,
         context: &'c Context<'a>,
-        x: Latent<'c, 'a>,
-    ) -> Result<Latent<'c, 'a>, SampleError> {
+        mut x: Latent<'c, 'a>,
+    ) -> SampleResult<'c, 'a> {
+        if sampler == "Silent" {
+            // A noise draw and a model call per σ, and never `context.callback`: only the
+            // host's own cancel check can stop it.
+            for &sigma in context.sigmas() {
+                let noise = context.noise()?;
+                x = context.denoise(&(&x + &noise), sigma)?;
+            }
+            return Ok(x);
+        }
         let sigma = context.sigmas()[0];
         let denoised = context.denoise(&x, sigma)?;
         match sampler {
