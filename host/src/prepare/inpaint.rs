@@ -4,6 +4,8 @@
 //! init image, and the composite itself.
 
 use image::{GrayImage, RgbImage, RgbaImage};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use smart_default::SmartDefault;
 
 use super::crop::{expand_to_aspect, grow_to_at_least, mask_region, CropRegion};
@@ -64,15 +66,7 @@ impl MaskedContent {
 
 /// A1111's inpainting parameters (img2img tab, Inpaint section) plus sdhost's context growth;
 /// serde names are A1111's API fields.
-#[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    serde::Serialize,
-    serde::Deserialize,
-    schemars::JsonSchema,
-    SmartDefault,
-)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, SmartDefault)]
 #[serde(default)]
 pub struct InpaintSettings {
     /// Mask blur σ along x, in pixels (`mask_blur` sets both).

@@ -2,7 +2,9 @@
 //! would pick for the names given, the noise levels for img2img at a denoising strength, and
 //! the noised starting latent.
 
+use schemars::JsonSchema;
 use sdhost_plugin_api::{OptionValue, ScheduleInput};
+use serde::{Deserialize, Serialize};
 use smart_default::SmartDefault;
 use tch::Tensor;
 
@@ -17,15 +19,7 @@ pub const LCM_SCHEDULE: &str = "lcm";
 
 /// The sampler settings of an img2img job (A1111's img2img tab and options); serde names are
 /// A1111's API fields and option names.
-#[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    serde::Serialize,
-    serde::Deserialize,
-    schemars::JsonSchema,
-    SmartDefault,
-)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, SmartDefault)]
 #[serde(default)]
 pub struct SamplerSettings {
     /// Sampler by A1111 name or alias; a legacy name with a schedule ("DPM++ 2M Karras") works.

@@ -8,6 +8,8 @@ use super::noise_levels::{
     append_zero, exp32, linspace32, LcmNoiseLevels, NoiseLevels, NoiseLevelsError, NoiseModel,
     TIMESTEPS,
 };
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use smart_default::SmartDefault;
 use std::fmt;
 use std::str::FromStr;
@@ -228,15 +230,7 @@ impl FromStr for Schedule {
 
 /// A1111's schedule options (settings `sigma_min`, `sigma_max`, `rho`, `beta_dist_alpha`,
 /// `beta_dist_beta`, `always_discard_next_to_last_sigma`, `use_old_karras_scheduler_sigmas`).
-#[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    serde::Serialize,
-    serde::Deserialize,
-    schemars::JsonSchema,
-    SmartDefault,
-)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, SmartDefault)]
 #[serde(default)]
 pub struct ScheduleOptions {
     /// Smallest σ of the schedule instead of the model's (null or 0: the model's).
