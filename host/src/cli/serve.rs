@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::daemon::config::{config_dir, data_dir, default_socket, ServeConfig};
-use crate::daemon::models::embeddings_dir;
+use crate::daemon::catalog::embeddings_dir;
 use crate::daemon::server::{bind_unix, load_or_create_token, serve_connection};
 use crate::daemon::worker::{ModelStatus, Worker};
 use crate::daemon::{demo_model, shared_state, ModelCatalog};

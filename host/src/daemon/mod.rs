@@ -3,7 +3,7 @@
 //! `queue` orders jobs, `worker` runs them on the model, `server` listens and connects.
 
 pub mod config;
-pub mod models;
+pub mod catalog;
 pub mod protocol;
 pub mod queue;
 pub mod request;
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use sdhost_plugin_api::{OptionValue, ScheduleInput};
 use serde_json::json;
 
-pub use models::ModelCatalog;
+pub use catalog::ModelCatalog;
 
 use crate::pipeline::preview::PreviewMethod;
 use crate::prepare::modes::Img2ImgMode;
