@@ -1,6 +1,6 @@
 //! The real daemon (`sdhost serve`) on a temporary socket with a tiny model: many clients,
 //! fairness and routing, cancel, disconnects, malformed input, limits, permissions, TCP
-//! tokens and single-instance start.
+//! tokens and single-instance start; and docs/protocol.md against the protocol's types.
 
 mod common;
 
@@ -11,9 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sdhost::daemon::event::{ErrorCode, Event};
 use sdhost::daemon::protocol::{
     read_frame, write_frame, Attachment, Frame, FrameLimits, PixelFormat, MAGIC,
 };
+use sdhost::daemon::request::Request;
 use serde_json::{json, Value};
 
 const LIMITS: FrameLimits = FrameLimits {
@@ -682,5 +684,48 @@ fn previews_come_on_the_asked_steps_and_bad_settings_are_refused() {
             message.contains(needle) && message.contains("preview"),
             "{message}"
         );
+    }
+}
+
+/// The names in the first column of the table between `<!-- {marker}: begin/end -->`.
+fn documented_names(doc: &str, marker: &str) -> Vec<String> {
+    let table = doc
+        .split(&format!("<!-- {marker}: begin -->"))
+        .nth(1)
+        .and_then(|rest| rest.split(&format!("<!-- {marker}: end -->")).next())
+        .unwrap_or_else(|| panic!("docs/protocol.md marks no {marker} table"));
+    table
+        .lines()
+        .filter_map(|line| line.split('|').nth(1))
+        .flat_map(|cell| cell.split('`').skip(1).step_by(2))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn the_protocol_doc_names_every_request_event_and_error_code() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md"),
+    )
+    .unwrap();
+    for (marker, defined) in [
+        ("request-types", Request::types()),
+        ("event-types", Event::types()),
+        ("error-codes", ErrorCode::all()),
+    ] {
+        assert!(!defined.is_empty(), "{marker}: nothing defined");
+        let documented = documented_names(&doc, marker);
+        for name in &defined {
+            assert!(
+                documented.contains(name),
+                "docs/protocol.md ({marker}) does not document \"{name}\""
+            );
+        }
+        for name in &documented {
+            assert!(
+                defined.contains(name),
+                "docs/protocol.md ({marker}) documents \"{name}\", which the daemon does not have"
+            );
+        }
     }
 }

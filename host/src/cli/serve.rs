@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use clap::Args;
 
-use crate::daemon::config::{config_dir, data_dir, default_socket, ServeConfig};
 use crate::daemon::catalog::embeddings_dir;
-use crate::daemon::server::{bind_unix, load_or_create_token, serve_connection};
+use crate::daemon::config::{config_dir, data_dir, default_socket, ServeConfig};
+use crate::daemon::event::Capabilities;
+use crate::daemon::server::{bind_unix, load_or_create_token, serve_connection, Shared};
 use crate::daemon::worker::{ModelStatus, Worker};
-use crate::daemon::{demo_model, shared_state, ModelCatalog};
+use crate::daemon::{demo_model, ModelCatalog};
 use crate::device::{parse_device, parse_dtype};
 use crate::pipeline::model::GenerationModel;
 use crate::sampling::plugins::{PluginPaths, SamplerRegistry};
@@ -119,11 +120,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     for skipped in &registry.skipped {
         eprintln!("sdhost: plugin skipped: {skipped}");
     }
-    let shared = Arc::new(shared_state(
+    let shared = Arc::new(Shared::new(
         config.limits.clone(),
         status.clone(),
-        &registry,
-        &catalog,
+        Capabilities::new(&registry, &config.limits),
+        catalog.names(),
     ));
 
     let socket = config.socket.clone().unwrap_or_else(default_socket);

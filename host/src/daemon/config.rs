@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// Settings of `sdhost serve`; every field is optional in the file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -33,8 +34,8 @@ pub struct ServeConfig {
     pub limits: Limits,
 }
 
-/// What one request may ask for.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// What one request may ask for (sent to clients in `welcome` and `list`).
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest frame payload in bytes (all attachments).

@@ -7,30 +7,11 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use crossbeam_channel::Sender;
 
-use super::protocol::Attachment;
+use super::event::Outgoing;
 use super::request::GenerateRequest;
 
 /// A connection's number.
 pub type ConnId = u64;
-
-/// A frame to send to a client: header and attachments.
-#[derive(Debug)]
-pub struct Outgoing {
-    /// JSON header.
-    pub header: serde_json::Value,
-    /// Attachments with bytes.
-    pub attachments: Vec<(Attachment, Vec<u8>)>,
-}
-
-impl Outgoing {
-    /// A frame with only a header.
-    pub fn event(header: serde_json::Value) -> Self {
-        Outgoing {
-            header,
-            attachments: Vec::new(),
-        }
-    }
-}
 
 /// What a queued job does.
 #[derive(Debug)]
