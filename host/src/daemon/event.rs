@@ -181,10 +181,12 @@ pub enum ErrorCode {
     UnknownRequest,
     /// A missing or ill-typed field, an unknown parameter, an undecodable image.
     BadRequest,
-    /// More than the daemon allows (pixels, images, prompt).
+    /// More than the daemon allows (pixels, images, prompt, connections).
     Limit,
     /// The queue is full.
     QueueFull,
+    /// The daemon is stopping: the job or connection ends.
+    ShuttingDown,
     /// `cancel` of a job this connection does not have.
     UnknownJob,
     /// The job's parameters cannot run.
@@ -528,6 +530,7 @@ mod tests {
             json!({"name": "tiny", "hash": "abc", "demo": true, "embeddings": ["e"]})
         );
         assert_eq!(welcome["formats"], json!(["rgba8", "y8", "png"]));
+        // The connection cap is the daemon's business: a client over it is told so.
         assert_eq!(
             welcome["limits"],
             json!({"max_frame_bytes": limits.max_frame_bytes, "max_pixels": limits.max_pixels,
@@ -578,7 +581,7 @@ mod tests {
         }
         assert_eq!(types.len(), 11, "{types:?}");
         let codes = ErrorCode::all();
-        assert_eq!(codes.len(), 17, "{codes:?}");
-        assert!(codes.iter().any(|c| c == "out_of_memory"));
+        assert_eq!(codes.len(), 18, "{codes:?}");
+        assert!(codes.iter().any(|c| c == "shutting_down"));
     }
 }

@@ -1,14 +1,17 @@
 //! Listening and connections: the Unix socket (per-user folder 0700, socket 0600, one daemon
-//! per socket, stale files replaced), optional TCP with a token, and per connection a reader
-//! (requests) and a writer (events) thread. A connection that ends cancels its jobs.
+//! per socket, stale files replaced), optional TCP with a token, at most `max_connections`
+//! open at once, and per connection a reader (requests) and a writer (events) thread. A
+//! connection that ends cancels its jobs.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -16,7 +19,7 @@ use super::config::Limits;
 use super::connection::{Connection, Stream};
 use super::event::{Capabilities, ErrorCode, Event, Listing, Outgoing};
 use super::protocol::PROTOCOL_VERSION;
-use super::queue::{CancelOutcome, ConnId, Job, JobKind, Scheduler};
+use super::queue::{CancelOutcome, ConnId, Job, JobKind, Scheduler, SubmitError};
 use super::request::{png_attachment, Request, RequestError};
 use super::worker::ModelStatus;
 use crate::pipeline::png_info::{png_text, PARAMETERS_KEY};
@@ -99,7 +102,8 @@ pub struct Shared {
     pub models: Vec<String>,
     /// Limits.
     pub limits: Limits,
-    next_conn: AtomicU64,
+    /// The open connections.
+    pub connections: OpenConnections,
     next_job: AtomicU64,
 }
 
@@ -116,8 +120,8 @@ impl Shared {
             status,
             capabilities,
             models,
+            connections: OpenConnections::new(limits.max_connections),
             limits,
-            next_conn: AtomicU64::new(1),
             next_job: AtomicU64::new(1),
         }
     }
@@ -136,10 +140,172 @@ impl Shared {
     }
 }
 
-/// Serves one connection until it ends. `token`: required in `hello` (TCP).
-pub fn serve_connection<S: Stream>(stream: S, shared: Arc<Shared>, token: Option<String>) {
-    let conn: ConnId = shared.next_conn.fetch_add(1, Ordering::SeqCst);
-    let mut connection = Connection::new(stream, shared.limits.max_frame_bytes);
+/// Why a connection was turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `max_connections` are open.
+    Full,
+    /// The daemon is stopping.
+    ShuttingDown,
+}
+
+/// Closes the reading side of one connection (at shutdown).
+type Closer = Box<dyn Fn() + Send>;
+
+#[derive(Default)]
+struct OpenState {
+    open: BTreeMap<ConnId, Closer>,
+    stopped: bool,
+}
+
+/// The open connections: at most `max` at once, and at shutdown a way to end them all.
+pub struct OpenConnections {
+    state: Mutex<OpenState>,
+    /// Signalled when a connection ends.
+    ended: Condvar,
+    max: usize,
+    next: AtomicU64,
+}
+
+impl OpenConnections {
+    /// Room for `max` connections (at least one).
+    pub fn new(max: usize) -> Self {
+        OpenConnections {
+            state: Mutex::new(OpenState::default()),
+            ended: Condvar::new(),
+            max: max.max(1),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OpenState> {
+        // Every update is one map operation or one flag: a panic cannot leave it half done.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A number for a new connection, or why there is no room; `close` ends its reading side.
+    pub fn admit(&self, close: Closer) -> Result<ConnId, Refusal> {
+        let mut state = self.lock();
+        if state.stopped {
+            return Err(Refusal::ShuttingDown);
+        }
+        if state.open.len() >= self.max {
+            return Err(Refusal::Full);
+        }
+        let conn = self.next.fetch_add(1, Ordering::SeqCst);
+        state.open.insert(conn, close);
+        Ok(conn)
+    }
+
+    /// Connection `conn` ended: its place is free.
+    pub fn release(&self, conn: ConnId) {
+        self.lock().open.remove(&conn);
+        self.ended.notify_all();
+    }
+
+    /// How many are open.
+    pub fn count(&self) -> usize {
+        self.lock().open.len()
+    }
+
+    /// Turns every new connection away from now on.
+    pub fn stop_accepting(&self) {
+        self.lock().stopped = true;
+    }
+
+    /// Ends every connection's reading side: each reader sees the end, and its writer sends
+    /// what is still queued for the client before the connection closes.
+    pub fn close_all(&self) {
+        for close in self.lock().open.values() {
+            close();
+        }
+    }
+
+    /// Waits until every connection has ended or `timeout` passed; whether all ended.
+    pub fn wait_all_ended(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        while !state.open.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .ended
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+/// Gives the connection's place back however its thread ends.
+struct Admitted<'a> {
+    connections: &'a OpenConnections,
+    conn: ConnId,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.connections.release(self.conn);
+    }
+}
+
+/// Takes a new connection: serves it on a thread of its own, or, when there is no room or
+/// the daemon is stopping, answers with one `error` and closes it. `token`: required in
+/// `hello` (TCP).
+pub fn accept<S: Stream>(stream: S, shared: &Arc<Shared>, token: Option<String>) {
+    let connection = Connection::new(stream, shared.limits.max_frame_bytes);
+    // The handle that ends the reading side at shutdown. Without one the system is out of
+    // descriptors, and the connection could not be served or answered either.
+    let Ok(closer) = connection.try_clone() else {
+        return;
+    };
+    let close = Box::new(move || closer.shutdown(Shutdown::Read));
+    let conn = match shared.connections.admit(close) {
+        Ok(conn) => conn,
+        Err(refusal) => return turn_away(connection, refusal, &shared.limits),
+    };
+    let shared = shared.clone();
+    std::thread::spawn(move || {
+        let _admitted = Admitted {
+            connections: &shared.connections,
+            conn,
+        };
+        serve_connection(connection, conn, &shared, token);
+    });
+}
+
+/// Tells a connection why it is not served, and closes it.
+fn turn_away<S: Stream>(mut connection: Connection<S>, refusal: Refusal, limits: &Limits) {
+    let (code, message) = match refusal {
+        Refusal::ShuttingDown => (
+            ErrorCode::ShuttingDown,
+            "the daemon is shutting down".into(),
+        ),
+        Refusal::Full => (
+            ErrorCode::Limit,
+            format!(
+                "the daemon serves at most {} connections at once; close another or try again \
+                 later",
+                limits.max_connections
+            ),
+        ),
+    };
+    // A client that does not read must not hold up the accepting thread.
+    connection.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = connection.write_event(&Event::error(&Value::Null, None, code, message), &[]);
+    connection.shutdown(Shutdown::Both);
+}
+
+/// Serves one admitted connection until it ends.
+fn serve_connection<S: Stream>(
+    mut connection: Connection<S>,
+    conn: ConnId,
+    shared: &Shared,
+    token: Option<String>,
+) {
     let (sender, receiver) = crossbeam_channel::unbounded::<Outgoing>();
     let Ok(mut write_half) = connection.try_clone() else {
         return;
@@ -155,7 +321,7 @@ pub fn serve_connection<S: Stream>(stream: S, shared: Arc<Shared>, token: Option
         }
         write_half.shutdown(Shutdown::Both);
     });
-    read_requests(&mut connection, conn, &shared, token, &sender);
+    read_requests(&mut connection, conn, shared, token, &sender);
     // The connection ended (or framing was lost): its jobs stop.
     shared.queue.drop_connection(conn);
     drop(sender);
@@ -315,9 +481,12 @@ fn submit(
         };
         let _ = events.send(queued.into());
     };
-    if shared.queue.submit(job, announce).is_err() {
-        let message = "the daemon's queue is full; try again when a job has finished";
-        let _ = events.send(Event::error(&request_id, None, ErrorCode::QueueFull, message).into());
+    if let Err(error) = shared.queue.submit(job, announce) {
+        let code = match error {
+            SubmitError::Full => ErrorCode::QueueFull,
+            SubmitError::ShuttingDown => ErrorCode::ShuttingDown,
+        };
+        let _ = events.send(Event::error(&request_id, None, code, error.to_string()).into());
     }
 }
 
@@ -339,5 +508,42 @@ fn png_info(id: &Value, png: &[u8]) -> Event {
             ErrorCode::BadRequest,
             format!("not a readable PNG: {message}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn the_cap_frees_places_and_shutdown_closes_everyone() {
+        let connections = OpenConnections::new(2);
+        let closed = Arc::new(AtomicUsize::new(0));
+        let closer = || {
+            let closed = closed.clone();
+            Box::new(move || {
+                closed.fetch_add(1, Ordering::SeqCst);
+            }) as Closer
+        };
+        let first = connections.admit(closer()).unwrap();
+        let second = connections.admit(closer()).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(connections.admit(closer()), Err(Refusal::Full));
+        connections.release(first);
+        let third = connections.admit(closer()).unwrap();
+        connections.stop_accepting();
+        assert_eq!(connections.admit(closer()), Err(Refusal::ShuttingDown));
+        connections.close_all();
+        assert_eq!(
+            closed.load(Ordering::SeqCst),
+            2,
+            "both open ones were closed"
+        );
+        assert!(!connections.wait_all_ended(Duration::from_millis(10)));
+        connections.release(second);
+        connections.release(third);
+        assert!(connections.wait_all_ended(Duration::ZERO));
+        assert_eq!(connections.count(), 0);
     }
 }

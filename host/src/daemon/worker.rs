@@ -173,7 +173,7 @@ impl Worker {
     pub fn run(mut self, queue: &Scheduler) {
         while let Some(job) = queue.next() {
             // Whatever a job hits, the worker (and with it the daemon) must go on.
-            let outcome = catch_unwind(AssertUnwindSafe(|| self.serve(&job)));
+            let outcome = catch_unwind(AssertUnwindSafe(|| self.serve(&job, queue)));
             if let Err(payload) = outcome {
                 let message = crate::error::panic_message(&*payload);
                 Self::send(&job, job_error(&job, ErrorCode::Internal, message));
@@ -187,24 +187,28 @@ impl Worker {
         let _ = job.events.send(event.into());
     }
 
-    fn serve(&mut self, job: &Job) {
+    fn serve(&mut self, job: &Job, queue: &Scheduler) {
         let (id, job_id) = (job.request_id.clone(), job.id);
         if job.cancel.load(Ordering::SeqCst) {
-            let images = 0;
-            Self::send(
-                job,
+            let stopped = if queue.is_shut_down() {
+                let message = "the daemon is shutting down; the job did not start";
+                job_error(job, ErrorCode::ShuttingDown, message)
+            } else {
+                let images = 0;
                 Event::Cancelled {
                     id,
                     job: job_id,
                     images,
-                },
-            );
+                }
+                .into()
+            };
+            Self::send(job, stopped);
             return;
         }
         Self::send(job, Event::Started { id, job: job_id });
         match &job.kind {
             JobKind::SelectModel(name) => self.select_model(job, name),
-            JobKind::Generate(request) => self.generate(job, request),
+            JobKind::Generate(request) => self.generate(job, request, queue),
         }
     }
 
@@ -248,7 +252,7 @@ impl Worker {
         }
     }
 
-    fn generate(&mut self, job: &Job, request: &GenerateRequest) {
+    fn generate(&mut self, job: &Job, request: &GenerateRequest, queue: &Scheduler) {
         let prepared = request.mode.prepare(&ModeInputs {
             image: &request.image,
             sketch: request.sketch.as_ref(),
@@ -319,6 +323,17 @@ impl Worker {
         );
         let (id, job_id) = (job.request_id.clone(), job.id);
         let event = match outcome {
+            // Stopped by the daemon, not by its client: say so, so that an editor reports
+            // why its picture did not come.
+            Ok(outcome) if outcome.cancelled && queue.is_shut_down() => Event::error(
+                &id,
+                Some(job_id),
+                ErrorCode::ShuttingDown,
+                format!(
+                    "the daemon is shutting down; the job stopped after {} of its images",
+                    outcome.images.len()
+                ),
+            ),
             Ok(outcome) if outcome.cancelled => Event::Cancelled {
                 id,
                 job: job_id,
