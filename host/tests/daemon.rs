@@ -1,6 +1,7 @@
 //! The real daemon (`sdhost serve`) on a temporary socket with a tiny model: many clients,
-//! fairness and routing, cancel, disconnects, malformed input, limits, permissions, TCP
-//! tokens and single-instance start.
+//! fairness and routing, cancel, disconnects, malformed input, limits, the connection cap,
+//! permissions, TCP tokens, single-instance start and graceful shutdown; and
+//! docs/protocol.md against the protocol's types.
 
 mod common;
 
@@ -11,9 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sdhost::daemon::event::{ErrorCode, Event};
 use sdhost::daemon::protocol::{
     read_frame, write_frame, Attachment, Frame, FrameLimits, PixelFormat, MAGIC,
 };
+use sdhost::daemon::request::Request;
 use serde_json::{json, Value};
 
 const LIMITS: FrameLimits = FrameLimits {
@@ -682,5 +685,174 @@ fn previews_come_on_the_asked_steps_and_bad_settings_are_refused() {
             message.contains(needle) && message.contains("preview"),
             "{message}"
         );
+    }
+}
+
+/// A client once the daemon has room for it (a connection that just closed may hold its
+/// place for a moment).
+fn connect_when_room(socket: &Path) -> Client {
+    let start = Instant::now();
+    loop {
+        let mut client = Client::connect(socket).unwrap();
+        client.send(json!({"type": "hello", "protocol": 1}), &[]);
+        let answer = client.read().header;
+        if answer["type"] == "welcome" {
+            return client;
+        }
+        assert_eq!(answer["code"], "limit", "{answer}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no room for a connection"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn connections_past_the_cap_are_told_and_closed() {
+    let daemon = start_daemon(&[], Some("[limits]\nmax_connections = 2\n"));
+    let mut first = connect_when_room(&daemon.socket);
+    let mut second = connect_when_room(&daemon.socket);
+    // The third is told before it says anything, and closed.
+    let mut third = UnixStream::connect(&daemon.socket).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let refused = read_frame(&mut third, LIMITS).unwrap().header;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "limit", "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("at most 2"),
+        "{refused}"
+    );
+    assert!(
+        read_frame(&mut third, LIMITS).is_err(),
+        "closed after the error"
+    );
+    // The connections inside the cap go on as before.
+    first.send(json!({"type": "ping"}), &[]);
+    assert_eq!(first.read().header["type"], "pong");
+    let job = second.submit(7, 2);
+    loop {
+        let event = second.read().header;
+        assert_ne!(event["type"], "error", "{event}");
+        if event["type"] == "done" {
+            assert_eq!(event["job"], json!(job));
+            break;
+        }
+    }
+    // A place that frees up is taken again.
+    drop(first);
+    let mut again = connect_when_room(&daemon.socket);
+    again.send(json!({"type": "ping"}), &[]);
+    assert_eq!(again.read().header["type"], "pong");
+}
+
+/// Sends `signal` to the daemon; when it was sent.
+fn signal(daemon: &Daemon, signal: i32) -> Instant {
+    // SAFETY: kill has no memory preconditions; the pid is our child, not yet reaped.
+    let result = unsafe { libc::kill(daemon.child.id() as i32, signal) };
+    assert_eq!(result, 0, "kill failed");
+    Instant::now()
+}
+
+/// Waits (at most 10 s) for the daemon to exit successfully; how long after `sent` it did.
+fn exited(daemon: &mut Daemon, sent: Instant) -> Duration {
+    loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            assert!(status.success(), "the daemon exited with {status}");
+            return sent.elapsed();
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "the daemon did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigterm_ends_every_job_with_shutting_down_and_exits_cleanly() {
+    let mut daemon = start_daemon(&[], None);
+    let mut client = Client::connected(&daemon.socket);
+    let running = client.submit(1, 100_000);
+    let waiting = client.submit(2, 2);
+    loop {
+        let event = client.read().header;
+        if event["type"] == "progress" && event["job"] == json!(running) {
+            break;
+        }
+    }
+    let sent = signal(&daemon, libc::SIGTERM);
+    // Both jobs are told why they end (the running one when it sees its cancel flag), then
+    // the connection closes.
+    let mut ended = std::collections::BTreeMap::new();
+    while let Ok(frame) = read_frame(&mut client.stream, LIMITS) {
+        let event = frame.header;
+        match event["type"].as_str().unwrap() {
+            "error" => {
+                ended.insert(event["job"].as_u64().unwrap(), event["code"].clone());
+            }
+            "done" | "cancelled" => panic!("a job ended otherwise: {event}"),
+            _ => {}
+        }
+    }
+    let took = exited(&mut daemon, sent);
+    println!("SIGTERM during a job: exit 0 after {took:?}");
+    assert_eq!(ended.get(&running), Some(&json!("shutting_down")));
+    assert_eq!(ended.get(&waiting), Some(&json!("shutting_down")));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(!daemon.socket.exists(), "the socket file is removed");
+
+    // SIGINT (Ctrl-C) on an idle daemon with a client: the same clean end.
+    let mut idle = start_daemon(&[], None);
+    let mut client = Client::connected(&idle.socket);
+    let sent = signal(&idle, libc::SIGINT);
+    assert!(read_frame(&mut client.stream, LIMITS).is_err(), "closed");
+    let took = exited(&mut idle, sent);
+    println!("SIGINT when idle: exit 0 after {took:?}");
+    assert!(!idle.socket.exists());
+}
+
+/// The names in the first column of the table between `<!-- {marker}: begin/end -->`.
+fn documented_names(doc: &str, marker: &str) -> Vec<String> {
+    let table = doc
+        .split(&format!("<!-- {marker}: begin -->"))
+        .nth(1)
+        .and_then(|rest| rest.split(&format!("<!-- {marker}: end -->")).next())
+        .unwrap_or_else(|| panic!("docs/protocol.md marks no {marker} table"));
+    table
+        .lines()
+        .filter_map(|line| line.split('|').nth(1))
+        .flat_map(|cell| cell.split('`').skip(1).step_by(2))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn the_protocol_doc_names_every_request_event_and_error_code() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md"),
+    )
+    .unwrap();
+    for (marker, defined) in [
+        ("request-types", Request::types()),
+        ("event-types", Event::types()),
+        ("error-codes", ErrorCode::all()),
+    ] {
+        assert!(!defined.is_empty(), "{marker}: nothing defined");
+        let documented = documented_names(&doc, marker);
+        for name in &defined {
+            assert!(
+                documented.contains(name),
+                "docs/protocol.md ({marker}) does not document \"{name}\""
+            );
+        }
+        for name in &documented {
+            assert!(
+                defined.contains(name),
+                "docs/protocol.md ({marker}) documents \"{name}\", which the daemon does not have"
+            );
+        }
     }
 }

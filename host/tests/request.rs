@@ -128,10 +128,13 @@ fn every_field_arrives_through_the_daemon_params() {
                 image.as_raw().clone(),
             )],
         };
-        let envelope = parse_request(frame, 1 << 24).expect("request parses");
-        let Request::Generate(generate) = envelope.request else {
-            panic!("not a generate request")
+        let envelope = parse_request(frame).expect("request parses");
+        let Request::Img2img(header) = envelope.request else {
+            panic!("not an img2img request")
         };
+        let generate = header
+            .into_job(envelope.attachments, 1 << 24)
+            .expect("the job is accepted");
         let expected = daemon_base(40, 24).overlay(&one(name, &value)).unwrap();
         assert_eq!(generate.params, expected, "{name} through the daemon");
     }

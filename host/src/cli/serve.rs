@@ -1,19 +1,11 @@
-//! `sdhost serve`: start the daemon (docs/protocol.md).
+//! `sdhost serve`: the daemon's flags over its config file; `crate::daemon::run` does the
+//! rest (docs/protocol.md).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
 use clap::Args;
 
-use crate::daemon::config::{config_dir, data_dir, default_socket, ServeConfig};
-use crate::daemon::models::embeddings_dir;
-use crate::daemon::server::{bind_unix, load_or_create_token, serve_connection};
-use crate::daemon::worker::{ModelStatus, Worker};
-use crate::daemon::{demo_model, shared_state, ModelCatalog};
-use crate::device::{parse_device, parse_dtype};
-use crate::pipeline::model::GenerationModel;
-use crate::sampling::plugins::{PluginPaths, SamplerRegistry};
+use crate::daemon::config::ServeConfig;
 
 /// Arguments of `sdhost serve`; flags override the config file.
 #[derive(Args)]
@@ -52,13 +44,8 @@ pub struct ServeArgs {
     threads: Option<i32>,
 }
 
-/// Runs the daemon until it is stopped.
+/// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
-    // A client that goes away must be an error on its connection, not the daemon's end.
-    // SAFETY: restoring the ignored disposition Rust's runtime sets for every program.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
     let mut config = ServeConfig::load(args.config.as_deref())?;
     macro_rules! flag {
         ($($name:ident),*) => { $(if args.$name.is_some() { config.$name = args.$name.clone(); })* };
@@ -74,119 +61,6 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         dtype,
         threads
     );
-
-    let device = parse_device(config.device.as_deref().unwrap_or("cpu"))?;
-    let kind = parse_dtype(config.dtype.as_deref().unwrap_or("fp32"))?;
-    if let Some(threads) = config.threads.filter(|&t| t > 0) {
-        tch::set_num_threads(threads);
-    }
-    let catalog = ModelCatalog::scan(config.models_dir.as_deref(), config.model.as_deref());
-    let embeddings = config
-        .embeddings_dir
-        .clone()
-        .or_else(|| config.models_dir.as_deref().and_then(embeddings_dir));
-    let (model_path, demo) = match config
-        .model
-        .clone()
-        .or_else(|| catalog.first().map(PathBuf::from))
-    {
-        Some(path) => (path, false),
-        None => {
-            let dir = data_dir().context("no HOME to keep the demo model in; pass --model")?;
-            (demo_model(&dir)?, true)
-        }
-    };
-    if demo {
-        eprintln!("sdhost: ************************************************************");
-        eprintln!("sdhost: no model configured: serving a RANDOM-WEIGHT DEMO model");
-        eprintln!(
-            "sdhost: ({}); its pictures are noise.",
-            model_path.display()
-        );
-        eprintln!("sdhost: pass --model or --models-dir (an A1111 models/ folder works).");
-        eprintln!("sdhost: ************************************************************");
-    }
-    let model = GenerationModel::load(&model_path, device, kind, embeddings.as_deref())
-        .with_context(|| format!("loading {}", model_path.display()))?;
-    let status = Arc::new(Mutex::new(ModelStatus {
-        name: model.name.clone(),
-        hash: model.hash.clone(),
-        path: model_path.clone(),
-        demo,
-        embeddings: model.embeddings.names(),
-    }));
-    let registry = SamplerRegistry::load(&PluginPaths::discover(config.plugins_dir.clone()));
-    for skipped in &registry.skipped {
-        eprintln!("sdhost: plugin skipped: {skipped}");
-    }
-    let shared = Arc::new(shared_state(
-        config.limits.clone(),
-        status.clone(),
-        &registry,
-        &catalog,
-    ));
-
-    let socket = config.socket.clone().unwrap_or_else(default_socket);
-    let listener = bind_unix(&socket)?;
-    {
-        let socket = socket.clone();
-        let shared = shared.clone();
-        ctrlc::set_handler(move || {
-            let _ = std::fs::remove_file(&socket);
-            shared.queue.shutdown();
-            std::process::exit(0);
-        })
-        .context("installing the signal handler")?;
-    }
-    if let Some(address) = &config.listen {
-        let token_path = config_dir()
-            .context("no HOME for the token file")?
-            .join("token");
-        let token = load_or_create_token(&token_path)
-            .with_context(|| format!("token file {}", token_path.display()))?;
-        let tcp = std::net::TcpListener::bind(address)
-            .with_context(|| format!("listening on {address}"))?;
-        eprintln!(
-            "sdhost: listening on tcp://{} (token in {})",
-            tcp.local_addr()?,
-            token_path.display()
-        );
-        let shared = shared.clone();
-        std::thread::spawn(move || {
-            for stream in tcp.incoming().flatten() {
-                let shared = shared.clone();
-                let token = Some(token.clone());
-                std::thread::spawn(move || serve_connection(stream, shared, token));
-            }
-        });
-    }
-
-    let worker = Worker {
-        model,
-        registry,
-        catalog,
-        embeddings_dir: embeddings,
-        device,
-        kind,
-        status,
-    };
-    {
-        let shared = shared.clone();
-        std::thread::spawn(move || worker.run(&shared.queue));
-    }
-    println!(
-        "sdhost: serving {} on {}",
-        model_path.display(),
-        socket.display()
-    );
-    for stream in listener.incoming() {
-        match stream {
-            Ok(stream) => {
-                let shared = shared.clone();
-                std::thread::spawn(move || serve_connection(stream, shared, None));
-            }
-            Err(error) => eprintln!("sdhost: accept failed: {error}"),
-        }
-    }
+    crate::daemon::run(config)?;
     Ok(())
 }

@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// Settings of `sdhost serve`; every field is optional in the file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -33,8 +34,8 @@ pub struct ServeConfig {
     pub limits: Limits,
 }
 
-/// What one request may ask for.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// What one request may ask for, and how many clients may be connected.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest frame payload in bytes (all attachments).
@@ -47,6 +48,10 @@ pub struct Limits {
     pub max_prompt_chars: usize,
     /// Most jobs waiting at once (over all clients).
     pub queue_capacity: usize,
+    /// Most connections open at once; one more gets an error `limit` and is closed. Not sent
+    /// to clients (`welcome` tells per-request limits): a client can do nothing with it.
+    #[serde(skip_serializing)]
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -57,6 +62,9 @@ impl Default for Limits {
             max_images: 64,
             max_prompt_chars: 20_000,
             queue_capacity: 64,
+            // Editors hold one connection each; a few dozen covers scripts beside them while
+            // a runaway client cannot take every thread and file descriptor.
+            max_connections: 64,
         }
     }
 }
@@ -147,12 +155,13 @@ mod tests {
         let path = dir.path().join("config.toml");
         std::fs::write(
             &path,
-            "models_dir = \"/srv/webui/models\"\ndevice = \"cuda\"\n[limits]\nmax_images = 8\n",
+            "models_dir = \"/srv/webui/models\"\ndevice = \"cuda\"\n[limits]\nmax_images = 8\nmax_connections = 3\n",
         )
         .unwrap();
         let config = ServeConfig::read(&path).unwrap();
         assert_eq!(config.models_dir, Some(PathBuf::from("/srv/webui/models")));
         assert_eq!(config.limits.max_images, 8);
+        assert_eq!(config.limits.max_connections, 3);
         assert_eq!(
             config.limits.queue_capacity,
             Limits::default().queue_capacity

@@ -1,8 +1,10 @@
 //! The daemon's wire format (docs/protocol.md): length-prefixed frames of a JSON header and
-//! binary attachments, read with every length checked before anything is allocated.
+//! binary attachments, read with every length checked before anything is allocated. What the
+//! headers say is typed in `request` and `event`; `connection` reads and writes them.
 
 use std::io::{Read, Write};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Protocol version spoken by this daemon (the `hello` must name it).
@@ -15,7 +17,7 @@ pub const MAGIC: [u8; 4] = *b"SDH1";
 pub const MAX_HEADER_BYTES: u32 = 1 << 20;
 
 /// How an attachment's bytes are laid out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PixelFormat {
     /// 8-bit RGBA, row-major, no padding: width·height·4 bytes.
@@ -41,6 +43,50 @@ pub struct Attachment {
     pub height: u32,
     /// Number of bytes.
     pub length: u64,
+}
+
+/// The `type` values of a message enum tagged with `type` (requests, events), read from its
+/// JSON schema so that a variant added in code is a type the docs must name.
+pub fn message_types<T: JsonSchema>() -> Vec<String> {
+    let schema = serde_json::to_value(schemars::schema_for!(T)).unwrap_or_default();
+    let variants = schema
+        .get("oneOf")
+        .or_else(|| schema.get("anyOf"))
+        .and_then(serde_json::Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    variants
+        .iter()
+        .filter_map(|variant| {
+            let tag = &variant["properties"]["type"];
+            tag.get("const")
+                .or_else(|| tag["enum"].get(0))
+                .and_then(serde_json::Value::as_str)
+                .map(String::from)
+        })
+        .collect()
+}
+
+/// The string values of an enum of unit variants (error codes), read from its JSON schema.
+pub fn unit_values<T: JsonSchema>() -> Vec<String> {
+    fn collect(schema: &serde_json::Value, out: &mut Vec<String>) {
+        if let Some(value) = schema.get("const").and_then(serde_json::Value::as_str) {
+            out.push(value.to_string());
+        }
+        // Documented variants come as `oneOf` of `const`s, plain ones as one `enum`.
+        for values in ["enum", "oneOf"].iter().filter_map(|k| schema.get(k)) {
+            for value in values.as_array().into_iter().flatten() {
+                match value.as_str() {
+                    Some(text) => out.push(text.to_string()),
+                    None => collect(value, out),
+                }
+            }
+        }
+    }
+    let mut values = Vec::new();
+    let schema = serde_json::to_value(schemars::schema_for!(T)).unwrap_or_default();
+    collect(&schema, &mut values);
+    values
 }
 
 /// A decoded frame: the header object and the attachments' bytes.

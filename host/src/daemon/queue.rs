@@ -7,30 +7,11 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use crossbeam_channel::Sender;
 
-use super::protocol::Attachment;
+use super::event::Outgoing;
 use super::request::GenerateRequest;
 
 /// A connection's number.
 pub type ConnId = u64;
-
-/// A frame to send to a client: header and attachments.
-#[derive(Debug)]
-pub struct Outgoing {
-    /// JSON header.
-    pub header: serde_json::Value,
-    /// Attachments with bytes.
-    pub attachments: Vec<(Attachment, Vec<u8>)>,
-}
-
-impl Outgoing {
-    /// A frame with only a header.
-    pub fn event(header: serde_json::Value) -> Self {
-        Outgoing {
-            header,
-            attachments: Vec::new(),
-        }
-    }
-}
 
 /// What a queued job does.
 #[derive(Debug)]
@@ -75,6 +56,17 @@ pub struct Scheduler {
     capacity: usize,
 }
 
+/// Why a job was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// `capacity` jobs are waiting.
+    #[error("the daemon's queue is full; try again when a job has finished")]
+    Full,
+    /// The daemon is stopping.
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+}
+
 /// What a cancel request found.
 #[derive(Debug)]
 pub enum CancelOutcome {
@@ -105,12 +97,14 @@ impl Scheduler {
     }
 
     /// Queues `job`, first calling `announce` with how many jobs are ahead of it (under the
-    /// lock, so the announcement is sent before the worker can report the job started);
-    /// gives the job back when the queue is full.
-    pub fn submit(&self, job: Job, announce: impl FnOnce(&Job, usize)) -> Result<(), Job> {
+    /// lock, so the announcement is sent before the worker can report the job started).
+    pub fn submit(&self, job: Job, announce: impl FnOnce(&Job, usize)) -> Result<(), SubmitError> {
         let mut state = self.lock();
-        if state.waiting >= self.capacity || state.shutdown {
-            return Err(job);
+        if state.shutdown {
+            return Err(SubmitError::ShuttingDown);
+        }
+        if state.waiting >= self.capacity {
+            return Err(SubmitError::Full);
         }
         let ahead = state.waiting + usize::from(state.running.is_some());
         announce(&job, ahead);
@@ -197,14 +191,27 @@ impl Scheduler {
         }
     }
 
-    /// Stops the worker after its current job.
-    pub fn shutdown(&self) {
+    /// Stops taking jobs: the running job is flagged to stop, the worker gets no other, and
+    /// the waiting jobs are returned (for the caller to tell their clients).
+    pub fn shutdown(&self) -> Vec<Job> {
         let mut state = self.lock();
         state.shutdown = true;
         if let Some((_, _, flag)) = &state.running {
             flag.store(true, Ordering::SeqCst);
         }
+        let mut waiting = Vec::new();
+        // Turn order, so each client learns of its jobs in the order it queued them.
+        while let Some(conn) = state.turns.pop_front() {
+            waiting.extend(state.queued.remove(&conn).into_iter().flatten());
+        }
+        state.waiting = 0;
         self.wake.notify_all();
+        waiting
+    }
+
+    /// Whether [`Self::shutdown`] was called: a job stopped now was stopped by it.
+    pub fn is_shut_down(&self) -> bool {
+        self.lock().shutdown
     }
 }
 
@@ -251,7 +258,7 @@ mod tests {
             .submit(job(2, 1), |_, ahead| positions.push(ahead))
             .unwrap();
         assert_eq!(positions, [0, 1]);
-        assert!(queue.submit(job(3, 2), |_, _| {}).is_err(), "full");
+        assert_eq!(queue.submit(job(3, 2), |_, _| {}), Err(SubmitError::Full));
         let running = queue.next().unwrap();
         assert!(
             matches!(queue.cancel(2, 1), CancelOutcome::Unknown),
@@ -264,6 +271,26 @@ mod tests {
         queue.drop_connection(3);
         queue.finished();
         queue.shutdown();
+        assert!(queue.next().is_none());
+    }
+
+    #[test]
+    fn shutdown_stops_the_running_job_and_hands_back_the_waiting_ones() {
+        let queue = Scheduler::new(10);
+        for (id, conn) in [(1, 1), (2, 1), (3, 2), (4, 1)] {
+            queue.submit(job(id, conn), |_, _| {}).unwrap();
+        }
+        let running = queue.next().unwrap();
+        assert!(!queue.is_shut_down());
+        let waiting: Vec<u64> = queue.shutdown().iter().map(|j| j.id).collect();
+        assert!(running.cancel.load(Ordering::SeqCst));
+        assert!(queue.is_shut_down());
+        assert_eq!(waiting, [3, 2, 4]);
+        assert_eq!(
+            queue.submit(job(5, 1), |_, _| {}),
+            Err(SubmitError::ShuttingDown)
+        );
+        queue.finished();
         assert!(queue.next().is_none());
     }
 }

@@ -1,30 +1,43 @@
-//! Requests a client can send, read from frame headers (docs/protocol.md). Job parameters use
-//! the field names of A1111's `/sdapi/v1/img2img` so existing client code maps over directly.
+//! Requests a client can send (docs/protocol.md): [`Request`], one variant per wire `type`,
+//! read from the frame header by serde; images come from the frame's attachments when a job
+//! is accepted ([`Img2imgRequest::into_job`]). Job parameters use the field names of A1111's
+//! `/sdapi/v1/img2img` so existing client code maps over directly.
 
 use image::DynamicImage;
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
 
-use super::protocol::{Attachment, Frame, PixelFormat};
+use super::event::ErrorCode;
+use super::protocol::{message_types, Attachment, Frame, PixelFormat};
 use crate::pipeline::preview::{PreviewMethod, PreviewSettings};
 use crate::prepare::modes::Img2ImgMode;
 use crate::request::GenerationRequest;
 
-/// A request and the id the client gave it (echoed in every answer to it).
+/// A request, its id and the attachments that came with it.
 #[derive(Debug)]
 pub struct Envelope {
-    /// The client's request id (any JSON value; null when absent).
-    pub id: serde_json::Value,
+    /// The client's request id (any JSON value; null when absent), echoed in every answer.
+    pub id: Value,
     /// The request.
     pub request: Request,
+    /// The frame's attachments with their bytes.
+    pub attachments: Vec<(Attachment, Vec<u8>)>,
 }
 
-/// What a client asks for.
-#[derive(Debug)]
+/// What a client asks for: a frame header. Fields not named here (`id`, `attachments`) are
+/// the frame's; other unknown fields are ignored, as clients of protocol 1 may send them.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {
     /// First frame of a connection: protocol version and, over TCP, the token.
     Hello {
         protocol: u32,
-        client: String,
+        /// The client's name and version, for logs.
+        #[serde(default)]
+        client: Option<String>,
+        #[serde(default)]
         token: Option<String>,
     },
     /// Liveness check.
@@ -33,15 +46,38 @@ pub enum Request {
     List,
     /// Load another model (queued like a job).
     SelectModel { model: String },
-    /// An img2img job in one of the five modes.
-    Generate(Box<GenerateRequest>),
-    /// The infotext of a PNG.
-    PngInfo { png: Vec<u8> },
+    /// An img2img job in one of the five modes (attachments `image`, `mask`, `sketch`).
+    Img2img(Img2imgRequest),
+    /// The infotext of a PNG (attachment `image`).
+    PngInfo,
     /// Stop a job (queued or running).
     Cancel { job: u64 },
 }
 
-/// An img2img job as received: parameters and images.
+impl Request {
+    /// Every `type` a request can have, from the schema (for docs and their test).
+    pub fn types() -> Vec<String> {
+        message_types::<Request>()
+    }
+}
+
+/// The header of an `img2img` request.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct Img2imgRequest {
+    /// Which A1111 tab; without it, implied by the attachments.
+    #[serde(default, deserialize_with = "mode_field")]
+    #[schemars(with = "Option<String>")]
+    pub mode: Option<Img2ImgMode>,
+    /// Job parameters laid over A1111's UI defaults at the image's size.
+    #[serde(default)]
+    pub params: Option<Map<String, Value>>,
+    /// Live previews on progress events (none unless asked for).
+    #[serde(default, deserialize_with = "preview_field")]
+    #[schemars(with = "Option<WirePreview>")]
+    pub preview: Option<PreviewSettings>,
+}
+
+/// An img2img job as accepted: parameters and images.
 #[derive(Debug)]
 pub struct GenerateRequest {
     /// Which A1111 tab.
@@ -59,10 +95,11 @@ pub struct GenerateRequest {
 }
 
 /// Why a request was refused (becomes an `error` event with this code).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
 pub struct RequestError {
-    /// Machine-readable code: `bad_request`, `unknown_request`, `limit` …
-    pub code: &'static str,
+    /// Machine-readable: `bad_request`, `unknown_request`, `limit` …
+    pub code: ErrorCode,
     /// What was wrong, for people.
     pub message: String,
 }
@@ -71,97 +108,99 @@ impl RequestError {
     /// A `bad_request` error.
     pub fn bad(message: impl Into<String>) -> Self {
         RequestError {
-            code: "bad_request",
+            code: ErrorCode::BadRequest,
             message: message.into(),
         }
     }
 }
 
 /// The `preview` object on the wire: `{"method", "every"?}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct WirePreview {
     method: String,
     every: Option<i64>,
 }
 
-/// Reads the optional top-level `preview` field; absent or null means no previews.
-fn preview_settings(header: &serde_json::Value) -> Result<Option<PreviewSettings>, RequestError> {
-    let Some(wire) = field::<WirePreview>(header, "preview")? else {
+/// Reads `mode`, naming the field when it is wrong.
+fn mode_field<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Img2ImgMode>, D::Error> {
+    let Some(name) = Option::<String>::deserialize(d)
+        .map_err(|e| D::Error::custom(format!("field \"mode\": {e}")))?
+    else {
         return Ok(None);
     };
-    let bad = |e: crate::pipeline::preview::PreviewError| {
-        RequestError::bad(format!("field \"preview\": {e}"))
+    Img2ImgMode::parse(&name)
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("field \"mode\": unknown value \"{name}\"")))
+}
+
+/// Reads `preview` into checked settings; absent or null means no previews.
+fn preview_field<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PreviewSettings>, D::Error> {
+    let named = |e: &dyn std::fmt::Display| D::Error::custom(format!("field \"preview\": {e}"));
+    let Some(wire) = Option::<WirePreview>::deserialize(d).map_err(|e| named(&e))? else {
+        return Ok(None);
     };
-    let method: PreviewMethod = wire.method.parse().map_err(bad)?;
+    let method: PreviewMethod = wire.method.parse().map_err(|e| named(&e))?;
     PreviewSettings::new(method, wire.every.unwrap_or(1))
         .map(Some)
-        .map_err(bad)
+        .map_err(|e| named(&e))
 }
 
-fn field<T: for<'de> Deserialize<'de>>(
-    header: &serde_json::Value,
-    name: &str,
-) -> Result<Option<T>, RequestError> {
-    match header.get(name) {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(value) => serde_json::from_value(value.clone())
-            .map(Some)
-            .map_err(|e| RequestError::bad(format!("field \"{name}\": {e}"))),
-    }
-}
-
-fn required<T: for<'de> Deserialize<'de>>(
-    header: &serde_json::Value,
-    name: &str,
-) -> Result<T, RequestError> {
-    field(header, name)?.ok_or_else(|| RequestError::bad(format!("field \"{name}\" is missing")))
-}
-
-/// Reads the request of a frame.
-pub fn parse_request(mut frame: Frame, max_pixels: u64) -> Result<Envelope, RequestError> {
-    let header = &frame.header.clone();
-    let id = header.get("id").cloned().unwrap_or(serde_json::Value::Null);
-    let kind: String = required(header, "type")?;
-    let request = match kind.as_str() {
-        "hello" => Request::Hello {
-            protocol: required(header, "protocol")?,
-            client: field(header, "client")?.unwrap_or_default(),
-            token: field(header, "token")?,
-        },
-        "ping" => Request::Ping,
-        "list" => Request::List,
-        "select_model" => Request::SelectModel {
-            model: required(header, "model")?,
-        },
-        "cancel" => Request::Cancel {
-            job: required(header, "job")?,
-        },
-        "png_info" => {
-            let (attachment, bytes) = take_attachment(&mut frame, "image")
-                .ok_or_else(|| RequestError::bad("png_info needs an \"image\" attachment"))?;
-            if attachment.format != PixelFormat::Png {
-                return Err(RequestError::bad("png_info needs a PNG attachment"));
-            }
-            Request::PngInfo { png: bytes }
-        }
-        "img2img" => Request::Generate(Box::new(generate_request(&mut frame, max_pixels)?)),
-        other => {
-            return Err(RequestError {
-                code: "unknown_request",
-                message: format!(
-                    "unknown request type \"{other}\" (known: hello, ping, list, select_model, img2img, png_info, cancel)"
-                ),
-            })
+/// Reads the request of a frame. The `type` is checked first so that an unknown one is told
+/// apart from a known one with bad fields.
+pub fn parse_request(frame: Frame) -> Result<Envelope, RequestError> {
+    let Frame {
+        header,
+        attachments,
+    } = frame;
+    let id = header.get("id").cloned().unwrap_or(Value::Null);
+    let kind = match header.get("type") {
+        None | Some(Value::Null) => return Err(RequestError::bad("field \"type\" is missing")),
+        Some(Value::String(kind)) => kind.clone(),
+        Some(other) => {
+            return Err(RequestError::bad(format!(
+                "field \"type\": expected a string, got {other}"
+            )))
         }
     };
-    Ok(Envelope { id, request })
+    let known = Request::types();
+    if !known.contains(&kind) {
+        return Err(RequestError {
+            code: ErrorCode::UnknownRequest,
+            message: format!(
+                "unknown request type \"{kind}\" (known: {})",
+                known.join(", ")
+            ),
+        });
+    }
+    let request =
+        Request::deserialize(&header).map_err(|e| RequestError::bad(format!("{kind}: {e}")))?;
+    Ok(Envelope {
+        id,
+        request,
+        attachments,
+    })
 }
 
-/// Moves the attachment `name` out of the frame (large images are not copied).
-fn take_attachment(frame: &mut Frame, name: &str) -> Option<(Attachment, Vec<u8>)> {
-    let index = frame.attachments.iter().position(|(a, _)| a.name == name)?;
-    Some(frame.attachments.swap_remove(index))
+/// The bytes of the PNG a `png_info` request carries.
+pub fn png_attachment(
+    attachments: &mut Vec<(Attachment, Vec<u8>)>,
+) -> Result<Vec<u8>, RequestError> {
+    let (attachment, bytes) = take_attachment(attachments, "image")
+        .ok_or_else(|| RequestError::bad("png_info needs an \"image\" attachment"))?;
+    if attachment.format != PixelFormat::Png {
+        return Err(RequestError::bad("png_info needs a PNG attachment"));
+    }
+    Ok(bytes)
+}
+
+/// Moves the attachment `name` out of the list (large images are not copied).
+fn take_attachment(
+    attachments: &mut Vec<(Attachment, Vec<u8>)>,
+    name: &str,
+) -> Option<(Attachment, Vec<u8>)> {
+    let index = attachments.iter().position(|(a, _)| a.name == name)?;
+    Some(attachments.swap_remove(index))
 }
 
 /// Decodes an attachment into an image, refusing more than `max_pixels` pixels.
@@ -170,7 +209,7 @@ fn decode_image(
     max_pixels: u64,
 ) -> Result<DynamicImage, RequestError> {
     let too_large = |w: u32, h: u32| RequestError {
-        code: "limit",
+        code: ErrorCode::Limit,
         message: format!(
             "attachment \"{}\" is {w}x{h}, more than the daemon's limit of {max_pixels} pixels",
             attachment.name
@@ -213,42 +252,147 @@ fn decode_image(
     }
 }
 
-fn generate_request(frame: &mut Frame, max_pixels: u64) -> Result<GenerateRequest, RequestError> {
-    let header = &frame.header.clone();
-    let mode_name: Option<String> = field(header, "mode")?;
-    let changes: serde_json::Map<String, serde_json::Value> =
-        field(header, "params")?.unwrap_or_default();
-    let preview = preview_settings(header)?;
-    let image = take_attachment(frame, "image")
-        .ok_or_else(|| RequestError::bad("img2img needs an \"image\" attachment"))
-        .and_then(|a| decode_image(a, max_pixels))?;
-    let mask = take_attachment(frame, "mask")
-        .map(|a| decode_image(a, max_pixels))
-        .transpose()?;
-    let sketch = take_attachment(frame, "sketch")
-        .map(|a| decode_image(a, max_pixels))
-        .transpose()?;
-    let mode = match mode_name {
-        Some(name) => Img2ImgMode::parse(&name).ok_or_else(|| {
-            RequestError::bad(format!("field \"mode\": unknown value \"{name}\""))
-        })?,
-        None => Img2ImgMode::implied(sketch.is_some(), mask.is_some()),
-    };
-    // The image's size unless the request sets one.
-    let base = GenerationRequest {
-        width: image.width(),
-        height: image.height(),
-        ..GenerationRequest::ui_defaults()
-    };
-    let params = base
-        .overlay(&changes)
-        .map_err(|e| RequestError::bad(format!("params: {e}")))?;
-    Ok(GenerateRequest {
-        mode,
-        params,
-        image,
-        mask,
-        sketch,
-        preview,
-    })
+impl Img2imgRequest {
+    /// The job: images decoded from `attachments` (each at most `max_pixels`), the mode
+    /// implied by them when the request names none, and `params` laid over A1111's UI
+    /// defaults at the image's size.
+    pub fn into_job(
+        self,
+        mut attachments: Vec<(Attachment, Vec<u8>)>,
+        max_pixels: u64,
+    ) -> Result<GenerateRequest, RequestError> {
+        let image = take_attachment(&mut attachments, "image")
+            .ok_or_else(|| RequestError::bad("img2img needs an \"image\" attachment"))
+            .and_then(|a| decode_image(a, max_pixels))?;
+        let mut optional = |name| {
+            take_attachment(&mut attachments, name)
+                .map(|a| decode_image(a, max_pixels))
+                .transpose()
+        };
+        let mask = optional("mask")?;
+        let sketch = optional("sketch")?;
+        let mode = self
+            .mode
+            .unwrap_or_else(|| Img2ImgMode::implied(sketch.is_some(), mask.is_some()));
+        // The image's size unless the request sets one.
+        let base = GenerationRequest {
+            width: image.width(),
+            height: image.height(),
+            ..GenerationRequest::ui_defaults()
+        };
+        let params = base
+            .overlay(&self.params.unwrap_or_default())
+            .map_err(|e| RequestError::bad(format!("params: {e}")))?;
+        Ok(GenerateRequest {
+            mode,
+            params,
+            image,
+            mask,
+            sketch,
+            preview: self.preview,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(header: Value) -> Result<Request, RequestError> {
+        parse_request(Frame {
+            header,
+            attachments: Vec::new(),
+        })
+        .map(|envelope| envelope.request)
+    }
+
+    #[test]
+    fn every_type_is_known_and_read_by_serde() {
+        assert_eq!(
+            Request::types(),
+            [
+                "hello",
+                "ping",
+                "list",
+                "select_model",
+                "img2img",
+                "png_info",
+                "cancel"
+            ]
+        );
+        let hello = parse(json!({"type": "hello", "id": 1, "protocol": 1, "client": null}));
+        assert!(matches!(
+            hello,
+            Ok(Request::Hello {
+                protocol: 1,
+                client: None,
+                token: None
+            })
+        ));
+        // Fields of the frame and fields a newer client adds are not the request's business.
+        assert!(matches!(
+            parse(json!({"type": "list", "id": "a", "attachments": [], "since": 3})),
+            Ok(Request::List)
+        ));
+        assert!(matches!(
+            parse(json!({"type": "cancel", "job": 12})),
+            Ok(Request::Cancel { job: 12 })
+        ));
+    }
+
+    #[test]
+    fn refusals_name_the_type_or_field() {
+        let refused = |header| parse(header).unwrap_err();
+        let error = refused(json!({"type": "teleport"}));
+        assert_eq!(error.code, ErrorCode::UnknownRequest);
+        assert!(error.message.contains("img2img"), "{error}");
+        for (header, needle) in [
+            (json!({"id": 1}), "\"type\" is missing"),
+            (json!({"type": 3}), "\"type\""),
+            (json!({"type": "hello"}), "protocol"),
+            (json!({"type": "select_model"}), "model"),
+            (json!({"type": "img2img", "mode": "outpaint"}), "\"mode\""),
+            (json!({"type": "img2img", "mode": 2}), "\"mode\""),
+            (json!({"type": "img2img", "params": [1]}), "img2img"),
+            (
+                json!({"type": "img2img", "preview": {"method": "Full", "evry": 1}}),
+                "\"preview\"",
+            ),
+            (json!({"type": "img2img", "preview": "Full"}), "\"preview\""),
+        ] {
+            let error = refused(header.clone());
+            assert_eq!(error.code, ErrorCode::BadRequest, "{header}");
+            assert!(error.message.contains(needle), "{header}: {error}");
+        }
+    }
+
+    #[test]
+    fn jobs_take_their_images_from_the_attachments() {
+        let Ok(Request::Img2img(header)) =
+            parse(json!({"type": "img2img", "params": {"steps": 3}}))
+        else {
+            panic!("an img2img request")
+        };
+        let grey = |name: &str, side: u32| {
+            let attachment = Attachment {
+                name: name.into(),
+                format: PixelFormat::Y8,
+                width: side,
+                height: side,
+                length: u64::from(side * side),
+            };
+            (attachment, vec![255; (side * side) as usize])
+        };
+        let job = header
+            .into_job(vec![grey("mask", 4), grey("image", 4)], 100)
+            .unwrap();
+        assert_eq!(job.mode, Img2ImgMode::implied(false, true));
+        assert_eq!((job.params.width, job.params.sampler.steps), (4, 3));
+        let Ok(Request::Img2img(header)) = parse(json!({"type": "img2img"})) else {
+            panic!("an img2img request")
+        };
+        let error = header.into_job(vec![grey("image", 20)], 100).unwrap_err();
+        assert_eq!(error.code, ErrorCode::Limit);
+    }
 }

@@ -1,22 +1,29 @@
 //! Listening and connections: the Unix socket (per-user folder 0700, socket 0600, one daemon
-//! per socket, stale files replaced), optional TCP with a token, and per connection a reader
-//! (requests) and a writer (events) thread. A connection that ends cancels its jobs.
+//! per socket, stale files replaced), optional TCP with a token, at most `max_connections`
+//! open at once, and per connection a reader (requests) and a writer (events) thread. A
+//! connection that ends cancels its jobs.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::net::Shutdown;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::Value;
 
 use super::config::Limits;
-use super::protocol::{read_frame, write_frame, FrameError, FrameLimits, PROTOCOL_VERSION};
-use super::queue::{CancelOutcome, ConnId, Job, JobKind, Outgoing, Scheduler};
-use super::request::{parse_request, Request, RequestError};
-use super::worker::{error_event, ModelStatus};
+use super::connection::{Connection, Stream};
+use super::event::{Capabilities, ErrorCode, Event, Listing, Outgoing};
+use super::protocol::PROTOCOL_VERSION;
+use super::queue::{CancelOutcome, ConnId, Job, JobKind, Scheduler, SubmitError};
+use super::request::{png_attachment, Request, RequestError};
+use super::worker::ModelStatus;
 use crate::pipeline::png_info::{png_text, PARAMETERS_KEY};
+use crate::request::GenerationRequest;
 
 /// Why the daemon could not start listening.
 #[derive(Debug, thiserror::Error)]
@@ -90,12 +97,13 @@ pub struct Shared {
     /// The loaded model as clients see it.
     pub status: Arc<Mutex<ModelStatus>>,
     /// Static capabilities (samplers, schedules, modes, limits) for `welcome` and `list`.
-    pub capabilities: serde_json::Value,
+    pub capabilities: Capabilities,
     /// Selectable models.
     pub models: Vec<String>,
     /// Limits.
     pub limits: Limits,
-    next_conn: AtomicU64,
+    /// The open connections.
+    pub connections: OpenConnections,
     next_job: AtomicU64,
 }
 
@@ -104,7 +112,7 @@ impl Shared {
     pub fn new(
         limits: Limits,
         status: Arc<Mutex<ModelStatus>>,
-        capabilities: serde_json::Value,
+        capabilities: Capabilities,
         models: Vec<String>,
     ) -> Self {
         Shared {
@@ -112,120 +120,241 @@ impl Shared {
             status,
             capabilities,
             models,
+            connections: OpenConnections::new(limits.max_connections),
             limits,
-            next_conn: AtomicU64::new(1),
             next_job: AtomicU64::new(1),
         }
     }
 
-    fn model_json(&self) -> serde_json::Value {
-        let status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        json!({
-            "name": status.name, "hash": status.hash, "demo": status.demo,
-            "embeddings": status.embeddings,
+    fn listing(&self) -> Box<Listing> {
+        let model = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .facts();
+        Box::new(Listing {
+            model,
+            models: self.models.clone(),
+            capabilities: self.capabilities.clone(),
         })
-    }
-
-    fn listing(&self) -> serde_json::Value {
-        let mut listing = self.capabilities.clone();
-        listing["model"] = self.model_json();
-        listing["models"] = json!(self.models);
-        listing
     }
 }
 
-/// Serves one connection until it ends. `token`: required in `hello` (TCP).
-pub fn serve_connection<S>(stream: S, shared: Arc<Shared>, token: Option<String>)
-where
-    S: Read + Write + Send + 'static + TryCloneStream,
-{
-    let conn: ConnId = shared.next_conn.fetch_add(1, Ordering::SeqCst);
-    let (sender, receiver) = crossbeam_channel::unbounded::<Outgoing>();
-    let Ok(mut write_half) = stream.try_clone_stream() else {
+/// Why a connection was turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `max_connections` are open.
+    Full,
+    /// The daemon is stopping.
+    ShuttingDown,
+}
+
+/// Closes the reading side of one connection (at shutdown).
+type Closer = Box<dyn Fn() + Send>;
+
+#[derive(Default)]
+struct OpenState {
+    open: BTreeMap<ConnId, Closer>,
+    stopped: bool,
+}
+
+/// The open connections: at most `max` at once, and at shutdown a way to end them all.
+pub struct OpenConnections {
+    state: Mutex<OpenState>,
+    /// Signalled when a connection ends.
+    ended: Condvar,
+    max: usize,
+    next: AtomicU64,
+}
+
+impl OpenConnections {
+    /// Room for `max` connections (at least one).
+    pub fn new(max: usize) -> Self {
+        OpenConnections {
+            state: Mutex::new(OpenState::default()),
+            ended: Condvar::new(),
+            max: max.max(1),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OpenState> {
+        // Every update is one map operation or one flag: a panic cannot leave it half done.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A number for a new connection, or why there is no room; `close` ends its reading side.
+    pub fn admit(&self, close: Closer) -> Result<ConnId, Refusal> {
+        let mut state = self.lock();
+        if state.stopped {
+            return Err(Refusal::ShuttingDown);
+        }
+        if state.open.len() >= self.max {
+            return Err(Refusal::Full);
+        }
+        let conn = self.next.fetch_add(1, Ordering::SeqCst);
+        state.open.insert(conn, close);
+        Ok(conn)
+    }
+
+    /// Connection `conn` ended: its place is free.
+    pub fn release(&self, conn: ConnId) {
+        self.lock().open.remove(&conn);
+        self.ended.notify_all();
+    }
+
+    /// How many are open.
+    pub fn count(&self) -> usize {
+        self.lock().open.len()
+    }
+
+    /// Turns every new connection away from now on.
+    pub fn stop_accepting(&self) {
+        self.lock().stopped = true;
+    }
+
+    /// Ends every connection's reading side: each reader sees the end, and its writer sends
+    /// what is still queued for the client before the connection closes.
+    pub fn close_all(&self) {
+        for close in self.lock().open.values() {
+            close();
+        }
+    }
+
+    /// Waits until every connection has ended or `timeout` passed; whether all ended.
+    pub fn wait_all_ended(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        while !state.open.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = self
+                .ended
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+/// Gives the connection's place back however its thread ends.
+struct Admitted<'a> {
+    connections: &'a OpenConnections,
+    conn: ConnId,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.connections.release(self.conn);
+    }
+}
+
+/// Takes a new connection: serves it on a thread of its own, or, when there is no room or
+/// the daemon is stopping, answers with one `error` and closes it. `token`: required in
+/// `hello` (TCP).
+pub fn accept<S: Stream>(stream: S, shared: &Arc<Shared>, token: Option<String>) {
+    let connection = Connection::new(stream, shared.limits.max_frame_bytes);
+    // The handle that ends the reading side at shutdown. Without one the system is out of
+    // descriptors, and the connection could not be served or answered either.
+    let Ok(closer) = connection.try_clone() else {
         return;
     };
-    let closed = Arc::new(AtomicBool::new(false));
-    let writer_closed = closed.clone();
+    let close = Box::new(move || closer.shutdown(Shutdown::Read));
+    let conn = match shared.connections.admit(close) {
+        Ok(conn) => conn,
+        Err(refusal) => return turn_away(connection, refusal, &shared.limits),
+    };
+    let shared = shared.clone();
+    std::thread::spawn(move || {
+        let _admitted = Admitted {
+            connections: &shared.connections,
+            conn,
+        };
+        serve_connection(connection, conn, &shared, token);
+    });
+}
+
+/// Tells a connection why it is not served, and closes it.
+fn turn_away<S: Stream>(mut connection: Connection<S>, refusal: Refusal, limits: &Limits) {
+    let (code, message) = match refusal {
+        Refusal::ShuttingDown => (
+            ErrorCode::ShuttingDown,
+            "the daemon is shutting down".into(),
+        ),
+        Refusal::Full => (
+            ErrorCode::Limit,
+            format!(
+                "the daemon serves at most {} connections at once; close another or try again \
+                 later",
+                limits.max_connections
+            ),
+        ),
+    };
+    // A client that does not read must not hold up the accepting thread.
+    connection.set_write_timeout(Some(Duration::from_secs(1)));
+    let _ = connection.write_event(&Event::error(&Value::Null, None, code, message), &[]);
+    connection.shutdown(Shutdown::Both);
+}
+
+/// Serves one admitted connection until it ends.
+fn serve_connection<S: Stream>(
+    mut connection: Connection<S>,
+    conn: ConnId,
+    shared: &Shared,
+    token: Option<String>,
+) {
+    let (sender, receiver) = crossbeam_channel::unbounded::<Outgoing>();
+    let Ok(mut write_half) = connection.try_clone() else {
+        return;
+    };
     let writer = std::thread::spawn(move || {
-        for frame in receiver {
-            if write_frame(&mut write_half, &frame.header, &frame.attachments).is_err() {
-                writer_closed.store(true, Ordering::SeqCst);
+        for outgoing in receiver {
+            if write_half
+                .write_event(&outgoing.event, &outgoing.attachments)
+                .is_err()
+            {
                 break;
             }
         }
-        write_half.shutdown_stream();
+        write_half.shutdown(Shutdown::Both);
     });
-    read_requests(stream, conn, &shared, token, &sender);
+    read_requests(&mut connection, conn, shared, token, &sender);
     // The connection ended (or framing was lost): its jobs stop.
     shared.queue.drop_connection(conn);
     drop(sender);
     let _ = writer.join();
 }
 
-/// Streams that can be split into a reader and a writer and shut down.
-pub trait TryCloneStream: Sized {
-    /// A second handle to the same connection.
-    fn try_clone_stream(&self) -> std::io::Result<Self>;
-    /// Closes both directions.
-    fn shutdown_stream(&self);
-}
-
-impl TryCloneStream for UnixStream {
-    fn try_clone_stream(&self) -> std::io::Result<Self> {
-        self.try_clone()
-    }
-    fn shutdown_stream(&self) {
-        let _ = self.shutdown(std::net::Shutdown::Both);
-    }
-}
-
-impl TryCloneStream for std::net::TcpStream {
-    fn try_clone_stream(&self) -> std::io::Result<Self> {
-        self.try_clone()
-    }
-    fn shutdown_stream(&self) {
-        let _ = self.shutdown(std::net::Shutdown::Both);
-    }
-}
-
-fn read_requests<S: Read>(
-    mut stream: S,
+fn read_requests<S: Stream>(
+    connection: &mut Connection<S>,
     conn: ConnId,
     shared: &Shared,
     token: Option<String>,
     events: &crossbeam_channel::Sender<Outgoing>,
 ) {
-    let limits = FrameLimits {
-        max_payload: shared.limits.max_frame_bytes,
+    let send = |event: Event| {
+        let _ = events.send(event.into());
     };
-    let send = |event: Outgoing| {
-        let _ = events.send(event);
-    };
-    let null = serde_json::Value::Null;
     let mut greeted = false;
     loop {
-        let frame = match read_frame(&mut stream, limits) {
-            Ok(frame) => frame,
-            Err(FrameError::Closed | FrameError::Io(_)) => return,
-            Err(FrameError::FramingLost(message)) => {
-                send(error_event(&null, None, "framing", &message));
-                return;
-            }
-            Err(FrameError::Invalid(message)) => {
-                send(error_event(&null, None, "bad_frame", &message));
-                continue;
-            }
-        };
-        let request_id = frame.header.get("id").cloned().unwrap_or_default();
-        let envelope = match parse_request(frame, shared.limits.max_pixels) {
-            Ok(envelope) => envelope,
-            Err(RequestError { code, message }) => {
-                let id = request_id;
-                send(error_event(&id, None, code, &message));
+        let envelope = match connection.read_request() {
+            Ok(Some(envelope)) => envelope,
+            Ok(None) => return,
+            Err(error) => {
+                if let Some(event) = error.event() {
+                    send(event);
+                }
+                if error.ends_connection() {
+                    return;
+                }
                 continue;
             }
         };
         let id = envelope.id;
+        let refuse = |code, message: &str| send(Event::error(&id, None, code, message));
         match envelope.request {
             Request::Hello {
                 protocol,
@@ -233,97 +362,106 @@ fn read_requests<S: Read>(
                 token: given,
             } => {
                 if protocol != PROTOCOL_VERSION {
-                    send(error_event(&id, None, "protocol_version", &format!(
+                    refuse(ErrorCode::ProtocolVersion, &format!(
                         "this daemon speaks protocol {PROTOCOL_VERSION}, the client {protocol}; update the older side"
-                    )));
-                    return;
-                }
-                if token.is_some() && given != token {
-                    send(error_event(
-                        &id,
-                        None,
-                        "unauthorized",
-                        "wrong or missing token (see the token file named in the daemon's log)",
                     ));
                     return;
                 }
+                if token.is_some() && given != token {
+                    refuse(
+                        ErrorCode::Unauthorized,
+                        "wrong or missing token (see the token file named in the daemon's log)",
+                    );
+                    return;
+                }
                 greeted = true;
-                let mut welcome = shared.listing();
-                welcome["type"] = json!("welcome");
-                welcome["id"] = id;
-                welcome["protocol"] = json!(PROTOCOL_VERSION);
-                welcome["daemon"] = json!(format!("sdhost {}", env!("CARGO_PKG_VERSION")));
-                send(Outgoing::event(welcome));
+                send(Event::Welcome {
+                    id,
+                    protocol: PROTOCOL_VERSION,
+                    daemon: format!("sdhost {}", env!("CARGO_PKG_VERSION")),
+                    listing: shared.listing(),
+                });
             }
-            _ if !greeted => {
-                send(error_event(
-                    &id,
-                    None,
-                    "hello_required",
-                    "the first request must be hello",
-                ));
-            }
-            Request::Ping => send(Outgoing::event(json!({"type": "pong", "id": id}))),
-            Request::List => {
-                let mut listing = shared.listing();
-                listing["type"] = json!("list");
-                listing["id"] = id;
-                send(Outgoing::event(listing));
-            }
+            _ if !greeted => refuse(ErrorCode::HelloRequired, "the first request must be hello"),
+            Request::Ping => send(Event::Pong { id }),
+            Request::List => send(Event::List {
+                id,
+                listing: shared.listing(),
+            }),
             Request::Cancel { job } => match shared.queue.cancel(conn, job) {
-                CancelOutcome::Dequeued(job) => send(Outgoing::event(json!({
-                    "type": "cancelled", "id": job.request_id, "job": job.id, "images": 0,
-                }))),
+                CancelOutcome::Dequeued(job) => send(Event::Cancelled {
+                    id: job.request_id,
+                    job: job.id,
+                    images: 0,
+                }),
                 // The worker reports "cancelled" when it stops.
                 CancelOutcome::Flagged => {}
-                CancelOutcome::Unknown => send(error_event(
+                CancelOutcome::Unknown => send(Event::error(
                     &id,
                     Some(job),
-                    "unknown_job",
+                    ErrorCode::UnknownJob,
                     "no such job of this connection",
                 )),
             },
-            Request::PngInfo { png } => send(png_info(&id, &png)),
+            Request::PngInfo => {
+                let mut attachments = envelope.attachments;
+                match png_attachment(&mut attachments) {
+                    Ok(png) => send(png_info(&id, &png)),
+                    Err(error) => refuse(error.code, &error.message),
+                }
+            }
             Request::SelectModel { model } => {
                 submit(shared, conn, id, JobKind::SelectModel(model), events)
             }
-            Request::Generate(request) => {
-                let params = &request.params;
-                let limits = &shared.limits;
-                let pixels = u64::from(params.width) * u64::from(params.height);
-                let images = params.n_iter.saturating_mul(params.batch_size);
-                let prompt = params.prompt.chars().count() + params.negative_prompt.chars().count();
-                let refused = if pixels > limits.max_pixels {
-                    Some(format!(
-                        "{}x{} is more than the limit of {} pixels",
-                        params.width, params.height, limits.max_pixels
-                    ))
-                } else if images > limits.max_images {
-                    Some(format!(
-                        "{images} images is more than the limit of {}",
-                        limits.max_images
-                    ))
-                } else if prompt > limits.max_prompt_chars {
-                    Some(format!(
-                        "prompts of {prompt} characters are more than the limit of {}",
-                        limits.max_prompt_chars
-                    ))
-                } else {
-                    None
-                };
-                match refused {
-                    Some(message) => send(error_event(&id, None, "limit", &message)),
-                    None => submit(shared, conn, id, JobKind::Generate(request), events),
+            Request::Img2img(header) => {
+                let job = header
+                    .into_job(envelope.attachments, shared.limits.max_pixels)
+                    .and_then(|job| {
+                        check_limits(&job.params, &shared.limits)?;
+                        Ok(job)
+                    });
+                match job {
+                    Ok(job) => submit(shared, conn, id, JobKind::Generate(Box::new(job)), events),
+                    Err(error) => refuse(error.code, &error.message),
                 }
             }
         }
     }
 }
 
+/// Refuses jobs larger than the daemon allows (`limit`).
+fn check_limits(params: &GenerationRequest, limits: &Limits) -> Result<(), RequestError> {
+    let pixels = u64::from(params.width) * u64::from(params.height);
+    let images = params.n_iter.saturating_mul(params.batch_size);
+    let prompt = params.prompt.chars().count() + params.negative_prompt.chars().count();
+    let refused = if pixels > limits.max_pixels {
+        format!(
+            "{}x{} is more than the limit of {} pixels",
+            params.width, params.height, limits.max_pixels
+        )
+    } else if images > limits.max_images {
+        format!(
+            "{images} images is more than the limit of {}",
+            limits.max_images
+        )
+    } else if prompt > limits.max_prompt_chars {
+        format!(
+            "prompts of {prompt} characters are more than the limit of {}",
+            limits.max_prompt_chars
+        )
+    } else {
+        return Ok(());
+    };
+    Err(RequestError {
+        code: ErrorCode::Limit,
+        message: refused,
+    })
+}
+
 fn submit(
     shared: &Shared,
     conn: ConnId,
-    request_id: serde_json::Value,
+    request_id: Value,
     kind: JobKind,
     events: &crossbeam_channel::Sender<Outgoing>,
 ) {
@@ -336,36 +474,76 @@ fn submit(
         events: events.clone(),
     };
     let announce = |job: &Job, ahead: usize| {
-        let _ = events.send(Outgoing::event(json!({
-            "type": "queued", "id": job.request_id, "job": job.id, "position": ahead,
-        })));
+        let queued = Event::Queued {
+            id: job.request_id.clone(),
+            job: job.id,
+            position: ahead,
+        };
+        let _ = events.send(queued.into());
     };
-    if shared.queue.submit(job, announce).is_err() {
-        let _ = events.send(error_event(
-            &request_id,
-            None,
-            "queue_full",
-            "the daemon's queue is full; try again when a job has finished",
-        ));
+    if let Err(error) = shared.queue.submit(job, announce) {
+        let code = match error {
+            SubmitError::Full => ErrorCode::QueueFull,
+            SubmitError::ShuttingDown => ErrorCode::ShuttingDown,
+        };
+        let _ = events.send(Event::error(&request_id, None, code, error.to_string()).into());
     }
 }
 
-fn png_info(id: &serde_json::Value, png: &[u8]) -> Outgoing {
+fn png_info(id: &Value, png: &[u8]) -> Event {
     match png_text(png, PARAMETERS_KEY) {
         Ok(text) => {
             let parsed = text.as_deref().map(crate::infotext::Infotext::parse);
-            Outgoing::event(json!({
-                "type": "png_info", "id": id, "infotext": text,
-                "prompt": parsed.as_ref().map(|p| p.prompt.clone()),
-                "negative_prompt": parsed.as_ref().map(|p| p.negative_prompt.clone()),
-                "parameters": parsed.map(|p| p.params.into_iter().map(|(k, v)| (k, json!(v))).collect::<serde_json::Map<_, _>>()),
-            }))
+            Event::PngInfo {
+                id: id.clone(),
+                prompt: parsed.as_ref().map(|p| p.prompt.clone()),
+                negative_prompt: parsed.as_ref().map(|p| p.negative_prompt.clone()),
+                parameters: parsed.map(|p| p.params.into_iter().collect()),
+                infotext: text,
+            }
         }
-        Err(message) => error_event(
+        Err(message) => Event::error(
             id,
             None,
-            "bad_request",
-            &format!("not a readable PNG: {message}"),
+            ErrorCode::BadRequest,
+            format!("not a readable PNG: {message}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn the_cap_frees_places_and_shutdown_closes_everyone() {
+        let connections = OpenConnections::new(2);
+        let closed = Arc::new(AtomicUsize::new(0));
+        let closer = || {
+            let closed = closed.clone();
+            Box::new(move || {
+                closed.fetch_add(1, Ordering::SeqCst);
+            }) as Closer
+        };
+        let first = connections.admit(closer()).unwrap();
+        let second = connections.admit(closer()).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(connections.admit(closer()), Err(Refusal::Full));
+        connections.release(first);
+        let third = connections.admit(closer()).unwrap();
+        connections.stop_accepting();
+        assert_eq!(connections.admit(closer()), Err(Refusal::ShuttingDown));
+        connections.close_all();
+        assert_eq!(
+            closed.load(Ordering::SeqCst),
+            2,
+            "both open ones were closed"
+        );
+        assert!(!connections.wait_all_ended(Duration::from_millis(10)));
+        connections.release(second);
+        connections.release(third);
+        assert!(connections.wait_all_ended(Duration::ZERO));
+        assert_eq!(connections.count(), 0);
     }
 }

@@ -7,11 +7,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use sdhost_plugin_api::Flow;
-use serde_json::json;
 use tch::{Device, Kind};
 
+use super::event::{
+    DoneOutcome, ErrorCode, Event, ModelFacts, Outgoing, Placement, PreviewFacts, ProgressDetail,
+};
 use super::protocol::{Attachment, PixelFormat};
-use super::queue::{Job, JobKind, Outgoing, Scheduler};
+use super::queue::{Job, JobKind, Scheduler};
 use super::request::GenerateRequest;
 use super::ModelCatalog;
 use crate::pipeline::img2img::{run_img2img, GeneratedImage, JobError, JobEvent};
@@ -54,34 +56,37 @@ pub struct Worker {
     pub status: Arc<Mutex<ModelStatus>>,
 }
 
-/// An `error` event for a job.
-pub fn error_event(
-    request_id: &serde_json::Value,
-    job: Option<u64>,
-    code: &str,
-    message: &str,
-) -> Outgoing {
-    let mut header = json!({"type": "error", "id": request_id, "code": code, "message": message});
-    if let Some(job) = job {
-        header["job"] = json!(job);
+impl ModelStatus {
+    /// What `welcome` and `list` say of it.
+    pub fn facts(&self) -> ModelFacts {
+        ModelFacts {
+            name: self.name.clone(),
+            hash: self.hash.clone(),
+            demo: self.demo,
+            embeddings: self.embeddings.clone(),
+        }
     }
-    Outgoing::event(header)
 }
 
 /// The error code of a failed job.
-fn error_code(error: &JobError) -> &'static str {
+fn error_code(error: &JobError) -> ErrorCode {
     match error {
         JobError::InvalidParams(_) | JobError::Plan(_) | JobError::Unsupported(_) => {
-            "invalid_params"
+            ErrorCode::InvalidParams
         }
-        JobError::Mask(_) => "bad_mask",
-        JobError::Sampling(SamplingError::OutOfMemory { .. }) => "out_of_memory",
+        JobError::Mask(_) => ErrorCode::BadMask,
+        JobError::Sampling(SamplingError::OutOfMemory { .. }) => ErrorCode::OutOfMemory,
         JobError::Torch { message, .. } if message.to_lowercase().contains("out of memory") => {
-            "out_of_memory"
+            ErrorCode::OutOfMemory
         }
-        JobError::Sampling(_) => "sampler_failed",
-        JobError::Rng(_) | JobError::Torch { .. } => "internal",
+        JobError::Sampling(_) => ErrorCode::SamplerFailed,
+        JobError::Rng(_) | JobError::Torch { .. } => ErrorCode::Internal,
     }
+}
+
+/// The `error` event of job `job` failing with `code`.
+fn job_error(job: &Job, code: ErrorCode, message: impl Into<String>) -> Outgoing {
+    Event::error(&job.request_id, Some(job.id), code, message).into()
 }
 
 fn rgba_attachment(name: &str, image: &image::RgbaImage) -> (Attachment, Vec<u8>) {
@@ -107,13 +112,14 @@ fn step_event(
     (batch, step, steps_per_batch): (usize, usize, usize),
     denoised: &tch::Tensor,
 ) -> Outgoing {
-    let header = json!({
-        "type": "progress", "id": job.request_id, "job": job.id,
-        "step": batch * steps_per_batch + step, "batch": batch,
-    });
-    let mut event = Outgoing::event(header);
+    let progress = |preview| Event::Progress {
+        id: job.request_id.clone(),
+        job: job.id,
+        step: batch * steps_per_batch + step,
+        detail: ProgressDetail::Step { batch, preview },
+    };
     let Some(settings) = request.preview.filter(|s| s.due(step)) else {
-        return event;
+        return progress(None).into();
     };
     match preview_image(
         settings.method,
@@ -125,31 +131,39 @@ fn step_event(
     ) {
         Ok(image) => {
             let rgba = image::DynamicImage::ImageRgb8(image).to_rgba8();
-            event.header["preview"] = json!({
-                "width": rgba.width(), "height": rgba.height(),
-                "index": batch * request.params.batch_size,
-            });
-            event.attachments.push(rgba_attachment("preview", &rgba));
+            let facts = PreviewFacts {
+                width: rgba.width(),
+                height: rgba.height(),
+                index: batch * request.params.batch_size,
+            };
+            Outgoing {
+                event: progress(Some(facts)),
+                attachments: vec![rgba_attachment("preview", &rgba)],
+            }
         }
-        Err(error) => eprintln!("sdhost: job {}: no preview at step {step}: {error}", job.id),
+        Err(error) => {
+            eprintln!("sdhost: job {}: no preview at step {step}: {error}", job.id);
+            progress(None).into()
+        }
     }
-    event
 }
 
 /// The `result` event of one finished image: the image, and the patch when inpainting.
 fn result_event(job: &Job, image: &GeneratedImage) -> Outgoing {
     let rgba = image::DynamicImage::ImageRgb8(image.image.clone()).to_rgba8();
     let mut attachments = vec![rgba_attachment("image", &rgba)];
-    let mut header = json!({
-        "type": "result", "id": job.request_id, "job": job.id, "index": image.index,
-        "seed": image.seed, "infotext": image.infotext.to_text(),
-    });
     if let Some(patch) = &image.patch {
-        header["patch"] = json!({"x": patch.x, "y": patch.y});
         attachments.push(rgba_attachment("patch", &patch.image));
     }
     Outgoing {
-        header,
+        event: Event::Result {
+            id: job.request_id.clone(),
+            job: job.id,
+            index: image.index,
+            seed: image.seed,
+            infotext: image.infotext.to_text(),
+            patch: image.patch.as_ref().map(|p| Placement { x: p.x, y: p.y }),
+        },
         attachments,
     }
 }
@@ -159,51 +173,50 @@ impl Worker {
     pub fn run(mut self, queue: &Scheduler) {
         while let Some(job) = queue.next() {
             // Whatever a job hits, the worker (and with it the daemon) must go on.
-            let outcome = catch_unwind(AssertUnwindSafe(|| self.serve(&job)));
+            let outcome = catch_unwind(AssertUnwindSafe(|| self.serve(&job, queue)));
             if let Err(payload) = outcome {
                 let message = crate::error::panic_message(&*payload);
-                Self::send(
-                    &job,
-                    error_event(&job.request_id, Some(job.id), "internal", &message),
-                );
+                Self::send(&job, job_error(&job, ErrorCode::Internal, message));
             }
             queue.finished();
         }
     }
 
-    fn send(job: &Job, event: Outgoing) {
+    fn send(job: &Job, event: impl Into<Outgoing>) {
         // A closed connection already cancelled the job; nothing to tell it.
-        let _ = job.events.send(event);
+        let _ = job.events.send(event.into());
     }
 
-    fn serve(&mut self, job: &Job) {
-        let started = json!({"type": "started", "id": job.request_id, "job": job.id});
+    fn serve(&mut self, job: &Job, queue: &Scheduler) {
+        let (id, job_id) = (job.request_id.clone(), job.id);
         if job.cancel.load(Ordering::SeqCst) {
-            Self::send(
-                job,
-                Outgoing::event(json!({"type": "cancelled", "id": job.request_id, "job": job.id})),
-            );
+            let stopped = if queue.is_shut_down() {
+                let message = "the daemon is shutting down; the job did not start";
+                job_error(job, ErrorCode::ShuttingDown, message)
+            } else {
+                let images = 0;
+                Event::Cancelled {
+                    id,
+                    job: job_id,
+                    images,
+                }
+                .into()
+            };
+            Self::send(job, stopped);
             return;
         }
-        Self::send(job, Outgoing::event(started));
+        Self::send(job, Event::Started { id, job: job_id });
         match &job.kind {
             JobKind::SelectModel(name) => self.select_model(job, name),
-            JobKind::Generate(request) => self.generate(job, request),
+            JobKind::Generate(request) => self.generate(job, request, queue),
         }
     }
 
     fn select_model(&mut self, job: &Job, name: &str) {
         let Some(path) = self.catalog.find(name).map(PathBuf::from) else {
             let known = self.catalog.names().join(", ");
-            Self::send(
-                job,
-                error_event(
-                    &job.request_id,
-                    Some(job.id),
-                    "unknown_model",
-                    &format!("no model \"{name}\" (known: {known})"),
-                ),
-            );
+            let message = format!("no model \"{name}\" (known: {known})");
+            Self::send(job, job_error(job, ErrorCode::UnknownModel, message));
             return;
         };
         match GenerationModel::load(
@@ -222,27 +235,24 @@ impl Worker {
                     embeddings: self.model.embeddings.names(),
                 };
                 *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
-                Self::send(
-                    job,
-                    Outgoing::event(json!({
-                        "type": "done", "id": job.request_id, "job": job.id,
-                        "model": self.model.name, "hash": self.model.hash,
-                    })),
-                );
+                let done = Event::Done {
+                    id: job.request_id.clone(),
+                    job: job.id,
+                    outcome: DoneOutcome::Model {
+                        model: self.model.name.clone(),
+                        hash: self.model.hash.clone(),
+                    },
+                };
+                Self::send(job, done);
             }
             Err(error) => Self::send(
                 job,
-                error_event(
-                    &job.request_id,
-                    Some(job.id),
-                    "model_load_failed",
-                    &error.to_string(),
-                ),
+                job_error(job, ErrorCode::ModelLoadFailed, error.to_string()),
             ),
         }
     }
 
-    fn generate(&mut self, job: &Job, request: &GenerateRequest) {
+    fn generate(&mut self, job: &Job, request: &GenerateRequest, queue: &Scheduler) {
         let prepared = request.mode.prepare(&ModeInputs {
             image: &request.image,
             sketch: request.sketch.as_ref(),
@@ -256,12 +266,7 @@ impl Worker {
             Err(error) => {
                 Self::send(
                     job,
-                    error_event(
-                        &job.request_id,
-                        Some(job.id),
-                        "bad_request",
-                        &error.to_string(),
-                    ),
+                    job_error(job, ErrorCode::BadRequest, error.to_string()),
                 );
                 return;
             }
@@ -283,13 +288,16 @@ impl Worker {
                         steps_per_batch: steps,
                     } => {
                         steps_per_batch = steps;
-                        Self::send(
-                            job,
-                            Outgoing::event(json!({
-                                "type": "progress", "id": job.request_id, "job": job.id,
-                                "step": 0, "total": steps * batches, "images": images,
-                            })),
-                        );
+                        let planned = Event::Progress {
+                            id: job.request_id.clone(),
+                            job: job.id,
+                            step: 0,
+                            detail: ProgressDetail::Planned {
+                                total: steps * batches,
+                                images,
+                            },
+                        };
+                        Self::send(job, planned);
                     }
                     JobEvent::Step {
                         batch,
@@ -314,21 +322,32 @@ impl Worker {
                 }
             },
         );
+        let (id, job_id) = (job.request_id.clone(), job.id);
         let event = match outcome {
-            Ok(outcome) if outcome.cancelled => Outgoing::event(json!({
-                "type": "cancelled", "id": job.request_id, "job": job.id,
-                "images": outcome.images.len(),
-            })),
-            Ok(outcome) => Outgoing::event(json!({
-                "type": "done", "id": job.request_id, "job": job.id,
-                "images": outcome.images.len(),
-            })),
-            Err(error) => error_event(
-                &job.request_id,
-                Some(job.id),
-                error_code(&error),
-                &error.to_string(),
+            // Stopped by the daemon, not by its client: say so, so that an editor reports
+            // why its picture did not come.
+            Ok(outcome) if outcome.cancelled && queue.is_shut_down() => Event::error(
+                &id,
+                Some(job_id),
+                ErrorCode::ShuttingDown,
+                format!(
+                    "the daemon is shutting down; the job stopped after {} of its images",
+                    outcome.images.len()
+                ),
             ),
+            Ok(outcome) if outcome.cancelled => Event::Cancelled {
+                id,
+                job: job_id,
+                images: outcome.images.len(),
+            },
+            Ok(outcome) => Event::Done {
+                id,
+                job: job_id,
+                outcome: DoneOutcome::Images {
+                    images: outcome.images.len(),
+                },
+            },
+            Err(error) => Event::error(&id, Some(job_id), error_code(&error), error.to_string()),
         };
         Self::send(job, event);
     }
