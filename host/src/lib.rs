@@ -11,7 +11,7 @@
 //! that editors send over a socket. The modules follow the data path:
 //!
 //! * Load. [`checkpoint`] reads A1111's single-file `.safetensors` (a
-//!   [`checkpoint::Checkpoint`], its [`checkpoint::Architecture`] inferred from tensor shapes,
+//!   [`checkpoint::Checkpoint`], its [`models::Architecture`] inferred from tensor shapes,
 //!   its model hash); [`weights`] hands its tensors by key name ([`weights::VarBuilder`]) to the
 //!   networks in [`models`] ([`models::StableDiffusion`]: CLIP text encoder, UNet, autoencoder);
 //!   [`pickle`] reads `torch.save` files for textual-inversion embeddings; [`tiny_model`] writes

@@ -3,56 +3,29 @@
 //! encoded once, then `n_iter` batches of `batch_size` images are sampled, each image from
 //! its own seed, decoded and given its infotext.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
 use image::{GrayImage, RgbImage};
 use sdhost_plugin_api::{Flow, ScheduleInput};
 use tch::{Device, Kind, Tensor};
 
 use super::decode::decode_latents;
+use super::error::guarded;
 use super::init::JobInit;
 use super::model::GenerationModel;
 use crate::device::release_freed_memory;
 use crate::infotext::Infotext;
-use crate::prepare::inpaint::{MaskError, MaskedContent, Patch};
+use crate::prepare::inpaint::{MaskedContent, Patch};
 use crate::prompt::conditioning::{CondPart, Conditioner, ScheduledCond};
 use crate::prompt::embeddings::ti_hashes;
-use crate::request::{GenerationRequest, ImageFacts, InvalidRequest, RngChoice};
-use crate::rng::{fixed_seed, random_seed, ImageRng, RngError, RngSource, SeedList, Variation};
+use crate::request::{GenerationRequest, ImageFacts, RngChoice};
+use crate::rng::{fixed_seed, random_seed, ImageRng, RngSource, SeedList, Variation};
 use crate::sampling::brownian::{BrownianError, BrownianTreeNoise};
 use crate::sampling::denoiser::{CfgDenoiser, Guidance, LatentMask, Prediction};
 use crate::sampling::noise::JobNoise;
-use crate::sampling::plan::{PlanError, SamplingPlan};
+use crate::sampling::plan::SamplingPlan;
 use crate::sampling::plugins::{SamplerRegistry, SamplingError};
 
-/// Why a job could not run (nothing of it is kept except the images already reported).
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    /// A parameter out of range.
-    #[error(transparent)]
-    InvalidParams(#[from] InvalidRequest),
-    /// Settings that cannot work together on this model or device.
-    #[error("{0}")]
-    Unsupported(String),
-    /// Sampler or schedule settings that cannot be sampled.
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    /// The noise source failed (for example the GPU RNG without CUDA).
-    #[error("noise: {0}")]
-    Rng(#[from] RngError),
-    /// The sampler failed.
-    #[error(transparent)]
-    Sampling(SamplingError),
-    /// The mask cannot be used.
-    #[error("mask: {0}")]
-    Mask(#[from] MaskError),
-    /// A libtorch operation outside sampling failed (out of memory, device error).
-    #[error("{stage}: {message}")]
-    Torch {
-        stage: &'static str,
-        message: String,
-    },
-}
+// What a job returns on failure, re-exported so callers find it beside `run_img2img`.
+pub use super::error::JobError;
 
 /// Progress reported while a job runs.
 pub enum JobEvent<'a> {
@@ -94,15 +67,6 @@ pub struct JobOutcome {
     pub images: Vec<GeneratedImage>,
     /// Whether the observer stopped it before the end.
     pub cancelled: bool,
-}
-
-/// Runs `f`, turning a libtorch panic into a [`JobError::Torch`] (the daemon must survive
-/// out-of-memory and device errors).
-pub(crate) fn guarded<T>(stage: &'static str, f: impl FnOnce() -> T) -> Result<T, JobError> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| JobError::Torch {
-        stage,
-        message: crate::error::panic_message(&*payload),
-    })
 }
 
 /// The source of per-image noise for a model on `device`.

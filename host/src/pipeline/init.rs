@@ -6,7 +6,7 @@ use image::{GrayImage, RgbImage};
 use tch::{Device, Kind, Tensor};
 
 use super::encode::{resize_latent, InitEncoding, InitLatent};
-use super::img2img::{guarded, JobError};
+use super::error::{guarded, JobError};
 use super::mask_latents::{conditioning_mask, latent_mask, InpaintingConditioning};
 use super::model::GenerationModel;
 use crate::prepare::color_correction::ColorCorrection;
