@@ -3,9 +3,9 @@
 
 use crate::checkpoint::{infer_architecture, Checkpoint};
 use crate::prompt::chunks::tokenize_line;
+use crate::prompt::editing::{prompt_schedule, split_and};
 use crate::prompt::embeddings::{ti_hashes, EmbeddingDatabase};
 use crate::prompt::emphasis::parse_prompt_attention;
-use crate::prompt::schedule::{prompt_schedule, split_and};
 use crate::prompt::tokenizer::ClipTokenizer;
 use std::path::PathBuf;
 
