@@ -1,4 +1,5 @@
-//! Typed errors for loading checkpoints and building networks from them.
+//! Typed errors for loading checkpoints and building networks from them, and how the host
+//! reads the failures libtorch reports (panic messages, out of memory).
 
 use std::path::PathBuf;
 
@@ -49,6 +50,28 @@ pub enum LoadError {
 /// Result type for loading.
 pub type Result<T, E = LoadError> = std::result::Result<T, E>;
 
+/// What kind of failure libtorch reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TorchFailure {
+    /// An allocation failed on the device or in the CPU allocator: a smaller size, batch or
+    /// tiling may work, so users get their own error code for it.
+    OutOfMemory,
+    /// Any other libtorch error (device error, unsupported operation, …).
+    Other,
+}
+
+/// Classifies a libtorch error message, from a `TchError` or a caught tch panic. This is the
+/// one place that reads libtorch's wording: CUDA's `c10::OutOfMemoryError` ("CUDA out of
+/// memory. Tried to allocate …"), MPS ("MPS backend out of memory") and the CPU allocator
+/// ("DefaultCPUAllocator: can't allocate memory: …").
+pub fn torch_failure(message: &str) -> TorchFailure {
+    if message.to_lowercase().contains("out of memory") || message.contains("DefaultCPUAllocator") {
+        TorchFailure::OutOfMemory
+    } else {
+        TorchFailure::Other
+    }
+}
+
 /// The message of a caught panic (tch reports libtorch errors, out-of-memory included, as
 /// panics carrying the error text).
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -57,4 +80,65 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .cloned()
         .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "unknown error".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::panic::catch_unwind;
+    use tch::{Device, Kind, Tensor};
+
+    /// 2⁵⁴ floats, 64 PiB: more than any address space holds, so the CPU allocator refuses.
+    const TOO_MANY: i64 = 1 << 54;
+
+    #[test]
+    fn libtorch_running_out_of_memory_is_out_of_memory() {
+        let error = Tensor::f_empty([TOO_MANY], (Kind::Float, Device::Cpu)).unwrap_err();
+        assert_eq!(
+            torch_failure(&error.to_string()),
+            TorchFailure::OutOfMemory,
+            "{error}"
+        );
+        // tch's infallible operations panic with the same text.
+        let payload =
+            catch_unwind(|| Tensor::empty([TOO_MANY], (Kind::Float, Device::Cpu))).unwrap_err();
+        assert_eq!(
+            torch_failure(&panic_message(&*payload)),
+            TorchFailure::OutOfMemory
+        );
+    }
+
+    #[test]
+    fn other_libtorch_errors_are_not() {
+        let (a, b) = (
+            Tensor::ones([2, 3], (Kind::Float, Device::Cpu)),
+            Tensor::ones([2, 3], (Kind::Float, Device::Cpu)),
+        );
+        let error = a.f_matmul(&b).unwrap_err();
+        assert_eq!(
+            torch_failure(&error.to_string()),
+            TorchFailure::Other,
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn each_backends_wording_is_recognised() {
+        for message in [
+            "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 7.79 GiB total capacity)",
+            "MPS backend out of memory (MPS allocated: 17.00 GB)",
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: \
+             you tried to allocate 1099511627776 bytes.",
+        ] {
+            assert_eq!(
+                torch_failure(message),
+                TorchFailure::OutOfMemory,
+                "{message}"
+            );
+        }
+        assert_eq!(
+            torch_failure("device-side assert triggered"),
+            TorchFailure::Other
+        );
+    }
 }

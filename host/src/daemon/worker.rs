@@ -19,7 +19,7 @@ use crate::pipeline::model::GenerationModel;
 use crate::pipeline::preview::preview_image;
 use crate::prepare::init_image::DEFAULT_BACKGROUND;
 use crate::prepare::modes::ModeInputs;
-use crate::sampling::plugins::{SamplerRegistry, SamplingError};
+use crate::sampling::plugins::SamplerRegistry;
 
 /// What clients see of the loaded model (kept current by the worker).
 #[derive(Debug, Clone, Default)]
@@ -75,10 +75,7 @@ fn error_code(error: &JobError) -> &'static str {
             "invalid_params"
         }
         JobError::Mask(_) => "bad_mask",
-        JobError::Sampling(SamplingError::OutOfMemory { .. }) => "out_of_memory",
-        JobError::Torch { message, .. } if message.to_lowercase().contains("out of memory") => {
-            "out_of_memory"
-        }
+        JobError::OutOfMemory { .. } => "out_of_memory",
         JobError::Sampling(_) => "sampler_failed",
         JobError::Rng(_) | JobError::Torch { .. } => "internal",
     }

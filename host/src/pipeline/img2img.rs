@@ -356,11 +356,8 @@ impl<'a> Img2ImgJob<'a> {
                 sigma_max,
             )
             .map_err(|error| match error {
-                BrownianError::Rng(error) => JobError::Rng(error),
-                BrownianError::Torch(error) => JobError::Torch {
-                    stage: "Brownian tree",
-                    message: error.to_string(),
-                },
+                BrownianError::Rng(error) => JobError::from(error),
+                BrownianError::Torch(error) => JobError::torch("Brownian tree", error.to_string()),
                 other => JobError::Unsupported(other.to_string()),
             })?;
             job_noise = job_noise.with_brownian(Box::new(tree));
@@ -413,7 +410,7 @@ impl<'a> Img2ImgJob<'a> {
         let samples = match sampled {
             Ok(samples) => samples,
             Err(SamplingError::Cancelled) => return Ok(None),
-            Err(error) => return Err(JobError::Sampling(error)),
+            Err(error) => return Err(JobError::from(error)),
         };
         // The kept area is exactly the init latent again.
         let samples = match &init.latent_mask {

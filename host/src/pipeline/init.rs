@@ -155,12 +155,8 @@ impl JobInit {
             .latent(take(&mut generator))?
             .to_kind(Kind::Float);
         if self.resize_mode == ResizeMode::LatentUpscale {
-            init = resize_latent(&init, self.latent_size.0, self.latent_size.1).map_err(|e| {
-                JobError::Torch {
-                    stage: "latent upscale",
-                    message: e.to_string(),
-                }
-            })?;
+            init = resize_latent(&init, self.latent_size.0, self.latent_size.1)
+                .map_err(|e| JobError::torch("latent upscale", e.to_string()))?;
         }
         let conditioning = match &self.conditioning {
             None => None,
