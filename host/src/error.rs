@@ -1,54 +1,9 @@
-//! Typed errors for loading checkpoints and building networks from them, and how the host
-//! reads the failures libtorch reports (panic messages, out of memory).
-
-use std::path::PathBuf;
-
-/// Everything that can go wrong between a file on disk and a built network.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    /// The file could not be opened or mapped.
-    #[error("{path}: cannot read: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// The file is empty.
-    #[error("{path}: the file is empty")]
-    Empty { path: PathBuf },
-    /// The header or data layout is not valid safetensors (truncated, corrupt, not safetensors).
-    #[error("{path}: not a valid .safetensors file ({reason})")]
-    InvalidSafetensors { path: PathBuf, reason: String },
-    /// A pickle-based checkpoint, which is never unpickled here.
-    #[error("{path}: .ckpt/.pt checkpoints are pickles and are not loaded; convert it to .safetensors (for example with A1111's checkpoint merger, or `safetensors.torch.save_file` on its state_dict)")]
-    PickleCheckpoint { path: PathBuf },
-    /// The file is valid safetensors but not a Stable Diffusion 1.x checkpoint.
-    #[error("{path}: not a Stable Diffusion checkpoint: {reason}")]
-    NotStableDiffusion { path: PathBuf, reason: String },
-    /// A tensor the network needs is absent.
-    #[error("{path}: missing tensor `{key}`")]
-    MissingTensor { path: PathBuf, key: String },
-    /// A tensor has a shape the inferred architecture does not expect.
-    #[error("{path}: tensor `{key}` has shape {found:?}, expected {expected:?}")]
-    ShapeMismatch {
-        path: PathBuf,
-        key: String,
-        expected: Vec<i64>,
-        found: Vec<i64>,
-    },
-    /// A tensor is stored in a dtype libtorch cannot hold.
-    #[error("{path}: tensor `{key}` has unsupported dtype {dtype}")]
-    UnsupportedDtype {
-        path: PathBuf,
-        key: String,
-        dtype: String,
-    },
-    /// libtorch refused an operation (device unavailable, out of memory, ...).
-    #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
-}
-
-/// Result type for loading.
-pub type Result<T, E = LoadError> = std::result::Result<T, E>;
+//! How the host reads the failures libtorch reports: tch turns libtorch errors into panics (or
+//! `TchError`s) carrying libtorch's text, which the host catches at each stage
+//! ([`panic_message`]) and classifies once ([`torch_failure`]: out of memory or not).
+//!
+//! All of this needs `panic = "unwind"` (the workspace `Cargo.toml` says so): with "abort"
+//! the first libtorch error would end the daemon.
 
 /// What kind of failure libtorch reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +28,9 @@ pub fn torch_failure(message: &str) -> TorchFailure {
 }
 
 /// The message of a caught panic (tch reports libtorch errors, out-of-memory included, as
-/// panics carrying the error text).
+/// panics carrying the error text). Every part of the host uses this one; the plugin API
+/// crate keeps a private copy (`plugin-api/src/export.rs`), since plugins must not depend on
+/// the host.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<String>()

@@ -5,12 +5,12 @@
 //! for proving the full architecture and measuring speed.
 
 use crate::checkpoint::dtype_of;
-use crate::error::{LoadError, Result};
 use crate::models::clip::ClipConfig;
 use crate::models::unet::{AttentionHeads, UNetConfig};
 use crate::models::vae::{VaeConfig, SD1_LATENT_SCALE};
 use crate::models::{Architecture, StableDiffusion, CLIP_PREFIX};
 use crate::weights::TensorSource;
+use crate::weights::{LoadError, Result};
 use safetensors::tensor::TensorView;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};

@@ -2,11 +2,11 @@
 //! (`modules/sd_models_config.py: guess_model_config_from_state_dict`).
 
 use super::Checkpoint;
-use crate::error::{LoadError, Result};
 use crate::models::clip::ClipConfig;
 use crate::models::unet::{AttentionHeads, UNetConfig};
 use crate::models::vae::{VaeConfig, SD1_LATENT_SCALE};
 use crate::models::{Architecture, CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX};
+use crate::weights::{LoadError, Result};
 
 /// Reads the architecture of `ckpt` from its tensor shapes.
 pub fn infer_architecture(ckpt: &Checkpoint) -> Result<Architecture> {

@@ -11,8 +11,8 @@ pub use architecture::infer_architecture;
 pub use hash::{default_cache_dir, ModelHashes, HASH_CACHE_FILE};
 pub use verify::verify_structure;
 
-use crate::error::{LoadError, Result};
 use crate::weights::TensorSource;
+use crate::weights::{LoadError, Result};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use std::collections::BTreeMap;

@@ -2,8 +2,8 @@
 //! without reading any weight data.
 
 use super::Checkpoint;
-use crate::error::Result;
 use crate::models::{Architecture, StableDiffusion};
+use crate::weights::Result;
 use crate::weights::TensorSource;
 use tch::{Device, Kind, Tensor};
 

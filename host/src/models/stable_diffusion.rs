@@ -5,7 +5,7 @@
 use super::clip::{ClipConfig, ClipTextModel};
 use super::unet::{UNetConfig, UNetModel};
 use super::vae::{AutoencoderKl, VaeConfig};
-use crate::error::Result;
+use crate::weights::Result;
 use crate::weights::{TensorSource, VarBuilder};
 use tch::{Device, Kind};
 

@@ -10,8 +10,8 @@ mod transformer;
 
 pub use timestep::timestep_embedding;
 
-use crate::error::Result;
 use crate::models::layers::{Conv2d, ConvSpec, GroupNorm, Linear, Upsample};
+use crate::weights::Result;
 use crate::weights::VarBuilder;
 use downsample::Downsample;
 use resblock::ResBlock;
