@@ -11,7 +11,7 @@
 //! that editors send over a socket. The modules follow the data path:
 //!
 //! * Load. [`checkpoint`] reads A1111's single-file `.safetensors` (a
-//!   [`checkpoint::Checkpoint`], its [`checkpoint::Architecture`] inferred from tensor shapes,
+//!   [`checkpoint::Checkpoint`], its [`models::Architecture`] inferred from tensor shapes,
 //!   its model hash); [`weights`] hands its tensors by key name ([`weights::VarBuilder`]) to the
 //!   networks in [`models`] ([`models::StableDiffusion`]: CLIP text encoder, UNet, autoencoder);
 //!   [`pickle`] reads `torch.save` files for textual-inversion embeddings; [`tiny_model`] writes
@@ -35,7 +35,8 @@
 //! * Serve. [`daemon`] frames requests and events on a Unix socket, queues jobs fairly and runs
 //!   them on one worker thread that owns the model; [`cli`] is the command line.
 //!
-//! [`device`] parses device and dtype names; [`error`] holds the typed errors of loading.
+//! [`device`] parses device and dtype names; [`error`] reads the failures libtorch reports
+//! (panic messages, out of memory); loading's errors are [`weights::LoadError`].
 //! `docs/architecture.md` draws the whole path and maps each A1111 parameter and function to
 //! the file that reproduces it.
 

@@ -4,13 +4,13 @@
 //! (seconds to make and run); `Preset::Sd15` is the full-size SD 1.5 layout with random weights,
 //! for proving the full architecture and measuring speed.
 
-use crate::checkpoint::{dtype_of, Architecture, CLIP_PREFIX};
-use crate::error::{LoadError, Result};
+use crate::checkpoint::dtype_of;
 use crate::models::clip::ClipConfig;
 use crate::models::unet::{AttentionHeads, UNetConfig};
 use crate::models::vae::{VaeConfig, SD1_LATENT_SCALE};
-use crate::models::StableDiffusion;
+use crate::models::{Architecture, StableDiffusion, CLIP_PREFIX};
 use crate::weights::TensorSource;
+use crate::weights::{LoadError, Result};
 use safetensors::tensor::TensorView;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};

@@ -3,9 +3,9 @@
 mod common;
 
 use sdhost::checkpoint::{infer_architecture, verify_structure, Checkpoint, ModelHashes};
-use sdhost::error::LoadError;
 use sdhost::models::StableDiffusion;
 use sdhost::tiny_model::{save_safetensors, write_tiny_model, Preset, TinyModelSpec};
+use sdhost::weights::LoadError;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 

@@ -1,35 +1,12 @@
-//! Architecture inference from tensor shapes: no config file is needed, as with A1111.
+//! Architecture inference from tensor shapes: no config file is needed, as with A1111
+//! (`modules/sd_models_config.py: guess_model_config_from_state_dict`).
 
-use super::{Checkpoint, CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX};
-use crate::error::{LoadError, Result};
+use super::Checkpoint;
 use crate::models::clip::ClipConfig;
 use crate::models::unet::{AttentionHeads, UNetConfig};
 use crate::models::vae::{VaeConfig, SD1_LATENT_SCALE};
-
-/// The three networks' shapes as found in a checkpoint, and where the text encoder sits.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct Architecture {
-    /// The UNet.
-    pub unet: UNetConfig,
-    /// The autoencoder.
-    pub vae: VaeConfig,
-    /// The CLIP text encoder.
-    pub clip: ClipConfig,
-    /// Key prefix of the text encoder's `embeddings`/`encoder`/`final_layer_norm`
-    /// (`…transformer.text_model` with current transformers, `…transformer` with old ones).
-    pub clip_prefix: String,
-}
-
-impl Architecture {
-    /// A short family name: "SD 1.x" or "SD 1.x inpainting".
-    pub fn family(&self) -> &'static str {
-        if self.unet.in_channels == 9 {
-            "SD 1.x inpainting"
-        } else {
-            "SD 1.x"
-        }
-    }
-}
+use crate::models::{Architecture, CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX};
+use crate::weights::{LoadError, Result};
 
 /// Reads the architecture of `ckpt` from its tensor shapes.
 pub fn infer_architecture(ckpt: &Checkpoint) -> Result<Architecture> {

@@ -7,24 +7,17 @@ mod architecture;
 mod hash;
 mod verify;
 
-pub use architecture::{infer_architecture, Architecture};
+pub use architecture::infer_architecture;
 pub use hash::{default_cache_dir, ModelHashes, HASH_CACHE_FILE};
 pub use verify::verify_structure;
 
-use crate::error::{LoadError, Result};
 use crate::weights::TensorSource;
+use crate::weights::{LoadError, Result};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
-
-/// Key prefix of the UNet in LDM checkpoints.
-pub const UNET_PREFIX: &str = "model.diffusion_model";
-/// Key prefix of the KL autoencoder in LDM checkpoints.
-pub const VAE_PREFIX: &str = "first_stage_model";
-/// Key prefix of the CLIP text transformer in SD1 checkpoints (transformers' `CLIPTextModel`).
-pub const CLIP_PREFIX: &str = "cond_stage_model.transformer";
 
 /// An opened `.safetensors` checkpoint: the mapped file and its parsed header.
 pub struct Checkpoint {

@@ -1,9 +1,9 @@
 //! Structure check of a checkpoint: every key the networks need, with the right shape,
 //! without reading any weight data.
 
-use super::{Architecture, Checkpoint};
-use crate::error::Result;
-use crate::models::StableDiffusion;
+use super::Checkpoint;
+use crate::models::{Architecture, StableDiffusion};
+use crate::weights::Result;
 use crate::weights::TensorSource;
 use tch::{Device, Kind, Tensor};
 

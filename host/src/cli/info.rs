@@ -1,9 +1,9 @@
 //! `sdhost info MODEL`: what a checkpoint is, without loading its weights.
 
 use crate::checkpoint::{
-    default_cache_dir, infer_architecture, verify_structure, Checkpoint, ModelHashes, CLIP_PREFIX,
-    UNET_PREFIX, VAE_PREFIX,
+    default_cache_dir, infer_architecture, verify_structure, Checkpoint, ModelHashes,
 };
+use crate::models::{CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

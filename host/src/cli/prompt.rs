@@ -9,9 +9,9 @@ use serde::Serialize;
 
 use crate::checkpoint::{infer_architecture, Checkpoint};
 use crate::prompt::chunks::{tokenize_line, PromptChunk};
+use crate::prompt::editing::{prompt_schedule, split_and};
 use crate::prompt::embeddings::{ti_hashes, Embedding, EmbeddingDatabase};
 use crate::prompt::emphasis::parse_prompt_attention;
-use crate::prompt::schedule::{prompt_schedule, split_and};
 use crate::prompt::tokenizer::{ClipTokenizer, EOS};
 
 /// Arguments of `sdhost prompt`.

@@ -40,7 +40,7 @@ pub enum StartError {
     DemoModel {
         path: PathBuf,
         // Boxed, as is `Model`'s: start errors are rare and need not make every result wide.
-        source: Box<crate::error::LoadError>,
+        source: Box<crate::weights::LoadError>,
     },
     /// The model could not be loaded.
     #[error("loading {path}: {source}")]
@@ -77,7 +77,7 @@ pub fn demo_model(dir: &Path) -> Result<PathBuf, StartError> {
     if !path.exists() {
         let spec = crate::tiny_model::TinyModelSpec::tiny(0);
         std::fs::create_dir_all(dir)
-            .map_err(|source| crate::error::LoadError::Io {
+            .map_err(|source| crate::weights::LoadError::Io {
                 path: dir.to_path_buf(),
                 source,
             })

@@ -21,7 +21,7 @@ use crate::pipeline::model::GenerationModel;
 use crate::pipeline::preview::preview_image;
 use crate::prepare::init_image::DEFAULT_BACKGROUND;
 use crate::prepare::modes::ModeInputs;
-use crate::sampling::plugins::{SamplerRegistry, SamplingError};
+use crate::sampling::plugins::SamplerRegistry;
 
 /// What clients see of the loaded model (kept current by the worker).
 #[derive(Debug, Clone, Default)]
@@ -75,10 +75,7 @@ fn error_code(error: &JobError) -> ErrorCode {
             ErrorCode::InvalidParams
         }
         JobError::Mask(_) => ErrorCode::BadMask,
-        JobError::Sampling(SamplingError::OutOfMemory { .. }) => ErrorCode::OutOfMemory,
-        JobError::Torch { message, .. } if message.to_lowercase().contains("out of memory") => {
-            ErrorCode::OutOfMemory
-        }
+        JobError::OutOfMemory { .. } => ErrorCode::OutOfMemory,
         JobError::Sampling(_) => ErrorCode::SamplerFailed,
         JobError::Rng(_) | JobError::Torch { .. } => ErrorCode::Internal,
     }

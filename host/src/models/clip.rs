@@ -4,7 +4,7 @@
 //! pick one, and [`ClipTextModel::final_layer_norm`] is a separate step applied after the pick.
 
 use super::layers::{attention, LayerNorm, Linear};
-use crate::error::Result;
+use crate::weights::Result;
 use crate::weights::VarBuilder;
 use tch::{Kind, Tensor};
 

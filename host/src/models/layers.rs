@@ -1,6 +1,6 @@
 //! The small layers every network here is made of, loaded under their checkpoint names.
 
-use crate::error::Result;
+use crate::weights::Result;
 use crate::weights::VarBuilder;
 use tch::{Kind, Tensor};
 

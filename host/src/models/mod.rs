@@ -6,4 +6,4 @@ pub mod stable_diffusion;
 pub mod unet;
 pub mod vae;
 
-pub use stable_diffusion::StableDiffusion;
+pub use stable_diffusion::{Architecture, StableDiffusion, CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX};

@@ -1,12 +1,45 @@
-//! A whole SD 1.x checkpoint loaded: text encoder, UNet and autoencoder.
+//! A whole SD 1.x checkpoint loaded: text encoder, UNet and autoencoder, with the shapes they
+//! are built with ([`Architecture`], as candle keeps `StableDiffusionConfig` beside its
+//! networks) and where each network's keys sit in an LDM checkpoint.
 
-use super::clip::ClipTextModel;
-use super::unet::UNetModel;
-use super::vae::AutoencoderKl;
-use crate::checkpoint::{Architecture, UNET_PREFIX, VAE_PREFIX};
-use crate::error::Result;
+use super::clip::{ClipConfig, ClipTextModel};
+use super::unet::{UNetConfig, UNetModel};
+use super::vae::{AutoencoderKl, VaeConfig};
+use crate::weights::Result;
 use crate::weights::{TensorSource, VarBuilder};
 use tch::{Device, Kind};
+
+/// Key prefix of the UNet in LDM checkpoints.
+pub const UNET_PREFIX: &str = "model.diffusion_model";
+/// Key prefix of the KL autoencoder in LDM checkpoints.
+pub const VAE_PREFIX: &str = "first_stage_model";
+/// Key prefix of the CLIP text transformer in SD1 checkpoints (transformers' `CLIPTextModel`).
+pub const CLIP_PREFIX: &str = "cond_stage_model.transformer";
+
+/// The three networks' shapes as found in a checkpoint, and where the text encoder sits.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Architecture {
+    /// The UNet.
+    pub unet: UNetConfig,
+    /// The autoencoder.
+    pub vae: VaeConfig,
+    /// The CLIP text encoder.
+    pub clip: ClipConfig,
+    /// Key prefix of the text encoder's `embeddings`/`encoder`/`final_layer_norm`
+    /// (`…transformer.text_model` with current transformers, `…transformer` with old ones).
+    pub clip_prefix: String,
+}
+
+impl Architecture {
+    /// A short family name: "SD 1.x" or "SD 1.x inpainting".
+    pub fn family(&self) -> &'static str {
+        if self.unet.in_channels == 9 {
+            "SD 1.x inpainting"
+        } else {
+            "SD 1.x"
+        }
+    }
+}
 
 /// The three networks of a checkpoint, built in one dtype on one device.
 pub struct StableDiffusion {

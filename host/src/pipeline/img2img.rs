@@ -2,8 +2,11 @@
 //! `StableDiffusionProcessingImg2Img.init` and `.sample`): the init image is resized and
 //! encoded once, then `n_iter` batches of `batch_size` images are sampled, each image from
 //! its own seed, decoded and given its infotext.
+//!
+//! [`run_img2img`] is the job; its stages, in A1111's order, are the methods of
+//! [`Img2ImgJob`] and [`composite`]: prepare → init latents → condition → per batch sample →
+//! decode → composite → finish (infotext; the front end saves or sends the image).
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -12,49 +15,24 @@ use sdhost_plugin_api::{Flow, ScheduleInput};
 use tch::{Device, Kind, Tensor};
 
 use super::decode::decode_latents;
+use super::error::guarded;
 use super::init::JobInit;
 use super::model::GenerationModel;
 use crate::device::release_freed_memory;
 use crate::infotext::Infotext;
-use crate::prepare::inpaint::{MaskError, MaskedContent, Patch};
+use crate::prepare::inpaint::{MaskedContent, Patch};
 use crate::prompt::conditioning::{CondPart, Conditioner, ScheduledCond};
 use crate::prompt::embeddings::ti_hashes;
-use crate::request::{GenerationRequest, ImageFacts, InvalidRequest, RngChoice};
-use crate::rng::{fixed_seed, random_seed, ImageRng, RngError, RngSource, SeedList, Variation};
+use crate::request::{GenerationRequest, ImageFacts, RngChoice};
+use crate::rng::{fixed_seed, random_seed, ImageRng, RngSource, SeedList, Variation};
 use crate::sampling::brownian::{BrownianError, BrownianTreeNoise};
 use crate::sampling::denoiser::{CfgDenoiser, Guidance, LatentMask, Prediction};
 use crate::sampling::noise::JobNoise;
-use crate::sampling::plan::{PlanError, SamplingPlan};
+use crate::sampling::plan::SamplingPlan;
 use crate::sampling::plugins::{SampleRequest, SamplerRegistry, SamplingError};
 
-/// Why a job could not run (nothing of it is kept except the images already reported).
-#[derive(Debug, thiserror::Error)]
-pub enum JobError {
-    /// A parameter out of range.
-    #[error(transparent)]
-    InvalidParams(#[from] InvalidRequest),
-    /// Settings that cannot work together on this model or device.
-    #[error("{0}")]
-    Unsupported(String),
-    /// Sampler or schedule settings that cannot be sampled.
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    /// The noise source failed (for example the GPU RNG without CUDA).
-    #[error("noise: {0}")]
-    Rng(#[from] RngError),
-    /// The sampler failed.
-    #[error(transparent)]
-    Sampling(SamplingError),
-    /// The mask cannot be used.
-    #[error("mask: {0}")]
-    Mask(#[from] MaskError),
-    /// A libtorch operation outside sampling failed (out of memory, device error).
-    #[error("{stage}: {message}")]
-    Torch {
-        stage: &'static str,
-        message: String,
-    },
-}
+// What a job returns on failure, re-exported so callers find it beside `run_img2img`.
+pub use super::error::JobError;
 
 /// Progress reported while a job runs.
 pub enum JobEvent<'a> {
@@ -98,15 +76,6 @@ pub struct JobOutcome {
     pub cancelled: bool,
 }
 
-/// Runs `f`, turning a libtorch panic into a [`JobError::Torch`] (the daemon must survive
-/// out-of-memory and device errors).
-pub(crate) fn guarded<T>(stage: &'static str, f: impl FnOnce() -> T) -> Result<T, JobError> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| JobError::Torch {
-        stage,
-        message: crate::error::panic_message(&*payload),
-    })
-}
-
 /// The source of per-image noise for a model on `device`.
 fn rng_source(choice: RngChoice, device: Device) -> Result<RngSource, JobError> {
     match (choice, device) {
@@ -146,6 +115,11 @@ fn share_schedule(schedule: &[ScheduledCond]) -> Vec<ScheduledCond> {
 /// after the current step, keeping the images already finished. Setting `cancel` does the
 /// same at the sampler's next model call or noise draw, which also stops plugins that never
 /// report a step.
+///
+/// The stages run in the order of A1111's `modules/processing.py: process_images_inner`:
+/// [`Img2ImgJob::prepare`], [`Img2ImgJob::init_latents`], [`Img2ImgJob::condition`], then per
+/// batch [`Img2ImgJob::sample`], [`Img2ImgJob::decode`], [`composite`] and
+/// [`Img2ImgJob::finish_image`].
 pub fn run_img2img(
     model: &GenerationModel,
     registry: &SamplerRegistry,
@@ -156,62 +130,201 @@ pub fn run_img2img(
     observe: &mut dyn FnMut(JobEvent<'_>) -> Flow,
 ) -> Result<JobOutcome, JobError> {
     let _guard = tch::no_grad_guard();
-    let downscale = model.downscale();
-    params.validate(downscale)?;
-    let source = rng_source(params.randn_source, model.device)?;
-    let plan = SamplingPlan::new(registry, &params.sampler, &model.levels)?;
-    let info = plan.sampler.info;
-
-    let seed = fixed_seed(params.seed, random_seed);
-    let subseed = fixed_seed(params.subseed, random_seed);
+    let job = Img2ImgJob::prepare(model, registry, params)?;
+    let init = job.init_latents(init_image, mask)?;
+    let conditioning = job.condition()?;
     let total = params.n_iter * params.batch_size;
-    let seeds = SeedList::new(seed, subseed, params.subseed_strength, total);
-
-    // Init once per job (A1111 `init`): mask, resize or crop, fill, encode.
-    let shape = [
-        4,
-        i64::from(params.height / downscale),
-        i64::from(params.width / downscale),
-    ];
-    let init = JobInit::new(model, params, init_image, mask)?;
-    release_freed_memory(model.device);
-    // "Latent noise" is the first batch's initial noise, also for later batches (A1111).
-    let latent_noise = match (&init.inpaint, params.inpaint.masked_content) {
-        (Some(_), MaskedContent::LatentNoise) => Some(
-            ImageRng::with_source(seeds.batch(0, params.batch_size).0, shape, source)?
-                .first()?
-                .to_device(model.device),
-        ),
-        _ => None,
-    };
-
-    // Conditioning: prompt schedules count model calls (twice per step for second-order
-    // samplers); A1111 caches them across the job's batches, as here.
-    let conditioner = Conditioner {
-        clip: &model.sd.clip,
-        embeddings: &model.embeddings,
-        clip_skip: params.clip_skip,
-    };
-    let schedule_steps = params.sampler.steps * if info.second_order { 2 } else { 1 };
-    let (cond, uncond) = guarded("prompt encoding", || {
-        (
-            conditioner.multicond(&params.prompt, schedule_steps),
-            conditioner.schedule(&params.negative_prompt, schedule_steps),
-        )
-    })?;
-    let used = conditioner.embeddings_used(&params.prompt, &params.negative_prompt, schedule_steps);
-    let ti = ti_hashes(used.iter().map(|e| e.as_ref()));
-
     observe(JobEvent::Started {
         images: total,
         batches: params.n_iter,
-        steps_per_batch: plan.steps_run,
+        steps_per_batch: job.plan.steps_run,
     });
 
     let mut images = Vec::with_capacity(total);
     for batch in 0..params.n_iter {
-        let (batch_seeds, batch_subseeds) = seeds.batch(batch, params.batch_size);
-        let mut rng = ImageRng::with_source(batch_seeds, shape, source)?
+        let Some(samples) = job.sample(&init, &conditioning, batch, cancel, observe)? else {
+            return Ok(JobOutcome {
+                images,
+                cancelled: true,
+            });
+        };
+        release_freed_memory(model.device);
+        let decoded = job.decode(samples)?;
+        let (batch_seeds, batch_subseeds) = job.seeds.batch(batch, params.batch_size);
+        for ((generated, &seed), &subseed) in
+            decoded.into_iter().zip(batch_seeds).zip(batch_subseeds)
+        {
+            let (image, patch) = composite(&init.init, generated);
+            let generated = job.finish_image(
+                &init.init,
+                &conditioning,
+                ImageSeeds {
+                    index: images.len(),
+                    seed,
+                    subseed,
+                },
+                image,
+                patch,
+            );
+            observe(JobEvent::Image(&generated));
+            images.push(generated);
+        }
+    }
+    Ok(JobOutcome {
+        images,
+        cancelled: false,
+    })
+}
+
+/// A job with its settings resolved, before any image work: the stages of [`run_img2img`]
+/// are its methods, each callable on its own.
+pub struct Img2ImgJob<'a> {
+    /// The loaded model.
+    pub model: &'a GenerationModel,
+    /// Where the sampler comes from.
+    pub registry: &'a SamplerRegistry,
+    /// The job's parameters (validated).
+    pub params: &'a GenerationRequest,
+    /// Sampler, schedule and the σ levels the job walks.
+    pub plan: SamplingPlan<'a>,
+    /// Where per-image noise comes from.
+    pub source: RngSource,
+    /// Every image's seed and variation seed, batch after batch.
+    pub seeds: SeedList,
+    /// One image's latent shape [4, h, w].
+    pub shape: [i64; 3],
+}
+
+/// The job's init: the prepared and encoded image, and, for "latent noise", its noise.
+pub struct InitLatents {
+    /// What is computed once from the init image and mask.
+    pub init: JobInit,
+    /// Masked content "latent noise": the first batch's initial noise, also used for later
+    /// batches (A1111 draws it once in `init`).
+    pub latent_noise: Option<Tensor>,
+}
+
+/// The prompts as CLIP conditioning, shared by every batch of the job.
+pub struct JobConditioning {
+    /// The prompt's `AND` parts, each scheduled per model call.
+    pub cond: Vec<CondPart>,
+    /// The negative prompt, scheduled per model call.
+    pub uncond: Vec<ScheduledCond>,
+    /// Infotext `TI hashes` of the embeddings the prompts used.
+    pub ti_hashes: Option<String>,
+}
+
+/// Where one image sits in the job and which seeds made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageSeeds {
+    /// Position in the job (batch after batch).
+    pub index: usize,
+    /// The image's seed.
+    pub seed: u64,
+    /// The image's variation seed.
+    pub subseed: u64,
+}
+
+impl<'a> Img2ImgJob<'a> {
+    /// Validates `params` and resolves sampler, noise source and seeds (A1111
+    /// `modules/processing.py: process_images_inner` before `p.init`: `get_fixed_seed`).
+    pub fn prepare(
+        model: &'a GenerationModel,
+        registry: &'a SamplerRegistry,
+        params: &'a GenerationRequest,
+    ) -> Result<Self, JobError> {
+        let downscale = model.downscale();
+        params.validate(downscale)?;
+        let source = rng_source(params.randn_source, model.device)?;
+        let plan = SamplingPlan::new(registry, &params.sampler, &model.levels)?;
+        let seed = fixed_seed(params.seed, random_seed);
+        let subseed = fixed_seed(params.subseed, random_seed);
+        let total = params.n_iter * params.batch_size;
+        let seeds = SeedList::new(seed, subseed, params.subseed_strength, total);
+        let shape = [
+            4,
+            i64::from(params.height / downscale),
+            i64::from(params.width / downscale),
+        ];
+        Ok(Self {
+            model,
+            registry,
+            params,
+            plan,
+            source,
+            seeds,
+            shape,
+        })
+    }
+
+    /// Prepares and encodes the init image once per job: mask, resize or crop, fill, VAE,
+    /// and "latent noise" (A1111 `StableDiffusionProcessingImg2Img.init`).
+    pub fn init_latents(
+        &self,
+        init_image: &RgbImage,
+        mask: Option<&GrayImage>,
+    ) -> Result<InitLatents, JobError> {
+        let (model, params) = (self.model, self.params);
+        let init = JobInit::new(model, params, init_image, mask)?;
+        release_freed_memory(model.device);
+        let latent_noise = match (&init.inpaint, params.inpaint.masked_content) {
+            (Some(_), MaskedContent::LatentNoise) => Some(
+                ImageRng::with_source(
+                    self.seeds.batch(0, params.batch_size).0,
+                    self.shape,
+                    self.source,
+                )?
+                .first()?
+                .to_device(model.device),
+            ),
+            _ => None,
+        };
+        Ok(InitLatents { init, latent_noise })
+    }
+
+    /// Encodes prompt and negative prompt with CLIP, scheduled per model call (A1111
+    /// `StableDiffusionProcessing.setup_conds`, cached across batches as A1111 caches them).
+    pub fn condition(&self) -> Result<JobConditioning, JobError> {
+        let (model, params) = (self.model, self.params);
+        let conditioner = Conditioner {
+            clip: &model.sd.clip,
+            embeddings: &model.embeddings,
+            clip_skip: params.clip_skip,
+        };
+        // Prompt schedules count model calls: twice per step for second-order samplers.
+        let second_order = self.plan.sampler.info.second_order;
+        let schedule_steps = params.sampler.steps * if second_order { 2 } else { 1 };
+        let (cond, uncond) = guarded("prompt encoding", || {
+            (
+                conditioner.multicond(&params.prompt, schedule_steps),
+                conditioner.schedule(&params.negative_prompt, schedule_steps),
+            )
+        })?;
+        let used =
+            conditioner.embeddings_used(&params.prompt, &params.negative_prompt, schedule_steps);
+        Ok(JobConditioning {
+            cond,
+            uncond,
+            ti_hashes: ti_hashes(used.iter().map(|e| e.as_ref())),
+        })
+    }
+
+    /// Samples batch `batch` (from 0): its seeds' noise over its init latents, the sampler,
+    /// and for inpainting the kept area put back (A1111
+    /// `StableDiffusionProcessingImg2Img.sample`). Reports each step to `observe`; `None` when
+    /// it answered [`Flow::Cancel`].
+    pub fn sample(
+        &self,
+        init: &InitLatents,
+        conditioning: &JobConditioning,
+        batch: usize,
+        cancel: Option<&Arc<AtomicBool>>,
+        observe: &mut dyn FnMut(JobEvent<'_>) -> Flow,
+    ) -> Result<Option<Tensor>, JobError> {
+        let (model, params, plan) = (self.model, self.params, &self.plan);
+        let (InitLatents { init, latent_noise }, info) = (init, plan.sampler.info);
+        let (batch_seeds, batch_subseeds) = self.seeds.batch(batch, params.batch_size);
+        let mut rng = ImageRng::with_source(batch_seeds, self.shape, self.source)?
             .with_variation(Variation {
                 subseeds: batch_subseeds.to_vec(),
                 strength: params.subseed_strength,
@@ -243,27 +356,27 @@ pub fn run_img2img(
             let (sigma_min, sigma_max) = plan.brownian_range();
             let tree = BrownianTreeNoise::new(
                 batch_seeds,
-                shape,
-                source,
+                self.shape,
+                self.source,
                 model.device,
                 sigma_min,
                 sigma_max,
             )
             .map_err(|error| match error {
-                BrownianError::Rng(error) => JobError::Rng(error),
-                BrownianError::Torch(error) => JobError::Torch {
-                    stage: "Brownian tree",
-                    message: error.to_string(),
-                },
+                BrownianError::Rng(error) => JobError::from(error),
+                BrownianError::Torch(error) => JobError::torch("Brownian tree", error.to_string()),
                 other => JobError::Unsupported(other.to_string()),
             })?;
             job_noise = job_noise.with_brownian(Box::new(tree));
         }
         let guidance = Guidance {
-            conds: batch_seeds.iter().map(|_| share_parts(&cond)).collect(),
+            conds: batch_seeds
+                .iter()
+                .map(|_| share_parts(&conditioning.cond))
+                .collect(),
             unconds: batch_seeds
                 .iter()
-                .map(|_| share_schedule(&uncond))
+                .map(|_| share_schedule(&conditioning.uncond))
                 .collect(),
             cfg_scale: params.cfg_scale,
         };
@@ -291,7 +404,7 @@ pub fn run_img2img(
             cancel: cancel.cloned(),
             ..plan.request(x)
         };
-        let sampled = registry.sample(
+        let sampled = self.registry.sample(
             plan.sampler,
             request,
             &mut denoiser,
@@ -307,65 +420,244 @@ pub fn run_img2img(
         );
         let samples = match sampled {
             Ok(samples) => samples,
-            Err(SamplingError::Cancelled) => {
-                return Ok(JobOutcome {
-                    images,
-                    cancelled: true,
-                })
-            }
-            Err(error) => return Err(JobError::Sampling(error)),
+            Err(SamplingError::Cancelled) => return Ok(None),
+            Err(error) => return Err(JobError::from(error)),
         };
-        release_freed_memory(model.device);
-        let decoded = guarded("VAE decode", || {
-            let samples = match &init.latent_mask {
-                // The kept area is exactly the init latent again (A1111 `sample`).
-                Some((keep, regenerate)) => samples * regenerate + &init_latent * keep,
-                None => samples,
-            };
+        // The kept area is exactly the init latent again.
+        let samples = match &init.latent_mask {
+            Some((keep, regenerate)) => guarded("inpainting mask", || {
+                samples * regenerate + &init_latent * keep
+            })?,
+            None => samples,
+        };
+        Ok(Some(samples))
+    }
+
+    /// Decodes a batch's latents with the VAE to 8-bit images, truncated as A1111 truncates
+    /// (A1111 `modules/processing.py: decode_latent_batch`).
+    pub fn decode(&self, samples: Tensor) -> Result<Vec<RgbImage>, JobError> {
+        let model = self.model;
+        guarded("VAE decode", || {
             decode_latents(
                 &model.sd.vae,
                 &samples.to_kind(model.kind),
-                params.vae_tiling(),
+                self.params.vae_tiling(),
             )
-        })?;
-        for ((generated, &image_seed), &image_subseed) in
-            decoded.into_iter().zip(batch_seeds).zip(batch_subseeds)
-        {
-            let generated = match &init.color_correction {
-                Some(correction) => correction.apply(&generated),
-                None => generated,
-            };
-            let (image, patch) = match &init.inpaint {
-                Some(prepared) => (
-                    prepared.composite(&generated),
-                    Some(prepared.patch(&generated)),
-                ),
-                None => (generated, None),
-            };
-            let infotext = params.infotext(&ImageFacts {
-                seed: image_seed,
-                subseed: image_subseed,
-                sampler: info,
-                schedule_label: &plan.schedule_label,
-                discard_penultimate: plan.discard_penultimate,
-                model: (&model.name, &model.hash),
-                ti_hashes: ti.clone(),
-                inpainting: init.inpaint.is_some(),
-                inpainting_conditioning: init.uses_inpainting_conditioning(),
-            });
-            let generated = GeneratedImage {
-                index: images.len(),
-                seed: image_seed,
-                image,
-                patch,
-                infotext,
-            };
-            observe(JobEvent::Image(&generated));
-            images.push(generated);
+        })
+    }
+
+    /// One image's infotext and place in the job (A1111 `modules/processing.py:
+    /// create_infotext`; saving, A1111's `images.save_image`, is the front end's).
+    pub fn finish_image(
+        &self,
+        init: &JobInit,
+        conditioning: &JobConditioning,
+        seeds: ImageSeeds,
+        image: RgbImage,
+        patch: Option<Patch>,
+    ) -> GeneratedImage {
+        let model = self.model;
+        let infotext = self.params.infotext(&ImageFacts {
+            seed: seeds.seed,
+            subseed: seeds.subseed,
+            sampler: self.plan.sampler.info,
+            schedule_label: &self.plan.schedule_label,
+            discard_penultimate: self.plan.discard_penultimate,
+            model: (&model.name, &model.hash),
+            ti_hashes: conditioning.ti_hashes.clone(),
+            inpainting: init.inpaint.is_some(),
+            inpainting_conditioning: init.uses_inpainting_conditioning(),
+        });
+        GeneratedImage {
+            index: seeds.index,
+            seed: seeds.seed,
+            image,
+            patch,
+            infotext,
         }
     }
-    Ok(JobOutcome {
-        images,
-        cancelled: false,
-    })
+}
+
+/// Colour correction, then for inpainting the composite over the original and the editor's
+/// patch (A1111 `modules/processing.py: apply_color_correction`, `apply_overlay`).
+pub fn composite(init: &JobInit, generated: RgbImage) -> (RgbImage, Option<Patch>) {
+    let generated = match &init.color_correction {
+        Some(correction) => correction.apply(&generated),
+        None => generated,
+    };
+    match &init.inpaint {
+        Some(prepared) => (
+            prepared.composite(&generated),
+            Some(prepared.patch(&generated)),
+        ),
+        None => (generated, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prepare::inpaint::InpaintSettings;
+    use crate::sampling::plan::SamplerSettings;
+    use crate::sampling::plugins::PluginPaths;
+    use crate::tiny_model::{write_tiny_model, Preset, TinyModelSpec};
+    use image::{GrayImage, Luma, Rgb};
+
+    fn tiny_model(dir: &std::path::Path) -> GenerationModel {
+        let path = dir.join("tiny.safetensors");
+        let spec = TinyModelSpec {
+            preset: Preset::Tiny,
+            inpainting: false,
+            seed: 7,
+            storage: Kind::Float,
+        };
+        write_tiny_model(&spec, &path).expect("write the tiny model");
+        GenerationModel::load(&path, Device::Cpu, Kind::Float, None).expect("load it")
+    }
+
+    fn registry() -> SamplerRegistry {
+        SamplerRegistry::load(&PluginPaths {
+            builtin: PluginPaths::discover(None).builtin,
+            folder: None,
+        })
+    }
+
+    fn picture() -> (RgbImage, GrayImage) {
+        let image = RgbImage::from_fn(80, 64, |x, y| Rgb([(x * 3) as u8, (y * 4) as u8, 90]));
+        let mask = GrayImage::from_fn(80, 64, |x, y| {
+            Luma([if (20..50).contains(&x) && (16..40).contains(&y) {
+                255
+            } else {
+                0
+            }])
+        });
+        (image, mask)
+    }
+
+    /// Inpainting with "latent noise", colour correction and an ancestral sampler, two batches
+    /// of two: every branch of the stages that a tiny model can take.
+    fn params() -> GenerationRequest {
+        GenerationRequest {
+            prompt: "a [red:blue:2] cat".into(),
+            negative_prompt: "blurry".into(),
+            width: 64,
+            height: 64,
+            seed: 1234,
+            batch_size: 2,
+            n_iter: 2,
+            img2img_color_correction: true,
+            inpaint: InpaintSettings {
+                masked_content: MaskedContent::LatentNoise,
+                ..InpaintSettings::default()
+            },
+            sampler: SamplerSettings {
+                sampler: "Euler a".into(),
+                steps: 4,
+                denoising_strength: 0.8,
+                ..SamplerSettings::default()
+            },
+            ..GenerationRequest::default()
+        }
+    }
+
+    #[test]
+    fn the_stages_called_one_by_one_make_the_job_of_run_img2img() {
+        let _guard = tch::no_grad_guard();
+        let dir = tempfile::tempdir().unwrap();
+        let (model, registry, params) = (tiny_model(dir.path()), registry(), params());
+        let (image, mask) = picture();
+        let whole = run_img2img(&model, &registry, &params, &image, Some(&mask), &mut |_| {
+            Flow::Continue
+        })
+        .expect("the job runs");
+
+        let job = Img2ImgJob::prepare(&model, &registry, &params).unwrap();
+        let init = job.init_latents(&image, Some(&mask)).unwrap();
+        assert!(init.latent_noise.is_some());
+        let conditioning = job.condition().unwrap();
+        let mut by_stage = Vec::new();
+        for batch in 0..params.n_iter {
+            let mut steps = 0;
+            let samples = job
+                .sample(&init, &conditioning, batch, None, &mut |_| {
+                    steps += 1;
+                    Flow::Continue
+                })
+                .unwrap()
+                .expect("not cancelled");
+            assert_eq!(steps, job.plan.steps_run);
+            assert_eq!(samples.size(), [2, 4, 8, 8]);
+            let (seeds, subseeds) = job.seeds.batch(batch, params.batch_size);
+            for (i, generated) in job.decode(samples).unwrap().into_iter().enumerate() {
+                let (pixels, patch) = composite(&init.init, generated);
+                let seeds = ImageSeeds {
+                    index: by_stage.len(),
+                    seed: seeds[i],
+                    subseed: subseeds[i],
+                };
+                by_stage.push(job.finish_image(&init.init, &conditioning, seeds, pixels, patch));
+            }
+        }
+
+        assert_eq!(whole.images.len(), 4);
+        assert_eq!(by_stage.len(), 4);
+        for (a, b) in whole.images.iter().zip(&by_stage) {
+            assert_eq!((a.index, a.seed), (b.index, b.seed));
+            assert_eq!(a.image, b.image, "image {}", a.index);
+            assert_eq!(a.infotext, b.infotext);
+            let (pa, pb) = (a.patch.as_ref().unwrap(), b.patch.as_ref().unwrap());
+            assert_eq!((&pa.image, pa.x, pa.y), (&pb.image, pb.x, pb.y));
+        }
+        assert_eq!(by_stage[1].seed, 1235);
+        assert!(by_stage[0].infotext.to_text().contains("Seed: 1234"));
+    }
+
+    #[test]
+    fn prepare_refuses_what_cannot_run_before_touching_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, registry) = (tiny_model(dir.path()), registry());
+        let gpu = GenerationRequest {
+            randn_source: RngChoice::Gpu,
+            ..params()
+        };
+        assert!(matches!(
+            Img2ImgJob::prepare(&model, &registry, &gpu),
+            Err(JobError::Unsupported(_))
+        ));
+        let empty = GenerationRequest {
+            batch_size: 0,
+            ..params()
+        };
+        assert!(matches!(
+            Img2ImgJob::prepare(&model, &registry, &empty),
+            Err(JobError::InvalidParams(_))
+        ));
+        let unknown = GenerationRequest {
+            sampler: SamplerSettings {
+                sampler: "No such sampler".into(),
+                ..params().sampler
+            },
+            ..params()
+        };
+        assert!(matches!(
+            Img2ImgJob::prepare(&model, &registry, &unknown),
+            Err(JobError::Plan(_))
+        ));
+    }
+
+    #[test]
+    fn sample_stops_when_the_observer_cancels() {
+        let _guard = tch::no_grad_guard();
+        let dir = tempfile::tempdir().unwrap();
+        let (model, registry, params) = (tiny_model(dir.path()), registry(), params());
+        let (image, _) = picture();
+        let job = Img2ImgJob::prepare(&model, &registry, &params).unwrap();
+        let init = job.init_latents(&image, None).unwrap();
+        assert!(init.latent_noise.is_none(), "no mask, no latent noise");
+        let conditioning = job.condition().unwrap();
+        let sampled = job
+            .sample(&init, &conditioning, 0, None, &mut |_| Flow::Cancel)
+            .unwrap();
+        assert!(sampled.is_none());
+    }
 }

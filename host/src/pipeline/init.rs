@@ -6,7 +6,7 @@ use image::{GrayImage, RgbImage};
 use tch::{Device, Kind, Tensor};
 
 use super::encode::{resize_latent, InitEncoding, InitLatent};
-use super::img2img::{guarded, JobError};
+use super::error::{guarded, JobError};
 use super::mask_latents::{conditioning_mask, latent_mask, InpaintingConditioning};
 use super::model::GenerationModel;
 use crate::prepare::color_correction::ColorCorrection;
@@ -155,12 +155,8 @@ impl JobInit {
             .latent(take(&mut generator))?
             .to_kind(Kind::Float);
         if self.resize_mode == ResizeMode::LatentUpscale {
-            init = resize_latent(&init, self.latent_size.0, self.latent_size.1).map_err(|e| {
-                JobError::Torch {
-                    stage: "latent upscale",
-                    message: e.to_string(),
-                }
-            })?;
+            init = resize_latent(&init, self.latent_size.0, self.latent_size.1)
+                .map_err(|e| JobError::torch("latent upscale", e.to_string()))?;
         }
         let conditioning = match &self.conditioning {
             None => None,

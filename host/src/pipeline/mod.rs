@@ -4,6 +4,7 @@
 
 pub mod decode;
 pub mod encode;
+pub mod error;
 pub mod img2img;
 pub mod init;
 pub mod mask_latents;

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
 
 use crate::checkpoint::{default_cache_dir, infer_architecture, Checkpoint, ModelHashes};
-use crate::error::LoadError;
 use crate::models::StableDiffusion;
 use crate::prompt::embeddings::EmbeddingDatabase;
 use crate::sampling::noise_levels::{NoiseLevels, NoiseLevelsError};
+use crate::weights::LoadError;
 
 /// Why a model could not be made ready.
 #[derive(Debug, thiserror::Error)]

@@ -2,8 +2,8 @@
 //! A1111's emphasis weighting, chunk concatenation, and the per-step schedule of a job.
 
 use super::chunks::{tokenize_line, PromptChunk, TokenizedPrompt};
+use super::editing::{prompt_schedule, split_and};
 use super::embeddings::{Embedding, EmbeddingDatabase};
-use super::schedule::{prompt_schedule, split_and};
 use crate::models::clip::ClipTextModel;
 use std::sync::Arc;
 use tch::{Kind, Tensor};

@@ -2,7 +2,7 @@
 
 use super::tokenizer::ClipTokenizer;
 use crate::checkpoint::{Checkpoint, ModelHashes};
-use crate::error::LoadError;
+use crate::weights::LoadError;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 pub mod chunks;
 pub mod clean;
 pub mod conditioning;
+pub mod editing;
 pub mod embeddings;
 pub mod emphasis;
-pub mod schedule;
 pub mod tokenizer;

@@ -8,7 +8,7 @@
 //! A1111 runs some of these on the GPU, so agreement is to about one f32 ulp, not bit for bit.
 
 use crate::checkpoint::Checkpoint;
-use crate::error::LoadError;
+use crate::weights::LoadError;
 
 /// Number of diffusion timesteps of SD1/SD2 (ldm's `timesteps`).
 pub const TIMESTEPS: usize = 1000;

@@ -52,10 +52,9 @@ impl StepFailure {
     pub fn from_torch(context: &str, error: &tch::TchError) -> Self {
         let text = error.to_string();
         let first_line = text.lines().next().unwrap_or_default();
-        let kind = if text.contains("out of memory") || text.contains("DefaultCPUAllocator") {
-            HostErrorKind::OutOfMemory
-        } else {
-            HostErrorKind::Failed
+        let kind = match crate::error::torch_failure(&text) {
+            crate::error::TorchFailure::OutOfMemory => HostErrorKind::OutOfMemory,
+            crate::error::TorchFailure::Other => HostErrorKind::Failed,
         };
         StepFailure {
             kind,

@@ -9,7 +9,8 @@ use tch::{Device, Kind};
 
 use super::figures::{params, picture, time_job};
 use super::reference::{interleaved, job_process, Reference, ReferenceScript};
-use crate::checkpoint::{Checkpoint, CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX};
+use crate::checkpoint::Checkpoint;
+use crate::models::{CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX};
 use crate::pipeline::model::GenerationModel;
 use crate::sampling::plugins::{PluginPaths, SamplerRegistry};
 use crate::tiny_model::{write_tiny_model, TinyModelSpec};

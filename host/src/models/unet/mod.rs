@@ -3,18 +3,18 @@
 //! Keys mirror the checkpoint under `model.diffusion_model`: `time_embed`, `input_blocks.N.M`,
 //! `middle_block.M`, `output_blocks.N.M`, `out`.
 
+mod downsample;
 mod resblock;
-mod sampling;
 mod timestep;
 mod transformer;
 
 pub use timestep::timestep_embedding;
 
-use crate::error::Result;
 use crate::models::layers::{Conv2d, ConvSpec, GroupNorm, Linear, Upsample};
+use crate::weights::Result;
 use crate::weights::VarBuilder;
+use downsample::Downsample;
 use resblock::ResBlock;
-use sampling::Downsample;
 use tch::Tensor;
 use transformer::{SpatialTransformer, TransformerSpec};
 

@@ -1,7 +1,7 @@
 //! LDM `ResBlock`: two normalised 3×3 convolutions with the timestep embedding added between.
 
-use crate::error::Result;
 use crate::models::layers::{Conv2d, ConvSpec, GroupNorm, Linear};
+use crate::weights::Result;
 use crate::weights::VarBuilder;
 use tch::Tensor;
 

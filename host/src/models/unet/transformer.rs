@@ -1,7 +1,7 @@
 //! LDM `SpatialTransformer`: self-attention, cross-attention on the prompt, GEGLU feed-forward.
 
-use crate::error::Result;
 use crate::models::layers::{attention, Conv2d, ConvSpec, GroupNorm, LayerNorm, Linear};
+use crate::weights::Result;
 use crate::weights::VarBuilder;
 use tch::Tensor;
 

@@ -1,7 +1,7 @@
 //! Building blocks shared by the autoencoder's encoder and decoder.
 
-use crate::error::Result;
 use crate::models::layers::{attention, Conv2d, ConvSpec, GroupNorm};
+use crate::weights::Result;
 use crate::weights::VarBuilder;
 use tch::Tensor;
 

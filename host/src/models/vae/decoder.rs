@@ -2,8 +2,8 @@
 
 use super::blocks::{normalize, MidBlock, ResnetBlock};
 use super::VaeConfig;
-use crate::error::Result;
 use crate::models::layers::{Conv2d, ConvSpec, GroupNorm, Upsample};
+use crate::weights::Result;
 use crate::weights::VarBuilder;
 use tch::Tensor;
 

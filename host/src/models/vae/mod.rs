@@ -9,8 +9,8 @@ pub use decoder::Decoder;
 pub use encoder::Encoder;
 pub use tiling::{run_tiled, TileGrid, VaeTiling};
 
-use crate::error::Result;
 use crate::models::layers::{Conv2d, ConvSpec};
+use crate::weights::Result;
 use crate::weights::VarBuilder;
 use tch::Tensor;
 

@@ -1,7 +1,7 @@
 //! Downsampling between UNet levels (upsampling is the shared `layers::Upsample`).
 
-use crate::error::Result;
 use crate::models::layers::{Conv2d, ConvSpec};
+use crate::weights::Result;
 use crate::weights::VarBuilder;
 use tch::Tensor;
 

@@ -1,5 +1,6 @@
 //! Prompt editing `[from:to:when]` and alternation `[a|b]`, scheduled per model call as A1111
-//! schedules them (`get_learned_conditioning_prompt_schedules`), and `AND` with weights.
+//! schedules them (`modules/prompt_parser.py:
+//! get_learned_conditioning_prompt_schedules`), and `AND` with weights.
 //!
 //! The parser follows A1111's grammar: plain text, emphasis brackets kept as written, scheduled
 //! and alternate groups, and stray bracket characters allowed at the top level only. A prompt
