@@ -566,9 +566,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (model, registry, params) = (tiny_model(dir.path()), registry(), params());
         let (image, mask) = picture();
-        let whole = run_img2img(&model, &registry, &params, &image, Some(&mask), &mut |_| {
-            Flow::Continue
-        })
+        let whole = run_img2img(
+            &model,
+            &registry,
+            &params,
+            &image,
+            Some(&mask),
+            None,
+            &mut |_| Flow::Continue,
+        )
         .expect("the job runs");
 
         let job = Img2ImgJob::prepare(&model, &registry, &params).unwrap();
