@@ -174,66 +174,14 @@ class Settings:
         return params
 
 
-# Infotext keys that set a Settings field, and how to read them.
-INFOTEXT_FIELDS = {
-    "Steps": ("steps", int), "Sampler": ("sampler_name", str), "Schedule type": ("scheduler", str),
-    "CFG scale": ("cfg_scale", float), "Seed": ("seed", int),
-    "Denoising strength": ("denoising_strength", float), "Clip skip": ("clip_skip", int),
-    "Mask blur": ("mask_blur", int), "Masked area padding": ("inpaint_full_res_padding", int),
-}
-
-
-def parse_infotext(text: str) -> tuple[str, str, dict[str, str]]:
-    """A1111 infotext → (prompt, negative prompt, parameters): the last line holds the
-    parameters when it has at least three `key: value` pairs; quoted values are JSON."""
-    import json
-    import re
-    lines = text.strip().split("\n")
-    pairs = re.findall(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)', lines[-1]) if lines else []
-    params: dict[str, str] = {}
-    if len(pairs) >= 3:
-        lines.pop()
-        for key, value in pairs:
-            value = value.strip()
-            if value.startswith('"') and value.endswith('"'):
-                try:
-                    value = json.loads(value)
-                except ValueError:
-                    pass
-            params[key.strip()] = value
-    prompt, negative, in_negative = [], [], False
-    for line in lines:
-        if line.startswith("Negative prompt:"):
-            in_negative = True
-            negative.append(line[len("Negative prompt:"):].strip())
-        elif in_negative:
-            negative.append(line)
-        else:
-            prompt.append(line)
-    return "\n".join(prompt), "\n".join(negative), params
-
-
-def reuse_infotext(settings: "Settings", text: str) -> "Settings":
-    """`settings` with the prompts and parameters of a result's infotext (A1111's "send to
-    img2img"): prompt, negative prompt, steps, sampler, schedule, CFG, seed, strength, size…"""
-    prompt, negative, params = parse_infotext(text)
-    settings.prompt, settings.negative_prompt = prompt, negative
-    for key, (name, kind) in INFOTEXT_FIELDS.items():
-        if key in params:
-            try:
-                setattr(settings, name, kind(params[key]))
-            except ValueError:
-                pass
-    if "x" in params.get("Size", ""):
-        width, height = params["Size"].split("x", 1)
-        if width.isdigit() and height.isdigit():
-            settings.width, settings.height = int(width), int(height)
-    settings.inpainting_mask_invert = params.get("Mask mode") == "Inpaint not masked"
-    if "Inpaint area" in params:
-        settings.inpaint_full_res = params["Inpaint area"] == "Only masked"
-    contents = ["fill", "original", "latent noise", "latent nothing"]
-    if params.get("Masked content") in contents:
-        settings.inpainting_fill = contents.index(params["Masked content"])
+def reuse_request(settings: "Settings", request: dict[str, Any]) -> "Settings":
+    """`settings` with the fields of a generation request (the daemon's reading of a result's
+    infotext, A1111's "send to img2img"): every field the dialog has, by its name."""
+    for f in fields(settings):
+        if f.name in request and request[f.name] is not None:
+            setattr(settings, f.name, type(getattr(settings, f.name))(request[f.name]))
+    if "mask_blur_x" in request:
+        settings.mask_blur = int(request["mask_blur_x"])
     return settings
 
 

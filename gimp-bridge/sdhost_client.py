@@ -188,6 +188,11 @@ class Client:
     def png_info(self, png: bytes) -> dict[str, Any]:
         return self.request({"type": "png_info"}, [("image", Image(png, format="png"))]).header
 
+    def read_infotext(self, infotext: str) -> dict[str, Any]:
+        """The generation request an infotext describes (`png_info`'s `request`: every field
+        under its `params` name), read by the daemon's own parser."""
+        return self.request({"type": "png_info", "infotext": infotext}).header.get("request") or {}
+
     def submit(self, kind: str, header: dict[str, Any], attachments: list[tuple[str, Image]] = ()) -> int:
         """Queues a job; returns its job number (from the `queued` event)."""
         queued = self.request(dict(header, type=kind), attachments)

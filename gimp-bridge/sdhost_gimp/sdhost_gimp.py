@@ -25,9 +25,9 @@ from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject  # noqa: E402
 
 from sdhost_bridge import (  # noqa: E402
     CURRENT_MODEL, Choices, JobRunner, Region, Settings, context_region, fetch_choices, from_slug,
-    placements, reuse_infotext, slug, start_daemon,
+    placements, reuse_request, slug, start_daemon,
 )
-from sdhost_client import Client, Image, default_socket  # noqa: E402
+from sdhost_client import Client, DaemonError, Image, default_socket  # noqa: E402
 
 PARASITE = "sdhost/infotext"
 # The dialog's lists, from the daemon on its default socket when it runs (else A1111's), asked
@@ -165,13 +165,28 @@ def run(procedure, run_mode, image, drawables, config, data):
         return fail(procedure, "select exactly one layer", Gimp.PDBStatusType.CALLING_ERROR)
     layer = drawables[0]
     settings = settings_from(config, mode, CHOICES)
+    socket_path = config.get_property("socket") or default_socket()
+    if config.get_property("start-daemon"):
+        try:
+            Client.connect_unix(socket_path, timeout=5).close()
+        except OSError:
+            try:
+                Gimp.progress_init("sdhost: starting the daemon…")
+                start_daemon(config.get_property("daemon-command"), socket_path)
+            except OSError as error:
+                return fail(procedure, str(error))
     source = config.get_property("parameters-from")
     if source is not None:
         parasite = source.get_parasite(PARASITE)
         if parasite is None:
             return fail(procedure, f"layer \"{source.get_name()}\" has no sdhost parameters",
                         Gimp.PDBStatusType.CALLING_ERROR)
-        reuse_infotext(settings, bytes(parasite.get_data()).decode("utf-8"))
+        # The daemon reads the infotext as it reads its own (one parser, in the daemon).
+        try:
+            with Client.connect_unix(socket_path, timeout=10) as client:
+                reuse_request(settings, client.read_infotext(bytes(parasite.get_data()).decode("utf-8")))
+        except (OSError, DaemonError) as error:
+            return fail(procedure, f"cannot read the layer's parameters: {error}")
     image_w, image_h = image.get_width(), image.get_height()
 
     # The mask source decides the region: the selection, a channel, a layer mask or a file.
@@ -224,16 +239,6 @@ def run(procedure, run_mode, image, drawables, config, data):
     params = settings.params(region)
     header = {"mode": mode, "params": params}
 
-    socket_path = config.get_property("socket") or default_socket()
-    if config.get_property("start-daemon"):
-        try:
-            Client.connect_unix(socket_path, timeout=5).close()
-        except OSError:
-            try:
-                Gimp.progress_init("sdhost: starting the daemon…")
-                start_daemon(config.get_property("daemon-command"), socket_path)
-            except OSError as error:
-                return fail(procedure, str(error))
     model = from_slug(config.get_property("model"), CHOICES.models)
     runner = JobRunner(lambda: Client.connect_unix(socket_path), header, attachments,
                        None if model == CURRENT_MODEL else model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from sdhost_bridge import (JobRunner, parse_infotext, reuse_infotext, Region, Settings, context_region, expand_to_aspect, placements,
+from sdhost_bridge import (JobRunner, reuse_request, Region, Settings, context_region, expand_to_aspect, placements,
                            start_daemon)
 from sdhost_client import Client, Image
 
@@ -96,19 +96,23 @@ def test_the_plug_in_can_start_a_detached_daemon(tmp_path):
                     os.kill(int(pid), signal.SIGTERM)
 
 
-def test_infotext_of_a_result_is_reused():
+def test_infotext_of_a_result_is_reused(daemon):
     text = ('a "quoted" cat, (red:1.2)\nsecond line\nNegative prompt: dog\nSteps: 12, Sampler: Euler a, '
             'Schedule type: Karras, CFG scale: 6.5, Seed: 77, Size: 512x384, Denoising strength: 0.4, '
             'Mask blur: 8, Inpaint area: Only masked, Masked area padding: 16, Masked content: fill, '
             'Lora hashes: "a: 1, b: 2"')
-    prompt, negative, params = parse_infotext(text)
-    assert prompt == 'a "quoted" cat, (red:1.2)\nsecond line' and negative == "dog"
-    assert params["Lora hashes"] == "a: 1, b: 2"
-    settings = reuse_infotext(Settings(), text)
+    with daemon.client() as client:
+        request = client.read_infotext(text)
+    settings = reuse_request(Settings(), request)
+    assert settings.prompt == 'a "quoted" cat, (red:1.2)\nsecond line' and settings.negative_prompt == "dog"
     assert (settings.steps, settings.sampler_name, settings.scheduler, settings.seed) == (12, "Euler a", "Karras", 77)
     assert (settings.width, settings.height, settings.cfg_scale) == (512, 384, 6.5)
     assert settings.inpaint_full_res and settings.inpaint_full_res_padding == 16 and settings.inpainting_fill == 0
     assert settings.mask_blur == 8 and settings.denoising_strength == 0.4
+    # What the dialog sends back is the same request.
+    params = settings.params(Region(0, 0, 512, 384))
+    for name in ("steps", "sampler_name", "scheduler", "seed", "cfg_scale", "inpainting_fill"):
+        assert params[name] == request[name], name
 
 
 def test_dialog_lists_come_from_the_daemon(daemon):

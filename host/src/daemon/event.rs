@@ -45,6 +45,10 @@ pub enum Event {
         prompt: Option<String>,
         negative_prompt: Option<String>,
         parameters: Option<BTreeMap<String, String>>,
+        /// The infotext read as a generation request (A1111's UI defaults where it is silent;
+        /// added within protocol 1), so clients reuse parameters without parsing infotext.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request: Option<serde_json::Map<String, Value>>,
     },
     /// A job was accepted with `position` jobs ahead of it.
     Queued {
@@ -559,7 +563,8 @@ mod tests {
                 infotext: None,
                 prompt: None,
                 negative_prompt: None,
-                parameters: None
+                parameters: None,
+                request: None,
             }),
             json!({"type": "png_info", "id": 2, "infotext": null, "prompt": null,
                    "negative_prompt": null, "parameters": null})

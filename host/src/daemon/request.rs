@@ -48,8 +48,12 @@ pub enum Request {
     SelectModel { model: String },
     /// An img2img job in one of the five modes (attachments `image`, `mask`, `sketch`).
     Img2img(Img2imgRequest),
-    /// The infotext of a PNG (attachment `image`).
-    PngInfo,
+    /// The infotext of a PNG (attachment `image`), or of `infotext` text, read as a request.
+    PngInfo {
+        /// Infotext to read instead of a PNG's (added within protocol 1).
+        #[serde(default)]
+        infotext: Option<String>,
+    },
     /// Stop a job (queued or running).
     Cancel { job: u64 },
 }

@@ -403,7 +403,10 @@ fn read_requests<S: Stream>(
                     "no such job of this connection",
                 )),
             },
-            Request::PngInfo => {
+            Request::PngInfo {
+                infotext: Some(text),
+            } => send(infotext_info(&id, Some(text))),
+            Request::PngInfo { infotext: None } => {
                 let mut attachments = envelope.attachments;
                 match png_attachment(&mut attachments) {
                     Ok(png) => send(png_info(&id, &png)),
@@ -490,18 +493,29 @@ fn submit(
     }
 }
 
+/// The `png_info` answer for an infotext (none: the PNG had none): its parts, and the request
+/// it describes (A1111's UI defaults where it is silent, as "Send to img2img" fills the tab).
+fn infotext_info(id: &Value, text: Option<String>) -> Event {
+    let parsed = text.as_deref().map(crate::infotext::Infotext::parse);
+    let request = parsed.as_ref().map(|infotext| {
+        let mut request = GenerationRequest::ui_defaults();
+        // What cannot be read keeps its default; png_info reports, it does not refuse.
+        let _ = request.apply_infotext(infotext);
+        request.to_object()
+    });
+    Event::PngInfo {
+        id: id.clone(),
+        prompt: parsed.as_ref().map(|p| p.prompt.clone()),
+        negative_prompt: parsed.as_ref().map(|p| p.negative_prompt.clone()),
+        parameters: parsed.map(|p| p.params.into_iter().collect()),
+        infotext: text,
+        request,
+    }
+}
+
 fn png_info(id: &Value, png: &[u8]) -> Event {
     match png_text(png, PARAMETERS_KEY) {
-        Ok(text) => {
-            let parsed = text.as_deref().map(crate::infotext::Infotext::parse);
-            Event::PngInfo {
-                id: id.clone(),
-                prompt: parsed.as_ref().map(|p| p.prompt.clone()),
-                negative_prompt: parsed.as_ref().map(|p| p.negative_prompt.clone()),
-                parameters: parsed.map(|p| p.params.into_iter().collect()),
-                infotext: text,
-            }
-        }
+        Ok(text) => infotext_info(id, text),
         Err(message) => Event::error(
             id,
             None,
