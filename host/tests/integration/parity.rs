@@ -40,9 +40,9 @@
 //! - **Tiled VAE** follows diffusers' `enable_tiling()`: A1111 has no built-in tiled VAE, so
 //!   there is no A1111 behaviour to follow (`vae_io.rs`).
 
-mod common;
+use crate::common;
 
-use common::{assert_close, read_tensors, run_reference};
+use crate::common::{assert_close, read_tensors, run_reference};
 use sdhost::checkpoint::{infer_architecture, Checkpoint};
 use sdhost::models::StableDiffusion;
 use sdhost::tiny_model::{write_tiny_model, Preset, TinyModelSpec};

@@ -1,7 +1,7 @@
 //! Token-id parity of the CLIP tokenizer with A1111's (ftfy + CLIP BPE), on a corpus that
 //! covers what prompts contain.
 
-mod common;
+use crate::common;
 
 use sdhost::prompt::tokenizer::ClipTokenizer;
 

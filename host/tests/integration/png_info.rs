@@ -1,9 +1,7 @@
 //! Infotext in PNG files: written as A1111/Pillow do (tEXt, or iTXt for non-Latin-1 text) and
 //! read back from our files and from Pillow-written ones.
 
-mod common;
-
-use common::run_reference;
+use crate::common::run_reference;
 use sdhost::infotext::Infotext;
 use sdhost::pipeline::png_info::{read_png_infotext, save_png};
 

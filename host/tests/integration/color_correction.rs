@@ -6,7 +6,7 @@
 //! and saturated images and odd sizes (tests/reference/color_correction_reference.py). Every
 //! value must be identical.
 
-mod common;
+use crate::common;
 
 use image::{Rgb, RgbImage};
 use sdhost::prepare::color_correction::{opencv_lab, ColorCorrection};

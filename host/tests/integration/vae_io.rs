@@ -1,9 +1,9 @@
 //! The init image into the latent space and latents back to 8-bit pixels, against A1111's
 //! conversions on diffusers' AutoencoderKL (tiny model).
 
-mod common;
+use crate::common;
 
-use common::{assert_close, read_tensors, run_reference};
+use crate::common::{assert_close, read_tensors, run_reference};
 use sdhost::pipeline::decode::decode_latents;
 use sdhost::pipeline::encode::{encode_image, InitLatent};
 use sdhost::rng::Generator;

@@ -1,12 +1,10 @@
 //! Every built-in sampler, loaded through the plugin ABI, against k-diffusion (and the Python
 //! ports of A1111's own samplers) on a deterministic toy denoiser fed the same noise.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::{assert_close, read_tensors, run_reference};
-use sdhost::sampling::plugins::{PluginPaths, SampleRequest, SamplerRegistry};
+use crate::common::{assert_close, read_tensors, run_reference};
+use sdhost::sampling::plugins::{SampleRequest, SamplerRegistry};
 use sdhost::sampling::session::{Denoise, Noise, StepFailure};
 use sdhost_plugin_api::{Flow, OptionValue};
 use serde_json::json;
@@ -65,18 +63,7 @@ impl Noise for BankNoise {
 }
 
 fn registry() -> SamplerRegistry {
-    let paths = PluginPaths::discover(None);
-    assert!(
-        paths.builtin.is_some(),
-        "the built-in sampler plugin was not found next to the test binary: \
-         run `cargo build --release --workspace` first (make test does)"
-    );
-    let registry = SamplerRegistry::load(&PluginPaths {
-        builtin: paths.builtin,
-        folder: None,
-    });
-    assert!(registry.skipped.is_empty(), "{:?}", registry.skipped);
-    registry
+    crate::common::builtin_registry()
 }
 
 /// Runs one case from its reference file; returns (result, expected, noise used, expected used).

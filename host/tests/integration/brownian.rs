@@ -10,17 +10,15 @@
 //! same times fails these by orders of magnitude. Statistical checks of the noise (variance,
 //! independence, determinism) and of the samplers on a job's noise follow.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::{assert_close, read_tensors, run_reference};
+use crate::common::{assert_close, read_tensors, run_reference};
 use sdhost::rng::{ImageRng, RngSource};
 use sdhost::sampling::brownian::seed_sequence::SeedSequence;
 use sdhost::sampling::brownian::BrownianTreeNoise;
 use sdhost::sampling::noise::{BrownianNoise, JobNoise};
 use sdhost::sampling::plan::{SamplerSettings, SamplingPlan};
-use sdhost::sampling::plugins::{PluginPaths, SampleRequest, SamplerRegistry};
+use sdhost::sampling::plugins::{SampleRequest, SamplerRegistry};
 use sdhost::sampling::session::{Denoise, StepFailure};
 use sdhost_plugin_api::Flow;
 use serde_json::{json, Value};
@@ -182,16 +180,7 @@ impl Denoise for ToyDenoiser {
 }
 
 fn registry() -> SamplerRegistry {
-    let paths = PluginPaths::discover(None);
-    assert!(
-        paths.builtin.is_some(),
-        "the built-in sampler plugin was not found next to the test binary: \
-         run `cargo build --release --workspace` first (make test does)"
-    );
-    SamplerRegistry::load(&PluginPaths {
-        builtin: paths.builtin,
-        folder: None,
-    })
+    crate::common::builtin_registry()
 }
 
 /// Runs a sampler case on `device` with our tree over the case's whole-schedule range.

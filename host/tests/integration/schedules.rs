@@ -1,9 +1,9 @@
 //! Noise levels, every A1111 sigma schedule, the LCM schedule, DDIM timesteps and the img2img
 //! step arithmetic vs k-diffusion and A1111's definitions run in Python.
 
-mod common;
+use crate::common;
 
-use common::{read_tensors, relative_error, run_reference};
+use crate::common::{read_tensors, relative_error, run_reference};
 use sdhost::checkpoint::Checkpoint;
 use sdhost::sampling::noise_levels::{LcmNoiseLevels, NoiseLevels, NoiseModel};
 use sdhost::sampling::schedule::{

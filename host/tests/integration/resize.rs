@@ -2,9 +2,7 @@
 //! aspect ratios: every pixel within 1 level per channel, nearly all identical; and the
 //! init image's transparency flattened as A1111 flattens it.
 
-mod common;
-
-use common::run_reference;
+use crate::common::run_reference;
 use sdhost::prepare::init_image::{load_init_image, DEFAULT_BACKGROUND};
 use sdhost::prepare::resize::{resize_image, ResizeMode};
 

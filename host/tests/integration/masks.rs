@@ -2,11 +2,9 @@
 //! OpenCV's Gaussian mask blur, Pillow's luma and alpha threshold, the "only masked" crop
 //! region on edge cases, and the "fill" of masked content.
 
-mod common;
-
 use std::path::Path;
 
-use common::run_reference;
+use crate::common::run_reference;
 use image::GrayImage;
 use sdhost::prepare::crop::{expand_to_aspect, mask_region, CropRegion};
 use sdhost::prepare::fill::fill;

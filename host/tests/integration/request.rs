@@ -336,6 +336,6 @@ fn the_protocol_doc_lists_every_request_field() {
     assert_eq!(
         &doc[start..stop],
         table,
-        "docs/protocol.md's request-field table is out of date: run SDHOST_BLESS=1 cargo test --release --test request"
+        "docs/protocol.md's request-field table is out of date: run SDHOST_BLESS=1 cargo test --release --test integration request::"
     );
 }

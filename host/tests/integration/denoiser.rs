@@ -1,9 +1,9 @@
 //! The CFG denoiser over the tiny UNet and samplers driving it through the plugin ABI, against
 //! k-diffusion's CompVisDenoiser on diffusers' UNet with A1111's CFG.
 
-mod common;
+use crate::common;
 
-use common::{assert_close, read_tensors, run_reference};
+use crate::common::{assert_close, read_tensors, run_reference};
 use sdhost::prompt::conditioning::{CondPart, ScheduledCond};
 use sdhost::sampling::denoiser::{CfgDenoiser, Guidance, Prediction};
 use sdhost::sampling::noise_levels::NoiseLevels;

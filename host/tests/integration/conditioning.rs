@@ -1,9 +1,9 @@
 //! Conditioning tensors vs A1111's math run in Python on transformers' CLIP (tiny model),
 //! and textual-inversion loading, including a malicious pickle.
 
-mod common;
+use crate::common;
 
-use common::{assert_close, read_tensors, run_reference};
+use crate::common::{assert_close, read_tensors, run_reference};
 use sdhost::prompt::chunks::{tokenize_line, TokenizedPrompt};
 use sdhost::prompt::conditioning::Conditioner;
 use sdhost::prompt::embeddings::EmbeddingDatabase;

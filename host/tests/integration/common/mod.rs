@@ -105,15 +105,51 @@ fn write_preset(
     inpainting: bool,
 ) -> PathBuf {
     let kind = if inpainting { "inpainting-" } else { "" };
-    let path = dir.join(format!("{preset:?}-{kind}{seed}.safetensors").to_lowercase());
-    let spec = sdhost::tiny_model::TinyModelSpec {
-        preset,
-        inpainting,
-        seed,
-        storage: tch::Kind::Float,
-    };
-    sdhost::tiny_model::write_tiny_model(&spec, &path).expect("write tiny model");
+    let name = format!("{preset:?}-{kind}{seed}.safetensors").to_lowercase();
+    let cached = model_cache().join(&name);
+    {
+        // One writer per model: made once for the whole test run, then copied.
+        let _made = MODEL_CACHE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        if !cached.exists() {
+            let spec = sdhost::tiny_model::TinyModelSpec {
+                preset,
+                inpainting,
+                seed,
+                storage: tch::Kind::Float,
+            };
+            let partial = cached.with_extension("partial");
+            sdhost::tiny_model::write_tiny_model(&spec, &partial).expect("write tiny model");
+            std::fs::rename(&partial, &cached).expect("publish cached tiny model");
+        }
+    }
+    let path = dir.join(name);
+    std::fs::copy(&cached, &path).expect("copy cached tiny model");
     path
+}
+
+static MODEL_CACHE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The test run's cache of tiny models (tests share them; each gets its own copy), in Cargo's
+/// scratch folder for integration tests; earlier runs' caches are removed when it is made.
+fn model_cache() -> &'static Path {
+    static CACHE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        if let Ok(entries) = std::fs::read_dir(root) {
+            for entry in entries.flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("tiny-models-")
+                {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let dir = root.join(format!("tiny-models-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the tiny-model cache");
+        dir
+    })
 }
 
 /// Loads every network of the checkpoint at `path` in fp32 on the CPU.
@@ -151,4 +187,21 @@ pub fn pixel_difference(a: &image::RgbImage, b: &image::RgbImage) -> (f64, u8) {
             (sum + u64::from(d), max.max(d))
         });
     (sum as f64 / a.as_raw().len() as f64, max)
+}
+
+/// The built-in sampler plugin, loaded as the host loads it (nothing may be skipped).
+pub fn builtin_registry() -> sdhost::sampling::plugins::SamplerRegistry {
+    use sdhost::sampling::plugins::{PluginPaths, SamplerRegistry};
+    let paths = PluginPaths::discover(None);
+    assert!(
+        paths.builtin.is_some(),
+        "the built-in sampler plugin was not found next to the test binary: \
+         run `cargo build --release --workspace` first (make test does)"
+    );
+    let registry = SamplerRegistry::load(&PluginPaths {
+        builtin: paths.builtin,
+        folder: None,
+    });
+    assert!(registry.skipped.is_empty(), "{:?}", registry.skipped);
+    registry
 }

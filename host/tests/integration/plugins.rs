@@ -3,7 +3,7 @@
 //! another plugin API version, cancel, out of memory) without taking the host down, and a
 //! cancel flag that stops even a sampler that never reports a step.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

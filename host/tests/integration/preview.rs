@@ -2,7 +2,7 @@
 //! and a hand-written per-pixel sum, and "Full" on the last Euler step against the job's final
 //! images (Euler's last step to σ = 0 lands on that step's denoised prediction).
 
-mod common;
+use crate::common;
 
 use image::RgbImage;
 use sdhost::pipeline::img2img::{run_img2img, JobEvent};

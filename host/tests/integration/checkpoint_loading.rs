@@ -1,6 +1,6 @@
 //! Loading checkpoints as they exist in the wild: key variants, dtypes, broken files, hashes.
 
-mod common;
+use crate::common;
 
 use sdhost::checkpoint::{infer_architecture, verify_structure, Checkpoint, ModelHashes};
 use sdhost::models::StableDiffusion;

@@ -1,9 +1,7 @@
 //! Generator objects and A1111's per-image noise vs torch.Generator and an ImageRNG written in
 //! Python from the spec: bit-identical draws, independent state across threads, CUDA if present.
 
-mod common;
-
-use common::{read_tensors, run_reference};
+use crate::common::{read_tensors, run_reference};
 use sdhost::rng::{Generator, ImageRng, RngError, Variation};
 use serde_json::json;
 use std::collections::HashMap;

@@ -2,7 +2,7 @@
 //! networks, k-diffusion's samplers and A1111's rules for the job, listed in
 //! tests/reference/img2img_reference.py.
 
-mod common;
+use crate::common;
 
 use image::RgbImage;
 use sdhost::pipeline::img2img::{run_img2img, JobEvent, JobOutcome};

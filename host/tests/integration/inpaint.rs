@@ -2,7 +2,7 @@
 //! pipeline (tests/reference/inpaint_reference.py), and the promise editors rely on: outside
 //! the blend mask the result is the original, bit for bit.
 
-mod common;
+use crate::common;
 
 use image::{GrayImage, RgbImage};
 use sdhost::pipeline::img2img::{run_img2img, JobOutcome};

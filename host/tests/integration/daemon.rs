@@ -3,7 +3,7 @@
 //! permissions, TCP tokens, single-instance start and graceful shutdown; and
 //! docs/protocol.md against the protocol's types.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

@@ -1,0 +1,28 @@
+//! sdhost's integration and parity tests as one binary (libtorch is linked once), a module
+//! per topic; `common` holds the shared helpers. Run one topic with
+//! `cargo test --release --test integration <topic>::`.
+
+mod brownian;
+mod checkpoint_loading;
+mod cli;
+mod color_correction;
+mod common;
+mod conditioning;
+mod daemon;
+mod denoiser;
+mod img2img;
+mod inpaint;
+mod masks;
+mod module_cycles;
+mod parity;
+mod plugins;
+mod png_info;
+mod preview;
+mod request;
+mod resize;
+mod rng;
+mod samplers;
+mod sampling_plan;
+mod schedules;
+mod tokenizer;
+mod vae_io;
