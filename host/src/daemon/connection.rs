@@ -22,29 +22,24 @@ pub trait Stream: Read + Write + Send + Sized + 'static {
     fn set_write_timeout_stream(&self, timeout: Option<Duration>);
 }
 
-impl Stream for UnixStream {
-    fn try_clone_stream(&self) -> std::io::Result<Self> {
-        self.try_clone()
-    }
-    fn shutdown_stream(&self, how: Shutdown) {
-        let _ = self.shutdown(how);
-    }
-    fn set_write_timeout_stream(&self, timeout: Option<Duration>) {
-        let _ = self.set_write_timeout(timeout);
-    }
+/// `Stream` for socket types whose inherent methods have these names (Unix and TCP).
+macro_rules! impl_stream {
+    ($($socket:ty),*) => {$(
+        impl Stream for $socket {
+            fn try_clone_stream(&self) -> std::io::Result<Self> {
+                self.try_clone()
+            }
+            fn shutdown_stream(&self, how: Shutdown) {
+                let _ = self.shutdown(how);
+            }
+            fn set_write_timeout_stream(&self, timeout: Option<Duration>) {
+                let _ = self.set_write_timeout(timeout);
+            }
+        }
+    )*};
 }
 
-impl Stream for std::net::TcpStream {
-    fn try_clone_stream(&self) -> std::io::Result<Self> {
-        self.try_clone()
-    }
-    fn shutdown_stream(&self, how: Shutdown) {
-        let _ = self.shutdown(how);
-    }
-    fn set_write_timeout_stream(&self, timeout: Option<Duration>) {
-        let _ = self.set_write_timeout(timeout);
-    }
-}
+impl_stream!(UnixStream, std::net::TcpStream);
 
 /// Why no request could be read.
 #[derive(Debug, thiserror::Error)]
