@@ -5,10 +5,12 @@
 //!
 //! The central function is [`pipeline::img2img::run_img2img`]: it takes a loaded
 //! [`pipeline::model::GenerationModel`], the [`sampling::plugins::SamplerRegistry`], the job's
-//! [`pipeline::params::Img2ImgParams`], an init image and an optional mask, and reports each
+//! [`request::GenerationRequest`], an init image and an optional mask, and reports each
 //! step and each finished [`pipeline::img2img::GeneratedImage`] to a callback. The `sdhost`
 //! binary ([`cli`]) calls it from `sdhost img2img`, and the daemon ([`daemon`]) from the jobs
-//! that editors send over a socket. The modules follow the data path:
+//! that editors send over a socket. [`request`] is the one request every front end fills: A1111's
+//! parameters under its API names, their defaults, validation and infotext. The modules follow
+//! the data path:
 //!
 //! * Load. [`checkpoint`] reads A1111's single-file `.safetensors` (a
 //!   [`checkpoint::Checkpoint`], its [`models::Architecture`] inferred from tensor shapes,
@@ -30,8 +32,8 @@
 //!   ([`sampling::denoiser::CfgDenoiser`]) and runs a sampler plugin through the ABI of the
 //!   `sdhost-plugin-api` crate ([`sampling::plugins::SamplerRegistry::sample`]).
 //! * Decode and deliver. [`pipeline`] decodes each latent to 8 bits, writes its
-//!   [`infotext::Infotext`] ([`infotext`] is A1111's format, [`pipeline::params`] what goes in
-//!   it), makes live previews and saves numbered PNGs.
+//!   [`infotext::Infotext`] ([`infotext`] is A1111's format, [`request`] what goes in it),
+//!   makes live previews and saves numbered PNGs.
 //! * Serve. [`daemon`] frames requests and events on a Unix socket, queues jobs fairly and runs
 //!   them on one worker thread that owns the model; [`cli`] is the command line.
 //!
