@@ -37,11 +37,16 @@ def slug(name: str) -> str:
 
 @dataclass
 class Choices:
-    """The lists the dialog offers."""
+    """The lists the dialog offers, and the daemon's request defaults (its `request_fields`)."""
 
     samplers: tuple[str, ...] = SAMPLERS
     schedules: tuple[str, ...] = SCHEDULES
     models: tuple[str, ...] = ()
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def default(self, name: str) -> Any:
+        """The daemon's default of request field `name`; `Settings`' own when offline."""
+        return self.defaults.get(name, getattr(Settings, {"mask_blur_x": "mask_blur"}.get(name, name)))
 
 
 def fetch_choices(socket_path: str, timeout: float = 0.5) -> Choices:
@@ -54,7 +59,8 @@ def fetch_choices(socket_path: str, timeout: float = 0.5) -> Choices:
         return Choices()
     samplers = tuple(s["name"] for s in welcome.get("samplers", [])) or SAMPLERS
     schedules = tuple(welcome.get("schedules", [])) or SCHEDULES
-    return Choices(samplers, schedules, tuple(welcome.get("models", [])))
+    defaults = {f["name"]: f["default"] for f in welcome.get("request_fields", [])}
+    return Choices(samplers, schedules, tuple(welcome.get("models", [])), defaults)
 
 
 def from_slug(value: str, names: tuple[str, ...]) -> str:

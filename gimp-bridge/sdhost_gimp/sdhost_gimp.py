@@ -64,22 +64,25 @@ def add_arguments(p: Gimp.Procedure, mode: str, choices: Choices) -> None:
     p.add_string_argument("negative-prompt", "_Negative prompt", "Negative prompt", "", rw)
     p.add_choice_argument("model", "M_odel", "Checkpoint (current: the daemon's loaded one)",
                           choice(choices.models, CURRENT_MODEL), CURRENT_MODEL, rw)
-    p.add_choice_argument("sampler", "Sa_mpler", "Sampler", choice(choices.samplers),
-                          slug(choices.samplers[0]), rw)
+    # Defaults are the daemon's (its request fields), A1111's tab when it does not answer.
+    d = choices.default
+    sampler = d("sampler_name") if d("sampler_name") in choices.samplers else choices.samplers[0]
+    p.add_choice_argument("sampler", "Sa_mpler", "Sampler", choice(choices.samplers), slug(sampler), rw)
     p.add_choice_argument("scheduler", "Sc_hedule type", "Schedule type", choice(choices.schedules),
-                          slug("Automatic"), rw)
-    p.add_int_argument("steps", "S_teps", "Sampling steps", 1, 150, 20, rw)
-    p.add_double_argument("cfg-scale", "C_FG scale", "Classifier-free guidance", 1.0, 30.0, 7.0, rw)
+                          slug(d("scheduler")), rw)
+    p.add_int_argument("steps", "S_teps", "Sampling steps", 1, 150, d("steps"), rw)
+    p.add_double_argument("cfg-scale", "C_FG scale", "Classifier-free guidance", 1.0, 30.0, d("cfg_scale"), rw)
     p.add_double_argument("denoising-strength", "_Denoising strength", "0 keeps the image, 1 replaces it",
-                          0.0, 1.0, 0.75, rw)
-    p.add_int_argument("seed", "S_eed", "-1: random", -1, 2**31 - 1, -1, rw)
-    p.add_int_argument("batch-count", "Batch _count", "Batches run one after another", 1, 16, 1, rw)
-    p.add_int_argument("batch-size", "Batch si_ze", "Images per batch", 1, 8, 1, rw)
+                          0.0, 1.0, d("denoising_strength"), rw)
+    p.add_int_argument("seed", "S_eed", "-1: random", -1, 2**31 - 1, d("seed"), rw)
+    p.add_int_argument("batch-count", "Batch _count", "Batches run one after another", 1, 16, d("n_iter"), rw)
+    p.add_int_argument("batch-size", "Batch si_ze", "Images per batch", 1, 8, d("batch_size"), rw)
     p.add_int_argument("width", "_Width", "Generation width (0: automatic)", 0, 4096, 0, rw)
     p.add_int_argument("height", "H_eight", "Generation height (0: automatic)", 0, 4096, 0, rw)
     p.add_int_argument("resize-mode", "_Resize mode",
-                       "0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale", 0, 3, 0, rw)
-    p.add_int_argument("clip-skip", "Clip s_kip", "CLIP layers to skip", 1, 12, 1, rw)
+                       "0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale", 0, 3,
+                       d("resize_mode"), rw)
+    p.add_int_argument("clip-skip", "Clip s_kip", "CLIP layers to skip", 1, 12, d("clip_skip"), rw)
     p.add_boolean_argument("use-visible", "Use the _visible image",
                            "Start from what is visible instead of the current layer", False, rw)
     p.add_layer_argument("parameters-from", "Reuse _parameters of",
@@ -87,13 +90,15 @@ def add_arguments(p: Gimp.Procedure, mode: str, choices: Choices) -> None:
     if mode in ("sketch", "inpaint-sketch"):
         p.add_layer_argument("sketch-layer", "Sketch _layer", "The layer painted over the image", False, rw)
     if mode in ("inpaint", "inpaint-sketch", "inpaint-upload"):
-        p.add_int_argument("mask-blur", "Mask _blur", "Pixels", 0, 64, 4, rw)
-        p.add_boolean_argument("invert-mask", "Inpaint _not masked", "Regenerate outside the mask", False, rw)
+        p.add_int_argument("mask-blur", "Mask _blur", "Pixels", 0, 64, d("mask_blur_x"), rw)
+        p.add_boolean_argument("invert-mask", "Inpaint _not masked", "Regenerate outside the mask",
+                               d("inpainting_mask_invert"), rw)
         p.add_int_argument("masked-content", "Masked _content",
-                           "0 fill, 1 original, 2 latent noise, 3 latent nothing", 0, 3, 1, rw)
+                           "0 fill, 1 original, 2 latent noise, 3 latent nothing", 0, 3, d("inpainting_fill"), rw)
         p.add_boolean_argument("only-masked", "Only _masked",
                                "Generate the masked region at full resolution", True, rw)
-        p.add_int_argument("padding", "Only masked _padding", "Pixels around the mask", 0, 256, 32, rw)
+        p.add_int_argument("padding", "Only masked _padding", "Pixels around the mask", 0, 256,
+                           d("inpaint_full_res_padding"), rw)
         p.add_int_argument("min-context", "Minimum conte_xt", "Grow small regions to this size (0: off)",
                            0, 2048, 0, rw)
     if mode == "inpaint-sketch":

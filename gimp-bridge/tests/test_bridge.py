@@ -142,3 +142,13 @@ def test_settings_send_only_request_fields_with_the_daemons_defaults(daemon):
                  "resize_mode", "mask_alpha"):
         assert params[name] == fields[name], (name, params[name], fields[name])
     assert params["mask_blur"] == fields["mask_blur_x"] == fields["mask_blur_y"]
+
+
+def test_dialog_defaults_are_the_daemons_and_the_same_offline(daemon):
+    from sdhost_bridge import fetch_choices
+    online, offline = fetch_choices(str(daemon.socket)), fetch_choices("/nonexistent/sdhost.sock")
+    assert online.defaults and not offline.defaults
+    for name in ("sampler_name", "scheduler", "steps", "cfg_scale", "denoising_strength", "seed",
+                 "n_iter", "batch_size", "resize_mode", "clip_skip", "mask_blur_x",
+                 "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res_padding"):
+        assert online.default(name) == offline.default(name), name
