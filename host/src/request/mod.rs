@@ -199,7 +199,9 @@ impl GenerationRequest {
     /// "Resize seed from" as a size, when set.
     pub fn seed_resize_from(&self) -> Option<(u32, u32)> {
         let (w, h) = (self.seed_resize_from_w, self.seed_resize_from_h);
-        (w > 0 && h > 0).then(|| (w.min(i64::from(u32::MAX)) as u32, h as u32))
+        // Out-of-range sides stay out of range (validate refuses them), never wrap.
+        let clamp = |side: i64| side.min(i64::from(u32::MAX)) as u32;
+        (w > 0 && h > 0).then(|| (clamp(w), clamp(h)))
     }
 
     /// The job's VAE tiling, when on.
