@@ -7,7 +7,7 @@ use crate::common::{assert_close, read_tensors, run_reference};
 use sdhost::prompt::conditioning::{CondPart, ScheduledCond};
 use sdhost::sampling::denoiser::{CfgDenoiser, Guidance, Prediction};
 use sdhost::sampling::noise_levels::NoiseLevels;
-use sdhost::sampling::plugins::{PluginPaths, SampleRequest, SamplerRegistry};
+use sdhost::sampling::plugins::{SampleRequest, SamplerRegistry};
 use sdhost::sampling::session::{Denoise, Noise, StepFailure};
 use sdhost_plugin_api::Flow;
 use tch::Tensor;
@@ -62,10 +62,7 @@ fn fixture() -> Fixture {
         r: read_tensors(&out),
         sd: common::load_fp32(&model),
         levels: NoiseLevels::from_checkpoint(&ckpt).unwrap(),
-        registry: SamplerRegistry::load(&PluginPaths {
-            builtin: PluginPaths::discover(None).builtin,
-            folder: None,
-        }),
+        registry: crate::common::builtin_registry(),
         _dir: dir,
     }
 }

@@ -10,7 +10,7 @@ use sdhost::pipeline::model::GenerationModel;
 use sdhost::prepare::resize::ResizeMode;
 use sdhost::request::{GenerationRequest, RngChoice};
 use sdhost::sampling::plan::SamplerSettings;
-use sdhost::sampling::plugins::{PluginPaths, SamplerRegistry};
+use sdhost::sampling::plugins::SamplerRegistry;
 use sdhost::sampling::schedule::Schedule;
 use sdhost_plugin_api::Flow;
 use tch::{Device, Kind};
@@ -19,10 +19,7 @@ use tch::{Device, Kind};
 const MEAN_TOLERANCE: f64 = 1.0;
 
 fn registry() -> SamplerRegistry {
-    SamplerRegistry::load(&PluginPaths {
-        builtin: PluginPaths::discover(None).builtin,
-        folder: None,
-    })
+    crate::common::builtin_registry()
 }
 
 fn run(

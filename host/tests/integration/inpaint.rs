@@ -11,7 +11,6 @@ use sdhost::prepare::inpaint::{prepare_inpaint, InpaintSettings, MaskedContent};
 use sdhost::prepare::mask::binary_mask;
 use sdhost::request::GenerationRequest;
 use sdhost::sampling::plan::SamplerSettings;
-use sdhost::sampling::plugins::{PluginPaths, SamplerRegistry};
 use sdhost::sampling::schedule::Schedule;
 use sdhost_plugin_api::Flow;
 use tch::{Device, Kind};
@@ -211,10 +210,7 @@ fn run(
     init: &RgbImage,
     mask: &GrayImage,
 ) -> JobOutcome {
-    let registry = SamplerRegistry::load(&PluginPaths {
-        builtin: PluginPaths::discover(None).builtin,
-        folder: None,
-    });
+    let registry = crate::common::builtin_registry();
     run_img2img(
         model,
         &registry,
@@ -354,10 +350,7 @@ fn masks_that_cannot_be_used_are_refused_clearly() {
     .unwrap();
     let init = common::test_picture(&dir.path().join("init.png"));
     let case = &cases()[0];
-    let registry = SamplerRegistry::load(&PluginPaths {
-        builtin: PluginPaths::discover(None).builtin,
-        folder: None,
-    });
+    let registry = crate::common::builtin_registry();
     let error = |mask: &GrayImage, params: &GenerationRequest| {
         run_img2img(
             &model,

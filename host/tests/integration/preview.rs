@@ -12,7 +12,6 @@ use sdhost::pipeline::preview::{
 };
 use sdhost::request::GenerationRequest;
 use sdhost::sampling::plan::SamplerSettings;
-use sdhost::sampling::plugins::{PluginPaths, SamplerRegistry};
 use sdhost_plugin_api::Flow;
 use tch::{Device, Kind, Tensor};
 
@@ -102,10 +101,7 @@ fn full_preview_of_the_last_euler_step_is_the_final_image() {
     let checkpoint = common::tiny_model(dir.path(), 14);
     let init = common::test_picture(&dir.path().join("init.png"));
     let model = GenerationModel::load(&checkpoint, Device::Cpu, Kind::Float, None).unwrap();
-    let registry = SamplerRegistry::load(&PluginPaths {
-        builtin: PluginPaths::discover(None).builtin,
-        folder: None,
-    });
+    let registry = crate::common::builtin_registry();
     let params = GenerationRequest {
         prompt: "a lighthouse".into(),
         width: 48,

@@ -9,7 +9,6 @@ use sdhost::daemon::protocol::{Attachment, Frame, PixelFormat};
 use sdhost::daemon::request::{parse_request, Request};
 use sdhost::infotext::Infotext;
 use sdhost::request::{GenerationRequest, ImageFacts, InvalidRequest};
-use sdhost::sampling::plugins::{PluginPaths, SamplerRegistry};
 use serde_json::{json, Map, Value};
 
 /// One value per request field, different from A1111's UI default, as JSON.
@@ -183,10 +182,7 @@ fn every_field_arrives_through_the_cli_flags() {
 
 #[test]
 fn every_field_of_one_image_survives_its_infotext() {
-    let registry = SamplerRegistry::load(&PluginPaths {
-        builtin: PluginPaths::discover(None).builtin,
-        folder: None,
-    });
+    let registry = crate::common::builtin_registry();
     let mut everything = Map::new();
     for (name, value) in examples() {
         everything.insert(name.to_string(), value);

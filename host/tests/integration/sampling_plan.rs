@@ -6,19 +6,11 @@
 
 use sdhost::sampling::noise_levels::{NoiseLevels, NoiseModel};
 use sdhost::sampling::plan::{PlanError, SamplerSettings, SamplingPlan};
-use sdhost::sampling::plugins::{PluginPaths, SamplerRegistry};
+use sdhost::sampling::plugins::SamplerRegistry;
 use sdhost::sampling::schedule::Schedule;
 
 fn registry() -> SamplerRegistry {
-    let builtin = PluginPaths::discover(None).builtin;
-    assert!(
-        builtin.is_some(),
-        "build the workspace first (make test does)"
-    );
-    SamplerRegistry::load(&PluginPaths {
-        builtin,
-        folder: None,
-    })
+    crate::common::builtin_registry()
 }
 
 fn settings(sampler: &str, steps: usize, strength: f64) -> SamplerSettings {
