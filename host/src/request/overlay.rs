@@ -38,7 +38,11 @@ fn suggestion(field: &str) -> String {
     let wanted = field.to_ascii_lowercase().replace('-', "_");
     fields()
         .iter()
-        .find(|f| f.name == wanted || f.name.contains(&wanted) || wanted.contains(&f.name))
+        .find(|f| {
+            // Only names long enough to mean something are matched inside others.
+            let long = wanted.len() >= 4 && f.name.len() >= 4;
+            f.name == wanted || (long && (f.name.contains(&wanted) || wanted.contains(&f.name)))
+        })
         .map(|f| format!(", did you mean \"{}\"?", f.name))
         .unwrap_or_default()
 }
