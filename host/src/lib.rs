@@ -47,6 +47,7 @@ pub mod cli;
 pub mod daemon;
 pub mod device;
 pub mod error;
+pub mod extra_networks;
 pub mod infotext;
 pub mod models;
 pub mod pickle;
