@@ -6,6 +6,7 @@
 //! `models/` tree, and [`lora`] patches the loaded weights.
 
 pub mod catalog;
+pub mod dirs;
 pub mod lora;
 
 use std::collections::BTreeMap;

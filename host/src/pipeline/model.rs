@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
 
 use crate::checkpoint::{default_cache_dir, infer_architecture, Checkpoint, ModelHashes};
+use crate::extra_networks::dirs::NetworkDirs;
 use crate::models::StableDiffusion;
 use crate::prompt::embeddings::EmbeddingDatabase;
 use crate::sampling::noise_levels::{NoiseLevels, NoiseLevelsError};
@@ -46,6 +47,8 @@ pub struct GenerationModel {
     pub hash: String,
     /// Embeddings available to prompts.
     pub embeddings: EmbeddingDatabase,
+    /// Where the prompts' extra networks (`<lora:…>`, `<hypernet:…>`) and VAE files are found.
+    pub network_dirs: NetworkDirs,
     /// Where the networks run.
     pub device: Device,
     /// Their dtype.
@@ -87,9 +90,16 @@ impl GenerationModel {
             name: model_name(path),
             hash: hashes.short().to_string(),
             embeddings,
+            network_dirs: NetworkDirs::default(),
             device,
             kind,
         })
+    }
+
+    /// The same model, finding extra networks in `dirs`.
+    pub fn with_network_dirs(mut self, dirs: NetworkDirs) -> Self {
+        self.network_dirs = dirs;
+        self
     }
 
     /// Pixels per latent pixel (8 for SD).
