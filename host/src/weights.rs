@@ -23,9 +23,10 @@ pub enum LoadError {
     /// The header or data layout is not valid safetensors (truncated, corrupt, not safetensors).
     #[error("{path}: not a valid .safetensors file ({reason})")]
     InvalidSafetensors { path: PathBuf, reason: String },
-    /// A pickle-based checkpoint, which is never unpickled here.
-    #[error("{path}: .ckpt/.pt checkpoints are pickles and are not loaded; convert it to .safetensors (for example with A1111's checkpoint merger, or `safetensors.torch.save_file` on its state_dict)")]
-    PickleCheckpoint { path: PathBuf },
+    /// A `.ckpt`/`.pt` pickle that the restricted unpickler refused or could not read (a
+    /// global outside A1111's allow-list, a malformed or truncated file...).
+    #[error(transparent)]
+    Pickle(#[from] crate::pickle::PickleError),
     /// The file is valid safetensors but not a Stable Diffusion 1.x checkpoint.
     #[error("{path}: not a Stable Diffusion checkpoint: {reason}")]
     NotStableDiffusion { path: PathBuf, reason: String },

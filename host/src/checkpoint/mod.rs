@@ -1,34 +1,46 @@
-//! Checkpoint files as users have them: A1111/CompVis single-file `.safetensors`.
+//! Checkpoint files as users have them: A1111/CompVis single-file `.safetensors`, and the
+//! `.ckpt`/`.pt` pickles of older models, read through the restricted unpickler
+//! ([`crate::pickle::load_state_dict`]: tensors and A1111's allow-list only, nothing executed).
 //!
-//! The file is memory-mapped; only the header is parsed up front and each tensor is copied
-//! out of the map once, straight into the dtype and device the network runs in.
+//! Either way a [`Checkpoint`] is a tensor source by key: `.safetensors` files are
+//! memory-mapped and only their header is parsed up front; pickles are unpickled up front (a
+//! few hundred kilobytes) and their storages stay in the mapped file. Each tensor is copied out
+//! once, straight into the dtype and device the network runs in.
 
 mod architecture;
 mod hash;
+mod safetensors_file;
 mod verify;
 
 pub use architecture::infer_architecture;
 pub use hash::{default_cache_dir, ModelHashes, HASH_CACHE_FILE};
 pub use verify::verify_structure;
 
+use crate::pickle::StateDict;
 use crate::weights::TensorSource;
 use crate::weights::{LoadError, Result};
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype, Metadata, TensorInfo};
-use std::collections::BTreeMap;
+use safetensors::tensor::Dtype;
+use safetensors_file::SafetensorsFile;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-/// An opened `.safetensors` checkpoint: the mapped file and its parsed header.
+/// An opened checkpoint: its tensors by key, from either file format.
 pub struct Checkpoint {
     path: PathBuf,
-    mmap: Mmap,
-    data_start: usize,
-    tensors: BTreeMap<String, TensorInfo>,
+    store: Store,
+}
+
+/// Where a checkpoint's tensors come from.
+enum Store {
+    Safetensors(SafetensorsFile),
+    Pickle(StateDict),
 }
 
 impl Checkpoint {
-    /// Maps `path` and parses its safetensors header, refusing pickles and malformed files.
+    /// Opens `path`: a `.safetensors` file (header parsed, data mapped), or a `.ckpt`/`.pt`
+    /// pickle (zip or legacy `torch.save`) through the restricted unpickler. Hostile pickles
+    /// and malformed files give typed errors.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let io = |source| LoadError::Io {
@@ -43,22 +55,13 @@ impl Checkpoint {
         // SAFETY: the map is read-only; a file truncated by another process while mapped is
         // outside what any mmap-based loader (A1111's included) can defend against.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
-        if is_pickle(&path, &mmap) {
-            return Err(LoadError::PickleCheckpoint { path });
-        }
-        let (header_len, metadata) =
-            safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| {
-                LoadError::InvalidSafetensors {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
-        Ok(Self {
-            data_start: 8 + header_len,
-            tensors: collect_tensors(&metadata),
-            path,
-            mmap,
-        })
+        let store = if is_pickle(&path, &mmap) {
+            drop(mmap);
+            Store::Pickle(StateDict::open(&path)?)
+        } else {
+            Store::Safetensors(SafetensorsFile::new(&path, mmap)?)
+        };
+        Ok(Self { path, store })
     }
 
     /// The file this checkpoint was read from.
@@ -66,16 +69,25 @@ impl Checkpoint {
         &self.path
     }
 
+    /// Whether it was read from a pickle (`.ckpt`/`.pt`) rather than `.safetensors`.
+    pub fn is_pickle(&self) -> bool {
+        matches!(self.store, Store::Pickle(_))
+    }
+
     /// All tensor names, sorted.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.tensors.keys().map(String::as_str)
+    pub fn keys(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match &self.store {
+            Store::Safetensors(file) => Box::new(file.keys()),
+            Store::Pickle(sd) => Box::new(sd.keys()),
+        }
     }
 
     /// The stored shape of `key`.
     pub fn shape(&self, key: &str) -> Option<Vec<i64>> {
-        self.tensors
-            .get(key)
-            .map(|info| info.shape.iter().map(|&d| d as i64).collect())
+        match &self.store {
+            Store::Safetensors(file) => file.shape(key),
+            Store::Pickle(sd) => sd.shape(key).map(<[i64]>::to_vec),
+        }
     }
 
     /// Checks that `key` exists with exactly `shape`, naming the file and key otherwise.
@@ -96,80 +108,38 @@ impl Checkpoint {
 
     /// The stored dtype of `key`.
     pub fn dtype(&self, key: &str) -> Option<Dtype> {
-        self.tensors.get(key).map(|info| info.dtype)
+        match &self.store {
+            Store::Safetensors(file) => file.dtype(key),
+            Store::Pickle(sd) => sd.kind(key).and_then(dtype_of),
+        }
     }
 
     /// Number of floating-point values (parameters) and their bytes under keys starting with
     /// `prefix`; integer buffers such as `position_ids` are not parameters.
     pub fn size_under(&self, prefix: &str) -> (u64, u64) {
-        self.tensors
-            .iter()
-            .filter(|(k, info)| k.starts_with(prefix) && is_float(info.dtype))
-            .fold((0, 0), |(n, b), (_, info)| {
-                let count: usize = info.shape.iter().product();
-                let bytes = info.data_offsets.1 - info.data_offsets.0;
-                (n + count as u64, b + bytes as u64)
+        self.keys()
+            .filter(|k| k.starts_with(prefix))
+            .filter(|k| self.dtype(k).is_some_and(is_float))
+            .fold((0, 0), |(n, b), key| {
+                let count: i64 = self.shape(key).unwrap_or_default().iter().product();
+                let bytes = match &self.store {
+                    Store::Safetensors(file) => file.stored_bytes(key).unwrap_or(0),
+                    Store::Pickle(sd) => sd
+                        .kind(key)
+                        .map_or(0, |k| (count as usize * k.elt_size_in_bytes()) as u64),
+                };
+                (n + count as u64, b + bytes)
             })
     }
 
     /// The raw tensor under `key` in its stored dtype, on the CPU.
     pub fn raw(&self, key: &str) -> Result<Tensor> {
-        let info = self
-            .tensors
-            .get(key)
-            .ok_or_else(|| crate::weights::missing(&self.path, key))?;
-        let kind = kind_of(info.dtype).ok_or_else(|| LoadError::UnsupportedDtype {
-            path: self.path.clone(),
-            key: key.to_string(),
-            dtype: format!("{:?}", info.dtype),
-        })?;
-        let (start, end) = info.data_offsets;
-        let bytes = &self.mmap[self.data_start + start..self.data_start + end];
-        let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
-        Ok(Tensor::f_from_data_size(bytes, &shape, kind)?)
-    }
-
-    /// Drops the mapped pages of `key` from this process once its tensor was copied, so loading
-    /// does not hold the file's pages and the converted weights at once (peak memory); the page
-    /// cache keeps them, and a later read maps them in again.
-    fn release(&self, key: &str) {
-        if let Some(info) = self.tensors.get(key) {
-            let (start, end) = info.data_offsets;
-            // SAFETY: the map is a read-only file mapping: MADV_DONTNEED only unmaps its pages,
-            // which fault in again from the file, unchanged, if anything reads them later.
-            unsafe {
-                let _ = self.mmap.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    self.data_start + start,
-                    end - start,
-                );
-            }
+        match &self.store {
+            Store::Safetensors(file) => file.raw(key),
+            Store::Pickle(sd) => Ok(sd
+                .tensor(key)
+                .ok_or_else(|| crate::weights::missing(&self.path, key))??),
         }
-    }
-
-    /// A CPU tensor viewing the mapped bytes of `key`, when they are aligned for its dtype.
-    fn mapped_view(&self, key: &str) -> Result<Option<Tensor>> {
-        let Some(info) = self.tensors.get(key) else {
-            return Err(crate::weights::missing(&self.path, key));
-        };
-        let Some(kind) = kind_of(info.dtype) else {
-            return Ok(None);
-        };
-        let (start, end) = info.data_offsets;
-        let bytes = &self.mmap[self.data_start + start..self.data_start + end];
-        if bytes.is_empty() || (bytes.as_ptr() as usize) % kind.elt_size_in_bytes() != 0 {
-            return Ok(None);
-        }
-        let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
-        let mut strides = vec![1i64; shape.len()];
-        for i in (0..shape.len().saturating_sub(1)).rev() {
-            strides[i] = strides[i + 1] * shape[i + 1];
-        }
-        // SAFETY: the bytes are in bounds (validated header), aligned (checked above), and the
-        // view never escapes: `tensor` copies it before returning.
-        let view =
-            unsafe { Tensor::f_from_blob(bytes.as_ptr(), &shape, &strides, kind, Device::Cpu)? };
-        Ok(Some(view))
     }
 }
 
@@ -180,29 +150,15 @@ impl TensorSource for Checkpoint {
 
     fn tensor(&self, key: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
         self.expect_shape(key, shape)?;
-        let Some(view) = self.mapped_view(key)? else {
-            return Ok(self.raw(key)?.f_to_device(device)?.f_to_kind(kind)?);
-        };
-        // One pass from the page cache into the final dtype and device; a view that would
-        // survive unchanged (same dtype, CPU) is copied so no tensor outlives the map.
-        let out = view.f_to_device(device)?.f_to_kind(kind)?;
-        let out = if out.data_ptr() == view.data_ptr() {
-            out.f_detach_copy()?
-        } else {
-            out
-        };
-        drop(view);
-        self.release(key);
-        Ok(out)
+        match &self.store {
+            Store::Safetensors(file) => file.tensor(key, kind, device),
+            Store::Pickle(sd) => {
+                let out = self.raw(key)?.f_to_device(device)?.f_to_kind(kind)?;
+                sd.release(key);
+                Ok(out)
+            }
+        }
     }
-}
-
-fn collect_tensors(metadata: &Metadata) -> BTreeMap<String, TensorInfo> {
-    metadata
-        .tensors()
-        .into_iter()
-        .map(|(name, info)| (name, info.clone()))
-        .collect()
 }
 
 fn is_float(dtype: Dtype) -> bool {
@@ -243,7 +199,9 @@ pub fn dtype_of(kind: Kind) -> Option<Dtype> {
     })
 }
 
-/// Pickle checkpoints are zip archives (torch ≥ 1.6) or raw pickles (protocol 2+, 0x80).
+/// Pickle checkpoints are zip archives (torch ≥ 1.6) or raw pickles (protocol 2+ starts with
+/// 0x80); a pickle extension sends any other content to the unpickler too, whose error then
+/// says what the file is not.
 fn is_pickle(path: &Path, bytes: &[u8]) -> bool {
     let by_extension = matches!(
         path.extension()
