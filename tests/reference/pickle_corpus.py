@@ -50,10 +50,10 @@ def hostile(d):
 
     payloads = {
         "system": (reducer(os.system, touch("system")), ["system"]),
-        "eval": (reducer(eval, f"__import__('os').system({touch('eval')!r})"), ["builtins.eval"]),
-        "exec": (reducer(exec, f"import os; os.system({touch('exec')!r})"), ["builtins.exec"]),
-        "popen": (reducer(subprocess.Popen, ["touch", os.path.join(d, "PWNED-popen")]), ["subprocess.Popen"]),
-        "getattr": (reducer(getattr, os, "system"), ["builtins.getattr"]),
+        "eval": (reducer(eval, f"__import__('os').system({touch('eval')!r})"), ["eval`"]),
+        "exec": (reducer(exec, f"import os; os.system({touch('exec')!r})"), ["exec`"]),
+        "popen": (reducer(subprocess.Popen, ["touch", os.path.join(d, "PWNED-popen")]), ["Popen`"]),
+        "getattr": (reducer(getattr, os, "system"), ["getattr`"]),
     }
     # Each payload inside a state dict, saved by torch in the zip format and the legacy one.
     for name, (payload, expect) in payloads.items():
@@ -73,7 +73,7 @@ def hostile(d):
     for protocol in (2, 4, 5):
         buf = io.BytesIO()
         torch.save({"w": payloads["popen"][0]}, buf, pickle_protocol=protocol)
-        put(f"popen-zip-protocol{protocol}.pt", buf.getvalue(), "refused", "subprocess.Popen")
+        put(f"popen-zip-protocol{protocol}.pt", buf.getvalue(), "refused", "Popen`")
 
     cmd = touch("hand").encode()
     # builtins.getattr(builtins.__import__('os'), 'system')('touch ...'): a REDUCE chain.
@@ -82,7 +82,7 @@ def hostile(d):
         b"\x80\x02cbuiltins\ngetattr\ncbuiltins\n__import__\nX\x02\x00\x00\x00os\x85R"
         b"X\x06\x00\x00\x00system\x86RX" + struct.pack("<I", len(cmd)) + cmd + b"\x85R.",
         "refused",
-        "builtins.getattr",
+        "getattr`",
     )
     # Protocol 0 INST and OBJ of os.system.
     put("inst.pt", b"(S'" + cmd + b"'\nios\nsystem\n.", "refused", "os.system")
@@ -178,6 +178,9 @@ def hostile(d):
     archive("huge-view.pt", storage_pickle(4, 0, (1 << 40, 1 << 40), (1, 1)), {"0": four}, "too short")
     archive("broadcast-bomb.pt", storage_pickle(4, 0, (1 << 40,), (0,)), {"0": four}, "a view of")
     archive("negative-stride.pt", storage_pickle(4, 3, (4,), (-1,)), {"0": four}, "negative")
+    # The control: the same kind of payload, loaded by Python's own unpickler, does run (so
+    # the corpus is live); the Rust test expects CONTROL and no PWNED-* file.
+    pickle.loads(pickle.dumps(reducer(os.system, "touch " + os.path.join(d, "CONTROL"))))
     with open(os.path.join(d, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
 
@@ -226,11 +229,20 @@ def storage_sizes(pkl):
     """Storage key -> element size, read from a data.pkl without loading anything."""
     found = {}
 
+    class Inert:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __setstate__(self, state):
+            pass
+
     class Scan(pickle.Unpickler):
         def find_class(self, module, name):
             if module == "torch" and name.endswith("Storage"):
                 return name
-            return lambda *a, **k: None
+            if (module, name) == ("collections", "OrderedDict"):
+                return collections.OrderedDict
+            return Inert
 
         def persistent_load(self, pid):
             found[pid[2]] = ELEMENT_SIZES[pid[1]]

@@ -195,12 +195,6 @@ impl Machine<'_> {
         Ok(())
     }
 
-    fn height(&self, v: &Value) -> u32 {
-        address(v)
-            .and_then(|a| self.meta.get(&a))
-            .map_or(0, |m| m.height)
-    }
-
     /// Marks `child` as inside another container and returns its height.
     fn seal(&mut self, child: &Value) -> u32 {
         match address(child).and_then(|a| self.meta.get_mut(&a)) {

@@ -117,7 +117,11 @@ impl TorchFile {
         // SAFETY: a read-only map; as for safetensors checkpoints, a file truncated by another
         // process while mapped is outside what a loader can defend against.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let (unpickled, records, big_endian) = if mmap.starts_with(b"PK\x03\x04") {
+        // A zip archive, or a file cut inside the zip signature (an error from the zip reader
+        // describes that best).
+        let zip_magic = b"PK\x03\x04";
+        let is_zip = zip_magic.starts_with(&mmap[..mmap.len().min(4)]) || mmap.starts_with(zip_magic);
+        let (unpickled, records, big_endian) = if is_zip {
             let zip = archive::read(path, &mmap)?;
             (zip.unpickled, zip.records, zip.big_endian)
         } else {
@@ -177,6 +181,11 @@ impl TorchFile {
         })?;
         let start = record.start + first as usize * elem;
         Ok((&self.mmap[start..record.start + end as usize * elem], first))
+    }
+
+    /// Checks that the view `t` fits in its storage, without reading any data.
+    pub fn check(&self, t: &TensorRef) -> Result<(), PickleError> {
+        self.bytes_of(t).map(drop)
     }
 
     /// Reads the data of a tensor reference into a contiguous CPU tensor in its stored dtype.

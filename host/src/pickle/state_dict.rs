@@ -90,6 +90,9 @@ impl StateDict {
             .into_iter()
             .map(|(k, t)| (rename(k, replacements), t))
             .collect();
+        for t in tensors.values() {
+            file.check(t)?;
+        }
         if tensors.is_empty() {
             return Err(not_state_dict("it holds no tensors"));
         }

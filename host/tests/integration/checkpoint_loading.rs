@@ -182,8 +182,13 @@ fn broken_files_give_typed_errors() {
         b"PK\x03\x04 a zip archive with a pickle inside",
     );
     let err = Checkpoint::open(&pickle).err().unwrap();
-    assert!(matches!(err, LoadError::PickleCheckpoint { .. }));
-    assert!(err.to_string().contains("convert it to .safetensors"));
+    assert!(
+        matches!(
+            err,
+            LoadError::Pickle(sdhost::pickle::PickleError::NotTorchFile { .. })
+        ),
+        "{err}"
+    );
 
     let lora = dir.path().join("lora.safetensors");
     rewrite(&base, &lora, |t| {
@@ -292,4 +297,105 @@ fn crafted_shapes_are_refused_without_panicking() {
             "{name}: {err}"
         );
     }
+}
+
+/// The tiny model as `.ckpt` pickles (tests/reference/pickle_corpus.py `convert`).
+fn pickled_variants(dir: &Path, seed: i64) -> PathBuf {
+    let model = tiny(dir, seed);
+    common::run_reference(
+        "pickle_corpus.py",
+        &["convert".as_ref(), model.as_os_str(), dir.as_os_str()],
+    );
+    model
+}
+
+/// Every tensor of `a` equals the one of `b` under the same key, bit for bit and in dtype.
+fn assert_same_tensors(a: &Checkpoint, b: &Checkpoint) {
+    let keys: Vec<&str> = a.keys().collect();
+    assert_eq!(keys, b.keys().collect::<Vec<_>>(), "{}", a.path().display());
+    for key in keys {
+        assert_eq!(a.dtype(key), b.dtype(key), "{key}");
+        let (x, y) = (a.raw(key).unwrap(), b.raw(key).unwrap());
+        assert_eq!(x.size(), y.size(), "{key}");
+        assert!(x.equal(&y), "{}: {key} differs", a.path().display());
+    }
+}
+
+#[test]
+fn ckpt_pickles_load_the_same_weights_as_safetensors() {
+    tch::set_num_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let model = pickled_variants(dir.path(), 30);
+    let reference = Checkpoint::open(&model).unwrap();
+    // Zip format by the current torch with a Lightning wrapper; its big-endian twin; the
+    // legacy format with old CLIP key names (renamed as A1111 does).
+    for name in ["zip.ckpt", "bigendian.ckpt", "legacy.ckpt"] {
+        let ckpt = Checkpoint::open(dir.path().join(name)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(ckpt.is_pickle());
+        assert_same_tensors(&ckpt, &reference);
+    }
+    let fp16 = Checkpoint::open(dir.path().join("fp16.ckpt")).unwrap();
+    assert_same_tensors(&fp16, &Checkpoint::open(dir.path().join("fp16.safetensors")).unwrap());
+    let sd = sdhost::pickle::load_state_dict(&dir.path().join("zip.ckpt")).unwrap();
+    assert_eq!(sd.global_step(), Some(1234));
+
+    // The whole loading path: architecture, structure, networks, noise levels.
+    let expected = unet_output(&load(&model).unwrap());
+    let ckpt_path = dir.path().join("zip.ckpt");
+    assert!(unet_output(&load(&ckpt_path).unwrap()).equal(&expected));
+    let ckpt = Checkpoint::open(&ckpt_path).unwrap();
+    let levels = sdhost::sampling::noise_levels::NoiseLevels::from_checkpoint(&ckpt).unwrap();
+    let reference_levels =
+        sdhost::sampling::noise_levels::NoiseLevels::from_checkpoint(&reference).unwrap();
+    assert_eq!(levels, reference_levels);
+    // The model hash is the whole file's, as for any checkpoint.
+    use sha2::{Digest, Sha256};
+    let hex: String = Sha256::digest(std::fs::read(&ckpt_path).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(ModelHashes::compute(&ckpt_path).unwrap().sha256, hex);
+}
+
+#[test]
+fn img2img_from_a_ckpt_matches_its_safetensors_pixel_for_pixel() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = pickled_variants(dir.path(), 32);
+    let init = dir.path().join("init.png");
+    image::RgbImage::from_fn(40, 32, |x, y| image::Rgb([(x * 6) as u8, (y * 7) as u8, 90]))
+        .save(&init)
+        .unwrap();
+    // Pixels, not PNG bytes: the infotext names the model file and its hash.
+    let run = |model: &Path, out: &str| {
+        let out_dir = dir.path().join(out);
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_sdhost"))
+            .args(["img2img", "--seed", "7", "--steps", "4", "--threads", "1"])
+            .args(["--prompt", "a red cat", "--denoising-strength", "0.7"])
+            .arg("--model")
+            .arg(model)
+            .arg("--init-image")
+            .arg(&init)
+            .arg("--out-dir")
+            .arg(&out_dir)
+            .env("SDHOST_CACHE_DIR", dir.path().join("cache"))
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let png = out_dir.join("00000-7.png");
+        image::open(&png).unwrap().to_rgb8().into_raw()
+    };
+    let safetensors = run(&model, "from-safetensors");
+    assert_eq!(run(&dir.path().join("zip.ckpt"), "from-ckpt"), safetensors);
+    assert_eq!(run(&dir.path().join("legacy.ckpt"), "from-legacy"), safetensors);
+
+    let info = std::process::Command::new(env!("CARGO_BIN_EXE_sdhost"))
+        .args(["info", "--no-hash"])
+        .arg(dir.path().join("zip.ckpt"))
+        .output()
+        .unwrap();
+    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
 }

@@ -120,7 +120,7 @@ fn bad_files_fail_with_one_line() {
         (
             "model.ckpt",
             b"\x80\x02}q\x00.".to_vec(),
-            "convert it to .safetensors",
+            "not a PyTorch file",
         ),
     ];
     for (name, data, mentions) in cases {

@@ -15,6 +15,7 @@ mod inpaint;
 mod masks;
 mod module_cycles;
 mod parity;
+mod pickle_safety;
 mod plugins;
 mod png_info;
 mod preview;
