@@ -15,7 +15,7 @@ use tch::{Kind, Tensor};
 /// Arguments of `sdhost check`.
 #[derive(clap::Args)]
 pub struct CheckArgs {
-    /// Checkpoint file (.safetensors).
+    /// Checkpoint file (.safetensors, or a .ckpt/.pt pickle).
     model: PathBuf,
     /// Device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]

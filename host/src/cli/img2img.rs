@@ -30,7 +30,7 @@ const INTERRUPTED_EXIT: i32 = 130;
 /// Arguments of `sdhost img2img`.
 #[derive(Args)]
 pub struct Img2ImgArgs {
-    /// Checkpoint file (.safetensors, A1111/CompVis single-file layout).
+    /// Checkpoint file (.safetensors or .ckpt, A1111/CompVis single-file layout).
     #[arg(long)]
     model: PathBuf,
     /// The image to start from (PNG or JPEG; transparency is flattened over white).

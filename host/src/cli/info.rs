@@ -10,7 +10,7 @@ use std::path::PathBuf;
 /// Arguments of `sdhost info`.
 #[derive(clap::Args)]
 pub struct InfoArgs {
-    /// Checkpoint file (.safetensors).
+    /// Checkpoint file (.safetensors, or a .ckpt/.pt pickle).
     model: PathBuf,
     /// Print JSON instead of text.
     #[arg(long)]

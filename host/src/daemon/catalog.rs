@@ -1,10 +1,11 @@
 //! The checkpoints a daemon can load: an A1111 `models/` tree used as it is
-//! (`Stable-diffusion/**.safetensors`, `embeddings/` beside or inside it), or any folder.
+//! (`Stable-diffusion/**.safetensors` and `**.ckpt`, `embeddings/` beside or inside it), or any
+//! folder.
 
 use std::path::{Path, PathBuf};
 
 /// Checkpoints found, named as A1111 titles them (path under the checkpoint folder, no
-/// extension).
+/// extension; with it when a `.ckpt` and a `.safetensors` share a name).
 #[derive(Debug, Clone, Default)]
 pub struct ModelCatalog {
     entries: Vec<(String, PathBuf)>,
@@ -12,6 +13,17 @@ pub struct ModelCatalog {
 
 /// A1111's checkpoint folder inside `models/`.
 const CHECKPOINT_FOLDER: &str = "Stable-diffusion";
+
+/// A1111's `list_models` filter: `.ckpt` and `.safetensors`, but not the `*.vae.*` files
+/// that sit beside checkpoints.
+fn is_checkpoint(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    (name.ends_with(".safetensors") || name.ends_with(".ckpt"))
+        && !(name.ends_with(".vae.safetensors") || name.ends_with(".vae.ckpt"))
+}
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -21,10 +33,7 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
         let path = entry.path();
         if path.is_dir() {
             collect(&path, out);
-        } else if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
-        {
+        } else if is_checkpoint(&path) {
             out.push(path);
         }
     }
@@ -43,9 +52,15 @@ impl ModelCatalog {
             };
             let mut files = Vec::new();
             collect(&root, &mut files);
-            for file in files {
-                let relative = file.strip_prefix(&root).unwrap_or(&file).with_extension("");
-                entries.push((relative.to_string_lossy().into_owned(), file));
+            let stem = |file: &Path| file.strip_prefix(&root).unwrap_or(file).with_extension("");
+            for file in &files {
+                let shared = files.iter().filter(|f| stem(f) == stem(file)).count() > 1;
+                let relative = if shared {
+                    file.strip_prefix(&root).unwrap_or(file).to_path_buf()
+                } else {
+                    stem(file)
+                };
+                entries.push((relative.to_string_lossy().into_owned(), file.clone()));
             }
         }
         if let Some(file) = extra {
@@ -106,12 +121,25 @@ mod tests {
             "Stable-diffusion/v1-5.safetensors",
             "Stable-diffusion/sd15/inpainting.safetensors",
             "Stable-diffusion/old.ckpt",
+            "Stable-diffusion/twin.ckpt",
+            "Stable-diffusion/twin.safetensors",
+            "Stable-diffusion/v1-5.vae.safetensors",
             "VAE/vae.safetensors",
         ] {
             std::fs::write(models.join(file), b"x").unwrap();
         }
         let catalog = ModelCatalog::scan(Some(&models), None);
-        assert_eq!(catalog.names(), ["sd15/inpainting", "v1-5"]);
+        assert_eq!(
+            catalog.names(),
+            [
+                "old",
+                "sd15/inpainting",
+                "twin.ckpt",
+                "twin.safetensors",
+                "v1-5"
+            ]
+        );
+        assert!(catalog.find("old.ckpt").is_some());
         assert!(catalog.find("inpainting").is_some());
         assert!(catalog.find("v1-5.safetensors").is_some());
         assert!(catalog.find("vae").is_none());
