@@ -35,10 +35,9 @@ pub(super) enum Allowed {
 pub(super) fn lookup(module: &str, name: &str) -> Option<Allowed> {
     Some(match (module, name) {
         ("collections", "OrderedDict") => Allowed::OrderedDict,
-        (
-            "torch._utils",
-            "_rebuild_parameter" | "_rebuild_parameter_with_state",
-        ) => Allowed::RebuildParameter,
+        ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
+            Allowed::RebuildParameter
+        }
         ("torch._utils", "_rebuild_tensor_v2") => Allowed::RebuildTensor,
         ("torch", "Size") => Allowed::Size,
         ("torch", "float32") => Allowed::Inert,

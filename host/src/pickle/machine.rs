@@ -326,7 +326,9 @@ impl Machine<'_> {
             Allowed::NumpyDtype => allow_list::numpy_dtype(args)
                 .map(|d| Value::NumpyDtype(Rc::new(RefCell::new(d))))
                 .map_err(|e| malformed(self, e)),
-            Allowed::CodecsEncode => allow_list::codecs_encode(args).map_err(|e| malformed(self, e)),
+            Allowed::CodecsEncode => {
+                allow_list::codecs_encode(args).map_err(|e| malformed(self, e))
+            }
             // An instance of an allowed class is its state alone; constructor arguments are
             // not kept (these classes are restored by `BUILD`).
             Allowed::Class => {
@@ -402,8 +404,10 @@ impl Machine<'_> {
                 *cell.borrow_mut() = state;
                 Ok(())
             }
-            Value::NumpyDtype(dtype) => allow_list::numpy_dtype_state(&mut dtype.borrow_mut(), &state)
-                .map_err(|e| self.malformed(e)),
+            Value::NumpyDtype(dtype) => {
+                allow_list::numpy_dtype_state(&mut dtype.borrow_mut(), &state)
+                    .map_err(|e| self.malformed(e))
+            }
             // An OrderedDict's or a Parameter's extra state carries nothing a state dict uses.
             Value::Dict(_) | Value::Tensor(_) => Ok(()),
             other => Err(self.refused(format!(

@@ -120,7 +120,8 @@ impl TorchFile {
         // A zip archive, or a file cut inside the zip signature (an error from the zip reader
         // describes that best).
         let zip_magic = b"PK\x03\x04";
-        let is_zip = zip_magic.starts_with(&mmap[..mmap.len().min(4)]) || mmap.starts_with(zip_magic);
+        let is_zip =
+            zip_magic.starts_with(&mmap[..mmap.len().min(4)]) || mmap.starts_with(zip_magic);
         let (unpickled, records, big_endian) = if is_zip {
             let zip = archive::read(path, &mmap)?;
             (zip.unpickled, zip.records, zip.big_endian)
@@ -174,11 +175,12 @@ impl TorchFile {
             });
         }
         let numel = (record.len / elem) as i64;
-        let (first, end) = machine::view_span(t, numel).map_err(|reason| PickleError::BadStorage {
-            path: self.path.clone(),
-            key: t.key.clone(),
-            reason,
-        })?;
+        let (first, end) =
+            machine::view_span(t, numel).map_err(|reason| PickleError::BadStorage {
+                path: self.path.clone(),
+                key: t.key.clone(),
+                reason,
+            })?;
         let start = record.start + first as usize * elem;
         Ok((&self.mmap[start..record.start + end as usize * elem], first))
     }

@@ -25,7 +25,8 @@ const SD1_REPLACEMENTS: &[(&str, &str)] = &[
 ];
 
 /// A1111's `checkpoint_dict_replacements_sd2_turbo`: SD 2.1 Turbo's SGM keys to LDM keys.
-const SD2_TURBO_REPLACEMENTS: &[(&str, &str)] = &[("conditioner.embedders.0.", "cond_stage_model.")];
+const SD2_TURBO_REPLACEMENTS: &[(&str, &str)] =
+    &[("conditioner.embedders.0.", "cond_stage_model.")];
 
 /// The key whose width tells SD 2.1 Turbo apart (A1111's `is_sd2_turbo`).
 const SD2_TURBO_PROBE: &str = "conditioner.embedders.0.model.ln_final.weight";

@@ -335,7 +335,10 @@ fn ckpt_pickles_load_the_same_weights_as_safetensors() {
         assert_same_tensors(&ckpt, &reference);
     }
     let fp16 = Checkpoint::open(dir.path().join("fp16.ckpt")).unwrap();
-    assert_same_tensors(&fp16, &Checkpoint::open(dir.path().join("fp16.safetensors")).unwrap());
+    assert_same_tensors(
+        &fp16,
+        &Checkpoint::open(dir.path().join("fp16.safetensors")).unwrap(),
+    );
     let sd = sdhost::pickle::load_state_dict(&dir.path().join("zip.ckpt")).unwrap();
     assert_eq!(sd.global_step(), Some(1234));
 
@@ -362,9 +365,11 @@ fn img2img_from_a_ckpt_matches_its_safetensors_pixel_for_pixel() {
     let dir = tempfile::tempdir().unwrap();
     let model = pickled_variants(dir.path(), 32);
     let init = dir.path().join("init.png");
-    image::RgbImage::from_fn(40, 32, |x, y| image::Rgb([(x * 6) as u8, (y * 7) as u8, 90]))
-        .save(&init)
-        .unwrap();
+    image::RgbImage::from_fn(40, 32, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 7) as u8, 90])
+    })
+    .save(&init)
+    .unwrap();
     // Pixels, not PNG bytes: the infotext names the model file and its hash.
     let run = |model: &Path, out: &str| {
         let out_dir = dir.path().join(out);
@@ -390,12 +395,19 @@ fn img2img_from_a_ckpt_matches_its_safetensors_pixel_for_pixel() {
     };
     let safetensors = run(&model, "from-safetensors");
     assert_eq!(run(&dir.path().join("zip.ckpt"), "from-ckpt"), safetensors);
-    assert_eq!(run(&dir.path().join("legacy.ckpt"), "from-legacy"), safetensors);
+    assert_eq!(
+        run(&dir.path().join("legacy.ckpt"), "from-legacy"),
+        safetensors
+    );
 
     let info = std::process::Command::new(env!("CARGO_BIN_EXE_sdhost"))
         .args(["info", "--no-hash"])
         .arg(dir.path().join("zip.ckpt"))
         .output()
         .unwrap();
-    assert!(info.status.success(), "{}", String::from_utf8_lossy(&info.stderr));
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
 }

@@ -16,8 +16,7 @@ fn hostile_and_malformed_pickles_are_refused_and_never_run() {
         &["hostile".as_ref(), dir.path().as_os_str()],
     );
     let manifest: BTreeMap<String, Vec<String>> =
-        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
     assert!(manifest.len() >= 40, "corpus of {}", manifest.len());
     for (file, words) in &manifest {
         let path = dir.path().join(file);
@@ -29,7 +28,10 @@ fn hostile_and_malformed_pickles_are_refused_and_never_run() {
         let text = err.to_string();
         assert!(text.contains(file.as_str()), "{file}: {text}");
         for word in words {
-            assert!(text.contains(word.as_str()), "{file}: `{word}` not in: {text}");
+            assert!(
+                text.contains(word.as_str()),
+                "{file}: `{word}` not in: {text}"
+            );
         }
         if words.first().is_some_and(|w| w == "refused") {
             assert!(
@@ -66,7 +68,11 @@ fn a_torch_file_truncated_anywhere_gives_an_error() {
     let model = common::tiny_model(dir.path(), 31);
     common::run_reference(
         "pickle_corpus.py",
-        &["convert".as_ref(), model.as_os_str(), dir.path().as_os_str()],
+        &[
+            "convert".as_ref(),
+            model.as_os_str(),
+            dir.path().as_os_str(),
+        ],
     );
     for name in ["zip.ckpt", "legacy.ckpt"] {
         let bytes = std::fs::read(dir.path().join(name)).unwrap();
