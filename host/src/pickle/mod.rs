@@ -25,6 +25,8 @@ mod archive;
 mod legacy;
 mod machine;
 mod state_dict;
+#[cfg(test)]
+mod tests;
 mod text;
 mod value;
 
@@ -176,7 +178,7 @@ impl TorchFile {
         }
         let numel = (record.len / elem) as i64;
         let (first, end) =
-            machine::view_span(t, numel).map_err(|reason| PickleError::BadStorage {
+            value::view_span(t, numel).map_err(|reason| PickleError::BadStorage {
                 path: self.path.clone(),
                 key: t.key.clone(),
                 reason,

@@ -155,3 +155,36 @@ impl std::fmt::Debug for Value {
         }
     }
 }
+
+/// A tensor's storage range, checked: the elements `[first, end)` of its storage that the view
+/// `t` reads, or why the view does not fit in `numel` elements.
+pub(crate) fn view_span(t: &TensorRef, numel: i64) -> Result<(i64, i64), String> {
+    if t.offset < 0 || t.size.iter().chain(&t.stride).any(|&d| d < 0) {
+        return Err("negative offset, size or stride".into());
+    }
+    if t.size.contains(&0) {
+        return Ok((0, 0));
+    }
+    let too_large = || "size or stride too large".to_string();
+    let mut last = t.offset;
+    let mut count: i64 = 1;
+    for (&size, &stride) in t.size.iter().zip(&t.stride) {
+        last = (size - 1)
+            .checked_mul(stride)
+            .and_then(|d| last.checked_add(d))
+            .ok_or_else(too_large)?;
+        count = count.checked_mul(size).ok_or_else(too_large)?;
+    }
+    if last >= numel {
+        return Err(format!(
+            "the view reaches element {last} of a storage of {numel} elements"
+        ));
+    }
+    // Zero strides repeat elements: a small storage may not expand into a huge tensor.
+    if count > numel.max(1 << 24) {
+        return Err(format!(
+            "a view of {count} elements over a storage of {numel} elements"
+        ));
+    }
+    Ok((t.offset, last + 1))
+}
