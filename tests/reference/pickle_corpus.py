@@ -131,6 +131,13 @@ def hostile(d):
         b"\x80\x02]q\x00(B" + struct.pack("<I", len(big)) + big + b"q\x01" + b"h\x01" * 200 + b"e.",
         "copies",
     )
+    bytes_op = b"B" + struct.pack("<I", len(big)) + big
+    put("put-loop.pt", b"\x80\x02" + bytes_op + b"q\x00" * 200 + b".", "copies")
+    put(
+        "set-copies.pt",
+        b"\x80\x02]" + bytes_op + b"aq\x00" + b"c__builtin__\nset\nh\x00\x85R0" * 200 + b".",
+        "copies",
+    )
     put("huge-string.pt", b"\x80\x02X\xff\xff\xff\x7f", "truncated")
     put("huge-bytes8.pt", b"\x80\x04\x8e" + struct.pack("<Q", 1 << 62) + b"ab", "truncated")
     put("truncated-stream.pt", b"\x80\x02}q\x00(X\x01\x00\x00\x00a", "truncated")

@@ -21,6 +21,10 @@ use tch::Kind;
 /// The deepest nesting of containers a pickle may build (a state dict needs three or four).
 pub const MAX_DEPTH: u32 = 200;
 
+/// The bytes of strings, names and tensor descriptions one pickle may copy (a state dict's
+/// pickle copies a few megabytes at most; a hostile one could copy one string endlessly).
+const COPY_BUDGET: usize = 256 << 20;
+
 /// One storage a pickle declared through `persistent_load`.
 #[derive(Clone, Debug)]
 pub(super) struct StorageDecl {
@@ -48,7 +52,7 @@ pub(super) fn unpickle(path: &Path, data: &[u8], start: usize) -> Result<Unpickl
         memo: HashMap::new(),
         meta: HashMap::new(),
         keepalive: Vec::new(),
-        copy_budget: (data.len().saturating_mul(8)).max(64 << 20),
+        copy_budget: COPY_BUDGET,
         storages: HashMap::new(),
     };
     let root = machine.run()?;
@@ -175,18 +179,27 @@ impl Machine<'_> {
         Ok(self.stack.split_off(mark))
     }
 
-    fn top(&self) -> Result<Value, PickleError> {
-        self.stack
+    /// A copy of the top of the stack (charged: see [`Self::charge`]).
+    fn top(&mut self) -> Result<Value, PickleError> {
+        let top = self
+            .stack
             .last()
             .cloned()
-            .ok_or_else(|| self.malformed("empty stack"))
+            .ok_or_else(|| self.malformed("empty stack"))?;
+        self.charge(&top)?;
+        Ok(top)
     }
 
-    /// Charges a copy of a memoised string against the budget.
+    /// Charges a copy of a value against the budget. Containers are shared, so only what a
+    /// clone duplicates counts: strings, bytes, names and tensor descriptions. Without it a few
+    /// bytes of `GET`s or calls could copy one large string until memory or time runs out.
     fn charge(&mut self, v: &Value) -> Result<(), PickleError> {
         let n = match v {
             Value::Str(s) => s.len(),
             Value::Bytes(b) | Value::BigInt(b) => b.len(),
+            Value::Global(module, name) => module.len() + name.len(),
+            Value::Storage(_, key) => key.len(),
+            Value::Tensor(t) => t.key.len() + 16 * t.size.len(),
             _ => 0,
         };
         self.copy_budget = self
@@ -194,6 +207,11 @@ impl Machine<'_> {
             .checked_sub(n)
             .ok_or_else(|| self.malformed("too many copies of memoised strings"))?;
         Ok(())
+    }
+
+    /// Charges copies of `items` (the contents a call copies into a new container).
+    fn charge_all(&mut self, items: &[Value]) -> Result<(), PickleError> {
+        items.iter().try_for_each(|v| self.charge(v))
     }
 
     /// Marks `child` as inside another container and returns its height.
@@ -293,11 +311,18 @@ impl Machine<'_> {
         let allowed = allow_list::lookup(&module, &name).expect("only allowed globals load");
         let malformed = |m: &Self, e: String| m.malformed(e);
         match allowed {
-            Allowed::RebuildTensor => allow_list::rebuild_tensor(args)
-                .map(Value::Tensor)
-                .map_err(|e| malformed(self, e)),
+            Allowed::RebuildTensor => {
+                let tensor = allow_list::rebuild_tensor(args)
+                    .map(Value::Tensor)
+                    .map_err(|e| malformed(self, e))?;
+                self.charge(&tensor)?;
+                Ok(tensor)
+            }
             Allowed::RebuildParameter => match args.first() {
-                Some(t @ Value::Tensor(_)) => Ok(t.clone()),
+                Some(t @ Value::Tensor(_)) => {
+                    self.charge(t)?;
+                    Ok(t.clone())
+                }
                 _ => Err(self.malformed("bad _rebuild_parameter arguments")),
             },
             Allowed::OrderedDict => {
@@ -308,6 +333,10 @@ impl Machine<'_> {
                     [Value::Tuple(t)] => self.pairs(t)?,
                     _ => return Err(self.malformed("bad OrderedDict arguments")),
                 };
+                for (k, v) in &pairs {
+                    self.charge(k)?;
+                    self.charge(v)?;
+                }
                 self.new_dict(pairs)
             }
             Allowed::Set => {
@@ -317,10 +346,12 @@ impl Machine<'_> {
                     [Value::Tuple(t)] => t.to_vec(),
                     _ => return Err(self.malformed("bad set arguments")),
                 };
+                self.charge_all(&items)?;
                 self.new_list(items)
             }
             Allowed::Size => {
                 let dims = allow_list::size(args).map_err(|e| malformed(self, e))?;
+                self.charge_all(&dims)?;
                 self.new_tuple(dims)
             }
             Allowed::NumpyScalar => allow_list::numpy_scalar(args).map_err(|e| malformed(self, e)),

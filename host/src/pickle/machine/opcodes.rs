@@ -27,7 +27,6 @@ impl Machine<'_> {
                 b'1' => drop(self.pop_mark()?),
                 b'2' => {
                     let top = self.top()?;
-                    self.charge(&top)?;
                     self.stack.push(top);
                 }
                 // Numbers.
