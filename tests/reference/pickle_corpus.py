@@ -138,6 +138,8 @@ def hostile(d):
         b"\x80\x02]" + bytes_op + b"aq\x00" + b"c__builtin__\nset\nh\x00\x85R0" * 200 + b".",
         "copies",
     )
+    put("stack-flood.pt", b"\x80\x02" + b"N" * (1 << 21) + b".", "stack")
+    put("container-flood.pt", b"\x80\x02" + b"]0" * (5 << 20) + b"N.", "containers")
     put("huge-string.pt", b"\x80\x02X\xff\xff\xff\x7f", "truncated")
     put("huge-bytes8.pt", b"\x80\x04\x8e" + struct.pack("<Q", 1 << 62) + b"ab", "truncated")
     put("truncated-stream.pt", b"\x80\x02}q\x00(X\x01\x00\x00\x00a", "truncated")

@@ -28,11 +28,15 @@ pub(super) fn read(path: &Path, bytes: &[u8]) -> Result<LegacyContents, PickleEr
     };
     // The first pickle goes through the restricted machine like the others: a hostile raw
     // pickle is refused here, before anything tells it apart from a torch file.
+    // A stream that does not even start with a protocol opcode is more likely some other
+    // file than a broken pickle.
     let magic = unpickle(path, bytes, 0).map_err(|e| match e {
-        PickleError::Malformed { reason, .. } => PickleError::NotTorchFile {
-            path: path.to_path_buf(),
-            reason: format!("not a zip archive, and not a pickle: {reason}"),
-        },
+        PickleError::Malformed { reason, .. } if bytes.first() != Some(&0x80) => {
+            PickleError::NotTorchFile {
+                path: path.to_path_buf(),
+                reason: format!("not a zip archive, and not a pickle: {reason}"),
+            }
+        }
         other => other,
     })?;
     if !matches!(&magic.root, Value::BigInt(b) if b.as_slice() == MAGIC) {

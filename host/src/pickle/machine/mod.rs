@@ -5,7 +5,7 @@
 //! It also bounds what a hostile stream could make it allocate or recurse into: containers
 //! nest at most [`MAX_DEPTH`] deep (values are dropped recursively), a container stops
 //! changing once it is inside another one (so nesting stays bounded and cycles cannot form),
-//! and copies of memoised strings are budgeted.
+//! copies of strings are budgeted, and the stack, memo and container count are capped.
 
 use super::allow_list::{self, Allowed};
 use super::value::Value;
@@ -24,6 +24,13 @@ pub const MAX_DEPTH: u32 = 200;
 /// The bytes of strings, names and tensor descriptions one pickle may copy (a state dict's
 /// pickle copies a few megabytes at most; a hostile one could copy one string endlessly).
 const COPY_BUDGET: usize = 256 << 20;
+
+/// Bounds on what one pickle may hold at once, far above any checkpoint (a state dict of a few
+/// thousand tensors makes tens of thousands of each) and far below what would exhaust memory:
+/// one byte of opcode can make one value, and a legacy file's pickle may be gigabytes long.
+const MAX_CONTAINERS: usize = 4 << 20;
+const MAX_MEMO: usize = 4 << 20;
+pub(super) const MAX_STACK: usize = 1 << 20;
 
 /// One storage a pickle declared through `persistent_load`.
 #[derive(Clone, Debug)]
@@ -232,6 +239,9 @@ impl Machine<'_> {
         }
         if height > MAX_DEPTH {
             return Err(self.malformed(format!("containers nested deeper than {MAX_DEPTH}")));
+        }
+        if self.keepalive.len() >= MAX_CONTAINERS {
+            return Err(self.malformed(format!("more than {MAX_CONTAINERS} containers")));
         }
         let addr = address(&container).expect("a container");
         self.meta.insert(
@@ -479,6 +489,9 @@ impl Machine<'_> {
     }
 
     fn memo_put(&mut self, index: u64) -> Result<(), PickleError> {
+        if self.memo.len() >= MAX_MEMO && !self.memo.contains_key(&index) {
+            return Err(self.malformed(format!("more than {MAX_MEMO} memo entries")));
+        }
         let top = self.top()?;
         self.memo.insert(index, top);
         Ok(())

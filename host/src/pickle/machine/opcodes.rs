@@ -10,6 +10,12 @@ impl Machine<'_> {
     /// Runs opcodes up to `STOP` and returns the object on top of the stack.
     pub(super) fn run(&mut self) -> Result<Value, PickleError> {
         loop {
+            if self.stack.len() > super::MAX_STACK {
+                return Err(self.malformed(format!(
+                    "more than {} values on the stack",
+                    super::MAX_STACK
+                )));
+            }
             let op = self.take(1)?[0];
             match op {
                 0x80 => {
