@@ -5,7 +5,7 @@
         its refusal must contain. Every payload would create DIR/PWNED* if it ever ran.
     pickle_corpus.py convert MODEL.safetensors DIR
         The tiny model as A1111 users have it in pickles: zip.ckpt (current torch, Lightning
-        wrapper with a ModelCheckpoint callback, numpy scalar, set, torch.Size, a Parameter,
+        wrapper with a ModelCheckpoint callback, numpy scalar and array, set, torch.Size, a Parameter,
         strided and offset views), legacy.ckpt (pre-1.6 format, old CLIP key names),
         fp16.ckpt + fp16.safetensors, and bigendian.ckpt (byteorder "big").
 
@@ -230,6 +230,21 @@ class NumpyFloat:
         return (numpy_scalar, (np.dtype("float64"), struct.pack("<d", self.value)))
 
 
+def numpy_reconstruct(*args):
+    raise AssertionError("never called: only pickled")
+
+
+class OldNdarray:
+    """A numpy array as old numpy pickled it (numpy.core.multiarray._reconstruct)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __reduce__(self):
+        _, args, state = self.array.__reduce__()
+        return (numpy_reconstruct, args, state)
+
+
 ELEMENT_SIZES = {"FloatStorage": 4, "HalfStorage": 2, "LongStorage": 8, "IntStorage": 4,
                  "BFloat16Storage": 2, "DoubleStorage": 8, "ByteStorage": 1, "BoolStorage": 1}
 
@@ -282,6 +297,7 @@ def convert(model, d):
     sd = load_file(model)
     stand_in("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint", ModelCheckpoint)
     stand_in("numpy.core.multiarray", "scalar", numpy_scalar)
+    stand_in("numpy.core.multiarray", "_reconstruct", numpy_reconstruct)
 
     # Zip format, Lightning wrapper, tensors as views with offsets and strides.
     wrapped = collections.OrderedDict()
@@ -302,7 +318,8 @@ def convert(model, d):
         "global_step": 1234,
         "pytorch-lightning_version": "1.4.2",
         "state_dict": wrapped,
-        "callbacks": {ModelCheckpoint: {"best_model_score": NumpyFloat(0.25), "best_model_path": "x.ckpt"}},
+        "callbacks": {ModelCheckpoint: {"best_model_score": NumpyFloat(0.25), "best_model_path": "x.ckpt",
+                                      "scores": OldNdarray(np.arange(3.0))}},
         "checkpoint_callback": ModelCheckpoint(),
         "tags": {"sd", "v1"},
         "shape": torch.Size([4, 64, 64]),

@@ -44,6 +44,10 @@ pub(super) fn lookup(module: &str, name: &str) -> Option<Allowed> {
         ("torch", storage) if storage_kind(storage).is_some() => Allowed::Inert,
         ("torch.nn.modules.container", "ParameterDict") => Allowed::Class,
         ("numpy.core.multiarray", "scalar") => Allowed::NumpyScalar,
+        // `_reconstruct(ndarray, (0,), b'b')` makes an empty array that `BUILD` fills: kept as
+        // an inert object holding its state (shape, dtype, raw bytes).
+        ("numpy.core.multiarray", "_reconstruct") => Allowed::Class,
+        ("numpy", "ndarray") => Allowed::Inert,
         ("numpy", "dtype") => Allowed::NumpyDtype,
         ("_codecs", "encode") => Allowed::CodecsEncode,
         ("pytorch_lightning.callbacks", "model_checkpoint") => Allowed::Inert,

@@ -37,8 +37,8 @@ pub enum Value {
     Storage(Kind, String),
     /// A tensor view of a storage.
     Tensor(TensorRef),
-    /// An instance of an allowed class (`ParameterDict`, `ModelCheckpoint`): its qualified
-    /// class name and the state its `BUILD` set (`None` until then).
+    /// An instance of an allowed class (`ParameterDict`, `ModelCheckpoint`, a numpy array):
+    /// its qualified class name and the state its `BUILD` set (`None` until then).
     Object(String, Rc<RefCell<Value>>),
     /// A `numpy.dtype` (numpy scalars in Lightning checkpoints carry one).
     NumpyDtype(Rc<RefCell<NumpyDtype>>),

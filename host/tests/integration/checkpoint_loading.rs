@@ -341,6 +341,23 @@ fn ckpt_pickles_load_the_same_weights_as_safetensors() {
     );
     let sd = sdhost::pickle::load_state_dict(&dir.path().join("zip.ckpt")).unwrap();
     assert_eq!(sd.global_step(), Some(1234));
+    // The raw object keeps Lightning's metadata as inert values.
+    use sdhost::pickle::{TorchFile, Value};
+    let raw = TorchFile::open(&dir.path().join("zip.ckpt")).unwrap();
+    let Some(Value::Dict(callbacks)) = raw.root.get("callbacks") else {
+        panic!("no callbacks")
+    };
+    let (class, state) = callbacks.borrow()[0].clone();
+    assert!(
+        matches!(&class, Value::Global(m, n) if m == "pytorch_lightning.callbacks.model_checkpoint" && n == "ModelCheckpoint"),
+        "{class:?}"
+    );
+    assert!(matches!(state.get("best_model_score"), Some(Value::Float(x)) if x == 0.25));
+    assert!(matches!(state.get("scores"), Some(Value::Object(c, _)) if c == "numpy.ndarray"));
+    assert!(matches!(
+        raw.root.get("checkpoint_callback"),
+        Some(Value::Object(..))
+    ));
 
     // The whole loading path: architecture, structure, networks, noise levels.
     let expected = unet_output(&load(&model).unwrap());
