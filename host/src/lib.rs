@@ -57,5 +57,6 @@ pub mod prompt;
 pub mod request;
 pub mod rng;
 pub mod sampling;
+pub mod sd_vae;
 pub mod tiny_model;
 pub mod weights;

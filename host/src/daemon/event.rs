@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::config::Limits;
 use super::protocol::{Attachment, PixelFormat};
+use crate::extra_networks::facts::NetworkFacts;
 use crate::pipeline::preview::PreviewMethod;
 use crate::prepare::modes::Img2ImgMode;
 use crate::request::{FieldInfo, GenerationRequest};
@@ -89,6 +90,14 @@ pub enum Event {
     },
     /// The job was cancelled after `images` images.
     Cancelled { id: Value, job: u64, images: usize },
+    /// Something a job goes on without, as A1111 warns and goes on (a VAE that is not found,
+    /// a network that is missing …).
+    Warning {
+        id: Value,
+        job: u64,
+        /// For people.
+        message: String,
+    },
     /// A request was refused, or a job failed.
     Error {
         id: Value,
@@ -241,6 +250,10 @@ pub struct Listing {
     pub model: ModelFacts,
     /// Models `select_model` can load.
     pub models: Vec<String>,
+    /// Every LoRA, LyCORIS, hypernetwork and VAE file of the model folders with what a picker
+    /// shows of it (docs/protocol.md, Networks). `sd_vae` takes `Automatic`, `None` or a
+    /// `vae` entry's name.
+    pub networks: Vec<NetworkFacts>,
     #[serde(flatten)]
     pub capabilities: Capabilities,
 }
@@ -494,6 +507,7 @@ mod tests {
                 embeddings: vec!["e".into()],
             },
             models: vec!["tiny".into()],
+            networks: Vec::new(),
             capabilities: Capabilities::new(&registry, &limits),
         };
         let welcome = header(Event::Welcome {
@@ -519,6 +533,7 @@ mod tests {
                 "model",
                 "models",
                 "modes",
+                "networks",
                 "preview_methods",
                 "protocol",
                 "request_fields",

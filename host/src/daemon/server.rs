@@ -18,6 +18,7 @@ use serde_json::Value;
 use super::config::Limits;
 use super::connection::{Connection, Stream};
 use super::event::{Capabilities, ErrorCode, Event, Listing, Outgoing};
+use super::networks::NetworkListing;
 use super::protocol::PROTOCOL_VERSION;
 use super::queue::{CancelOutcome, ConnId, Job, JobKind, Scheduler, SubmitError};
 use super::request::{png_attachment, Request, RequestError};
@@ -100,6 +101,8 @@ pub struct Shared {
     pub capabilities: Capabilities,
     /// Selectable models.
     pub models: Vec<String>,
+    /// LoRA, LyCORIS, hypernetwork and VAE files.
+    pub networks: NetworkListing,
     /// Limits.
     pub limits: Limits,
     /// The open connections.
@@ -114,8 +117,10 @@ impl Shared {
         status: Arc<Mutex<ModelStatus>>,
         capabilities: Capabilities,
         models: Vec<String>,
+        networks: NetworkListing,
     ) -> Self {
         Shared {
+            networks,
             queue: Scheduler::new(limits.queue_capacity),
             status,
             capabilities,
@@ -132,9 +137,13 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .facts();
+        let networks = self.networks.current();
+        // Files added since, and hashes computed meanwhile, show in the next listing.
+        self.networks.refresh();
         Box::new(Listing {
             model,
             models: self.models.clone(),
+            networks,
             capabilities: self.capabilities.clone(),
         })
     }

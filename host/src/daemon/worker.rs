@@ -16,6 +16,7 @@ use super::protocol::{Attachment, PixelFormat};
 use super::queue::{Job, JobKind, Scheduler};
 use super::request::GenerateRequest;
 use super::ModelCatalog;
+use crate::extra_networks::dirs::NetworkDirs;
 use crate::pipeline::img2img::{run_img2img, GeneratedImage, JobError, JobEvent};
 use crate::pipeline::model::GenerationModel;
 use crate::pipeline::preview::preview_image;
@@ -48,6 +49,8 @@ pub struct Worker {
     pub catalog: ModelCatalog,
     /// Embeddings folder for every model.
     pub embeddings_dir: Option<PathBuf>,
+    /// Where every model's jobs find extra networks and VAEs.
+    pub network_dirs: NetworkDirs,
     /// Device and dtype models load on.
     pub device: Device,
     /// Dtype.
@@ -223,7 +226,7 @@ impl Worker {
             self.embeddings_dir.as_deref(),
         ) {
             Ok(model) => {
-                self.model = model;
+                self.model = model.with_network_dirs(self.network_dirs.clone());
                 let status = ModelStatus {
                     name: self.model.name.clone(),
                     hash: self.model.hash.clone(),
@@ -268,6 +271,24 @@ impl Worker {
                 return;
             }
         };
+        // The VAE is chosen before any work (A1111 reloads it before processing); a name that
+        // is not found is A1111's warning, and the job runs with the checkpoint's own.
+        match self.model.select_vae(&request.params.sd_vae) {
+            Ok(None) => {}
+            Ok(Some(message)) => Self::send(
+                job,
+                Event::Warning {
+                    id: job.request_id.clone(),
+                    job: job.id,
+                    message,
+                },
+            ),
+            Err(error) => {
+                let code = ErrorCode::InvalidParams;
+                Self::send(job, job_error(job, code, error.to_string()));
+                return;
+            }
+        }
         let mut steps_per_batch = 0;
         let model = &self.model;
         let outcome = run_img2img(

@@ -26,3 +26,4 @@ mod sampling_plan;
 mod schedules;
 mod tokenizer;
 mod vae_io;
+mod vae_override;

@@ -180,7 +180,9 @@ fn apply_weight_decompose(
     weight_dims: usize,
 ) -> Tensor {
     let orig_weight = orig_weight.to_kind(updown.kind());
-    let dora_scale = dora_scale.to_device(orig_weight.device()).to_kind(updown.kind());
+    let dora_scale = dora_scale
+        .to_device(orig_weight.device())
+        .to_kind(updown.kind());
     let merged = updown + &orig_weight;
     let columns = merged.size()[1];
     let mut norm_shape = vec![columns];
