@@ -50,6 +50,10 @@ pub enum Event {
         /// added within protocol 1), so clients reuse parameters without parsing infotext.
         #[serde(skip_serializing_if = "Option::is_none")]
         request: Option<serde_json::Map<String, Value>>,
+        /// What of the infotext this daemon cannot reproduce (a VAE it does not have); absent
+        /// when nothing (added within protocol 1).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
     },
     /// A job was accepted with `position` jobs ahead of it.
     Queued {
@@ -580,6 +584,7 @@ mod tests {
                 negative_prompt: None,
                 parameters: None,
                 request: None,
+                warnings: Vec::new(),
             }),
             json!({"type": "png_info", "id": 2, "infotext": null, "prompt": null,
                    "negative_prompt": null, "parameters": null})

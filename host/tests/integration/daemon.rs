@@ -1028,6 +1028,15 @@ fn networks_are_listed_with_their_metadata_and_a_missing_vae_is_a_warning() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // PNG Info names the VAE to use, and warns when this daemon does not have it.
+    for (vae, warned) in [("kl-f8.safetensors", false), ("gone.pt", true)] {
+        let infotext = format!("a cat\nSteps: 2, Sampler: Euler, Seed: 1, VAE: {vae}");
+        let id = client.send(json!({"type": "png_info", "infotext": infotext}), &[]);
+        let info = client.answer(id).header;
+        assert_eq!(info["request"]["sd_vae"], vae);
+        assert_eq!(info.get("warnings").is_some(), warned, "{info}");
+    }
+
     // A VAE name that is not there: A1111's warning, and the job runs.
     let id = client.send(
         json!({"type": "img2img", "params": {"steps": 2, "seed": 3,
