@@ -182,7 +182,7 @@ pub fn trigger_words(metadata: &BTreeMap<String, String>) -> Vec<TriggerWord> {
         tags = words;
     }
     // A stable sort, as Python's `sorted(..., reverse=True)`: ties keep their order.
-    tags.sort_by(|a, b| b.1.cmp(&a.1));
+    tags.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
     tags.into_iter()
         .take(MAX_TRIGGER_WORDS)
         .map(|(tag, count)| TriggerWord { tag, count })
