@@ -168,8 +168,9 @@ fn user_metadata_vae(checkpoint: &Path) -> Option<String> {
 }
 
 /// A1111's `resolve_vae` with its default `sd_vae_overrides_per_model_preferences` (on):
-/// a path is used as it is (`--vae-path`); `None` is the checkpoint's own; a name is that file,
-/// or, when no file has it, the checkpoint's own with A1111's warning; `Automatic` is the
+/// a path is used as it is (`--vae-path`); `None` is the checkpoint's own; a name is that file
+/// (else a file of that name in the working folder), or, when there is none, the checkpoint's
+/// own with A1111's warning; `Automatic` is the
 /// checkpoint's user-metadata choice, else the first VAE named like the checkpoint, else the
 /// checkpoint's own.
 pub fn resolve_vae(
@@ -197,6 +198,11 @@ pub fn resolve_vae(
             Some(path) => VaeResolution::File {
                 path: path.to_path_buf(),
                 source: "specified in settings",
+            },
+            // sdhost's: a file in the working folder, given as `--vae file.pt`.
+            None if Path::new(choice).is_file() => VaeResolution::File {
+                path: PathBuf::from(choice),
+                source: "from a path",
             },
             None => VaeResolution::Own {
                 warning: Some(format!(
