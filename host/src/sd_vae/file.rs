@@ -37,6 +37,9 @@ pub enum VaeFileError {
         count: usize,
         first: String,
     },
+    /// A whole checkpoint (its autoencoder under `first_stage_model.`) where a VAE file goes.
+    #[error("VAE {0}: this is a whole checkpoint, not a VAE file (its autoencoder is under `first_stage_model.`); A1111 refuses it too")]
+    WholeCheckpoint(PathBuf),
     /// The file's extension is none of `.safetensors`, `.pt`, `.ckpt`.
     #[error("VAE {0}: not a .safetensors, .pt or .ckpt file")]
     UnknownFormat(PathBuf),
@@ -137,9 +140,21 @@ pub fn load_vae_file(
         tensors: tensors.into_iter().filter(|(k, _)| kept(k)).collect(),
         used: RefCell::new(BTreeSet::new()),
     };
-    let vae = {
+    let built = {
         let _guard = tch::no_grad_guard();
-        AutoencoderKl::new(&VarBuilder::new(&source, kind, device), config)?
+        AutoencoderKl::new(&VarBuilder::new(&source, kind, device), config)
+    };
+    let vae = match built {
+        Ok(vae) => vae,
+        Err(LoadError::MissingTensor { .. })
+            if source
+                .tensors
+                .keys()
+                .any(|k| k.starts_with("first_stage_model.")) =>
+        {
+            return Err(VaeFileError::WholeCheckpoint(path.to_path_buf()))
+        }
+        Err(error) => return Err(error.into()),
     };
     let used = source.used.borrow();
     let unexpected: Vec<&String> = source

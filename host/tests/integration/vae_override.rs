@@ -237,7 +237,7 @@ fn bad_vae_files_are_refused_before_work_and_leave_the_model_as_it_was() {
         (&unexpected, "decoder.extra_layer.weight"),
         (&misshaped, "decoder.conv_out.bias"),
         // A whole checkpoint is not an autoencoder's state dict (A1111's strict load fails).
-        (&whole_checkpoint, "missing tensor `encoder."),
+        (&whole_checkpoint, "whole checkpoint"),
         (&not_a_vae, "not a .safetensors, .pt or .ckpt"),
     ] {
         let error = model.select_vae(path.to_str().unwrap()).unwrap_err();
