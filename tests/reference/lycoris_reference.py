@@ -10,7 +10,8 @@ Usage: lycoris_reference.py DIR
 Writes DIR/cases.json (one entry per case: name, module type, layer, layer key, weight
 shape, multipliers, and the error A1111 raises applying it, if any) and DIR/cases.safetensors: for case NAME, the file's tensors as
 `NAME/<suffix>`, the layer's weight as `NAME/:orig_weight`, and A1111's result as
-`NAME/:updown` and `NAME/:ex_bias`.
+`NAME/:updown` and `NAME/:ex_bias`; DIR/helpers.safetensors holds lyco_helpers.py's
+rebuilds on fixed factors (see helper_cases).
 """
 
 import json
@@ -39,6 +40,12 @@ def rebuild_conventional(up, down, shape, dyn_dim=None):
         up = up[:, :dyn_dim]
         down = down[:dyn_dim, :]
     return (up @ down).reshape(shape)
+
+
+def rebuild_cp_decomposition(up, down, mid):
+    up = up.reshape(up.size(0), -1)
+    down = down.reshape(down.size(0), -1)
+    return torch.einsum("n m k l, i n, m j -> i j k l", mid, up, down)
 
 
 # --- network.py: the layer a module patches and NetworkModule -----------------------------
@@ -537,6 +544,17 @@ def check_against_lycoris(module, orig_weight, name):
     print(f"{name}: matches lycoris-lora ({err:.1e})")
 
 
+def helper_cases():
+    """The lyco_helpers.py rebuilds LoRA's own type also uses: `rebuild_conventional` with
+    `dyn_dim` (within, past and counted from the end of the rank) on 2-D and conv factors, and
+    `rebuild_cp_decomposition`."""
+    out = {"up": rand(8, 5), "down": rand(5, 6, 3, 3), "mid": rand(5, 5, 3, 3), "up4": rand(8, 5, 1, 1), "down2": rand(5, 6)}
+    for dyn in (None, 3, 9, -2):
+        out[f"conventional_{dyn}"] = rebuild_conventional(out["up"], out["down"], (8, 6, 3, 3), dyn)
+    out["cp"] = rebuild_cp_decomposition(out["up4"], out["down2"], out["mid"])
+    return {k: v.contiguous() for k, v in out.items()}
+
+
 def main() -> None:
     folder = sys.argv[1]
     for make in (hada_cases, lokr_cases, full_cases, ia3_cases, glora_cases, norm_cases, oft_cases):
@@ -575,6 +593,7 @@ def main() -> None:
                  te=c["te"], unet=c["unet"], suffixes=sorted(w), error=error)
         )
     save_file(tensors, os.path.join(folder, "cases.safetensors"))
+    save_file(helper_cases(), os.path.join(folder, "helpers.safetensors"))
     with open(os.path.join(folder, "cases.json"), "w") as f:
         json.dump(manifest, f, indent=1)
 

@@ -3,13 +3,14 @@
 //! which also checks its LoHa and LoKr deltas against the lycoris-lora package): each case's
 //! tensors are built into a module through the types' `create` checks in A1111's order, and
 //! the weight and bias changes must match within 1e-6 (relative) in float32. Cases where A1111
-//! fails to apply a layer must fail here too, as errors.
+//! fails to apply a layer must fail here too, as errors. The `lyco_helpers.py` rebuilds LoRA
+//! shares (`rebuild_conventional` with `dyn`, `rebuild_cp_decomposition`) are compared alone.
 
 use std::collections::BTreeMap;
 
 use sdhost::extra_networks::lora::modules::{
-    full, glora, hada, ia3, lokr, norm, oft, LayerKind, ModuleWeights, Multipliers, NetworkError,
-    NetworkModule, Result,
+    full, glora, hada, helpers, ia3, lokr, norm, oft, LayerKind, ModuleWeights, Multipliers,
+    NetworkError, NetworkModule, Result,
 };
 use serde::Deserialize;
 use tch::{Kind, Tensor};
@@ -288,4 +289,23 @@ fn stored_tensors_may_live_in_any_dtype() {
     assert_eq!(half.kind(), Kind::Float);
     // Only the factors' own float16 rounding separates the two.
     common::assert_close("float16 factors", &half, &float, 1e-2);
+}
+
+#[test]
+fn lyco_helpers_match_a1111() {
+    let dir = tempfile::tempdir().unwrap();
+    common::run_reference("lycoris_reference.py", &[dir.path().as_os_str()]);
+    let t = common::read_tensors(&dir.path().join("helpers.safetensors"));
+    for (name, dyn_dim) in [
+        ("conventional_None", None),
+        ("conventional_3", Some(3)),
+        ("conventional_9", Some(9)),
+        ("conventional_-2", Some(-2)),
+    ] {
+        let got =
+            helpers::rebuild_conventional(&t["up"], &t["down"], &[8, 6, 3, 3], dyn_dim).unwrap();
+        common::assert_close(name, &got, &t[name], 1e-6);
+    }
+    let got = helpers::rebuild_cp_decomposition(&t["up4"], &t["down2"], &t["mid"]).unwrap();
+    common::assert_close("cp", &got, &t["cp"], 1e-6);
 }
