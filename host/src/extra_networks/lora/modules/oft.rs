@@ -6,7 +6,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::helpers::{bad_module, size_at};
+use super::helpers::{bad_module, required, size_at};
 use super::{
     finalize_updown, LayerKind, ModuleCommon, ModuleWeights, Multipliers, NetworkModule, Result,
     Updown,
@@ -58,7 +58,10 @@ impl OftModule {
         let key = common.sd_key.clone();
         let (blocks, is_rotations) = match weights.w.get("oft_blocks") {
             Some(blocks) => (blocks.shallow_clone(), false),
-            None => (weights.w["oft_diag"].shallow_clone(), true),
+            None => (
+                required(&weights.w, &key, "oft_diag")?.shallow_clone(),
+                true,
+            ),
         };
         let name = if is_rotations {
             "oft_diag"
@@ -69,7 +72,7 @@ impl OftModule {
         // Only linear and convolution layers have an output size A1111 reads here.
         let out_dim = match weights.layer {
             LayerKind::Linear | LayerKind::Conv2d { .. } => {
-                size_at_shape(&weights.weight_shape, &key)?
+                output_size(&weights.weight_shape, &key)?
             }
             LayerKind::LayerNorm | LayerKind::GroupNorm => {
                 return Err(bad_module(
@@ -124,7 +127,7 @@ impl OftModule {
         }
         // An `alpha` of zero means no cap, as a missing one does.
         if let Some(constraint) = &module.constraint {
-            if constraint.f_ne(0)?.f_any()?.int64_value(&[]) == 0 {
+            if constraint.f_ne(0)?.f_any()?.f_int64_value(&[])? == 0 {
                 module.constraint = None;
             }
         }
@@ -156,7 +159,7 @@ impl OftModule {
 }
 
 /// A linear or convolution weight's output size (its first dimension).
-fn size_at_shape(shape: &[i64], key: &str) -> Result<i64> {
+fn output_size(shape: &[i64], key: &str) -> Result<i64> {
     shape
         .first()
         .copied()
