@@ -30,6 +30,7 @@ import inspect
 import json
 import os
 import sys
+import warnings
 
 import torch
 from safetensors.torch import save_file
@@ -37,6 +38,9 @@ from safetensors.torch import save_file
 sys.path.insert(0, os.path.dirname(__file__))
 
 SEED = 20240518
+
+# Softmax, Softmin and LogSoftmax built without `dim`, as A1111 builds them, warn on each call.
+warnings.filterwarnings("ignore", message="Implicit dimension choice")
 
 # `HypernetworkModule.activation_dict`: A1111's seven names, then torch's activation classes.
 ACTIVATIONS = {

@@ -191,7 +191,10 @@ mod tests {
             hypernetwork_dir: Some("/data/hn".into()),
             ..config
         };
-        assert_eq!(own.network_dirs().hypernetworks, [PathBuf::from("/data/hn")]);
+        assert_eq!(
+            own.network_dirs().hypernetworks,
+            [PathBuf::from("/data/hn")]
+        );
         std::fs::write(&path, "modle = \"x\"\n").unwrap();
         let error = ServeConfig::read(&path).unwrap_err().to_string();
         assert!(error.contains("modle"), "{error}");

@@ -174,7 +174,11 @@ impl Activation {
             "softshrink" => Self::Softshrink,
             "softsign" => Self::Softsign,
             "tanhshrink" => Self::Tanhshrink,
-            "glu" => return Err(unusable("GLU halves the width, so the next layer cannot take its output")),
+            "glu" => {
+                return Err(unusable(
+                    "GLU halves the width, so the next layer cannot take its output",
+                ))
+            }
             "threshold" | "multiheadattention" => {
                 return Err(unusable("torch cannot build it without arguments"))
             }
@@ -258,9 +262,15 @@ impl Activation {
 /// One layer of a hypernetwork module's Sequential.
 #[derive(Debug)]
 enum Layer {
-    Linear { weight: Tensor, bias: Tensor },
+    Linear {
+        weight: Tensor,
+        bias: Tensor,
+    },
     Activation(Activation),
-    LayerNorm { weight: Tensor, bias: Tensor },
+    LayerNorm {
+        weight: Tensor,
+        bias: Tensor,
+    },
     /// Dropout does nothing at inference; it is kept to document the index it takes.
     Dropout,
 }
@@ -490,5 +500,204 @@ impl HypernetworkSlot {
             });
         }
         chained
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::TensorSource;
+    use std::collections::HashMap;
+    use tch::Device;
+
+    /// Weights by key, made on demand with the shape asked for (one value per key).
+    struct Made(std::cell::RefCell<HashMap<String, Vec<i64>>>);
+
+    impl TensorSource for Made {
+        fn stored_shape(&self, _: &str) -> Option<Vec<i64>> {
+            None
+        }
+        fn tensor(
+            &self,
+            key: &str,
+            shape: &[i64],
+            kind: Kind,
+            device: Device,
+        ) -> crate::weights::Result<Tensor> {
+            self.0.borrow_mut().insert(key.to_string(), shape.to_vec());
+            let n = self.0.borrow().len() as f64;
+            Ok(Tensor::ones(shape, (kind, device)) * (0.05 * n))
+        }
+    }
+
+    fn build(
+        structure: &HypernetworkStructure,
+    ) -> (
+        Result<HypernetworkModule, HypernetworkBuildError>,
+        Vec<String>,
+    ) {
+        let source = Made(Default::default());
+        let vb = VarBuilder::new(&source, Kind::Float, Device::Cpu);
+        let module = HypernetworkModule::new(&vb, 8, structure);
+        let mut keys: Vec<String> = source.0.borrow().keys().cloned().collect();
+        keys.sort();
+        (module, keys)
+    }
+
+    fn structure(activation: Option<&str>) -> HypernetworkStructure {
+        HypernetworkStructure {
+            layer_structure: vec![1.0, 1.5, 1.0],
+            activation: activation.map(str::to_string),
+            layer_norm: true,
+            activate_output: false,
+            dropout_structure: vec![0.0, 0.3, 0.0],
+        }
+    }
+
+    #[test]
+    fn every_layer_takes_a_sequential_index() {
+        // Linear, PReLU, LayerNorm, Dropout, Linear, LayerNorm (the last layer not activated).
+        let (module, keys) = build(&structure(Some("prelu")));
+        assert_eq!(module.unwrap().len(), 6);
+        let expected = [
+            "linear.0.bias",
+            "linear.0.weight",
+            "linear.1.weight",
+            "linear.2.bias",
+            "linear.2.weight",
+            "linear.4.bias",
+            "linear.4.weight",
+            "linear.5.bias",
+            "linear.5.weight",
+        ];
+        assert_eq!(keys, expected);
+        // "linear" (and no activation) adds nothing: Linear, LayerNorm, Dropout, Linear, LayerNorm.
+        for none in [None, Some("linear")] {
+            let (module, keys) = build(&structure(none));
+            assert_eq!(module.unwrap().len(), 5);
+            assert!(keys.contains(&"linear.3.weight".to_string()), "{keys:?}");
+        }
+        // 8 · 1.5 = 12 wide in the middle.
+        let (_, keys) = build(&HypernetworkStructure {
+            layer_norm: false,
+            ..structure(None)
+        });
+        assert_eq!(
+            keys,
+            [
+                "linear.0.bias",
+                "linear.0.weight",
+                "linear.2.bias",
+                "linear.2.weight"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_name_a1111_lists_builds_or_says_why_not() {
+        for name in ACTIVATION_NAMES {
+            let (module, _) = build(&HypernetworkStructure {
+                activate_output: true,
+                ..structure(Some(name))
+            });
+            match (*name, module) {
+                ("glu" | "threshold" | "multiheadattention", Err(e)) => {
+                    assert!(
+                        matches!(e, HypernetworkBuildError::UnusableActivation { .. }),
+                        "{name}: {e}"
+                    )
+                }
+                (_, Ok(module)) => {
+                    let x = Tensor::randn([2, 3, 8], (Kind::Float, Device::Cpu));
+                    assert_eq!(module.forward(&x, 0.5).size(), [2, 3, 8], "{name}");
+                }
+                (_, Err(e)) => panic!("{name}: {e}"),
+            }
+        }
+        let (module, _) = build(&structure(Some("Swish")));
+        assert!(
+            matches!(module, Err(HypernetworkBuildError::UnknownActivation(n)) if n == "Swish")
+        );
+        // An unknown name only matters where an activation goes, as in A1111.
+        let only_last = HypernetworkStructure {
+            layer_structure: vec![1.0, 1.0],
+            dropout_structure: vec![0.0; 2],
+            ..structure(Some("banana"))
+        };
+        assert!(build(&only_last).0.is_ok());
+    }
+
+    #[test]
+    fn structures_a1111_refuses_are_refused() {
+        let bad =
+            |s: HypernetworkStructure| build(&s).0.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(bad(HypernetworkStructure {
+            layer_structure: vec![2.0, 1.0],
+            ..structure(None)
+        })
+        .contains("start and end with 1"));
+        assert!(bad(HypernetworkStructure {
+            layer_structure: vec![],
+            ..structure(None)
+        })
+        .contains("start and end with 1"));
+        assert!(bad(HypernetworkStructure {
+            dropout_structure: vec![0.0, 0.3],
+            ..structure(None)
+        })
+        .contains("one entry per layer"));
+        assert!(bad(HypernetworkStructure {
+            dropout_structure: vec![0.0, 1.0, 0.0],
+            ..structure(None)
+        })
+        .contains("below 1"));
+        // [1]: an empty Sequential, whose forward is x·(1 + m).
+        let (module, _) = build(&HypernetworkStructure {
+            layer_structure: vec![1.0],
+            ..structure(None)
+        });
+        let module = module.unwrap();
+        assert!(module.is_empty());
+        let x = Tensor::from_slice(&[1.0f32, -2.0]);
+        assert_eq!(module.forward(&x, 0.5), Tensor::from_slice(&[1.5f32, -3.0]));
+    }
+
+    #[test]
+    fn the_slot_chains_in_order_and_applies_only_its_widths() {
+        let module = |structure: &HypernetworkStructure| build(structure).0.unwrap();
+        let network = |activation: &str| {
+            let s = HypernetworkStructure {
+                activate_output: true,
+                ..structure(Some(activation))
+            };
+            Hypernetwork::new(BTreeMap::from([(8, (module(&s), module(&s)))]))
+        };
+        let slot = HypernetworkSlot::default();
+        let x = Tensor::randn([1, 4, 8], (Kind::Float, Device::Cpu));
+        assert!(slot.contexts(&x).is_none());
+        let (a, b) = (network("tanh"), network("relu"));
+        let expected = b
+            .modules(8)
+            .unwrap()
+            .0
+            .forward(&a.modules(8).unwrap().0.forward(&x, 0.5), 2.0);
+        slot.set(vec![
+            ActiveHypernetwork {
+                network: a,
+                multiplier: 0.5,
+            },
+            ActiveHypernetwork {
+                network: b,
+                multiplier: 2.0,
+            },
+        ]);
+        let (k, _) = slot.contexts(&x).unwrap();
+        assert_eq!(k, expected);
+        // No module for width 16: unchanged.
+        assert!(slot
+            .contexts(&Tensor::randn([1, 4, 16], (Kind::Float, Device::Cpu)))
+            .is_none());
+        slot.clear();
+        assert!(slot.is_empty());
     }
 }

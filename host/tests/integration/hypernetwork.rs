@@ -132,7 +132,7 @@ fn every_layout_and_activation_computes_what_a1111s_module_computes() {
     assert_eq!(length("defaults"), 2); // Linear, Linear
     assert_eq!(length("swish_deep"), 11); // (Linear, Hardswish, LayerNorm, Dropout) ×2, + 3
     assert_eq!(length("mish_dropout"), 7); // (Linear, Mish, Dropout) ×2, Linear
-    assert_eq!(length("single"), 2); // Linear, Dropout (the last layer is not activated)
+    assert_eq!(length("single"), 3); // Linear, Tanh (activate_output's default), Dropout
     assert_eq!(length("linear_ln"), 4); // "linear" adds no layer
 }
 
@@ -153,7 +153,10 @@ fn broken_and_hostile_files_are_refused_with_a_clear_error() {
                 &error,
                 HypernetworkError::Pickle(PickleError::RefusedGlobal { name, .. }) if name == "system"
             ),
-            "not_a_zip" => matches!(error, HypernetworkError::Pickle(PickleError::NotTorchZip { .. })),
+            "not_a_zip" => matches!(
+                error,
+                HypernetworkError::Pickle(PickleError::NotTorchZip { .. })
+            ),
             "unknown_activation" => message.contains("unsupported activation function `banana`"),
             "threshold" => message.contains("`threshold` cannot be used"),
             "glu" => message.contains("`glu` cannot be used"),
@@ -331,7 +334,10 @@ fn an_img2img_job_with_a_hypernetwork_matches_the_reference_pipeline() {
         assert!(mean <= 1.0, "image {i}: mean |Δ| {mean:.4}");
         let (without, _) = common::pixel_difference(&generated.image, &plain.images[i].image);
         println!("  without the hypernetwork: mean |Δ| {without:.2}");
-        assert!(without > 5.0, "the hypernetwork changed too little: {without}");
+        assert!(
+            without > 5.0,
+            "the hypernetwork changed too little: {without}"
+        );
         // The tag stays in the infotext's prompt, as in A1111 (hypernetworks add no key).
         let text = generated.infotext.to_text();
         assert!(text.starts_with(prompt), "{text}");
@@ -366,7 +372,10 @@ fn missing_or_broken_hypernetworks_are_warnings_and_the_job_runs_without_them() 
     assert!(outcome.warnings[1].contains(&fixtures.path("missing_weight").display().to_string()));
     assert!(outcome.warnings[2].contains("refused"));
     for (a, b) in outcome.images.iter().zip(&plain.images) {
-        assert_eq!(a.image, b.image, "a failed hypernetwork changed the picture");
+        assert_eq!(
+            a.image, b.image,
+            "a failed hypernetwork changed the picture"
+        );
     }
 
     // A multiplier that is not a number fails A1111's whole hypernetwork activation.
@@ -382,7 +391,11 @@ fn missing_or_broken_hypernetworks_are_warnings_and_the_job_runs_without_them() 
     // No folder configured: the warning says so.
     let bare = GenerationModel::load(&checkpoint, Device::Cpu, Kind::Float, None).unwrap();
     let active = bare.activate_hypernetworks(&parse_prompt("<hypernet:relu_ln>").1);
-    assert!(active.warnings()[0].contains("no hypernetwork folder"), "{:?}", active.warnings());
+    assert!(
+        active.warnings()[0].contains("no hypernetwork folder"),
+        "{:?}",
+        active.warnings()
+    );
     assert!(active.is_empty());
 }
 
@@ -415,7 +428,10 @@ fn hypernetworks_are_cleared_when_a_job_is_cancelled_and_reused_when_named_again
     .unwrap();
     assert!(outcome.cancelled);
     assert!(steps > 0);
-    assert!(model.sd.unet.hypernetworks().is_empty(), "not cleared on cancel");
+    assert!(
+        model.sd.unet.hypernetworks().is_empty(),
+        "not cleared on cancel"
+    );
     // One file named twice is loaded once and kept for the next job.
     assert_eq!(model.hypernetworks.len(), 1);
     let tags = parse_prompt("<hypernet:relu_ln:1> <hypernet:act_mish>").1;

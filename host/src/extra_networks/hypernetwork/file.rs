@@ -42,7 +42,9 @@ pub enum HypernetworkError {
         reason: String,
     },
     /// A state dict has weights the module has no place for (A1111 loads strictly).
-    #[error("{path}: the {which} module for context width {width} has unexpected weights {keys:?}")]
+    #[error(
+        "{path}: the {which} module for context width {width} has unexpected weights {keys:?}"
+    )]
     UnexpectedWeights {
         path: PathBuf,
         width: i64,
@@ -77,7 +79,13 @@ impl TensorSource for StateDict {
         self.tensors.get(key).map(Tensor::size)
     }
 
-    fn tensor(&self, key: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor, LoadError> {
+    fn tensor(
+        &self,
+        key: &str,
+        shape: &[i64],
+        kind: Kind,
+        device: Device,
+    ) -> Result<Tensor, LoadError> {
         let tensor = self
             .tensors
             .get(key)
@@ -141,7 +149,10 @@ pub fn parse_dropout_structure(
         return vec![0.0; layer_structure.len()];
     }
     let mut values = vec![0.0];
-    values.extend(std::iter::repeat_n(0.3, layer_structure.len().saturating_sub(3)));
+    values.extend(std::iter::repeat_n(
+        0.3,
+        layer_structure.len().saturating_sub(3),
+    ));
     values.push(if last_layer_dropout { 0.3 } else { 0.0 });
     values.push(0.0);
     values
@@ -156,9 +167,12 @@ fn structure(path: &Path, root: &Value) -> Result<HypernetworkStructure, Hyperne
     };
     let layer_structure = match root.get("layer_structure") {
         None => vec![1.0, 2.0, 1.0],
-        Some(value) => numbers(&value)
-            .filter(|ls| !ls.is_empty())
-            .ok_or_else(|| metadata("layer_structure", format!("not a list of numbers: {value:?}")))?,
+        Some(value) => numbers(&value).filter(|ls| !ls.is_empty()).ok_or_else(|| {
+            metadata(
+                "layer_structure",
+                format!("not a list of numbers: {value:?}"),
+            )
+        })?,
     };
     let activation = match root.get("activation_func") {
         None | Some(Value::None) => None,
@@ -181,7 +195,10 @@ fn structure(path: &Path, root: &Value) -> Result<HypernetworkStructure, Hyperne
             )
         }
         Some(value) => numbers(&value).ok_or_else(|| {
-            metadata("dropout_structure", format!("not a list of numbers: {value:?}"))
+            metadata(
+                "dropout_structure",
+                format!("not a list of numbers: {value:?}"),
+            )
         })?,
     };
     Ok(HypernetworkStructure {
@@ -213,7 +230,9 @@ fn state_dict(
         reason,
     };
     let items = dict_items(value).ok_or_else(|| {
-        not_hypernetwork(format!("the {which} state dict for width {width} is not a dict"))
+        not_hypernetwork(format!(
+            "the {which} state dict for width {width} is not a dict"
+        ))
     })?;
     let mut tensors = HashMap::new();
     for (key, tensor) in items {
@@ -313,11 +332,60 @@ pub fn load_hypernetwork(
         let mut built = Vec::with_capacity(2);
         for (dict, which) in [(&pair[0], "key"), (&pair[1], "value")] {
             let dict = state_dict((&mut file, path), dict, (width, which))?;
-            built.push(module(path, &dict, (width, which), &layout, (kind, device))?);
+            built.push(module(
+                path,
+                &dict,
+                (width, which),
+                &layout,
+                (kind, device),
+            )?);
         }
         let value_module = built.pop().expect("two modules");
         let key_module = built.pop().expect("two modules");
         modules.insert(width, (key_module, value_module));
     }
     Ok(Hypernetwork::new(modules))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_structures_follow_a1111s_parse_dropout_structure() {
+        assert_eq!(
+            parse_dropout_structure(&[1.0, 2.0, 1.0], false, true),
+            [0.0; 3]
+        );
+        assert_eq!(
+            parse_dropout_structure(&[1.0, 2.0, 1.0], true, false),
+            [0.0; 3]
+        );
+        assert_eq!(
+            parse_dropout_structure(&[1.0, 2.0, 1.0], true, true),
+            [0.0, 0.3, 0.0]
+        );
+        assert_eq!(
+            parse_dropout_structure(&[1.0, 2.0, 2.0, 2.0, 1.0], true, false),
+            [0.0, 0.3, 0.3, 0.0, 0.0]
+        );
+        // Two entries give three, as in A1111.
+        assert_eq!(
+            parse_dropout_structure(&[1.0, 1.0], true, true),
+            [0.0, 0.3, 0.0]
+        );
+    }
+
+    #[test]
+    fn python_truthiness_decides_flags() {
+        assert!(!truthy(&Value::None));
+        assert!(!truthy(&Value::Int(0)));
+        assert!(truthy(&Value::Bool(true)));
+        assert!(truthy(&Value::Str("x".into())));
+        assert_eq!(
+            numbers(&Value::Tuple(vec![Value::Int(1), Value::Float(1.5)])),
+            Some(vec![1.0, 1.5])
+        );
+        assert_eq!(numbers(&Value::Tuple(vec![Value::Str("1".into())])), None);
+    }
 }
