@@ -259,9 +259,9 @@ impl Activation {
     }
 }
 
-/// One layer of a hypernetwork module's Sequential.
+/// One element of a hypernetwork module's Sequential.
 #[derive(Debug)]
-enum Layer {
+enum Element {
     Linear {
         weight: Tensor,
         bias: Tensor,
@@ -275,7 +275,7 @@ enum Layer {
     Dropout,
 }
 
-impl Layer {
+impl Element {
     fn shallow_clone(&self) -> Self {
         match self {
             Self::Linear { weight, bias } => Self::Linear {
@@ -315,7 +315,7 @@ fn layer_width(dim: i64, factor: f64) -> i64 {
 /// A1111's `HypernetworkModule`: the MLP for one context width and one of key or value.
 #[derive(Debug)]
 pub struct HypernetworkModule {
-    layers: Vec<Layer>,
+    layers: Vec<Element>,
 }
 
 impl HypernetworkModule {
@@ -351,18 +351,18 @@ impl HypernetworkModule {
         for i in 0..linear_layers {
             let (width_in, width_out) = (layer_width(dim, ls[i]), layer_width(dim, ls[i + 1]));
             let at = seq.pp(layers.len());
-            layers.push(Layer::Linear {
+            layers.push(Element::Linear {
                 weight: at.get("weight", &[width_out, width_in])?,
                 bias: at.get("bias", &[width_out])?,
             });
             let last = i + 1 == linear_layers;
             if let Some(name) = activation.filter(|_| !last || structure.activate_output) {
                 let at = seq.pp(layers.len());
-                layers.push(Layer::Activation(Activation::named(name, &at)?));
+                layers.push(Element::Activation(Activation::named(name, &at)?));
             }
             if structure.layer_norm {
                 let at = seq.pp(layers.len());
-                layers.push(Layer::LayerNorm {
+                layers.push(Element::LayerNorm {
                     weight: at.get("weight", &[width_out])?,
                     bias: at.get("bias", &[width_out])?,
                 });
@@ -372,7 +372,7 @@ impl HypernetworkModule {
                 if p >= 1.0 {
                     return Err(dropout_error("a probability must be below 1"));
                 }
-                layers.push(Layer::Dropout);
+                layers.push(Element::Dropout);
             }
         }
         Ok(Self { layers })
@@ -399,7 +399,7 @@ impl HypernetworkModule {
 
     fn shallow_clone(&self) -> Self {
         Self {
-            layers: self.layers.iter().map(Layer::shallow_clone).collect(),
+            layers: self.layers.iter().map(Element::shallow_clone).collect(),
         }
     }
 }
