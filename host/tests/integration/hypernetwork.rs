@@ -456,3 +456,120 @@ fn hypernetworks_are_cleared_when_a_job_is_cancelled_and_reused_when_named_again
     std::fs::copy(fixtures.path("act_relu"), fixtures.path("act_mish")).unwrap();
     assert_eq!(contexts(), expected("act_relu"));
 }
+
+#[test]
+fn the_command_line_and_the_daemon_take_their_hypernetwork_folder() {
+    use sdhost::daemon::protocol::{read_frame, write_frame, Attachment, FrameLimits, PixelFormat};
+    use serde_json::json;
+    use std::process::Command;
+
+    let fixtures = Fixtures::make();
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), 11);
+    let init = dir.path().join("init.png");
+    common::test_picture(&init);
+    let sdhost = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sdhost"));
+        command
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .env("XDG_RUNTIME_DIR", dir.path().join("run"))
+            .env("SDHOST_CACHE_DIR", dir.path().join("cache"));
+        command
+    };
+
+    // `sdhost img2img --hypernetwork-dir`: applied, and a missing one is a warning.
+    let img2img = |prompt: &str, out: &str| {
+        let output = sdhost()
+            .args(["img2img", "--model"])
+            .arg(&model)
+            .arg("--init-image")
+            .arg(&init)
+            .arg("--out-dir")
+            .arg(dir.path().join(out))
+            .args([
+                "--prompt", prompt, "--seed", "3", "--steps", "4", "--width", "64",
+            ])
+            .args(["--height", "64", "--threads", "1", "--hypernetwork-dir"])
+            .arg(&fixtures.root)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        let image = image::open(dir.path().join(out).join("00000-3.png")).unwrap();
+        (image.to_rgb8(), stderr)
+    };
+    let (with, stderr) = img2img("a cat <hypernet:relu_ln:0.7> <hypernet:nope>", "with");
+    let expected = format!(
+        "warning: hypernetwork `nope` not found (searched {})",
+        fixtures.root.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    let (plain, stderr) = img2img("a cat", "plain");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let (mean, _) = common::pixel_difference(&with, &plain);
+    assert!(mean > 1.0, "the hypernetwork was not applied: {mean}");
+
+    // `sdhost serve` with `hypernetwork_dir` in its config: the warning comes with `done`.
+    let config = dir.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        format!("hypernetwork_dir = {:?}\n", fixtures.root.to_str().unwrap()),
+    )
+    .unwrap();
+    let socket = dir.path().join("daemon.sock");
+    let mut daemon = sdhost()
+        .args(["serve", "--threads", "1", "--model"])
+        .arg(&model)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut stream = loop {
+        if let Ok(stream) = std::os::unix::net::UnixStream::connect(&socket) {
+            break stream;
+        }
+        assert!(start.elapsed().as_secs() < 60, "the daemon did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let limits = FrameLimits {
+        max_payload: 1 << 30,
+    };
+    let hello = json!({"type": "hello", "id": 1, "protocol": 1, "client": "test"});
+    write_frame(&mut stream, &hello, &[]).unwrap();
+    assert_eq!(
+        read_frame(&mut stream, limits).unwrap().header["type"],
+        "welcome"
+    );
+    let pixels: Vec<u8> = (0..32 * 32 * 4).map(|i| (i % 251) as u8).collect();
+    let image = Attachment {
+        name: "image".into(),
+        format: PixelFormat::Rgba8,
+        width: 32,
+        height: 32,
+        length: pixels.len() as u64,
+    };
+    let job = json!({"type": "img2img", "id": 2, "params": {
+        "prompt": "a house <hypernet:nope:0.5> <hypernet:relu_ln>", "seed": 1, "steps": 2,
+        "sampler_name": "Euler", "denoising_strength": 0.5,
+    }});
+    write_frame(&mut stream, &job, &[(image, pixels)]).unwrap();
+    let done = loop {
+        let header = read_frame(&mut stream, limits).unwrap().header;
+        match header["type"].as_str().unwrap() {
+            "done" => break header,
+            "error" | "cancelled" => panic!("{header}"),
+            _ => {}
+        }
+    };
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert_eq!(done["images"], 1);
+    let warnings = done["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{done}");
+    assert!(warnings[0].as_str().unwrap().contains("`nope` not found"));
+}
