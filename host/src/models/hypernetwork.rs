@@ -221,7 +221,8 @@ impl Activation {
     /// The layer in eval mode, with torch's default arguments as A1111 builds it (`Module()`).
     fn forward(&self, x: &Tensor) -> Tensor {
         // Softmax, Softmin and LogSoftmax are built with `dim=None`, for which torch picks
-        // dimension 0 of a 3-D input (`_get_softmax_dim`): the batch, not the channels.
+        // dimension 0 of a 3-D input (`_get_softmax_dim`): the batch, not the channels. So,
+        // as in A1111, what they compute depends on which rows share a UNet call.
         let implicit_dim = match x.dim() {
             0 | 1 | 3 => 0,
             _ => 1,
