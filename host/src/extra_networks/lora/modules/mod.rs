@@ -161,7 +161,7 @@ pub fn finalize_updown(
     }
     let multiplier = multipliers.for_key(&common.sd_key);
     let ex_bias = ex_bias.map(|b| b * multiplier);
-    updown = updown * common.calc_scale();
+    updown *= common.calc_scale();
     if let Some(dora_scale) = &common.dora_scale {
         updown = apply_weight_decompose(&updown, orig_weight, dora_scale, common.shape.len());
     }
@@ -180,7 +180,9 @@ fn apply_weight_decompose(
     weight_dims: usize,
 ) -> Tensor {
     let orig_weight = orig_weight.to_kind(updown.kind());
-    let dora_scale = dora_scale.to_device(orig_weight.device()).to_kind(updown.kind());
+    let dora_scale = dora_scale
+        .to_device(orig_weight.device())
+        .to_kind(updown.kind());
     let merged = updown + &orig_weight;
     let columns = merged.size()[1];
     let mut norm_shape = vec![columns];
