@@ -58,6 +58,10 @@ pub struct Img2ImgArgs {
     /// Folder of textual-inversion embeddings.
     #[arg(long)]
     embeddings_dir: Option<PathBuf>,
+    /// Folder of A1111 hypernetworks (`<hypernet:NAME:multiplier>` finds NAME.pt in it and
+    /// its subfolders), such as A1111's models/hypernetworks.
+    #[arg(long, value_name = "DIR")]
+    hypernetwork_dir: Option<PathBuf>,
     /// Folder of third-party sampler plugins.
     #[arg(long)]
     plugins_dir: Option<PathBuf>,
@@ -108,7 +112,11 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
     let image = load_image(&args.init_image)?;
     let sketch = args.sketch.as_deref().map(load_image).transpose()?;
     let mask_image = args.mask.as_deref().map(load_image).transpose()?;
-    let model = GenerationModel::load(&args.model, device, kind, args.embeddings_dir.as_deref())?;
+    let mut model =
+        GenerationModel::load(&args.model, device, kind, args.embeddings_dir.as_deref())?;
+    if let Some(dir) = &args.hypernetwork_dir {
+        model.network_dirs.hypernetworks = vec![dir.clone()];
+    }
 
     let mut base = GenerationRequest::default();
     if let Some(png) = &args.from_png {
@@ -246,6 +254,9 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
         return Err(error.into());
     }
     let outcome = outcome?;
+    for warning in &outcome.warnings {
+        eprintln!("warning: {warning}");
+    }
     if outcome.cancelled {
         eprintln!(
             "stopped by Ctrl-C; {} finished image(s) kept in {}",

@@ -30,6 +30,9 @@ pub struct ServeArgs {
     /// Folder of textual-inversion embeddings.
     #[arg(long)]
     embeddings_dir: Option<PathBuf>,
+    /// Folder of A1111 hypernetworks [default: hypernetworks/ in --models-dir].
+    #[arg(long, value_name = "DIR")]
+    hypernetwork_dir: Option<PathBuf>,
     /// Folder of third-party sampler plugins.
     #[arg(long)]
     plugins_dir: Option<PathBuf>,
@@ -56,6 +59,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         model,
         models_dir,
         embeddings_dir,
+        hypernetwork_dir,
         plugins_dir,
         device,
         dtype,

@@ -138,12 +138,13 @@ pub fn serve(config: ServeConfig, stop: Receiver<()>) -> Result<(), StartError> 
     if demo {
         warn_demo(&model_path);
     }
-    let model = GenerationModel::load(&model_path, device, kind, embeddings.as_deref()).map_err(
-        |source| StartError::Model {
+    let network_dirs = config.network_dirs();
+    let model = GenerationModel::load(&model_path, device, kind, embeddings.as_deref())
+        .map_err(|source| StartError::Model {
             path: model_path.clone(),
             source: Box::new(source),
-        },
-    )?;
+        })?
+        .with_network_dirs(network_dirs.clone());
     let status = Arc::new(Mutex::new(ModelStatus {
         name: model.name.clone(),
         hash: model.hash.clone(),
@@ -172,6 +173,7 @@ pub fn serve(config: ServeConfig, stop: Receiver<()>) -> Result<(), StartError> 
         registry,
         catalog,
         embeddings_dir: embeddings,
+        network_dirs,
         device,
         kind,
         status,

@@ -16,6 +16,7 @@ use super::protocol::{Attachment, PixelFormat};
 use super::queue::{Job, JobKind, Scheduler};
 use super::request::GenerateRequest;
 use super::ModelCatalog;
+use crate::extra_networks::dirs::NetworkDirs;
 use crate::pipeline::img2img::{run_img2img, GeneratedImage, JobError, JobEvent};
 use crate::pipeline::model::GenerationModel;
 use crate::pipeline::preview::preview_image;
@@ -48,6 +49,8 @@ pub struct Worker {
     pub catalog: ModelCatalog,
     /// Embeddings folder for every model.
     pub embeddings_dir: Option<PathBuf>,
+    /// Where every model finds its prompts' extra networks.
+    pub network_dirs: NetworkDirs,
     /// Device and dtype models load on.
     pub device: Device,
     /// Dtype.
@@ -223,7 +226,7 @@ impl Worker {
             self.embeddings_dir.as_deref(),
         ) {
             Ok(model) => {
-                self.model = model;
+                self.model = model.with_network_dirs(self.network_dirs.clone());
                 let status = ModelStatus {
                     name: self.model.name.clone(),
                     hash: self.model.hash.clone(),
@@ -342,6 +345,7 @@ impl Worker {
                 job: job_id,
                 outcome: DoneOutcome::Images {
                     images: outcome.images.len(),
+                    warnings: outcome.warnings,
                 },
             },
             Err(error) => Event::error(&id, Some(job_id), error_code(&error), error.to_string()),

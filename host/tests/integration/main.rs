@@ -10,6 +10,7 @@ mod common;
 mod conditioning;
 mod daemon;
 mod denoiser;
+mod hypernetwork;
 mod img2img;
 mod inpaint;
 mod lycoris;
