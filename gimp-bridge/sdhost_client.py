@@ -9,8 +9,8 @@ Used by the GIMP plug-in and by the tests. One `Client` is one connection:
 
 Extra networks and VAEs: `client.networks()` lists every LoRA, LyCORIS, hypernetwork and VAE of
 the daemon's model folders with its metadata (docs/protocol.md, Networks) for pickers, and
-`client.vae_choices()` the values of the `sd_vae` parameter. A job's `warning` events (a VAE
-name that is not found …) are kept in `client.warnings` by `run`.
+`client.vae_choices()` the values of the `sd_vae` parameter. A job's warnings (the `done`
+event's: a VAE or a network that is not found …) are kept in `client.warnings` by `run`.
 
 Live previews (A1111's): pass `preview={"method": "Approx cheap", "every": 2}` (or "Full") to
 `img2img`; every 2nd sampler step's progress event then has `event.preview_image` (rgba8).
@@ -272,15 +272,15 @@ class Client:
             self._pending = kept + self._pending
 
     def run(self, job: int) -> list[Event]:
-        """Waits for `job`; returns its `result` events, raising DaemonError on failure. Its
-        `warning` messages are in `self.warnings` afterwards."""
+        """Waits for `job`; returns its `result` events, raising DaemonError on failure. The
+        `done` event's `warnings` are in `self.warnings` afterwards."""
         results = []
         self.warnings = []
         for event in self.events(job):
             if event.type == "result":
                 results.append(event)
-            elif event.type == "warning":
-                self.warnings.append(event["message"])
+            elif event.type == "done":
+                self.warnings = list(event.get("warnings") or [])
             elif event.type == "error":
                 raise DaemonError(event["code"], event["message"], job)
         return results

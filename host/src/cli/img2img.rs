@@ -282,6 +282,9 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
         return Err(error.into());
     }
     let outcome = outcome?;
+    for warning in &outcome.warnings {
+        eprintln!("warning: {warning}");
+    }
     if outcome.cancelled {
         eprintln!(
             "stopped by Ctrl-C; {} finished image(s) kept in {}",

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::extra_networks::dirs::ModelFolders;
+use crate::extra_networks::dirs::{ModelFolders, NetworkDirs};
 
 /// Settings of `sdhost serve`; every field is optional in the file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -25,7 +25,7 @@ pub struct ServeConfig {
     pub embeddings_dir: Option<PathBuf>,
     /// LoRA files instead of `models_dir`'s `Lora/` (its `LyCORIS/` stays).
     pub lora_dir: Option<PathBuf>,
-    /// Hypernetworks instead of `models_dir`'s `hypernetworks/`.
+    /// A1111 hypernetworks for `<hypernet:…>`, instead of `models_dir`'s `hypernetworks/`.
     pub hypernetwork_dir: Option<PathBuf>,
     /// VAE files, searched after `models_dir`'s `VAE/`.
     pub vae_dir: Option<PathBuf>,
@@ -101,6 +101,11 @@ impl ServeConfig {
             hypernetwork_dir: self.hypernetwork_dir.clone(),
             vae_dir: self.vae_dir.clone(),
         }
+    }
+
+    /// The folders of `models_dir`'s A1111 layout, each replaced or joined by its own setting.
+    pub fn network_dirs(&self) -> NetworkDirs {
+        self.folders().network_dirs()
     }
 
     /// Reads a config file.
@@ -186,6 +191,18 @@ mod tests {
         assert_eq!(
             config.limits.queue_capacity,
             Limits::default().queue_capacity
+        );
+        assert_eq!(
+            config.network_dirs().hypernetworks,
+            [PathBuf::from("/srv/webui/models/hypernetworks")]
+        );
+        let own = ServeConfig {
+            hypernetwork_dir: Some("/data/hn".into()),
+            ..config
+        };
+        assert_eq!(
+            own.network_dirs().hypernetworks,
+            [PathBuf::from("/data/hn")]
         );
         std::fs::write(&path, "modle = \"x\"\n").unwrap();
         let error = ServeConfig::read(&path).unwrap_err().to_string();

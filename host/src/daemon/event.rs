@@ -94,14 +94,6 @@ pub enum Event {
     },
     /// The job was cancelled after `images` images.
     Cancelled { id: Value, job: u64, images: usize },
-    /// Something a job goes on without, as A1111 warns and goes on (a VAE that is not found,
-    /// a network that is missing …).
-    Warning {
-        id: Value,
-        job: u64,
-        /// For people.
-        message: String,
-    },
     /// A request was refused, or a job failed.
     Error {
         id: Value,
@@ -174,8 +166,13 @@ pub struct Placement {
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum DoneOutcome {
-    /// An img2img job: how many images it made.
-    Images { images: usize },
+    /// An img2img job: how many images it made, and what it was asked for and did not do
+    /// (an extra network or a VAE not found or not loadable; omitted when nothing).
+    Images {
+        images: usize,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
+    },
     /// A `select_model` job: the model now loaded.
     Model { model: String, hash: String },
 }
@@ -465,9 +462,24 @@ mod tests {
             header(Event::Done {
                 id: id.clone(),
                 job: 3,
-                outcome: DoneOutcome::Images { images: 4 }
+                outcome: DoneOutcome::Images {
+                    images: 4,
+                    warnings: Vec::new()
+                }
             }),
             json!({"type": "done", "id": 7, "job": 3, "images": 4})
+        );
+        assert_eq!(
+            header(Event::Done {
+                id: id.clone(),
+                job: 3,
+                outcome: DoneOutcome::Images {
+                    images: 1,
+                    warnings: vec!["hypernetwork `x` not found".into()]
+                }
+            }),
+            json!({"type": "done", "id": 7, "job": 3, "images": 1,
+                   "warnings": ["hypernetwork `x` not found"]})
         );
         assert_eq!(
             header(Event::Done {
@@ -601,11 +613,10 @@ mod tests {
             "error",
             "png_info",
             "cancelled",
-            "warning",
         ] {
             assert!(types.iter().any(|t| t == kind), "{kind} in {types:?}");
         }
-        assert_eq!(types.len(), 12, "{types:?}");
+        assert_eq!(types.len(), 11, "{types:?}");
         let codes = ErrorCode::all();
         assert_eq!(codes.len(), 18, "{codes:?}");
         assert!(codes.iter().any(|c| c == "shutting_down"));

@@ -273,22 +273,15 @@ impl Worker {
         };
         // The VAE is chosen before any work (A1111 reloads it before processing); a name that
         // is not found is A1111's warning, and the job runs with the checkpoint's own.
-        match self.model.select_vae(&request.params.sd_vae) {
-            Ok(None) => {}
-            Ok(Some(message)) => Self::send(
-                job,
-                Event::Warning {
-                    id: job.request_id.clone(),
-                    job: job.id,
-                    message,
-                },
-            ),
+        // The warning is the `done` event's, with the job's own.
+        let vae_warning = match self.model.select_vae(&request.params.sd_vae) {
+            Ok(warning) => warning,
             Err(error) => {
                 let code = ErrorCode::InvalidParams;
                 Self::send(job, job_error(job, code, error.to_string()));
                 return;
             }
-        }
+        };
         let mut steps_per_batch = 0;
         let model = &self.model;
         let outcome = run_img2img(
@@ -363,6 +356,7 @@ impl Worker {
                 job: job_id,
                 outcome: DoneOutcome::Images {
                     images: outcome.images.len(),
+                    warnings: vae_warning.into_iter().chain(outcome.warnings).collect(),
                 },
             },
             Err(error) => Event::error(&id, Some(job_id), error_code(&error), error.to_string()),

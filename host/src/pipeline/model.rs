@@ -7,6 +7,8 @@ use tch::{Device, Kind};
 
 use crate::checkpoint::{default_cache_dir, infer_architecture, Checkpoint, ModelHashes};
 use crate::extra_networks::dirs::NetworkDirs;
+use crate::extra_networks::hypernetwork::{ActiveHypernetworks, HypernetworkCache};
+use crate::extra_networks::ExtraNetworkData;
 use crate::models::StableDiffusion;
 use crate::prompt::embeddings::EmbeddingDatabase;
 use crate::sampling::noise_levels::{NoiseLevels, NoiseLevelsError};
@@ -52,6 +54,8 @@ pub struct GenerationModel {
     pub embeddings: EmbeddingDatabase,
     /// Where the prompts' extra networks (`<lora:…>`, `<hypernet:…>`) and VAE files are found.
     pub network_dirs: NetworkDirs,
+    /// The hypernetworks of the last job, kept loaded for the next.
+    pub hypernetworks: HypernetworkCache,
     /// Where the networks run.
     pub device: Device,
     /// Their dtype.
@@ -97,6 +101,7 @@ impl GenerationModel {
             path: path.to_path_buf(),
             embeddings,
             network_dirs: NetworkDirs::default(),
+            hypernetworks: HypernetworkCache::new(kind, device),
             device,
             kind,
             vae_swap: VaeSwap::default(),
@@ -139,6 +144,16 @@ impl GenerationModel {
     /// The external VAE in use, for the infotext (none: the checkpoint's own).
     pub fn external_vae(&self) -> Option<&ExternalVae> {
         self.vae_swap.active()
+    }
+
+    /// Sets the UNet's hypernetworks to those `data`'s `<hypernet:…>` tags name, until the
+    /// returned value is dropped.
+    pub fn activate_hypernetworks(&self, data: &ExtraNetworkData) -> ActiveHypernetworks {
+        self.hypernetworks.activate(
+            self.sd.unet.hypernetworks(),
+            &self.network_dirs.hypernetworks,
+            data,
+        )
     }
 
     /// Pixels per latent pixel (8 for SD).
