@@ -92,15 +92,6 @@ impl NetworkListing {
         NetworkListing { current, refresh }
     }
 
-    /// A listing that never changes (tests, and daemons without folders).
-    pub fn fixed(networks: Vec<NetworkFacts>) -> Self {
-        let (refresh, _) = crossbeam_channel::bounded(1);
-        NetworkListing {
-            current: Arc::new(Mutex::new(networks)),
-            refresh,
-        }
-    }
-
     /// The networks as last scanned.
     pub fn current(&self) -> Vec<NetworkFacts> {
         self.current
