@@ -23,13 +23,22 @@ pub struct ServeArgs {
     /// random-weight demo model].
     #[arg(long)]
     model: Option<PathBuf>,
-    /// An A1111 models/ folder (Stable-diffusion/, embeddings/ beside it) or a folder of
-    /// checkpoints.
+    /// An A1111 models/ folder (Stable-diffusion/, Lora/, LyCORIS/, hypernetworks/, VAE/,
+    /// embeddings/ inside or beside it) or a folder of checkpoints.
     #[arg(long)]
     models_dir: Option<PathBuf>,
     /// Folder of textual-inversion embeddings.
     #[arg(long)]
     embeddings_dir: Option<PathBuf>,
+    /// Folder of LoRA files instead of models/Lora (A1111's --lora-dir).
+    #[arg(long)]
+    lora_dir: Option<PathBuf>,
+    /// Folder of hypernetworks instead of models/hypernetworks (A1111's --hypernetwork-dir).
+    #[arg(long)]
+    hypernetwork_dir: Option<PathBuf>,
+    /// Folder of VAE files searched after models/VAE (A1111's --vae-dir).
+    #[arg(long)]
+    vae_dir: Option<PathBuf>,
     /// Folder of third-party sampler plugins.
     #[arg(long)]
     plugins_dir: Option<PathBuf>,
@@ -56,6 +65,9 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         model,
         models_dir,
         embeddings_dir,
+        lora_dir,
+        hypernetwork_dir,
+        vae_dir,
         plugins_dir,
         device,
         dtype,

@@ -4,15 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::extra_networks::dirs::{ModelFolders, CHECKPOINT_FOLDER};
+
 /// Checkpoints found, named as A1111 titles them (path under the checkpoint folder, no
 /// extension; with it when a `.ckpt` and a `.safetensors` share a name).
 #[derive(Debug, Clone, Default)]
 pub struct ModelCatalog {
     entries: Vec<(String, PathBuf)>,
 }
-
-/// A1111's checkpoint folder inside `models/`.
-const CHECKPOINT_FOLDER: &str = "Stable-diffusion";
 
 /// A1111's `list_models` filter: `.ckpt` and `.safetensors`, but not the `*.vae.*` files
 /// that sit beside checkpoints.
@@ -98,12 +97,11 @@ impl ModelCatalog {
 
 /// A1111's embeddings folder for a `models/` folder: `embeddings/` inside it or beside it.
 pub fn embeddings_dir(models_dir: &Path) -> Option<PathBuf> {
-    [
-        models_dir.join("embeddings"),
-        models_dir.parent()?.join("embeddings"),
-    ]
-    .into_iter()
-    .find(|dir| dir.is_dir())
+    ModelFolders {
+        models_dir: Some(models_dir.to_path_buf()),
+        ..ModelFolders::default()
+    }
+    .embeddings_dir()
 }
 
 #[cfg(test)]

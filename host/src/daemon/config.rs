@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::extra_networks::dirs::{ModelFolders, NetworkDirs};
+
 /// Settings of `sdhost serve`; every field is optional in the file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +23,12 @@ pub struct ServeConfig {
     pub models_dir: Option<PathBuf>,
     /// Textual-inversion embeddings (default: `embeddings/` next to or inside `models_dir`).
     pub embeddings_dir: Option<PathBuf>,
+    /// LoRA files instead of `models_dir`'s `Lora/` (its `LyCORIS/` stays).
+    pub lora_dir: Option<PathBuf>,
+    /// A1111 hypernetworks for `<hypernet:…>`, instead of `models_dir`'s `hypernetworks/`.
+    pub hypernetwork_dir: Option<PathBuf>,
+    /// VAE files, searched after `models_dir`'s `VAE/`.
+    pub vae_dir: Option<PathBuf>,
     /// Third-party sampler plugins.
     pub plugins_dir: Option<PathBuf>,
     /// Device: cpu, cuda, cuda:N.
@@ -84,6 +92,22 @@ pub enum ConfigError {
 }
 
 impl ServeConfig {
+    /// The model folders these settings name.
+    pub fn folders(&self) -> ModelFolders {
+        ModelFolders {
+            models_dir: self.models_dir.clone(),
+            embeddings_dir: self.embeddings_dir.clone(),
+            lora_dir: self.lora_dir.clone(),
+            hypernetwork_dir: self.hypernetwork_dir.clone(),
+            vae_dir: self.vae_dir.clone(),
+        }
+    }
+
+    /// The folders of `models_dir`'s A1111 layout, each replaced or joined by its own setting.
+    pub fn network_dirs(&self) -> NetworkDirs {
+        self.folders().network_dirs()
+    }
+
     /// Reads a config file.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
@@ -155,16 +179,30 @@ mod tests {
         let path = dir.path().join("config.toml");
         std::fs::write(
             &path,
-            "models_dir = \"/srv/webui/models\"\ndevice = \"cuda\"\n[limits]\nmax_images = 8\nmax_connections = 3\n",
+            "models_dir = \"/srv/webui/models\"\nvae_dir = \"/srv/vae\"\ndevice = \"cuda\"\n[limits]\nmax_images = 8\nmax_connections = 3\n",
         )
         .unwrap();
         let config = ServeConfig::read(&path).unwrap();
         assert_eq!(config.models_dir, Some(PathBuf::from("/srv/webui/models")));
+        assert_eq!(config.vae_dir, Some(PathBuf::from("/srv/vae")));
+        assert_eq!(config.folders().network_dirs().vae.len(), 2);
         assert_eq!(config.limits.max_images, 8);
         assert_eq!(config.limits.max_connections, 3);
         assert_eq!(
             config.limits.queue_capacity,
             Limits::default().queue_capacity
+        );
+        assert_eq!(
+            config.network_dirs().hypernetworks,
+            [PathBuf::from("/srv/webui/models/hypernetworks")]
+        );
+        let own = ServeConfig {
+            hypernetwork_dir: Some("/data/hn".into()),
+            ..config
+        };
+        assert_eq!(
+            own.network_dirs().hypernetworks,
+            [PathBuf::from("/data/hn")]
         );
         std::fs::write(&path, "modle = \"x\"\n").unwrap();
         let error = ServeConfig::read(&path).unwrap_err().to_string();

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::config::Limits;
 use super::protocol::{Attachment, PixelFormat};
+use crate::extra_networks::facts::NetworkFacts;
 use crate::pipeline::preview::PreviewMethod;
 use crate::prepare::modes::Img2ImgMode;
 use crate::request::{FieldInfo, GenerationRequest};
@@ -49,6 +50,10 @@ pub enum Event {
         /// added within protocol 1), so clients reuse parameters without parsing infotext.
         #[serde(skip_serializing_if = "Option::is_none")]
         request: Option<serde_json::Map<String, Value>>,
+        /// What of the infotext this daemon cannot reproduce (a VAE it does not have); absent
+        /// when nothing (added within protocol 1).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
     },
     /// A job was accepted with `position` jobs ahead of it.
     Queued {
@@ -161,8 +166,13 @@ pub struct Placement {
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum DoneOutcome {
-    /// An img2img job: how many images it made.
-    Images { images: usize },
+    /// An img2img job: how many images it made, and what it was asked for and did not do
+    /// (an extra network or a VAE not found or not loadable; omitted when nothing).
+    Images {
+        images: usize,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
+    },
     /// A `select_model` job: the model now loaded.
     Model { model: String, hash: String },
 }
@@ -241,6 +251,10 @@ pub struct Listing {
     pub model: ModelFacts,
     /// Models `select_model` can load.
     pub models: Vec<String>,
+    /// Every LoRA, LyCORIS, hypernetwork and VAE file of the model folders with what a picker
+    /// shows of it (docs/protocol.md, Networks). `sd_vae` takes `Automatic`, `None` or a
+    /// `vae` entry's name.
+    pub networks: Vec<NetworkFacts>,
     #[serde(flatten)]
     pub capabilities: Capabilities,
 }
@@ -448,9 +462,24 @@ mod tests {
             header(Event::Done {
                 id: id.clone(),
                 job: 3,
-                outcome: DoneOutcome::Images { images: 4 }
+                outcome: DoneOutcome::Images {
+                    images: 4,
+                    warnings: Vec::new()
+                }
             }),
             json!({"type": "done", "id": 7, "job": 3, "images": 4})
+        );
+        assert_eq!(
+            header(Event::Done {
+                id: id.clone(),
+                job: 3,
+                outcome: DoneOutcome::Images {
+                    images: 1,
+                    warnings: vec!["hypernetwork `x` not found".into()]
+                }
+            }),
+            json!({"type": "done", "id": 7, "job": 3, "images": 1,
+                   "warnings": ["hypernetwork `x` not found"]})
         );
         assert_eq!(
             header(Event::Done {
@@ -494,6 +523,7 @@ mod tests {
                 embeddings: vec!["e".into()],
             },
             models: vec!["tiny".into()],
+            networks: Vec::new(),
             capabilities: Capabilities::new(&registry, &limits),
         };
         let welcome = header(Event::Welcome {
@@ -519,6 +549,7 @@ mod tests {
                 "model",
                 "models",
                 "modes",
+                "networks",
                 "preview_methods",
                 "protocol",
                 "request_fields",
@@ -565,6 +596,7 @@ mod tests {
                 negative_prompt: None,
                 parameters: None,
                 request: None,
+                warnings: Vec::new(),
             }),
             json!({"type": "png_info", "id": 2, "infotext": null, "prompt": null,
                    "negative_prompt": null, "parameters": null})

@@ -16,6 +16,7 @@ use super::protocol::{Attachment, PixelFormat};
 use super::queue::{Job, JobKind, Scheduler};
 use super::request::GenerateRequest;
 use super::ModelCatalog;
+use crate::extra_networks::dirs::NetworkDirs;
 use crate::pipeline::img2img::{run_img2img, GeneratedImage, JobError, JobEvent};
 use crate::pipeline::model::GenerationModel;
 use crate::pipeline::preview::preview_image;
@@ -48,6 +49,8 @@ pub struct Worker {
     pub catalog: ModelCatalog,
     /// Embeddings folder for every model.
     pub embeddings_dir: Option<PathBuf>,
+    /// Where every model's jobs find extra networks and VAEs.
+    pub network_dirs: NetworkDirs,
     /// Device and dtype models load on.
     pub device: Device,
     /// Dtype.
@@ -223,7 +226,7 @@ impl Worker {
             self.embeddings_dir.as_deref(),
         ) {
             Ok(model) => {
-                self.model = model;
+                self.model = model.with_network_dirs(self.network_dirs.clone());
                 let status = ModelStatus {
                     name: self.model.name.clone(),
                     hash: self.model.hash.clone(),
@@ -265,6 +268,17 @@ impl Worker {
                     job,
                     job_error(job, ErrorCode::BadRequest, error.to_string()),
                 );
+                return;
+            }
+        };
+        // The VAE is chosen before any work (A1111 reloads it before processing); a name that
+        // is not found is A1111's warning, and the job runs with the checkpoint's own.
+        // The warning is the `done` event's, with the job's own.
+        let vae_warning = match self.model.select_vae(&request.params.sd_vae) {
+            Ok(warning) => warning,
+            Err(error) => {
+                let code = ErrorCode::InvalidParams;
+                Self::send(job, job_error(job, code, error.to_string()));
                 return;
             }
         };
@@ -342,6 +356,7 @@ impl Worker {
                 job: job_id,
                 outcome: DoneOutcome::Images {
                     images: outcome.images.len(),
+                    warnings: vae_warning.into_iter().chain(outcome.warnings).collect(),
                 },
             },
             Err(error) => Event::error(&id, Some(job_id), error_code(&error), error.to_string()),

@@ -3,10 +3,13 @@
 //!
 //! The data path: [`parse_prompts`] takes the tags out of the positive prompts (the first
 //! prompt's tags are the batch's set), [`catalog`] finds the files they name in an A1111
-//! `models/` tree, and [`lora`] patches the loaded weights.
+//! `models/` tree, [`lora`] patches the loaded weights and [`hypernetwork`] sets the UNet's
+//! attention hook.
 
 pub mod catalog;
 pub mod dirs;
+pub mod facts;
+pub mod hypernetwork;
 pub mod lora;
 
 use std::collections::BTreeMap;
@@ -89,8 +92,9 @@ mod tests {
 
     #[test]
     fn tags_are_taken_out_and_split_as_a1111_does() {
-        let (text, data) =
-            parse_prompt("a cat <lora:add_detail:0.5>, <lora:style:te=0.3:unet=0.8:dyn=4> <hypernet:anime>");
+        let (text, data) = parse_prompt(
+            "a cat <lora:add_detail:0.5>, <lora:style:te=0.3:unet=0.8:dyn=4> <hypernet:anime>",
+        );
         assert_eq!(text, "a cat ,  ");
         let loras = &data["lora"];
         assert_eq!(loras.len(), 2);
@@ -104,7 +108,10 @@ mod tests {
         assert_eq!(text, "<:x> <a b:1> <lora:>");
         assert!(data.is_empty());
         // `a=b=c` splits into three parts, so it stays positional.
-        assert_eq!(ExtraNetworkParams::new("n:a=b=c").positional, ["n", "a=b=c"]);
+        assert_eq!(
+            ExtraNetworkParams::new("n:a=b=c").positional,
+            ["n", "a=b=c"]
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use super::error::guarded;
 use super::init::JobInit;
 use super::model::GenerationModel;
 use crate::device::release_freed_memory;
+use crate::extra_networks::parse_prompt;
 use crate::infotext::Infotext;
 use crate::prepare::inpaint::{MaskedContent, Patch};
 use crate::prompt::conditioning::{CondPart, Conditioner, ScheduledCond};
@@ -74,6 +75,9 @@ pub struct JobOutcome {
     pub images: Vec<GeneratedImage>,
     /// Whether the observer stopped it before the end.
     pub cancelled: bool,
+    /// What the job was asked for and did not do (an extra network not found or not
+    /// loadable), for people; the images were made without it, as A1111 makes them.
+    pub warnings: Vec<String>,
 }
 
 /// The source of per-image noise for a model on `device`.
@@ -131,6 +135,8 @@ pub fn run_img2img(
 ) -> Result<JobOutcome, JobError> {
     let _guard = tch::no_grad_guard();
     let job = Img2ImgJob::prepare(model, registry, params)?;
+    // Set for the whole job and cleared when it ends, however it ends.
+    let hypernetworks = model.activate_hypernetworks(&parse_prompt(&params.prompt).1);
     let init = job.init_latents(init_image, mask)?;
     let conditioning = job.condition()?;
     let total = params.n_iter * params.batch_size;
@@ -146,6 +152,7 @@ pub fn run_img2img(
             return Ok(JobOutcome {
                 images,
                 cancelled: true,
+                warnings: hypernetworks.warnings().to_vec(),
             });
         };
         release_freed_memory(model.device);
@@ -173,6 +180,7 @@ pub fn run_img2img(
     Ok(JobOutcome {
         images,
         cancelled: false,
+        warnings: hypernetworks.warnings().to_vec(),
     })
 }
 
@@ -294,14 +302,15 @@ impl<'a> Img2ImgJob<'a> {
         // Prompt schedules count model calls: twice per step for second-order samplers.
         let second_order = self.plan.sampler.info.second_order;
         let schedule_steps = params.sampler.steps * if second_order { 2 } else { 1 };
+        // Extra-network tags are instructions, not text to encode (A1111's `parse_prompts`).
+        let prompt = parse_prompt(&params.prompt).0;
         let (cond, uncond) = guarded("prompt encoding", || {
             (
-                conditioner.multicond(&params.prompt, schedule_steps),
+                conditioner.multicond(&prompt, schedule_steps),
                 conditioner.schedule(&params.negative_prompt, schedule_steps),
             )
         })?;
-        let used =
-            conditioner.embeddings_used(&params.prompt, &params.negative_prompt, schedule_steps);
+        let used = conditioner.embeddings_used(&prompt, &params.negative_prompt, schedule_steps);
         Ok(JobConditioning {
             cond,
             uncond,
@@ -464,6 +473,9 @@ impl<'a> Img2ImgJob<'a> {
             schedule_label: &self.plan.schedule_label,
             discard_penultimate: self.plan.discard_penultimate,
             model: (&model.name, &model.hash),
+            vae: model
+                .external_vae()
+                .map(|vae| (vae.name.as_str(), vae.hash.as_str())),
             ti_hashes: conditioning.ti_hashes.clone(),
             inpainting: init.inpaint.is_some(),
             inpainting_conditioning: init.uses_inpainting_conditioning(),
