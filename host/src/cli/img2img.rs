@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use sdhost_plugin_api::{Flow, OptionValue};
 
 use crate::device::{parse_device, parse_dtype};
+use crate::extra_networks::dirs::NetworkDirs;
 use crate::infotext::Infotext;
 use crate::pipeline::img2img::{run_img2img, JobEvent};
 use crate::pipeline::model::GenerationModel;
@@ -58,6 +59,10 @@ pub struct Img2ImgArgs {
     /// Folder of textual-inversion embeddings.
     #[arg(long)]
     embeddings_dir: Option<PathBuf>,
+    /// Folder of LoRA/LyCORIS files for <lora:NAME:…> tags in the prompt (repeatable,
+    /// searched in order with subfolders, as A1111's models/Lora).
+    #[arg(long, value_name = "DIR")]
+    lora_dir: Vec<PathBuf>,
     /// Folder of third-party sampler plugins.
     #[arg(long)]
     plugins_dir: Option<PathBuf>,
@@ -108,7 +113,11 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
     let image = load_image(&args.init_image)?;
     let sketch = args.sketch.as_deref().map(load_image).transpose()?;
     let mask_image = args.mask.as_deref().map(load_image).transpose()?;
-    let model = GenerationModel::load(&args.model, device, kind, args.embeddings_dir.as_deref())?;
+    let model = GenerationModel::load(&args.model, device, kind, args.embeddings_dir.as_deref())?
+        .with_network_dirs(NetworkDirs {
+            lora: args.lora_dir.clone(),
+            ..NetworkDirs::default()
+        });
 
     let mut base = GenerationRequest::default();
     if let Some(png) = &args.from_png {
@@ -208,6 +217,7 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
                     bar.set_message(format!("batch {}/{batches}", batch + 1));
                     bar.inc(1);
                 }
+                JobEvent::Warning(message) => bar.suspend(|| eprintln!("warning: {message}")),
                 JobEvent::Image(image) => {
                     let written = save_numbered(&args.out_dir, image).and_then(|path| {
                         let patch = if args.patch_out {

@@ -30,6 +30,10 @@ pub struct ServeArgs {
     /// Folder of textual-inversion embeddings.
     #[arg(long)]
     embeddings_dir: Option<PathBuf>,
+    /// Folder of LoRA/LyCORIS files for <lora:…> tags (repeatable; default: Lora/ and
+    /// LyCORIS/ of --models-dir).
+    #[arg(long, value_name = "DIR")]
+    lora_dir: Vec<PathBuf>,
     /// Folder of third-party sampler plugins.
     #[arg(long)]
     plugins_dir: Option<PathBuf>,
@@ -61,6 +65,9 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         dtype,
         threads
     );
+    if !args.lora_dir.is_empty() {
+        config.lora_dir = args.lora_dir.clone();
+    }
     crate::daemon::run(config)?;
     Ok(())
 }

@@ -21,6 +21,10 @@ pub struct ServeConfig {
     pub models_dir: Option<PathBuf>,
     /// Textual-inversion embeddings (default: `embeddings/` next to or inside `models_dir`).
     pub embeddings_dir: Option<PathBuf>,
+    /// Folders of LoRA/LyCORIS files for `<lora:…>` tags, searched in order (default:
+    /// `Lora/` and `LyCORIS/` of `models_dir`).
+    #[serde(default)]
+    pub lora_dir: Vec<PathBuf>,
     /// Third-party sampler plugins.
     pub plugins_dir: Option<PathBuf>,
     /// Device: cpu, cuda, cuda:N.

@@ -80,6 +80,14 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         patch: Option<Placement>,
     },
+    /// Something the user should know about a job that still runs: a LoRA that was not
+    /// found, keys of a network that match no layer … (added within protocol 1).
+    Warning {
+        id: Value,
+        job: u64,
+        /// For people.
+        message: String,
+    },
     /// The job ended normally.
     Done {
         id: Value,

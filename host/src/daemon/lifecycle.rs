@@ -13,6 +13,7 @@ use super::event::{Capabilities, ErrorCode, Event};
 use super::server::{accept, bind_unix, load_or_create_token, ListenError, Shared};
 use super::worker::{ModelStatus, Worker};
 use crate::device::{parse_device, parse_dtype, DeviceError};
+use crate::extra_networks::dirs::NetworkDirs;
 use crate::pipeline::model::{GenerationModel, ModelError};
 use crate::sampling::plugins::{PluginPaths, SamplerRegistry};
 
@@ -112,6 +113,19 @@ pub fn run(config: ServeConfig) -> Result<(), StartError> {
     serve(config, stop)
 }
 
+/// The extra-network folders of `config`: `lora_dir` when given, else those of `models_dir`.
+fn network_dirs(config: &ServeConfig) -> NetworkDirs {
+    let mut dirs = config
+        .models_dir
+        .as_deref()
+        .map(NetworkDirs::from_models_dir)
+        .unwrap_or_default();
+    if !config.lora_dir.is_empty() {
+        dirs.lora = config.lora_dir.clone();
+    }
+    dirs
+}
+
 /// Runs the daemon until `stop` receives (or its sender is dropped), then shuts down:
 /// new connections are turned away and the socket removed, waiting jobs end with an
 /// `error` `shutting_down`, the running job is cancelled through its flag and ends the same
@@ -138,12 +152,13 @@ pub fn serve(config: ServeConfig, stop: Receiver<()>) -> Result<(), StartError> 
     if demo {
         warn_demo(&model_path);
     }
-    let model = GenerationModel::load(&model_path, device, kind, embeddings.as_deref()).map_err(
-        |source| StartError::Model {
+    let network_dirs = network_dirs(&config);
+    let model = GenerationModel::load(&model_path, device, kind, embeddings.as_deref())
+        .map_err(|source| StartError::Model {
             path: model_path.clone(),
             source: Box::new(source),
-        },
-    )?;
+        })?
+        .with_network_dirs(network_dirs.clone());
     let status = Arc::new(Mutex::new(ModelStatus {
         name: model.name.clone(),
         hash: model.hash.clone(),
@@ -172,6 +187,7 @@ pub fn serve(config: ServeConfig, stop: Receiver<()>) -> Result<(), StartError> 
         registry,
         catalog,
         embeddings_dir: embeddings,
+        network_dirs,
         device,
         kind,
         status,

@@ -48,6 +48,8 @@ pub struct Worker {
     pub catalog: ModelCatalog,
     /// Embeddings folder for every model.
     pub embeddings_dir: Option<PathBuf>,
+    /// Extra-network folders for every model.
+    pub network_dirs: crate::extra_networks::dirs::NetworkDirs,
     /// Device and dtype models load on.
     pub device: Device,
     /// Dtype.
@@ -223,7 +225,7 @@ impl Worker {
             self.embeddings_dir.as_deref(),
         ) {
             Ok(model) => {
-                self.model = model;
+                self.model = model.with_network_dirs(self.network_dirs.clone());
                 let status = ModelStatus {
                     name: self.model.name.clone(),
                     hash: self.model.hash.clone(),
@@ -311,6 +313,14 @@ impl Worker {
                         ),
                     ),
                     JobEvent::Image(image) => Self::send(job, result_event(job, image)),
+                    JobEvent::Warning(message) => Self::send(
+                        job,
+                        Event::Warning {
+                            id: job.request_id.clone(),
+                            job: job.id,
+                            message: message.to_string(),
+                        },
+                    ),
                 }
                 if job.cancel.load(Ordering::SeqCst) {
                     Flow::Cancel

@@ -168,12 +168,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lora = dir.path().join("Lora");
         std::fs::create_dir_all(lora.join("styles")).unwrap();
-        write_safetensors(&lora.join("styles/detail.safetensors"), &[("ss_output_name", "add_detail")]);
+        write_safetensors(
+            &lora.join("styles/detail.safetensors"),
+            &[("ss_output_name", "add_detail")],
+        );
         write_safetensors(&lora.join("plain.safetensors"), &[]);
         std::fs::write(lora.join("old.pt"), b"pickle").unwrap();
         std::fs::write(lora.join("notes.txt"), b"x").unwrap();
         std::fs::write(lora.join("broken.safetensors"), b"xx").unwrap();
-        let catalog = NetworkCatalog::scan(&[lora.clone(), dir.path().join("LyCORIS")], NETWORK_EXTENSIONS);
+        let catalog = NetworkCatalog::scan(
+            &[lora.clone(), dir.path().join("LyCORIS")],
+            NETWORK_EXTENSIONS,
+        );
         let names: Vec<&str> = catalog.files().iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["old", "plain", "detail"]);
         assert_eq!(catalog.find("add_detail").unwrap().name, "detail");

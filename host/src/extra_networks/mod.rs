@@ -89,8 +89,9 @@ mod tests {
 
     #[test]
     fn tags_are_taken_out_and_split_as_a1111_does() {
-        let (text, data) =
-            parse_prompt("a cat <lora:add_detail:0.5>, <lora:style:te=0.3:unet=0.8:dyn=4> <hypernet:anime>");
+        let (text, data) = parse_prompt(
+            "a cat <lora:add_detail:0.5>, <lora:style:te=0.3:unet=0.8:dyn=4> <hypernet:anime>",
+        );
         assert_eq!(text, "a cat ,  ");
         let loras = &data["lora"];
         assert_eq!(loras.len(), 2);
@@ -104,7 +105,10 @@ mod tests {
         assert_eq!(text, "<:x> <a b:1> <lora:>");
         assert!(data.is_empty());
         // `a=b=c` splits into three parts, so it stays positional.
-        assert_eq!(ExtraNetworkParams::new("n:a=b=c").positional, ["n", "a=b=c"]);
+        assert_eq!(
+            ExtraNetworkParams::new("n:a=b=c").positional,
+            ["n", "a=b=c"]
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use tch::{Device, Kind};
 
 use crate::checkpoint::{default_cache_dir, infer_architecture, Checkpoint, ModelHashes};
 use crate::extra_networks::dirs::NetworkDirs;
+use crate::extra_networks::lora::LoraNetworks;
 use crate::models::StableDiffusion;
 use crate::prompt::embeddings::EmbeddingDatabase;
 use crate::sampling::noise_levels::{NoiseLevels, NoiseLevelsError};
@@ -49,6 +50,9 @@ pub struct GenerationModel {
     pub embeddings: EmbeddingDatabase,
     /// Where the prompts' extra networks (`<lora:…>`, `<hypernet:…>`) and VAE files are found.
     pub network_dirs: NetworkDirs,
+    /// The LoRAs applied to the networks' weights and their originals (locked by the job
+    /// that activates a prompt's set; jobs run one at a time).
+    pub lora: std::sync::Mutex<LoraNetworks>,
     /// Where the networks run.
     pub device: Device,
     /// Their dtype.
@@ -91,6 +95,7 @@ impl GenerationModel {
             hash: hashes.short().to_string(),
             embeddings,
             network_dirs: NetworkDirs::default(),
+            lora: std::sync::Mutex::default(),
             device,
             kind,
         })

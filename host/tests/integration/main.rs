@@ -12,6 +12,7 @@ mod daemon;
 mod denoiser;
 mod img2img;
 mod inpaint;
+mod lora;
 mod masks;
 mod module_cycles;
 mod parity;

@@ -202,6 +202,7 @@ fn every_field_of_one_image_survives_its_infotext() {
             discard_penultimate: request.sampler.schedule_options.discard_penultimate,
             model: ("tiny", "0123456789"),
             ti_hashes: None,
+            lora_hashes: Some("detail: 0123456789ab".into()),
             inpainting: true,
             inpainting_conditioning: true,
         };

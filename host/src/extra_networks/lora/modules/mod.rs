@@ -2,9 +2,24 @@
 //! stored for one layer into that layer's weight change. [`finalize_updown`] is what every
 //! type shares (A1111's `NetworkModule.finalize_updown`): bias, alpha scale, DoRA, multiplier.
 
+pub mod lora;
+
 use std::collections::BTreeMap;
 
 use tch::Tensor;
+
+/// Builds one module type from a layer's tensors: `None` when the tensors are not of that type.
+pub type ModuleConstructor = fn(&ModuleWeights) -> Option<Result<Box<dyn NetworkModule>>>;
+
+/// The module types in A1111's order (`networks.py: module_types`: Lora, Hada, Ia3, Lokr,
+/// Full, Norm, GLora, OFT); the first that recognises a layer's keys builds its module.
+pub const MODULE_TYPES: &[ModuleConstructor] = &[lora::create];
+
+/// A1111's `load_network` loop over `module_types`: the module for `weights`, or `None` when
+/// no type accepts its keys (A1111 then refuses the whole file).
+pub fn create_module(weights: &ModuleWeights) -> Option<Result<Box<dyn NetworkModule>>> {
+    MODULE_TYPES.iter().find_map(|create| create(weights))
+}
 
 /// Why a network module could not be built or applied.
 #[derive(Debug, thiserror::Error)]
@@ -20,23 +35,9 @@ pub enum NetworkError {
 /// Result type of the module math.
 pub type Result<T, E = NetworkError> = std::result::Result<T, E>;
 
-/// The layer a module patches, as much of it as the module math needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LayerKind {
-    /// `nn.Linear`: weight [out, in].
-    Linear,
-    /// `nn.Conv2d`: weight [out, in, kh, kw].
-    Conv2d {
-        /// Stride of the layer (both axes).
-        stride: i64,
-        /// Zero padding of the layer (both axes).
-        padding: i64,
-    },
-    /// `nn.LayerNorm`: weight [dim].
-    LayerNorm,
-    /// `nn.GroupNorm`: weight [channels].
-    GroupNorm,
-}
+// The layer kinds live with the layer table (`weights.rs`), which records them as networks are
+// built; modules see them through this re-export.
+pub use crate::weights::LayerKind;
 
 /// The tensors stored for one layer of a network file (A1111's `NetworkWeights`).
 pub struct ModuleWeights {
@@ -151,13 +152,15 @@ pub fn finalize_updown(
 ) -> Result<Updown> {
     let mut updown = updown;
     if let Some(bias) = &common.bias {
-        updown = (updown.reshape(bias.size()) + bias.to_kind(updown.kind())).reshape(output_shape);
+        updown = (updown.f_reshape(bias.size())?
+            + bias.to_device(updown.device()).to_kind(updown.kind()))
+        .f_reshape(output_shape)?;
     }
     if output_shape.len() == 4 {
-        updown = updown.reshape(output_shape);
+        updown = updown.f_reshape(output_shape)?;
     }
     if orig_weight.numel() == updown.numel() {
-        updown = updown.reshape(orig_weight.size());
+        updown = updown.f_reshape(orig_weight.size())?;
     }
     let multiplier = multipliers.for_key(&common.sd_key);
     let ex_bias = ex_bias.map(|b| b * multiplier);
@@ -180,7 +183,9 @@ fn apply_weight_decompose(
     weight_dims: usize,
 ) -> Tensor {
     let orig_weight = orig_weight.to_kind(updown.kind());
-    let dora_scale = dora_scale.to_device(orig_weight.device()).to_kind(updown.kind());
+    let dora_scale = dora_scale
+        .to_device(orig_weight.device())
+        .to_kind(updown.kind());
     let merged = updown + &orig_weight;
     let columns = merged.size()[1];
     let mut norm_shape = vec![columns];
