@@ -10,6 +10,7 @@ Usage:
                            no alphas
         other.safetensors  kohya names with the text encoder's and UNet's widths doubled: a
                            LoRA made for another architecture
+        kohya_pickle.pt    kohya.safetensors's tensors saved by torch.save
   lora_reference.py diffusers CHECKPOINT LORA OUT.safetensors
       Loads LORA with diffusers (`StableDiffusionLoraLoaderMixin.lora_state_dict`,
       `load_lora_into_unet`, `load_lora_into_text_encoder`, PEFT's merge) into the checkpoint's
@@ -93,6 +94,7 @@ def make(checkpoint: str, out_dir: str, seed: int) -> None:
     save_file(kohya, os.path.join(out_dir, "kohya.safetensors"), metadata={"ss_output_name": "kohya_alias"})
     save_file(peft, os.path.join(out_dir, "peft.safetensors"))
     save_file(other, os.path.join(out_dir, "other.safetensors"))
+    torch.save(kohya, os.path.join(out_dir, "kohya_pickle.pt"))
 
 
 def diffusers_merge(checkpoint: str, lora: str, out: str) -> None:

@@ -176,6 +176,22 @@ fn kohya_and_peft_files_patch_weights_as_diffusers_loads_them_and_switching_rest
     assert!(job.lora_hashes.is_none());
     assert_original(&model, &f.base);
     assert!(!model.lora.lock().unwrap().is_patched());
+
+    // The same tensors in a torch.save pickle (read by the restricted unpickler).
+    let job = activate_extra_networks(&model, "<lora:kohya_pickle:1>");
+    assert!(job.warnings.is_empty(), "{:?}", job.warnings);
+    assert_layers_match(&model, &f.dir.join("diffusers-kohya.safetensors"), &f.base);
+    let pickle = std::fs::read(f.lora_dir.join("styles/kohya_pickle.pt")).unwrap();
+    let sha: String = Sha256::digest(&pickle)
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        job.lora_hashes,
+        Some(format!("kohya_pickle: {sha}")),
+        "plain sha256 for pickles"
+    );
 }
 
 #[test]

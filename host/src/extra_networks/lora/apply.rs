@@ -30,6 +30,9 @@ pub struct ActiveNetwork<'a> {
 /// What a layer has on it: per network, its load id, the multipliers and the module applied.
 type LayerState = Vec<(u64, [u64; 3], String)>;
 
+/// A set of networks as the patcher compares sets: load ids and multipliers.
+type SetKey = Vec<(u64, [u64; 3])>;
+
 /// A layer change that could not be applied (A1111 counts these per network:
 /// `Networks with errors: name (count)`).
 #[derive(Clone, Debug, PartialEq)]
@@ -50,7 +53,7 @@ pub struct WeightPatcher {
     /// Checkpoint layer key → what is applied to it now (absent: original weights).
     applied: BTreeMap<String, LayerState>,
     /// The set applied last and the failures it had, so a repeat costs nothing.
-    last: Option<(Vec<(u64, [u64; 3])>, Vec<LayerFailure>)>,
+    last: Option<(SetKey, Vec<LayerFailure>)>,
 }
 
 fn multiplier_bits(m: &Multipliers) -> [u64; 3] {
@@ -79,7 +82,7 @@ impl WeightPatcher {
         index: &LayerIndex,
         layers: &LayerTable,
     ) -> Vec<LayerFailure> {
-        let set_key: Vec<(u64, [u64; 3])> = set
+        let set_key: SetKey = set
             .iter()
             .map(|a| (a.id, multiplier_bits(&a.multipliers)))
             .collect();

@@ -164,10 +164,14 @@ pub fn finalize_updown(
     }
     let multiplier = multipliers.for_key(&common.sd_key);
     let ex_bias = ex_bias.map(|b| b * multiplier);
-    updown = updown * common.calc_scale();
-    if let Some(dora_scale) = &common.dora_scale {
-        updown = apply_weight_decompose(&updown, orig_weight, dora_scale, common.shape.len());
-    }
+    // Out of place: `updown` may still be a module's own stored tensor (a full diff).
+    let scaled = updown * common.calc_scale();
+    let updown = match &common.dora_scale {
+        Some(dora_scale) => {
+            apply_weight_decompose(&scaled, orig_weight, dora_scale, common.shape.len())
+        }
+        None => scaled,
+    };
     Ok(Updown {
         updown: updown * multiplier,
         ex_bias,
