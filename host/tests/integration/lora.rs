@@ -396,3 +396,57 @@ fn img2img_with_loras_is_the_job_of_the_patched_checkpoint() {
     println!("with vs without the LoRAs: mean |Δ| {mean:.2}");
     assert!(mean > 5.0, "the LoRAs barely changed the picture: {mean}");
 }
+
+#[test]
+fn embeddings_bundled_in_a_lora_join_the_jobs_prompt_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::tiny_model(dir.path(), 21);
+    let lora_dir = dir.path().join("Lora");
+    std::fs::create_dir_all(&lora_dir).unwrap();
+    let model = load(&base, vec![lora_dir.clone()]);
+    let width = model.sd.architecture.clip.hidden_size;
+    tch::manual_seed(4);
+    let vectors = tch::Tensor::randn([2, width], (Kind::Float, Device::Cpu));
+    let tensors = vec![
+        (
+            "bundle_emb.lorastar.string_to_param.*".to_string(),
+            vectors.shallow_clone(),
+        ),
+        (
+            "bundle_emb.widestar.string_to_param.*".to_string(),
+            tch::Tensor::randn([1, width * 2], (Kind::Float, Device::Cpu)),
+        ),
+    ];
+    sdhost::tiny_model::save_safetensors(&tensors, &lora_dir.join("bundled.safetensors")).unwrap();
+
+    let job = activate_extra_networks(&model, "a lorastar cat <lora:bundled:1>");
+    assert_eq!(job.warnings.len(), 1, "{:?}", job.warnings);
+    assert!(job.warnings[0].contains("widestar"), "{}", job.warnings[0]);
+    assert!(job.embeddings(&model).contains("lorastar"));
+    assert!(
+        !model.embeddings.contains("lorastar"),
+        "the model's own list is unchanged"
+    );
+
+    let registry = common::builtin_registry();
+    let params = GenerationRequest {
+        prompt: "a lorastar cat <lora:bundled:1>".into(),
+        width: 64,
+        height: 64,
+        seed: 5,
+        sampler: SamplerSettings {
+            sampler: "Euler".into(),
+            steps: 2,
+            ..SamplerSettings::default()
+        },
+        ..GenerationRequest::default()
+    };
+    let init = image::RgbImage::from_pixel(64, 64, image::Rgb([120, 80, 40]));
+    let outcome = run_img2img(&model, &registry, &params, &init, None, None, &mut |_| {
+        Flow::Continue
+    })
+    .unwrap();
+    let text = outcome.images[0].infotext.to_text();
+    // A1111's BundledTIHash: the network's name stands in for the embedding's hash.
+    assert!(text.contains("TI hashes: \"lorastar: bundled\""), "{text}");
+}
