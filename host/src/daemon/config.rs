@@ -170,6 +170,10 @@ mod tests {
             config.limits.queue_capacity,
             Limits::default().queue_capacity
         );
+        assert!(config.lora_dir.is_empty());
+        std::fs::write(&path, "lora_dir = [\"/a\", \"/b\"]\n").unwrap();
+        let config = ServeConfig::read(&path).unwrap();
+        assert_eq!(config.lora_dir, [PathBuf::from("/a"), PathBuf::from("/b")]);
         std::fs::write(&path, "modle = \"x\"\n").unwrap();
         let error = ServeConfig::read(&path).unwrap_err().to_string();
         assert!(error.contains("modle"), "{error}");

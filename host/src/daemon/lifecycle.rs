@@ -294,3 +294,25 @@ fn shut_down(shared: &Shared, socket: &Path, worker_ended: &Receiver<()>) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lora_folders_come_from_lora_dir_else_the_models_folder() {
+        let mut config = ServeConfig {
+            models_dir: Some(PathBuf::from("/m")),
+            ..ServeConfig::default()
+        };
+        assert_eq!(
+            network_dirs(&config).lora,
+            [PathBuf::from("/m/Lora"), PathBuf::from("/m/LyCORIS")]
+        );
+        config.lora_dir = vec![PathBuf::from("/mine")];
+        let dirs = network_dirs(&config);
+        assert_eq!(dirs.lora, [PathBuf::from("/mine")]);
+        assert_eq!(dirs.vae, [PathBuf::from("/m/VAE")]);
+        assert!(network_dirs(&ServeConfig::default()).lora.is_empty());
+    }
+}

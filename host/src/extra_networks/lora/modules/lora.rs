@@ -39,6 +39,11 @@ impl LoraModule {
             key: weights.network_key.clone(),
             reason,
         };
+        if up.dim() == 0 || down.dim() == 0 {
+            return Err(bad(
+                "lora_up and lora_down must be matrices, not scalars".into()
+            ));
+        }
         let mid = weights.w.get("lora_mid.weight");
         let (up, down, mid) = match weights.layer {
             LayerKind::Linear => {

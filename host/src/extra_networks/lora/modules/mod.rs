@@ -117,7 +117,14 @@ pub struct ModuleCommon {
 impl ModuleCommon {
     /// Takes the shared fields from `weights`.
     pub fn new(weights: &ModuleWeights) -> Self {
-        let scalar = |name: &str| weights.w.get(name).map(|t| t.double_value(&[]));
+        // A1111's `.item()`: any one-element tensor; a malformed one counts as absent.
+        let scalar = |name: &str| {
+            weights
+                .w
+                .get(name)
+                .filter(|t| t.numel() == 1)
+                .and_then(|t| t.reshape([1i64]).f_double_value(&[0]).ok())
+        };
         Self {
             sd_key: weights.sd_key.clone(),
             shape: weights.weight_shape.clone(),
