@@ -107,7 +107,7 @@ fn load(checkpoint: &Path, lora_dirs: Vec<PathBuf>) -> GenerationModel {
 fn assert_layers_match(model: &GenerationModel, reference: &Path, original: &Path) -> usize {
     let expected = common::read_tensors(reference);
     let original = Checkpoint::open(original).unwrap();
-    let mut changed = 0;
+    let (mut changed, mut worst) = (0, 0.0f64);
     for (key, layer) in &model.sd.layers {
         let mut pairs = vec![(format!("{key}.weight"), &layer.weight)];
         if let Some(bias) = &layer.bias {
@@ -124,6 +124,7 @@ fn assert_layers_match(model: &GenerationModel, reference: &Path, original: &Pat
                 "{name}: |Δ| {diff:e} against {}",
                 reference.display()
             );
+            worst = worst.max(diff);
             let before = original
                 .raw(&name)
                 .unwrap()
@@ -134,6 +135,8 @@ fn assert_layers_match(model: &GenerationModel, reference: &Path, original: &Pat
             }
         }
     }
+    let file = reference.file_name().unwrap().to_string_lossy();
+    println!("{file}: {changed} tensors patched, max |Δ| {worst:e}");
     changed
 }
 
