@@ -12,7 +12,6 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use sdhost_plugin_api::{Flow, OptionValue};
 
 use crate::device::{parse_device, parse_dtype};
-use crate::extra_networks::dirs::NetworkDirs;
 use crate::infotext::Infotext;
 use crate::pipeline::img2img::{run_img2img, JobEvent};
 use crate::pipeline::model::GenerationModel;
@@ -63,6 +62,10 @@ pub struct Img2ImgArgs {
     /// searched in order with subfolders, as A1111's models/Lora).
     #[arg(long, value_name = "DIR")]
     lora_dir: Vec<PathBuf>,
+    /// Folder of A1111 hypernetworks (`<hypernet:NAME:multiplier>` finds NAME.pt in it and
+    /// its subfolders), such as A1111's models/hypernetworks.
+    #[arg(long, value_name = "DIR")]
+    hypernetwork_dir: Option<PathBuf>,
     /// Folder of third-party sampler plugins.
     #[arg(long)]
     plugins_dir: Option<PathBuf>,
@@ -113,11 +116,14 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
     let image = load_image(&args.init_image)?;
     let sketch = args.sketch.as_deref().map(load_image).transpose()?;
     let mask_image = args.mask.as_deref().map(load_image).transpose()?;
-    let model = GenerationModel::load(&args.model, device, kind, args.embeddings_dir.as_deref())?
-        .with_network_dirs(NetworkDirs {
-            lora: args.lora_dir.clone(),
-            ..NetworkDirs::default()
-        });
+    let mut model =
+        GenerationModel::load(&args.model, device, kind, args.embeddings_dir.as_deref())?;
+    if let Some(dir) = &args.hypernetwork_dir {
+        model.network_dirs.hypernetworks = vec![dir.clone()];
+    }
+    if !args.lora_dir.is_empty() {
+        model.network_dirs.lora = args.lora_dir.clone();
+    }
 
     let mut base = GenerationRequest::default();
     if let Some(png) = &args.from_png {
@@ -255,6 +261,7 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
     if let Some(error) = save_error {
         return Err(error.into());
     }
+    // Its warnings were printed as they came (`JobEvent::Warning`).
     let outcome = outcome?;
     if outcome.cancelled {
         eprintln!(

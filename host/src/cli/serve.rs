@@ -34,6 +34,9 @@ pub struct ServeArgs {
     /// LyCORIS/ of --models-dir).
     #[arg(long, value_name = "DIR")]
     lora_dir: Vec<PathBuf>,
+    /// Folder of A1111 hypernetworks [default: hypernetworks/ in --models-dir].
+    #[arg(long, value_name = "DIR")]
+    hypernetwork_dir: Option<PathBuf>,
     /// Folder of third-party sampler plugins.
     #[arg(long)]
     plugins_dir: Option<PathBuf>,
@@ -60,6 +63,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         model,
         models_dir,
         embeddings_dir,
+        hypernetwork_dir,
         plugins_dir,
         device,
         dtype,

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::extra_networks::dirs::NetworkDirs;
+
 /// Settings of `sdhost serve`; every field is optional in the file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +27,8 @@ pub struct ServeConfig {
     /// `Lora/` and `LyCORIS/` of `models_dir`).
     #[serde(default)]
     pub lora_dir: Vec<PathBuf>,
+    /// A1111 hypernetworks for `<hypernet:…>` (default: `hypernetworks/` inside `models_dir`).
+    pub hypernetwork_dir: Option<PathBuf>,
     /// Third-party sampler plugins.
     pub plugins_dir: Option<PathBuf>,
     /// Device: cpu, cuda, cuda:N.
@@ -88,6 +92,22 @@ pub enum ConfigError {
 }
 
 impl ServeConfig {
+    /// The folders of `models_dir`'s A1111 layout, each replaced by its own setting.
+    pub fn network_dirs(&self) -> NetworkDirs {
+        let mut dirs = self
+            .models_dir
+            .as_deref()
+            .map(NetworkDirs::from_models_dir)
+            .unwrap_or_default();
+        if let Some(dir) = &self.hypernetwork_dir {
+            dirs.hypernetworks = vec![dir.clone()];
+        }
+        if !self.lora_dir.is_empty() {
+            dirs.lora = self.lora_dir.clone();
+        }
+        dirs
+    }
+
     /// Reads a config file.
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
@@ -170,10 +190,31 @@ mod tests {
             config.limits.queue_capacity,
             Limits::default().queue_capacity
         );
-        assert!(config.lora_dir.is_empty());
+        assert_eq!(
+            config.network_dirs().lora,
+            [
+                PathBuf::from("/srv/webui/models/Lora"),
+                PathBuf::from("/srv/webui/models/LyCORIS")
+            ]
+        );
+        assert_eq!(
+            config.network_dirs().hypernetworks,
+            [PathBuf::from("/srv/webui/models/hypernetworks")]
+        );
+        let own = ServeConfig {
+            hypernetwork_dir: Some("/data/hn".into()),
+            ..config
+        };
+        assert_eq!(
+            own.network_dirs().hypernetworks,
+            [PathBuf::from("/data/hn")]
+        );
         std::fs::write(&path, "lora_dir = [\"/a\", \"/b\"]\n").unwrap();
-        let config = ServeConfig::read(&path).unwrap();
-        assert_eq!(config.lora_dir, [PathBuf::from("/a"), PathBuf::from("/b")]);
+        let loras = ServeConfig::read(&path).unwrap();
+        assert_eq!(
+            loras.network_dirs().lora,
+            [PathBuf::from("/a"), PathBuf::from("/b")]
+        );
         std::fs::write(&path, "modle = \"x\"\n").unwrap();
         let error = ServeConfig::read(&path).unwrap_err().to_string();
         assert!(error.contains("modle"), "{error}");

@@ -169,8 +169,13 @@ pub struct Placement {
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum DoneOutcome {
-    /// An img2img job: how many images it made.
-    Images { images: usize },
+    /// An img2img job: how many images it made, and what it was asked for and did not do
+    /// (an extra network not found or not loadable; omitted when nothing).
+    Images {
+        images: usize,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
+    },
     /// A `select_model` job: the model now loaded.
     Model { model: String, hash: String },
 }
@@ -456,9 +461,24 @@ mod tests {
             header(Event::Done {
                 id: id.clone(),
                 job: 3,
-                outcome: DoneOutcome::Images { images: 4 }
+                outcome: DoneOutcome::Images {
+                    images: 4,
+                    warnings: Vec::new()
+                }
             }),
             json!({"type": "done", "id": 7, "job": 3, "images": 4})
+        );
+        assert_eq!(
+            header(Event::Done {
+                id: id.clone(),
+                job: 3,
+                outcome: DoneOutcome::Images {
+                    images: 1,
+                    warnings: vec!["hypernetwork `x` not found".into()]
+                }
+            }),
+            json!({"type": "done", "id": 7, "job": 3, "images": 1,
+                   "warnings": ["hypernetwork `x` not found"]})
         );
         assert_eq!(
             header(Event::Done {

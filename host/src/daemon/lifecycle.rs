@@ -13,7 +13,6 @@ use super::event::{Capabilities, ErrorCode, Event};
 use super::server::{accept, bind_unix, load_or_create_token, ListenError, Shared};
 use super::worker::{ModelStatus, Worker};
 use crate::device::{parse_device, parse_dtype, DeviceError};
-use crate::extra_networks::dirs::NetworkDirs;
 use crate::pipeline::model::{GenerationModel, ModelError};
 use crate::sampling::plugins::{PluginPaths, SamplerRegistry};
 
@@ -113,19 +112,6 @@ pub fn run(config: ServeConfig) -> Result<(), StartError> {
     serve(config, stop)
 }
 
-/// The extra-network folders of `config`: `lora_dir` when given, else those of `models_dir`.
-fn network_dirs(config: &ServeConfig) -> NetworkDirs {
-    let mut dirs = config
-        .models_dir
-        .as_deref()
-        .map(NetworkDirs::from_models_dir)
-        .unwrap_or_default();
-    if !config.lora_dir.is_empty() {
-        dirs.lora = config.lora_dir.clone();
-    }
-    dirs
-}
-
 /// Runs the daemon until `stop` receives (or its sender is dropped), then shuts down:
 /// new connections are turned away and the socket removed, waiting jobs end with an
 /// `error` `shutting_down`, the running job is cancelled through its flag and ends the same
@@ -152,7 +138,7 @@ pub fn serve(config: ServeConfig, stop: Receiver<()>) -> Result<(), StartError> 
     if demo {
         warn_demo(&model_path);
     }
-    let network_dirs = network_dirs(&config);
+    let network_dirs = config.network_dirs();
     let model = GenerationModel::load(&model_path, device, kind, embeddings.as_deref())
         .map_err(|source| StartError::Model {
             path: model_path.clone(),
@@ -292,27 +278,5 @@ fn shut_down(shared: &Shared, socket: &Path, worker_ended: &Receiver<()>) {
             shared.connections.count(),
             FLUSH_GRACE.as_secs()
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lora_folders_come_from_lora_dir_else_the_models_folder() {
-        let mut config = ServeConfig {
-            models_dir: Some(PathBuf::from("/m")),
-            ..ServeConfig::default()
-        };
-        assert_eq!(
-            network_dirs(&config).lora,
-            [PathBuf::from("/m/Lora"), PathBuf::from("/m/LyCORIS")]
-        );
-        config.lora_dir = vec![PathBuf::from("/mine")];
-        let dirs = network_dirs(&config);
-        assert_eq!(dirs.lora, [PathBuf::from("/mine")]);
-        assert_eq!(dirs.vae, [PathBuf::from("/m/VAE")]);
-        assert!(network_dirs(&ServeConfig::default()).lora.is_empty());
     }
 }

@@ -16,6 +16,7 @@ use super::protocol::{Attachment, PixelFormat};
 use super::queue::{Job, JobKind, Scheduler};
 use super::request::GenerateRequest;
 use super::ModelCatalog;
+use crate::extra_networks::dirs::NetworkDirs;
 use crate::pipeline::img2img::{run_img2img, GeneratedImage, JobError, JobEvent};
 use crate::pipeline::model::GenerationModel;
 use crate::pipeline::preview::preview_image;
@@ -48,8 +49,8 @@ pub struct Worker {
     pub catalog: ModelCatalog,
     /// Embeddings folder for every model.
     pub embeddings_dir: Option<PathBuf>,
-    /// Extra-network folders for every model.
-    pub network_dirs: crate::extra_networks::dirs::NetworkDirs,
+    /// Where every model finds its prompts' extra networks.
+    pub network_dirs: NetworkDirs,
     /// Device and dtype models load on.
     pub device: Device,
     /// Dtype.
@@ -352,6 +353,7 @@ impl Worker {
                 job: job_id,
                 outcome: DoneOutcome::Images {
                     images: outcome.images.len(),
+                    warnings: outcome.warnings,
                 },
             },
             Err(error) => Event::error(&id, Some(job_id), error_code(&error), error.to_string()),

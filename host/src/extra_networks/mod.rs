@@ -3,10 +3,12 @@
 //!
 //! The data path: [`parse_prompts`] takes the tags out of the positive prompts (the first
 //! prompt's tags are the batch's set), [`catalog`] finds the files they name in an A1111
-//! `models/` tree, and [`lora`] patches the loaded weights.
+//! `models/` tree, [`lora`] patches the loaded weights and [`hypernetwork`] sets the UNet's
+//! attention hook.
 
 pub mod catalog;
 pub mod dirs;
+pub mod hypernetwork;
 pub mod lora;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,7 @@
 //! The Stable Diffusion networks: CLIP text encoder, UNet, autoencoder.
 
 pub mod clip;
+pub mod hypernetwork;
 pub mod layers;
 pub mod stable_diffusion;
 pub mod unet;

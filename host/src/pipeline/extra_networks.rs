@@ -11,8 +11,9 @@ use crate::prompt::embeddings::EmbeddingDatabase;
 
 use super::model::GenerationModel;
 
-/// The tag types something here handles; other tags are removed from the prompt and reported.
-const KNOWN_TYPES: &[&str] = &["lora", "lyco"];
+/// The tag types sdhost handles (`hypernet` by `GenerationModel::activate_hypernetworks`);
+/// other tags are removed from the prompt and reported.
+const KNOWN_TYPES: &[&str] = &["lora", "lyco", "hypernet"];
 
 /// What the extra networks give the rest of the job.
 pub struct JobNetworks {

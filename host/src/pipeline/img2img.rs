@@ -20,6 +20,7 @@ use super::extra_networks::{activate_extra_networks, JobNetworks};
 use super::init::JobInit;
 use super::model::GenerationModel;
 use crate::device::release_freed_memory;
+use crate::extra_networks::parse_prompt;
 use crate::infotext::Infotext;
 use crate::prepare::inpaint::{MaskedContent, Patch};
 use crate::prompt::conditioning::{CondPart, Conditioner, ScheduledCond};
@@ -138,11 +139,16 @@ pub fn run_img2img(
     let _guard = tch::no_grad_guard();
     let job = Img2ImgJob::prepare(model, registry, params)?;
     let init = job.init_latents(init_image, mask)?;
+    // The extra networks, before the prompts are encoded: LoRAs patch the weights;
+    // hypernetworks are set on the UNet for the whole job and cleared when it ends, however
+    // it ends.
     let networks = job.activate_networks();
-    for warning in &networks.warnings {
+    let hypernetworks = model.activate_hypernetworks(&parse_prompt(&params.prompt).1);
+    let mut warnings = networks.warnings.clone();
+    warnings.extend(hypernetworks.warnings().iter().cloned());
+    for warning in &warnings {
         observe(JobEvent::Warning(warning));
     }
-    let warnings = networks.warnings.clone();
     let conditioning = job.condition(&networks)?;
     let total = params.n_iter * params.batch_size;
     observe(JobEvent::Started {

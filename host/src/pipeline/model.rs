@@ -7,7 +7,9 @@ use tch::{Device, Kind};
 
 use crate::checkpoint::{default_cache_dir, infer_architecture, Checkpoint, ModelHashes};
 use crate::extra_networks::dirs::NetworkDirs;
+use crate::extra_networks::hypernetwork::{ActiveHypernetworks, HypernetworkCache};
 use crate::extra_networks::lora::LoraNetworks;
+use crate::extra_networks::ExtraNetworkData;
 use crate::models::StableDiffusion;
 use crate::prompt::embeddings::EmbeddingDatabase;
 use crate::sampling::noise_levels::{NoiseLevels, NoiseLevelsError};
@@ -53,6 +55,8 @@ pub struct GenerationModel {
     /// The LoRAs applied to the networks' weights and their originals (locked by the job
     /// that activates a prompt's set; jobs run one at a time).
     pub lora: std::sync::Mutex<LoraNetworks>,
+    /// The hypernetworks of the last job, kept loaded for the next.
+    pub hypernetworks: HypernetworkCache,
     /// Where the networks run.
     pub device: Device,
     /// Their dtype.
@@ -96,6 +100,7 @@ impl GenerationModel {
             embeddings,
             network_dirs: NetworkDirs::default(),
             lora: std::sync::Mutex::default(),
+            hypernetworks: HypernetworkCache::new(kind, device),
             device,
             kind,
         })
@@ -105,6 +110,16 @@ impl GenerationModel {
     pub fn with_network_dirs(mut self, dirs: NetworkDirs) -> Self {
         self.network_dirs = dirs;
         self
+    }
+
+    /// Sets the UNet's hypernetworks to those `data`'s `<hypernet:…>` tags name, until the
+    /// returned value is dropped.
+    pub fn activate_hypernetworks(&self, data: &ExtraNetworkData) -> ActiveHypernetworks {
+        self.hypernetworks.activate(
+            self.sd.unet.hypernetworks(),
+            &self.network_dirs.hypernetworks,
+            data,
+        )
     }
 
     /// Pixels per latent pixel (8 for SD).

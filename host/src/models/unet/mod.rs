@@ -10,6 +10,7 @@ mod transformer;
 
 pub use timestep::timestep_embedding;
 
+use crate::models::hypernetwork::HypernetworkSlot;
 use crate::models::layers::{Conv2d, ConvSpec, GroupNorm, Linear, Upsample};
 use crate::weights::Result;
 use crate::weights::VarBuilder;
@@ -137,6 +138,7 @@ pub struct UNetModel {
     out_norm: GroupNorm,
     out_conv: Conv2d,
     config: UNetConfig,
+    hypernetworks: HypernetworkSlot,
 }
 
 impl UNetModel {
@@ -145,10 +147,12 @@ impl UNetModel {
         let mc = config.model_channels;
         let temb = config.time_embed_dim();
         let levels = config.channel_mult.len();
+        let hypernetworks = HypernetworkSlot::default();
         let attention = |b: &VarBuilder, ch: i64| -> Result<Layer> {
             Ok(Layer::Attention(SpatialTransformer::new(
                 b,
                 config.transformer(ch),
+                &hypernetworks,
             )?))
         };
 
@@ -221,7 +225,13 @@ impl UNetModel {
             out_norm: GroupNorm::new(&vb.pp("out.0"), GROUPS, ch, NORM_EPS, true)?,
             out_conv: Conv2d::new(&vb.pp("out.2"), mc, config.out_channels, ConvSpec::SAME3)?,
             config: config.clone(),
+            hypernetworks,
         })
+    }
+
+    /// The hypernetworks every attention layer applies: empty unless a job set some.
+    pub fn hypernetworks(&self) -> &HypernetworkSlot {
+        &self.hypernetworks
     }
 
     /// Kind of the weights (the UNet's compute dtype).

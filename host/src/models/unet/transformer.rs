@@ -1,5 +1,6 @@
 //! LDM `SpatialTransformer`: self-attention, cross-attention on the prompt, GEGLU feed-forward.
 
+use crate::models::hypernetwork::HypernetworkSlot;
 use crate::models::layers::{attention, Conv2d, ConvSpec, GroupNorm, LayerNorm, Linear};
 use crate::weights::Result;
 use crate::weights::VarBuilder;
@@ -12,34 +13,43 @@ const TRANSFORMER_NORM_EPS: f64 = 1e-6;
 /// Layer-norm epsilon inside transformer blocks.
 const LAYER_NORM_EPS: f64 = 1e-5;
 
-/// Multi-head attention with separate query, key and value projections (`CrossAttention`).
+/// Multi-head attention with separate query, key and value projections (`CrossAttention`),
+/// keys and values computed through the UNet's hypernetworks when a job set some (A1111's
+/// `attention_CrossAttention_forward` and the optimised forwards that replace it).
 struct CrossAttention {
     to_q: Linear,
     to_k: Linear,
     to_v: Linear,
     to_out: Linear,
     heads: i64,
+    hypernetworks: HypernetworkSlot,
 }
 
 impl CrossAttention {
-    fn new(vb: &VarBuilder, query_dim: i64, context_dim: i64, heads: i64) -> Result<Self> {
+    fn new(
+        vb: &VarBuilder,
+        (query_dim, context_dim, heads): (i64, i64, i64),
+        hypernetworks: &HypernetworkSlot,
+    ) -> Result<Self> {
         Ok(Self {
             to_q: Linear::new(&vb.pp("to_q"), query_dim, query_dim, false)?,
             to_k: Linear::new(&vb.pp("to_k"), context_dim, query_dim, false)?,
             to_v: Linear::new(&vb.pp("to_v"), context_dim, query_dim, false)?,
             to_out: Linear::new(&vb.pp("to_out.0"), query_dim, query_dim, true)?,
             heads,
+            hypernetworks: hypernetworks.clone(),
         })
     }
 
     fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
-        let out = attention(
-            &self.to_q.forward(x),
-            &self.to_k.forward(context),
-            &self.to_v.forward(context),
-            self.heads,
-            false,
-        );
+        // The query never goes through a hypernetwork; self-attention's context is `x`.
+        let (k, v) = match self.hypernetworks.contexts(context) {
+            Some((context_k, context_v)) => {
+                (self.to_k.forward(&context_k), self.to_v.forward(&context_v))
+            }
+            None => (self.to_k.forward(context), self.to_v.forward(context)),
+        };
+        let out = attention(&self.to_q.forward(x), &k, &v, self.heads, false);
         self.to_out.forward(&out)
     }
 }
@@ -56,13 +66,22 @@ struct TransformerBlock {
 }
 
 impl TransformerBlock {
-    fn new(vb: &VarBuilder, dim: i64, context_dim: i64, heads: i64) -> Result<Self> {
+    fn new(
+        vb: &VarBuilder,
+        spec: &TransformerSpec,
+        hypernetworks: &HypernetworkSlot,
+    ) -> Result<Self> {
+        let (dim, heads) = (spec.channels, spec.heads);
         let ff_inner = 4 * dim;
         Ok(Self {
             norm1: LayerNorm::new(&vb.pp("norm1"), dim, LAYER_NORM_EPS)?,
-            attn1: CrossAttention::new(&vb.pp("attn1"), dim, dim, heads)?,
+            attn1: CrossAttention::new(&vb.pp("attn1"), (dim, dim, heads), hypernetworks)?,
             norm2: LayerNorm::new(&vb.pp("norm2"), dim, LAYER_NORM_EPS)?,
-            attn2: CrossAttention::new(&vb.pp("attn2"), dim, context_dim, heads)?,
+            attn2: CrossAttention::new(
+                &vb.pp("attn2"),
+                (dim, spec.context_dim, heads),
+                hypernetworks,
+            )?,
             norm3: LayerNorm::new(&vb.pp("norm3"), dim, LAYER_NORM_EPS)?,
             ff_proj: Linear::new(&vb.pp("ff.net.0.proj"), dim, 2 * ff_inner, true)?,
             ff_out: Linear::new(&vb.pp("ff.net.2"), ff_inner, dim, true)?,
@@ -121,16 +140,20 @@ pub struct TransformerSpec {
 }
 
 impl SpatialTransformer {
-    /// Loads a transformer of shape `spec` under `vb`.
-    pub fn new(vb: &VarBuilder, spec: TransformerSpec) -> Result<Self> {
+    /// Loads a transformer of shape `spec` under `vb`, its attention layers reading the
+    /// hypernetworks set in `hypernetworks`.
+    pub fn new(
+        vb: &VarBuilder,
+        spec: TransformerSpec,
+        hypernetworks: &HypernetworkSlot,
+    ) -> Result<Self> {
         let c = spec.channels;
         let blocks = (0..spec.depth)
             .map(|i| {
                 TransformerBlock::new(
                     &vb.pp(format!("transformer_blocks.{i}")),
-                    c,
-                    spec.context_dim,
-                    spec.heads,
+                    &spec,
+                    hypernetworks,
                 )
             })
             .collect::<Result<_>>()?;

@@ -2,7 +2,15 @@
 //! stored for one layer into that layer's weight change. [`finalize_updown`] is what every
 //! type shares (A1111's `NetworkModule.finalize_updown`): bias, alpha scale, DoRA, multiplier.
 
+pub mod full;
+pub mod glora;
+pub mod hada;
+pub mod helpers;
+pub mod ia3;
+pub mod lokr;
 pub mod lora;
+pub mod norm;
+pub mod oft;
 
 use std::collections::BTreeMap;
 
@@ -13,7 +21,16 @@ pub type ModuleConstructor = fn(&ModuleWeights) -> Option<Result<Box<dyn Network
 
 /// The module types in A1111's order (`networks.py: module_types`: Lora, Hada, Ia3, Lokr,
 /// Full, Norm, GLora, OFT); the first that recognises a layer's keys builds its module.
-pub const MODULE_TYPES: &[ModuleConstructor] = &[lora::create];
+pub const MODULE_TYPES: &[ModuleConstructor] = &[
+    lora::create,
+    hada::create,
+    ia3::create,
+    lokr::create,
+    full::create,
+    norm::create,
+    glora::create,
+    oft::create,
+];
 
 /// A1111's `load_network` loop over `module_types`: the module for `weights`, or `None` when
 /// no type accepts its keys (A1111 then refuses the whole file).
@@ -158,10 +175,16 @@ pub fn finalize_updown(
     multipliers: &Multipliers,
 ) -> Result<Updown> {
     let mut updown = updown;
+    // Fallible forms throughout: the shapes come from the file, and a mismatch is the file's
+    // fault (A1111 skips such a layer with a logged error).
     if let Some(bias) = &common.bias {
-        updown = (updown.f_reshape(bias.size())?
-            + bias.to_device(updown.device()).to_kind(updown.kind()))
-        .f_reshape(output_shape)?;
+        let bias = bias
+            .f_to_device(orig_weight.device())?
+            .f_to_kind(updown.kind())?;
+        updown = updown
+            .f_reshape(bias.size())?
+            .f_add(&bias)?
+            .f_reshape(output_shape)?;
     }
     if output_shape.len() == 4 {
         updown = updown.f_reshape(output_shape)?;
@@ -170,17 +193,13 @@ pub fn finalize_updown(
         updown = updown.f_reshape(orig_weight.size())?;
     }
     let multiplier = multipliers.for_key(&common.sd_key);
-    let ex_bias = ex_bias.map(|b| b * multiplier);
-    // Out of place: `updown` may still be a module's own stored tensor (a full diff).
-    let scaled = updown * common.calc_scale();
-    let updown = match &common.dora_scale {
-        Some(dora_scale) => {
-            apply_weight_decompose(&scaled, orig_weight, dora_scale, common.shape.len())
-        }
-        None => scaled,
-    };
+    let ex_bias = ex_bias.map(|b| b.f_mul_scalar(multiplier)).transpose()?;
+    updown = updown.f_mul_scalar(common.calc_scale())?;
+    if let Some(dora_scale) = &common.dora_scale {
+        updown = apply_weight_decompose(&updown, orig_weight, dora_scale, common)?;
+    }
     Ok(Updown {
-        updown: updown * multiplier,
+        updown: updown.f_mul_scalar(multiplier)?,
         ex_bias,
     })
 }
@@ -191,21 +210,31 @@ fn apply_weight_decompose(
     updown: &Tensor,
     orig_weight: &Tensor,
     dora_scale: &Tensor,
-    weight_dims: usize,
-) -> Tensor {
-    let orig_weight = orig_weight.to_kind(updown.kind());
+    common: &ModuleCommon,
+) -> Result<Tensor> {
+    let orig_weight = orig_weight.f_to_kind(updown.kind())?;
     let dora_scale = dora_scale
-        .to_device(orig_weight.device())
-        .to_kind(updown.kind());
-    let merged = updown + &orig_weight;
-    let columns = merged.size()[1];
+        .f_to_device(orig_weight.device())?
+        .f_to_kind(updown.kind())?;
+    let merged = updown.f_add(&orig_weight)?;
+    let Some(&columns) = merged.size().get(1) else {
+        return Err(helpers::bad_module(
+            &common.sd_key,
+            format!(
+                "DoRA needs a weight of two or more dimensions, the change has shape {:?}",
+                merged.size()
+            ),
+        ));
+    };
     let mut norm_shape = vec![columns];
-    norm_shape.extend(std::iter::repeat_n(1, weight_dims.saturating_sub(1)));
+    norm_shape.extend(std::iter::repeat_n(1, common.shape.len().saturating_sub(1)));
     let norm = merged
-        .transpose(0, 1)
-        .reshape([columns, -1])
-        .norm_scalaropt_dim(2, [1i64].as_slice(), true)
-        .reshape(norm_shape.as_slice())
-        .transpose(0, 1);
-    merged * (dora_scale / norm) - orig_weight
+        .f_transpose(0, 1)?
+        .f_reshape([columns, -1])?
+        .f_norm_scalaropt_dim(2, [1i64].as_slice(), true)?
+        .f_reshape(norm_shape.as_slice())?
+        .f_transpose(0, 1)?;
+    Ok(merged
+        .f_mul(&dora_scale.f_div(&norm)?)?
+        .f_sub(&orig_weight)?)
 }
