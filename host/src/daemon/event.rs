@@ -609,10 +609,11 @@ mod tests {
             "error",
             "png_info",
             "cancelled",
+            "warning",
         ] {
             assert!(types.iter().any(|t| t == kind), "{kind} in {types:?}");
         }
-        assert_eq!(types.len(), 11, "{types:?}");
+        assert_eq!(types.len(), 12, "{types:?}");
         let codes = ErrorCode::all();
         assert_eq!(codes.len(), 18, "{codes:?}");
         assert!(codes.iter().any(|c| c == "shutting_down"));
