@@ -7,6 +7,11 @@ Used by the GIMP plug-in and by the tests. One `Client` is one connection:
         for event in client.events(job):
             ...  # queued, started, progress, result (with .attachments), done / cancelled / error
 
+Extra networks and VAEs: `client.networks()` lists every LoRA, LyCORIS, hypernetwork and VAE of
+the daemon's model folders with its metadata (docs/protocol.md, Networks) for pickers, and
+`client.vae_choices()` the values of the `sd_vae` parameter. A job's warnings (the `done`
+event's: a VAE or a network that is not found …) are kept in `client.warnings` by `run`.
+
 Live previews (A1111's): pass `preview={"method": "Approx cheap", "every": 2}` (or "Full") to
 `img2img`; every 2nd sampler step's progress event then has `event.preview_image` (rgba8).
 """
@@ -21,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 PROTOCOL_VERSION = 1
+NETWORK_KINDS = ("lora", "lycoris", "hypernetwork", "vae")
 MAGIC = b"SDH1"
 FINAL_EVENTS = ("done", "cancelled", "error")
 
@@ -97,6 +103,7 @@ class Client:
         welcome = self.request({"type": "hello", "protocol": PROTOCOL_VERSION, "client": client,
                                 "token": token})
         self.welcome = welcome.header
+        self.warnings: list[str] = []
 
     @classmethod
     def connect_unix(cls, path: str, timeout: Optional[float] = None) -> "Client":
@@ -185,6 +192,32 @@ class Client:
     def list(self) -> dict[str, Any]:
         return self.request({"type": "list"}).header
 
+    def networks(self, kind: Optional[str] = None) -> list[dict[str, Any]]:
+        """The daemon's LoRA, LyCORIS, hypernetwork and VAE files, freshly listed, each a dict
+        with `kind`, `name` (what prompts and `sd_vae` use), `alias`, `path`, `file`,
+        `base_model` (SD1, SD2, SDXL, Unknown), `base_model_version`, `base_model_name`,
+        `trigger_words` ([{"tag", "count"}], most frequent first), `activation_text`,
+        `preferred_weight`, `description`, `preview` (an image file's path, or None) and `hash`
+        (None until the daemon has computed it). `kind` filters by one of NETWORK_KINDS."""
+        if kind is not None and kind not in NETWORK_KINDS:
+            raise ValueError(f"unknown network kind {kind!r} (one of {', '.join(NETWORK_KINDS)})")
+        listed = self.list().get("networks", [])
+        return [n for n in listed if kind is None or n["kind"] == kind]
+
+    def vae_choices(self) -> list[str]:
+        """The values of the `sd_vae` parameter, as A1111's SD VAE list: Automatic, None, then
+        the VAE files by name."""
+        return ["Automatic", "None"] + [n["name"] for n in self.networks("vae")]
+
+    @staticmethod
+    def prompt_tag(network: dict[str, Any], weight: Optional[float] = None) -> str:
+        """The prompt tag that applies a LoRA, LyCORIS or hypernetwork entry of `networks()`,
+        with its preferred weight (else 1), as A1111's card inserts it."""
+        tag = "hypernet" if network["kind"] == "hypernetwork" else "lora"
+        if weight is None:
+            weight = network.get("preferred_weight") or 1
+        return f"<{tag}:{network['alias']}:{weight:g}>"
+
     def png_info(self, png: bytes) -> dict[str, Any]:
         return self.request({"type": "png_info"}, [("image", Image(png, format="png"))]).header
 
@@ -239,11 +272,15 @@ class Client:
             self._pending = kept + self._pending
 
     def run(self, job: int) -> list[Event]:
-        """Waits for `job`; returns its `result` events, raising DaemonError on failure."""
+        """Waits for `job`; returns its `result` events, raising DaemonError on failure. The
+        `done` event's `warnings` are in `self.warnings` afterwards."""
         results = []
+        self.warnings = []
         for event in self.events(job):
             if event.type == "result":
                 results.append(event)
+            elif event.type == "done":
+                self.warnings = list(event.get("warnings") or [])
             elif event.type == "error":
                 raise DaemonError(event["code"], event["message"], job)
         return results

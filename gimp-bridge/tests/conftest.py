@@ -3,7 +3,9 @@ random-weight models for the client tests."""
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -29,6 +31,36 @@ class Daemon:
         return Client.connect_unix(str(self.socket), timeout=120)
 
 
+def write_safetensors(path: Path, keys: list[str], metadata: dict[str, str], seed: int) -> None:
+    """A small safetensors file (2x4 float32 tensors of distinct values), written by hand so the
+    tests need nothing beyond the standard library."""
+    header: dict = {"__metadata__": metadata} if metadata else {}
+    data = b""
+    for i, key in enumerate(keys):
+        values = struct.pack("<8f", *[0.01 * (j + seed) + 0.1 * i + 0.003 for j in range(8)])
+        header[key] = {"dtype": "F32", "shape": [2, 4], "data_offsets": [len(data), len(data) + 32]}
+        data += values
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(struct.pack("<Q", len(head)) + head + data)
+
+
+def write_networks(models: Path) -> None:
+    """An A1111 models folder's networks: a kohya LoRA with metadata and a preview, a LyCORIS
+    file and a VAE file."""
+    write_safetensors(models / "Lora" / "detail.safetensors",
+                      ["lora_unet_mid_block_attentions_0_proj_in.lora_down.weight"],
+                      {"ss_output_name": "add_detail", "ss_base_model_version": "sd_v1",
+                       "ss_tag_frequency": json.dumps({"5_x": {"detailed": 9, "sharp": 4}})}, 1)
+    from PIL import Image as Pil
+    Pil.new("RGB", (8, 8), (200, 30, 30)).save(models / "Lora" / "detail.preview.png")
+    (models / "Lora" / "detail.json").write_text(json.dumps({"preferred weight": 0.6}))
+    write_safetensors(models / "LyCORIS" / "loha.safetensors",
+                      ["lora_unet_mid_block_attentions_0_proj_out.hada_w1_a"], {}, 2)
+    write_safetensors(models / "VAE" / "kl-f8.safetensors", ["decoder.conv_out.bias"], {}, 3)
+
+
 @pytest.fixture(scope="session")
 def daemon(tmp_path_factory: pytest.TempPathFactory):
     if not SDHOST.exists():
@@ -41,6 +73,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory):
     for name, seed in (("alpha", "1"), ("beta", "2")):
         subprocess.run([str(SDHOST), "dev", "make-tiny-model", str(models / f"{name}.safetensors"),
                         "--seed", seed], check=True, env=env, capture_output=True)
+    write_networks(base / "models")
     socket = base / "run" / "sdhost" / "sdhost.sock"
     process = subprocess.Popen([str(SDHOST), "serve", "--models-dir", str(base / "models"),
                                 "--threads", "1"], env=env,

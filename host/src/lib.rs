@@ -16,7 +16,8 @@
 //!   [`checkpoint::Checkpoint`], its [`models::Architecture`] inferred from tensor shapes,
 //!   its model hash); [`weights`] hands its tensors by key name ([`weights::VarBuilder`]) to the
 //!   networks in [`models`] ([`models::StableDiffusion`]: CLIP text encoder, UNet, autoencoder);
-//!   [`pickle`] reads `torch.save` files for textual-inversion embeddings; [`tiny_model`] writes
+//!   [`pickle`] reads `torch.save` files for textual-inversion embeddings; [`sd_vae`] swaps in
+//!   an external VAE file (A1111's `sd_vae` option); [`tiny_model`] writes
 //!   random-weight checkpoints for tests and the demo.
 //! * Prepare. [`prepare`] is the 8-bit image work A1111 does with Pillow and OpenCV: the five
 //!   tabs' inputs ([`prepare::modes::Img2ImgMode`]), resize modes, the mask's threshold and
@@ -57,5 +58,6 @@ pub mod prompt;
 pub mod request;
 pub mod rng;
 pub mod sampling;
+pub mod sd_vae;
 pub mod tiny_model;
 pub mod weights;

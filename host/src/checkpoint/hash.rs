@@ -88,6 +88,94 @@ impl ModelHashes {
     }
 }
 
+/// How A1111 hashes a network file (`modules/hashes.py: sha256`, `addnet_hash_safetensors`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileHashKind {
+    /// sha256 of the whole file.
+    Sha256,
+    /// The "addnet" hash of `.safetensors` LoRAs: sha256 of everything after the header.
+    Addnet,
+}
+
+/// The addnet hash of a safetensors file: sha256 of the bytes after the 8-byte length and the
+/// JSON header, so editing metadata does not change it.
+pub fn addnet_hash(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)?;
+    let header = u64::from_le_bytes(len);
+    std::io::copy(
+        &mut std::io::Read::by_ref(&mut file).take(header),
+        &mut std::io::sink(),
+    )?;
+    let mut sha = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sha.update(&buf[..n]);
+    }
+    Ok(hex(&sha.finalize()))
+}
+
+/// The full hex hash of `path` of `kind`, from the cache in `cache_dir` when it holds one for
+/// the file as it is now; else computed (and cached) when `compute`, else none.
+pub fn cached_file_hash(
+    path: &Path,
+    kind: FileHashKind,
+    cache_dir: Option<&Path>,
+    compute: bool,
+) -> std::io::Result<Option<String>> {
+    if kind == FileHashKind::Sha256 {
+        if compute {
+            return ModelHashes::cached(path, cache_dir).map(|h| Some(h.sha256));
+        }
+        let Some(dir) = cache_dir else {
+            return Ok(None);
+        };
+        let key = CacheKey::of(path)?;
+        let cache = HashCache::read(&dir.join(HASH_CACHE_FILE));
+        return Ok(cache
+            .entries
+            .get(&key.path)
+            .filter(|e| e.size == key.size && e.mtime_ns == key.mtime_ns)
+            .map(|e| e.hashes.sha256.clone()));
+    }
+    let Some(dir) = cache_dir else {
+        return if compute {
+            addnet_hash(path).map(Some)
+        } else {
+            Ok(None)
+        };
+    };
+    let key = CacheKey::of(path)?;
+    let cache_file = dir.join(HASH_CACHE_FILE);
+    let mut cache = HashCache::read(&cache_file);
+    if let Some(entry) = cache.addnet.get(&key.path) {
+        if entry.size == key.size && entry.mtime_ns == key.mtime_ns {
+            return Ok(Some(entry.hash.clone()));
+        }
+    }
+    if !compute {
+        return Ok(None);
+    }
+    let hash = addnet_hash(path)?;
+    // Read again: another hasher may have written meanwhile, and its entries must stay.
+    cache = HashCache::read(&cache_file);
+    cache.addnet.insert(
+        key.path,
+        AddnetEntry {
+            size: key.size,
+            mtime_ns: key.mtime_ns,
+            hash: hash.clone(),
+        },
+    );
+    let _ = cache.write(dir, &cache_file);
+    Ok(Some(hash))
+}
+
 /// The default cache folder: `$SDHOST_CACHE_DIR`, else `$XDG_CACHE_HOME/sdhost`, else `~/.cache/sdhost`.
 pub fn default_cache_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("SDHOST_CACHE_DIR") {
@@ -133,9 +221,19 @@ struct CacheEntry {
     hashes: ModelHashes,
 }
 
+#[derive(Serialize, Deserialize)]
+struct AddnetEntry {
+    size: u64,
+    mtime_ns: u128,
+    hash: String,
+}
+
 #[derive(Default, Serialize, Deserialize)]
 struct HashCache {
     entries: BTreeMap<String, CacheEntry>,
+    /// Addnet hashes of LoRA files, apart: a file's sha256 entry says nothing of it.
+    #[serde(default)]
+    addnet: BTreeMap<String, AddnetEntry>,
 }
 
 impl HashCache {

@@ -8,7 +8,9 @@ mod hash;
 mod verify;
 
 pub use architecture::infer_architecture;
-pub use hash::{default_cache_dir, ModelHashes, HASH_CACHE_FILE};
+pub use hash::{
+    addnet_hash, cached_file_hash, default_cache_dir, FileHashKind, ModelHashes, HASH_CACHE_FILE,
+};
 pub use verify::verify_structure;
 
 use crate::weights::TensorSource;

@@ -22,6 +22,7 @@ use crate::prepare::modes::{Img2ImgMode, ModeInputs};
 use crate::request::GenerationRequest;
 use crate::sampling::plugins::{PluginPaths, SamplerRegistry};
 
+use super::folders::FolderArgs;
 use super::request_flags::RequestFlags;
 
 /// Exit status after Ctrl-C (128 + SIGINT), as shells report an interrupted command.
@@ -30,9 +31,10 @@ const INTERRUPTED_EXIT: i32 = 130;
 /// Arguments of `sdhost img2img`.
 #[derive(Args)]
 pub struct Img2ImgArgs {
-    /// Checkpoint file (.safetensors, A1111/CompVis single-file layout).
-    #[arg(long)]
-    model: PathBuf,
+    /// Checkpoint file (.safetensors, A1111/CompVis single-file layout), or with --models-dir
+    /// a checkpoint's name there [default: the first checkpoint of --models-dir].
+    #[arg(long, value_name = "FILE|NAME")]
+    model: Option<PathBuf>,
     /// The image to start from (PNG or JPEG; transparency is flattened over white).
     #[arg(long)]
     init_image: PathBuf,
@@ -55,17 +57,9 @@ pub struct Img2ImgArgs {
     /// alpha = the blend mask, its offset in the image in the PNG and on stdout.
     #[arg(long)]
     patch_out: bool,
-    /// Folder of textual-inversion embeddings.
-    #[arg(long)]
-    embeddings_dir: Option<PathBuf>,
-    /// Folder of LoRA/LyCORIS files for <lora:NAME:…> tags in the prompt (repeatable,
-    /// searched in order with subfolders, as A1111's models/Lora).
-    #[arg(long, value_name = "DIR")]
-    lora_dir: Vec<PathBuf>,
-    /// Folder of A1111 hypernetworks (`<hypernet:NAME:multiplier>` finds NAME.pt in it and
-    /// its subfolders), such as A1111's models/hypernetworks.
-    #[arg(long, value_name = "DIR")]
-    hypernetwork_dir: Option<PathBuf>,
+    /// The models folder and the per-kind folders.
+    #[command(flatten)]
+    folders: FolderArgs,
     /// Folder of third-party sampler plugins.
     #[arg(long)]
     plugins_dir: Option<PathBuf>,
@@ -105,6 +99,25 @@ fn parse_option(text: &str) -> anyhow::Result<(String, OptionValue)> {
     Ok((name.trim().to_string(), value))
 }
 
+/// Warns when the VAE an image's infotext names has another hash than the file used now.
+fn warn_vae_hash(png: &std::path::Path, model: &GenerationModel) -> anyhow::Result<()> {
+    let Some(text) = read_png_infotext(png)? else {
+        return Ok(());
+    };
+    let infotext = Infotext::parse(&text);
+    if let (Some(wanted), Some(vae)) = (infotext.get("VAE hash"), model.external_vae()) {
+        if wanted != vae.hash {
+            eprintln!(
+                "warning: {} was made with VAE hash {wanted}, {} has {}: pixels will differ",
+                png.display(),
+                vae.path.display(),
+                vae.hash
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Runs `sdhost img2img`.
 pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
@@ -116,14 +129,15 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
     let image = load_image(&args.init_image)?;
     let sketch = args.sketch.as_deref().map(load_image).transpose()?;
     let mask_image = args.mask.as_deref().map(load_image).transpose()?;
-    let mut model =
-        GenerationModel::load(&args.model, device, kind, args.embeddings_dir.as_deref())?;
-    if let Some(dir) = &args.hypernetwork_dir {
-        model.network_dirs.hypernetworks = vec![dir.clone()];
-    }
-    if !args.lora_dir.is_empty() {
-        model.network_dirs.lora = args.lora_dir.clone();
-    }
+    let checkpoint = args.folders.checkpoint(args.model.as_deref())?;
+    let folders = args.folders.folders();
+    let mut model = GenerationModel::load(
+        &checkpoint,
+        device,
+        kind,
+        folders.embeddings_dir().as_deref(),
+    )?
+    .with_network_dirs(folders.network_dirs());
 
     let mut base = GenerationRequest::default();
     if let Some(png) = &args.from_png {
@@ -145,7 +159,7 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
                 eprintln!(
                     "warning: {} was made with model hash {hash}, {} has {}: pixels will differ",
                     png.display(),
-                    args.model.display(),
+                    checkpoint.display(),
                     model.hash
                 );
             }
@@ -160,6 +174,13 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
         let (name, value) = parse_option(option)?;
         params.sampler.options.retain(|(n, _)| *n != name);
         params.sampler.options.push((name, value));
+    }
+    // The VAE is chosen before any work, as A1111 reloads it before processing.
+    if let Some(warning) = model.select_vae(&params.sd_vae)? {
+        eprintln!("warning: {warning}");
+    }
+    if let Some(png) = &args.from_png {
+        warn_vae_hash(png, &model)?;
     }
     let mode = args
         .mode

@@ -3,6 +3,7 @@
 mod bench;
 mod check;
 mod dev;
+pub mod folders;
 mod img2img;
 mod info;
 mod png_info;

@@ -16,6 +16,7 @@ const FLAG_ALIASES: &[(&str, &str)] = &[
     ("batch-count", "n_iter"),
     ("rng", "randn_source"),
     ("color-correction", "img2img_color_correction"),
+    ("vae", "sd_vae"),
 ];
 
 /// One field as a flag.

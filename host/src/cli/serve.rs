@@ -23,20 +23,22 @@ pub struct ServeArgs {
     /// random-weight demo model].
     #[arg(long)]
     model: Option<PathBuf>,
-    /// An A1111 models/ folder (Stable-diffusion/, embeddings/ beside it) or a folder of
-    /// checkpoints.
+    /// An A1111 models/ folder (Stable-diffusion/, Lora/, LyCORIS/, hypernetworks/, VAE/,
+    /// embeddings/ inside or beside it) or a folder of checkpoints.
     #[arg(long)]
     models_dir: Option<PathBuf>,
     /// Folder of textual-inversion embeddings.
     #[arg(long)]
     embeddings_dir: Option<PathBuf>,
-    /// Folder of LoRA/LyCORIS files for <lora:…> tags (repeatable; default: Lora/ and
-    /// LyCORIS/ of --models-dir).
-    #[arg(long, value_name = "DIR")]
-    lora_dir: Vec<PathBuf>,
-    /// Folder of A1111 hypernetworks [default: hypernetworks/ in --models-dir].
-    #[arg(long, value_name = "DIR")]
+    /// Folder of LoRA files instead of models/Lora (A1111's --lora-dir).
+    #[arg(long)]
+    lora_dir: Option<PathBuf>,
+    /// Folder of hypernetworks instead of models/hypernetworks (A1111's --hypernetwork-dir).
+    #[arg(long)]
     hypernetwork_dir: Option<PathBuf>,
+    /// Folder of VAE files searched after models/VAE (A1111's --vae-dir).
+    #[arg(long)]
+    vae_dir: Option<PathBuf>,
     /// Folder of third-party sampler plugins.
     #[arg(long)]
     plugins_dir: Option<PathBuf>,
@@ -63,15 +65,14 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         model,
         models_dir,
         embeddings_dir,
+        lora_dir,
         hypernetwork_dir,
+        vae_dir,
         plugins_dir,
         device,
         dtype,
         threads
     );
-    if !args.lora_dir.is_empty() {
-        config.lora_dir = args.lora_dir.clone();
-    }
     crate::daemon::run(config)?;
     Ok(())
 }

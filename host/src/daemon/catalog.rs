@@ -3,15 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::extra_networks::dirs::{ModelFolders, CHECKPOINT_FOLDER};
+
 /// Checkpoints found, named as A1111 titles them (path under the checkpoint folder, no
 /// extension).
 #[derive(Debug, Clone, Default)]
 pub struct ModelCatalog {
     entries: Vec<(String, PathBuf)>,
 }
-
-/// A1111's checkpoint folder inside `models/`.
-const CHECKPOINT_FOLDER: &str = "Stable-diffusion";
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -24,6 +23,11 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
         } else if path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+            // VAE files beside checkpoints are not checkpoints (A1111's `ext_blacklist`).
+            && !path
+                .to_string_lossy()
+                .to_ascii_lowercase()
+                .ends_with(".vae.safetensors")
         {
             out.push(path);
         }
@@ -83,12 +87,11 @@ impl ModelCatalog {
 
 /// A1111's embeddings folder for a `models/` folder: `embeddings/` inside it or beside it.
 pub fn embeddings_dir(models_dir: &Path) -> Option<PathBuf> {
-    [
-        models_dir.join("embeddings"),
-        models_dir.parent()?.join("embeddings"),
-    ]
-    .into_iter()
-    .find(|dir| dir.is_dir())
+    ModelFolders {
+        models_dir: Some(models_dir.to_path_buf()),
+        ..ModelFolders::default()
+    }
+    .embeddings_dir()
 }
 
 #[cfg(test)]
@@ -106,6 +109,7 @@ mod tests {
             "Stable-diffusion/v1-5.safetensors",
             "Stable-diffusion/sd15/inpainting.safetensors",
             "Stable-diffusion/old.ckpt",
+            "Stable-diffusion/v1-5.vae.safetensors",
             "VAE/vae.safetensors",
         ] {
             std::fs::write(models.join(file), b"x").unwrap();

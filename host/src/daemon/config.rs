@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::extra_networks::dirs::NetworkDirs;
+use crate::extra_networks::dirs::{ModelFolders, NetworkDirs};
 
 /// Settings of `sdhost serve`; every field is optional in the file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -23,12 +23,12 @@ pub struct ServeConfig {
     pub models_dir: Option<PathBuf>,
     /// Textual-inversion embeddings (default: `embeddings/` next to or inside `models_dir`).
     pub embeddings_dir: Option<PathBuf>,
-    /// Folders of LoRA/LyCORIS files for `<lora:…>` tags, searched in order (default:
-    /// `Lora/` and `LyCORIS/` of `models_dir`).
-    #[serde(default)]
-    pub lora_dir: Vec<PathBuf>,
-    /// A1111 hypernetworks for `<hypernet:…>` (default: `hypernetworks/` inside `models_dir`).
+    /// LoRA files instead of `models_dir`'s `Lora/` (its `LyCORIS/` stays).
+    pub lora_dir: Option<PathBuf>,
+    /// A1111 hypernetworks for `<hypernet:…>`, instead of `models_dir`'s `hypernetworks/`.
     pub hypernetwork_dir: Option<PathBuf>,
+    /// VAE files, searched after `models_dir`'s `VAE/`.
+    pub vae_dir: Option<PathBuf>,
     /// Third-party sampler plugins.
     pub plugins_dir: Option<PathBuf>,
     /// Device: cpu, cuda, cuda:N.
@@ -92,20 +92,20 @@ pub enum ConfigError {
 }
 
 impl ServeConfig {
-    /// The folders of `models_dir`'s A1111 layout, each replaced by its own setting.
+    /// The model folders these settings name.
+    pub fn folders(&self) -> ModelFolders {
+        ModelFolders {
+            models_dir: self.models_dir.clone(),
+            embeddings_dir: self.embeddings_dir.clone(),
+            lora_dir: self.lora_dir.clone(),
+            hypernetwork_dir: self.hypernetwork_dir.clone(),
+            vae_dir: self.vae_dir.clone(),
+        }
+    }
+
+    /// The folders of `models_dir`'s A1111 layout, each replaced or joined by its own setting.
     pub fn network_dirs(&self) -> NetworkDirs {
-        let mut dirs = self
-            .models_dir
-            .as_deref()
-            .map(NetworkDirs::from_models_dir)
-            .unwrap_or_default();
-        if let Some(dir) = &self.hypernetwork_dir {
-            dirs.hypernetworks = vec![dir.clone()];
-        }
-        if !self.lora_dir.is_empty() {
-            dirs.lora = self.lora_dir.clone();
-        }
-        dirs
+        self.folders().network_dirs()
     }
 
     /// Reads a config file.
@@ -179,11 +179,13 @@ mod tests {
         let path = dir.path().join("config.toml");
         std::fs::write(
             &path,
-            "models_dir = \"/srv/webui/models\"\ndevice = \"cuda\"\n[limits]\nmax_images = 8\nmax_connections = 3\n",
+            "models_dir = \"/srv/webui/models\"\nvae_dir = \"/srv/vae\"\ndevice = \"cuda\"\n[limits]\nmax_images = 8\nmax_connections = 3\n",
         )
         .unwrap();
         let config = ServeConfig::read(&path).unwrap();
         assert_eq!(config.models_dir, Some(PathBuf::from("/srv/webui/models")));
+        assert_eq!(config.vae_dir, Some(PathBuf::from("/srv/vae")));
+        assert_eq!(config.folders().network_dirs().vae.len(), 2);
         assert_eq!(config.limits.max_images, 8);
         assert_eq!(config.limits.max_connections, 3);
         assert_eq!(
@@ -208,12 +210,6 @@ mod tests {
         assert_eq!(
             own.network_dirs().hypernetworks,
             [PathBuf::from("/data/hn")]
-        );
-        std::fs::write(&path, "lora_dir = [\"/a\", \"/b\"]\n").unwrap();
-        let loras = ServeConfig::read(&path).unwrap();
-        assert_eq!(
-            loras.network_dirs().lora,
-            [PathBuf::from("/a"), PathBuf::from("/b")]
         );
         std::fs::write(&path, "modle = \"x\"\n").unwrap();
         let error = ServeConfig::read(&path).unwrap_err().to_string();

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::config::Limits;
 use super::protocol::{Attachment, PixelFormat};
+use crate::extra_networks::facts::NetworkFacts;
 use crate::pipeline::preview::PreviewMethod;
 use crate::prepare::modes::Img2ImgMode;
 use crate::request::{FieldInfo, GenerationRequest};
@@ -49,6 +50,10 @@ pub enum Event {
         /// added within protocol 1), so clients reuse parameters without parsing infotext.
         #[serde(skip_serializing_if = "Option::is_none")]
         request: Option<serde_json::Map<String, Value>>,
+        /// What of the infotext this daemon cannot reproduce (a VAE it does not have); absent
+        /// when nothing (added within protocol 1).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
     },
     /// A job was accepted with `position` jobs ahead of it.
     Queued {
@@ -170,7 +175,7 @@ pub struct Placement {
 #[serde(untagged)]
 pub enum DoneOutcome {
     /// An img2img job: how many images it made, and what it was asked for and did not do
-    /// (an extra network not found or not loadable; omitted when nothing).
+    /// (an extra network or a VAE not found or not loadable; omitted when nothing).
     Images {
         images: usize,
         #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -254,6 +259,10 @@ pub struct Listing {
     pub model: ModelFacts,
     /// Models `select_model` can load.
     pub models: Vec<String>,
+    /// Every LoRA, LyCORIS, hypernetwork and VAE file of the model folders with what a picker
+    /// shows of it (docs/protocol.md, Networks). `sd_vae` takes `Automatic`, `None` or a
+    /// `vae` entry's name.
+    pub networks: Vec<NetworkFacts>,
     #[serde(flatten)]
     pub capabilities: Capabilities,
 }
@@ -522,6 +531,7 @@ mod tests {
                 embeddings: vec!["e".into()],
             },
             models: vec!["tiny".into()],
+            networks: Vec::new(),
             capabilities: Capabilities::new(&registry, &limits),
         };
         let welcome = header(Event::Welcome {
@@ -547,6 +557,7 @@ mod tests {
                 "model",
                 "models",
                 "modes",
+                "networks",
                 "preview_methods",
                 "protocol",
                 "request_fields",
@@ -593,6 +604,7 @@ mod tests {
                 negative_prompt: None,
                 parameters: None,
                 request: None,
+                warnings: Vec::new(),
             }),
             json!({"type": "png_info", "id": 2, "infotext": null, "prompt": null,
                    "negative_prompt": null, "parameters": null})

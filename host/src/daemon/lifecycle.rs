@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
-use super::catalog::{embeddings_dir, ModelCatalog};
+use super::catalog::ModelCatalog;
 use super::config::{config_dir, data_dir, default_socket, ServeConfig};
 use super::event::{Capabilities, ErrorCode, Event};
+use super::networks::NetworkListing;
 use super::server::{accept, bind_unix, load_or_create_token, ListenError, Shared};
 use super::worker::{ModelStatus, Worker};
 use crate::device::{parse_device, parse_dtype, DeviceError};
@@ -123,10 +124,9 @@ pub fn serve(config: ServeConfig, stop: Receiver<()>) -> Result<(), StartError> 
         tch::set_num_threads(threads);
     }
     let catalog = ModelCatalog::scan(config.models_dir.as_deref(), config.model.as_deref());
-    let embeddings = config
-        .embeddings_dir
-        .clone()
-        .or_else(|| config.models_dir.as_deref().and_then(embeddings_dir));
+    let folders = config.folders();
+    let embeddings = folders.embeddings_dir();
+    let network_dirs = folders.network_dirs();
     let (model_path, demo) = match config
         .model
         .clone()
@@ -138,7 +138,6 @@ pub fn serve(config: ServeConfig, stop: Receiver<()>) -> Result<(), StartError> 
     if demo {
         warn_demo(&model_path);
     }
-    let network_dirs = config.network_dirs();
     let model = GenerationModel::load(&model_path, device, kind, embeddings.as_deref())
         .map_err(|source| StartError::Model {
             path: model_path.clone(),
@@ -161,6 +160,14 @@ pub fn serve(config: ServeConfig, stop: Receiver<()>) -> Result<(), StartError> 
         status.clone(),
         Capabilities::new(&registry, &config.limits),
         catalog.names(),
+        NetworkListing::start(
+            network_dirs.clone(),
+            config
+                .model
+                .as_deref()
+                .and_then(Path::parent)
+                .map(PathBuf::from),
+        ),
     ));
 
     let socket = config.socket.clone().unwrap_or_else(default_socket);

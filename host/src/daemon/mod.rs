@@ -9,6 +9,7 @@ pub mod config;
 pub mod connection;
 pub mod event;
 pub mod lifecycle;
+pub mod networks;
 pub mod protocol;
 pub mod queue;
 pub mod request;

@@ -18,10 +18,12 @@ use serde_json::Value;
 use super::config::Limits;
 use super::connection::{Connection, Stream};
 use super::event::{Capabilities, ErrorCode, Event, Listing, Outgoing};
+use super::networks::NetworkListing;
 use super::protocol::PROTOCOL_VERSION;
 use super::queue::{CancelOutcome, ConnId, Job, JobKind, Scheduler, SubmitError};
 use super::request::{png_attachment, Request, RequestError};
 use super::worker::ModelStatus;
+use crate::extra_networks::facts::NetworkKind;
 use crate::pipeline::png_info::{png_text, PARAMETERS_KEY};
 use crate::request::GenerationRequest;
 
@@ -100,6 +102,8 @@ pub struct Shared {
     pub capabilities: Capabilities,
     /// Selectable models.
     pub models: Vec<String>,
+    /// LoRA, LyCORIS, hypernetwork and VAE files.
+    pub networks: NetworkListing,
     /// Limits.
     pub limits: Limits,
     /// The open connections.
@@ -114,8 +118,10 @@ impl Shared {
         status: Arc<Mutex<ModelStatus>>,
         capabilities: Capabilities,
         models: Vec<String>,
+        networks: NetworkListing,
     ) -> Self {
         Shared {
+            networks,
             queue: Scheduler::new(limits.queue_capacity),
             status,
             capabilities,
@@ -132,9 +138,13 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .facts();
+        let networks = self.networks.current();
+        // Files added since, and hashes computed meanwhile, show in the next listing.
+        self.networks.refresh();
         Box::new(Listing {
             model,
             models: self.models.clone(),
+            networks,
             capabilities: self.capabilities.clone(),
         })
     }
@@ -405,11 +415,14 @@ fn read_requests<S: Stream>(
             },
             Request::PngInfo {
                 infotext: Some(text),
-            } => send(infotext_info(&id, Some(text))),
+            } => send(missing_vae(
+                infotext_info(&id, Some(text)),
+                &shared.networks,
+            )),
             Request::PngInfo { infotext: None } => {
                 let mut attachments = envelope.attachments;
                 match png_attachment(&mut attachments) {
-                    Ok(png) => send(png_info(&id, &png)),
+                    Ok(png) => send(missing_vae(png_info(&id, &png), &shared.networks)),
                     Err(error) => refuse(error.code, &error.message),
                 }
             }
@@ -510,7 +523,35 @@ fn infotext_info(id: &Value, text: Option<String>) -> Event {
         parameters: parsed.map(|p| p.params.into_iter().collect()),
         infotext: text,
         request,
+        warnings: Vec::new(),
     }
+}
+
+/// A `png_info` answer with a warning when its infotext names a VAE this daemon does not list
+/// (the job would run with the checkpoint's own, as A1111 does after its warning).
+fn missing_vae(mut event: Event, networks: &NetworkListing) -> Event {
+    if let Event::PngInfo {
+        request: Some(request),
+        warnings,
+        ..
+    } = &mut event
+    {
+        let vae = request
+            .get("sd_vae")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let special = [crate::sd_vae::AUTOMATIC, crate::sd_vae::NONE].contains(&vae);
+        let listed = networks
+            .current()
+            .iter()
+            .any(|n| n.kind == NetworkKind::Vae && n.name == vae);
+        if !special && !crate::sd_vae::list::is_path(vae) && !listed {
+            warnings.push(format!(
+                "the infotext's VAE {vae} is not in this daemon's VAE folders; a job would use the checkpoint's own VAE"
+            ));
+        }
+    }
+    event
 }
 
 fn png_info(id: &Value, png: &[u8]) -> Event {

@@ -49,7 +49,7 @@ pub struct Worker {
     pub catalog: ModelCatalog,
     /// Embeddings folder for every model.
     pub embeddings_dir: Option<PathBuf>,
-    /// Where every model finds its prompts' extra networks.
+    /// Where every model's jobs find extra networks and VAEs.
     pub network_dirs: NetworkDirs,
     /// Device and dtype models load on.
     pub device: Device,
@@ -271,6 +271,17 @@ impl Worker {
                 return;
             }
         };
+        // The VAE is chosen before any work (A1111 reloads it before processing); a name that
+        // is not found is A1111's warning, and the job runs with the checkpoint's own.
+        // The warning is the `done` event's, with the job's own.
+        let vae_warning = match self.model.select_vae(&request.params.sd_vae) {
+            Ok(warning) => warning,
+            Err(error) => {
+                let code = ErrorCode::InvalidParams;
+                Self::send(job, job_error(job, code, error.to_string()));
+                return;
+            }
+        };
         let mut steps_per_batch = 0;
         let model = &self.model;
         let outcome = run_img2img(
@@ -353,7 +364,7 @@ impl Worker {
                 job: job_id,
                 outcome: DoneOutcome::Images {
                     images: outcome.images.len(),
-                    warnings: outcome.warnings,
+                    warnings: vae_warning.into_iter().chain(outcome.warnings).collect(),
                 },
             },
             Err(error) => Event::error(&id, Some(job_id), error_code(&error), error.to_string()),

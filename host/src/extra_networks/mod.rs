@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod dirs;
+pub mod facts;
 pub mod hypernetwork;
 pub mod lora;
 

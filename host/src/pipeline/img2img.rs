@@ -493,6 +493,9 @@ impl<'a> Img2ImgJob<'a> {
             schedule_label: &self.plan.schedule_label,
             discard_penultimate: self.plan.discard_penultimate,
             model: (&model.name, &model.hash),
+            vae: model
+                .external_vae()
+                .map(|vae| (vae.name.as_str(), vae.hash.as_str())),
             ti_hashes: conditioning.ti_hashes.clone(),
             lora_hashes: conditioning.lora_hashes.clone(),
             inpainting: init.inpaint.is_some(),

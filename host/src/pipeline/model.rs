@@ -13,6 +13,7 @@ use crate::extra_networks::ExtraNetworkData;
 use crate::models::StableDiffusion;
 use crate::prompt::embeddings::EmbeddingDatabase;
 use crate::sampling::noise_levels::{NoiseLevels, NoiseLevelsError};
+use crate::sd_vae::{resolve_vae, ExternalVae, VaeError, VaeList, VaeResolution, VaeSwap};
 use crate::weights::LoadError;
 
 /// Why a model could not be made ready.
@@ -48,6 +49,8 @@ pub struct GenerationModel {
     pub name: String,
     /// Infotext `Model hash`: A1111's short sha256.
     pub hash: String,
+    /// The checkpoint file.
+    pub path: PathBuf,
     /// Embeddings available to prompts.
     pub embeddings: EmbeddingDatabase,
     /// Where the prompts' extra networks (`<lora:…>`, `<hypernet:…>`) and VAE files are found.
@@ -61,6 +64,8 @@ pub struct GenerationModel {
     pub device: Device,
     /// Their dtype.
     pub kind: Kind,
+    /// The checkpoint's own autoencoder while an external VAE is in `sd.vae`.
+    vae_swap: VaeSwap,
 }
 
 impl GenerationModel {
@@ -97,12 +102,14 @@ impl GenerationModel {
             levels,
             name: model_name(path),
             hash: hashes.short().to_string(),
+            path: path.to_path_buf(),
             embeddings,
             network_dirs: NetworkDirs::default(),
             lora: std::sync::Mutex::default(),
             hypernetworks: HypernetworkCache::new(kind, device),
             device,
             kind,
+            vae_swap: VaeSwap::default(),
         })
     }
 
@@ -110,6 +117,38 @@ impl GenerationModel {
     pub fn with_network_dirs(mut self, dirs: NetworkDirs) -> Self {
         self.network_dirs = dirs;
         self
+    }
+
+    /// The VAE files this model can use (A1111's `vae_dict`): those of its network folders and
+    /// the `*.vae.*` files beside its checkpoint.
+    pub fn vae_list(&self) -> VaeList {
+        VaeList::scan(&self.network_dirs, self.path.parent())
+    }
+
+    /// Which VAE A1111's option `sd_vae` (`Automatic`, `None`, a VAE name, or a path) means for
+    /// this checkpoint.
+    pub fn resolve_vae(&self, choice: &str) -> Result<VaeResolution, VaeError> {
+        Ok(resolve_vae(choice, &self.path, &self.vae_list())?)
+    }
+
+    /// Runs the next jobs with the VAE `choice` means (A1111's `sd_vae.reload_vae_weights`):
+    /// an external file is read (or taken from the cache) and put in, `None` and Automatic
+    /// without a match put the checkpoint's own back. Returns A1111's warning when a named VAE
+    /// does not exist (A1111 goes on with the checkpoint's own, and so does this).
+    pub fn select_vae(&mut self, choice: &str) -> Result<Option<String>, VaeError> {
+        let resolution = self.resolve_vae(choice)?;
+        let _guard = tch::no_grad_guard();
+        self.vae_swap
+            .apply(&mut self.sd.vae, &resolution, self.kind, self.device)?;
+        Ok(match resolution {
+            VaeResolution::Own { warning } => warning,
+            VaeResolution::File { .. } => None,
+        })
+    }
+
+    /// The external VAE in use, for the infotext (none: the checkpoint's own).
+    pub fn external_vae(&self) -> Option<&ExternalVae> {
+        self.vae_swap.active()
     }
 
     /// Sets the UNet's hypernetworks to those `data`'s `<hypernet:…>` tags name, until the

@@ -54,6 +54,7 @@ const KEYED_FIELDS: &[&str] = &[
     "inpainting_fill",
     "img2img_color_correction",
     "vae_tiling",
+    "sd_vae",
     "initial_noise_multiplier",
     "always_discard_next_to_last_sigma",
     "sigma_min",
@@ -127,6 +128,8 @@ pub struct ImageFacts<'a> {
     pub discard_penultimate: bool,
     /// Model name and short hash.
     pub model: (&'a str, &'a str),
+    /// The external VAE's file name and short hash (none: the checkpoint's own VAE).
+    pub vae: Option<(&'a str, &'a str)>,
     /// `TI hashes` of the embeddings the prompts used.
     pub ti_hashes: Option<String>,
     /// `Lora hashes` of the LoRAs the job ran with.
@@ -158,6 +161,8 @@ impl GenerationRequest {
             ("Size", Some(size((self.width, self.height)))),
             ("Model hash", Some(facts.model.1.to_string())),
             ("Model", Some(facts.model.0.to_string())),
+            ("VAE hash", facts.vae.map(|(_, hash)| hash.to_string())),
+            ("VAE", facts.vae.map(|(name, _)| name.to_string())),
             ("Variation seed", varied.then(|| facts.subseed.to_string())),
             (
                 "Variation seed strength",
@@ -312,6 +317,11 @@ impl GenerationRequest {
             .size("Seed resize from")
             .map_or((-1, -1), |(w, h)| (i64::from(w), i64::from(h)));
         (self.seed_resize_from_w, self.seed_resize_from_h) = (w, h);
+        // A1111's option `sd_vae` has infotext key `VAE`; without one the request keeps its
+        // choice, as pasting into A1111 leaves the option alone.
+        if let Some(vae) = infotext.get("VAE") {
+            self.sd_vae = vae.to_string();
+        }
         if let Some(sampler) = infotext.get("Sampler") {
             self.sampler.sampler = sampler.to_string();
         }
@@ -460,6 +470,7 @@ mod tests {
         // No RNG key: A1111's default, the GPU generator.
         assert_eq!(params.randn_source, RngChoice::Gpu);
         assert_eq!(params.resize_mode, ResizeMode::JustResize);
+        assert_eq!(params.sd_vae, "vae-ft-mse-840000-ema-pruned.safetensors");
 
         let odd = Infotext::parse(
             "x\nSteps: many, Sampler: Euler, Seed: 1, RNG: quantum, Schedule type: Wobbly",

@@ -170,6 +170,11 @@ pub struct GenerationRequest {
     /// Colour correction: match each result's colours to the init image.
     #[serde(alias = "color_correction")]
     pub img2img_color_correction: bool,
+    /// VAE (A1111's option `sd_vae`, also read from `override_settings`): Automatic (a VAE
+    /// named like the checkpoint, else its own), None (the checkpoint's own), a file name in
+    /// models/VAE with its extension (kl-f8-anime2.safetensors), or a VAE file's path.
+    #[default(crate::sd_vae::AUTOMATIC.to_string())]
+    pub sd_vae: String,
     /// VAE tiling: encode and decode images wider or taller than 512 px in overlapping 512²
     /// tiles (diffusers' `enable_tiling`): one tile's memory whatever the size, pixels
     /// slightly different.

@@ -873,6 +873,17 @@ fn documented_names(doc: &str, marker: &str) -> Vec<String> {
         .collect()
 }
 
+/// The fields of a `networks` entry, from its schema.
+fn network_fields() -> Vec<String> {
+    let schema = schemars::schema_for!(sdhost::extra_networks::facts::NetworkFacts);
+    serde_json::to_value(schema).unwrap()["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect()
+}
+
 #[test]
 fn the_protocol_doc_names_every_request_event_and_error_code() {
     let doc = std::fs::read_to_string(
@@ -883,6 +894,7 @@ fn the_protocol_doc_names_every_request_event_and_error_code() {
         ("request-types", Request::types()),
         ("event-types", Event::types()),
         ("error-codes", ErrorCode::all()),
+        ("network-fields", network_fields()),
     ] {
         assert!(!defined.is_empty(), "{marker}: nothing defined");
         let documented = documented_names(&doc, marker);
@@ -899,4 +911,210 @@ fn the_protocol_doc_names_every_request_event_and_error_code() {
             );
         }
     }
+}
+
+/// A safetensors file of small non-degenerate tensors with `metadata`.
+fn write_network(path: &Path, keys: &[&str], metadata: &[(&str, &str)], seed: u8) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let data: Vec<Vec<u8>> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            (0..8u8)
+                .flat_map(|j| (0.01 * f32::from(j + seed) + i as f32 * 0.1 + 0.003).to_le_bytes())
+                .collect()
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = keys
+        .iter()
+        .zip(&data)
+        .map(|(key, bytes)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 4], bytes)
+                    .unwrap();
+            (key.to_string(), view)
+        })
+        .collect();
+    let metadata: std::collections::HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let metadata = (!metadata.is_empty()).then_some(metadata);
+    safetensors::serialize_to_file(views, metadata, path).unwrap();
+}
+
+/// sha256 hex of bytes.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn networks_are_listed_with_their_metadata_and_a_missing_vae_is_a_warning_of_the_job() {
+    let folder = tempfile::tempdir().unwrap();
+    let models = folder.path().join("models");
+    let lora = models.join("Lora/detail.safetensors");
+    let tags =
+        r#"{"10_detail": {"detailed": 40, "1girl": 12, "masterpiece": 12}, "2_x": {"1girl": 3}}"#;
+    write_network(
+        &lora,
+        &[
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight",
+            "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight",
+        ],
+        &[
+            ("ss_output_name", "add_detail"),
+            ("ss_base_model_version", "sd_v1"),
+            ("ss_sd_model_name", "v1-5-pruned-emaonly.safetensors"),
+            ("ss_network_module", "networks.lora"),
+            ("ss_tag_frequency", tags),
+        ],
+        1,
+    );
+    image::RgbImage::from_pixel(8, 8, image::Rgb([200, 10, 10]))
+        .save(models.join("Lora/detail.preview.png"))
+        .unwrap();
+    std::fs::write(
+        models.join("Lora/detail.json"),
+        r#"{"activation text": "detailed", "preferred weight": 0.7, "sd version": "SD1"}"#,
+    )
+    .unwrap();
+    write_network(
+        &models.join("Lora/styles/hashed.safetensors"),
+        &["lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"],
+        &[
+            ("sshs_model_hash", "0123456789abcdef0123"),
+            ("ss_base_model_version", "sdxl_base_v1-0"),
+        ],
+        2,
+    );
+    write_network(
+        &models.join("LyCORIS/loha.safetensors"),
+        &["lora_unet_mid_block_attentions_0_proj_out.hada_w1_a"],
+        &[],
+        3,
+    );
+    std::fs::create_dir_all(models.join("hypernetworks")).unwrap();
+    std::fs::write(
+        models.join("hypernetworks/anime.pt"),
+        b"not read for the listing",
+    )
+    .unwrap();
+    let vae = models.join("VAE/kl-f8.safetensors");
+    write_network(&vae, &["decoder.conv_out.bias"], &[], 4);
+
+    let daemon = start_daemon(&["--models-dir", models.to_str().unwrap()], None);
+    let mut client = Client::connected(&daemon.socket);
+    let welcome = client.hello();
+    let networks = welcome["networks"]
+        .as_array()
+        .expect("networks listed")
+        .clone();
+    let find = |networks: &[Value], name: &str| -> Value {
+        networks
+            .iter()
+            .find(|n| n["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not in {networks:?}"))
+            .clone()
+    };
+    let detail = find(&networks, "detail");
+    assert_eq!(detail["kind"], "lora");
+    assert_eq!(detail["alias"], "add_detail");
+    assert_eq!(detail["path"], "detail.safetensors");
+    assert_eq!(detail["base_model"], "SD1");
+    assert_eq!(detail["base_model_version"], "sd_v1");
+    assert_eq!(detail["base_model_name"], "v1-5-pruned-emaonly.safetensors");
+    assert_eq!(
+        detail["trigger_words"],
+        json!([{"tag": "detailed", "count": 40}, {"tag": "1girl", "count": 15},
+               {"tag": "masterpiece", "count": 12}])
+    );
+    assert_eq!(detail["activation_text"], "detailed");
+    assert_eq!(detail["preferred_weight"], 0.7);
+    let preview = PathBuf::from(detail["preview"].as_str().unwrap());
+    assert!(preview.ends_with("Lora/detail.preview.png") && preview.is_file());
+    let hashed = find(&networks, "hashed");
+    assert_eq!(hashed["path"], "styles/hashed.safetensors");
+    assert_eq!(hashed["base_model"], "SDXL");
+    assert_eq!(hashed["hash"], "0123456789ab", "sshs_model_hash, 12 hex");
+    assert_eq!(find(&networks, "loha")["kind"], "lycoris");
+    assert_eq!(find(&networks, "anime")["kind"], "hypernetwork");
+    let vae_entry = find(&networks, "kl-f8.safetensors");
+    assert_eq!(vae_entry["kind"], "vae");
+
+    // Hashes come from the background pass: the addnet hash (after the header) for a
+    // .safetensors LoRA, the sha256 for a VAE.
+    let bytes = std::fs::read(&lora).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let addnet = sha256_hex(&bytes[8 + header..]);
+    let vae_sha = sha256_hex(&std::fs::read(&vae).unwrap());
+    let start = Instant::now();
+    loop {
+        let id = client.send(json!({"type": "list"}), &[]);
+        let listed = client.answer(id).header;
+        let networks = listed["networks"].as_array().unwrap().clone();
+        let (detail, vae_entry) = (
+            find(&networks, "detail"),
+            find(&networks, "kl-f8.safetensors"),
+        );
+        if !detail["hash"].is_null() && !vae_entry["hash"].is_null() {
+            assert_eq!(detail["hash"], json!(addnet[..12]));
+            assert_eq!(vae_entry["hash"], json!(vae_sha[..10]));
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "hashes never came"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // PNG Info names the VAE to use, and warns when this daemon does not have it.
+    for (vae, warned) in [("kl-f8.safetensors", false), ("gone.pt", true)] {
+        let infotext = format!("a cat\nSteps: 2, Sampler: Euler, Seed: 1, VAE: {vae}");
+        let id = client.send(json!({"type": "png_info", "infotext": infotext}), &[]);
+        let info = client.answer(id).header;
+        assert_eq!(info["request"]["sd_vae"], vae);
+        assert_eq!(info.get("warnings").is_some(), warned, "{info}");
+    }
+
+    // A VAE name that is not there: A1111's warning, and the job runs.
+    let id = client.send(
+        json!({"type": "img2img", "params": {"steps": 2, "seed": 3,
+               "override_settings": {"sd_vae": "missing.safetensors"}}}),
+        &[image_attachment(32, 32)],
+    );
+    let queued = client.answer(id).header;
+    let job = queued["job"].as_u64().unwrap();
+    let events = job_events(&mut client, job);
+    let done = &events.last().unwrap().header;
+    assert!(
+        done["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("missing.safetensors")),
+        "{done}"
+    );
+    // A VAE file that does not fit the checkpoint: an error before any work.
+    let id = client.send(
+        json!({"type": "img2img", "params": {"steps": 2, "sd_vae": "kl-f8.safetensors"}}),
+        &[image_attachment(32, 32)],
+    );
+    let job = client.answer(id).header["job"].as_u64().unwrap();
+    let error = loop {
+        let frame = client.read();
+        if frame.header["job"] == json!(job) && frame.header["type"] == "error" {
+            break frame.header;
+        }
+    };
+    assert_eq!(error["code"], "invalid_params", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("kl-f8.safetensors"),
+        "{error}"
+    );
 }

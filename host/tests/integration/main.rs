@@ -29,3 +29,4 @@ mod sampling_plan;
 mod schedules;
 mod tokenizer;
 mod vae_io;
+mod vae_override;

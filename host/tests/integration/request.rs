@@ -56,6 +56,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("mask_alpha", "40.0"),
     ("img2img_color_correction", "true"),
     ("vae_tiling", "true"),
+    ("sd_vae", r#""kl-f8-anime2.safetensors""#),
 ];
 
 fn examples() -> Vec<(&'static str, Value)> {
@@ -201,6 +202,9 @@ fn every_field_of_one_image_survives_its_infotext() {
             schedule_label: request.sampler.schedule.label(),
             discard_penultimate: request.sampler.schedule_options.discard_penultimate,
             model: ("tiny", "0123456789"),
+            // A named VAE is an external one in the job, so the infotext names it.
+            vae: (!matches!(request.sd_vae.as_str(), "Automatic" | "None"))
+                .then_some((request.sd_vae.as_str(), "735e4c3a44")),
             ti_hashes: None,
             lora_hashes: Some("detail: 0123456789ab".into()),
             inpainting: true,
