@@ -5,6 +5,8 @@
 //! (`model.diffusion_model.input_blocks.1.0.in_layers.0.weight`), so a model file and the code
 //! that reads it stay in one-to-one correspondence.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
@@ -64,6 +66,53 @@ pub trait TensorSource {
     fn tensor(&self, key: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor>;
 }
 
+/// The kind of layer a weight belongs to, as much of it as weight patching needs (A1111's LoRA
+/// code asks `isinstance(module, nn.Linear)` and so on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerKind {
+    /// `nn.Linear`: weight [out, in].
+    Linear,
+    /// `nn.Conv2d`: weight [out, in, kh, kw].
+    Conv2d {
+        /// Stride of the layer (both axes).
+        stride: i64,
+        /// Zero padding of the layer (both axes).
+        padding: i64,
+    },
+    /// `nn.LayerNorm`: weight [dim].
+    LayerNorm,
+    /// `nn.GroupNorm`: weight [channels].
+    GroupNorm,
+}
+
+/// One layer's parameters as the network holds them: shallow clones sharing storage with the
+/// layer, so writing into them in place changes what the layer computes (LoRA patching).
+pub struct LayerParams {
+    /// What kind of layer it is.
+    pub kind: LayerKind,
+    /// Its weight.
+    pub weight: Tensor,
+    /// Its bias, when it has one.
+    pub bias: Option<Tensor>,
+}
+
+/// Every recorded layer, by its checkpoint key without the `.weight` suffix
+/// (`model.diffusion_model.input_blocks.1.1.proj_in`).
+pub type LayerTable = BTreeMap<String, LayerParams>;
+
+/// Collects the layers networks are built from while a [`VarBuilder`] hands out tensors.
+#[derive(Default)]
+pub struct LayerRecorder {
+    layers: RefCell<LayerTable>,
+}
+
+impl LayerRecorder {
+    /// The layers recorded so far.
+    pub fn into_table(self) -> LayerTable {
+        self.layers.into_inner()
+    }
+}
+
 /// A view of a tensor source under a key prefix, with the dtype and device to build in.
 #[derive(Clone)]
 pub struct VarBuilder<'a> {
@@ -71,6 +120,7 @@ pub struct VarBuilder<'a> {
     prefix: String,
     kind: Kind,
     device: Device,
+    recorder: Option<&'a LayerRecorder>,
 }
 
 impl<'a> VarBuilder<'a> {
@@ -81,6 +131,30 @@ impl<'a> VarBuilder<'a> {
             prefix: String::new(),
             kind,
             device,
+            recorder: None,
+        }
+    }
+
+    /// The same builder, recording every layer built under it into `recorder`.
+    pub fn recording(self, recorder: &'a LayerRecorder) -> Self {
+        Self {
+            recorder: Some(recorder),
+            ..self
+        }
+    }
+
+    /// Records the layer at this builder's path (a no-op unless [`Self::recording`]); layers
+    /// call it with the tensors they keep, so patches written into the record reach them.
+    pub fn record_layer(&self, kind: LayerKind, weight: &Tensor, bias: Option<&Tensor>) {
+        if let Some(recorder) = self.recorder {
+            recorder.layers.borrow_mut().insert(
+                self.prefix.clone(),
+                LayerParams {
+                    kind,
+                    weight: weight.shallow_clone(),
+                    bias: bias.map(Tensor::shallow_clone),
+                },
+            );
         }
     }
 

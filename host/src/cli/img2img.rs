@@ -244,6 +244,7 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
                     bar.set_message(format!("batch {}/{batches}", batch + 1));
                     bar.inc(1);
                 }
+                JobEvent::Warning(message) => bar.suspend(|| eprintln!("warning: {message}")),
                 JobEvent::Image(image) => {
                     let written = save_numbered(&args.out_dir, image).and_then(|path| {
                         let patch = if args.patch_out {
@@ -281,10 +282,8 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
     if let Some(error) = save_error {
         return Err(error.into());
     }
+    // Its warnings were printed as they came (`JobEvent::Warning`).
     let outcome = outcome?;
-    for warning in &outcome.warnings {
-        eprintln!("warning: {warning}");
-    }
     if outcome.cancelled {
         eprintln!(
             "stopped by Ctrl-C; {} finished image(s) kept in {}",

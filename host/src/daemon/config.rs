@@ -193,6 +193,13 @@ mod tests {
             Limits::default().queue_capacity
         );
         assert_eq!(
+            config.network_dirs().lora,
+            [
+                PathBuf::from("/srv/webui/models/Lora"),
+                PathBuf::from("/srv/webui/models/LyCORIS")
+            ]
+        );
+        assert_eq!(
             config.network_dirs().hypernetworks,
             [PathBuf::from("/srv/webui/models/hypernetworks")]
         );

@@ -85,6 +85,14 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         patch: Option<Placement>,
     },
+    /// Something the user should know about a job that still runs: a LoRA that was not
+    /// found, keys of a network that match no layer … (added within protocol 1).
+    Warning {
+        id: Value,
+        job: u64,
+        /// For people.
+        message: String,
+    },
     /// The job ended normally.
     Done {
         id: Value,
@@ -613,10 +621,11 @@ mod tests {
             "error",
             "png_info",
             "cancelled",
+            "warning",
         ] {
             assert!(types.iter().any(|t| t == kind), "{kind} in {types:?}");
         }
-        assert_eq!(types.len(), 11, "{types:?}");
+        assert_eq!(types.len(), 12, "{types:?}");
         let codes = ErrorCode::all();
         assert_eq!(codes.len(), 18, "{codes:?}");
         assert!(codes.iter().any(|c| c == "shutting_down"));

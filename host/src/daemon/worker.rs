@@ -325,6 +325,14 @@ impl Worker {
                         ),
                     ),
                     JobEvent::Image(image) => Self::send(job, result_event(job, image)),
+                    JobEvent::Warning(message) => Self::send(
+                        job,
+                        Event::Warning {
+                            id: job.request_id.clone(),
+                            job: job.id,
+                            message: message.to_string(),
+                        },
+                    ),
                 }
                 if job.cancel.load(Ordering::SeqCst) {
                     Flow::Cancel

@@ -1,7 +1,7 @@
 //! The small layers every network here is made of, loaded under their checkpoint names.
 
 use crate::weights::Result;
-use crate::weights::VarBuilder;
+use crate::weights::{LayerKind, VarBuilder};
 use tch::{Kind, Tensor};
 
 /// A fully connected layer (`weight` [out, in], optional `bias`).
@@ -18,14 +18,16 @@ impl Linear {
 
     /// Loads `weight` and, if `bias`, `bias` under `vb`.
     pub fn new(vb: &VarBuilder, in_dim: i64, out_dim: i64, bias: bool) -> Result<Self> {
-        Ok(Self {
+        let layer = Self {
             weight: vb.get("weight", &[out_dim, in_dim])?,
             bias: if bias {
                 Some(vb.get("bias", &[out_dim])?)
             } else {
                 None
             },
-        })
+        };
+        vb.record_layer(LayerKind::Linear, &layer.weight, layer.bias.as_ref());
+        Ok(layer)
     }
 
     /// `x · Wᵀ + b` over the last dimension.
@@ -78,12 +80,18 @@ impl Conv2d {
         } else {
             vb.get("weight", &[out_ch, in_ch, k, k])?
         };
-        Ok(Self {
+        let layer = Self {
             weight,
             bias: vb.get("bias", &[out_ch])?,
             stride: spec.stride,
             padding: spec.padding,
-        })
+        };
+        let kind = LayerKind::Conv2d {
+            stride: spec.stride,
+            padding: spec.padding,
+        };
+        vb.record_layer(kind, &layer.weight, Some(&layer.bias));
+        Ok(layer)
     }
 
     /// Applies the convolution to an NCHW tensor.
@@ -140,13 +148,15 @@ impl GroupNorm {
         eps: f64,
         upcast: bool,
     ) -> Result<Self> {
-        Ok(Self {
+        let layer = Self {
             weight: vb.get("weight", &[channels])?,
             bias: vb.get("bias", &[channels])?,
             groups,
             eps,
             upcast,
-        })
+        };
+        vb.record_layer(LayerKind::GroupNorm, &layer.weight, Some(&layer.bias));
+        Ok(layer)
     }
 
     /// Normalises an NC… tensor over channel groups.
@@ -182,12 +192,14 @@ pub struct LayerNorm {
 impl LayerNorm {
     /// Loads `weight` and `bias` [dim].
     pub fn new(vb: &VarBuilder, dim: i64, eps: f64) -> Result<Self> {
-        Ok(Self {
+        let layer = Self {
             weight: vb.get("weight", &[dim])?,
             bias: vb.get("bias", &[dim])?,
             dim,
             eps,
-        })
+        };
+        vb.record_layer(LayerKind::LayerNorm, &layer.weight, Some(&layer.bias));
+        Ok(layer)
     }
 
     /// Normalises over the last dimension.

@@ -6,7 +6,7 @@ use super::clip::{ClipConfig, ClipTextModel};
 use super::unet::{UNetConfig, UNetModel};
 use super::vae::{AutoencoderKl, VaeConfig};
 use crate::weights::Result;
-use crate::weights::{TensorSource, VarBuilder};
+use crate::weights::{LayerRecorder, LayerTable, TensorSource, VarBuilder};
 use tch::{Device, Kind};
 
 /// Key prefix of the UNet in LDM checkpoints.
@@ -51,6 +51,9 @@ pub struct StableDiffusion {
     pub vae: AutoencoderKl,
     /// Shapes they were built with.
     pub architecture: Architecture,
+    /// The text encoder's and UNet's layers by checkpoint key, sharing storage with the
+    /// networks: what LoRA patches in place (the VAE is not patched, as in A1111).
+    pub layers: LayerTable,
 }
 
 impl StableDiffusion {
@@ -63,11 +66,17 @@ impl StableDiffusion {
     ) -> Result<Self> {
         let _guard = tch::no_grad_guard();
         let vb = VarBuilder::new(source, kind, device);
+        let recorder = LayerRecorder::default();
+        let patchable = vb.clone().recording(&recorder);
+        let clip =
+            ClipTextModel::new(&patchable.pp(&architecture.clip_prefix), &architecture.clip)?;
+        let unet = UNetModel::new(&patchable.pp(UNET_PREFIX), &architecture.unet)?;
         Ok(Self {
-            clip: ClipTextModel::new(&vb.pp(&architecture.clip_prefix), &architecture.clip)?,
-            unet: UNetModel::new(&vb.pp(UNET_PREFIX), &architecture.unet)?,
+            clip,
+            unet,
             vae: AutoencoderKl::new(&vb.pp(VAE_PREFIX), &architecture.vae)?,
             architecture: architecture.clone(),
+            layers: recorder.into_table(),
         })
     }
 }

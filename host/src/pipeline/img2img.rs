@@ -16,6 +16,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::decode::decode_latents;
 use super::error::guarded;
+use super::extra_networks::{activate_extra_networks, JobNetworks};
 use super::init::JobInit;
 use super::model::GenerationModel;
 use crate::device::release_freed_memory;
@@ -53,6 +54,9 @@ pub enum JobEvent<'a> {
     },
     /// An image is done (decoded, with its infotext).
     Image(&'a GeneratedImage),
+    /// Something the user should know that did not stop the job (a LoRA not found, keys of a
+    /// network that match no layer …); sent before `Started`.
+    Warning(&'a str),
 }
 
 /// One finished image.
@@ -75,8 +79,7 @@ pub struct JobOutcome {
     pub images: Vec<GeneratedImage>,
     /// Whether the observer stopped it before the end.
     pub cancelled: bool,
-    /// What the job was asked for and did not do (an extra network not found or not
-    /// loadable), for people; the images were made without it, as A1111 makes them.
+    /// The warnings reported while it ran (also sent as [`JobEvent::Warning`]).
     pub warnings: Vec<String>,
 }
 
@@ -121,9 +124,9 @@ fn share_schedule(schedule: &[ScheduledCond]) -> Vec<ScheduledCond> {
 /// report a step.
 ///
 /// The stages run in the order of A1111's `modules/processing.py: process_images_inner`:
-/// [`Img2ImgJob::prepare`], [`Img2ImgJob::init_latents`], [`Img2ImgJob::condition`], then per
-/// batch [`Img2ImgJob::sample`], [`Img2ImgJob::decode`], [`composite`] and
-/// [`Img2ImgJob::finish_image`].
+/// [`Img2ImgJob::prepare`], [`Img2ImgJob::init_latents`], [`Img2ImgJob::activate_networks`],
+/// [`Img2ImgJob::condition`], then per batch [`Img2ImgJob::sample`], [`Img2ImgJob::decode`],
+/// [`composite`] and [`Img2ImgJob::finish_image`].
 pub fn run_img2img(
     model: &GenerationModel,
     registry: &SamplerRegistry,
@@ -135,10 +138,18 @@ pub fn run_img2img(
 ) -> Result<JobOutcome, JobError> {
     let _guard = tch::no_grad_guard();
     let job = Img2ImgJob::prepare(model, registry, params)?;
-    // Set for the whole job and cleared when it ends, however it ends.
-    let hypernetworks = model.activate_hypernetworks(&parse_prompt(&params.prompt).1);
     let init = job.init_latents(init_image, mask)?;
-    let conditioning = job.condition()?;
+    // The extra networks, before the prompts are encoded: LoRAs patch the weights;
+    // hypernetworks are set on the UNet for the whole job and cleared when it ends, however
+    // it ends.
+    let networks = job.activate_networks();
+    let hypernetworks = model.activate_hypernetworks(&parse_prompt(&params.prompt).1);
+    let mut warnings = networks.warnings.clone();
+    warnings.extend(hypernetworks.warnings().iter().cloned());
+    for warning in &warnings {
+        observe(JobEvent::Warning(warning));
+    }
+    let conditioning = job.condition(&networks)?;
     let total = params.n_iter * params.batch_size;
     observe(JobEvent::Started {
         images: total,
@@ -152,7 +163,7 @@ pub fn run_img2img(
             return Ok(JobOutcome {
                 images,
                 cancelled: true,
-                warnings: hypernetworks.warnings().to_vec(),
+                warnings,
             });
         };
         release_freed_memory(model.device);
@@ -180,7 +191,7 @@ pub fn run_img2img(
     Ok(JobOutcome {
         images,
         cancelled: false,
-        warnings: hypernetworks.warnings().to_vec(),
+        warnings,
     })
 }
 
@@ -220,6 +231,8 @@ pub struct JobConditioning {
     pub uncond: Vec<ScheduledCond>,
     /// Infotext `TI hashes` of the embeddings the prompts used.
     pub ti_hashes: Option<String>,
+    /// Infotext `Lora hashes` of the networks the job runs with.
+    pub lora_hashes: Option<String>,
 }
 
 /// Where one image sits in the job and which seeds made it.
@@ -290,31 +303,38 @@ impl<'a> Img2ImgJob<'a> {
         Ok(InitLatents { init, latent_noise })
     }
 
-    /// Encodes prompt and negative prompt with CLIP, scheduled per model call (A1111
-    /// `StableDiffusionProcessing.setup_conds`, cached across batches as A1111 caches them).
-    pub fn condition(&self) -> Result<JobConditioning, JobError> {
+    /// Activates the networks the prompt's tags name (A1111 `extra_networks.activate`): the
+    /// weights are patched before the prompts are encoded, so the text encoder sees them too.
+    pub fn activate_networks(&self) -> JobNetworks {
+        activate_extra_networks(self.model, &self.params.prompt)
+    }
+
+    /// Encodes prompt (its extra-network tags taken out by `networks`) and negative prompt with
+    /// CLIP, scheduled per model call (A1111 `StableDiffusionProcessing.setup_conds`, cached
+    /// across batches as A1111 caches them).
+    pub fn condition(&self, networks: &JobNetworks) -> Result<JobConditioning, JobError> {
         let (model, params) = (self.model, self.params);
+        let prompt = &networks.prompt;
         let conditioner = Conditioner {
             clip: &model.sd.clip,
-            embeddings: &model.embeddings,
+            embeddings: networks.embeddings(model),
             clip_skip: params.clip_skip,
         };
         // Prompt schedules count model calls: twice per step for second-order samplers.
         let second_order = self.plan.sampler.info.second_order;
         let schedule_steps = params.sampler.steps * if second_order { 2 } else { 1 };
-        // Extra-network tags are instructions, not text to encode (A1111's `parse_prompts`).
-        let prompt = parse_prompt(&params.prompt).0;
         let (cond, uncond) = guarded("prompt encoding", || {
             (
-                conditioner.multicond(&prompt, schedule_steps),
+                conditioner.multicond(prompt, schedule_steps),
                 conditioner.schedule(&params.negative_prompt, schedule_steps),
             )
         })?;
-        let used = conditioner.embeddings_used(&prompt, &params.negative_prompt, schedule_steps);
+        let used = conditioner.embeddings_used(prompt, &params.negative_prompt, schedule_steps);
         Ok(JobConditioning {
             cond,
             uncond,
             ti_hashes: ti_hashes(used.iter().map(|e| e.as_ref())),
+            lora_hashes: networks.lora_hashes.clone(),
         })
     }
 
@@ -477,6 +497,7 @@ impl<'a> Img2ImgJob<'a> {
                 .external_vae()
                 .map(|vae| (vae.name.as_str(), vae.hash.as_str())),
             ti_hashes: conditioning.ti_hashes.clone(),
+            lora_hashes: conditioning.lora_hashes.clone(),
             inpainting: init.inpaint.is_some(),
             inpainting_conditioning: init.uses_inpainting_conditioning(),
         });
@@ -592,7 +613,9 @@ mod tests {
         let job = Img2ImgJob::prepare(&model, &registry, &params).unwrap();
         let init = job.init_latents(&image, Some(&mask)).unwrap();
         assert!(init.latent_noise.is_some());
-        let conditioning = job.condition().unwrap();
+        let networks = job.activate_networks();
+        assert!(networks.warnings.is_empty());
+        let conditioning = job.condition(&networks).unwrap();
         let mut by_stage = Vec::new();
         for batch in 0..params.n_iter {
             let mut steps = 0;
@@ -672,7 +695,7 @@ mod tests {
         let job = Img2ImgJob::prepare(&model, &registry, &params).unwrap();
         let init = job.init_latents(&image, None).unwrap();
         assert!(init.latent_noise.is_none(), "no mask, no latent noise");
-        let conditioning = job.condition().unwrap();
+        let conditioning = job.condition(&job.activate_networks()).unwrap();
         let sampled = job
             .sample(&init, &conditioning, 0, None, &mut |_| Flow::Cancel)
             .unwrap();

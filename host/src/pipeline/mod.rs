@@ -5,6 +5,7 @@
 pub mod decode;
 pub mod encode;
 pub mod error;
+pub mod extra_networks;
 pub mod img2img;
 pub mod init;
 pub mod mask_latents;

@@ -8,6 +8,7 @@ use tch::{Device, Kind};
 use crate::checkpoint::{default_cache_dir, infer_architecture, Checkpoint, ModelHashes};
 use crate::extra_networks::dirs::NetworkDirs;
 use crate::extra_networks::hypernetwork::{ActiveHypernetworks, HypernetworkCache};
+use crate::extra_networks::lora::LoraNetworks;
 use crate::extra_networks::ExtraNetworkData;
 use crate::models::StableDiffusion;
 use crate::prompt::embeddings::EmbeddingDatabase;
@@ -54,6 +55,9 @@ pub struct GenerationModel {
     pub embeddings: EmbeddingDatabase,
     /// Where the prompts' extra networks (`<lora:…>`, `<hypernet:…>`) and VAE files are found.
     pub network_dirs: NetworkDirs,
+    /// The LoRAs applied to the networks' weights and their originals (locked by the job
+    /// that activates a prompt's set; jobs run one at a time).
+    pub lora: std::sync::Mutex<LoraNetworks>,
     /// The hypernetworks of the last job, kept loaded for the next.
     pub hypernetworks: HypernetworkCache,
     /// Where the networks run.
@@ -101,6 +105,7 @@ impl GenerationModel {
             path: path.to_path_buf(),
             embeddings,
             network_dirs: NetworkDirs::default(),
+            lora: std::sync::Mutex::default(),
             hypernetworks: HypernetworkCache::new(kind, device),
             device,
             kind,

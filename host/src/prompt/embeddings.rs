@@ -72,7 +72,7 @@ pub enum EmbeddingError {
 type NamedEmbedding = (Vec<u32>, Arc<Embedding>);
 
 /// The embeddings available to prompts, looked up by their token sequence.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct EmbeddingDatabase {
     /// First token id → (token ids of the name, embedding), longest names first.
     by_first_token: HashMap<u32, Vec<NamedEmbedding>>,
@@ -127,6 +127,13 @@ impl EmbeddingDatabase {
             .collect();
         names.sort();
         names
+    }
+
+    /// Whether an embedding called `name` is loaded.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_first_token
+            .values()
+            .any(|entries| entries.iter().any(|(_, e)| e.name == name))
     }
 
     /// Number of loaded embeddings.

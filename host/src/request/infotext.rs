@@ -132,6 +132,8 @@ pub struct ImageFacts<'a> {
     pub vae: Option<(&'a str, &'a str)>,
     /// `TI hashes` of the embeddings the prompts used.
     pub ti_hashes: Option<String>,
+    /// `Lora hashes` of the LoRAs the job ran with.
+    pub lora_hashes: Option<String>,
     /// The job had a mask.
     pub inpainting: bool,
     /// The model took inpainting conditioning (9-channel UNet).
@@ -219,6 +221,8 @@ impl GenerationRequest {
                 self.img2img_color_correction.then(|| "True".to_string()),
             ),
             (VAE_TILING_KEY, self.vae_tiling.then(|| "True".to_string())),
+            // A1111 adds it when the networks are activated, just before `TI hashes`.
+            ("Lora hashes", facts.lora_hashes.clone()),
             ("TI hashes", facts.ti_hashes.clone()),
             (
                 "Noise multiplier",

@@ -541,6 +541,50 @@ fn job_events(client: &mut Client, job: u64) -> Vec<Frame> {
 }
 
 #[test]
+fn a_missing_lora_is_a_warning_event_and_the_job_still_runs() {
+    let loras = tempfile::tempdir().unwrap();
+    let folder = loras.path().to_str().unwrap();
+    let daemon = start_daemon(&["--lora-dir", folder], None);
+    let mut client = Client::connected(&daemon.socket);
+    let id = client.send(
+        json!({"type": "img2img", "params": {
+            "prompt": "a house <lora:nowhere:0.7>", "seed": 3, "steps": 2,
+            "sampler_name": "Euler", "denoising_strength": 1.0,
+        }}),
+        &[image_attachment(32, 32)],
+    );
+    let queued = client.answer(id).header;
+    let events = job_events(&mut client, queued["job"].as_u64().unwrap());
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e.header["type"].as_str().unwrap())
+        .collect();
+    let warning = kinds
+        .iter()
+        .position(|k| *k == "warning")
+        .expect("a warning");
+    assert!(
+        warning < kinds.iter().position(|k| *k == "progress").unwrap(),
+        "{kinds:?}"
+    );
+    let message = events[warning].header["message"].as_str().unwrap();
+    assert!(message.contains("Lora not found: nowhere"), "{message}");
+    assert!(
+        message.contains(folder),
+        "names the folder searched: {message}"
+    );
+    let result = events
+        .iter()
+        .find(|e| e.header["type"] == "result")
+        .unwrap();
+    let infotext = result.header["infotext"].as_str().unwrap();
+    assert!(
+        infotext.starts_with("a house <lora:nowhere:0.7>"),
+        "{infotext}"
+    );
+}
+
+#[test]
 fn previews_come_on_the_asked_steps_and_bad_settings_are_refused() {
     let daemon = start_daemon(&[], None);
     let mut client = Client::connected(&daemon.socket);

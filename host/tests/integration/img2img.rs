@@ -190,6 +190,7 @@ fn job_seeds_infotext_cancel_and_errors() {
             } => format!("start {images} {batches} {steps_per_batch}"),
             JobEvent::Step { batch, step, .. } => format!("step {batch} {step}"),
             JobEvent::Image(image) => format!("image {}", image.seed),
+            JobEvent::Warning(message) => format!("warning {message}"),
         });
         Flow::Continue
     })

@@ -13,6 +13,7 @@ mod denoiser;
 mod hypernetwork;
 mod img2img;
 mod inpaint;
+mod lora;
 mod lycoris;
 mod masks;
 mod module_cycles;

@@ -164,7 +164,7 @@ fn full_preview_of_the_last_euler_step_is_the_final_image() {
                     let cheap = cheap_images(denoised).unwrap();
                     cheap_sizes.extend(cheap.iter().map(|i| i.dimensions()));
                 }
-                JobEvent::Image(_) => {}
+                JobEvent::Image(_) | JobEvent::Warning(_) => {}
             }
             Flow::Continue
         },

@@ -206,6 +206,7 @@ fn every_field_of_one_image_survives_its_infotext() {
             vae: (!matches!(request.sd_vae.as_str(), "Automatic" | "None"))
                 .then_some((request.sd_vae.as_str(), "735e4c3a44")),
             ti_hashes: None,
+            lora_hashes: Some("detail: 0123456789ab".into()),
             inpainting: true,
             inpainting_conditioning: true,
         };

@@ -122,6 +122,9 @@ pub fn print_figures(model: &Path, wants: &dyn Fn(&str) -> bool) -> anyhow::Resu
             );
         }
     }
+    if wants("lora") {
+        super::lora::print_lora_share(model, work.path())?;
+    }
     if wants("transport") {
         super::transport::round_trip(&sdhost, &model_arg, work.path())?;
         super::transport::preview_rate(&sdhost, work.path())?;

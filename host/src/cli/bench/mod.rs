@@ -4,6 +4,7 @@
 
 mod figures;
 mod jobs;
+mod lora;
 mod memory;
 mod networks;
 mod reference;
@@ -20,7 +21,7 @@ use reference::ReferenceScript;
 
 /// Every case, in the order they run.
 const CASES: &str =
-    "unet,vae-encode,vae-decode,clip,gemm,variants,profile,jobs,memory,load,drift,scaling,inpaint,transport";
+    "unet,vae-encode,vae-decode,clip,gemm,variants,profile,jobs,memory,load,drift,scaling,inpaint,lora,transport";
 
 /// Arguments of `sdhost bench`.
 #[derive(Args)]
@@ -41,7 +42,8 @@ pub struct BenchArgs {
     /// variants (channels-last and no_grad on the reference side), profile (the UNet's time by
     /// operator category in fp32 and bf16),
     /// jobs (whole img2img against diffusers' pipeline, with peak RSS), memory (peak memory by
-    /// stage at 512²), load, drift, scaling, inpaint, transport (sdhost's own figures).
+    /// stage at 512²), load, drift, scaling, inpaint, lora (apply + restore of a rank-32 LoRA
+    /// against a 20-step 512² job), transport (sdhost's own figures).
     #[arg(long, value_delimiter = ',', default_value = CASES)]
     only: Vec<String>,
     /// The Python of the reference side [default: .venv/bin/python].

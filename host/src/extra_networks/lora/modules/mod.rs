@@ -8,12 +8,35 @@ pub mod hada;
 pub mod helpers;
 pub mod ia3;
 pub mod lokr;
+pub mod lora;
 pub mod norm;
 pub mod oft;
 
 use std::collections::BTreeMap;
 
 use tch::Tensor;
+
+/// Builds one module type from a layer's tensors: `None` when the tensors are not of that type.
+pub type ModuleConstructor = fn(&ModuleWeights) -> Option<Result<Box<dyn NetworkModule>>>;
+
+/// The module types in A1111's order (`networks.py: module_types`: Lora, Hada, Ia3, Lokr,
+/// Full, Norm, GLora, OFT); the first that recognises a layer's keys builds its module.
+pub const MODULE_TYPES: &[ModuleConstructor] = &[
+    lora::create,
+    hada::create,
+    ia3::create,
+    lokr::create,
+    full::create,
+    norm::create,
+    glora::create,
+    oft::create,
+];
+
+/// A1111's `load_network` loop over `module_types`: the module for `weights`, or `None` when
+/// no type accepts its keys (A1111 then refuses the whole file).
+pub fn create_module(weights: &ModuleWeights) -> Option<Result<Box<dyn NetworkModule>>> {
+    MODULE_TYPES.iter().find_map(|create| create(weights))
+}
 
 /// Why a network module could not be built or applied.
 #[derive(Debug, thiserror::Error)]
@@ -29,23 +52,9 @@ pub enum NetworkError {
 /// Result type of the module math.
 pub type Result<T, E = NetworkError> = std::result::Result<T, E>;
 
-/// The layer a module patches, as much of it as the module math needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LayerKind {
-    /// `nn.Linear`: weight [out, in].
-    Linear,
-    /// `nn.Conv2d`: weight [out, in, kh, kw].
-    Conv2d {
-        /// Stride of the layer (both axes).
-        stride: i64,
-        /// Zero padding of the layer (both axes).
-        padding: i64,
-    },
-    /// `nn.LayerNorm`: weight [dim].
-    LayerNorm,
-    /// `nn.GroupNorm`: weight [channels].
-    GroupNorm,
-}
+// The layer kinds live with the layer table (`weights.rs`), which records them as networks are
+// built; modules see them through this re-export.
+pub use crate::weights::LayerKind;
 
 /// The tensors stored for one layer of a network file (A1111's `NetworkWeights`).
 pub struct ModuleWeights {
@@ -125,7 +134,14 @@ pub struct ModuleCommon {
 impl ModuleCommon {
     /// Takes the shared fields from `weights`.
     pub fn new(weights: &ModuleWeights) -> Self {
-        let scalar = |name: &str| weights.w.get(name).map(|t| t.double_value(&[]));
+        // A1111's `.item()`: any one-element tensor; a malformed one counts as absent.
+        let scalar = |name: &str| {
+            weights
+                .w
+                .get(name)
+                .filter(|t| t.numel() == 1)
+                .and_then(|t| t.reshape([1i64]).f_double_value(&[0]).ok())
+        };
         Self {
             sd_key: weights.sd_key.clone(),
             shape: weights.weight_shape.clone(),

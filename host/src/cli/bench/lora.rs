@@ -1,0 +1,108 @@
+//! The LoRA figure of `sdhost bench`: applying and restoring a rank-32 LoRA on the benchmark
+//! model (every attention, feed-forward and projection layer of the UNet and every linear of
+//! the text encoder, as kohya trains them), against the time of a 20-step 512² job.
+
+use std::path::Path;
+use std::time::Instant;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::extra_networks::dirs::NetworkDirs;
+use crate::pipeline::extra_networks::activate_extra_networks;
+use crate::pipeline::model::GenerationModel;
+use crate::tiny_model::save_safetensors;
+
+/// The rank of the benchmark LoRA.
+const RANK: i64 = 32;
+
+/// Writes a rank-32 LoRA for `model`'s layers into `dir` as `bench32.safetensors`, kohya
+/// names in LDM form (which A1111 also matches), random weights from a fixed seed.
+fn write_lora(model: &GenerationModel, dir: &Path) -> anyhow::Result<usize> {
+    tch::manual_seed(32);
+    let clip_prefix = format!("{}.", model.sd.architecture.clip_prefix);
+    let mut tensors = Vec::new();
+    for (key, layer) in &model.sd.layers {
+        let name = if let Some(rest) = key.strip_prefix("model.diffusion_model.") {
+            let trained = ["transformer_blocks", "proj_in", "proj_out"];
+            if !trained.iter().any(|t| rest.contains(t)) {
+                continue;
+            }
+            format!("lora_unet_{}", rest.replace('.', "_"))
+        } else if let Some(rest) = key.strip_prefix(&clip_prefix) {
+            if !rest.starts_with("encoder.layers.") || layer.weight.dim() != 2 {
+                continue;
+            }
+            format!("lora_te_text_model_{}", rest.replace('.', "_"))
+        } else {
+            continue;
+        };
+        let size = layer.weight.size();
+        if size.len() < 2 {
+            continue;
+        }
+        let (out, input) = (size[0], size[1]);
+        let kernel: Vec<i64> = vec![1; size.len() - 2];
+        let options = (Kind::Half, Device::Cpu);
+        let down_shape: Vec<i64> = [vec![RANK, input], kernel.clone()].concat();
+        let up_shape: Vec<i64> = [vec![out, RANK], kernel].concat();
+        tensors.push((
+            format!("{name}.lora_down.weight"),
+            Tensor::randn(down_shape.as_slice(), options) * 0.02,
+        ));
+        tensors.push((
+            format!("{name}.lora_up.weight"),
+            Tensor::randn(up_shape.as_slice(), options) * 0.02,
+        ));
+        tensors.push((
+            format!("{name}.alpha"),
+            Tensor::from(16.0f32).to_kind(Kind::Half),
+        ));
+    }
+    let layers = tensors.len() / 3;
+    save_safetensors(&tensors, &dir.join("bench32.safetensors"))?;
+    Ok(layers)
+}
+
+/// Prints apply and restore times of the rank-32 LoRA and their share of a 20-step 512² job
+/// (estimated as 20 UNet calls on a batch of two, the cond and uncond rows, without the VAE and
+/// text encoder: the estimate errs towards a larger share).
+pub fn print_lora_share(model_path: &Path, work: &Path) -> anyhow::Result<()> {
+    let dir = work.join("Lora");
+    std::fs::create_dir_all(&dir)?;
+    let model = GenerationModel::load(model_path, Device::Cpu, Kind::Float, None)?
+        .with_network_dirs(NetworkDirs {
+            lora: vec![dir.clone()],
+            ..NetworkDirs::default()
+        });
+    let layers = write_lora(&model, &dir)?;
+    let timed = |prompt: &str| -> anyhow::Result<f64> {
+        let start = Instant::now();
+        let job = activate_extra_networks(&model, prompt);
+        anyhow::ensure!(job.warnings.is_empty(), "bench LoRA: {:?}", job.warnings);
+        Ok(start.elapsed().as_secs_f64())
+    };
+    // The first apply also makes the CPU backups; after it, a switch costs the apply below.
+    let first = timed("<lora:bench32:1>")?;
+    let repeat = timed("<lora:bench32:1>")?;
+    let restore = timed("")?;
+    let apply = timed("<lora:bench32:1>")?;
+    timed("")?;
+
+    let unet = &model.sd.unet;
+    let channels = model.sd.architecture.unet.in_channels;
+    let context_dim = model.sd.architecture.unet.context_dim;
+    let x = Tensor::randn([2, channels, 64, 64], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[500.0f32, 500.0]);
+    let context = Tensor::randn([2, 77, context_dim], (Kind::Float, Device::Cpu));
+    drop(unet.forward(&x, &t, &context));
+    let start = Instant::now();
+    drop(unet.forward(&x, &t, &context));
+    let step = start.elapsed().as_secs_f64();
+    let job = 20.0 * step;
+    println!(
+        "LoRA rank {RANK}, {layers} layers: first apply (file + backups) {first:.2} s, same set again {:.1} ms, restore {restore:.2} s, apply {apply:.2} s; apply + restore = {:.1} % of a 20-step 512² job ({job:.0} s from a UNet step of {step:.1} s; target ≤ 5 %)",
+        repeat * 1e3,
+        100.0 * (apply + restore) / job
+    );
+    Ok(())
+}
