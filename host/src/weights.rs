@@ -6,8 +6,8 @@
 //! that reads it stay in one-to-one correspondence.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// Everything that can go wrong between a file on disk and a built network.
@@ -215,5 +215,62 @@ pub fn missing(path: &std::path::Path, key: &str) -> LoadError {
     LoadError::MissingTensor {
         path: path.to_path_buf(),
         key: key.to_string(),
+    }
+}
+
+/// Tensors held in memory by key, as a source for building a network strictly: it remembers
+/// which keys were taken, so that the ones left over can be refused as PyTorch's strict
+/// `load_state_dict` does (external VAE files, hypernetwork modules).
+pub struct TensorMap {
+    path: PathBuf,
+    tensors: BTreeMap<String, Tensor>,
+    used: RefCell<BTreeSet<String>>,
+}
+
+impl TensorMap {
+    /// The tensors of `path` (named in errors).
+    pub fn new(path: &Path, tensors: BTreeMap<String, Tensor>) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            tensors,
+            used: RefCell::default(),
+        }
+    }
+
+    /// Every key, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// The keys no network asked for, sorted.
+    pub fn unused(&self) -> Vec<String> {
+        let used = self.used.borrow();
+        self.keys()
+            .filter(|k| !used.contains(*k))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl TensorSource for TensorMap {
+    fn stored_shape(&self, key: &str) -> Option<Vec<i64>> {
+        self.tensors.get(key).map(Tensor::size)
+    }
+
+    fn tensor(&self, key: &str, shape: &[i64], kind: Kind, device: Device) -> Result<Tensor> {
+        let tensor = self
+            .tensors
+            .get(key)
+            .ok_or_else(|| missing(&self.path, key))?;
+        if tensor.size() != shape {
+            return Err(LoadError::ShapeMismatch {
+                path: self.path.clone(),
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found: tensor.size(),
+            });
+        }
+        self.used.borrow_mut().insert(key.to_string());
+        Ok(tensor.f_to_device(device)?.f_to_kind(kind)?)
     }
 }

@@ -24,6 +24,7 @@ use crate::weights::{LoadError, Result};
 use memmap2::Mmap;
 use safetensors::tensor::Dtype;
 use safetensors_file::SafetensorsFile;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -132,6 +133,14 @@ impl Checkpoint {
                 };
                 (n + count as u64, b + bytes)
             })
+    }
+
+    /// Every tensor in its stored dtype, on the CPU: the whole file in memory, for the small
+    /// files read whole (LoRA, VAE).
+    pub fn read_all(&self) -> Result<BTreeMap<String, Tensor>> {
+        self.keys()
+            .map(|key| Ok((key.to_string(), self.raw(key)?)))
+            .collect()
     }
 
     /// The raw tensor under `key` in its stored dtype, on the CPU.

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::checkpoint::FileHashKind;
+
 /// One network file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NetworkFile {
@@ -40,6 +42,24 @@ impl NetworkFile {
             path: path.to_path_buf(),
             metadata,
         })
+    }
+
+    /// The trainer's `sshs_model_hash`, which A1111 prefers to hashing the file itself.
+    pub fn stored_hash(&self) -> Option<&str> {
+        self.metadata
+            .get("sshs_model_hash")
+            .map(String::as_str)
+            .filter(|h| !h.is_empty())
+    }
+
+    /// How A1111 hashes a LoRA/LyCORIS file: the addnet hash for `.safetensors` (metadata
+    /// edits leave it alone), else the sha256 of the file.
+    pub fn lora_hash_kind(&self) -> FileHashKind {
+        if self.is_safetensors() {
+            FileHashKind::Addnet
+        } else {
+            FileHashKind::Sha256
+        }
     }
 
     /// Whether the file is a `.safetensors` (by extension, as A1111 decides).

@@ -278,16 +278,10 @@ impl NetworkFacts {
         };
         let (hash, short) = match kind {
             NetworkKind::Lora | NetworkKind::Lycoris => {
-                let rule = if file.is_safetensors() {
-                    FileHashKind::Addnet
-                } else {
-                    FileHashKind::Sha256
-                };
-                let hash = metadata
-                    .get("sshs_model_hash")
-                    .filter(|h| !h.is_empty())
-                    .cloned()
-                    .or_else(|| hashes.hash(&file.path, rule));
+                let hash = file
+                    .stored_hash()
+                    .map(str::to_string)
+                    .or_else(|| hashes.hash(&file.path, file.lora_hash_kind()));
                 (hash, 12)
             }
             NetworkKind::Hypernetwork | NetworkKind::Vae => {

@@ -3,17 +3,16 @@
 //! widths, each mapping to a `(key state dict, value state dict)` pair, beside metadata keys
 //! that say how the modules are laid out.
 
-use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
 use crate::models::hypernetwork::{
     Hypernetwork, HypernetworkBuildError, HypernetworkModule, HypernetworkStructure,
 };
 use crate::pickle::{PickleError, TorchFile, Value};
-use crate::weights::{LoadError, TensorSource, VarBuilder};
+use crate::weights::{LoadError, TensorMap, VarBuilder};
 
 /// Why a hypernetwork file could not be used (A1111 prints the error and runs without it).
 #[derive(Debug, thiserror::Error)]
@@ -51,56 +50,6 @@ pub enum HypernetworkError {
         which: &'static str,
         keys: Vec<String>,
     },
-}
-
-/// A state dict of one module, as a tensor source that remembers which keys were taken.
-struct StateDict {
-    path: PathBuf,
-    tensors: HashMap<String, Tensor>,
-    used: RefCell<BTreeSet<String>>,
-}
-
-impl StateDict {
-    fn unused(&self) -> Vec<String> {
-        let used = self.used.borrow();
-        let mut keys: Vec<String> = self
-            .tensors
-            .keys()
-            .filter(|k| !used.contains(*k))
-            .cloned()
-            .collect();
-        keys.sort();
-        keys
-    }
-}
-
-impl TensorSource for StateDict {
-    fn stored_shape(&self, key: &str) -> Option<Vec<i64>> {
-        self.tensors.get(key).map(Tensor::size)
-    }
-
-    fn tensor(
-        &self,
-        key: &str,
-        shape: &[i64],
-        kind: Kind,
-        device: Device,
-    ) -> Result<Tensor, LoadError> {
-        let tensor = self
-            .tensors
-            .get(key)
-            .ok_or_else(|| crate::weights::missing(&self.path, key))?;
-        if tensor.size() != shape {
-            return Err(LoadError::ShapeMismatch {
-                path: self.path.clone(),
-                key: key.to_string(),
-                expected: shape.to_vec(),
-                found: tensor.size(),
-            });
-        }
-        self.used.borrow_mut().insert(key.to_string());
-        Ok(tensor.f_to_kind(kind)?.f_to_device(device)?)
-    }
 }
 
 /// Python truthiness of a pickled value, as A1111's `if add_layer_norm:` tests it.
@@ -224,7 +173,7 @@ fn state_dict(
     (file, path): (&mut TorchFile, &Path),
     value: &Value,
     (width, which): (i64, &'static str),
-) -> Result<StateDict, HypernetworkError> {
+) -> Result<TensorMap, HypernetworkError> {
     let not_hypernetwork = |reason: String| HypernetworkError::NotAHypernetwork {
         path: path.to_path_buf(),
         reason,
@@ -234,7 +183,7 @@ fn state_dict(
             "the {which} state dict for width {width} is not a dict"
         ))
     })?;
-    let mut tensors = HashMap::new();
+    let mut tensors = BTreeMap::new();
     for (key, tensor) in items {
         let (Value::Str(key), Value::Tensor(tensor)) = (key, tensor) else {
             return Err(not_hypernetwork(format!(
@@ -250,17 +199,13 @@ fn state_dict(
         };
         tensors.insert(key, file.tensor(&tensor)?);
     }
-    Ok(StateDict {
-        path: path.to_path_buf(),
-        tensors,
-        used: RefCell::default(),
-    })
+    Ok(TensorMap::new(path, tensors))
 }
 
 /// Builds one module from its state dict, strictly: every weight must find its place.
 fn module(
     path: &Path,
-    dict: &StateDict,
+    dict: &TensorMap,
     (width, which): (i64, &'static str),
     layout: &HypernetworkStructure,
     (kind, device): (Kind, Device),

@@ -3,26 +3,19 @@
 //! for a `.safetensors` the "addnet" hash (sha256 of everything after the JSON header), else the
 //! sha256 of the file; 12 hex characters are shown.
 
-use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
-
-use sha2::{Digest, Sha256};
-
+use crate::checkpoint::{cached_file_hash, default_cache_dir};
 use crate::extra_networks::catalog::NetworkFile;
 
-/// The full hash of `file` (lower-case hex) by A1111's rules.
+/// The full hash of `file` (lower-case hex) by A1111's rules, cached with the model hashes.
 pub fn network_hash(file: &NetworkFile) -> std::io::Result<String> {
-    if let Some(hash) = file.metadata.get("sshs_model_hash") {
-        if !hash.is_empty() {
-            return Ok(hash.clone());
-        }
+    if let Some(hash) = file.stored_hash() {
+        return Ok(hash.to_string());
     }
-    let skip = if file.is_safetensors() {
-        safetensors_data_offset(&file.path)?
-    } else {
-        0
-    };
-    sha256_from(&file.path, skip)
+    let cache = default_cache_dir();
+    Ok(
+        cached_file_hash(&file.path, file.lora_hash_kind(), cache.as_deref(), true)?
+            .unwrap_or_default(),
+    )
 }
 
 /// The 12-character form infotext shows.
@@ -30,36 +23,12 @@ pub fn short_hash(full: &str) -> String {
     full.chars().take(12).collect()
 }
 
-/// Where the tensor data of a `.safetensors` starts: after the 8-byte length and the header.
-fn safetensors_data_offset(path: &Path) -> std::io::Result<u64> {
-    let mut length = [0u8; 8];
-    std::fs::File::open(path)?.read_exact(&mut length)?;
-    Ok(8 + u64::from_le_bytes(length))
-}
-
-fn sha256_from(path: &Path, offset: u64) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    file.seek(SeekFrom::Start(offset))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
     use std::collections::BTreeMap;
+    use std::path::Path;
 
     fn file(path: &Path, metadata: &[(&str, &str)]) -> NetworkFile {
         NetworkFile {

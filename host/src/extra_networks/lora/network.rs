@@ -17,15 +17,9 @@ use crate::weights::LayerTable;
 /// Why a network file could not be used at all (A1111 reports these and goes on without it).
 #[derive(Debug, thiserror::Error)]
 pub enum LoadNetworkError {
-    /// The `.safetensors` file could not be read.
+    /// The file could not be read (`.safetensors`, or a pickle unreadable or refused).
     #[error(transparent)]
-    Safetensors(#[from] crate::weights::LoadError),
-    /// The `.pt`/`.ckpt` pickle could not be read or was refused.
-    #[error(transparent)]
-    Pickle(#[from] crate::pickle::PickleError),
-    /// A pickle whose root is not a dict of tensors.
-    #[error("{path}: not a state dict of tensors")]
-    NotStateDict { path: PathBuf },
+    Read(#[from] crate::weights::LoadError),
     /// A layer's tensors fit no module type, or a module could not be built (A1111 drops the
     /// whole file: `Could not find a module type … that would accept those keys`).
     #[error("{path}: layer `{key}`: {reason}")]
@@ -39,42 +33,10 @@ pub enum LoadNetworkError {
 /// A network file's tensors by key, as stored (CPU).
 pub type StateDict = BTreeMap<String, Tensor>;
 
-/// Reads every tensor of a LoRA file: `.safetensors` through the checkpoint reader, anything
-/// else as a `torch.save` pickle through the restricted unpickler (the one place pickles are
-/// read here, so a better state-dict loader drops in).
+/// Reads every tensor of a LoRA file, `.safetensors` or a `torch.save` pickle (through the
+/// restricted unpickler, `state_dict` unwrapped as A1111's `sd_models.read_state_dict` does).
 pub fn read_state_dict(path: &Path) -> Result<StateDict, LoadNetworkError> {
-    let is_safetensors = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-    if is_safetensors {
-        let checkpoint = Checkpoint::open(path)?;
-        let keys: Vec<String> = checkpoint.keys().map(str::to_string).collect();
-        return keys
-            .into_iter()
-            .map(|k| Ok((k.clone(), checkpoint.raw(&k)?)))
-            .collect();
-    }
-    read_pickle_state_dict(path)
-}
-
-fn read_pickle_state_dict(path: &Path) -> Result<StateDict, LoadNetworkError> {
-    let mut file = crate::pickle::TorchFile::open(path)?;
-    let root = file.root.clone();
-    // A1111's `get_state_dict_from_checkpoint`: a nested `state_dict` is the state dict.
-    let root = root.get("state_dict").unwrap_or(root);
-    let crate::pickle::Value::Dict(items) = &root else {
-        return Err(LoadNetworkError::NotStateDict {
-            path: path.to_path_buf(),
-        });
-    };
-    let items = items.borrow().clone();
-    let mut dict = StateDict::new();
-    for (key, value) in items {
-        if let (crate::pickle::Value::Str(key), crate::pickle::Value::Tensor(t)) = (key, value) {
-            dict.insert(key, file.tensor(&t)?);
-        }
-    }
-    Ok(dict)
+    Ok(Checkpoint::open(path)?.read_all()?)
 }
 
 /// A network file ready to patch a model: its modules by layer.
