@@ -2,7 +2,7 @@
 //! found recursively, named by file stem, with their safetensors metadata and the alias it
 //! gives (A1111's `networks.list_available_networks` and `NetworkOnDisk`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::FileHashKind;
@@ -99,6 +99,8 @@ pub struct NetworkCatalog {
     dirs: Vec<PathBuf>,
     /// Files that could not be read, with why (A1111 reports and skips them).
     unreadable: Vec<(PathBuf, String)>,
+    /// Lower-cased aliases a picker must not offer (A1111's `forbidden_network_aliases`).
+    forbidden_aliases: BTreeSet<String>,
 }
 
 /// The extensions A1111 lists extra-network files with.
@@ -132,11 +134,23 @@ impl NetworkCatalog {
         }
         let mut catalog = Self {
             dirs: dirs.to_vec(),
+            // A1111 seeds the set with "none" and "Addams"; its lookup lower-cases the alias,
+            // so only "none" ever matches.
+            forbidden_aliases: BTreeSet::from(["none".to_string()]),
             ..Self::default()
         };
+        let mut seen = BTreeSet::new();
         for path in paths {
             match NetworkFile::open(&path) {
-                Ok(file) => catalog.files.push(file),
+                Ok(file) => {
+                    // An alias that an earlier file already has as name or alias.
+                    if seen.contains(&file.alias) {
+                        catalog.forbidden_aliases.insert(file.alias.to_lowercase());
+                    }
+                    seen.insert(file.name.clone());
+                    seen.insert(file.alias.clone());
+                    catalog.files.push(file);
+                }
                 Err(e) => catalog.unreadable.push((path, e.to_string())),
             }
         }
@@ -156,6 +170,16 @@ impl NetworkCatalog {
     /// Files skipped because they could not be read.
     pub fn unreadable(&self) -> &[(PathBuf, String)] {
         &self.unreadable
+    }
+
+    /// The name a picker puts in the tag it inserts (A1111's `NetworkOnDisk.get_alias` with
+    /// the default `lora_preferred_name`): the alias, unless another file claims it too.
+    pub fn prompt_name<'a>(&self, file: &'a NetworkFile) -> &'a str {
+        if self.forbidden_aliases.contains(&file.alias.to_lowercase()) {
+            &file.name
+        } else {
+            &file.alias
+        }
     }
 
     /// The file a tag names: A1111's `available_network_aliases`, where a later file's name or
@@ -207,5 +231,36 @@ mod tests {
         assert_eq!(catalog.find("plain").unwrap().alias, "plain");
         assert!(catalog.find("missing").is_none());
         assert_eq!(catalog.unreadable().len(), 1);
+        assert_eq!(
+            catalog.prompt_name(catalog.find("detail").unwrap()),
+            "add_detail"
+        );
+    }
+
+    #[test]
+    fn an_alias_two_files_claim_is_not_offered() {
+        let dir = tempfile::tempdir().unwrap();
+        write_safetensors(
+            &dir.path().join("a.safetensors"),
+            &[("ss_output_name", "style")],
+        );
+        write_safetensors(
+            &dir.path().join("b.safetensors"),
+            &[("ss_output_name", "style")],
+        );
+        write_safetensors(
+            &dir.path().join("c.safetensors"),
+            &[("ss_output_name", "None")],
+        );
+        let catalog = NetworkCatalog::scan(&[dir.path().to_path_buf()], NETWORK_EXTENSIONS);
+        let names: Vec<&str> = catalog
+            .files()
+            .iter()
+            .map(|f| catalog.prompt_name(f))
+            .collect();
+        // A1111 forbids the alias from the second file on: both then insert their file name.
+        assert_eq!(names, ["a", "b", "c"]);
+        // A tag naming the alias still finds a file: the last one, as A1111's dict keeps it.
+        assert_eq!(catalog.find("style").unwrap().name, "b");
     }
 }

@@ -51,7 +51,8 @@ pub struct NetworkFacts {
     pub kind: NetworkKind,
     /// The name prompts and `sd_vae` use: the file stem (VAE: the file name with extension).
     pub name: String,
-    /// `ss_output_name` from the metadata, else the name (A1111's alias; prompts may use it).
+    /// The name a picker's tag uses (A1111's `get_alias`): `ss_output_name` from the
+    /// metadata, else the name; the name when another file claims the same alias.
     pub alias: String,
     /// The file under its folder (`styles/detail.safetensors`).
     pub path: String,
@@ -335,7 +336,8 @@ pub fn list_networks(dirs: &NetworkDirs, hashes: &dyn HashSource) -> Vec<Network
                 .is_some_and(|n| n.eq_ignore_ascii_case("LyCORIS"))
         })
         .collect();
-    for file in NetworkCatalog::scan(&dirs.lora, NETWORK_EXTENSIONS).files() {
+    let catalog = NetworkCatalog::scan(&dirs.lora, NETWORK_EXTENSIONS);
+    for file in catalog.files() {
         let lycoris = lycoris_dirs.iter().any(|d| file.path.starts_with(d))
             || file
                 .metadata
@@ -347,7 +349,9 @@ pub fn list_networks(dirs: &NetworkDirs, hashes: &dyn HashSource) -> Vec<Network
         } else {
             NetworkKind::Lora
         };
-        out.push(NetworkFacts::of(file, kind, &dirs.lora, hashes));
+        let mut facts = NetworkFacts::of(file, kind, &dirs.lora, hashes);
+        facts.alias = catalog.prompt_name(file).to_string();
+        out.push(facts);
     }
     // A1111 lists hypernetworks as `.pt` files.
     for file in NetworkCatalog::scan(&dirs.hypernetworks, &["pt"]).files() {
