@@ -65,8 +65,8 @@ pub(super) fn quoted_string(line: &str) -> Result<Value, String> {
     })
 }
 
-/// `UNICODE`: raw-unicode-escape text (`\uXXXX` and `\UXXXXXXXX` escapes, other chars as they
-/// are).
+/// `UNICODE`: raw-unicode-escape text (`\u` + 4 hex digits and `\U` + 8 hex digits are
+/// escapes, other chars stand for themselves).
 pub(super) fn raw_unicode(line: &str) -> Result<Value, String> {
     let mut out = String::new();
     let mut chars = line.chars().peekable();

@@ -221,7 +221,7 @@ impl OftModule {
         let key = self.common.sd_key.as_str();
         let rows = size_at(orig_weight, 0, key, "the layer's weight")?;
         let half = self.block_size / 2;
-        // A1111 leaves a scale of 1 here (a TODO there): `R₀·1 + 0·I`, kept for its rounding.
+        // A1111's BOFT fixes this scale at 1 (`R₀·1 + 0·I`); kept, since it changes the rounding.
         let scale = 1.0;
         let eye = Tensor::f_eye(self.block_size, (Kind::Float, r.device()))?;
         let mut inp = orig_weight.shallow_clone();
