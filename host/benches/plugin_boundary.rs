@@ -152,7 +152,7 @@ fn main() {
     let cond = || {
         vec![sdhost::prompt::conditioning::ScheduledCond {
             end_at_step: usize::MAX,
-            cond: Tensor::zeros([77, 32], (Kind::Float, tch::Device::Cpu)),
+            cond: Tensor::zeros([77, 32], (Kind::Float, tch::Device::Cpu)).into(),
         }]
     };
     let guidance = Guidance {

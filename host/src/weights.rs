@@ -29,9 +29,16 @@ pub enum LoadError {
     /// global outside A1111's allow-list, a malformed or truncated file...).
     #[error(transparent)]
     Pickle(#[from] crate::pickle::PickleError),
-    /// The file is valid safetensors but not a Stable Diffusion 1.x checkpoint.
+    /// The file is valid safetensors but not a Stable Diffusion checkpoint sdhost knows.
     #[error("{path}: not a Stable Diffusion checkpoint: {reason}")]
     NotStableDiffusion { path: PathBuf, reason: String },
+    /// A checkpoint of a model family sdhost does not run (SD3, Flux, SD2 depth, …).
+    #[error("{path}: {family} checkpoint, which sdhost does not run ({reason})")]
+    UnsupportedFamily {
+        path: PathBuf,
+        family: String,
+        reason: String,
+    },
     /// A tensor the network needs is absent.
     #[error("{path}: missing tensor `{key}`")]
     MissingTensor { path: PathBuf, key: String },

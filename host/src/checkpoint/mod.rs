@@ -8,13 +8,19 @@
 //! once, straight into the dtype and device the network runs in.
 
 mod architecture;
+mod family;
 mod hash;
+mod prediction;
 mod safetensors_file;
 mod verify;
 
-pub use architecture::infer_architecture;
+pub use architecture::{infer_architecture, infer_architecture_with_reason, SIZE_EMBEDDING_DIM};
+pub use family::{detect_family, FamilyDetection};
 pub use hash::{
     addnet_hash, cached_file_hash, default_cache_dir, FileHashKind, ModelHashes, HASH_CACHE_FILE,
+};
+pub use prediction::{
+    detect_prediction, needs_v_test, prediction_from_file, v_prediction_test, PredictionDetection,
 };
 pub use verify::verify_structure;
 
@@ -75,6 +81,14 @@ impl Checkpoint {
     /// Whether it was read from a pickle (`.ckpt`/`.pt`) rather than `.safetensors`.
     pub fn is_pickle(&self) -> bool {
         matches!(self.store, Store::Pickle(_))
+    }
+
+    /// The `.safetensors` header's `__metadata__` entry `key` (pickles have none).
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        match &self.store {
+            Store::Safetensors(file) => file.metadata(key),
+            Store::Pickle(_) => None,
+        }
     }
 
     /// All tensor names, sorted.

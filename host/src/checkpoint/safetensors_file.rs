@@ -15,6 +15,7 @@ pub(super) struct SafetensorsFile {
     mmap: Mmap,
     data_start: usize,
     tensors: BTreeMap<String, TensorInfo>,
+    metadata: BTreeMap<String, String>,
 }
 
 impl SafetensorsFile {
@@ -32,12 +33,23 @@ impl SafetensorsFile {
             .into_iter()
             .map(|(name, info)| (name, info.clone()))
             .collect();
+        let text = metadata
+            .metadata()
+            .as_ref()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
         Ok(Self {
             path: path.to_path_buf(),
             data_start: 8 + header_len,
             tensors,
+            metadata: text,
             mmap,
         })
+    }
+
+    /// The header's `__metadata__` entry `key`.
+    pub(super) fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
     }
 
     pub(super) fn keys(&self) -> impl Iterator<Item = &str> {

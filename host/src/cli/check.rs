@@ -56,20 +56,20 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
     let downscale = arch.vae.downscale();
     let side = args.size.max(downscale) / downscale * downscale;
     let embeddings = EmbeddingDatabase::default();
-    let conditioner = Conditioner {
-        clip: &sd.clip,
-        embeddings: &embeddings,
-        clip_skip: 1,
-    };
-    let context = timed("CLIP (empty prompt)", || {
-        conditioner.empty_prompt().unsqueeze(0)
+    let conditioner =
+        Conditioner::new(&sd.text, &embeddings, 1).with_size(side as i64, side as i64);
+    let mut vector = None;
+    let cond = timed("text encoders (empty prompt)", || {
+        let cond = conditioner.encode_texts(&[String::new()])?;
+        vector = cond.vector;
+        Ok(cond.crossattn)
     })?;
     let image = (Tensor::arange(side, (Kind::Float, device)) / (side as f64 / 2.0) - 1.0)
         .view([1, 1, 1, side])
         .expand([1, 3, side, side], false)
         .to_kind(kind);
     let latent = timed(&format!("VAE encode {side}×{side}"), || {
-        sd.vae.encode(&image).mean
+        Ok(sd.vae.encode(&image).mean)
     })?;
     let unet_in = if arch.unet.in_channels == latent.size()[1] {
         latent.shallow_clone()
@@ -79,16 +79,19 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
         Tensor::cat(&[&latent, &mask, &latent], 1)
     };
     let t = Tensor::from_slice(&[500.0f32]).to_device(device);
-    timed("UNet step", || sd.unet.forward(&unet_in, &t, &context)).map(drop)?;
-    timed("VAE decode", || sd.vae.decode(&latent)).map(drop)?;
+    timed("UNet step", || {
+        Ok(sd.unet.forward(&unet_in, &t, &cond, vector.as_ref()))
+    })
+    .map(drop)?;
+    timed("VAE decode", || Ok(sd.vae.decode(&latent))).map(drop)?;
     println!("ok: every network ran and returned finite values");
     Ok(())
 }
 
 /// Runs `f`, prints its time and output shape, and fails on NaN or infinite output.
-fn timed(what: &str, f: impl FnOnce() -> Tensor) -> anyhow::Result<Tensor> {
+fn timed(what: &str, f: impl FnOnce() -> anyhow::Result<Tensor>) -> anyhow::Result<Tensor> {
     let start = Instant::now();
-    let out = f();
+    let out = f()?;
     println!(
         "{what:<22} {:>8.1} ms  shape {:?}",
         start.elapsed().as_secs_f64() * 1e3,

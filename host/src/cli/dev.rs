@@ -1,13 +1,13 @@
 //! `sdhost dev …`: tools for developers and tests.
 
 use crate::device::parse_dtype;
-use crate::tiny_model::{write_tiny_model, Preset, TinyModelSpec};
+use crate::tiny_model::{write_tiny_model, Preset, TinyFamily, TinyModelSpec};
 use std::path::PathBuf;
 
 /// Developer subcommands.
 #[derive(clap::Subcommand)]
 pub enum DevCommand {
-    /// Write a random-weight checkpoint with real SD 1.x key names (deterministic per seed).
+    /// Write a random-weight checkpoint in A1111's single-file layout (deterministic per seed).
     MakeTinyModel {
         /// Output `.safetensors` path.
         out: PathBuf,
@@ -17,9 +17,13 @@ pub enum DevCommand {
         /// Make a 9-channel inpainting UNet.
         #[arg(long)]
         inpainting: bool,
-        /// Architecture: tiny widths, or the full SD 1.5 shapes.
-        #[arg(long, value_enum, default_value = "tiny")]
+        /// Architecture: tiny widths of each family, or the full SD 1.5, SD 2.x 768-v and
+        /// SDXL shapes.
+        #[arg(long, value_enum, default_value = "tiny", conflicts_with = "family")]
         preset: Preset,
+        /// A tiny model of this kind (sets the preset and inpainting).
+        #[arg(long, value_enum)]
+        family: Option<TinyFamily>,
         /// Dtype on disk: fp32, fp16 or bf16.
         #[arg(long, default_value = "fp32")]
         dtype: String,
@@ -34,8 +38,16 @@ pub fn run(cmd: DevCommand) -> anyhow::Result<()> {
             seed,
             inpainting,
             preset,
+            family,
             dtype,
         } => {
+            let (preset, inpainting) = match family {
+                Some(family) => family.preset(),
+                None => (preset, inpainting),
+            };
+            if inpainting && preset == Preset::TinySdxlRefiner {
+                anyhow::bail!("there is no inpainting SDXL refiner");
+            }
             let spec = TinyModelSpec {
                 preset,
                 inpainting,
@@ -51,7 +63,7 @@ pub fn run(cmd: DevCommand) -> anyhow::Result<()> {
             println!(
                 "wrote {} ({}, {:?}, seed {seed}, {dtype})",
                 out.display(),
-                arch.family(),
+                arch.family_name(),
                 preset
             );
             Ok(())

@@ -255,11 +255,9 @@ impl ChunkReport {
 /// Runs `sdhost prompt`.
 pub fn run(args: &PromptArgs) -> anyhow::Result<()> {
     let width = match &args.model {
-        Some(path) => {
-            infer_architecture(&Checkpoint::open(path)?)?
-                .clip
-                .hidden_size
-        }
+        Some(path) => infer_architecture(&Checkpoint::open(path)?)?
+            .text
+            .embedding_width(),
         None => 768,
     };
     let db = match &args.embeddings_dir {

@@ -74,9 +74,10 @@ impl ModelStatus {
 /// The error code of a failed job.
 fn error_code(error: &JobError) -> ErrorCode {
     match error {
-        JobError::InvalidParams(_) | JobError::Plan(_) | JobError::Unsupported(_) => {
-            ErrorCode::InvalidParams
-        }
+        JobError::InvalidParams(_)
+        | JobError::Plan(_)
+        | JobError::Unsupported(_)
+        | JobError::Prompt(_) => ErrorCode::InvalidParams,
         JobError::Mask(_) => ErrorCode::BadMask,
         JobError::OutOfMemory { .. } => ErrorCode::OutOfMemory,
         JobError::Sampling(_) => ErrorCode::SamplerFailed,

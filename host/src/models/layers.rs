@@ -30,6 +30,16 @@ impl Linear {
         Ok(layer)
     }
 
+    /// Device of the weights.
+    pub fn device(&self) -> tch::Device {
+        self.weight.device()
+    }
+
+    /// A layer from tensors already loaded (a weight stored under another name).
+    pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
     /// `x · Wᵀ + b` over the last dimension.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.linear(&self.weight, self.bias.as_ref())

@@ -1,8 +1,8 @@
-//! A whole SD 1.x checkpoint loaded: text encoder, UNet and autoencoder, with the shapes they
+//! A whole checkpoint loaded: text encoders, UNet and autoencoder, with the shapes they
 //! are built with ([`Architecture`], as candle keeps `StableDiffusionConfig` beside its
 //! networks) and where each network's keys sit in an LDM checkpoint.
 
-use super::clip::{ClipConfig, ClipTextModel};
+use super::text_encoders::{ModelFamily, TextConfig, TextEncoders};
 use super::unet::{UNetConfig, UNetModel};
 use super::vae::{AutoencoderKl, VaeConfig};
 use crate::weights::Result;
@@ -16,35 +16,43 @@ pub const VAE_PREFIX: &str = "first_stage_model";
 /// Key prefix of the CLIP text transformer in SD1 checkpoints (transformers' `CLIPTextModel`).
 pub const CLIP_PREFIX: &str = "cond_stage_model.transformer";
 
-/// The three networks' shapes as found in a checkpoint, and where the text encoder sits.
+/// The networks' shapes as found in a checkpoint, and where the text encoders sit.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Architecture {
     /// The UNet.
     pub unet: UNetConfig,
     /// The autoencoder.
     pub vae: VaeConfig,
-    /// The CLIP text encoder.
-    pub clip: ClipConfig,
-    /// Key prefix of the text encoder's `embeddings`/`encoder`/`final_layer_norm`
-    /// (`…transformer.text_model` with current transformers, `…transformer` with old ones).
-    pub clip_prefix: String,
+    /// The text encoders (which also say the family).
+    pub text: TextConfig,
 }
 
 impl Architecture {
-    /// A short family name: "SD 1.x" or "SD 1.x inpainting".
-    pub fn family(&self) -> &'static str {
-        if self.unet.in_channels == 9 {
-            "SD 1.x inpainting"
+    /// The model family.
+    pub fn family(&self) -> ModelFamily {
+        self.text.family()
+    }
+
+    /// Whether the UNet takes the inpainting model's 5 extra channels (mask, masked image).
+    pub fn is_inpainting(&self) -> bool {
+        self.unet.in_channels == 9
+    }
+
+    /// A short family name: "SD 1.x", "SD 2.x inpainting", "SDXL" …
+    pub fn family_name(&self) -> String {
+        let family = self.family().name();
+        if self.is_inpainting() {
+            format!("{family} inpainting")
         } else {
-            "SD 1.x"
+            family.to_string()
         }
     }
 }
 
-/// The three networks of a checkpoint, built in one dtype on one device.
+/// The networks of a checkpoint, built in one dtype on one device.
 pub struct StableDiffusion {
-    /// CLIP text encoder.
-    pub clip: ClipTextModel,
+    /// Text encoders.
+    pub text: TextEncoders,
     /// Denoising UNet.
     pub unet: UNetModel,
     /// KL autoencoder.
@@ -68,11 +76,10 @@ impl StableDiffusion {
         let vb = VarBuilder::new(source, kind, device);
         let recorder = LayerRecorder::default();
         let patchable = vb.clone().recording(&recorder);
-        let clip =
-            ClipTextModel::new(&patchable.pp(&architecture.clip_prefix), &architecture.clip)?;
+        let text = TextEncoders::new(&patchable, &architecture.text)?;
         let unet = UNetModel::new(&patchable.pp(UNET_PREFIX), &architecture.unet)?;
         Ok(Self {
-            clip,
+            text,
             unet,
             vae: AutoencoderKl::new(&vb.pp(VAE_PREFIX), &architecture.vae)?,
             architecture: architecture.clone(),

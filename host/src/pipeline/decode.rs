@@ -5,7 +5,7 @@
 use image::RgbImage;
 use tch::{Kind, Tensor};
 
-use crate::models::vae::{AutoencoderKl, VaeTiling, SD1_LATENT_SCALE};
+use crate::models::vae::{AutoencoderKl, VaeTiling};
 
 /// A decoded image tensor [3, H, W] in about [−1, 1] → RGB, A1111's way (truncation).
 pub fn tensor_to_image(decoded: &Tensor) -> RgbImage {
@@ -26,10 +26,26 @@ pub fn decode_latents(
     latents: &Tensor,
     tiling: Option<VaeTiling>,
 ) -> Vec<RgbImage> {
+    decode_latents_unless_nan(vae, latents, tiling, false).expect("NaN is not checked")
+}
+
+/// [`decode_latents`], stopping with `None` when `check_nan` and a decoded image's first value
+/// is NaN (A1111 `devices.test_for_nans`, which reads `x[0, 0, 0]` only).
+pub fn decode_latents_unless_nan(
+    vae: &AutoencoderKl,
+    latents: &Tensor,
+    tiling: Option<VaeTiling>,
+    check_nan: bool,
+) -> Option<Vec<RgbImage>> {
+    let scale = vae.config().scaling_factor;
     (0..latents.size()[0])
         .map(|i| {
-            let latent = latents.get(i).unsqueeze(0) / SD1_LATENT_SCALE;
-            tensor_to_image(&vae.decode_tiled(&latent, tiling).get(0))
+            let latent = latents.get(i).unsqueeze(0) / scale;
+            let decoded = vae.decode_tiled(&latent, tiling).get(0);
+            if check_nan && decoded.double_value(&[0, 0, 0]).is_nan() {
+                return None;
+            }
+            Some(tensor_to_image(&decoded))
         })
         .collect()
 }

@@ -4,7 +4,7 @@
 use image::RgbImage;
 use tch::{Device, Kind, Tensor};
 
-use crate::models::vae::{AutoencoderKl, LatentDistribution, VaeTiling, SD1_LATENT_SCALE};
+use crate::models::vae::{AutoencoderKl, LatentDistribution, VaeTiling};
 use crate::rng::{Generator, RngError};
 
 /// How the init image's latent is taken from the encoder's distribution.
@@ -32,6 +32,8 @@ pub fn image_to_tensor(image: &RgbImage, device: Device, kind: Kind) -> Tensor {
 /// takes its init latent from (A1111 encodes each copy; the distribution is the same).
 pub struct InitEncoding {
     distribution: LatentDistribution,
+    /// The VAE's latent scale (SD1/SD2 0.18215, SDXL 0.13025).
+    scale: f64,
 }
 
 impl InitEncoding {
@@ -50,6 +52,7 @@ impl InitEncoding {
     pub fn from_pixels(vae: &AutoencoderKl, pixels: &Tensor, tiling: Option<VaeTiling>) -> Self {
         InitEncoding {
             distribution: vae.encode_tiled(pixels, tiling),
+            scale: vae.config().scaling_factor,
         }
     }
 
@@ -65,7 +68,7 @@ impl InitEncoding {
                     .sample_with(&noise.to_device(mean.device()).to_kind(mean.kind()))
             }
         };
-        Ok(latent * SD1_LATENT_SCALE)
+        Ok(latent * self.scale)
     }
 }
 

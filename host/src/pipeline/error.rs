@@ -18,6 +18,9 @@ pub enum JobError {
     /// A parameter out of range.
     #[error(transparent)]
     InvalidParams(#[from] InvalidRequest),
+    /// A prompt the model's text encoders cannot encode.
+    #[error("prompt: {0}")]
+    Prompt(#[from] crate::prompt::conditioning::ConditioningError),
     /// Settings that cannot work together on this model or device.
     #[error("{0}")]
     Unsupported(String),

@@ -68,8 +68,8 @@ pub fn activate_extra_networks(model: &GenerationModel, prompt: &str) -> JobNetw
             &tags,
             &model.network_dirs.lora,
             &sd.layers,
-            &sd.architecture.clip_prefix,
-            sd.architecture.clip.hidden_size,
+            sd.architecture.text.clip_prefix(),
+            sd.architecture.text.embedding_width(),
         )
     };
     warnings.extend(lora.warnings);

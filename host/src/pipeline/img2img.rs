@@ -14,7 +14,6 @@ use image::{GrayImage, RgbImage};
 use sdhost_plugin_api::{Flow, ScheduleInput};
 use tch::{Device, Kind, Tensor};
 
-use super::decode::decode_latents;
 use super::error::guarded;
 use super::extra_networks::{activate_extra_networks, JobNetworks};
 use super::init::JobInit;
@@ -23,12 +22,12 @@ use crate::device::release_freed_memory;
 use crate::extra_networks::parse_prompt;
 use crate::infotext::Infotext;
 use crate::prepare::inpaint::{MaskedContent, Patch};
-use crate::prompt::conditioning::{CondPart, Conditioner, ScheduledCond};
+use crate::prompt::conditioning::{CondPart, Conditioner, ConditioningError, ScheduledCond};
 use crate::prompt::embeddings::ti_hashes;
 use crate::request::{GenerationRequest, ImageFacts, RngChoice};
 use crate::rng::{fixed_seed, random_seed, ImageRng, RngSource, SeedList, Variation};
 use crate::sampling::brownian::{BrownianError, BrownianTreeNoise};
-use crate::sampling::denoiser::{CfgDenoiser, Guidance, LatentMask, Prediction};
+use crate::sampling::denoiser::{CfgDenoiser, Guidance, LatentMask};
 use crate::sampling::noise::JobNoise;
 use crate::sampling::plan::SamplingPlan;
 use crate::sampling::plugins::{SampleRequest, SamplerRegistry, SamplingError};
@@ -55,7 +54,8 @@ pub enum JobEvent<'a> {
     /// An image is done (decoded, with its infotext).
     Image(&'a GeneratedImage),
     /// Something the user should know that did not stop the job (a LoRA not found, keys of a
-    /// network that match no layer …); sent before `Started`.
+    /// network that match no layer …); sent before `Started`, except a VAE's switch to fp32
+    /// after NaN, sent when it happens.
     Warning(&'a str),
 }
 
@@ -167,7 +167,11 @@ pub fn run_img2img(
             });
         };
         release_freed_memory(model.device);
-        let decoded = job.decode(samples)?;
+        let (decoded, warning) = job.decode_with_warning(samples)?;
+        if let Some(warning) = warning {
+            observe(JobEvent::Warning(&warning));
+            warnings.push(warning);
+        }
         let (batch_seeds, batch_subseeds) = job.seeds.batch(batch, params.batch_size);
         for ((generated, &seed), &subseed) in
             decoded.into_iter().zip(batch_seeds).zip(batch_subseeds)
@@ -257,7 +261,10 @@ impl<'a> Img2ImgJob<'a> {
         let downscale = model.downscale();
         params.validate(downscale)?;
         let source = rng_source(params.randn_source, model.device)?;
-        let plan = SamplingPlan::new(registry, &params.sampler, &model.levels)?;
+        // Align Your Steps has its own levels for SDXL (`modules/sd_schedulers.py`).
+        let mut sampler = params.sampler.clone();
+        sampler.schedule_options.sdxl = model.sd.architecture.family().is_sdxl();
+        let plan = SamplingPlan::new(registry, &sampler, &model.levels)?;
         let seed = fixed_seed(params.seed, random_seed);
         let subseed = fixed_seed(params.subseed, random_seed);
         let total = params.n_iter * params.batch_size;
@@ -315,20 +322,18 @@ impl<'a> Img2ImgJob<'a> {
     pub fn condition(&self, networks: &JobNetworks) -> Result<JobConditioning, JobError> {
         let (model, params) = (self.model, self.params);
         let prompt = &networks.prompt;
-        let conditioner = Conditioner {
-            clip: &model.sd.clip,
-            embeddings: networks.embeddings(model),
-            clip_skip: params.clip_skip,
-        };
+        let conditioner =
+            Conditioner::new(&model.sd.text, networks.embeddings(model), params.clip_skip)
+                .with_size(i64::from(params.width), i64::from(params.height));
         // Prompt schedules count model calls: twice per step for second-order samplers.
         let second_order = self.plan.sampler.info.second_order;
         let schedule_steps = params.sampler.steps * if second_order { 2 } else { 1 };
         let (cond, uncond) = guarded("prompt encoding", || {
-            (
-                conditioner.multicond(prompt, schedule_steps),
-                conditioner.schedule(&params.negative_prompt, schedule_steps),
-            )
-        })?;
+            Ok::<_, ConditioningError>((
+                conditioner.multicond(prompt, schedule_steps)?,
+                conditioner.negative_schedule(&params.negative_prompt, schedule_steps)?,
+            ))
+        })??;
         let used = conditioner.embeddings_used(prompt, &params.negative_prompt, schedule_steps);
         Ok(JobConditioning {
             cond,
@@ -409,8 +414,12 @@ impl<'a> Img2ImgJob<'a> {
                 .collect(),
             cfg_scale: params.cfg_scale,
         };
-        let mut denoiser =
-            CfgDenoiser::new(&model.sd.unet, &model.levels, Prediction::Epsilon, guidance);
+        let mut denoiser = CfgDenoiser::new(
+            &model.sd.unet,
+            &model.levels,
+            model.prediction.prediction,
+            guidance,
+        );
         if let Some((keep, regenerate)) = &init.latent_mask {
             denoiser = denoiser.latent_mask(LatentMask {
                 init_latent: init_latent.shallow_clone(),
@@ -465,13 +474,21 @@ impl<'a> Img2ImgJob<'a> {
     /// Decodes a batch's latents with the VAE to 8-bit images, truncated as A1111 truncates
     /// (A1111 `modules/processing.py: decode_latent_batch`).
     pub fn decode(&self, samples: Tensor) -> Result<Vec<RgbImage>, JobError> {
+        self.decode_with_warning(samples).map(|(images, _)| images)
+    }
+
+    /// [`Img2ImgJob::decode`], with the warning of a switch to an fp32 VAE after NaN in fp16.
+    pub fn decode_with_warning(
+        &self,
+        samples: Tensor,
+    ) -> Result<(Vec<RgbImage>, Option<String>), JobError> {
         let model = self.model;
         guarded("VAE decode", || {
-            decode_latents(
-                &model.sd.vae,
-                &samples.to_kind(model.kind),
-                self.params.vae_tiling(),
-            )
+            model.decode(&samples, self.params.vae_tiling())
+        })?
+        .map_err(|e| JobError::Torch {
+            stage: "VAE decode",
+            message: e.to_string(),
         })
     }
 

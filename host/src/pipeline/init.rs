@@ -103,7 +103,9 @@ impl JobInit {
                 inpaint.as_ref().map(|prepared| &prepared.mask),
                 i64::from(image.height()),
                 i64::from(image.width()),
-                round,
+                // SDXL's branch of A1111's `img2img_image_conditioning` does not pass
+                // `round_image_mask`: its conditioning mask is always rounded.
+                round || model.sd.architecture.family().is_sdxl(),
                 model.device,
             );
             Some(guarded("inpainting conditioning", || {

@@ -5,12 +5,21 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind};
 
-use crate::checkpoint::{default_cache_dir, infer_architecture, Checkpoint, ModelHashes};
+use crate::checkpoint::{
+    default_cache_dir, detect_prediction, infer_architecture, Checkpoint, ModelHashes,
+    PredictionDetection,
+};
 use crate::extra_networks::dirs::NetworkDirs;
 use crate::extra_networks::hypernetwork::{ActiveHypernetworks, HypernetworkCache};
 use crate::extra_networks::lora::LoraNetworks;
 use crate::extra_networks::ExtraNetworkData;
-use crate::models::StableDiffusion;
+use super::decode::{decode_latents, decode_latents_unless_nan};
+use crate::models::vae::{AutoencoderKl, VaeTiling};
+use crate::models::{StableDiffusion, VAE_PREFIX};
+use crate::sd_vae::load_vae_file;
+use crate::weights::VarBuilder;
+use image::RgbImage;
+use tch::Tensor;
 use crate::prompt::embeddings::EmbeddingDatabase;
 use crate::sampling::noise_levels::{NoiseLevels, NoiseLevelsError};
 use crate::sd_vae::{resolve_vae, ExternalVae, VaeError, VaeList, VaeResolution, VaeSwap};
@@ -45,6 +54,8 @@ pub struct GenerationModel {
     pub sd: StableDiffusion,
     /// The model's discrete noise levels (σ table).
     pub levels: NoiseLevels,
+    /// What its UNet predicts, and why sdhost thinks so.
+    pub prediction: PredictionDetection,
     /// Infotext `Model`: the file name without folder and extension.
     pub name: String,
     /// Infotext `Model hash`: A1111's short sha256.
@@ -66,6 +77,9 @@ pub struct GenerationModel {
     pub kind: Kind,
     /// The checkpoint's own autoencoder while an external VAE is in `sd.vae`.
     vae_swap: VaeSwap,
+    /// The VAE in fp32, made when an fp16 decode gave NaN and used for every decode after
+    /// (A1111's `auto_vae_precision`, which also keeps the switch until restart).
+    vae_upcast: std::sync::Mutex<Option<AutoencoderKl>>,
 }
 
 impl GenerationModel {
@@ -81,6 +95,7 @@ impl GenerationModel {
         let architecture = infer_architecture(&checkpoint)?;
         let sd = StableDiffusion::load(&checkpoint, &architecture, kind, device)?;
         let levels = NoiseLevels::from_checkpoint(&checkpoint)?;
+        let prediction = detect_prediction(&checkpoint, &architecture, &sd.unet);
         let hashes =
             ModelHashes::cached(path, default_cache_dir().as_deref()).map_err(|source| {
                 ModelError::Hash {
@@ -89,17 +104,17 @@ impl GenerationModel {
                 }
             })?;
         let embeddings = match embeddings_dir {
-            Some(dir) => EmbeddingDatabase::load_dir(dir, architecture.clip.hidden_size).map_err(
-                |source| ModelError::Embeddings {
+            Some(dir) => EmbeddingDatabase::load_dir(dir, architecture.text.embedding_width())
+                .map_err(|source| ModelError::Embeddings {
                     path: dir.to_path_buf(),
                     source,
-                },
-            )?,
+                })?,
             None => EmbeddingDatabase::default(),
         };
         Ok(GenerationModel {
             sd,
             levels,
+            prediction,
             name: model_name(path),
             hash: hashes.short().to_string(),
             path: path.to_path_buf(),
@@ -110,7 +125,18 @@ impl GenerationModel {
             device,
             kind,
             vae_swap: VaeSwap::default(),
+            vae_upcast: std::sync::Mutex::default(),
         })
+    }
+
+    /// The same model with its prediction type set by the user (A1111's yaml beside the
+    /// file, as a setting).
+    pub fn with_prediction(mut self, prediction: crate::models::Prediction) -> Self {
+        self.prediction = PredictionDetection {
+            prediction,
+            reason: "set by the user".into(),
+        };
+        self
     }
 
     /// The same model, finding extra networks in `dirs`.
@@ -138,12 +164,65 @@ impl GenerationModel {
     pub fn select_vae(&mut self, choice: &str) -> Result<Option<String>, VaeError> {
         let resolution = self.resolve_vae(choice)?;
         let _guard = tch::no_grad_guard();
+        *self.vae_upcast.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
         self.vae_swap
             .apply(&mut self.sd.vae, &resolution, self.kind, self.device)?;
         Ok(match resolution {
             VaeResolution::Own { warning } => warning,
             VaeResolution::File { .. } => None,
         })
+    }
+
+    /// Decodes scaled latents to images. In fp16 a NaN in the first decoded value (the SDXL
+    /// VAE overflows there) makes an fp32 copy of the VAE that decodes this batch again and
+    /// every one after, with a warning once (A1111 `decode_latent_batch` with
+    /// `auto_vae_precision`, its `--no-half-vae` fallback).
+    pub fn decode(
+        &self,
+        samples: &Tensor,
+        tiling: Option<VaeTiling>,
+    ) -> Result<(Vec<RgbImage>, Option<String>), ModelError> {
+        // Jobs run one at a time; the lock is held for the decode.
+        let mut upcast = self.vae_upcast.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(vae) = upcast.as_ref() {
+            return Ok((decode_latents(vae, &samples.to_kind(Kind::Float), tiling), None));
+        }
+        let check_nan = self.kind == Kind::Half;
+        if let Some(images) =
+            decode_latents_unless_nan(&self.sd.vae, &samples.to_kind(self.kind), tiling, check_nan)
+        {
+            return Ok((images, None));
+        }
+        let vae = upcast.insert(self.load_vae_fp32()?);
+        let images = decode_latents(vae, &samples.to_kind(Kind::Float), tiling);
+        Ok((
+            images,
+            Some(
+                "the VAE produced NaN in fp16; it decodes in fp32 from now on (A1111's automatic --no-half-vae)"
+                    .into(),
+            ),
+        ))
+    }
+
+    /// The VAE in use, read again from its file in fp32.
+    fn load_vae_fp32(&self) -> Result<AutoencoderKl, ModelError> {
+        let _guard = tch::no_grad_guard();
+        let config = self.sd.vae.config();
+        match self.external_vae() {
+            Some(external) => {
+                load_vae_file(&external.path, config, Kind::Float, self.device).map_err(|e| {
+                    ModelError::Load(LoadError::NotStableDiffusion {
+                        path: external.path.clone(),
+                        reason: e.to_string(),
+                    })
+                })
+            }
+            None => {
+                let checkpoint = Checkpoint::open(&self.path)?;
+                let vb = VarBuilder::new(&checkpoint, Kind::Float, self.device);
+                Ok(AutoencoderKl::new(&vb.pp(VAE_PREFIX), config)?)
+            }
+        }
     }
 
     /// The external VAE in use, for the infotext (none: the checkpoint's own).

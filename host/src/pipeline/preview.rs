@@ -10,7 +10,7 @@ use image::RgbImage;
 use tch::{Kind, Tensor};
 
 use super::decode::{decode_latents, tensor_to_image};
-use crate::models::vae::{AutoencoderKl, VaeTiling};
+use crate::models::vae::{AutoencoderKl, VaeTiling, SDXL_LATENT_SCALE};
 
 /// A1111's `cheap_approximation` coefficients for SD1/SD2 latents: row = latent channel,
 /// columns = R, G, B (they act on the scaled latent the sampler works in).
@@ -20,6 +20,24 @@ pub const CHEAP_COEFFICIENTS: [[f32; 3]; 4] = [
     [-0.158, 0.189, 0.264],
     [-0.184, -0.271, -0.473],
 ];
+
+/// The same for SDXL's latent space (`modules/sd_vae_approx.py: cheap_approximation`).
+pub const CHEAP_COEFFICIENTS_SDXL: [[f32; 3]; 4] = [
+    [0.3448, 0.4168, 0.4395],
+    [-0.1953, -0.0290, 0.0250],
+    [0.1074, 0.0886, -0.0163],
+    [-0.3730, -0.2499, -0.2088],
+];
+
+/// The cheap coefficients for the latent space `vae` decodes: SDXL's is told by its latent
+/// scale, the one family constant a VAE carries.
+pub fn cheap_coefficients(vae: &AutoencoderKl) -> &'static [[f32; 3]; 4] {
+    if vae.config().scaling_factor == SDXL_LATENT_SCALE {
+        &CHEAP_COEFFICIENTS_SDXL
+    } else {
+        &CHEAP_COEFFICIENTS
+    }
+}
 
 /// How a preview is made (A1111's `show_progress_type` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +125,12 @@ pub enum PreviewError {
 /// (f32 whatever the latent's dtype, so bf16/fp16 latents give the same pixels as their f32
 /// values).
 pub fn cheap_approximation(latents: &Tensor) -> Tensor {
-    let flat: Vec<f32> = CHEAP_COEFFICIENTS.iter().flatten().copied().collect();
+    cheap_approximation_with(latents, &CHEAP_COEFFICIENTS)
+}
+
+/// [`cheap_approximation`] with a family's coefficients.
+pub fn cheap_approximation_with(latents: &Tensor, coefficients: &[[f32; 3]; 4]) -> Tensor {
+    let flat: Vec<f32> = coefficients.iter().flatten().copied().collect();
     let coefficients = Tensor::from_slice(&flat)
         .reshape([4, 3])
         .to_device(latents.device());
@@ -124,7 +147,7 @@ pub fn cheap_images(latents: &Tensor) -> Result<Vec<RgbImage>, PreviewError> {
     check_shape(latents, 0)?;
     guarded(|| {
         let _guard = tch::no_grad_guard();
-        cheap_to_images(latents)
+        cheap_to_images(latents, &CHEAP_COEFFICIENTS)
     })
 }
 
@@ -171,13 +194,13 @@ fn render(
     // A1111 `single_sample_to_image` for both: x·0.5 + 0.5 (Full: (x + 1)/2), clamp, ×255,
     // truncate. The shared conversion computes (x + 1)/2, the same float: halving is exact.
     match method {
-        PreviewMethod::ApproxCheap => cheap_to_images(latents),
+        PreviewMethod::ApproxCheap => cheap_to_images(latents, cheap_coefficients(vae)),
         PreviewMethod::Full => decode_latents(vae, &latents.to_kind(vae_kind), tiling),
     }
 }
 
-fn cheap_to_images(latents: &Tensor) -> Vec<RgbImage> {
-    let rgb = cheap_approximation(latents);
+fn cheap_to_images(latents: &Tensor, coefficients: &[[f32; 3]; 4]) -> Vec<RgbImage> {
+    let rgb = cheap_approximation_with(latents, coefficients);
     (0..rgb.size()[0])
         .map(|i| tensor_to_image(&rgb.get(i)))
         .collect()

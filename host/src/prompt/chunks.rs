@@ -1,6 +1,7 @@
 //! Tokenisation of a prompt line into 75-token chunks, as A1111 does it
 //! (`TextConditionalModel.tokenize_line`): BREAK, comma backtracking, embeddings.
 
+use super::clean::TextCleaning;
 use super::embeddings::{Embedding, EmbeddingDatabase};
 use super::emphasis::parse_prompt_attention;
 use super::tokenizer::{ClipTokenizer, BOS, COMMA, EOS};
@@ -61,6 +62,15 @@ pub struct TokenizedPrompt {
 
 /// Splits `line` (prompt editing already resolved) into chunks.
 pub fn tokenize_line(line: &str, embeddings: &EmbeddingDatabase) -> TokenizedPrompt {
+    tokenize_line_with(line, embeddings, TextCleaning::Clip)
+}
+
+/// [`tokenize_line`] with a tokenizer's own text cleaning.
+pub fn tokenize_line_with(
+    line: &str,
+    embeddings: &EmbeddingDatabase,
+    cleaning: TextCleaning,
+) -> TokenizedPrompt {
     let tokenizer = ClipTokenizer::shared();
     let mut builder = ChunkBuilder::default();
     for fragment in parse_prompt_attention(line) {
@@ -68,7 +78,7 @@ pub fn tokenize_line(line: &str, embeddings: &EmbeddingDatabase) -> TokenizedPro
             builder.next_chunk();
             continue;
         }
-        let tokens = tokenizer.encode(&fragment.text);
+        let tokens = tokenizer.encode_with(&fragment.text, cleaning);
         let weight = fragment.weight;
         let mut pos = 0;
         while pos < tokens.len() {

@@ -20,6 +20,32 @@ pub fn clean_text(text: &str) -> String {
     WHITESPACE.replace_all(&fixed, " ").trim().to_lowercase()
 }
 
+/// How a text encoder's tokenizer cleans text: transformers' `CLIPTokenizer` (SD1, SDXL's
+/// CLIP-L) or open_clip's `SimpleTokenizer` (SD2, SDXL's bigG), which also runs
+/// `html.unescape` twice after ftfy (`open_clip/tokenizer.py: basic_clean`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextCleaning {
+    /// transformers' cleaning.
+    Clip,
+    /// open_clip's cleaning.
+    OpenClip,
+}
+
+/// Cleans `text` as `cleaning` says.
+pub fn clean_text_with(text: &str, cleaning: TextCleaning) -> String {
+    match cleaning {
+        TextCleaning::Clip => clean_text(text),
+        TextCleaning::OpenClip => {
+            let fixed = fix_text(text);
+            let unescaped = htmlize::unescape(htmlize::unescape(&fixed).as_ref()).into_owned();
+            WHITESPACE
+                .replace_all(unescaped.trim(), " ")
+                .trim()
+                .to_lowercase()
+        }
+    }
+}
+
 /// ftfy's `fix_text` with its default configuration (without mojibake repair), applied until
 /// the text stops changing, as ftfy does.
 pub fn fix_text(text: &str) -> String {

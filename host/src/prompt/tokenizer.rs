@@ -1,7 +1,7 @@
 //! The CLIP BPE tokenizer (OpenAI's 49408-token vocabulary), loaded offline from the
 //! committed `assets/clip-tokenizer.json` (built by `scripts/make_clip_tokenizer.py`).
 
-use super::clean::clean_text;
+use super::clean::{clean_text_with, TextCleaning};
 use std::sync::LazyLock;
 
 /// `<|startoftext|>`.
@@ -31,7 +31,12 @@ impl ClipTokenizer {
 
     /// Token ids of `text`, cleaned, without BOS/EOS and without truncation.
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        let cleaned = clean_text(text);
+        self.encode_with(text, TextCleaning::Clip)
+    }
+
+    /// Token ids of `text` cleaned as `cleaning` says (the two tokenizers share the BPE).
+    pub fn encode_with(&self, text: &str, cleaning: TextCleaning) -> Vec<u32> {
+        let cleaned = clean_text_with(text, cleaning);
         if cleaned.is_empty() {
             return Vec::new();
         }

@@ -13,17 +13,10 @@ use tch::{Kind, Tensor};
 use super::noise_levels::{NoiseLevels, NoiseModel};
 use super::session::{Denoise, StepFailure};
 use crate::models::unet::UNetModel;
-use crate::prompt::conditioning::{cond_at_call, CondPart, ScheduledCond};
+use crate::prompt::conditioning::{cond_at_call, Cond, CondPart, ScheduledCond};
 use sdhost_plugin_api::abi::HostErrorKind;
 
-/// What the UNet predicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Prediction {
-    /// Noise ε (SD1, SD2-base).
-    Epsilon,
-    /// Velocity v (SD2-768).
-    V,
-}
+pub use crate::models::Prediction;
 
 /// The conditioning of a job's batch.
 pub struct Guidance {
@@ -128,7 +121,7 @@ impl<'m> CfgDenoiser<'m> {
         x: &Tensor,
         sigma: f64,
         t: f64,
-        rows: &[(usize, &Tensor)],
+        rows: &[(usize, &Cond)],
     ) -> Result<Vec<Tensor>, StepFailure> {
         let mut out = Vec::with_capacity(rows.len());
         let mut start = 0;
@@ -155,7 +148,7 @@ impl<'m> CfgDenoiser<'m> {
         x: &Tensor,
         sigma: f64,
         t: f64,
-        rows: &[(usize, &Tensor)],
+        rows: &[(usize, &Cond)],
     ) -> Result<Vec<Tensor>, StepFailure> {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let index: Vec<i64> = rows.iter().map(|(image, _)| *image as i64).collect();
@@ -167,12 +160,19 @@ impl<'m> CfgDenoiser<'m> {
                 input = Tensor::cat(&[input, conditioning.index_select(0, &index)], 1);
             }
             let kind = self.unet_kind();
-            let context = Tensor::stack(&rows.iter().map(|(_, cond)| *cond).collect::<Vec<_>>(), 0)
-                .to_kind(kind);
+            let context = Tensor::stack(
+                &rows.iter().map(|(_, c)| &c.crossattn).collect::<Vec<_>>(),
+                0,
+            )
+            .to_kind(kind);
+            // SDXL's vectors go in the UNet's dtype too, as A1111's dtype hijack casts them.
+            let vectors: Option<Vec<&Tensor>> =
+                rows.iter().map(|(_, c)| c.vector.as_ref()).collect();
+            let y = vectors.map(|v| Tensor::stack(&v, 0).to_kind(kind));
             let timesteps = Tensor::full([rows.len() as i64], t, (Kind::Float, x.device()));
             let output = self
                 .unet
-                .forward(&input.to_kind(kind), &timesteps, &context)
+                .forward(&input.to_kind(kind), &timesteps, &context, y.as_ref())
                 .to_kind(x.kind());
             let denoised = match self.prediction {
                 Prediction::Epsilon => &x_rows - output * sigma,
@@ -250,7 +250,7 @@ impl CfgDenoiser<'_> {
         let t = self.timestep(sigma, timestep);
         let call = self.call;
         // Rows in A1111's order: every image's cond parts, then every image's uncond.
-        let mut rows: Vec<(usize, Tensor)> = Vec::new();
+        let mut rows: Vec<(usize, Cond)> = Vec::new();
         let mut weights: Vec<f64> = Vec::new();
         for (image, parts) in self.guidance.conds.iter().enumerate() {
             for part in parts {
@@ -264,14 +264,14 @@ impl CfgDenoiser<'_> {
         }
         // Rows with different token counts cannot share a UNet batch.
         let mut outputs: Vec<Option<Tensor>> = (0..rows.len()).map(|_| None).collect();
-        let mut lengths: Vec<i64> = rows.iter().map(|(_, c)| c.size()[0]).collect();
+        let mut lengths: Vec<i64> = rows.iter().map(|(_, c)| c.tokens()).collect();
         lengths.sort_unstable();
         lengths.dedup();
         for length in lengths {
             let group: Vec<usize> = (0..rows.len())
-                .filter(|&i| rows[i].1.size()[0] == length)
+                .filter(|&i| rows[i].1.tokens() == length)
                 .collect();
-            let group_rows: Vec<(usize, &Tensor)> =
+            let group_rows: Vec<(usize, &Cond)> =
                 group.iter().map(|&i| (rows[i].0, &rows[i].1)).collect();
             let denoised = self.denoise_rows(x, sigma, t, &group_rows)?;
             for (i, d) in group.into_iter().zip(denoised) {

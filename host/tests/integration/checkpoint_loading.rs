@@ -36,7 +36,8 @@ fn unet_output(sd: &StableDiffusion) -> Tensor {
             Tensor::randn([1, 77, 32], opts),
         )
     });
-    sd.unet.forward(&x, &Tensor::from_slice(&[10.0f32]), &ctx)
+    sd.unet
+        .forward(&x, &Tensor::from_slice(&[10.0f32]), &ctx, None)
 }
 
 #[test]
@@ -80,13 +81,16 @@ fn variants_written_by_other_tools_load_to_the_same_network() {
         tensors.push(("model_ema.num_updates".into(), Tensor::from_slice(&[7i32])));
     });
     let sd = load(&variant).unwrap();
-    assert_eq!(sd.architecture.clip_prefix, "cond_stage_model.transformer");
+    assert_eq!(
+        sd.architecture.text.clip_prefix(),
+        "cond_stage_model.transformer"
+    );
     assert!(unet_output(&sd).equal(&reference));
     let ids = Tensor::from_slice(&[49406i64, 320, 49407]).unsqueeze(0);
     assert!(sd
-        .clip
-        .encode(&ids, 1)
-        .equal(&clip_ref.clip.encode(&ids, 1)));
+        .text
+        .context_of_ids(&ids)
+        .equal(&clip_ref.text.context_of_ids(&ids)));
 }
 
 #[test]

@@ -84,12 +84,11 @@ fn conditioning_matches_a1111_math() {
             "name": name, "clip_skip": clip_skip,
             "texts": tokenized.iter().map(chunks_json).collect::<Vec<_>>(),
         }));
-        let conditioner = Conditioner {
-            clip: &sd.clip,
-            embeddings: &db,
-            clip_skip: *clip_skip,
-        };
-        ours.push((name.to_string(), conditioner.encode_tokenized(&tokenized)));
+        let conditioner = Conditioner::new(&sd.text, &db, *clip_skip);
+        ours.push((
+            name.to_string(),
+            conditioner.encode_tokenized(&tokenized).crossattn,
+        ));
     }
     let embedding = tokenize_line("photo of myemb, (myemb:1.2) sitting", &db);
     assert_eq!(
@@ -196,27 +195,25 @@ fn schedules_and_padding() {
     let model = common::tiny_model(dir.path(), 22);
     let sd = common::load_fp32(&model);
     let db = EmbeddingDatabase::default();
-    let c = Conditioner {
-        clip: &sd.clip,
-        embeddings: &db,
-        clip_skip: 1,
-    };
+    let c = Conditioner::new(&sd.text, &db, 1);
 
     // Computed once per job; each model call looks its conditioning up.
-    let schedule = c.schedule("a [cat:dog:0.5]", 10);
+    let schedule = c.schedule("a [cat:dog:0.5]", 10).unwrap();
     assert_eq!(schedule.len(), 2);
-    let both = c.encode_texts(&["a cat".into(), "a dog".into()]);
+    let both = c.encode_texts(&["a cat".into(), "a dog".into()]).unwrap();
     let first = sdhost::prompt::conditioning::cond_at_call(&schedule, 5);
     let second = sdhost::prompt::conditioning::cond_at_call(&schedule, 6);
-    assert!(first.equal(&both.get(0)) && second.equal(&both.get(1)));
+    assert!(first.crossattn.equal(&both.get(0).crossattn));
+    assert!(second.crossattn.equal(&both.get(1).crossattn));
+    assert!(first.vector.is_none(), "SD 1.x has no vector input");
 
-    let parts = c.multicond("a cat AND a dog :0.7", 10);
+    let parts = c.multicond("a cat AND a dog :0.7", 10).unwrap();
     assert_eq!(parts.len(), 2);
     assert_eq!(parts[1].weight, 0.7);
 
-    let one_chunk = c.encode_texts(&["a cat".into()]).get(0);
-    let padded = c.pad_to_chunks(&one_chunk, 2);
+    let one_chunk = c.encode_texts(&["a cat".into()]).unwrap().get(0).crossattn;
+    let padded = c.pad_to_chunks(&one_chunk, 2).unwrap();
     assert_eq!(padded.size(), [154, 32]);
-    assert!(padded.narrow(0, 77, 77).equal(&c.empty_prompt()));
+    assert!(padded.narrow(0, 77, 77).equal(&c.empty_prompt().unwrap()));
     assert!(padded.narrow(0, 0, 77).equal(&one_chunk));
 }

@@ -17,7 +17,7 @@ const TOLERANCE: f64 = 1e-4;
 fn fixed(cond: &Tensor) -> Vec<ScheduledCond> {
     vec![ScheduledCond {
         end_at_step: usize::MAX,
-        cond: cond.shallow_clone(),
+        cond: cond.shallow_clone().into(),
     }]
 }
 

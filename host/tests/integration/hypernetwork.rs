@@ -229,7 +229,7 @@ fn the_unet_with_chained_hypernetworks_matches_a1111s_attention_hook() {
         &fixtures.root,
     );
     let unet = &model.sd.unet;
-    let forward = || unet.forward(&r["x"], &r["t"], &r["context"]);
+    let forward = || unet.forward(&r["x"], &r["t"], &r["context"], None);
     let plain = forward();
     common::assert_close("none", &plain, &r["none"], 1e-4);
     for (case, prompt) in cases {

@@ -407,7 +407,7 @@ fn embeddings_bundled_in_a_lora_join_the_jobs_prompt_words() {
     let lora_dir = dir.path().join("Lora");
     std::fs::create_dir_all(&lora_dir).unwrap();
     let model = load(&base, vec![lora_dir.clone()]);
-    let width = model.sd.architecture.clip.hidden_size;
+    let width = model.sd.architecture.text.embedding_width();
     tch::manual_seed(4);
     let vectors = tch::Tensor::randn([2, width], (Kind::Float, Device::Cpu));
     let tensors = vec![

@@ -44,6 +44,7 @@ use crate::common;
 
 use crate::common::{assert_close, read_tensors, run_reference};
 use sdhost::checkpoint::{infer_architecture, Checkpoint};
+use sdhost::models::text_encoders::TextEncoders;
 use sdhost::models::StableDiffusion;
 use sdhost::tiny_model::{write_tiny_model, Preset, TinyModelSpec};
 use tch::{Device, Kind};
@@ -79,8 +80,11 @@ fn check_against_diffusers(spec: TinyModelSpec, latent_size: u32, image_size: u3
     );
     let sd = StableDiffusion::load(&ckpt, &arch, Kind::Float, Device::Cpu).expect("load");
 
-    let hidden = sd.clip.hidden_states(&r["clip.input_ids"]);
-    assert_eq!(hidden.len() as i64, arch.clip.num_layers + 1);
+    let TextEncoders::Sd1(clip) = &sd.text else {
+        panic!("an SD 1.x preset")
+    };
+    let hidden = clip.hidden_states(&r["clip.input_ids"]);
+    assert_eq!(hidden.len() as i64, clip.config().num_layers + 1);
     for (i, h) in hidden.iter().enumerate() {
         assert_close(
             &format!("clip hidden state {i}"),
@@ -91,21 +95,24 @@ fn check_against_diffusers(spec: TinyModelSpec, latent_size: u32, image_size: u3
     }
     assert_close(
         "clip final",
-        &sd.clip.encode(&r["clip.input_ids"], 1),
+        &clip.encode(&r["clip.input_ids"], 1),
         &r["clip.final"],
         TOLERANCE,
     );
     assert_close(
         "clip skip 2",
-        &sd.clip.encode(&r["clip.input_ids"], 2),
+        &clip.encode(&r["clip.input_ids"], 2),
         &r["clip.final_skip2"],
         TOLERANCE,
     );
 
     for i in 0..2 {
-        let out = sd
-            .unet
-            .forward(&r["unet.x"], &r[&format!("unet.t{i}")], &r["unet.context"]);
+        let out = sd.unet.forward(
+            &r["unet.x"],
+            &r[&format!("unet.t{i}")],
+            &r["unet.context"],
+            None,
+        );
         assert_close(
             &format!("unet at t{i}"),
             &out,
@@ -209,6 +216,7 @@ fn check_unet_sizes(inpainting: bool) {
                 &r[&format!("{key}.x")],
                 &r[&format!("{key}.t")],
                 &r[&format!("{key}.context")],
+                None,
             );
             let expected = &r[&format!("{key}.out")];
             let tolerance = size_tolerance(dtype);

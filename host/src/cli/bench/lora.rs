@@ -19,7 +19,7 @@ const RANK: i64 = 32;
 /// names in LDM form (which A1111 also matches), random weights from a fixed seed.
 fn write_lora(model: &GenerationModel, dir: &Path) -> anyhow::Result<usize> {
     tch::manual_seed(32);
-    let clip_prefix = format!("{}.", model.sd.architecture.clip_prefix);
+    let clip_prefix = format!("{}.", model.sd.architecture.text.clip_prefix());
     let mut tensors = Vec::new();
     for (key, layer) in &model.sd.layers {
         let name = if let Some(rest) = key.strip_prefix("model.diffusion_model.") {
@@ -94,9 +94,9 @@ pub fn print_lora_share(model_path: &Path, work: &Path) -> anyhow::Result<()> {
     let x = Tensor::randn([2, channels, 64, 64], (Kind::Float, Device::Cpu));
     let t = Tensor::from_slice(&[500.0f32, 500.0]);
     let context = Tensor::randn([2, 77, context_dim], (Kind::Float, Device::Cpu));
-    drop(unet.forward(&x, &t, &context));
+    drop(unet.forward(&x, &t, &context, None));
     let start = Instant::now();
-    drop(unet.forward(&x, &t, &context));
+    drop(unet.forward(&x, &t, &context, None));
     let step = start.elapsed().as_secs_f64();
     let job = 20.0 * step;
     println!(

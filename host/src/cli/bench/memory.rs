@@ -61,7 +61,7 @@ pub fn profile(model: &Path, size: i64) -> anyhow::Result<()> {
     })?;
     let context = stage("CLIP, prompt and negative prompt", || {
         let ids = Tensor::randint(49000, [2, 77], (Kind::Int64, Device::Cpu));
-        Ok(sd.clip.encode(&ids, 1))
+        Ok(sd.text.context_of_ids(&ids))
     })?;
     let latent = stage("VAE encode", || {
         let image = Tensor::rand([1, 3, size, size], on) * 2.0 - 1.0;
@@ -70,7 +70,7 @@ pub fn profile(model: &Path, size: i64) -> anyhow::Result<()> {
     let latent = stage("UNet call", || {
         let x = Tensor::cat(&[&latent, &latent], 0);
         let t = Tensor::from_slice(&[500.0f32, 500.0]);
-        Ok(sd.unet.forward(&x, &t, &context).narrow(0, 0, 1))
+        Ok(sd.unet.forward(&x, &t, &context, None).narrow(0, 0, 1))
     })?;
     let _image = stage("VAE decode", || Ok(sd.vae.decode(&latent)))?;
     drop((context, latent));

@@ -33,7 +33,7 @@ fn time_ours(sd: &StableDiffusion, op: &str, size: i64, kind: Kind, context_widt
             let x = Tensor::randn([2, 4, size, size], on);
             let t = Tensor::from_slice(&[500.0f32, 500.0]);
             let context = Tensor::randn([2, 77, context_width], on);
-            seconds(|| sd.unet.forward(&x, &t, &context))
+            seconds(|| sd.unet.forward(&x, &t, &context, None))
         }
         "vae_encode" => {
             let image = Tensor::rand([1, 3, size, size], on) * 2.0 - 1.0;
@@ -45,7 +45,7 @@ fn time_ours(sd: &StableDiffusion, op: &str, size: i64, kind: Kind, context_widt
         }
         _ => {
             let ids = Tensor::randint(49000, [2, 77], (Kind::Int64, Device::Cpu));
-            seconds(|| sd.clip.encode(&ids, 1))
+            seconds(|| sd.text.context_of_ids(&ids))
         }
     }
 }

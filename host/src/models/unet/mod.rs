@@ -1,7 +1,8 @@
-//! The CompVis/LDM `UNetModel` of Stable Diffusion 1.x (and the SD2 variants of its blocks).
+//! The CompVis/LDM `UNetModel` of Stable Diffusion 1.x and 2.x, and sgm's of SDXL (the same
+//! network with per-level transformer depths and the `label_emb` vector input).
 //!
-//! Keys mirror the checkpoint under `model.diffusion_model`: `time_embed`, `input_blocks.N.M`,
-//! `middle_block.M`, `output_blocks.N.M`, `out`.
+//! Keys mirror the checkpoint under `model.diffusion_model`: `time_embed`, `label_emb`,
+//! `input_blocks.N.M`, `middle_block.M`, `output_blocks.N.M`, `out`.
 
 mod downsample;
 mod resblock;
@@ -56,10 +57,16 @@ pub struct UNetConfig {
     pub channel_mult: Vec<i64>,
     /// ResBlocks per level on the way down (`num_res_blocks`, 2).
     pub num_res_blocks: i64,
-    /// Whether each level has attention (SD1: all but the last).
+    /// Whether each level has attention (SD1: all but the last; SDXL: all but the first).
     pub attention_levels: Vec<bool>,
-    /// Transformer blocks per attention layer (`transformer_depth`, 1).
-    pub transformer_depth: i64,
+    /// Transformer blocks per attention layer of each level (`transformer_depth`: SD1 1 at
+    /// every level, SDXL [0, 2, 10]; 0 where a level has no attention).
+    pub transformer_depth: Vec<i64>,
+    /// Transformer blocks of the middle block's attention (`transformer_depth_middle`, SDXL 10).
+    pub transformer_depth_middle: i64,
+    /// Width of the vector input `y` (`adm_in_channels`: SDXL 2816, refiner 2560), when the
+    /// UNet has a `label_emb`.
+    pub adm_in_channels: Option<i64>,
     /// Width of the text conditioning (`context_dim`, 768 for SD1).
     pub context_dim: i64,
     /// Head rule.
@@ -78,7 +85,9 @@ impl UNetConfig {
             channel_mult: vec![1, 2, 4, 4],
             num_res_blocks: 2,
             attention_levels: vec![true, true, true, false],
-            transformer_depth: 1,
+            transformer_depth: vec![1, 1, 1, 0],
+            transformer_depth_middle: 1,
+            adm_in_channels: None,
             context_dim: 768,
             heads: AttentionHeads::Count(8),
             use_linear_in_transformer: false,
@@ -90,13 +99,21 @@ impl UNetConfig {
         4 * self.model_channels
     }
 
-    fn transformer(&self, channels: i64) -> TransformerSpec {
+    fn transformer(&self, channels: i64, depth: i64) -> TransformerSpec {
         TransformerSpec {
             channels,
             context_dim: self.context_dim,
             heads: self.heads.heads_for(channels),
-            depth: self.transformer_depth,
+            depth,
             linear_projection: self.use_linear_in_transformer,
+        }
+    }
+
+    /// Transformer blocks at `level` (0 without attention).
+    pub fn depth_at(&self, level: usize) -> i64 {
+        match self.attention_levels.get(level) {
+            Some(true) => self.transformer_depth.get(level).copied().unwrap_or(1),
+            _ => 0,
         }
     }
 }
@@ -131,6 +148,8 @@ impl Block {
 pub struct UNetModel {
     time_embed_1: Linear,
     time_embed_2: Linear,
+    /// SDXL's vector embedding (`label_emb.0.0`, `label_emb.0.2`).
+    label_emb: Option<(Linear, Linear)>,
     conv_in: Conv2d,
     input_blocks: Vec<Block>,
     middle_block: Block,
@@ -148,10 +167,10 @@ impl UNetModel {
         let temb = config.time_embed_dim();
         let levels = config.channel_mult.len();
         let hypernetworks = HypernetworkSlot::default();
-        let attention = |b: &VarBuilder, ch: i64| -> Result<Layer> {
+        let attention = |b: &VarBuilder, ch: i64, depth: i64| -> Result<Layer> {
             Ok(Layer::Attention(SpatialTransformer::new(
                 b,
-                config.transformer(ch),
+                config.transformer(ch, depth),
                 &hypernetworks,
             )?))
         };
@@ -174,7 +193,7 @@ impl UNetModel {
                 let mut layers = vec![Layer::Res(ResBlock::new(&b.pp(0), ch, out, temb)?)];
                 ch = out;
                 if config.attention_levels[level] {
-                    layers.push(attention(&b.pp(1), ch)?);
+                    layers.push(attention(&b.pp(1), ch, config.depth_at(level))?);
                 }
                 input_blocks.push(Block(layers));
                 skip_channels.push(ch);
@@ -189,7 +208,7 @@ impl UNetModel {
         let mid = vb.pp("middle_block");
         let middle_block = Block(vec![
             Layer::Res(ResBlock::new(&mid.pp(0), ch, ch, temb)?),
-            attention(&mid.pp(1), ch)?,
+            attention(&mid.pp(1), ch, config.transformer_depth_middle)?,
             Layer::Res(ResBlock::new(&mid.pp(2), ch, ch, temb)?),
         ]);
 
@@ -206,7 +225,7 @@ impl UNetModel {
                 let mut layers = vec![Layer::Res(ResBlock::new(&b.pp(0), ch + skip, out, temb)?)];
                 ch = out;
                 if config.attention_levels[level] {
-                    layers.push(attention(&b.pp(1), ch)?);
+                    layers.push(attention(&b.pp(1), ch, config.depth_at(level))?);
                 }
                 if level > 0 && i == config.num_res_blocks {
                     layers.push(Layer::Up(Upsample::new(&b.pp(layers.len()), ch)?));
@@ -215,9 +234,17 @@ impl UNetModel {
             }
         }
 
+        let label_emb = match config.adm_in_channels {
+            Some(adm) => Some((
+                Linear::new(&vb.pp("label_emb.0.0"), adm, temb, true)?,
+                Linear::new(&vb.pp("label_emb.0.2"), temb, temb, true)?,
+            )),
+            None => None,
+        };
         Ok(Self {
             time_embed_1: Linear::new(&vb.pp("time_embed.0"), mc, temb, true)?,
             time_embed_2: Linear::new(&vb.pp("time_embed.2"), temb, temb, true)?,
+            label_emb,
             conv_in,
             input_blocks,
             middle_block,
@@ -239,18 +266,39 @@ impl UNetModel {
         self.time_embed_1.kind()
     }
 
+    /// Device of the weights.
+    pub fn device(&self) -> tch::Device {
+        self.time_embed_1.device()
+    }
+
     /// The configuration it was built with.
     pub fn config(&self) -> &UNetConfig {
         &self.config
     }
 
     /// Model output for latents `x` [B, C, H, W] at `timesteps` [B] (float, may be fractional)
-    /// under `context` [B, L, context_dim].
-    pub fn forward(&self, x: &Tensor, timesteps: &Tensor, context: &Tensor) -> Tensor {
+    /// under `context` [B, L, context_dim] and, for UNets with a `label_emb` (SDXL), the vector
+    /// `y` [B, adm_in_channels]; such a UNet given no `y` sees zeros (timing and smoke checks).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        y: Option<&Tensor>,
+    ) -> Tensor {
         let t_emb = timestep_embedding(timesteps, self.config.model_channels).to_kind(x.kind());
-        let emb = self
+        let mut emb = self
             .time_embed_2
             .forward(&self.time_embed_1.forward(&t_emb).silu());
+        if let (Some((label_1, label_2)), Some(adm)) =
+            (&self.label_emb, self.config.adm_in_channels)
+        {
+            let y = match y {
+                Some(y) => y.to_kind(x.kind()),
+                None => Tensor::zeros([x.size()[0], adm], (x.kind(), x.device())),
+            };
+            emb += label_2.forward(&label_1.forward(&y).silu());
+        }
 
         let mut h = self.conv_in.forward(x);
         let mut skips = vec![h.shallow_clone()];

@@ -16,6 +16,8 @@ use tch::Tensor;
 
 /// Factor between the autoencoder's latents and the latents the UNet sees (SD 1.x and 2.x).
 pub const SD1_LATENT_SCALE: f64 = 0.18215;
+/// Latent scale of every SDXL VAE (`scale_factor` in sgm's `sd_xl_*.yaml`).
+pub const SDXL_LATENT_SCALE: f64 = 0.13025;
 
 /// Shape of an autoencoder (`ddconfig` of the LDM yaml).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
