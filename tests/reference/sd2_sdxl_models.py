@@ -212,13 +212,14 @@ def open_clip_oracle(t: dict[str, torch.Tensor], ids: torch.Tensor) -> list[torc
     for i in range(_count(t, "transformer.resblocks.{}.attn.in_proj_weight")):
         p = f"transformer.resblocks.{i}."
         attn = torch.nn.MultiheadAttention(width, heads(width), batch_first=True)
-        attn.load_state_dict({"in_proj_weight": t[p + "attn.in_proj_weight"], "in_proj_bias": t[p + "attn.in_proj_bias"],
-                              "out_proj.weight": t[p + "attn.out_proj.weight"], "out_proj.bias": t[p + "attn.out_proj.bias"]})
+        attn.load_state_dict({name: t[p + "attn." + name] for name in
+                              ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")})
         h = torch.nn.functional.layer_norm(x, (width,), t[p + "ln_1.weight"], t[p + "ln_1.bias"], 1e-5)
         x = x + attn(h, h, h, need_weights=False, attn_mask=mask)[0]
         h = torch.nn.functional.layer_norm(x, (width,), t[p + "ln_2.weight"], t[p + "ln_2.bias"], 1e-5)
         h = torch.nn.functional.linear(h, t[p + "mlp.c_fc.weight"], t[p + "mlp.c_fc.bias"])
-        x = x + torch.nn.functional.linear(torch.nn.functional.gelu(h), t[p + "mlp.c_proj.weight"], t[p + "mlp.c_proj.bias"])
+        h = torch.nn.functional.gelu(h)  # exact (erf) GELU
+        x = x + torch.nn.functional.linear(h, t[p + "mlp.c_proj.weight"], t[p + "mlp.c_proj.bias"])
         states.append(x)
     return states
 

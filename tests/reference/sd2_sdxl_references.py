@@ -24,7 +24,8 @@ fp32, CPU. The family comes from key presence (sd2_sdxl_models.detect_family). T
            mean(unet(0.5·ones(1,4,8,8), t=999, context=0.5·ones(1,2,ctx)) − x); v iff < −1.
   VAE:     vae.image, vae.mean, vae.logvar, vae.z, vae.decoded (as make_references.py; the family's
            scale factor is applied outside the VAE and not involved here).
-Self-checks (assertions): SD2 context vs the L-layer model's final_layer_norm(hidden_states[-2])
+Self-checks (assertions; a summary line with the max |diff| of each goes to stdout): the UNet
+and bigG weights as renamed here vs diffusers' single-file converters (identical); SD2 context vs the L-layer model's final_layer_norm(hidden_states[-2])
 and vs ldm's OpenCLIP walk on the stored tensors (open_clip_oracle); bigG context/pooled vs that
 walk; CLIP-L final_layer_norm(hidden[-1]) == last_hidden_state and ctx = sum of text widths;
 the UNet with y through label_emb vs diffusers' own forward with text_embeds + time_ids.
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_open_clip_checkpoint
 from safetensors.torch import save_file
 
 from ldm_to_diffusers import _sub, build_vae, load_checkpoint
@@ -62,6 +64,13 @@ def words(batch: int, gen: torch.Generator) -> list[list[int]]:
 def chunk(ids: list[int], pad: int) -> list[int]:
     """A1111 chunk: BOS, ids, EOS, then `pad` (EOS for CLIP-L, 0 for OpenCLIP)."""
     return [BOS] + ids + [EOS] + [pad] * (75 - len(ids))
+
+
+def check_state_dict(name: str, ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> None:
+    """Our key conversion against diffusers' single-file converter (same names, same tensors)."""
+    assert set(ours) == set(theirs), f"{name}: key sets differ: {sorted(set(ours) ^ set(theirs))[:5]}"
+    CHECKS[name] = max((ours[k] - theirs[k]).abs().max().item() for k in ours)
+    assert CHECKS[name] == 0.0, name
 
 
 def check_open_clip(sd, prefix: str, ids: torch.Tensor, context: torch.Tensor, sd2: bool,
@@ -114,6 +123,8 @@ def main() -> None:
         g_ids = torch.tensor([chunk(w, 0) for w in texts])
         context_g, pooled, hidden_g = big_g_outputs(models["big_g"], g_ids)
         check_open_clip(sd, prefixes["big_g"], g_ids, context_g, sd2=False, pooled=pooled)
+        check_state_dict("bigG weights vs diffusers convert_open_clip_checkpoint", models["big_g"].state_dict(),
+                         convert_open_clip_checkpoint(models["big_g"], sd, prefix=prefixes["big_g"]))
         out["big_g.input_ids"] = g_ids
         for i, hidden in enumerate(hidden_g):
             out[f"big_g.hidden.{i}"] = hidden
@@ -137,6 +148,8 @@ def main() -> None:
     del models
 
     unet = build_sgm_unet(sd)
+    check_state_dict("UNet weights vs diffusers convert_ldm_unet_checkpoint", unet.state_dict(),
+                     convert_ldm_unet_checkpoint(sd, dict(unet.config)))
     assert unet.config.cross_attention_dim == context.shape[-1], "ctx ≠ the text widths (spec §4.3 step 8)"
     channels, n = unet.config.in_channels, args.latent_size
     latent = torch.randn((1, channels, n, n), generator=gen).repeat(2, 1, 1, 1)

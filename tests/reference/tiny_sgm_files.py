@@ -21,14 +21,19 @@ from safetensors.torch import save_file
 
 Shapes = dict[str, tuple[int, ...]]
 
+SD2_UNET = dict(mc=64, mult=[1, 2, 2], attn=[True, True, False], depth=[1, 1, 1], mid=1, ctx=128, adm=None)
+# depth 0: no transformers on that level; ctx 160 = CLIP-L 32 + bigG 128; adm = P 96 + 6 (5) × 256
+SDXL_UNET = dict(mc=32, mult=[1, 2, 4], attn=[False, True, True], depth=[0, 1, 2], mid=2, ctx=160, adm=96 + 6 * 256)
+REFINER_UNET = dict(mc=32, mult=[1, 2, 4, 4], attn=[False, True, True, False], depth=[0, 1, 1, 0], mid=1, ctx=128,
+                    adm=96 + 5 * 256)
 FAMILIES = {
-    # family: (text encoders, unet settings, prediction type)
-    "sd2": ("sd2", dict(cin=4, mc=64, mult=[1, 2, 2], attn=[True, True, False], depth=[1, 1, 1], mid=1, ctx=128, adm=None), "epsilon"),
-    "sd2-v": ("sd2", dict(cin=4, mc=64, mult=[1, 2, 2], attn=[True, True, False], depth=[1, 1, 1], mid=1, ctx=128, adm=None), "v"),
-    "sd2-inpaint": ("sd2", dict(cin=9, mc=64, mult=[1, 2, 2], attn=[True, True, False], depth=[1, 1, 1], mid=1, ctx=128, adm=None), "epsilon"),
-    "sdxl": ("sdxl", dict(cin=4, mc=32, mult=[1, 2, 4], attn=[False, True, True], depth=[0, 1, 2], mid=2, ctx=160, adm=96 + 6 * 256), "epsilon"),
-    "sdxl-inpaint": ("sdxl", dict(cin=9, mc=32, mult=[1, 2, 4], attn=[False, True, True], depth=[0, 1, 2], mid=2, ctx=160, adm=96 + 6 * 256), "epsilon"),
-    "sdxl-refiner": ("refiner", dict(cin=4, mc=32, mult=[1, 2, 4, 4], attn=[False, True, True, False], depth=[0, 1, 1, 0], mid=1, ctx=128, adm=96 + 5 * 256), "epsilon"),
+    # family: (text encoders, UNet settings, input channels, prediction type)
+    "sd2": ("sd2", SD2_UNET, 4, "epsilon"),
+    "sd2-v": ("sd2", SD2_UNET, 4, "v"),
+    "sd2-inpaint": ("sd2", SD2_UNET, 9, "epsilon"),
+    "sdxl": ("sdxl", SDXL_UNET, 4, "epsilon"),
+    "sdxl-inpaint": ("sdxl", SDXL_UNET, 9, "epsilon"),
+    "sdxl-refiner": ("refiner", REFINER_UNET, 4, "epsilon"),
 }
 VOCAB, POSITIONS = 49408, 77
 
@@ -134,7 +139,8 @@ def unet(cin: int, mc: int, mult: list[int], attn: list[bool], depth: list[int],
                 s.update({f"{p}output_blocks.{block}.{layer}.conv.weight": (ch, ch, 3, 3),
                           f"{p}output_blocks.{block}.{layer}.conv.bias": (ch,)})
             block += 1
-    s.update({p + "out.0.weight": (mc,), p + "out.0.bias": (mc,), p + "out.2.weight": (4, mc, 3, 3), p + "out.2.bias": (4,)})
+    s.update({p + "out.0.weight": (mc,), p + "out.0.bias": (mc,),
+              p + "out.2.weight": (4, mc, 3, 3), p + "out.2.bias": (4,)})
     return s
 
 
@@ -144,8 +150,10 @@ def vae(ch: int = 32, mult: tuple[int, ...] = (1, 1, 2, 2), res: int = 1, z: int
     s: Shapes = {}
 
     def rb(q: str, a: int, b: int) -> None:
-        s.update({q + "norm1.weight": (a,), q + "norm1.bias": (a,), q + "conv1.weight": (b, a, 3, 3), q + "conv1.bias": (b,),
-                  q + "norm2.weight": (b,), q + "norm2.bias": (b,), q + "conv2.weight": (b, b, 3, 3), q + "conv2.bias": (b,)})
+        s.update({q + "norm1.weight": (a,), q + "norm1.bias": (a,),
+                  q + "conv1.weight": (b, a, 3, 3), q + "conv1.bias": (b,),
+                  q + "norm2.weight": (b,), q + "norm2.bias": (b,),
+                  q + "conv2.weight": (b, b, 3, 3), q + "conv2.bias": (b,)})
         if a != b:
             s.update({q + "nin_shortcut.weight": (b, a, 1, 1), q + "nin_shortcut.bias": (b,)})
 
@@ -166,7 +174,8 @@ def vae(ch: int = 32, mult: tuple[int, ...] = (1, 1, 2, 2), res: int = 1, z: int
         if i < len(mult) - 1:
             s.update({f"{e}down.{i}.downsample.conv.weight": (c, c, 3, 3), f"{e}down.{i}.downsample.conv.bias": (c,)})
     mid(e, c)
-    s.update({e + "norm_out.weight": (c,), e + "norm_out.bias": (c,), e + "conv_out.weight": (2 * z, c, 3, 3), e + "conv_out.bias": (2 * z,)})
+    s.update({e + "norm_out.weight": (c,), e + "norm_out.bias": (c,),
+              e + "conv_out.weight": (2 * z, c, 3, 3), e + "conv_out.bias": (2 * z,)})
     s.update({p + "quant_conv.weight": (2 * z, 2 * z, 1, 1), p + "quant_conv.bias": (2 * z,),
               p + "post_quant_conv.weight": (z, z, 1, 1), p + "post_quant_conv.bias": (z,)})
     d = p + "decoder."
@@ -179,7 +188,8 @@ def vae(ch: int = 32, mult: tuple[int, ...] = (1, 1, 2, 2), res: int = 1, z: int
             c = ch * mult[i]
         if i > 0:
             s.update({f"{d}up.{i}.upsample.conv.weight": (c, c, 3, 3), f"{d}up.{i}.upsample.conv.bias": (c,)})
-    s.update({d + "norm_out.weight": (c,), d + "norm_out.bias": (c,), d + "conv_out.weight": (3, c, 3, 3), d + "conv_out.bias": (3,)})
+    s.update({d + "norm_out.weight": (c,), d + "norm_out.bias": (c,),
+              d + "conv_out.weight": (3, c, 3, 3), d + "conv_out.bias": (3,)})
     return s
 
 
@@ -211,7 +221,7 @@ def fill(shapes: Shapes, gen: torch.Generator) -> dict[str, torch.Tensor]:
 
 
 def family_shapes(family: str) -> tuple[Shapes, dict[str, torch.Tensor], str]:
-    text, u, prediction = FAMILIES[family]
+    text, u, cin, prediction = FAMILIES[family]
     s: Shapes = {}
     extra: dict[str, torch.Tensor] = {}
     if text == "sd2":
@@ -222,7 +232,7 @@ def family_shapes(family: str) -> tuple[Shapes, dict[str, torch.Tensor], str]:
         extra["conditioner.embedders.0.transformer.text_model.embeddings.position_ids"] = torch.arange(POSITIONS)[None]
     else:
         s.update(open_clip_tower("conditioner.embedders.0.model.", 128, 3, 96))
-    s.update(unet(**u))
+    s.update(unet(cin=cin, **u))
     s.update(vae())
     return s, extra, prediction
 
