@@ -8,6 +8,10 @@ from the skip tensor's is nearest-resized to them first. At latent sides that ar
 2^levels both agree; elsewhere (96x64 pixels with SD 1.5, any odd latent side) they give other
 pictures. `A1111UNet` keeps diffusers' blocks (the same weights, the same layers) and replaces
 only the walk, so every reference built on `build_unet` follows A1111.
+
+SDXL-style UNets (those with `label_emb`, diffusers' `add_embedding`) take sgm's vector `y`
+as ldm/sgm's `UNetModel.forward` does: `emb = time_embed(t) + label_emb(y)`, where `y` is
+already [pooled | 256-wide embeddings of the size scalars] (sd2_sdxl_models.sdxl_vector).
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ def a1111_cat(h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
 class A1111UNet(UNet2DConditionModel):
     """diffusers' SD 1.x UNet whose forward follows LDM's order with A1111's cat rule."""
 
-    def forward(self, sample, timestep, encoder_hidden_states, return_dict=True, **_unused):
+    def forward(self, sample, timestep, encoder_hidden_states, y=None, return_dict=True, **_unused):
         emb = self.time_embedding(self.get_time_embed(sample=sample, timestep=timestep))
+        if y is not None:
+            emb = emb + self.add_embedding(y)  # sgm's label_emb (Linear, SiLU, Linear)
         h = self.conv_in(sample)
         skips = [h]
         for block in self.down_blocks:
@@ -51,6 +57,9 @@ class A1111UNet(UNet2DConditionModel):
         h = self.conv_out(self.conv_act(self.conv_norm_out(h)))
         return SimpleNamespace(sample=h) if return_dict else (h,)
 
-    def diffusers_forward(self, sample, timestep, encoder_hidden_states) -> torch.Tensor:
-        """diffusers' own walk, to show where it parts from A1111's."""
-        return UNet2DConditionModel.forward(self, sample, timestep, encoder_hidden_states).sample
+    def diffusers_forward(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None) -> torch.Tensor:
+        """diffusers' own walk, to show where it parts from A1111's (SDXL: `added_cond_kwargs`
+        = {"text_embeds": pooled, "time_ids": raw size scalars})."""
+        return UNet2DConditionModel.forward(
+            self, sample, timestep, encoder_hidden_states, added_cond_kwargs=added_cond_kwargs
+        ).sample

@@ -2,7 +2,11 @@
 samplers and the rules of A1111's job (`modules/processing.py: process_images_inner`,
 `StableDiffusionProcessingImg2Img.init` and `.sample`), as listed below.
 
-Usage: img2img_reference.py CHECKPOINT INIT.png CASES.json OUT_DIR
+Usage: img2img_reference.py CHECKPOINT INIT.png CASES.json OUT_DIR [--prediction eps|v]
+
+SD 2.x / SDXL / refiner files (family by key presence) run the same job with sgm_jobs.py's
+networks, prompt conditioning, VAE scale (0.13025 for SDXL) and prediction type (`--prediction`,
+else the file's `modelspec.prediction_type`, else A1111's SD2 v test; v → CompVisVDenoiser).
 
 CASES.json: a list of {"name", "sampler" (k-diffusion function), "karras" (bool), "steps",
 "strength", "seeds", "width", "height", "prompt", "negative_prompt", "cfg_scale"}.
@@ -20,6 +24,7 @@ For each case and image i, writes OUT_DIR/<name>_<i>.png. The job:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -32,6 +37,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import kdiffusion  # noqa: E402
 from denoiser_reference import CfgDenoiser, LdmWrapper  # noqa: E402
 from ldm_to_diffusers import build_clip, build_unet, build_vae, load_checkpoint  # noqa: E402
+from sd2_sdxl_models import SD1, SDXL, REFINER, detect_family  # noqa: E402
+from sgm_jobs import SgmCfg, SgmWrapper, load_job  # noqa: E402
 from tokenize_reference import load_open_clip_tokenizer  # noqa: E402
 
 sampling, external = kdiffusion.load()
@@ -72,12 +79,27 @@ def to_pixels(decoded: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def main() -> None:
-    checkpoint, init_path, cases_path, out = sys.argv[1:5]
+    parser = argparse.ArgumentParser()
+    for name in ("checkpoint", "init", "cases", "out"):
+        parser.add_argument(name)
+    parser.add_argument("--prediction", choices=("eps", "v"))
+    args = parser.parse_args()
+    checkpoint, init_path, cases_path, out = args.checkpoint, args.init, args.cases, args.out
     torch.set_num_threads(1)
     sd = load_checkpoint(checkpoint)
-    unet, vae, clip = build_unet(sd), build_vae(sd), build_clip(sd)
     bpe = load_open_clip_tokenizer()
-    inner = external.CompVisDenoiser(LdmWrapper(unet, sd["alphas_cumprod"].float(), True))
+    if detect_family(sd) == SD1:
+        unet, vae, clip = build_unet(sd), build_vae(sd), build_clip(sd)
+        inner = external.CompVisDenoiser(LdmWrapper(unet, sd["alphas_cumprod"].float(), True))
+        scale = SCALE
+        encode = lambda text, negative, width, height: encode_prompt(clip, bpe, text)  # noqa: E731
+        vector_cond = False
+    else:
+        job = load_job(checkpoint, sd, bpe, args.prediction)
+        vae, scale, encode = job.vae, job.scale, job.encode
+        vector_cond = job.family in (SDXL, REFINER)
+        wrapper = SgmWrapper(job.unet, job.alphas) if vector_cond else LdmWrapper(job.unet, job.alphas, True)
+        inner = (external.CompVisVDenoiser if job.v else external.CompVisDenoiser)(wrapper)
     init = Image.open(init_path).convert("RGB")
     for case in json.load(open(cases_path)):
         width, height, steps = case["width"], case["height"], case["steps"]
@@ -88,13 +110,16 @@ def main() -> None:
         init_latents = []
         for seed in seeds:
             noise = torch.randn(dist.mean.shape, generator=torch.Generator().manual_seed(seed))
-            init_latents.append((dist.mean + dist.std * noise)[0] * SCALE)
+            init_latents.append((dist.mean + dist.std * noise)[0] * scale)
         init_latent = torch.stack(init_latents)
 
-        cond = encode_prompt(clip, bpe, case["prompt"])
-        uncond = encode_prompt(clip, bpe, case["negative_prompt"])
-        model = CfgDenoiser(inner, [[(cond, 1.0)] for _ in seeds], [uncond for _ in seeds],
-                            case["cfg_scale"])
+        cond = encode(case["prompt"], False, width, height)
+        uncond = encode(case["negative_prompt"], True, width, height)
+        if vector_cond:
+            model = SgmCfg(inner, cond, uncond, len(seeds), case["cfg_scale"])
+        else:
+            model = CfgDenoiser(inner, [[(cond, 1.0)] for _ in seeds], [uncond for _ in seeds],
+                                case["cfg_scale"])
 
         if case["karras"]:
             sigmas = sampling.get_sigmas_karras(steps, inner.sigmas[0].item(), inner.sigmas[-1].item())
@@ -110,7 +135,7 @@ def main() -> None:
         x = init_latent + draw() * sched[0]
         samples = sample_with_draws(case["sampler"], model, x, sched, draw)
         for i in range(len(seeds)):
-            decoded = vae.decode(samples[i:i + 1] / SCALE).sample[0]
+            decoded = vae.decode(samples[i:i + 1] / scale).sample[0]
             Image.fromarray(to_pixels(decoded)).save(os.path.join(out, f"{case['name']}_{i}.png"))
 
 

@@ -13,6 +13,13 @@ CASES.json: a list of {"name", "checkpoint", "sampler" (k-diffusion function or 
 Writes OUT_DIR/<name>_<i>.png per image. Posterior samples: the first draw of a CPU
 generator seeded with the image's seed for the init latent, the second for an inpainting
 model's masked-image latent.
+
+SD 2.x / SDXL / refiner checkpoints (family by key presence) use sgm_jobs.py's networks, prompt
+conditioning (SDXL: crossattn + vector, an empty negative as zeros), VAE scale and prediction
+type (optional case key "prediction": "eps"/"v", else the file's `modelspec.prediction_type`, else
+A1111's SD2 v test); v-models run under CompVisVDenoiser, and DDIM takes ε = √ᾱ_t·v + √(1−ᾱ_t)·x_t
+(`CompVisTimestepsVDenoiser`). The inpainting conditioning mask is rounded here for every family:
+SD1/SD2 as A1111 with `mask_round` on (the only mode modelled), SDXL always (spec §4.4 quirk).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -34,13 +42,16 @@ from a1111_samplers import a1111_timesteps, ddim  # noqa: E402
 from img2img_reference import SCALE, encode_prompt, sample_with_draws, to_pixels  # noqa: E402
 from mask_reference import a1111_blur, crop_region, expand, fill  # noqa: E402
 from resize_reference import resize_image  # noqa: E402
+from sd2_sdxl_models import SD1, detect_family  # noqa: E402
+from sgm_jobs import load_job  # noqa: E402
 from tokenize_reference import load_open_clip_tokenizer  # noqa: E402
 
 sampling, external = kdiffusion.load()
 
 
 class Unet(torch.nn.Module):
-    """ldm's apply_model: (x, t, (context, concat)) with the timestep rounded to fp16."""
+    """ldm's apply_model: (x, t, (context, concat[, vector])) with the timestep rounded to fp16;
+    SDXL's vector goes in as sgm's y."""
 
     def __init__(self, unet, alphas):
         super().__init__()
@@ -48,18 +59,23 @@ class Unet(torch.nn.Module):
         self.register_buffer("alphas_cumprod", alphas)
 
     def apply_model(self, x, t, cond):
-        context, concat = cond
+        context, concat, *vector = cond
         if concat is not None:
             x = torch.cat([x, concat], 1)
-        return self.unet(x, t.half().float(), encoder_hidden_states=context).sample
+        y = vector[0] if vector else None
+        return self.unet(x, t.half().float(), encoder_hidden_states=context, y=y).sample
 
 
 class Cfg:
     """A1111's CFG over all images (conds, then unconds, one UNet batch), with inpainting's
     image conditioning per row and the latent-mask blend after CFG (k-diffusion samplers)."""
 
-    def __init__(self, inner, cond, uncond, count, scale, concat, blend):
-        self.inner, self.scale, self.blend = inner, scale, blend
+    def __init__(self, inner, cond, uncond, count, scale, concat, blend, v=False):
+        self.inner, self.scale, self.blend, self.v = inner, scale, blend, v
+        self.vector = None
+        if isinstance(cond, tuple):  # SDXL: (crossattn, vector)
+            (cond, cvec), (uncond, uvec) = cond, uncond
+            self.vector = torch.stack([cvec] * count + [uvec] * count)
         self.context = torch.stack([cond] * count + [uncond] * count)
         self.concat = None if concat is None else torch.cat([concat, concat])
         self.count = count
@@ -71,8 +87,11 @@ class Cfg:
         c, u = out[: self.count], out[self.count:]
         return u + (c - u) * self.scale
 
+    def cond(self):
+        return (self.context, self.concat) if self.vector is None else (self.context, self.concat, self.vector)
+
     def __call__(self, x, sigma):
-        d = self.inner(self.rows(x), sigma[:1].expand(2 * self.count), cond=(self.context, self.concat))
+        d = self.inner(self.rows(x), sigma[:1].expand(2 * self.count), cond=self.cond())
         d = self.combine(d)
         if self.blend is not None:
             init, keep, regen = self.blend
@@ -86,8 +105,11 @@ class Cfg:
             x_vp = init * keep + regen * x_vp
         unet = self.inner.inner_model
         t_rows = torch.full((2 * self.count,), float(t))
-        eps = unet.apply_model(self.rows(x_vp), t_rows, (self.context, self.concat))
-        return self.combine(eps)
+        out = unet.apply_model(self.rows(x_vp), t_rows, self.cond())
+        if self.v:  # CompVisTimestepsVDenoiser: ε from v
+            a = unet.alphas_cumprod[int(t)].double()
+            out = a.sqrt().float() * out + (1 - a).sqrt().float() * self.rows(x_vp)
+        return self.combine(out)
 
 
 def prepare(init, mask, case):
@@ -138,15 +160,15 @@ class Draws:
 
 
 @torch.no_grad()
-def run_case(case, nets, bpe, init, mask, out):
-    unet, vae, clip, alphas = nets
+def run_case(case, nets, init, mask, out):
+    unet, vae, alphas, scale = nets.unet, nets.vae, nets.alphas, nets.scale
     w, h, steps, seeds = case["width"], case["height"], case["steps"], case["seeds"]
     lw, lh = w // 8, h // 8
     image, processed, overlay, region = prepare(init, mask, case)
     pixels = torch.from_numpy(np.asarray(image).astype(np.float32) / 255.0).permute(2, 0, 1)[None] * 2 - 1
     dist = vae.encode(pixels).latent_dist
     posterior = [torch.Generator().manual_seed(s) for s in seeds]
-    init_latent = torch.cat([(dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g)) * SCALE
+    init_latent = torch.cat([(dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g)) * scale
                              for g in posterior])
     latmask = np.asarray(processed.convert("RGB").resize((lw, lh)), dtype=np.float32)[..., 0] / 255
     latmask = torch.from_numpy(np.around(latmask))[None, None].expand(1, 4, lh, lw)
@@ -161,12 +183,12 @@ def run_case(case, nets, bpe, init, mask, out):
         masked = torch.lerp(pixels, pixels * (1.0 - cm), case["mask_weight"])
         d = vae.encode(masked).latent_dist
         concat = torch.cat([torch.cat([F.interpolate(cm, size=(lh, lw)),
-                                       (d.mean + d.std * torch.randn(d.mean.shape, generator=g)) * SCALE], 1)
+                                       (d.mean + d.std * torch.randn(d.mean.shape, generator=g)) * scale], 1)
                             for g in posterior])
-    inner = external.CompVisDenoiser(Unet(unet, alphas))
-    cond = encode_prompt(clip, bpe, case["prompt"])
-    uncond = encode_prompt(clip, bpe, case["negative_prompt"])
-    model = Cfg(inner, cond, uncond, len(seeds), case["cfg_scale"], concat, (init_latent, keep, regen))
+    inner = (external.CompVisVDenoiser if nets.v else external.CompVisDenoiser)(Unet(unet, alphas))
+    cond = nets.encode(case["prompt"], False, w, h)
+    uncond = nets.encode(case["negative_prompt"], True, w, h)
+    model = Cfg(inner, cond, uncond, len(seeds), case["cfg_scale"], concat, (init_latent, keep, regen), nets.v)
     draws = Draws(seeds, (4, lh, lw))
     t_enc = int(min(case["strength"], 0.999) * steps)
     if case["sampler"] == "ddim":
@@ -184,8 +206,17 @@ def run_case(case, nets, bpe, init, mask, out):
         samples = sample_with_draws(case["sampler"], model, x, sched, draws.next)
     samples = samples * regen + init_latent * keep
     for i in range(len(seeds)):
-        generated = Image.fromarray(to_pixels(vae.decode(samples[i:i + 1] / SCALE).sample[0]))
+        generated = Image.fromarray(to_pixels(vae.decode(samples[i:i + 1] / scale).sample[0]))
         composite(generated, overlay, region).save(os.path.join(out, f"{case['name']}_{i}.png"))
+
+
+def load_nets(path, bpe, prediction):
+    sd = load_checkpoint(path)
+    if detect_family(sd) != SD1:
+        return load_job(path, sd, bpe, prediction)
+    clip = build_clip(sd)
+    return SimpleNamespace(unet=build_unet(sd), vae=build_vae(sd), alphas=sd["alphas_cumprod"].float(), scale=SCALE,
+                           v=False, encode=lambda text, negative, w, h: encode_prompt(clip, bpe, text))
 
 
 def main() -> None:
@@ -197,10 +228,10 @@ def main() -> None:
     loaded = {}
     for case in json.load(open(cases_path)):
         path = case["checkpoint"]
-        if path not in loaded:
-            sd = load_checkpoint(path)
-            loaded[path] = (build_unet(sd), build_vae(sd), build_clip(sd), sd["alphas_cumprod"].float())
-        run_case(case, loaded[path], bpe, init, mask, out)
+        key = (path, case.get("prediction"))
+        if key not in loaded:
+            loaded[key] = load_nets(path, bpe, case.get("prediction"))
+        run_case(case, loaded[key], init, mask, out)
 
 
 if __name__ == "__main__":

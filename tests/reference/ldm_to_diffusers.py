@@ -42,29 +42,45 @@ class UNetShape:
     res_blocks: int
     attention: list[bool]
     context_dim: int
+    # SD2/SDXL additions (spec sd2-sdxl.md §4.3); SD1 files give depth 1 and conv projections.
+    depth: list[int] | None = None  # transformer blocks per level (0 where a level has none)
+    middle_depth: int = 1
+    linear_proj: bool = False
+    adm: int | None = None  # width of the vector input y (label_emb), SDXL-style UNets only
 
 
 def unet_shape(u: dict[str, torch.Tensor]) -> UNetShape:
     mc, cin = u["input_blocks.0.0.weight"].shape[:2]
-    mult, attention = [], []
-    index, in_level, res_blocks, channels, attn = 1, 0, 0, 0, False
+    mult, attention, depth = [], [], []
+    index, in_level, res_blocks, channels, attn, level_depth = 1, 0, 0, 0, False, 0
     while True:
         if f"input_blocks.{index}.0.op.weight" in u:
             mult.append(channels // mc)
             attention.append(attn)
-            res_blocks, in_level, attn = in_level, 0, False
+            depth.append(level_depth)
+            res_blocks, in_level, attn, level_depth = in_level, 0, False, 0
         elif f"input_blocks.{index}.0.in_layers.2.weight" in u:
             channels = u[f"input_blocks.{index}.0.in_layers.2.weight"].shape[0]
-            attn |= f"input_blocks.{index}.1.proj_in.weight" in u
+            if f"input_blocks.{index}.1.proj_in.weight" in u and not attn:
+                attn = True
+                level_depth = _count(u, f"input_blocks.{index}.1.transformer_blocks.{{}}.attn1.to_q.weight")
             in_level += 1
         else:
             break
         index += 1
     mult.append(channels // mc)
     attention.append(attn)
+    depth.append(level_depth)
     res_blocks = res_blocks or in_level
     context = u["middle_block.1.transformer_blocks.0.attn2.to_k.weight"].shape[1]
-    return UNetShape(cin, u["out.2.weight"].shape[0], mc, mult, res_blocks, attention, context)
+    label = u.get("label_emb.0.0.weight")
+    return UNetShape(
+        cin, u["out.2.weight"].shape[0], mc, mult, res_blocks, attention, context,
+        depth=depth,
+        middle_depth=_count(u, "middle_block.1.transformer_blocks.{}.attn1.to_q.weight"),
+        linear_proj=u["middle_block.1.proj_in.weight"].dim() == 2,
+        adm=None if label is None else label.shape[1],
+    )
 
 
 _RES = {
@@ -90,6 +106,8 @@ def convert_unet(u: dict[str, torch.Tensor], s: UNetShape) -> dict[str, torch.Te
     fixed = {
         "time_embed.0": "time_embedding.linear_1",
         "time_embed.2": "time_embedding.linear_2",
+        "label_emb.0.0": "add_embedding.linear_1",  # SDXL's vector embedding (spec §4.1)
+        "label_emb.0.2": "add_embedding.linear_2",
         "input_blocks.0.0": "conv_in",
         "out.0": "conv_norm_out",
         "out.2": "conv_out",
@@ -122,7 +140,7 @@ def convert_unet(u: dict[str, torch.Tensor], s: UNetShape) -> dict[str, torch.Te
         if m:
             n, layer, rest = int(m[1]), int(m[2]), m[3]
             up, j = divmod(n, nrb + 1)
-            if rest.startswith("conv."):
+            if rest.startswith("conv."):  # Upsample: .2 after a transformer, .1 without (§4.2)
                 out[f"up_blocks.{up}.upsamplers.0.{rest}"] = value
             elif layer == 0:
                 out[f"up_blocks.{up}.resnets.{j}.{_res(rest)}"] = value
@@ -198,8 +216,9 @@ def build_vae(sd: dict[str, torch.Tensor]) -> AutoencoderKL:
     return vae.eval()
 
 
-def build_clip(sd: dict[str, torch.Tensor]) -> CLIPTextModel:
-    c = _sub(sd, CLIP)
+def build_clip(sd: dict[str, torch.Tensor], prefix: str = CLIP) -> CLIPTextModel:
+    """CLIP ViT-L-style text model (quick_gelu) under `prefix` (SDXL: embedder 0's)."""
+    c = _sub(sd, prefix)
     # Current A1111 files nest under `text_model.` (old transformers did not); the model here
     # is addressed without it.
     c = {k.removeprefix("text_model."): v for k, v in c.items()}
