@@ -237,6 +237,16 @@ impl TorchFile {
 pub fn embedding_vectors(path: &Path) -> Result<Tensor, PickleError> {
     let file = TorchFile::open(path)?;
     let root = file.root.clone();
+    // SDXL embeddings: one part per text encoder, CLIP-L's first.
+    if let (Some(Value::Tensor(l)), Some(Value::Tensor(g))) =
+        (root.get("clip_l"), root.get("clip_g"))
+    {
+        let (l, g) = (file.tensor(&l)?, file.tensor(&g)?);
+        // Parts of different lengths are not one embedding.
+        return Tensor::f_cat(&[l, g], -1).map_err(|_| PickleError::NoEmbedding {
+            path: path.to_path_buf(),
+        });
+    }
     let candidate = match root.get("string_to_param") {
         Some(params) => params.dict_values().into_iter().next(),
         None => {

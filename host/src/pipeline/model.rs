@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind};
 
+use super::decode::{decode_latents, decode_latents_unless_nan};
 use crate::checkpoint::{
     default_cache_dir, detect_prediction, infer_architecture, Checkpoint, ModelHashes,
     PredictionDetection,
@@ -13,17 +14,16 @@ use crate::extra_networks::dirs::NetworkDirs;
 use crate::extra_networks::hypernetwork::{ActiveHypernetworks, HypernetworkCache};
 use crate::extra_networks::lora::LoraNetworks;
 use crate::extra_networks::ExtraNetworkData;
-use super::decode::{decode_latents, decode_latents_unless_nan};
 use crate::models::vae::{AutoencoderKl, VaeTiling};
 use crate::models::{StableDiffusion, VAE_PREFIX};
+use crate::prompt::embeddings::EmbeddingDatabase;
+use crate::sampling::noise_levels::{NoiseLevels, NoiseLevelsError};
 use crate::sd_vae::load_vae_file;
+use crate::sd_vae::{resolve_vae, ExternalVae, VaeError, VaeList, VaeResolution, VaeSwap};
+use crate::weights::LoadError;
 use crate::weights::VarBuilder;
 use image::RgbImage;
 use tch::Tensor;
-use crate::prompt::embeddings::EmbeddingDatabase;
-use crate::sampling::noise_levels::{NoiseLevels, NoiseLevelsError};
-use crate::sd_vae::{resolve_vae, ExternalVae, VaeError, VaeList, VaeResolution, VaeSwap};
-use crate::weights::LoadError;
 
 /// Why a model could not be made ready.
 #[derive(Debug, thiserror::Error)]
@@ -185,7 +185,10 @@ impl GenerationModel {
         // Jobs run one at a time; the lock is held for the decode.
         let mut upcast = self.vae_upcast.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(vae) = upcast.as_ref() {
-            return Ok((decode_latents(vae, &samples.to_kind(Kind::Float), tiling), None));
+            return Ok((
+                decode_latents(vae, &samples.to_kind(Kind::Float), tiling),
+                None,
+            ));
         }
         let check_nan = self.kind == Kind::Half;
         if let Some(images) =
@@ -209,14 +212,13 @@ impl GenerationModel {
         let _guard = tch::no_grad_guard();
         let config = self.sd.vae.config();
         match self.external_vae() {
-            Some(external) => {
-                load_vae_file(&external.path, config, Kind::Float, self.device).map_err(|e| {
+            Some(external) => load_vae_file(&external.path, config, Kind::Float, self.device)
+                .map_err(|e| {
                     ModelError::Load(LoadError::NotStableDiffusion {
                         path: external.path.clone(),
                         reason: e.to_string(),
                     })
-                })
-            }
+                }),
             None => {
                 let checkpoint = Checkpoint::open(&self.path)?;
                 let vb = VarBuilder::new(&checkpoint, Kind::Float, self.device);

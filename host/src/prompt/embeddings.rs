@@ -217,6 +217,26 @@ pub fn load_embedding(path: &Path, width: i64) -> Result<Embedding, EmbeddingErr
 fn vectors_from_safetensors(path: &Path) -> Result<Tensor, EmbeddingError> {
     let file = Checkpoint::open(path)?;
     let keys: Vec<&str> = file.keys().collect();
+    // SDXL embeddings hold one part per text encoder; A1111 expects them side by side
+    // (`get_expected_shape`), CLIP-L's first.
+    if keys == ["clip_g", "clip_l"] {
+        let (l, g) = (file.raw("clip_l")?, file.raw("clip_g")?);
+        if l.size().first() != g.size().first() || l.dim() != 2 || g.dim() != 2 {
+            return Err(EmbeddingError::Ambiguous {
+                path: path.to_path_buf(),
+                count: 2,
+                keys: format!(
+                    "clip_l {:?}, clip_g {:?} of different lengths",
+                    l.size(),
+                    g.size()
+                ),
+            });
+        }
+        return Ok(Tensor::cat(
+            &[l.to_kind(Kind::Float), g.to_kind(Kind::Float)],
+            1,
+        ));
+    }
     let key = match keys.as_slice() {
         [only] => *only,
         _ => match keys.iter().find(|k| k.starts_with("string_to_param.")) {
