@@ -3,6 +3,12 @@ samplers and the rules of A1111's job (`modules/processing.py: process_images_in
 `StableDiffusionProcessingImg2Img.init` and `.sample`), as listed below.
 
 Usage: img2img_reference.py CHECKPOINT INIT.png CASES.json OUT_DIR [--prediction eps|v]
+                            [--refiner CHECKPOINT --switch-at F]
+
+With --refiner, A1111's refiner (`modules/sd_samplers_common.py: apply_refiner`): at every model
+call the progress (999 − index of the model σ nearest to σ)/1000 is compared with F, and from the
+first call where it is reached the refiner's networks and its own conditioning of the prompts
+(aesthetic scores) denoise the same latent.
 
 SD 2.x / SDXL / refiner files (family by key presence) run the same job with sgm_jobs.py's
 networks, prompt conditioning, VAE scale (0.13025 for SDXL) and prediction type (`--prediction`,
@@ -72,6 +78,21 @@ def sample_with_draws(function: str, model, x, sigmas, draw):
         sampling.torch = saved
 
 
+class RefinerSwitch:
+    """The base model's CFG until the progress of a call reaches `switch_at`, the refiner's
+    from then on."""
+
+    def __init__(self, base, refiner, sigmas: torch.Tensor, switch_at: float):
+        self.base, self.refiner, self.sigmas, self.switch_at = base, refiner, sigmas, switch_at
+        self.switched = False
+
+    def __call__(self, x, sigma):
+        if not self.switched:
+            level = torch.argmin(torch.abs(self.sigmas - torch.max(sigma))).item()
+            self.switched = (999 - level) / 1000 >= self.switch_at
+        return (self.refiner if self.switched else self.base)(x, sigma)
+
+
 def to_pixels(decoded: torch.Tensor) -> np.ndarray:
     image = torch.clamp((decoded + 1.0) / 2.0, min=0.0, max=1.0)
     return (255.0 * np.moveaxis(image.numpy(), 0, 2)).astype(np.uint8)
@@ -83,6 +104,8 @@ def main() -> None:
     for name in ("checkpoint", "init", "cases", "out"):
         parser.add_argument(name)
     parser.add_argument("--prediction", choices=("eps", "v"))
+    parser.add_argument("--refiner")
+    parser.add_argument("--switch-at", type=float, default=0.8)
     args = parser.parse_args()
     checkpoint, init_path, cases_path, out = args.checkpoint, args.init, args.cases, args.out
     torch.set_num_threads(1)
@@ -100,6 +123,11 @@ def main() -> None:
         vector_cond = job.family in (SDXL, REFINER)
         wrapper = SgmWrapper(job.unet, job.alphas) if vector_cond else LdmWrapper(job.unet, job.alphas, True)
         inner = (external.CompVisVDenoiser if job.v else external.CompVisDenoiser)(wrapper)
+    refiner = None
+    if args.refiner:
+        refiner = load_job(args.refiner, load_checkpoint(args.refiner), bpe)
+        refiner.inner = (external.CompVisVDenoiser if refiner.v else external.CompVisDenoiser)(
+            SgmWrapper(refiner.unet, refiner.alphas))
     init = Image.open(init_path).convert("RGB")
     for case in json.load(open(cases_path)):
         width, height, steps = case["width"], case["height"], case["steps"]
@@ -120,6 +148,12 @@ def main() -> None:
         else:
             model = CfgDenoiser(inner, [[(cond, 1.0)] for _ in seeds], [uncond for _ in seeds],
                                 case["cfg_scale"])
+
+        if refiner is not None:
+            model = RefinerSwitch(model, SgmCfg(
+                refiner.inner, refiner.encode(case["prompt"], False, width, height),
+                refiner.encode(case["negative_prompt"], True, width, height), len(seeds),
+                case["cfg_scale"]), inner.sigmas, args.switch_at)
 
         if case["karras"]:
             sigmas = sampling.get_sigmas_karras(steps, inner.sigmas[0].item(), inner.sigmas[-1].item())

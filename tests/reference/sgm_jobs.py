@@ -80,7 +80,16 @@ def load_job(path: str, sd, bpe, prediction: str | None = None) -> SimpleNamespa
     if prediction is None:
         prediction = "v" if family == SD2 and unet.config.in_channels == 4 and a1111_v_test(unet) else "eps"
     return SimpleNamespace(family=family, unet=unet, vae=build_vae(sd), encode=PromptEncoder(sd, family, bpe),
-                           scale=SCALE[family], v=prediction == "v", alphas=sd["alphas_cumprod"].float())
+                           scale=SCALE[family], v=prediction == "v", alphas=alphas_cumprod(sd))
+
+
+def alphas_cumprod(sd) -> torch.Tensor:
+    """The file's ᾱ buffer; sgm's SDXL files have none and A1111 computes SD's scaled-linear
+    schedule (`LegacyDDPMDiscretization`): betas from √0.00085 to √0.012, squared, float64."""
+    if "alphas_cumprod" in sd:
+        return sd["alphas_cumprod"].float()
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0).float()
 
 
 class SgmWrapper(torch.nn.Module):

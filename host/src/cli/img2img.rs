@@ -2,7 +2,7 @@
 //! request's fields under A1111's API names (`cli/request_flags.rs`); `--from-png` takes the
 //! parameters of an image made before (flags given override).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -181,6 +181,12 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
     }
     if let Some(png) = &args.from_png {
         warn_vae_hash(png, &model)?;
+    }
+    if !params.refiner_checkpoint.is_empty() {
+        let path = args
+            .folders
+            .checkpoint(Some(Path::new(&params.refiner_checkpoint)))?;
+        model.select_refiner(&path, folders.embeddings_dir().as_deref())?;
     }
     let mode = args
         .mode

@@ -17,6 +17,7 @@ const FLAG_ALIASES: &[(&str, &str)] = &[
     ("rng", "randn_source"),
     ("color-correction", "img2img_color_correction"),
     ("vae", "sd_vae"),
+    ("refiner", "refiner_checkpoint"),
 ];
 
 /// One field as a flag.

@@ -77,8 +77,18 @@ impl ModelCatalog {
         self.entries.iter().map(|(name, _)| name.clone()).collect()
     }
 
-    /// The file of a model named by its title, file stem or file name.
+    /// The file of a model named by its title, file stem or file name, or by A1111's short
+    /// title (`name [hash]`, what infotext `Refiner` holds).
     pub fn find(&self, name: &str) -> Option<&Path> {
+        self.find_exact(name).or_else(|| {
+            let (stem, hash) = name.strip_suffix(']')?.rsplit_once(" [")?;
+            (!hash.is_empty() && hash.chars().all(|c| c.is_ascii_hexdigit()))
+                .then(|| self.find_exact(stem))
+                .flatten()
+        })
+    }
+
+    fn find_exact(&self, name: &str) -> Option<&Path> {
         self.entries
             .iter()
             .find(|(title, path)| {

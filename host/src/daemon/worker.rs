@@ -2,7 +2,7 @@
 //! queue in turn, streams their events to their connection and survives every job failure.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -213,6 +213,26 @@ impl Worker {
         }
     }
 
+    /// Loads the refiner a request names (a catalog name or title, or a file), keeping it
+    /// loaded for later jobs.
+    fn select_refiner(&mut self, name: &str) -> Result<(), String> {
+        if name.is_empty() {
+            return Ok(());
+        }
+        let path = match self.catalog.find(name) {
+            Some(path) => path.to_path_buf(),
+            None if Path::new(name).is_file() => PathBuf::from(name),
+            None => {
+                let known = self.catalog.names().join(", ");
+                return Err(format!("no refiner checkpoint \"{name}\" (known: {known})"));
+            }
+        };
+        self.model
+            .select_refiner(&path, self.embeddings_dir.as_deref())
+            .map(drop)
+            .map_err(|e| format!("refiner: {e}"))
+    }
+
     fn select_model(&mut self, job: &Job, name: &str) {
         let Some(path) = self.catalog.find(name).map(PathBuf::from) else {
             let known = self.catalog.names().join(", ");
@@ -283,6 +303,10 @@ impl Worker {
                 return;
             }
         };
+        if let Err(message) = self.select_refiner(&request.params.refiner_checkpoint) {
+            Self::send(job, job_error(job, ErrorCode::InvalidParams, message));
+            return;
+        }
         let mut steps_per_batch = 0;
         let model = &self.model;
         let outcome = run_img2img(

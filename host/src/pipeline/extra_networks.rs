@@ -25,6 +25,8 @@ pub struct JobNetworks {
     pub lora_hashes: Option<String>,
     /// The model's embeddings plus those bundled in active networks, when there are any.
     pub embeddings: Option<EmbeddingDatabase>,
+    /// The same for the job's refiner, when it has one.
+    pub refiner: Option<Box<JobNetworks>>,
 }
 
 impl JobNetworks {
@@ -93,6 +95,7 @@ pub fn activate_extra_networks(model: &GenerationModel, prompt: &str) -> JobNetw
         warnings,
         lora_hashes: lora.lora_hashes,
         embeddings,
+        refiner: None,
     }
 }
 

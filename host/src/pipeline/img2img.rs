@@ -27,7 +27,7 @@ use crate::prompt::embeddings::ti_hashes;
 use crate::request::{GenerationRequest, ImageFacts, RngChoice};
 use crate::rng::{fixed_seed, random_seed, ImageRng, RngSource, SeedList, Variation};
 use crate::sampling::brownian::{BrownianError, BrownianTreeNoise};
-use crate::sampling::denoiser::{CfgDenoiser, Guidance, LatentMask};
+use crate::sampling::denoiser::{CfgDenoiser, Guidance, LatentMask, RefinerStage};
 use crate::sampling::noise::JobNoise;
 use crate::sampling::plan::SamplingPlan;
 use crate::sampling::plugins::{SampleRequest, SamplerRegistry, SamplingError};
@@ -216,6 +216,9 @@ pub struct Img2ImgJob<'a> {
     pub seeds: SeedList,
     /// One image's latent shape [4, h, w].
     pub shape: [i64; 3],
+    /// Whether a batch has switched to the refiner (from then on the infotext names it, as
+    /// A1111 keeps the keys once added).
+    refiner_switched: std::cell::Cell<bool>,
 }
 
 /// The job's init: the prepared and encoded image, and, for "latent noise", its noise.
@@ -237,6 +240,8 @@ pub struct JobConditioning {
     pub ti_hashes: Option<String>,
     /// Infotext `Lora hashes` of the networks the job runs with.
     pub lora_hashes: Option<String>,
+    /// The refiner's prompt and negative prompt, when the job has one.
+    pub refiner: Option<(Vec<CondPart>, Vec<ScheduledCond>)>,
 }
 
 /// Where one image sits in the job and which seeds made it.
@@ -261,6 +266,7 @@ impl<'a> Img2ImgJob<'a> {
         let downscale = model.downscale();
         params.validate(downscale)?;
         let source = rng_source(params.randn_source, model.device)?;
+        check_refiner(model, params)?;
         // Align Your Steps has its own levels for SDXL (`modules/sd_schedulers.py`).
         let mut sampler = params.sampler.clone();
         sampler.schedule_options.sdxl = model.sd.architecture.family().is_sdxl();
@@ -282,6 +288,7 @@ impl<'a> Img2ImgJob<'a> {
             source,
             seeds,
             shape,
+            refiner_switched: std::cell::Cell::new(false),
         })
     }
 
@@ -312,15 +319,52 @@ impl<'a> Img2ImgJob<'a> {
 
     /// Activates the networks the prompt's tags name (A1111 `extra_networks.activate`): the
     /// weights are patched before the prompts are encoded, so the text encoder sees them too.
+    /// A refiner gets them as well (A1111's network hooks patch whatever model runs); its
+    /// warnings join the job's.
     pub fn activate_networks(&self) -> JobNetworks {
-        activate_extra_networks(self.model, &self.params.prompt)
+        let mut networks = activate_extra_networks(self.model, &self.params.prompt);
+        if let Some(refiner) = self.refiner() {
+            let theirs = activate_extra_networks(refiner, &self.params.prompt);
+            networks.warnings.extend(
+                theirs
+                    .warnings
+                    .iter()
+                    .map(|w| format!("refiner {}: {w}", refiner.name)),
+            );
+            networks.refiner = Some(Box::new(theirs));
+        }
+        networks
+    }
+
+    /// The refiner the job hands over to, when it names one.
+    pub fn refiner(&self) -> Option<&'a GenerationModel> {
+        if self.params.refiner_checkpoint.is_empty() {
+            return None;
+        }
+        self.model.refiner.as_deref()
     }
 
     /// Encodes prompt (its extra-network tags taken out by `networks`) and negative prompt with
     /// CLIP, scheduled per model call (A1111 `StableDiffusionProcessing.setup_conds`, cached
     /// across batches as A1111 caches them).
     pub fn condition(&self, networks: &JobNetworks) -> Result<JobConditioning, JobError> {
-        let (model, params) = (self.model, self.params);
+        let mut conditioning = self.condition_for(self.model, networks)?;
+        // The refiner's own encoders (A1111 re-runs `setup_conds` after the switch; the same
+        // prompts give the same conditioning earlier).
+        if let (Some(refiner), Some(theirs)) = (self.refiner(), &networks.refiner) {
+            let encoded = self.condition_for(refiner, theirs)?;
+            conditioning.refiner = Some((encoded.cond, encoded.uncond));
+        }
+        Ok(conditioning)
+    }
+
+    /// The prompts encoded by `model`'s text encoders.
+    fn condition_for(
+        &self,
+        model: &GenerationModel,
+        networks: &JobNetworks,
+    ) -> Result<JobConditioning, JobError> {
+        let params = self.params;
         let prompt = &networks.prompt;
         let conditioner =
             Conditioner::new(&model.sd.text, networks.embeddings(model), params.clip_skip)
@@ -340,6 +384,7 @@ impl<'a> Img2ImgJob<'a> {
             uncond,
             ti_hashes: ti_hashes(used.iter().map(|e| e.as_ref())),
             lora_hashes: networks.lora_hashes.clone(),
+            refiner: None,
         })
     }
 
@@ -437,6 +482,18 @@ impl<'a> Img2ImgJob<'a> {
                 Tensor::cat(&conditioning, 0).to_kind(model.kind)
             })?);
         }
+        if let (Some(refiner), Some((cond, uncond))) = (self.refiner(), &conditioning.refiner) {
+            denoiser = denoiser.refiner(RefinerStage {
+                unet: &refiner.sd.unet,
+                prediction: refiner.prediction.prediction,
+                guidance: Guidance {
+                    conds: batch_seeds.iter().map(|_| share_parts(cond)).collect(),
+                    unconds: batch_seeds.iter().map(|_| share_schedule(uncond)).collect(),
+                    cfg_scale: params.cfg_scale,
+                },
+                switch_at: params.refiner_switch_at,
+            });
+        }
         let mut step = 0;
         let request = SampleRequest {
             cancel: cancel.cloned(),
@@ -456,6 +513,9 @@ impl<'a> Img2ImgJob<'a> {
                 })
             },
         );
+        if denoiser.switched_to_refiner() {
+            self.refiner_switched.set(true);
+        }
         let samples = match sampled {
             Ok(samples) => samples,
             Err(SamplingError::Cancelled) => return Ok(None),
@@ -515,6 +575,10 @@ impl<'a> Img2ImgJob<'a> {
                 .map(|vae| (vae.name.as_str(), vae.hash.as_str())),
             ti_hashes: conditioning.ti_hashes.clone(),
             lora_hashes: conditioning.lora_hashes.clone(),
+            refiner: self
+                .refiner()
+                .filter(|_| self.refiner_switched.get())
+                .map(GenerationModel::short_title),
             inpainting: init.inpaint.is_some(),
             inpainting_conditioning: init.uses_inpainting_conditioning(),
         });
@@ -526,6 +590,41 @@ impl<'a> Img2ImgJob<'a> {
             infotext,
         }
     }
+}
+
+/// A job naming a refiner needs it loaded (front ends load it by name) and in the model's
+/// latent space: the latent is handed over as it is.
+fn check_refiner(model: &GenerationModel, params: &GenerationRequest) -> Result<(), JobError> {
+    if params.refiner_checkpoint.is_empty() {
+        return Ok(());
+    }
+    let Some(refiner) = model.refiner.as_deref() else {
+        return Err(JobError::Unsupported(format!(
+            "the refiner \"{}\" is not loaded",
+            params.refiner_checkpoint
+        )));
+    };
+    let scale = |m: &GenerationModel| m.sd.vae.config().scaling_factor;
+    if scale(refiner) != scale(model) {
+        return Err(JobError::Unsupported(format!(
+            "the refiner {} ({}) works in another latent space than {} ({})",
+            refiner.name,
+            refiner.sd.architecture.family_name(),
+            model.name,
+            model.sd.architecture.family_name()
+        )));
+    }
+    let (theirs, ours) = (
+        refiner.sd.architecture.unet.in_channels,
+        model.sd.architecture.unet.in_channels,
+    );
+    if theirs != 4 && theirs != ours {
+        return Err(JobError::Unsupported(format!(
+            "the refiner {} takes {theirs} input channels, {} gives {ours}",
+            refiner.name, model.name
+        )));
+    }
+    Ok(())
 }
 
 /// Colour correction, then for inpainting the composite over the original and the editor's

@@ -77,6 +77,8 @@ pub struct GenerationModel {
     pub kind: Kind,
     /// The checkpoint's own autoencoder while an external VAE is in `sd.vae`.
     vae_swap: VaeSwap,
+    /// The refiner jobs hand over to (`refiner_checkpoint`), kept loaded for the next job.
+    pub refiner: Option<Box<GenerationModel>>,
     /// The VAE in fp32, made when an fp16 decode gave NaN and used for every decode after
     /// (A1111's `auto_vae_precision`, which also keeps the switch until restart).
     vae_upcast: std::sync::Mutex<Option<AutoencoderKl>>,
@@ -126,6 +128,7 @@ impl GenerationModel {
             kind,
             vae_swap: VaeSwap::default(),
             vae_upcast: std::sync::Mutex::default(),
+            refiner: None,
         })
     }
 
@@ -137,6 +140,29 @@ impl GenerationModel {
             reason: "set by the user".into(),
         };
         self
+    }
+
+    /// Loads the checkpoint at `path` as this model's refiner (in its dtype, on its device,
+    /// with its network folders), unless it is the refiner already.
+    pub fn select_refiner(
+        &mut self,
+        path: &Path,
+        embeddings_dir: Option<&Path>,
+    ) -> Result<&GenerationModel, ModelError> {
+        let loaded = self.refiner.as_ref().is_some_and(|r| r.path == path);
+        if !loaded {
+            // The old one goes first: two refiners never share memory.
+            self.refiner = None;
+            let refiner = GenerationModel::load(path, self.device, self.kind, embeddings_dir)?
+                .with_network_dirs(self.network_dirs.clone());
+            self.refiner = Some(Box::new(refiner));
+        }
+        Ok(self.refiner.as_deref().expect("loaded above"))
+    }
+
+    /// A1111's short title of the model (`name [hash]`), as infotext `Refiner` writes it.
+    pub fn short_title(&self) -> String {
+        format!("{} [{}]", self.name, self.hash)
     }
 
     /// The same model, finding extra networks in `dirs`.

@@ -55,6 +55,8 @@ const KEYED_FIELDS: &[&str] = &[
     "img2img_color_correction",
     "vae_tiling",
     "sd_vae",
+    "refiner_checkpoint",
+    "refiner_switch_at",
     "initial_noise_multiplier",
     "always_discard_next_to_last_sigma",
     "sigma_min",
@@ -134,6 +136,8 @@ pub struct ImageFacts<'a> {
     pub ti_hashes: Option<String>,
     /// `Lora hashes` of the LoRAs the job ran with.
     pub lora_hashes: Option<String>,
+    /// The refiner's short title (`name [hash]`), when it took over.
+    pub refiner: Option<String>,
     /// The job had a mask.
     pub inpainting: bool,
     /// The model took inpainting conditioning (9-channel UNet).
@@ -224,6 +228,15 @@ impl GenerationRequest {
             // A1111 adds it when the networks are activated, just before `TI hashes`.
             ("Lora hashes", facts.lora_hashes.clone()),
             ("TI hashes", facts.ti_hashes.clone()),
+            // A1111 adds them when the refiner takes over, during sampling.
+            ("Refiner", facts.refiner.clone()),
+            (
+                "Refiner switch at",
+                facts
+                    .refiner
+                    .as_ref()
+                    .map(|_| py_float(self.refiner_switch_at)),
+            ),
             (
                 "Noise multiplier",
                 (self.initial_noise_multiplier != 1.0)
@@ -321,6 +334,11 @@ impl GenerationRequest {
         // choice, as pasting into A1111 leaves the option alone.
         if let Some(vae) = infotext.get("VAE") {
             self.sd_vae = vae.to_string();
+        }
+        // A1111 pastes `Refiner` into the refiner dropdown (a checkpoint title).
+        self.refiner_checkpoint = infotext.get("Refiner").unwrap_or_default().to_string();
+        if let Some(at) = number("Refiner switch at") {
+            self.refiner_switch_at = at;
         }
         if let Some(sampler) = infotext.get("Sampler") {
             self.sampler.sampler = sampler.to_string();

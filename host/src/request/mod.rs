@@ -179,6 +179,13 @@ pub struct GenerationRequest {
     /// tiles (diffusers' `enable_tiling`): one tile's memory whatever the size, pixels
     /// slightly different.
     pub vae_tiling: bool,
+    /// Refiner: a checkpoint (name, title or file) that takes over sampling at
+    /// `refiner_switch_at`, with its own conditioning (SDXL's refiner; empty: none).
+    pub refiner_checkpoint: String,
+    /// When the refiner takes over: the fraction of the noise schedule done (A1111's
+    /// "Switch at"), 0-1.
+    #[default(0.8)]
+    pub refiner_switch_at: f64,
 }
 
 impl GenerationRequest {
@@ -247,6 +254,7 @@ impl GenerationRequest {
             ("initial_noise_multiplier", self.initial_noise_multiplier),
             ("denoising_strength", self.sampler.denoising_strength),
             ("mask_alpha", self.mask_alpha),
+            ("refiner_switch_at", self.refiner_switch_at),
         ] {
             if !value.is_finite() {
                 return invalid(name, format!("must be a finite number, got {value}"));
@@ -278,6 +286,12 @@ impl GenerationRequest {
             return invalid(
                 "mask_alpha",
                 format!("must be between 0 and 100, got {}", self.mask_alpha),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.refiner_switch_at) {
+            return invalid(
+                "refiner_switch_at",
+                format!("must be between 0 and 1, got {}", self.refiner_switch_at),
             );
         }
         if let Some((w, h)) = self.seed_resize_from() {

@@ -42,6 +42,21 @@ pub struct LatentMask {
     pub before_denoising: bool,
 }
 
+/// A second model that takes over sampling part-way (A1111's refiner,
+/// `modules/sd_samplers_common.py: apply_refiner`): from the first model call whose progress
+/// `(999 − nearest level of σ)/1000` (timestep samplers: `(999 − ⌊t⌋)/1000`) reaches
+/// `switch_at`, its UNet and its own conditioning denoise the same latent.
+pub struct RefinerStage<'m> {
+    /// The refiner's UNet.
+    pub unet: &'m UNetModel,
+    /// What it predicts.
+    pub prediction: Prediction,
+    /// Its conditioning of the job's prompts.
+    pub guidance: Guidance,
+    /// Progress at which it takes over, 0–1.
+    pub switch_at: f64,
+}
+
 /// The UNet as a k-diffusion denoiser with classifier-free guidance.
 pub struct CfgDenoiser<'m> {
     unet: &'m UNetModel,
@@ -57,6 +72,10 @@ pub struct CfgDenoiser<'m> {
     /// Most rows per UNet call; halved automatically when the device runs out of memory.
     max_rows: usize,
     call: usize,
+    /// The refiner still to switch to.
+    refiner: Option<RefinerStage<'m>>,
+    /// Whether the refiner took over.
+    switched: bool,
 }
 
 impl<'m> CfgDenoiser<'m> {
@@ -77,7 +96,45 @@ impl<'m> CfgDenoiser<'m> {
             round_timestep_fp16: true,
             max_rows: usize::MAX,
             call: 0,
+            refiner: None,
+            switched: false,
         }
+    }
+
+    /// Hands sampling over to `refiner` when its switch point is reached.
+    pub fn refiner(mut self, refiner: RefinerStage<'m>) -> Self {
+        self.refiner = Some(refiner);
+        self
+    }
+
+    /// Whether a refiner took over (the infotext's `Refiner` keys are written then).
+    pub fn switched_to_refiner(&self) -> bool {
+        self.switched
+    }
+
+    /// Switches to the refiner at the first call whose progress reaches its switch point.
+    /// The levels (and so the progress) are the base model's: both share SD's schedule.
+    fn maybe_switch(&mut self, sigma: f64, timestep: Option<f64>) {
+        let Some(refiner) = &self.refiner else {
+            return;
+        };
+        let level = match timestep {
+            Some(t) => t.max(0.0) as usize,
+            None => self.levels.nearest_level(sigma),
+        };
+        let progress = (999.0 - level as f64) / 1000.0;
+        if progress < refiner.switch_at {
+            return;
+        }
+        let refiner = self.refiner.take().expect("checked above");
+        self.unet = refiner.unet;
+        self.prediction = refiner.prediction;
+        self.guidance = refiner.guidance;
+        // The inpainting channels only reach a refiner that takes them.
+        if refiner.unet.config().in_channels == 4 {
+            self.image_conditioning = None;
+        }
+        self.switched = true;
     }
 
     /// Whether the timestep is rounded to fp16 (A1111 with a half-precision UNet).
@@ -205,6 +262,7 @@ impl Denoise for CfgDenoiser<'_> {
         sigma: f64,
         timestep: Option<f64>,
     ) -> Result<Tensor, StepFailure> {
+        self.maybe_switch(sigma, timestep);
         let Some(mask) = &self.latent_mask else {
             return self.guided(x, sigma, timestep);
         };

@@ -124,6 +124,19 @@ impl NoiseLevels {
         Self::from_alphas_cumprod(values)
     }
 
+    /// The index of the level nearest to `sigma`, compared in f32 as A1111 compares its σ
+    /// table on the device (`sd_samplers_common.apply_refiner`).
+    pub fn nearest_level(&self, sigma: f64) -> usize {
+        let sigma = sigma as f32;
+        let mut best = 0;
+        for (i, &s) in self.sigmas32.iter().enumerate() {
+            if (s - sigma).abs() < (self.sigmas32[best] - sigma).abs() {
+                best = i;
+            }
+        }
+        best
+    }
+
     /// Number of discrete levels (1000 for SD).
     pub fn len(&self) -> usize {
         self.sigmas.len()

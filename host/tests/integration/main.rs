@@ -22,6 +22,7 @@ mod pickle_safety;
 mod plugins;
 mod png_info;
 mod preview;
+mod refiner;
 mod request;
 mod resize;
 mod rng;

@@ -207,6 +207,9 @@ fn every_field_of_one_image_survives_its_infotext() {
                 .then_some((request.sd_vae.as_str(), "735e4c3a44")),
             ti_hashes: None,
             lora_hashes: Some("detail: 0123456789ab".into()),
+            // The refiner took over when one is named; its short title is what comes back.
+            refiner: (!request.refiner_checkpoint.is_empty())
+                .then(|| request.refiner_checkpoint.clone()),
             inpainting: true,
             inpainting_conditioning: true,
         };
