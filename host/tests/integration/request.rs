@@ -57,6 +57,8 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("img2img_color_correction", "true"),
     ("vae_tiling", "true"),
     ("sd_vae", r#""kl-f8-anime2.safetensors""#),
+    ("refiner_checkpoint", r#""sd_xl_refiner_1.0 [7440042bbd]""#),
+    ("refiner_switch_at", "0.65"),
 ];
 
 fn examples() -> Vec<(&'static str, Value)> {
