@@ -92,6 +92,19 @@ check(status == SUCCESS and "Seed: 5" in values.index(1), "layer-info returns th
 status, _ = run("sdhost-img2img", image, base, seed=6, model="tiny-b")
 check(status == SUCCESS and "Model: tiny-b" in infotext(above(image, base)), "a model chosen from the daemon's list")
 
+# SDXL checkpoints work unchanged: img2img with the base model, the selection inpainted by the
+# 9-channel SDXL inpainting model, results placed as with SD 1.x.
+status, _ = run("sdhost-img2img", image, base, seed=7, model="tiny-xl")
+check(status == SUCCESS and "Model: tiny-xl," in infotext(above(image, base)), "img2img with an SDXL model")
+image.select_rectangle(Gimp.ChannelOps.REPLACE, 60, 20, 16, 12)
+status, _ = run("sdhost-inpaint", image, base, seed=8, model="tiny-xl-inpaint", padding=8, width=64, height=64)
+xl_patch = above(image, base)
+_, px, py = xl_patch.get_offsets()
+check(status == SUCCESS and "Model: tiny-xl-inpaint" in infotext(xl_patch)
+      and px <= 60 and py <= 20 and px + xl_patch.get_width() >= 76 and py + xl_patch.get_height() >= 32,
+      "inpaint with an SDXL inpainting model, the patch over the selection")
+Gimp.Selection.none(image)
+
 # The visible composite as the source, and a result's parameters reused.
 status, _ = run("sdhost-img2img", image, base, seed=99, **{"use-visible": True, "parameters-from": out})
 reused = above(image, base)

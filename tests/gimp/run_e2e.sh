@@ -27,6 +27,10 @@ trap cleanup EXIT
 mkdir -p "$work/models/Stable-diffusion"
 "$sdhost" dev make-tiny-model "$work/models/Stable-diffusion/tiny-a.safetensors" --seed 1 >/dev/null
 "$sdhost" dev make-tiny-model "$work/models/Stable-diffusion/tiny-b.safetensors" --seed 2 >/dev/null
+# An SDXL checkpoint (two text encoders, vector input, VAE scale 0.13025) and its 9-channel
+# inpainting variant: the plug-in must work with them unchanged.
+"$sdhost" dev make-tiny-model "$work/models/Stable-diffusion/tiny-xl.safetensors" --family sdxl --seed 3 >/dev/null
+"$sdhost" dev make-tiny-model "$work/models/Stable-diffusion/tiny-xl-inpaint.safetensors" --family sdxl-inpaint --seed 4 >/dev/null
 mkdir -p "$work/run" "$run_dir"
 XDG_CONFIG_HOME=$work/config XDG_DATA_HOME=$work/data SDHOST_CACHE_DIR=$work/cache \
   "$sdhost" serve --socket "$work/run/sdhost.sock" --models-dir "$work/models" --threads 1 \

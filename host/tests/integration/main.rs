@@ -32,3 +32,4 @@ mod schedules;
 mod tokenizer;
 mod vae_io;
 mod vae_override;
+mod vae_precision;
