@@ -13,6 +13,7 @@ use sdhost_plugin_api::{Flow, OptionValue};
 
 use crate::device::{parse_device, parse_dtype};
 use crate::infotext::Infotext;
+use crate::models::Prediction;
 use crate::pipeline::img2img::{run_img2img, JobEvent};
 use crate::pipeline::model::GenerationModel;
 use crate::pipeline::output::{save_numbered, save_patch, DEFAULT_OUTPUT_DIR};
@@ -72,6 +73,10 @@ pub struct Img2ImgArgs {
     /// Intra-op CPU threads (0: libtorch's default).
     #[arg(long, default_value_t = 0)]
     threads: i32,
+    /// What the model predicts, when the file does not say it right (A1111's yaml beside the
+    /// checkpoint, as a flag): epsilon or v [default: from the file, see `sdhost info`].
+    #[arg(long, value_parser = ["epsilon", "v"])]
+    prediction: Option<String>,
     /// Folder for the PNGs (named NNNNN-SEED.png as A1111 names them).
     #[arg(long, default_value = DEFAULT_OUTPUT_DIR)]
     out_dir: PathBuf,
@@ -138,6 +143,12 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
         folders.embeddings_dir().as_deref(),
     )?
     .with_network_dirs(folders.network_dirs());
+    if let Some(prediction) = args.prediction.as_deref() {
+        model = model.with_prediction(match prediction {
+            "v" => Prediction::V,
+            _ => Prediction::Epsilon,
+        });
+    }
 
     let mut base = GenerationRequest::default();
     if let Some(png) = &args.from_png {
