@@ -47,7 +47,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
     println!(
         "loaded {} ({}) as {} on {:?} in {:.2} s",
         args.model.display(),
-        arch.family(),
+        arch.family_name(),
         dtype_name(kind),
         device,
         start.elapsed().as_secs_f64()

@@ -64,7 +64,7 @@ pub fn run(
     }
     let checkpoint = Checkpoint::open(model)?;
     let architecture = infer_architecture(&checkpoint)?;
-    println!("networks ({}):", architecture.family());
+    println!("networks ({}):", architecture.family_name());
     println!(
         "{:<32} {:>12} {:>12} {:>8}",
         "case", "sdhost s", "diffusers s", "ratio"
