@@ -199,8 +199,22 @@ impl<'a> Conditioner<'a> {
                 .map(|t| tokenize_line_with(t, self.embeddings, cleaning))
                 .collect()
         };
-        let clip = tokenize(TextCleaning::Clip);
-        let open_clip = tokenize(TextCleaning::OpenClip);
+        // Each tokenizer runs only for the encoders that read its tokens.
+        let (uses_clip, uses_open_clip) = match self.text {
+            TextEncoders::Sd1(_) => (true, false),
+            TextEncoders::Sd2(_) | TextEncoders::SdxlRefiner(_) => (false, true),
+            TextEncoders::Sdxl { .. } => (true, true),
+        };
+        let clip = if uses_clip {
+            tokenize(TextCleaning::Clip)
+        } else {
+            Vec::new()
+        };
+        let open_clip = if uses_open_clip {
+            tokenize(TextCleaning::OpenClip)
+        } else {
+            Vec::new()
+        };
         if let TextEncoders::Sdxl { .. } = self.text {
             for ((text, l), g) in texts.iter().zip(&clip).zip(&open_clip) {
                 if l.chunks.len() != g.chunks.len() {
