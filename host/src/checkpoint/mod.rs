@@ -20,7 +20,8 @@ pub use hash::{
     addnet_hash, cached_file_hash, default_cache_dir, FileHashKind, ModelHashes, HASH_CACHE_FILE,
 };
 pub use prediction::{
-    detect_prediction, needs_v_test, prediction_from_file, v_prediction_test, PredictionDetection,
+    detect_prediction, needs_v_test, prediction_from_file, v_prediction_test, v_test_mean,
+    PredictionDetection,
 };
 pub use verify::verify_structure;
 

@@ -91,17 +91,7 @@ pub fn detect_prediction(
 /// A1111's test, at the UNet's own widths: the mean of `unet(x, 999, context) − x` for
 /// `x = 0.5` everywhere (1×4×8×8) and a two-token context of 0.5; below −1 means v.
 pub fn v_prediction_test(unet: &UNetModel) -> PredictionDetection {
-    let _guard = tch::no_grad_guard();
-    let kind = unet.kind();
-    let device = unet.device();
-    let config = unet.config();
-    let x = Tensor::full([1, config.in_channels, 8, 8], 0.5, (kind, device));
-    let t = Tensor::from_slice(&[999f32]).to_device(device);
-    let context = Tensor::full([1, 2, config.context_dim], 0.5, (kind, device));
-    let out = unet.forward(&x, &t, &context, None);
-    let mean = (out.to_kind(Kind::Float) - x.to_kind(Kind::Float))
-        .mean(Kind::Float)
-        .double_value(&[]);
+    let mean = v_test_mean(unet);
     let prediction = if mean < -1.0 {
         Prediction::V
     } else {
@@ -111,6 +101,22 @@ pub fn v_prediction_test(unet: &UNetModel) -> PredictionDetection {
         prediction,
         format!("A1111's SD 2.x test: mean(UNet(0.5, t 999) − x) = {mean:.3} (v below −1)"),
     )
+}
+
+/// The number A1111's SD 2.x test compares with −1 (see [`v_prediction_test`]), unrounded,
+/// so that tests can hold it to a reference.
+pub fn v_test_mean(unet: &UNetModel) -> f64 {
+    let _guard = tch::no_grad_guard();
+    let kind = unet.kind();
+    let device = unet.device();
+    let config = unet.config();
+    let x = Tensor::full([1, config.in_channels, 8, 8], 0.5, (kind, device));
+    let t = Tensor::from_slice(&[999f32]).to_device(device);
+    let context = Tensor::full([1, 2, config.context_dim], 0.5, (kind, device));
+    let out = unet.forward(&x, &t, &context, None);
+    (out.to_kind(Kind::Float) - x.to_kind(Kind::Float))
+        .mean(Kind::Float)
+        .double_value(&[])
 }
 
 /// `<stem>.yaml` beside the checkpoint: ldm's `parameterization: "v"` or sgm's

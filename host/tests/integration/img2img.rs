@@ -35,11 +35,11 @@ fn run(
 }
 
 /// One sampler of a reference comparison: sdhost's name, k-diffusion's function, Karras or not.
-type Sampler = (&'static str, &'static str, &'static str, bool);
+pub(crate) type Sampler = (&'static str, &'static str, &'static str, bool);
 
 /// Runs `samplers` × `strengths` on `checkpoint` at `width`×`height` (a batch of two) here and
 /// in the reference pipeline and compares the pictures.
-fn compare_with_reference(
+pub(crate) fn compare_with_reference(
     checkpoint: &std::path::Path,
     (width, height): (u32, u32),
     samplers: &[Sampler],

@@ -19,7 +19,7 @@ use tch::{Device, Kind};
 const MEAN_TOLERANCE: f64 = 1.0;
 
 /// A disc and a bar, away from and touching the border.
-fn test_mask(path: &std::path::Path) -> GrayImage {
+pub(crate) fn test_mask(path: &std::path::Path) -> GrayImage {
     let mask = GrayImage::from_fn(100, 76, |x, y| {
         let disc = (x as i32 - 35).pow(2) + (y as i32 - 40).pow(2) < 180;
         let bar = x >= 80 && (10..22).contains(&y);

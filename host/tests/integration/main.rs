@@ -10,6 +10,7 @@ mod common;
 mod conditioning;
 mod daemon;
 mod denoiser;
+mod families;
 mod hypernetwork;
 mod img2img;
 mod inpaint;
