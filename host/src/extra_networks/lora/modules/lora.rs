@@ -39,27 +39,30 @@ impl LoraModule {
             key: weights.network_key.clone(),
             reason,
         };
-        if up.dim() == 0 || down.dim() == 0 {
-            return Err(bad(
-                "lora_up and lora_down must be matrices, not scalars".into()
-            ));
-        }
+        // Every tensor is reshaped around its first dimension (the rank, or the output size):
+        // a scalar has none and an empty tensor leaves the other dimension unknown, both of
+        // which libtorch answers with a panic, so they are refused here, naming the tensor.
         let mid = weights.w.get("lora_mid.weight");
-        let (up, down, mid) = match weights.layer {
-            LayerKind::Linear => {
-                let flat = |t: &Tensor| t.reshape([t.size()[0], -1]);
-                (flat(up), flat(down), mid.map(flat))
+        for (name, t) in [("up", Some(up)), ("down", Some(down)), ("mid", mid)] {
+            let Some(t) = t else { continue };
+            if t.dim() == 0 || t.numel() == 0 {
+                return Err(bad(format!(
+                    "lora_{name} has shape {:?}; it must be a non-empty matrix or kernel",
+                    t.size()
+                )));
             }
+        }
+        let flat = |t: &Tensor| t.f_reshape([t.size()[0], -1]);
+        let (up, down, mid) = match weights.layer {
+            LayerKind::Linear => (flat(up)?, flat(down)?, mid.map(flat).transpose()?),
             LayerKind::Conv2d { .. } => {
                 let down = match down.dim() {
-                    2 => down.reshape([down.size()[0], -1, 1, 1]),
+                    2 => down.f_reshape([down.size()[0], -1, 1, 1])?,
                     4 => down.shallow_clone(),
                     n => return Err(bad(format!("lora_down has {n} dimensions"))),
                 };
                 // The up projection is a 1×1 convolution: [out, r, 1, 1] whatever was stored.
-                let up = up
-                    .f_reshape([up.size()[0], -1, 1, 1])
-                    .map_err(|e| bad(e.to_string()))?;
+                let up = up.f_reshape([up.size()[0], -1, 1, 1])?;
                 (up, down, mid.map(Tensor::shallow_clone))
             }
             LayerKind::LayerNorm => return Err(unsupported("LayerNorm")),
