@@ -4,6 +4,7 @@
 
 use tch::Tensor;
 
+use super::helpers::{like_weight, rebuild_conventional, rebuild_cp_decomposition};
 use super::{
     finalize_updown, LayerKind, ModuleCommon, ModuleWeights, Multipliers, NetworkError,
     NetworkModule, Result, Updown,
@@ -92,35 +93,21 @@ impl NetworkModule for LoraModule {
     /// A1111's `NetworkModuleLora.calc_updown` with `lyco_helpers.rebuild_conventional` and
     /// `rebuild_cp_decomposition`, in the layer's dtype on its device.
     fn calc_updown(&self, orig_weight: &Tensor, multipliers: &Multipliers) -> Result<Updown> {
-        let on_layer = |t: &Tensor| {
-            t.to_device(orig_weight.device())
-                .to_kind(orig_weight.kind())
-        };
-        let (up, down) = (on_layer(&self.up), on_layer(&self.down));
+        let on_layer = |t: &Tensor| like_weight(t, orig_weight);
+        let (up, down) = (on_layer(&self.up)?, on_layer(&self.down)?);
         let mut output_shape = vec![up.size()[0], down.size()[1]];
-        let flat = |t: &Tensor| t.f_reshape([t.size()[0], -1]);
         let updown = match &self.mid {
             Some(mid) => {
-                let mid = on_layer(mid);
+                let mid = on_layer(mid)?;
                 output_shape.extend_from_slice(&mid.size()[2..]);
-                Tensor::f_einsum(
-                    "nmkl,in,mj->ijkl",
-                    &[mid, flat(&up)?, flat(&down)?],
-                    None::<&[i64]>,
-                )?
+                rebuild_cp_decomposition(&up, &down, &mid)?
             }
             None => {
                 if down.dim() == 4 {
                     output_shape.extend_from_slice(&down.size()[2..]);
                 }
-                let (mut up, mut down) = (flat(&up)?, flat(&down)?);
-                if let Some(rank) = multipliers.dyn_dim {
-                    // `dyn` keeps the first ranks; the alpha scale still uses the full rank.
-                    let kept = python_slice_end(rank, down.size()[0]);
-                    up = up.f_narrow(1, 0, kept)?;
-                    down = down.f_narrow(0, 0, kept)?;
-                }
-                up.f_matmul(&down)?.f_reshape(output_shape.as_slice())?
+                // `dyn` keeps the first ranks; the alpha scale still uses the full rank.
+                rebuild_conventional(&up, &down, &output_shape, multipliers.dyn_dim)?
             }
         };
         finalize_updown(
@@ -131,15 +118,6 @@ impl NetworkModule for LoraModule {
             None,
             multipliers,
         )
-    }
-}
-
-/// How many items Python's `x[:end]` keeps of `len` (negative ends count from the back).
-fn python_slice_end(end: i64, len: i64) -> i64 {
-    if end < 0 {
-        (len + end).max(0)
-    } else {
-        end.min(len)
     }
 }
 
@@ -244,7 +222,5 @@ mod tests {
             create(&norm),
             Some(Err(NetworkError::BadModule { .. }))
         ));
-        assert_eq!(python_slice_end(-1, 4), 3);
-        assert_eq!(python_slice_end(9, 4), 4);
     }
 }
