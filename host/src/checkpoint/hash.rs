@@ -237,11 +237,21 @@ struct HashCache {
 }
 
 impl HashCache {
+    /// The cache in `file`; entries whose hashes are not the hex digests sdhost writes (a
+    /// hand-edited or damaged file) are dropped, so they are computed again: `short()` slices
+    /// the sha256 and would panic on a short one.
     fn read(file: &Path) -> Self {
-        std::fs::read(file)
+        let mut cache: Self = std::fs::read(file)
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let hex_of =
+            |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+        cache
+            .entries
+            .retain(|_, e| hex_of(&e.hashes.sha256, 64) && hex_of(&e.hashes.legacy, 8));
+        cache.addnet.retain(|_, e| hex_of(&e.hash, 64));
+        cache
     }
 
     /// Writes through a temporary file so that concurrent readers never see half a cache.
@@ -250,5 +260,35 @@ impl HashCache {
         let tmp = file.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
         std::fs::rename(&tmp, file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_cache_entry_is_computed_again_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("model.safetensors");
+        std::fs::write(&file, b"weights").unwrap();
+        let key = CacheKey::of(&file).unwrap();
+        let damaged = serde_json::json!({
+            "entries": { key.path.clone(): {
+                "size": key.size, "mtime_ns": key.mtime_ns,
+                "hashes": { "sha256": "abc", "legacy": "" }
+            }},
+            "addnet": { key.path: { "size": key.size, "mtime_ns": key.mtime_ns, "hash": "x" }}
+        });
+        std::fs::write(dir.path().join(HASH_CACHE_FILE), damaged.to_string()).unwrap();
+        let hashes = ModelHashes::cached(&file, Some(dir.path())).unwrap();
+        assert_eq!(hashes, ModelHashes::compute(&file).unwrap());
+        assert_eq!(hashes.short().len(), 10);
+        let addnet = cached_file_hash(&file, FileHashKind::Addnet, Some(dir.path()), false);
+        assert_eq!(
+            addnet.unwrap(),
+            None,
+            "the damaged addnet entry is not used"
+        );
     }
 }

@@ -100,6 +100,16 @@ impl NetworkListing {
             .clone()
     }
 
+    /// Whether the last scan found a file of `kind` named `name` (looked up in place: the list
+    /// with every file's metadata is not copied for one question).
+    pub fn lists(&self, kind: NetworkKind, name: &str) -> bool {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|n| n.kind == kind && n.name == name)
+    }
+
     /// Asks for a rescan (files added or removed, hashes computed) without waiting for it.
     pub fn refresh(&self) {
         let _ = self.refresh.try_send(());

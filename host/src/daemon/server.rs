@@ -541,11 +541,8 @@ fn missing_vae(mut event: Event, networks: &NetworkListing) -> Event {
             .and_then(Value::as_str)
             .unwrap_or_default();
         let special = [crate::sd_vae::AUTOMATIC, crate::sd_vae::NONE].contains(&vae);
-        let listed = networks
-            .current()
-            .iter()
-            .any(|n| n.kind == NetworkKind::Vae && n.name == vae);
-        if !special && !crate::sd_vae::list::is_path(vae) && !listed {
+        if !special && !crate::sd_vae::list::is_path(vae) && !networks.lists(NetworkKind::Vae, vae)
+        {
             warnings.push(format!(
                 "the infotext's VAE {vae} is not in this daemon's VAE folders; a job would use the checkpoint's own VAE"
             ));

@@ -10,6 +10,7 @@
 //! Reading the file is `extra_networks::hypernetwork`'s; this module only builds and runs.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tch::{Kind, Tensor};
@@ -450,24 +451,36 @@ pub struct ActiveHypernetwork {
 
 /// The hypernetworks the UNet runs with, shared by the UNet and every attention layer it
 /// built (A1111's `shared.loaded_hypernetworks`). Set for a job, cleared after it; when empty
-/// an attention layer only takes an uncontended lock to find that out.
+/// an attention layer finds that out from a flag, without taking the lock (every attention
+/// call asks, and most jobs run without hypernetworks).
 #[derive(Clone, Debug, Default)]
-pub struct HypernetworkSlot(Arc<Mutex<Vec<ActiveHypernetwork>>>);
+pub struct HypernetworkSlot(Arc<SlotState>);
+
+/// The set and whether it has any network: the flag is written under the lock, with the set.
+#[derive(Debug, Default)]
+struct SlotState {
+    set: Mutex<Vec<ActiveHypernetwork>>,
+    any: AtomicBool,
+}
 
 impl HypernetworkSlot {
     fn lock(&self) -> MutexGuard<'_, Vec<ActiveHypernetwork>> {
         // A panic while the set was held leaves a set that is still whole.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.set.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes `active` the set, in the order they are chained.
     pub fn set(&self, active: Vec<ActiveHypernetwork>) {
-        *self.lock() = active;
+        let mut set = self.lock();
+        *set = active;
+        self.0.any.store(!set.is_empty(), Ordering::Release);
     }
 
     /// Empties the set.
     pub fn clear(&self) {
-        self.lock().clear();
+        let mut set = self.lock();
+        set.clear();
+        self.0.any.store(false, Ordering::Release);
     }
 
     /// How many hypernetworks are set.
@@ -477,13 +490,16 @@ impl HypernetworkSlot {
 
     /// Whether none is set.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
+        !self.0.any.load(Ordering::Acquire)
     }
 
     /// What an attention layer computes keys and values from (A1111's `apply_hypernetworks`):
     /// `context` through each set hypernetwork's key and value modules for its width, in
     /// order; `None` when no set hypernetwork has that width.
     pub fn contexts(&self, context: &Tensor) -> Option<(Tensor, Tensor)> {
+        if self.is_empty() {
+            return None;
+        }
         let active = self.lock();
         if active.is_empty() {
             return None;
@@ -692,6 +708,7 @@ mod tests {
                 multiplier: 2.0,
             },
         ]);
+        assert!(!slot.is_empty());
         let (k, _) = slot.contexts(&x).unwrap();
         assert_eq!(k, expected);
         // No module for width 16: unchanged.
@@ -700,5 +717,9 @@ mod tests {
             .is_none());
         slot.clear();
         assert!(slot.is_empty());
+        assert!(slot.contexts(&x).is_none());
+        // An empty set is the same as a cleared one: the attention layers skip the lock.
+        slot.set(Vec::new());
+        assert!(slot.is_empty() && slot.contexts(&x).is_none());
     }
 }

@@ -180,7 +180,16 @@ impl GenerationModel {
     /// Which VAE A1111's option `sd_vae` (`Automatic`, `None`, a VAE name, or a path) means for
     /// this checkpoint.
     pub fn resolve_vae(&self, choice: &str) -> Result<VaeResolution, VaeError> {
-        Ok(resolve_vae(choice, &self.path, &self.vae_list())?)
+        // Every job resolves its VAE; a path or `None` does not depend on the VAE files, so
+        // the folders are walked only for a name or Automatic.
+        let choice_word = choice.trim();
+        let list =
+            if choice_word == crate::sd_vae::NONE || crate::sd_vae::list::is_path(choice_word) {
+                VaeList::default()
+            } else {
+                self.vae_list()
+            };
+        Ok(resolve_vae(choice, &self.path, &list)?)
     }
 
     /// Runs the next jobs with the VAE `choice` means (A1111's `sd_vae.reload_vae_weights`):

@@ -453,3 +453,52 @@ fn embeddings_bundled_in_a_lora_join_the_jobs_prompt_words() {
     // A1111's BundledTIHash: the network's name stands in for the embedding's hash.
     assert!(text.contains("TI hashes: \"lorastar: bundled\""), "{text}");
 }
+
+#[test]
+fn lora_factors_that_are_empty_or_scalar_are_refused_by_name_not_a_panic() {
+    // Crafted files against a linear layer: a rank-0 `lora_up` (0 rows) and a scalar
+    // `lora_mid`. Reshaping either around its first dimension made libtorch panic.
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::tiny_model(dir.path(), 21);
+    let lora_dir = dir.path().join("Lora");
+    std::fs::create_dir_all(&lora_dir).unwrap();
+    let layer = "lora_unet_time_embedding_linear_1";
+    let t = |shape: &[i64]| tch::Tensor::ones(shape, (Kind::Float, Device::Cpu));
+    let files = [
+        (
+            "empty_up",
+            vec![
+                ("lora_up.weight", t(&[0, 2])),
+                ("lora_down.weight", t(&[2, 3])),
+            ],
+        ),
+        (
+            "scalar_mid",
+            vec![
+                ("lora_up.weight", t(&[4, 2])),
+                ("lora_down.weight", t(&[2, 3])),
+                ("lora_mid.weight", tch::Tensor::from(1.0f32)),
+            ],
+        ),
+    ];
+    for (name, tensors) in &files {
+        let named: Vec<(String, &tch::Tensor)> = tensors
+            .iter()
+            .map(|(suffix, t)| (format!("{layer}.{suffix}"), t))
+            .collect();
+        tch::Tensor::write_safetensors(&named, lora_dir.join(format!("{name}.safetensors")))
+            .unwrap();
+    }
+    let model = load(&base, vec![lora_dir]);
+    for (name, what) in [("empty_up", "lora_up"), ("scalar_mid", "lora_mid")] {
+        let job = activate_extra_networks(&model, &format!("a cat <lora:{name}:1>"));
+        assert_eq!(job.warnings.len(), 1, "{:?}", job.warnings);
+        let warning = &job.warnings[0];
+        assert!(
+            warning.contains(&format!("{name}.safetensors")) && warning.contains(what),
+            "names the file and the tensor: {warning}"
+        );
+        assert!(job.lora_hashes.is_none());
+    }
+    assert_original(&model, &base);
+}

@@ -187,7 +187,11 @@ fn patch_layer(
     };
     let change = module
         .calc_updown(&weight, multipliers)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            // The failure is reported with its layer already; the key need not be repeated.
+            super::modules::NetworkError::BadModule { reason, .. } => reason,
+            other => other.to_string(),
+        })?;
     let mut updown = change.updown;
     let shape = weight.size();
     if shape.len() == 4 && shape[1] == 9 {

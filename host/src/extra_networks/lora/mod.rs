@@ -138,10 +138,16 @@ impl LoraNetworks {
         clip_width: i64,
     ) -> LoraActivation {
         let mut out = LoraActivation::default();
+        // Every job comes here, most without tags: with nothing loaded or patched there is
+        // nothing to restore, so such a job costs nothing (not even the layer index).
+        if tags.is_empty() && self.loaded.is_empty() && !self.patcher.is_patched() {
+            return out;
+        }
+        // Taken out for the call and put back at the end, rather than cloned for every job.
         let index = self
             .index
-            .get_or_insert_with(|| LayerIndex::new(layers.keys().map(String::as_str), clip_prefix))
-            .clone();
+            .take()
+            .unwrap_or_else(|| LayerIndex::new(layers.keys().map(String::as_str), clip_prefix));
         let mut chosen: Vec<(PathBuf, LoraTag)> = Vec::new();
         let mut missing = Vec::new();
         for params in tags {
@@ -234,6 +240,7 @@ impl LoraNetworks {
             .map(|a| (a.mentioned_name, a.network.file.clone()))
             .collect();
         out.lora_hashes = lora_hashes(&mut self.hashes, &files, &mut out.warnings);
+        self.index = Some(index);
         out
     }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
 use super::convert::{match_layer, split_key, LayerIndex, Target};
-use super::modules::{create_module, ModuleWeights, NetworkModule};
+use super::modules::{create_module, ModuleWeights, NetworkError, NetworkModule};
 use crate::checkpoint::Checkpoint;
 use crate::extra_networks::catalog::NetworkFile;
 use crate::prompt::embeddings::Embedding;
@@ -103,13 +103,16 @@ pub fn load_network(
     drop_incomplete_attention(&mut groups, &targets, &mut unmatched);
     let mut modules = BTreeMap::new();
     for (sd_key, weights) in groups {
+        // The layer as the file names it (its first key without the tensor suffix), and the
+        // module's reason without the key it repeats.
         let module_error = |reason: String| LoadNetworkError::Module {
             path: file.path.clone(),
-            key: weights.network_key.clone(),
+            key: split_key(&weights.network_key).0,
             reason,
         };
         let module = match create_module(&weights) {
             Some(Ok(module)) => module,
+            Some(Err(NetworkError::BadModule { reason, .. })) => return Err(module_error(reason)),
             Some(Err(e)) => return Err(module_error(e.to_string())),
             None => {
                 let keys: Vec<&str> = weights.w.keys().map(String::as_str).collect();

@@ -4,6 +4,7 @@
 
 use tch::Tensor;
 
+use super::helpers::{like_weight, rebuild_conventional, rebuild_cp_decomposition};
 use super::{
     finalize_updown, LayerKind, ModuleCommon, ModuleWeights, Multipliers, NetworkError,
     NetworkModule, Result, Updown,
@@ -39,27 +40,30 @@ impl LoraModule {
             key: weights.network_key.clone(),
             reason,
         };
-        if up.dim() == 0 || down.dim() == 0 {
-            return Err(bad(
-                "lora_up and lora_down must be matrices, not scalars".into()
-            ));
-        }
+        // Every tensor is reshaped around its first dimension (the rank, or the output size):
+        // a scalar has none and an empty tensor leaves the other dimension unknown, both of
+        // which libtorch answers with a panic, so they are refused here, naming the tensor.
         let mid = weights.w.get("lora_mid.weight");
-        let (up, down, mid) = match weights.layer {
-            LayerKind::Linear => {
-                let flat = |t: &Tensor| t.reshape([t.size()[0], -1]);
-                (flat(up), flat(down), mid.map(flat))
+        for (name, t) in [("up", Some(up)), ("down", Some(down)), ("mid", mid)] {
+            let Some(t) = t else { continue };
+            if t.dim() == 0 || t.numel() == 0 {
+                return Err(bad(format!(
+                    "lora_{name} has shape {:?}; it must be a non-empty matrix or kernel",
+                    t.size()
+                )));
             }
+        }
+        let flat = |t: &Tensor| t.f_reshape([t.size()[0], -1]);
+        let (up, down, mid) = match weights.layer {
+            LayerKind::Linear => (flat(up)?, flat(down)?, mid.map(flat).transpose()?),
             LayerKind::Conv2d { .. } => {
                 let down = match down.dim() {
-                    2 => down.reshape([down.size()[0], -1, 1, 1]),
+                    2 => down.f_reshape([down.size()[0], -1, 1, 1])?,
                     4 => down.shallow_clone(),
                     n => return Err(bad(format!("lora_down has {n} dimensions"))),
                 };
                 // The up projection is a 1×1 convolution: [out, r, 1, 1] whatever was stored.
-                let up = up
-                    .f_reshape([up.size()[0], -1, 1, 1])
-                    .map_err(|e| bad(e.to_string()))?;
+                let up = up.f_reshape([up.size()[0], -1, 1, 1])?;
                 (up, down, mid.map(Tensor::shallow_clone))
             }
             LayerKind::LayerNorm => return Err(unsupported("LayerNorm")),
@@ -89,35 +93,21 @@ impl NetworkModule for LoraModule {
     /// A1111's `NetworkModuleLora.calc_updown` with `lyco_helpers.rebuild_conventional` and
     /// `rebuild_cp_decomposition`, in the layer's dtype on its device.
     fn calc_updown(&self, orig_weight: &Tensor, multipliers: &Multipliers) -> Result<Updown> {
-        let on_layer = |t: &Tensor| {
-            t.to_device(orig_weight.device())
-                .to_kind(orig_weight.kind())
-        };
-        let (up, down) = (on_layer(&self.up), on_layer(&self.down));
+        let on_layer = |t: &Tensor| like_weight(t, orig_weight);
+        let (up, down) = (on_layer(&self.up)?, on_layer(&self.down)?);
         let mut output_shape = vec![up.size()[0], down.size()[1]];
-        let flat = |t: &Tensor| t.f_reshape([t.size()[0], -1]);
         let updown = match &self.mid {
             Some(mid) => {
-                let mid = on_layer(mid);
+                let mid = on_layer(mid)?;
                 output_shape.extend_from_slice(&mid.size()[2..]);
-                Tensor::f_einsum(
-                    "nmkl,in,mj->ijkl",
-                    &[mid, flat(&up)?, flat(&down)?],
-                    None::<&[i64]>,
-                )?
+                rebuild_cp_decomposition(&up, &down, &mid)?
             }
             None => {
                 if down.dim() == 4 {
                     output_shape.extend_from_slice(&down.size()[2..]);
                 }
-                let (mut up, mut down) = (flat(&up)?, flat(&down)?);
-                if let Some(rank) = multipliers.dyn_dim {
-                    // `dyn` keeps the first ranks; the alpha scale still uses the full rank.
-                    let kept = python_slice_end(rank, down.size()[0]);
-                    up = up.f_narrow(1, 0, kept)?;
-                    down = down.f_narrow(0, 0, kept)?;
-                }
-                up.f_matmul(&down)?.f_reshape(output_shape.as_slice())?
+                // `dyn` keeps the first ranks; the alpha scale still uses the full rank.
+                rebuild_conventional(&up, &down, &output_shape, multipliers.dyn_dim)?
             }
         };
         finalize_updown(
@@ -128,15 +118,6 @@ impl NetworkModule for LoraModule {
             None,
             multipliers,
         )
-    }
-}
-
-/// How many items Python's `x[:end]` keeps of `len` (negative ends count from the back).
-fn python_slice_end(end: i64, len: i64) -> i64 {
-    if end < 0 {
-        (len + end).max(0)
-    } else {
-        end.min(len)
     }
 }
 
@@ -241,7 +222,5 @@ mod tests {
             create(&norm),
             Some(Err(NetworkError::BadModule { .. }))
         ));
-        assert_eq!(python_slice_end(-1, 4), 3);
-        assert_eq!(python_slice_end(9, 4), 4);
     }
 }
