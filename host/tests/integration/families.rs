@@ -19,9 +19,6 @@ use sdhost::prompt::chunks::{tokenize_line_with, PromptChunk, TokenizedPrompt};
 use sdhost::prompt::clean::TextCleaning;
 use sdhost::prompt::conditioning::{BatchCond, Conditioner};
 use sdhost::prompt::embeddings::EmbeddingDatabase;
-use sdhost::request::GenerationRequest;
-use sdhost::sampling::plan::SamplerSettings;
-use sdhost::sampling::schedule::Schedule;
 use sdhost::tiny_model::{save_safetensors, write_tiny_model, TinyFamily, TinyModelSpec};
 use sdhost::weights::LoadError;
 use sdhost_plugin_api::Flow;
@@ -1036,28 +1033,12 @@ fn sd2_v_and_sdxl_inpainting_match_the_reference() {
         if case.family == TinyFamily::Sd2V {
             assert_eq!(model.prediction.prediction, Prediction::V);
         }
-        let params = GenerationRequest {
-            prompt: "a red cat on a sofa".into(),
-            negative_prompt: "blurry".into(),
-            width,
-            height,
-            cfg_scale: 6.5,
-            seed: case.seeds[0] as i64,
-            batch_size: case.seeds.len(),
-            sampler: SamplerSettings {
-                sampler: case.sampler.into(),
-                schedule: if case.karras {
-                    Schedule::Karras
-                } else {
-                    Schedule::Automatic
-                },
-                steps: 10,
-                denoising_strength: case.strength,
-                ..SamplerSettings::default()
-            },
-            inpaint: case.settings.clone(),
-            ..GenerationRequest::default()
-        };
+        let params = crate::inpaint::reference_job(
+            (width, height),
+            case.seeds,
+            (case.sampler, case.karras, case.strength),
+            &case.settings,
+        );
         let outcome = run_img2img(
             &model,
             &registry,

@@ -180,26 +180,43 @@ fn cases() -> Vec<Case> {
 }
 
 fn params(case: &Case) -> GenerationRequest {
+    reference_job(
+        case.size,
+        case.seeds,
+        (case.sampler, case.karras, case.strength),
+        &case.settings,
+    )
+}
+
+/// The request every inpainting reference job runs (`inpaint_reference.py`'s fixed prompt,
+/// CFG and 10 steps) at `size` with `seeds`, a sampler (name, Karras, strength) and mask
+/// settings.
+pub(crate) fn reference_job(
+    (width, height): (u32, u32),
+    seeds: &[u64],
+    (sampler, karras, strength): (&str, bool, f64),
+    settings: &InpaintSettings,
+) -> GenerationRequest {
     GenerationRequest {
         prompt: "a red cat on a sofa".into(),
         negative_prompt: "blurry".into(),
-        width: case.size.0,
-        height: case.size.1,
+        width,
+        height,
         cfg_scale: 6.5,
-        seed: case.seeds[0] as i64,
-        batch_size: case.seeds.len(),
+        seed: seeds[0] as i64,
+        batch_size: seeds.len(),
         sampler: SamplerSettings {
-            sampler: case.sampler.into(),
-            schedule: if case.karras {
+            sampler: sampler.into(),
+            schedule: if karras {
                 Schedule::Karras
             } else {
                 Schedule::Automatic
             },
             steps: 10,
-            denoising_strength: case.strength,
+            denoising_strength: strength,
             ..SamplerSettings::default()
         },
-        inpaint: case.settings.clone(),
+        inpaint: settings.clone(),
         ..GenerationRequest::default()
     }
 }
