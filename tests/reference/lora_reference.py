@@ -20,6 +20,18 @@ Usage:
       convert_diffusers_name_to_compvis`, `network_lora.py`, `lyco_helpers.rebuild_conventional`
       and `network_apply_weights`, with the 9-channel padding), networks in order, and writes
       the whole patched checkpoint.
+  lora_reference.py make-family CHECKPOINT OUT_DIR SEED
+      For an SD 2.x, SDXL or SDXL refiner checkpoint (sd1 too), writes FAMILY_kohya.safetensors
+      in the key forms kohya's trainers use for it (see family_layers: SD2 text q/k/v/out as
+      transformers names them, SDXL's LDM-named UNet, lora_te1_/lora_te2_), with kohya's
+      metadata; for SDXL also sdxl_diffusers.safetensors (the same UNet LoRA under diffusers
+      names) and sdxl_loha.safetensors (LoHa on every layer).
+  lora_reference.py a1111-any CHECKPOINT OUT.safetensors LORA:TE:UNET ...
+      A1111's patching on any family (`assign_network_names_to_compvis_modules`,
+      `convert_diffusers_name_to_compvis` with its SD2/`lora_te2_` rules, `load_network`'s
+      fallbacks, `network_apply_weights` with the MultiheadAttention branch that stacks q/k/v
+      into in_proj_weight), LoRA and LoHa modules; writes the patched checkpoint and prints,
+      per network, how many modules applied and how many file keys matched nothing.
   lora_reference.py batch JOBS.json
       Runs each argument list of JOBS.json (a list of lists, as above without the script) in
       one process, so the packages load once.
@@ -27,6 +39,7 @@ Usage:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -36,6 +49,7 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
 from ldm_to_diffusers import CLIP, UNET, _sub, build_clip, build_unet, convert_unet, load_checkpoint, unet_shape  # noqa: E402
+from lycoris_reference import Hada, Layer, rebuild_conventional  # noqa: E402
 
 CLIP_TEXT = CLIP + "text_model."
 
@@ -216,6 +230,290 @@ def a1111_patch(checkpoint: str, out: str, specs: list[str]) -> None:
     save_file({k: v.contiguous() for k, v in sd.items()}, out)
 
 
+# --- SD 2.x, SDXL and the refiner: files in each family's key forms, and A1111 on any family ----
+
+TE1 = "conditioner.embedders.0.transformer.text_model."
+
+
+def family(sd: dict[str, torch.Tensor]) -> str:
+    """sd1, sd2, sdxl or refiner, from the text encoders' keys."""
+    if any(k.startswith("conditioner.embedders.1.model.") for k in sd):
+        return "sdxl"
+    if any(k.startswith("conditioner.embedders.0.model.") for k in sd):
+        return "refiner"
+    if any(k.startswith("cond_stage_model.model.") for k in sd):
+        return "sd2"
+    return "sd1"
+
+
+def diffusers_unet_name(rest: str) -> str | None:
+    """An LDM UNet module path (`input_blocks.4.1.proj_in`) in diffusers' naming, written out from
+    the block layout (two resnets per level, as all these UNets have); `None` for SDXL's
+    `label_emb`, which diffusers calls `add_embedding` and A1111 has no rule for (it is kept
+    under that name so the file has it)."""
+    res = {v.replace("_", "."): k for k, v in RESNET.items()}
+    parts = rest.split(".")
+
+    def block(kind: str, tail: list[str]) -> str:
+        t = ".".join(tail)
+        return res.get(t, t) if kind == "resnets" else t
+
+    if rest.startswith("input_blocks.0.0"):
+        return "conv_in"
+    if rest.startswith("out.2"):
+        return "conv_out"
+    if parts[0] == "time_embed":
+        return f"time_embedding.linear_{int(parts[1]) // 2 + 1}"
+    if parts[0] == "label_emb":
+        return f"add_embedding.linear_{int(parts[2]) // 2 + 1}"
+    if parts[0] == "input_blocks":
+        n, sub = int(parts[1]), int(parts[2])
+        b, i = (n - 1) // 3, (n - 1) % 3
+        if i == 2:
+            return f"down_blocks.{b}.downsamplers.0.conv"
+        kind = "attentions" if sub == 1 else "resnets"
+        return f"down_blocks.{b}.{kind}.{i}.{block(kind, parts[3:])}"
+    if parts[0] == "middle_block":
+        n = int(parts[1])
+        if n == 1:
+            return f"mid_block.attentions.0.{'.'.join(parts[2:])}"
+        return f"mid_block.resnets.{n // 2}.{block('resnets', parts[2:])}"
+    if parts[0] == "output_blocks":
+        n, sub = int(parts[1]), int(parts[2])
+        b, i = n // 3, n % 3
+        if parts[3] == "conv":
+            return f"up_blocks.{b}.upsamplers.0.conv"
+        kind = "attentions" if sub == 1 else "resnets"
+        return f"up_blocks.{b}.{kind}.{i}.{block(kind, parts[3:])}"
+    raise ValueError(rest)
+
+
+def family_layers(sd: dict[str, torch.Tensor]):
+    """(file layer name, shape) of every LoRA-able layer in the key forms kohya's trainers write
+    for the checkpoint's family: SD2 UNet in diffusers names and its text encoder as
+    transformers' CLIP (`lora_te_…_self_attn_{q,k,v,out}_proj`, `mlp_fc1/2`); SDXL and refiner
+    UNets in LDM names (`lora_unet_input_blocks_…`), CLIP-L as `lora_te1_text_model_…` and
+    bigG as `lora_te2_text_model_…` (the refiner's bigG too, which A1111 cannot match)."""
+    fam = family(sd)
+    for key, w in sorted(sd.items()):
+        if not (key.startswith(UNET) and key.endswith(".weight") and w.dim() in (2, 4)):
+            continue
+        rest = key[len(UNET):-len(".weight")]
+        if fam == "sd2":
+            yield "lora_unet_" + diffusers_unet_name(rest).replace(".", "_"), tuple(w.shape)
+        else:
+            yield "lora_unet_" + rest.replace(".", "_"), tuple(w.shape)
+    open_clip = {"sd2": ("cond_stage_model.model.", "lora_te_"),
+                 "sdxl": ("conditioner.embedders.1.model.", "lora_te2_"),
+                 "refiner": ("conditioner.embedders.0.model.", "lora_te2_")}.get(fam)
+    if open_clip:
+        prefix, kohya = open_clip
+        for key, w in sorted(sd.items()):
+            m = re.match(re.escape(prefix) + r"transformer\.resblocks\.(\d+)\.(attn\.in_proj_weight|attn\.out_proj\.weight|mlp\.c_fc\.weight|mlp\.c_proj\.weight)$", key)
+            if not m:
+                continue
+            name = f"{kohya}text_model_encoder_layers_{m[1]}_"
+            if m[2] == "attn.in_proj_weight":
+                width = w.shape[1]
+                for p in "qkv":
+                    yield f"{name}self_attn_{p}_proj", (width, width)
+            else:
+                part = {"attn.out_proj.weight": "self_attn_out_proj", "mlp.c_fc.weight": "mlp_fc1",
+                        "mlp.c_proj.weight": "mlp_fc2"}[m[2]]
+                yield name + part, tuple(w.shape)
+    if fam == "sdxl":
+        for key, w in sorted(sd.items()):
+            m = re.match(re.escape(TE1) + r"(encoder\.layers\.\d+\.(?:self_attn\.[qkvo]\w*_proj|mlp\.fc\d))\.weight$", key)
+            if m:
+                yield "lora_te1_text_model_" + m[1].replace(".", "_"), tuple(w.shape)
+
+
+def make_family(checkpoint: str, out_dir: str, seed: int) -> None:
+    """NAME_kohya.safetensors (LoRA, LoCon convolutions, alphas not the rank), and for SDXL also
+    NAME_diffusers.safetensors (its UNet under kohya's diffusers-derived names) and
+    NAME_loha.safetensors (LoHa on every layer), NAME being the family; kohya's metadata
+    (`ss_base_model_version`, `ss_v2`) says the family."""
+    sd = load_checkpoint(checkpoint)
+    fam = family(sd)
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, std):
+        return torch.randn(*shape, generator=g) * std
+
+    kohya, diffusers_named, loha = {}, {}, {}
+    for name, shape in family_layers(sd):
+        out, inp = shape[0], shape[1]
+        conv = len(shape) == 4
+        kernel = shape[2:] if conv else ()
+        rank, alpha = (2, 1.5) if conv else (4, 3.0)
+        lora = {"lora_down.weight": randn(rank, inp, *kernel, std=0.2),
+                "lora_up.weight": randn(out, rank, *((1, 1) if conv else ()), std=0.2),
+                "alpha": torch.tensor(alpha)}
+        kohya.update({f"{name}.{k}": v for k, v in lora.items()})
+        loha.update({f"{name}.hada_w1_a": randn(out, 2, std=0.3), f"{name}.hada_w1_b": randn(2, inp, *kernel, std=0.3),
+                     f"{name}.hada_w2_a": randn(out, 2, std=0.3), f"{name}.hada_w2_b": randn(2, inp, *kernel, std=0.3),
+                     f"{name}.alpha": torch.tensor(1.0)})
+    if fam == "sdxl":
+        for key, w in sorted(sd.items()):
+            if key.startswith(UNET) and key.endswith(".weight") and w.dim() in (2, 4):
+                rest = key[len(UNET):-len(".weight")]
+                name = "lora_unet_" + diffusers_unet_name(rest).replace(".", "_")
+                kohya_name = "lora_unet_" + rest.replace(".", "_")
+                for part in ("lora_down.weight", "lora_up.weight", "alpha"):
+                    diffusers_named[f"{name}.{part}"] = kohya[f"{kohya_name}.{part}"]
+    metadata = {"sd2": {"ss_base_model_version": "sd_v2", "ss_v2": "True"},
+                "sdxl": {"ss_base_model_version": "sdxl_base_v1-0"},
+                "refiner": {"ss_base_model_version": "sdxl_base_v1-0"},
+                "sd1": {"ss_base_model_version": "sd_v1"}}[fam]
+    os.makedirs(out_dir, exist_ok=True)
+    save_file(kohya, os.path.join(out_dir, f"{fam}_kohya.safetensors"), metadata=metadata)
+    if fam == "sdxl":
+        save_file(diffusers_named, os.path.join(out_dir, "sdxl_diffusers.safetensors"), metadata=metadata)
+        save_file(loha, os.path.join(out_dir, "sdxl_loha.safetensors"), metadata=metadata)
+
+
+def convert_any(key: str, is_sd2: bool) -> str:
+    """`convert_diffusers_name_to_compvis` with its SD2 and `lora_te2_` rules."""
+    def open_clip(prefix: str, i: str, rest: str) -> str:
+        if "mlp_fc1" in rest:
+            return f"{prefix}model_transformer_resblocks_{i}_{rest.replace('mlp_fc1', 'mlp_c_fc')}"
+        if "mlp_fc2" in rest:
+            return f"{prefix}model_transformer_resblocks_{i}_{rest.replace('mlp_fc2', 'mlp_c_proj')}"
+        return f"{prefix}model_transformer_resblocks_{i}_{rest.replace('self_attn', 'attn')}"
+    if (r := re.match(r"lora_te_text_model_encoder_layers_(\d+)_(.+)", key)) and is_sd2:
+        return open_clip("", r[1], r[2])
+    if r := re.match(r"lora_te2_text_model_encoder_layers_(\d+)_(.+)", key):
+        return open_clip("1_", r[1], r[2])
+    return compvis_name(key)
+
+
+def a1111_modules(sd: dict[str, torch.Tensor]) -> tuple[dict[str, tuple[str, str]], bool]:
+    """`assign_network_names_to_compvis_modules`: module name → (kind, checkpoint key of its
+    weight), kind `plain` or `mha` (an `nn.MultiheadAttention`, whose weight is `in_proj_weight`);
+    and A1111's `is_sd2` (the module `model_transformer_resblocks` exists: SD2 only)."""
+    names = {}
+    for key in sd:
+        if key.endswith("in_proj_weight"):
+            module, kind = key[: -len(".in_proj_weight")], "mha"
+        elif key.endswith(".weight"):
+            module, kind = key[: -len(".weight")], "plain"
+        else:
+            continue
+        if module.startswith(UNET):
+            name = "diffusion_model_" + module[len(UNET):]
+        elif module.startswith("conditioner.embedders."):
+            name = module[len("conditioner.embedders."):]
+        elif module.startswith(CLIP):
+            name = "transformer_text_model_" + module[len(CLIP):].removeprefix("text_model.")
+        elif module.startswith("cond_stage_model."):
+            name = module[len("cond_stage_model."):]
+        else:
+            continue
+        names[name.replace(".", "_")] = (kind, key)
+    is_sd2 = any(k.startswith("cond_stage_model.model.transformer.resblocks.") for k in sd)
+    return names, is_sd2
+
+
+def match_any(layer: str, names: dict, is_sd2: bool) -> tuple[str, str] | None:
+    """`load_network`'s lookups: (sd_key, module name) or None."""
+    key = convert_any(layer, is_sd2)
+    if key in names:
+        return key, key
+    if m := re.match(r"(.*)_([qkv]_proj)$", key):
+        if m[1] in names:
+            return key, m[1]
+    if "lora_unet" in layer:
+        key = layer.replace("lora_unet", "diffusion_model")
+        return (key, key) if key in names else None
+    if "lora_te1_text_model" in layer:
+        for to in ("0_transformer_text_model", "transformer_text_model"):
+            key = layer.replace("lora_te1_text_model", to)
+            if key in names:
+                return key, key
+    return None
+
+
+def lora_updown(w: dict[str, torch.Tensor], orig: torch.Tensor) -> torch.Tensor:
+    """network_lora.py's calc_updown and finalize_updown's reshape and scale (no multiplier)."""
+    up, down = w["lora_up.weight"], w["lora_down.weight"]
+    if orig.dim() == 2:
+        up, down = up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1)
+    elif down.dim() == 2:
+        down = down.reshape(down.shape[0], -1, 1, 1)
+    output_shape = [up.shape[0], down.shape[1]] + (list(down.shape[2:]) if down.dim() == 4 else [])
+    updown = rebuild_conventional(up, down, output_shape)
+    if orig.numel() == updown.numel():
+        updown = updown.reshape(orig.shape)
+    scale = w["alpha"].item() / down.shape[0] if "alpha" in w else 1.0
+    return updown * scale
+
+
+def module_updown(w: dict[str, torch.Tensor], orig: torch.Tensor, sd_key: str, te: float, unet: float,
+                  module_shape) -> torch.Tensor:
+    """The change one module makes to `orig`, multiplier included (LoRA or LoHa)."""
+    if "hada_w1_a" in w:
+        case = {"sd_key": sd_key, "te": te, "unet": unet, "layer_obj": Layer("linear", torch.empty(module_shape))}
+        updown, _ = Hada(case, w).calc_updown(orig)
+        return updown
+    multiplier = te if "transformer" in sd_key[:20] else unet
+    return lora_updown(w, orig) * multiplier
+
+
+def a1111_patch_any(checkpoint: str, out: str, specs: list[str]) -> None:
+    """A1111's load_network and network_apply_weights on any family, networks in order: the MHA
+    of an OpenCLIP block takes its q/k/v modules stacked as rows of in_proj_weight and out_proj's
+    module, only when all four are in the file; everything else adds its module's change."""
+    sd = load_checkpoint(checkpoint)
+    names, is_sd2 = a1111_modules(sd)
+    report = {}
+    for spec in specs:
+        path, te, unet = spec.split(":")
+        te, unet = float(te), float(unet)
+        modules: dict[str, tuple[str, dict[str, torch.Tensor]]] = {}
+        unmatched = []
+        for key, value in load_file(path).items():
+            layer, part = key.split(".", 1)
+            found = match_any(layer, names, is_sd2)
+            if found is None:
+                unmatched.append(key)
+                continue
+            sd_key, module = found
+            modules.setdefault(sd_key, (module, {}))[1][part] = value
+        applied = 0
+        for sd_key, (module, w) in modules.items():
+            kind, weight_key = names[module]
+            if kind == "mha":
+                continue  # the q/k/v modules are applied with their attention below
+            mha = sd_key.removesuffix("_out_proj")
+            if sd_key.endswith("_out_proj") and names.get(mha, ("",))[0] == "mha":
+                continue  # out_proj of an MHA: applied only by the MHA's branch
+            weight = sd[weight_key]
+            updown = module_updown(w, weight, sd_key, te, unet, weight.shape)
+            if weight.dim() == 4 and weight.shape[1] == 9:
+                updown = torch.nn.functional.pad(updown, (0, 0, 0, 0, 0, 5))
+            if updown.shape != weight.shape:
+                continue  # A1111 counts an error for the network and leaves the layer
+            sd[weight_key] = weight + updown
+            applied += 1
+        for mha, (kind, weight_key) in names.items():
+            if kind != "mha":
+                continue
+            parts = [modules.get(f"{mha}_{p}_proj") for p in ("q", "k", "v", "out")]
+            if not all(parts):
+                continue
+            out_key = weight_key.replace("in_proj_weight", "out_proj.weight")
+            out_w = sd[out_key]
+            thirds = sd[weight_key].chunk(3, 0)
+            qkv = [module_updown(p[1], t, f"{mha}_{n}_proj", te, unet, out_w.shape)
+                   for p, t, n in zip(parts, thirds, "qkv")]
+            sd[weight_key] = sd[weight_key] + torch.vstack(qkv)
+            sd[out_key] = out_w + module_updown(parts[3][1], out_w, f"{mha}_out_proj", te, unet, out_w.shape)
+            applied += 4
+        report[spec] = {"applied": applied, "unmatched": len(unmatched)}
+    save_file({k: v.contiguous() for k, v in sd.items()}, out)
+    print(json.dumps(report))
+
+
 def run(argv: list[str]) -> None:
     command = argv[0]
     if command == "make":
@@ -224,8 +522,11 @@ def run(argv: list[str]) -> None:
         diffusers_merge(*argv[1:4])
     elif command == "a1111":
         a1111_patch(argv[1], argv[2], argv[3:])
+    elif command == "make-family":
+        make_family(argv[1], argv[2], int(argv[3]))
+    elif command == "a1111-any":
+        a1111_patch_any(argv[1], argv[2], argv[3:])
     elif command == "batch":
-        import json
         for job in json.load(open(argv[1])):
             run(job)
     else:

@@ -87,7 +87,7 @@ pub trait HashSource {
 }
 
 /// A1111's `NetworkOnDisk.detect_version`.
-fn sd_version(metadata: &BTreeMap<String, String>) -> &'static str {
+pub(crate) fn sd_version(metadata: &BTreeMap<String, String>) -> &'static str {
     if metadata
         .get("ss_base_model_version")
         .is_some_and(|v| v.starts_with("sdxl_"))

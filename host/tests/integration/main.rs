@@ -15,6 +15,7 @@ mod hypernetwork;
 mod img2img;
 mod inpaint;
 mod lora;
+mod lora_families;
 mod lycoris;
 mod masks;
 mod module_cycles;

@@ -65,11 +65,24 @@ impl LayerIndex {
         self.layers.get(name)
     }
 
-    /// Whether the model has SD2's OpenCLIP text encoder (A1111's `is_sd2`).
+    /// Whether the model has SD2's OpenCLIP text encoder (A1111's `is_sd2`: the module
+    /// `model_transformer_resblocks` exists, which SDXL's `1_model_transformer_…` is not).
     pub fn is_sd2(&self) -> bool {
         self.layers
             .keys()
-            .any(|k| k.contains("model_transformer_resblocks"))
+            .any(|k| k.starts_with("model_transformer_resblocks"))
+    }
+
+    /// The model's family as A1111's `SdVersion` names it (`SD1`, `SD2`, `SDXL`; the refiner
+    /// is `SDXL`), from where its text encoders sit.
+    pub fn sd_version(&self) -> &'static str {
+        if self.layers.keys().any(|k| k.starts_with("0_")) {
+            "SDXL"
+        } else if self.is_sd2() {
+            "SD2"
+        } else {
+            "SD1"
+        }
     }
 
     /// The layers, by name.
@@ -89,6 +102,11 @@ pub fn a1111_layer_name(key: &str, clip_prefix: &str) -> Option<String> {
     // SDXL's two encoders are named by their place in the conditioner (`0_…`, `1_…`).
     if let Some(rest) = key.strip_prefix("conditioner.embedders.") {
         return Some(underscored(rest));
+    }
+    // SD2's OpenCLIP (`cond_stage_model.model.transformer…`), before the CLIP rule: the model
+    // gives `cond_stage_model.model` as its text encoder's prefix.
+    if key.starts_with("cond_stage_model.model.") {
+        return key.strip_prefix("cond_stage_model.").map(underscored);
     }
     // SD1's CLIP, whichever transformers layout the checkpoint stores: A1111 loads both into
     // `transformer.text_model`.
@@ -501,9 +519,11 @@ mod tests {
                 "cond_stage_model.model.transformer.resblocks.0.mlp.c_fc",
                 "cond_stage_model.model.transformer.resblocks.0.mlp.c_proj",
             ],
-            "cond_stage_model.transformer.text_model",
+            // What an SD2 model gives as its text encoder's prefix.
+            "cond_stage_model.model",
         );
         assert!(index.is_sd2());
+        assert_eq!(index.sd_version(), "SD2");
         let (key, target) = match_layer(
             "lora_te_text_model_encoder_layers_0_self_attn_k_proj",
             &index,
@@ -559,6 +579,8 @@ mod tests {
             .as_deref(),
             Some("diffusion_model_input_blocks_4_1_transformer_blocks_1_attn2_to_k")
         );
+        assert!(!index.is_sd2(), "A1111's is_sd2 is false for SDXL");
+        assert_eq!(index.sd_version(), "SDXL");
         // Multipliers: the first 20 characters decide te or unet.
         assert!("1_model_transformer_resblocks_0"[..20].contains("transformer"));
     }

@@ -165,6 +165,17 @@ impl LoraNetworks {
                 missing.push(tag.name.clone());
                 continue;
             };
+            // A1111 only hides such files from its picker; a prompt can still name them, and
+            // then the layers whose names and shapes happen to fit are patched.
+            let made_for = super::facts::sd_version(&file.metadata);
+            if made_for != "Unknown" && made_for != index.sd_version() {
+                out.warnings.push(format!(
+                    "LoRA {} is for another architecture: its metadata says {made_for}, the \
+                     model is {}; only layers that fit are patched",
+                    tag.name,
+                    index.sd_version()
+                ));
+            }
             match self.load(&file, &index, layers) {
                 Ok(()) => chosen.push((file.path.clone(), tag)),
                 Err(e) => out

@@ -100,7 +100,7 @@ pub fn load_network(
         group.w.insert(part, tensor);
         targets.insert(sd_key, target);
     }
-    drop_incomplete_attention(&mut groups, &targets, &mut unmatched);
+    drop_incomplete_attention(&mut groups, index, &mut unmatched);
     let mut modules = BTreeMap::new();
     for (sd_key, weights) in groups {
         // The layer as the file names it (its first key without the tensor suffix), and the
@@ -136,18 +136,24 @@ pub fn load_network(
     })
 }
 
-/// A1111 patches a merged-`in_proj` attention (SD2) only when the file has its q, k, v and out
-/// projections all four (`network_apply_weights`); otherwise none of them is applied, so they
-/// are set aside here as unmatched.
+/// A1111 patches a merged-`in_proj` attention (SD2's and SDXL's OpenCLIP) only when the file has
+/// its q, k, v and out projections all four (`network_apply_weights`'s `MultiheadAttention`
+/// branch; the attention never runs `out_proj`'s own forward, so an `out_proj` alone is not
+/// applied either); otherwise none of them is, so they are set aside here as unmatched.
 fn drop_incomplete_attention(
     groups: &mut BTreeMap<String, ModuleWeights>,
-    targets: &BTreeMap<String, Target>,
+    index: &LayerIndex,
     unmatched: &mut Vec<String>,
 ) {
-    let attentions: Vec<String> = targets
-        .values()
-        .filter(|t| t.chunk.is_some())
-        .map(|t| t.layer.clone())
+    let attentions: std::collections::BTreeSet<String> = groups
+        .keys()
+        .filter_map(|k| {
+            ["_q_proj", "_k_proj", "_v_proj", "_out_proj"]
+                .iter()
+                .find_map(|p| k.strip_suffix(p))
+        })
+        .filter(|a| index.get(a).is_some_and(|l| l.merged_qkv))
+        .map(str::to_string)
         .collect();
     for attention in attentions {
         let names = ["q_proj", "k_proj", "v_proj", "out_proj"].map(|p| format!("{attention}_{p}"));
