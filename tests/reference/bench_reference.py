@@ -5,6 +5,9 @@ Usage: bench_reference.py CHECKPOINT THREADS
 Reads one JSON command per line on stdin, answers one JSON line on stdout:
   {"op": "unet" | "vae_encode" | "vae_decode" | "clip", "dtype": "fp32" | "bf16", "size": N}
   -> {"seconds": t}   (one timed run; networks are built on first use per dtype)
+  {"op": "sgm_unet", "dtype": …, "size": N}
+  -> {"seconds": t}   (one SD 2.x / SDXL UNet call, CFG batch 2, N×N latent, with SDXL's vector y;
+                       the UNet alone, built by sd2_sdxl_models.build_sgm_unet on first use)
   {"op": "img2img", "model": PATH, "init": PNG, "size": N, "steps": S}
   -> {"seconds": t}   (one whole diffusers img2img job, its pipeline built on first use)
   {"op": "quit"}
@@ -25,11 +28,13 @@ import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTokenizerFast
 
 sys.path.insert(0, os.path.dirname(__file__))
-from ldm_to_diffusers import build_clip, build_unet, build_vae, load_checkpoint  # noqa: E402
+from ldm_to_diffusers import UNET, build_clip, build_unet, build_vae, load_checkpoint  # noqa: E402
+from sd2_sdxl_models import build_sgm_unet  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TOKENIZER = os.path.join(os.path.dirname(__file__), "..", "..", "host", "assets", "clip-tokenizer.json")
@@ -57,6 +62,26 @@ def build_pipeline(checkpoint: str) -> StableDiffusionImg2ImgPipeline:
                                           feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def build_sgm_unet_in(checkpoint: str, dtype: torch.dtype) -> torch.nn.Module:
+    """The file's SD 2.x / SDXL UNet (`build_sgm_unet`, A1111's walk) in `dtype`.
+
+    Only the UNet's tensors are read, the network is built in their stored dtype and then
+    converted parameter by parameter, so the peak stays near one copy of the weights in `dtype`
+    (an SDXL UNet is 10 GB in fp32; a plain build would hold the fp32 network and the stored
+    tensors at once).
+    """
+    with safe_open(checkpoint, framework="pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys() if k.startswith(UNET)}
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(state[UNET + "input_blocks.0.0.weight"].dtype)
+    try:
+        unet = build_sgm_unet(state)
+    finally:
+        torch.set_default_dtype(previous)
+    del state
+    return unet.to(dtype)
 
 
 def run_job(pipe: StableDiffusionImg2ImgPipeline, init: str, size: int, steps: int) -> Image.Image:
@@ -122,6 +147,17 @@ def main() -> None:
                 t = torch.tensor([500.0, 500.0])
                 context = torch.randn(2, 77, model.config.cross_attention_dim, dtype=kind)
                 run = lambda: model(x, t, encoder_hidden_states=context).sample  # noqa: E731
+            elif op == "sgm_unet":
+                if ("sgm_unet", dtype, False) not in nets:
+                    nets[("sgm_unet", dtype, False)] = build_sgm_unet_in(checkpoint, kind)
+                model = nets[("sgm_unet", dtype, False)]
+                x = torch.randn(2, 4, size, size, dtype=kind)
+                t = torch.tensor([500.0, 500.0])
+                context = torch.randn(2, 77, model.config.cross_attention_dim, dtype=kind)
+                # SDXL's vector: [pooled | size embeddings], as sgm's label_emb takes it.
+                adm = model.config.projection_class_embeddings_input_dim
+                y = torch.randn(2, adm, dtype=kind) if adm else None
+                run = lambda: model(x, t, context, y=y).sample  # noqa: E731
             elif op == "vae_encode":
                 model = net("vae", dtype)
                 image = torch.rand(1, 3, size, size, dtype=kind) * 2 - 1

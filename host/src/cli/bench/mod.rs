@@ -8,6 +8,7 @@ mod lora;
 mod memory;
 mod networks;
 mod reference;
+mod sgm;
 mod transport;
 
 use std::path::PathBuf;
@@ -19,9 +20,13 @@ use tch::Kind;
 use crate::tiny_model::{write_tiny_model, Preset, TinyModelSpec};
 use reference::ReferenceScript;
 
-/// Every case, in the order they run.
+/// The cases a plain `sdhost bench` runs, in the order they run.
 const CASES: &str =
     "unet,vae-encode,vae-decode,clip,gemm,variants,profile,jobs,memory,load,drift,scaling,inpaint,lora,transport";
+
+/// Cases run only when named: they make multi-GB models once and an SDXL fp32 step needs about
+/// 12 GB of memory.
+const NATIVE_CASES: &str = "sd2-unet,sdxl-unet";
 
 /// Arguments of `sdhost bench`.
 #[derive(Args)]
@@ -43,7 +48,10 @@ pub struct BenchArgs {
     /// operator category in fp32 and bf16),
     /// jobs (whole img2img against diffusers' pipeline, with peak RSS), memory (peak memory by
     /// stage at 512²), load, drift, scaling, inpaint, lora (apply + restore of a rank-32 LoRA
-    /// against a 20-step 512² job), transport (sdhost's own figures).
+    /// against a 20-step 512² job), transport (sdhost's own figures). Not in the default run,
+    /// only when named: sd2-unet (SD 2.x 768-v UNet step at 768², context 1024) and sdxl-unet
+    /// (SDXL UNet step at 1024² with the vector y), each against diffusers on full-size random
+    /// weights made once in ~/.cache/sdhost/bench (not --model), with sdhost's peak RSS.
     #[arg(long, value_delimiter = ',', default_value = CASES)]
     only: Vec<String>,
     /// The Python of the reference side [default: .venv/bin/python].
@@ -74,12 +82,24 @@ fn default_model() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+impl From<&BenchArgs> for ReferenceScript {
+    fn from(args: &BenchArgs) -> Self {
+        ReferenceScript {
+            python: args.python.clone(),
+            script: args.reference.clone(),
+        }
+    }
+}
+
 /// Runs the benchmark and prints its tables.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for case in &args.only {
         anyhow::ensure!(
-            CASES.split(',').any(|known| known == case),
-            "unknown bench case \"{case}\" (known: {CASES})"
+            CASES
+                .split(',')
+                .chain(NATIVE_CASES.split(','))
+                .any(|known| known == case),
+            "unknown bench case \"{case}\" (known: {CASES},{NATIVE_CASES})"
         );
     }
     for dtype in &args.dtypes {
@@ -94,21 +114,31 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
     tch::set_num_threads(threads);
     let _guard = tch::no_grad_guard();
+    let wants = |case: &str| args.only.iter().any(|o| o == case);
+    if args
+        .only
+        .iter()
+        .all(|case| NATIVE_CASES.split(',').any(|native| native == case))
+    {
+        // The native-size cases bring their own models: no SD 1.5 model to make or name.
+        println!(
+            "sdhost bench: {threads} threads, {} timed runs per side, medians",
+            args.repeat
+        );
+        return sgm::run(&ReferenceScript::from(args), threads, args, &wants);
+    }
     let model = match &args.model {
         Some(path) => path.clone(),
         None => default_model()?,
     };
-    let script = ReferenceScript {
-        python: args.python.clone(),
-        script: args.reference.clone(),
-    };
-    let wants = |case: &str| args.only.iter().any(|o| o == case);
+    let script = ReferenceScript::from(args);
     println!(
         "sdhost bench: {}, {threads} threads, {} timed runs per side, medians",
         model.display(),
         args.repeat
     );
     networks::run(&script, &model, threads, args, &wants)?;
+    sgm::run(&script, threads, args, &wants)?;
     if wants("variants") {
         networks::variants(&script, &model, threads, args)?;
     }
