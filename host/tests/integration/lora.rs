@@ -93,7 +93,7 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-fn load(checkpoint: &Path, lora_dirs: Vec<PathBuf>) -> GenerationModel {
+pub(crate) fn load(checkpoint: &Path, lora_dirs: Vec<PathBuf>) -> GenerationModel {
     GenerationModel::load(checkpoint, Device::Cpu, Kind::Float, None)
         .unwrap()
         .with_network_dirs(NetworkDirs {
@@ -102,25 +102,44 @@ fn load(checkpoint: &Path, lora_dirs: Vec<PathBuf>) -> GenerationModel {
         })
 }
 
-/// Compares every patchable layer of `model` with the tensors of `reference` (LDM keys);
-/// returns how many layers differ from `original`.
-fn assert_layers_match(model: &GenerationModel, reference: &Path, original: &Path) -> usize {
+/// The checkpoint's names of a layer's weight and bias: OpenCLIP's merged attention is
+/// recorded as `….attn.in_proj` but stored as `in_proj_weight`/`in_proj_bias`.
+pub(crate) fn tensor_names(layer: &str) -> (String, String) {
+    match layer.strip_suffix(".in_proj") {
+        Some(attn) => (
+            format!("{attn}.in_proj_weight"),
+            format!("{attn}.in_proj_bias"),
+        ),
+        None => (format!("{layer}.weight"), format!("{layer}.bias")),
+    }
+}
+
+/// Compares every recorded layer of `model` with the reference checkpoint `reference`;
+/// returns how many tensors differ from the checkpoint `original` and the largest |Δ|.
+pub(crate) fn assert_layers_match(
+    model: &GenerationModel,
+    reference: &Path,
+    original: &Path,
+    tolerance: f64,
+) -> usize {
     let expected = common::read_tensors(reference);
     let original = Checkpoint::open(original).unwrap();
     let (mut changed, mut worst) = (0, 0.0f64);
     for (key, layer) in &model.sd.layers {
-        let mut pairs = vec![(format!("{key}.weight"), &layer.weight)];
-        if let Some(bias) = &layer.bias {
-            pairs.push((format!("{key}.bias"), bias));
+        let (weight, bias) = tensor_names(key);
+        let mut pairs = vec![(weight, &layer.weight)];
+        if let Some(live) = &layer.bias {
+            pairs.push((bias, live));
         }
         for (name, live) in pairs {
             let want = expected
                 .get(&name)
-                .unwrap_or_else(|| panic!("{} lacks {name}", reference.display()));
-            let want = want.to_kind(Kind::Float).reshape(live.size());
+                .unwrap_or_else(|| panic!("{} lacks {name}", reference.display()))
+                .to_kind(Kind::Float)
+                .reshape(live.size());
             let diff = (live - &want).abs().max().double_value(&[]);
             assert!(
-                diff <= WEIGHT_TOLERANCE,
+                diff <= tolerance,
                 "{name}: |Δ| {diff:e} against {}",
                 reference.display()
             );
@@ -140,20 +159,15 @@ fn assert_layers_match(model: &GenerationModel, reference: &Path, original: &Pat
     changed
 }
 
-/// Every layer bit for bit as the checkpoint stores it.
-fn assert_original(model: &GenerationModel, checkpoint: &Path) {
+/// Every recorded layer bit for bit as the checkpoint stores it.
+pub(crate) fn assert_original(model: &GenerationModel, checkpoint: &Path) {
     let original = Checkpoint::open(checkpoint).unwrap();
     for (key, layer) in &model.sd.layers {
-        let before = original
-            .raw(&format!("{key}.weight"))
-            .unwrap()
-            .reshape(layer.weight.size());
+        let (weight, bias) = tensor_names(key);
+        let before = original.raw(&weight).unwrap().reshape(layer.weight.size());
         assert!(layer.weight.equal(&before), "{key} is not restored exactly");
-        if let Some(bias) = &layer.bias {
-            assert!(
-                bias.equal(&original.raw(&format!("{key}.bias")).unwrap()),
-                "{key}.bias"
-            );
+        if let Some(live) = &layer.bias {
+            assert!(live.equal(&original.raw(&bias).unwrap()), "{bias}");
         }
     }
 }
@@ -165,14 +179,24 @@ fn kohya_and_peft_files_patch_weights_as_diffusers_loads_them_and_switching_rest
     let job = activate_extra_networks(&model, "a cat <lora:kohya:1>");
     assert!(job.warnings.is_empty(), "{:?}", job.warnings);
     assert_eq!(job.prompt, "a cat ");
-    let changed = assert_layers_match(&model, &f.dir.join("diffusers-kohya.safetensors"), &f.base);
+    let changed = assert_layers_match(
+        &model,
+        &f.dir.join("diffusers-kohya.safetensors"),
+        &f.base,
+        WEIGHT_TOLERANCE,
+    );
     // 133 LoRA layers: every UNet convolution and linear, and the text encoder's.
     assert_eq!(changed, 133);
 
     // Switching to another set restores what only the first touched and patches anew.
     let job = activate_extra_networks(&model, "<lora:peft:1> a cat");
     assert!(job.warnings.is_empty(), "{:?}", job.warnings);
-    let changed = assert_layers_match(&model, &f.dir.join("diffusers-peft.safetensors"), &f.base);
+    let changed = assert_layers_match(
+        &model,
+        &f.dir.join("diffusers-peft.safetensors"),
+        &f.base,
+        WEIGHT_TOLERANCE,
+    );
     assert_eq!(changed, 133);
 
     let job = activate_extra_networks(&model, "a cat");
@@ -183,7 +207,12 @@ fn kohya_and_peft_files_patch_weights_as_diffusers_loads_them_and_switching_rest
     // The same tensors in a torch.save pickle (read by the restricted unpickler).
     let job = activate_extra_networks(&model, "<lora:kohya_pickle:1>");
     assert!(job.warnings.is_empty(), "{:?}", job.warnings);
-    assert_layers_match(&model, &f.dir.join("diffusers-kohya.safetensors"), &f.base);
+    assert_layers_match(
+        &model,
+        &f.dir.join("diffusers-kohya.safetensors"),
+        &f.base,
+        WEIGHT_TOLERANCE,
+    );
     let pickle = std::fs::read(f.lora_dir.join("styles/kohya_pickle.pt")).unwrap();
     let sha: String = Sha256::digest(&pickle)
         .iter()
@@ -203,13 +232,28 @@ fn stacked_networks_with_negative_and_separate_multipliers_follow_a1111() {
     let model = load(&f.base, vec![f.lora_dir.clone()]);
     let job = activate_extra_networks(&model, "x <lora:kohya:1> <lora:peft:te=-0.5:unet=0.7>");
     assert!(job.warnings.is_empty(), "{:?}", job.warnings);
-    assert_layers_match(&model, &f.dir.join("a1111-stack.safetensors"), &f.base);
+    assert_layers_match(
+        &model,
+        &f.dir.join("a1111-stack.safetensors"),
+        &f.base,
+        WEIGHT_TOLERANCE,
+    );
     // The same set again costs nothing and changes nothing.
     activate_extra_networks(&model, "y <lora:kohya:1.0> <lora:peft:-0.5:0.7>");
-    assert_layers_match(&model, &f.dir.join("a1111-stack.safetensors"), &f.base);
+    assert_layers_match(
+        &model,
+        &f.dir.join("a1111-stack.safetensors"),
+        &f.base,
+        WEIGHT_TOLERANCE,
+    );
     // dyn keeps the first rank; te and unet from one positional number.
     activate_extra_networks(&model, "<lora:kohya:0.8:0.8:1>");
-    assert_layers_match(&model, &f.dir.join("a1111-dyn.safetensors"), &f.base);
+    assert_layers_match(
+        &model,
+        &f.dir.join("a1111-dyn.safetensors"),
+        &f.base,
+        WEIGHT_TOLERANCE,
+    );
     activate_extra_networks(&model, "");
     assert_original(&model, &f.base);
 }
@@ -224,6 +268,7 @@ fn a_4_channel_lora_patches_the_9_channel_inpainting_model_zero_padded() {
         &model,
         &f.dir.join("a1111-inpainting.safetensors"),
         &f.inpainting,
+        WEIGHT_TOLERANCE,
     );
     assert_eq!(changed, 133);
     // The mask and masked-image channels of the first convolution are untouched.

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use sdhost::checkpoint::Checkpoint;
-use sdhost::extra_networks::dirs::NetworkDirs;
 use sdhost::pipeline::extra_networks::activate_extra_networks;
 use sdhost::pipeline::img2img::{run_img2img, JobEvent};
 use sdhost::pipeline::model::GenerationModel;
@@ -19,9 +18,9 @@ use sdhost::request::GenerationRequest;
 use sdhost::sampling::plan::SamplerSettings;
 use sdhost::tiny_model::{write_tiny_model, TinyFamily, TinyModelSpec};
 use sdhost_plugin_api::Flow;
-use tch::{Device, Kind};
 
 use crate::common;
+use crate::lora::{assert_layers_match, assert_original, load};
 
 /// Largest difference allowed between patched weights and A1111's (both fp32).
 const WEIGHT_TOLERANCE: f64 = 1e-6;
@@ -109,87 +108,18 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-fn load(checkpoint: &Path, lora_dirs: Vec<PathBuf>) -> GenerationModel {
-    GenerationModel::load(checkpoint, Device::Cpu, Kind::Float, None)
-        .unwrap()
-        .with_network_dirs(NetworkDirs {
-            lora: lora_dirs,
-            ..NetworkDirs::default()
-        })
-}
-
-/// The checkpoint's names of a layer's weight and bias: OpenCLIP's merged attention is
-/// recorded as `….attn.in_proj` but stored as `in_proj_weight`/`in_proj_bias`.
-fn tensor_names(layer: &str) -> (String, String) {
-    match layer.strip_suffix(".in_proj") {
-        Some(attn) => (
-            format!("{attn}.in_proj_weight"),
-            format!("{attn}.in_proj_bias"),
-        ),
-        None => (format!("{layer}.weight"), format!("{layer}.bias")),
-    }
-}
-
-/// Compares every recorded layer of `model` with the reference checkpoint `reference`;
-/// returns how many tensors differ from the checkpoint `original` and the largest |Δ|.
-fn assert_layers_match(model: &GenerationModel, reference: &Path, original: &Path) -> usize {
-    let expected = common::read_tensors(reference);
-    let original = Checkpoint::open(original).unwrap();
-    let (mut changed, mut worst) = (0, 0.0f64);
-    for (key, layer) in &model.sd.layers {
-        let (weight, bias) = tensor_names(key);
-        let mut pairs = vec![(weight, &layer.weight)];
-        if let Some(live) = &layer.bias {
-            pairs.push((bias, live));
-        }
-        for (name, live) in pairs {
-            let want = expected
-                .get(&name)
-                .unwrap_or_else(|| panic!("{} lacks {name}", reference.display()))
-                .to_kind(Kind::Float)
-                .reshape(live.size());
-            let diff = (live - &want).abs().max().double_value(&[]);
-            assert!(
-                diff <= WEIGHT_TOLERANCE,
-                "{name}: |Δ| {diff:e} against {}",
-                reference.display()
-            );
-            worst = worst.max(diff);
-            let before = original
-                .raw(&name)
-                .unwrap()
-                .to_kind(Kind::Float)
-                .reshape(live.size());
-            if !live.equal(&before) {
-                changed += 1;
-            }
-        }
-    }
-    let file = reference.file_name().unwrap().to_string_lossy();
-    println!("{file}: {changed} tensors patched, max |Δ| {worst:e}");
-    changed
-}
-
-/// Every recorded layer bit for bit as the checkpoint stores it.
-fn assert_original(model: &GenerationModel, checkpoint: &Path) {
-    let original = Checkpoint::open(checkpoint).unwrap();
-    for (key, layer) in &model.sd.layers {
-        let (weight, bias) = tensor_names(key);
-        let before = original.raw(&weight).unwrap().reshape(layer.weight.size());
-        assert!(layer.weight.equal(&before), "{key} is not restored exactly");
-        if let Some(live) = &layer.bias {
-            assert!(live.equal(&original.raw(&bias).unwrap()), "{bias}");
-        }
-    }
-}
-
 #[test]
 fn sd2_text_qkv_stack_into_in_proj_thirds_and_unet_keys_follow_a1111() {
     let f = fixture();
     let model = load(&f.sd2, vec![f.lora_dir.clone()]);
     let job = activate_extra_networks(&model, "a cat <lora:sd2_kohya:0.7:1.3>");
     assert!(job.warnings.is_empty(), "{:?}", job.warnings);
-    let changed = assert_layers_match(&model, &f.dir.join("a1111-sd2.safetensors"), &f.sd2);
+    let changed = assert_layers_match(
+        &model,
+        &f.dir.join("a1111-sd2.safetensors"),
+        &f.sd2,
+        WEIGHT_TOLERANCE,
+    );
     // The reference's 219 modules: 201 UNet linears and convolutions and per OpenCLIP block
     // q, k, v (one in_proj tensor), out_proj, c_fc and c_proj; LoRA leaves biases.
     assert_eq!(changed, 201 + 3 * 4);
@@ -222,7 +152,12 @@ fn sdxl_ldm_and_diffusers_named_unets_and_both_text_encoders_follow_a1111() {
     let model = load(&f.sdxl, vec![f.lora_dir.clone()]);
     let job = activate_extra_networks(&model, "a cat <lora:sdxl_kohya:0.7:1.3>");
     assert!(job.warnings.is_empty(), "{:?}", job.warnings);
-    let changed = assert_layers_match(&model, &f.dir.join("a1111-sdxl.safetensors"), &f.sdxl);
+    let changed = assert_layers_match(
+        &model,
+        &f.dir.join("a1111-sdxl.safetensors"),
+        &f.sdxl,
+        WEIGHT_TOLERANCE,
+    );
     // 264 UNet layers, 3 CLIP-L blocks of 6 and 3 bigG blocks of 4 tensors (q/k/v stacked).
     assert_eq!(changed, 264 + 3 * 6 + 3 * 4);
 
@@ -241,6 +176,7 @@ fn sdxl_ldm_and_diffusers_named_unets_and_both_text_encoders_follow_a1111() {
         &model,
         &f.dir.join("a1111-sdxl-diffusers.safetensors"),
         &f.sdxl,
+        WEIGHT_TOLERANCE,
     );
     assert_eq!(changed, 264 - 3);
     let upsampler = "model.diffusion_model.output_blocks.2.2.conv";
@@ -262,7 +198,12 @@ fn sdxl_ldm_and_diffusers_named_unets_and_both_text_encoders_follow_a1111() {
         "<lora:sdxl_kohya:te=-0.5:unet=0.9> <lora:sdxl_loha:0.8:0.6>",
     );
     assert!(job.warnings.is_empty(), "{:?}", job.warnings);
-    assert_layers_match(&model, &f.dir.join("a1111-sdxl-stack.safetensors"), &f.sdxl);
+    assert_layers_match(
+        &model,
+        &f.dir.join("a1111-sdxl-stack.safetensors"),
+        &f.sdxl,
+        WEIGHT_TOLERANCE,
+    );
 
     activate_extra_networks(&model, "");
     assert_original(&model, &f.sdxl);
@@ -281,7 +222,12 @@ fn refiner_takes_the_unet_keys_and_reports_the_text_keys_a1111_cannot_place() {
         "{}",
         job.warnings[0]
     );
-    let changed = assert_layers_match(&model, &f.dir.join("a1111-refiner.safetensors"), &f.refiner);
+    let changed = assert_layers_match(
+        &model,
+        &f.dir.join("a1111-refiner.safetensors"),
+        &f.refiner,
+        WEIGHT_TOLERANCE,
+    );
     assert_eq!(changed, 224, "every UNet layer, no text layer");
     activate_extra_networks(&model, "");
     assert_original(&model, &f.refiner);
