@@ -154,3 +154,44 @@ fn jobs_that_cannot_have_their_refiner_are_refused_before_work() {
     };
     assert!(refuse(&model, &bad).contains("refiner_switch_at"));
 }
+
+#[test]
+fn inpainting_with_the_9_channel_sdxl_model_hands_over_to_the_4_channel_refiner() {
+    tch::set_num_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    let base = write(dir.path(), TinyFamily::SdxlInpaint, "inpaint", 55);
+    let refiner_path = write(dir.path(), TinyFamily::SdxlRefiner, "refiner", 56);
+    let init = common::test_picture(&dir.path().join("init.png"));
+    let mask = crate::inpaint::test_mask(&dir.path().join("mask.png"));
+    let registry = common::builtin_registry();
+    let mut model = GenerationModel::load(&base, Device::Cpu, Kind::Float, None).unwrap();
+    model.select_refiner(&refiner_path, None).unwrap();
+    let inpaint = |params: &GenerationRequest| {
+        run_img2img(
+            &model,
+            &registry,
+            params,
+            &init,
+            Some(&mask),
+            None,
+            &mut |_| Flow::Continue,
+        )
+        .expect("the inpainting job runs")
+    };
+    let refined = inpaint(&params("refiner"));
+    let alone = inpaint(&params(""));
+    for (with, without) in refined.images.iter().zip(&alone.images) {
+        assert!(with.patch.is_some(), "an inpainting result has its patch");
+        assert_eq!(
+            with.infotext.get("Refiner"),
+            Some(model.refiner.as_deref().unwrap().short_title().as_str())
+        );
+        assert_eq!(without.infotext.get("Refiner"), None);
+        // The refiner changed the masked area, not the rest: both composites keep the
+        // original where the mask does.
+        let (apart, _) = common::pixel_difference(&with.image, &without.image);
+        assert!(apart > 0.1, "the refiner changed nothing ({apart})");
+        let corner = |image: &RgbImage| *image.get_pixel(0, image.height() - 1);
+        assert_eq!(corner(&with.image), corner(&without.image));
+    }
+}
