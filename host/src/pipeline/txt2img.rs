@@ -475,6 +475,7 @@ mod tests {
     use super::*;
     use crate::pipeline::hires::HiresSettings;
     use crate::pipeline::img2img::tests::{registry, tiny_model};
+    use crate::tiny_model::{write_tiny_model, Preset, TinyModelSpec};
 
     fn params(upscaler: Option<&str>) -> GenerationRequest {
         GenerationRequest {
@@ -594,5 +595,48 @@ mod tests {
         assert_eq!(outcome.images.len(), 4);
         assert_eq!(outcome.images[0].image.dimensions(), (96, 72));
         assert_eq!(steps, 5 + 7);
+    }
+
+    #[test]
+    fn ddim_family_samplers_walk_the_whole_schedule_from_the_noise() {
+        for sampler in ["DDIM", "PLMS"] {
+            let params = GenerationRequest {
+                sampler: SamplerSettings {
+                    sampler: sampler.into(),
+                    ..params(None).sampler
+                },
+                n_iter: 1,
+                ..params(None)
+            };
+            // A1111's timestep samplers call back steps − 1 times (the last timestep is t = 1).
+            let (outcome, steps) = run(&params, None);
+            assert_eq!((outcome.images.len(), steps), (2, 3), "{sampler}");
+        }
+    }
+
+    #[test]
+    fn inpainting_models_get_their_conditioning_in_both_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny-inpainting.safetensors");
+        let spec = TinyModelSpec {
+            preset: Preset::Tiny,
+            inpainting: true,
+            seed: 7,
+            storage: Kind::Float,
+        };
+        write_tiny_model(&spec, &path).unwrap();
+        let model = GenerationModel::load(&path, Device::Cpu, Kind::Float, None).unwrap();
+        let registry = registry();
+        for (upscaler, weight) in [("Latent", 1.0), ("Latent", 0.5), ("Nearest", 1.0)] {
+            let mut params = params(Some(upscaler));
+            params.inpaint.mask_weight = weight;
+            let outcome = run_txt2img(&model, &registry, &params, &JobStop::new(), &mut |_| {
+                Flow::Continue
+            })
+            .unwrap_or_else(|e| panic!("{upscaler} {weight}: {e}"));
+            assert_eq!(outcome.images[3].image.dimensions(), (96, 72));
+            let text = outcome.images[0].infotext.to_text();
+            assert!(text.contains("Conditional mask weight"), "{text}");
+        }
     }
 }
