@@ -9,12 +9,14 @@ KDiffusionSampler.sample / sample_img2img`, `modules/sd_samplers_timesteps.py: C
 
 Usage: txt2img_reference.py CHECKPOINT CASES.json OUT_DIR [--prediction eps|v]
 
-CASES.json: a list of {"name", "sampler" (k-diffusion function or "ddim"), "karras", "steps",
-"seeds" (the batch), "width", "height", "prompt", "negative_prompt", "cfg_scale"} with optional
-"subseeds" + "subseed_strength" (variation seeds), "resize_from" ([h, w]: seed resize from), and
-for Hires. fix "enable_hr": true with "denoising_strength", "hr_scale", "hr_resize_x",
-"hr_resize_y", "hr_upscaler" (null = "Latent"), "hr_second_pass_steps", "hr_sampler" +
-"hr_karras" (absent = the first pass's), "hr_prompt", "hr_negative_prompt" ("" = the first pass's).
+CASES.json: a list of {"name", "params"}: each job's parameters under A1111's
+`/sdapi/v1/txt2img` names, the same object the Rust test gives sdhost. Read here: prompt,
+negative_prompt, width, height, steps, cfg_scale, seed, batch_size, sampler_name (the names of
+SAMPLERS), scheduler ("Automatic" or "Karras"), subseed, subseed_strength,
+seed_resize_from_w/h, and for Hires. fix enable_hr, denoising_strength, hr_scale, hr_resize_x,
+hr_resize_y, hr_upscaler (null: "Latent"), hr_second_pass_steps, hr_sampler_name,
+hr_scheduler, hr_prompt, hr_negative_prompt (A1111's defaults where absent). Image i of the
+batch has seed + i and subseed + i.
 Writes OUT_DIR/<name>_<i>.png per image. The job:
   * first pass: x = the ImageRNG's first draw (pure noise); k-diffusion samplers start at
     x·σ_max of the schedule (`sample`), DDIM at x itself over all of A1111's timesteps;
@@ -69,12 +71,25 @@ LATENT_MODES = {
 }
 
 
-def target_resolution(case) -> tuple[int, int, int, int]:
+# A1111's sampler names → (k-diffusion function or "ddim", the scheduler "Automatic" means)
+# (`modules/sd_samplers_kdiffusion.py: samplers_k_diffusion`, `sd_samplers_timesteps.py`).
+SAMPLERS = {
+    "Euler a": ("sample_euler_ancestral", None),
+    "Euler": ("sample_euler", None),
+    "LMS": ("sample_lms", None),
+    "Heun": ("sample_heun", None),
+    "DPM++ 2M": ("sample_dpmpp_2m", "Karras"),
+    "DPM++ 2S a": ("sample_dpmpp_2s_ancestral", "Karras"),
+    "DDIM": ("ddim", None),
+}
+
+
+def target_resolution(p) -> tuple[int, int, int, int]:
     """`calculate_target_resolution`: (upscale_to_x, upscale_to_y, truncate_x, truncate_y)."""
-    w, h = case["width"], case["height"]
-    rx, ry = case.get("hr_resize_x", 0), case.get("hr_resize_y", 0)
+    w, h = p["width"], p["height"]
+    rx, ry = p.get("hr_resize_x", 0), p.get("hr_resize_y", 0)
     if rx == 0 and ry == 0:
-        return int(w * case.get("hr_scale", 2.0)), int(h * case.get("hr_scale", 2.0)), 0, 0
+        return int(w * p.get("hr_scale", 2.0)), int(h * p.get("hr_scale", 2.0)), 0, 0
     if ry == 0:
         return rx, rx * h // w, 0, 0
     if rx == 0:
@@ -112,40 +127,49 @@ def upscale_pixels(image: Image.Image, width: int, height: int, upscaler: str) -
     return image
 
 
-def schedule(inner, steps: int, karras: bool) -> torch.Tensor:
-    """The k-diffusion σ schedule of `KDiffusionSampler.get_sigmas` (Automatic or Karras)."""
-    if karras:
-        return sampling.get_sigmas_karras(steps, inner.sigmas[0].item(), inner.sigmas[-1].item())
-    return inner.get_sigmas(steps)
+class Sampler:
+    """An A1111 sampler with its schedule: `KDiffusionSampler` or the DDIM `CompVisSampler`."""
+
+    def __init__(self, name: str, scheduler: str | None, inner, alphas):
+        self.function, default = SAMPLERS[name]
+        self.karras = (default if scheduler in (None, "Automatic") else scheduler) == "Karras"
+        self.inner, self.alphas = inner, alphas
+
+    def sigmas(self, steps: int) -> torch.Tensor:
+        """`KDiffusionSampler.get_sigmas` (the model's schedule or Karras over its σ range)."""
+        if self.karras:
+            return sampling.get_sigmas_karras(steps, self.inner.sigmas[0].item(), self.inner.sigmas[-1].item())
+        return self.inner.get_sigmas(steps)
+
+    def sample(self, model, steps, x, rng):
+        """`sample`: k-diffusion from x·σ₀ over the whole schedule, DDIM from x over all
+        timesteps; every sampler noise is the ImageRNG's next draw."""
+        if self.function == "ddim":
+            return ddim(model.eps_vp, x, torch.tensor(a1111_timesteps(steps)), self.alphas, rng, 0.0)
+        sigmas = self.sigmas(steps)
+        return sample_with_draws(self.function, model, x * sigmas[0], sigmas, rng.next)
+
+    def sample_img2img(self, model, requested, strength, x, noise, rng):
+        """`sample_img2img` with explicit steps (`setup_img2img_steps(p, steps)`)."""
+        steps = int(requested / min(strength, 0.999)) if strength > 0 else 0
+        t_enc = requested - 1
+        if self.function == "ddim":
+            timesteps = a1111_timesteps(steps)
+            a = self.alphas[timesteps[t_enc]]
+            xi = x * a.sqrt() + noise * (1 - a).sqrt()
+            return ddim(model.eps_vp, xi, torch.tensor(timesteps[:t_enc]), self.alphas, rng, 0.0)
+        sched = self.sigmas(steps)[steps - t_enc - 1:]
+        return sample_with_draws(self.function, model, x + noise * sched[0], sched, rng.next)
 
 
-def sample_txt2img(sampler, karras, steps, model, inner, alphas, x, rng):
-    """`KDiffusionSampler.sample` (x·σ₀, whole schedule) or `CompVisSampler.sample` (DDIM from
-    x over all timesteps); every sampler noise is the ImageRNG's next draw."""
-    if sampler == "ddim":
-        return ddim(model.eps_vp, x, torch.tensor(a1111_timesteps(steps)), alphas, rng, 0.0)
-    sigmas = schedule(inner, steps, karras)
-    return sample_with_draws(sampler, model, x * sigmas[0], sigmas, rng.next)
-
-
-def sample_img2img(sampler, karras, requested, strength, model, inner, alphas, x, noise, rng):
-    """`sample_img2img` with explicit steps (`setup_img2img_steps(p, steps)`)."""
-    steps = int(requested / min(strength, 0.999)) if strength > 0 else 0
-    t_enc = requested - 1
-    if sampler == "ddim":
-        timesteps = a1111_timesteps(steps)
-        a = alphas[timesteps[t_enc]]
-        xi = x * a.sqrt() + noise * (1 - a).sqrt()
-        return ddim(model.eps_vp, xi, torch.tensor(timesteps[:t_enc]), alphas, rng, 0.0)
-    sched = schedule(inner, steps, karras)[steps - t_enc - 1:]
-    return sample_with_draws(sampler, model, x + noise * sched[0], sched, rng.next)
-
-
-def image_noise(case, shape) -> ImageNoise:
-    """A1111's ImageRNG for the case's seeds at `shape` (C, H, W)."""
+def image_noise(p, shape) -> ImageNoise:
+    """A1111's ImageRNG for the batch's seeds at `shape` (C, H, W)."""
+    count = p["batch_size"]
+    resize_from = [p.get("seed_resize_from_h", -1), p.get("seed_resize_from_w", -1)]
     return ImageNoise({
-        "shape": shape, "seeds": case["seeds"], "subseeds": case.get("subseeds", []),
-        "strength": case.get("subseed_strength", 0.0), "resize_from": case.get("resize_from"), "ensd": 0,
+        "shape": shape, "seeds": [p["seed"] + i for i in range(count)],
+        "subseeds": [p.get("subseed", -1) + i for i in range(count)],
+        "strength": p.get("subseed_strength", 0.0), "resize_from": resize_from, "ensd": 0,
     }, "cpu")
 
 
@@ -155,30 +179,29 @@ def decode(nets, samples) -> list[Image.Image]:
 
 
 @torch.no_grad()
-def run_case(case, nets, out):
-    w, h, seeds = case["width"], case["height"], case["seeds"]
-    count = len(seeds)
+def run_case(name, p, nets, out):
+    w, h, count = p["width"], p["height"], p["batch_size"]
     inner = (external.CompVisVDenoiser if nets.v else external.CompVisDenoiser)(Unet(nets.unet, nets.alphas))
 
     def cfg(prompt, negative, width, height):
         cond, uncond = nets.encode(prompt, False, width, height), nets.encode(negative, True, width, height)
-        return Cfg(inner, cond, uncond, count, case["cfg_scale"], None, None, nets.v)
+        return Cfg(inner, cond, uncond, count, p["cfg_scale"], None, None, nets.v)
 
-    rng = image_noise(case, (4, h // OPT_F, w // OPT_F))
+    rng = image_noise(p, (4, h // OPT_F, w // OPT_F))
     x = rng.next()
-    model = cfg(case["prompt"], case["negative_prompt"], w, h)
-    samples = sample_txt2img(case["sampler"], case["karras"], case["steps"], model, inner, nets.alphas, x, rng)
+    sampler = Sampler(p["sampler_name"], p.get("scheduler"), inner, nets.alphas)
+    samples = sampler.sample(cfg(p["prompt"], p["negative_prompt"], w, h), p["steps"], x, rng)
 
-    if case.get("enable_hr"):
-        to_x, to_y, trunc_x, trunc_y = target_resolution(case)
-        upscaler = case.get("hr_upscaler") or "Latent"
+    if p.get("enable_hr"):
+        to_x, to_y, trunc_x, trunc_y = target_resolution(p)
+        upscaler = p.get("hr_upscaler") or "Latent"
         if upscaler in LATENT_MODES:
             mode, antialias = LATENT_MODES[upscaler]
             samples = F.interpolate(samples, size=(to_y // OPT_F, to_x // OPT_F), mode=mode, antialias=antialias)
         else:
             # The first pass's `rng.randn(seed, …)` calls left torch's global generator
             # seeded with the last seed of the batch; each image's encoding draws from it.
-            posterior = torch.Generator().manual_seed(seeds[-1])
+            posterior = torch.Generator().manual_seed(p["seed"] + count - 1)
             latents = []
             for image in decode(nets, samples):
                 image = upscale_pixels(image, to_x, to_y, upscaler)
@@ -189,18 +212,18 @@ def run_case(case, nets, out):
             samples = torch.stack(latents)
         samples = samples[:, :, trunc_y // 2:samples.shape[2] - (trunc_y + 1) // 2,
                           trunc_x // 2:samples.shape[3] - (trunc_x + 1) // 2]
-        hr_rng = image_noise(case, tuple(samples.shape[1:]))
+        hr_rng = image_noise(p, tuple(samples.shape[1:]))
         noise = hr_rng.next()
-        hr_model = cfg(case.get("hr_prompt") or case["prompt"],
-                       case.get("hr_negative_prompt") or case["negative_prompt"], to_x, to_y)
-        sampler = case.get("hr_sampler") or case["sampler"]
-        karras = case.get("hr_karras", case["karras"])  # hr_scheduler None: the first pass's
-        requested = case.get("hr_second_pass_steps") or case["steps"]
-        samples = sample_img2img(sampler, karras, requested, case["denoising_strength"], hr_model, inner,
-                                 nets.alphas, samples, noise, hr_rng)
+        hr_model = cfg(p.get("hr_prompt") or p["prompt"], p.get("hr_negative_prompt") or p["negative_prompt"],
+                       to_x, to_y)
+        # `init`: hr_scheduler None is the first pass's scheduler.
+        scheduler = p.get("hr_scheduler") or p.get("scheduler")
+        hr_sampler = Sampler(p.get("hr_sampler_name") or p["sampler_name"], scheduler, inner, nets.alphas)
+        samples = hr_sampler.sample_img2img(hr_model, p.get("hr_second_pass_steps") or p["steps"],
+                                            p.get("denoising_strength", 0.75), samples, noise, hr_rng)
 
     for i, image in enumerate(decode(nets, samples)):
-        image.save(os.path.join(out, f"{case['name']}_{i}.png"))
+        image.save(os.path.join(out, f"{name}_{i}.png"))
 
 
 def main() -> None:
@@ -212,7 +235,7 @@ def main() -> None:
     torch.set_num_threads(1)
     nets = load_nets(args.checkpoint, load_open_clip_tokenizer(), args.prediction)
     for case in json.load(open(args.cases)):
-        run_case(case, nets, args.out)
+        run_case(case["name"], case["params"], nets, args.out)
 
 
 if __name__ == "__main__":
