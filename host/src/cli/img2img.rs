@@ -3,8 +3,6 @@
 //! parameters of an image made before (flags given override).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
@@ -18,6 +16,7 @@ use crate::pipeline::img2img::{run_img2img, JobEvent};
 use crate::pipeline::model::GenerationModel;
 use crate::pipeline::output::{save_numbered, save_patch, DEFAULT_OUTPUT_DIR};
 use crate::pipeline::png_info::read_png_infotext;
+use crate::pipeline::stop::JobStop;
 use crate::prepare::init_image::{load_image, DEFAULT_BACKGROUND};
 use crate::prepare::modes::{Img2ImgMode, ModeInputs};
 use crate::request::GenerationRequest;
@@ -211,14 +210,16 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
         background: DEFAULT_BACKGROUND,
     })?;
 
-    let interrupted = Arc::new(AtomicBool::new(false));
+    // Ctrl-C is A1111's interrupt: the running batch is finished from its last prediction.
+    let stop = JobStop::new();
     {
-        let interrupted = interrupted.clone();
+        let stop = stop.clone();
         ctrlc::set_handler(move || {
-            if interrupted.swap(true, Ordering::SeqCst) {
-                // A second Ctrl-C: the user does not want to wait for the current step.
+            if stop.is_interrupted() {
+                // A second Ctrl-C: the user does not want to wait for the batch to finish.
                 std::process::exit(INTERRUPTED_EXIT);
             }
+            stop.interrupt();
         })
         .context("installing the Ctrl-C handler")?;
     }
@@ -245,7 +246,7 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
         &params,
         &init_image,
         mask.as_ref(),
-        Some(&interrupted),
+        &stop,
         &mut |event| {
             match event {
                 JobEvent::Started {
@@ -288,7 +289,7 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
                     }
                 }
             }
-            if interrupted.load(Ordering::SeqCst) || save_error.is_some() {
+            if save_error.is_some() {
                 Flow::Cancel
             } else {
                 Flow::Continue
@@ -301,9 +302,9 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
     }
     // Its warnings were printed as they came (`JobEvent::Warning`).
     let outcome = outcome?;
-    if outcome.cancelled {
+    if outcome.interrupted {
         eprintln!(
-            "stopped by Ctrl-C; {} finished image(s) kept in {}",
+            "stopped by Ctrl-C; {} image(s) kept in {}",
             saved.len(),
             args.out_dir.display()
         );

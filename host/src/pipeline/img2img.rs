@@ -7,9 +7,6 @@
 //! [`Img2ImgJob`] and [`composite`]: prepare → init latents → condition → per batch sample →
 //! decode → composite → finish (infotext; the front end saves or sends the image).
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-
 use image::{GrayImage, RgbImage};
 use sdhost_plugin_api::{Flow, ScheduleInput};
 use tch::{Device, Kind, Tensor};
@@ -18,6 +15,7 @@ use super::error::guarded;
 use super::extra_networks::{activate_extra_networks, JobNetworks};
 use super::init::JobInit;
 use super::model::GenerationModel;
+use super::stop::{BatchStop, JobStop};
 use crate::device::release_freed_memory;
 use crate::extra_networks::parse_prompt;
 use crate::infotext::Infotext;
@@ -77,8 +75,12 @@ pub struct GeneratedImage {
 pub struct JobOutcome {
     /// The finished images, in order.
     pub images: Vec<GeneratedImage>,
-    /// Whether the observer stopped it before the end.
+    /// Whether it was cancelled (socket `cancel`, or the observer's [`Flow::Cancel`]): the
+    /// unfinished batch was dropped.
     pub cancelled: bool,
+    /// Whether it was interrupted (A1111's interrupt): the running batch was decoded from its
+    /// last denoised prediction and later batches were dropped.
+    pub interrupted: bool,
     /// The warnings reported while it ran (also sent as [`JobEvent::Warning`]).
     pub warnings: Vec<String>,
 }
@@ -119,9 +121,9 @@ fn share_schedule(schedule: &[ScheduledCond]) -> Vec<ScheduledCond> {
 /// Runs an img2img job on `init_image` (already flattened to RGB), inpainting where `mask`
 /// (255 = regenerate, the image's size) says when one is given. `observe` sees progress
 /// and each image as it is finished; returning [`Flow::Cancel`] from a step stops the job
-/// after the current step, keeping the images already finished. Setting `cancel` does the
-/// same at the sampler's next model call or noise draw, which also stops plugins that never
-/// report a step.
+/// after the current step, keeping the images already finished. `stop` cancels, interrupts
+/// or skips it from elsewhere at the sampler's next model call, noise draw or step (see
+/// [`JobStop`]), which also stops plugins that never report a step.
 ///
 /// The stages run in the order of A1111's `modules/processing.py: process_images_inner`:
 /// [`Img2ImgJob::prepare`], [`Img2ImgJob::init_latents`], [`Img2ImgJob::activate_networks`],
@@ -133,7 +135,7 @@ pub fn run_img2img(
     params: &GenerationRequest,
     init_image: &RgbImage,
     mask: Option<&GrayImage>,
-    cancel: Option<&Arc<AtomicBool>>,
+    stop: &JobStop,
     observe: &mut dyn FnMut(JobEvent<'_>) -> Flow,
 ) -> Result<JobOutcome, JobError> {
     let _guard = tch::no_grad_guard();
@@ -159,10 +161,15 @@ pub fn run_img2img(
 
     let mut images = Vec::with_capacity(total);
     for batch in 0..params.n_iter {
-        let Some(samples) = job.sample(&init, &conditioning, batch, cancel, observe)? else {
+        stop.next_batch();
+        if stop.ends_job() {
+            break;
+        }
+        let Some(samples) = job.sample(&init, &conditioning, batch, stop, observe)? else {
             return Ok(JobOutcome {
                 images,
                 cancelled: true,
+                interrupted: false,
                 warnings,
             });
         };
@@ -194,7 +201,8 @@ pub fn run_img2img(
     }
     Ok(JobOutcome {
         images,
-        cancelled: false,
+        cancelled: stop.is_cancelled(),
+        interrupted: stop.is_interrupted() && !stop.is_cancelled(),
         warnings,
     })
 }
@@ -391,13 +399,14 @@ impl<'a> Img2ImgJob<'a> {
     /// Samples batch `batch` (from 0): its seeds' noise over its init latents, the sampler,
     /// and for inpainting the kept area put back (A1111
     /// `StableDiffusionProcessingImg2Img.sample`). Reports each step to `observe`; `None` when
-    /// it answered [`Flow::Cancel`].
+    /// it answered [`Flow::Cancel`] or `stop` cancelled the job; an interrupt or skip gives
+    /// the last denoised prediction (A1111's `last_latent`).
     pub fn sample(
         &self,
         init: &InitLatents,
         conditioning: &JobConditioning,
         batch: usize,
-        cancel: Option<&Arc<AtomicBool>>,
+        stop: &JobStop,
         observe: &mut dyn FnMut(JobEvent<'_>) -> Flow,
     ) -> Result<Option<Tensor>, JobError> {
         let (model, params, plan) = (self.model, self.params, &self.plan);
@@ -495,8 +504,9 @@ impl<'a> Img2ImgJob<'a> {
             });
         }
         let mut step = 0;
+        let mut observer_cancelled = false;
         let request = SampleRequest {
-            cancel: cancel.cloned(),
+            cancel: Some(stop.sampler_flag()),
             ..plan.request(x)
         };
         let sampled = self.registry.sample(
@@ -506,11 +516,13 @@ impl<'a> Img2ImgJob<'a> {
             &mut job_noise,
             &mut |report| {
                 step += 1;
-                observe(JobEvent::Step {
+                let flow = observe(JobEvent::Step {
                     batch,
                     step,
                     denoised: report.denoised,
-                })
+                });
+                observer_cancelled |= flow == Flow::Cancel;
+                flow
             },
         );
         if denoiser.switched_to_refiner() {
@@ -518,7 +530,15 @@ impl<'a> Img2ImgJob<'a> {
         }
         let samples = match sampled {
             Ok(samples) => samples,
-            Err(SamplingError::Cancelled) => return Ok(None),
+            Err(SamplingError::Cancelled) if observer_cancelled => return Ok(None),
+            // A1111's `launch_sampling` returns `last_latent`: the last denoised prediction,
+            // or the init latent before the first model call.
+            Err(SamplingError::Cancelled) => match stop.batch_stop() {
+                BatchStop::Drop => return Ok(None),
+                BatchStop::KeepAndEnd | BatchStop::KeepAndGoOn => denoiser
+                    .last_denoised()
+                    .unwrap_or_else(|| init_latent.shallow_clone()),
+            },
             Err(error) => return Err(JobError::from(error)),
         };
         // The kept area is exactly the init latent again.
@@ -721,7 +741,7 @@ mod tests {
             &params,
             &image,
             Some(&mask),
-            None,
+            &JobStop::new(),
             &mut |_| Flow::Continue,
         )
         .expect("the job runs");
@@ -736,7 +756,7 @@ mod tests {
         for batch in 0..params.n_iter {
             let mut steps = 0;
             let samples = job
-                .sample(&init, &conditioning, batch, None, &mut |_| {
+                .sample(&init, &conditioning, batch, &JobStop::new(), &mut |_| {
                     steps += 1;
                     Flow::Continue
                 })
@@ -813,8 +833,64 @@ mod tests {
         assert!(init.latent_noise.is_none(), "no mask, no latent noise");
         let conditioning = job.condition(&job.activate_networks()).unwrap();
         let sampled = job
-            .sample(&init, &conditioning, 0, None, &mut |_| Flow::Cancel)
+            .sample(&init, &conditioning, 0, &JobStop::new(), &mut |_| {
+                Flow::Cancel
+            })
             .unwrap();
         assert!(sampled.is_none());
+    }
+
+    /// Runs the job of `params()` on the picture, calling `request` on `stop` at step 2 of
+    /// the first batch; returns the outcome and the steps each batch ran.
+    fn stopped_job(request: fn(&JobStop)) -> (JobOutcome, Vec<usize>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (model, registry, params) = (tiny_model(dir.path()), registry(), params());
+        let (image, mask) = picture();
+        let stop = JobStop::new();
+        let mut steps = vec![0; params.n_iter];
+        let outcome = run_img2img(
+            &model,
+            &registry,
+            &params,
+            &image,
+            Some(&mask),
+            &stop,
+            &mut |event| {
+                if let JobEvent::Step { batch, step, .. } = event {
+                    steps[batch] = step;
+                    if (batch, step) == (0, 2) {
+                        request(&stop);
+                    }
+                }
+                Flow::Continue
+            },
+        )
+        .expect("the job runs");
+        (outcome, steps)
+    }
+
+    #[test]
+    fn interrupt_returns_the_running_batch_and_drops_the_rest() {
+        let (outcome, steps) = stopped_job(JobStop::interrupt);
+        assert!(outcome.interrupted && !outcome.cancelled);
+        assert_eq!(outcome.images.len(), 2, "the first batch, decoded");
+        assert_eq!(steps, [2, 0]);
+    }
+
+    #[test]
+    fn skip_returns_the_running_batch_and_goes_on() {
+        let (outcome, steps) = stopped_job(JobStop::skip);
+        assert!(!outcome.interrupted && !outcome.cancelled);
+        assert_eq!(outcome.images.len(), 4);
+        let full = params().sampler.steps * 4 / 5 + 1;
+        assert_eq!(steps, [2, full], "the second batch samples every step");
+    }
+
+    #[test]
+    fn cancel_drops_the_running_batch() {
+        let (outcome, steps) = stopped_job(JobStop::cancel);
+        assert!(outcome.cancelled && !outcome.interrupted);
+        assert!(outcome.images.is_empty());
+        assert_eq!(steps, [2, 0]);
     }
 }

@@ -14,3 +14,4 @@ pub mod output;
 
 pub mod png_info;
 pub mod preview;
+pub mod stop;
