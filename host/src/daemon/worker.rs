@@ -321,6 +321,7 @@ impl Worker {
                         images,
                         batches,
                         steps_per_batch: steps,
+                        ..
                     } => {
                         steps_per_batch = steps;
                         let planned = Event::Progress {

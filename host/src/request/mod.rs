@@ -12,7 +12,7 @@ mod infotext;
 mod overlay;
 mod wire_forms;
 
-pub use infotext::{option_value, ui_number, ImageFacts, JOB_SHAPE_FIELDS};
+pub use infotext::{option_value, ui_number, HiresFacts, ImageFacts, JOB_SHAPE_FIELDS};
 pub use overlay::{schema, FieldInfo, InvalidRequest};
 pub(crate) use wire_forms::{flag, sampler_options, size_pair, IndexOrName};
 
@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use smart_default::SmartDefault;
 
 use crate::models::vae::VaeTiling;
+use crate::pipeline::hires::HiresSettings;
 use crate::prepare::inpaint::InpaintSettings;
 use crate::prepare::resize::ResizeMode;
 use crate::sampling::plan::SamplerSettings;
@@ -186,6 +187,10 @@ pub struct GenerationRequest {
     /// "Switch at"), 0-1.
     #[default(0.8)]
     pub refiner_switch_at: f64,
+    /// Hires. fix (txt2img only): upscale, steps, sampler, schedule and prompts of the
+    /// second pass; its strength is `denoising_strength`.
+    #[serde(flatten)]
+    pub hires: HiresSettings,
 }
 
 impl GenerationRequest {
@@ -255,6 +260,7 @@ impl GenerationRequest {
             ("denoising_strength", self.sampler.denoising_strength),
             ("mask_alpha", self.mask_alpha),
             ("refiner_switch_at", self.refiner_switch_at),
+            ("hr_scale", self.hires.hr_scale),
         ] {
             if !value.is_finite() {
                 return invalid(name, format!("must be a finite number, got {value}"));

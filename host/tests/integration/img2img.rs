@@ -201,6 +201,7 @@ fn job_seeds_infotext_cancel_and_errors() {
                     images,
                     batches,
                     steps_per_batch,
+                    ..
                 } => format!("start {images} {batches} {steps_per_batch}"),
                 JobEvent::Step { batch, step, .. } => format!("step {batch} {step}"),
                 JobEvent::Image(image) => format!("image {}", image.seed),
