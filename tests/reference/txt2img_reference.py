@@ -16,7 +16,7 @@ SAMPLERS), scheduler ("Automatic" or "Karras"), subseed, subseed_strength,
 seed_resize_from_w/h, and for Hires. fix enable_hr, denoising_strength, hr_scale, hr_resize_x,
 hr_resize_y, hr_upscaler (null: "Latent"), hr_second_pass_steps, hr_sampler_name,
 hr_scheduler, hr_prompt, hr_negative_prompt (A1111's defaults where absent). Image i of the
-batch has seed + i and subseed + i.
+batch has seed + i (seed itself when subseed_strength is not 0) and subseed + i.
 Writes OUT_DIR/<name>_<i>.png per image. The job:
   * first pass: x = the ImageRNG's first draw (pure noise); k-diffusion samplers start at
     x·σ_max of the schedule (`sample`), DDIM at x itself over all of A1111's timesteps;
@@ -162,12 +162,17 @@ class Sampler:
         return sample_with_draws(self.function, model, x + noise * sched[0], sched, rng.next)
 
 
+def seeds(p) -> list[int]:
+    """`process_images_inner`: seed + i per image, but one seed for all with variation on."""
+    return [p["seed"] + (i if p.get("subseed_strength", 0.0) == 0 else 0) for i in range(p["batch_size"])]
+
+
 def image_noise(p, shape) -> ImageNoise:
     """A1111's ImageRNG for the batch's seeds at `shape` (C, H, W)."""
     count = p["batch_size"]
     resize_from = [p.get("seed_resize_from_h", -1), p.get("seed_resize_from_w", -1)]
     return ImageNoise({
-        "shape": shape, "seeds": [p["seed"] + i for i in range(count)],
+        "shape": shape, "seeds": seeds(p),
         "subseeds": [p.get("subseed", -1) + i for i in range(count)],
         "strength": p.get("subseed_strength", 0.0), "resize_from": resize_from, "ensd": 0,
     }, "cpu")
@@ -201,7 +206,7 @@ def run_case(name, p, nets, out):
         else:
             # The first pass's `rng.randn(seed, …)` calls left torch's global generator
             # seeded with the last seed of the batch; each image's encoding draws from it.
-            posterior = torch.Generator().manual_seed(p["seed"] + count - 1)
+            posterior = torch.Generator().manual_seed(seeds(p)[-1])
             latents = []
             for image in decode(nets, samples):
                 image = upscale_pixels(image, to_x, to_y, upscaler)

@@ -32,6 +32,7 @@ mod samplers;
 mod sampling_plan;
 mod schedules;
 mod tokenizer;
+mod txt2img_parity;
 mod vae_io;
 mod vae_override;
 mod vae_precision;
