@@ -124,9 +124,39 @@ impl ApiError {
     }
 }
 
+/// A1111's exception body with its keys in A1111's order.
+#[derive(Serialize)]
+struct ExceptionBody<'a> {
+    error: &'a str,
+    detail: &'a str,
+    body: &'a str,
+    errors: &'a str,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status(), Json(self.body())).into_response()
+        let status = self.status();
+        match &self {
+            ApiError::Http { detail, .. } => {
+                let body = ExceptionBody {
+                    error: "HTTPException",
+                    detail,
+                    body: "",
+                    errors: "",
+                };
+                (status, Json(body)).into_response()
+            }
+            ApiError::Exception { error, errors } => {
+                let body = ExceptionBody {
+                    error,
+                    detail: "",
+                    body: "",
+                    errors,
+                };
+                (status, Json(body)).into_response()
+            }
+            _ => (status, Json(self.body())).into_response(),
+        }
     }
 }
 

@@ -23,7 +23,11 @@ pub mod lax;
 pub mod listings;
 pub mod options;
 pub mod png_info;
+pub mod processed;
 pub mod progress;
+pub mod pyjson;
+pub mod request_model;
+pub mod sampler_choice;
 pub mod server;
 
 use std::collections::HashMap;
@@ -54,6 +58,9 @@ pub struct ApiState {
     pub device: tch::Device,
     /// The queue's connection number of each client address, so that clients take turns.
     clients: Arc<Mutex<HashMap<IpAddr, ConnId>>>,
+    /// The latest live preview encoded for `/progress` (its serial number and base64), so
+    /// that clients polling every 100 ms do not re-encode it each time.
+    pub preview_cache: Arc<Mutex<Option<(u64, String)>>>,
 }
 
 /// HTTP clients' queue numbers start here, far above the socket connections' (counted
@@ -69,6 +76,7 @@ impl ApiState {
             config: Arc::new(config),
             device,
             clients: Arc::new(Mutex::new(HashMap::new())),
+            preview_cache: Arc::new(Mutex::new(None)),
         }
     }
 

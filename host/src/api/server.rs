@@ -48,6 +48,9 @@ pub enum ApiStartError {
     /// Listening beyond this machine without credentials.
     #[error("--api-addr {0} is reachable from other machines: pass --api-auth user:password (or listen on 127.0.0.1)")]
     NeedsAuth(String),
+    /// `--api-auth` is not `user:pass` pairs.
+    #[error(transparent)]
+    Auth(#[from] auth::BadCredentials),
     /// A CORS origin is not a valid header value.
     #[error("--cors-allow-origins: \"{0}\" is not a valid origin")]
     Origin(String),
@@ -68,6 +71,30 @@ pub struct ApiServer {
     pub address: SocketAddr,
     stop: Option<tokio::sync::watch::Sender<bool>>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl ApiConfig {
+    /// The settings the daemon's config names, when it serves the API at all: `address`,
+    /// `--api-auth` pairs and `--cors-allow-origins` as A1111 writes them (`a,b`).
+    pub fn from_flags(
+        address: &str,
+        auth: Option<&str>,
+        cors_origins: Option<&str>,
+        max_body_bytes: usize,
+    ) -> Result<Self, ApiStartError> {
+        Ok(ApiConfig {
+            address: address.to_string(),
+            auth: auth::parse_credentials(auth.unwrap_or_default())?,
+            cors_origins: cors_origins
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(String::from)
+                .collect(),
+            max_body_bytes,
+        })
+    }
 }
 
 impl ApiServer {
