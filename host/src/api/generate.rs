@@ -269,6 +269,18 @@ fn prepare(
     body: &Map<String, Value>,
 ) -> Result<Prepared, ApiError> {
     let model = read_model(endpoint, body)?;
+    // A1111's order: the init images' presence, the mask, the script, then processing.
+    let Some(init_images) = model.get("init_images").as_array() else {
+        return Err(ApiError::http(
+            StatusCode::NOT_FOUND,
+            "Init image not found",
+        ));
+    };
+    let max_pixels = state.shared.limits.max_pixels;
+    let mask = match model.get("mask").as_str() {
+        Some(text) if !text.is_empty() => Some(decode_image(text, max_pixels)?),
+        _ => None,
+    };
     if let Some(script) = model.get("script_name").as_str().filter(|s| !s.is_empty()) {
         return Err(ApiError::http(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -282,14 +294,6 @@ fn prepare(
             eprintln!("sdhost: API: always-on script \"{name}\" is not available; ignored");
         }
     }
-    let (params, sampler_name) = parameters(state, &model, body)?;
-    let max_pixels = state.shared.limits.max_pixels;
-    let Some(init_images) = model.get("init_images").as_array() else {
-        return Err(ApiError::http(
-            StatusCode::NOT_FOUND,
-            "Init image not found",
-        ));
-    };
     let mut decoded = Vec::new();
     for (i, item) in init_images.iter().enumerate() {
         let Some(text) = item.as_str() else {
@@ -314,10 +318,7 @@ fn prepare(
     let image: DynamicImage = decoded
         .pop()
         .ok_or_else(|| ApiError::http(StatusCode::NOT_FOUND, "Init image not found"))?;
-    let mask = match model.get("mask").as_str() {
-        Some(text) if !text.is_empty() => Some(decode_image(text, max_pixels)?),
-        _ => None,
-    };
+    let (params, sampler_name) = parameters(state, &model, body)?;
     let job = GenerateRequest {
         mode: Img2ImgMode::implied(false, mask.is_some()),
         params,

@@ -190,7 +190,7 @@ mod tests {
         let info = info(
             &params,
             "Euler",
-            vec!["p\nSteps: 50, VAE: v.pt".into()],
+            vec!["p\nSteps: 50, Sampler: Euler, VAE: v.pt".into()],
             0,
             facts,
         );

@@ -53,6 +53,8 @@ struct Inner {
     preview_step: usize,
     /// Batch count of the running job (for the `Batch n out of m` label).
     batches: usize,
+    /// The batch being sampled.
+    batch: usize,
 }
 
 /// The running job's state, shared by the worker (writer) and the API (reader).
@@ -82,6 +84,7 @@ impl Default for LiveState {
                 serial: 0,
                 preview_step: 0,
                 batches: 0,
+                batch: 0,
             }),
             preview_every: AtomicUsize::new(DEFAULT_PREVIEW_EVERY),
         }
@@ -134,6 +137,7 @@ impl LiveState {
         inner.preview = None;
         inner.preview_step = 0;
         inner.batches = 0;
+        inner.batch = 0;
     }
 
     /// The job is planned: `batches` batches of `steps` sampler steps.
@@ -150,9 +154,10 @@ impl LiveState {
     /// Sampler step `step` (from 1) of batch `batch` (from 0) finished.
     pub fn step(&self, batch: usize, step: usize) {
         let mut inner = self.lock();
-        if batch > inner.fields.job_no {
+        if batch != inner.batch {
             // A new batch: A1111's `nextjob` and the reset at the start of its sampling.
-            inner.fields.job_no = batch;
+            inner.batch = batch;
+            inner.fields.job_no = inner.fields.job_no.max(batch);
             inner.preview_step = 0;
             inner.fields.skipped = false;
             if inner.batches > 1 {
