@@ -30,6 +30,7 @@ use crate::daemon::live::timestamp_now;
 use crate::daemon::queue::{Job, JobKind, SubmitError};
 use crate::daemon::request::GenerateRequest;
 use crate::daemon::server::check_limits;
+use crate::daemon::worker::ModelStatus;
 use crate::infotext::Infotext;
 use crate::prepare::modes::Img2ImgMode;
 use crate::request::{GenerationRequest, InvalidRequest, RngChoice};
@@ -78,6 +79,13 @@ fn generate(
         sampler_name,
     } = prepared;
     let params = job.params.clone();
+    if let Some(checkpoint) = model
+        .get("override_settings")
+        .get("sd_model_checkpoint")
+        .and_then(Value::as_str)
+    {
+        switch_model(state, client, checkpoint)?;
+    }
     let (outcome, job_timestamp) = run(state, client, job)?;
     let facts = {
         let status = state
@@ -215,6 +223,8 @@ fn parameters(
                 Some(_) => {
                     kept.insert(setting.clone(), value.clone());
                 }
+                // The checkpoint is loaded before the job (`switch_model`).
+                None if setting == "sd_model_checkpoint" => {}
                 None => eprintln!(
                     "sdhost: API: override_settings \"{setting}\" is not a setting sdhost applies; ignored"
                 ),
@@ -334,20 +344,71 @@ fn prepare(
     })
 }
 
-/// Queues `request` as client `client`'s job and waits for its images: all of them, or
-/// those made before an interrupt; the job's start time as A1111's `job_timestamp`.
-fn run(
+/// Whether `alias` (a title `name.safetensors [hash]`, a name, a file name or a short hash)
+/// names the loaded model.
+fn names_loaded(status: &ModelStatus, alias: &str) -> bool {
+    let bare = alias
+        .strip_suffix(']')
+        .and_then(|a| a.rsplit_once(" ["))
+        .map_or(alias, |(name, _)| name);
+    let file = status.path.file_name().map(|n| n.to_string_lossy());
+    let stem = status.path.file_stem().map(|n| n.to_string_lossy());
+    [alias, bare].iter().any(|given| {
+        *given == status.name
+            || file.as_deref() == Some(*given)
+            || stem.as_deref() == Some(*given)
+            || (!status.hash.is_empty() && *given == status.hash)
+    })
+}
+
+/// `override_settings.sd_model_checkpoint`: loads that model first (it stays loaded after
+/// the job, as in A1111) unless it is the loaded one; a name no model has is ignored, as
+/// A1111's `process_images` ignores it.
+fn switch_model(state: &ApiState, client: SocketAddr, checkpoint: &str) -> Result<(), ApiError> {
+    let loaded = {
+        let status = state
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        names_loaded(&status, checkpoint)
+    };
+    if loaded {
+        return Ok(());
+    }
+    let (events, received) = crossbeam_channel::unbounded::<Outgoing>();
+    submit(
+        state,
+        client,
+        JobKind::SelectModel(checkpoint.to_string()),
+        events,
+    )?;
+    for outgoing in received {
+        match outgoing.event {
+            Event::Done { .. } | Event::Cancelled { .. } => return Ok(()),
+            Event::Error { message, .. } => {
+                eprintln!("sdhost: API: override_settings.sd_model_checkpoint: {message}; ignored");
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Queues a job of client `client` whose events go to `events`.
+fn submit(
     state: &ApiState,
     client: SocketAddr,
-    request: GenerateRequest,
-) -> Result<(Vec<Finished>, String), ApiError> {
+    kind: JobKind,
+    events: crossbeam_channel::Sender<Outgoing>,
+) -> Result<(), ApiError> {
     let shared = &state.shared;
-    let (events, received) = crossbeam_channel::unbounded::<Outgoing>();
     let job = Job {
         id: shared.next_job_id(),
         request_id: Value::from(format!("http {client}")),
         conn: state.conn_of(client.ip()),
-        kind: JobKind::Generate(Box::new(request)),
+        kind,
         cancel: Arc::new(AtomicBool::new(false)),
         events,
     };
@@ -356,7 +417,18 @@ fn run(
             SubmitError::Full | SubmitError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::http(status, error.to_string())
-    })?;
+    })
+}
+
+/// Queues `request` as client `client`'s job and waits for its images: all of them, or
+/// those made before an interrupt; the job's start time as A1111's `job_timestamp`.
+fn run(
+    state: &ApiState,
+    client: SocketAddr,
+    request: GenerateRequest,
+) -> Result<(Vec<Finished>, String), ApiError> {
+    let (events, received) = crossbeam_channel::unbounded::<Outgoing>();
+    submit(state, client, JobKind::Generate(Box::new(request)), events)?;
     let mut finished = Vec::new();
     let mut timestamp = timestamp_now();
     for outgoing in received {

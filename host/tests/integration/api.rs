@@ -620,3 +620,44 @@ fn basic_auth_cors_and_public_addresses() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--api-auth"), "{stderr}");
 }
+
+#[test]
+fn override_settings_switch_the_checkpoint_and_unknown_ones_are_ignored() {
+    let models = tempfile::tempdir().unwrap();
+    let other = common::tiny_model(models.path(), 32);
+    let other_name = other.file_stem().unwrap().to_string_lossy().into_owned();
+    let server = start(&["--models-dir", models.path().to_str().unwrap()], None);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, init) = init_picture(dir.path());
+    let model_of = |answer: &Value| {
+        let info: Value = serde_json::from_str(answer["info"].as_str().unwrap()).unwrap();
+        info["sd_model_name"].as_str().unwrap().to_string()
+    };
+    let job = |settings: Value| {
+        let body = json!({
+            "init_images": [init], "steps": 2, "width": 40, "height": 40,
+            "override_settings": settings,
+        });
+        let (status, answer) = post(&server, "/sdapi/v1/img2img", &body);
+        assert_eq!(status, 200, "{answer}");
+        answer
+    };
+    let first = model_of(&job(json!({})));
+    assert_ne!(first, other_name);
+    let title = format!("{}.safetensors [0123456789]", other_name);
+    let switched = job(json!({"sd_model_checkpoint": title, "CLIP_stop_at_last_layers": 2}));
+    assert_eq!(model_of(&switched), other_name);
+    let infotext = switched["images"][0]
+        .as_str()
+        .map(decode_png)
+        .unwrap()
+        .1
+        .unwrap();
+    assert!(infotext.contains("Clip skip: 2"), "{infotext}");
+    // The overriding model stays loaded; an unknown one changes nothing and fails nothing.
+    assert_eq!(model_of(&job(json!({}))), other_name);
+    assert_eq!(
+        model_of(&job(json!({"sd_model_checkpoint": "no such model"}))),
+        other_name
+    );
+}
