@@ -180,6 +180,16 @@ impl Scheduler {
         }
     }
 
+    /// Flags the running job to stop, whoever's it is (A1111's `/interrupt` is global);
+    /// whether one was running.
+    pub fn interrupt_running(&self) -> bool {
+        let state = self.lock();
+        if let Some((_, _, flag)) = &state.running {
+            flag.store(true, Ordering::SeqCst);
+        }
+        state.running.is_some()
+    }
+
     /// A connection went away: its waiting jobs are dropped and its running job is cancelled.
     pub fn drop_connection(&self, conn: ConnId) {
         let mut state = self.lock();
