@@ -1,14 +1,14 @@
 //! The job queue: FIFO per connection, round-robin across connections (one client's batch of
-//! jobs does not starve another's), bounded, with per-job cancel flags.
+//! jobs does not starve another's), bounded, with a stop handle per job (cancel, interrupt, skip).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Condvar, Mutex};
 
 use crossbeam_channel::Sender;
 
 use super::event::Outgoing;
 use super::request::GenerateRequest;
+use crate::pipeline::stop::JobStop;
 
 /// A connection's number.
 pub type ConnId = u64;
@@ -33,8 +33,8 @@ pub struct Job {
     pub conn: ConnId,
     /// What to do.
     pub kind: JobKind,
-    /// Set to stop it.
-    pub cancel: Arc<AtomicBool>,
+    /// How it is stopped: cancelled (socket), interrupted or skipped (A1111's API).
+    pub stop: JobStop,
     /// Where its events go.
     pub events: Sender<Outgoing>,
 }
@@ -45,7 +45,7 @@ struct State {
     /// Connections with queued jobs, in turn order.
     turns: VecDeque<ConnId>,
     waiting: usize,
-    running: Option<(u64, ConnId, Arc<AtomicBool>)>,
+    running: Option<(u64, ConnId, JobStop)>,
     shutdown: bool,
 }
 
@@ -134,7 +134,7 @@ impl Scheduler {
                     state.turns.push_back(conn);
                 }
                 state.waiting -= 1;
-                state.running = Some((job.id, job.conn, job.cancel.clone()));
+                state.running = Some((job.id, job.conn, job.stop.clone()));
                 return Some(job);
             }
             state = self
@@ -172,8 +172,8 @@ impl Scheduler {
             return CancelOutcome::Dequeued(Box::new(found));
         }
         match &state.running {
-            Some((id, owner, flag)) if *id == job && *owner == conn => {
-                flag.store(true, Ordering::SeqCst);
+            Some((id, owner, stop)) if *id == job && *owner == conn => {
+                stop.cancel();
                 CancelOutcome::Flagged
             }
             _ => CancelOutcome::Unknown,
@@ -194,9 +194,9 @@ impl Scheduler {
     pub fn drop_connection(&self, conn: ConnId) {
         let mut state = self.lock();
         Self::remove_queued(&mut state, conn, None);
-        if let Some((_, owner, flag)) = &state.running {
+        if let Some((_, owner, stop)) = &state.running {
             if *owner == conn {
-                flag.store(true, Ordering::SeqCst);
+                stop.cancel();
             }
         }
     }
@@ -206,8 +206,8 @@ impl Scheduler {
     pub fn shutdown(&self) -> Vec<Job> {
         let mut state = self.lock();
         state.shutdown = true;
-        if let Some((_, _, flag)) = &state.running {
-            flag.store(true, Ordering::SeqCst);
+        if let Some((_, _, stop)) = &state.running {
+            stop.cancel();
         }
         let mut waiting = Vec::new();
         // Turn order, so each client learns of its jobs in the order it queued them.
@@ -236,7 +236,7 @@ mod tests {
             request_id: serde_json::Value::Null,
             conn,
             kind: JobKind::SelectModel(String::new()),
-            cancel: Arc::new(AtomicBool::new(false)),
+            stop: JobStop::new(),
             events,
         }
     }
@@ -275,7 +275,7 @@ mod tests {
             "not its job"
         );
         assert!(matches!(queue.cancel(1, 1), CancelOutcome::Flagged));
-        assert!(running.cancel.load(Ordering::SeqCst));
+        assert!(running.stop.is_cancelled());
         assert!(matches!(queue.cancel(1, 2), CancelOutcome::Dequeued(_)));
         queue.submit(job(4, 3), |_, _| {}).unwrap();
         queue.drop_connection(3);
@@ -293,7 +293,7 @@ mod tests {
         let running = queue.next().unwrap();
         assert!(!queue.is_shut_down());
         let waiting: Vec<u64> = queue.shutdown().iter().map(|j| j.id).collect();
-        assert!(running.cancel.load(Ordering::SeqCst));
+        assert!(running.stop.is_cancelled());
         assert!(queue.is_shut_down());
         assert_eq!(waiting, [3, 2, 4]);
         assert_eq!(

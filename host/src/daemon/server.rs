@@ -9,7 +9,7 @@ use std::net::Shutdown;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use super::request::{png_attachment, Request, RequestError};
 use super::worker::ModelStatus;
 use crate::extra_networks::facts::NetworkKind;
 use crate::pipeline::png_info::{png_text, PARAMETERS_KEY};
+use crate::pipeline::stop::JobStop;
 use crate::request::GenerationRequest;
 
 /// Why the daemon could not start listening.
@@ -495,7 +496,7 @@ fn submit(
         request_id: request_id.clone(),
         conn,
         kind,
-        cancel: Arc::new(AtomicBool::new(false)),
+        stop: JobStop::new(),
         events: events.clone(),
     };
     let announce = |job: &Job, ahead: usize| {

@@ -3,7 +3,6 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use sdhost_plugin_api::Flow;
@@ -223,7 +222,7 @@ impl Worker {
 
     fn serve(&mut self, job: &Job, queue: &Scheduler) {
         let (id, job_id) = (job.request_id.clone(), job.id);
-        if job.cancel.load(Ordering::SeqCst) {
+        if job.stop.is_cancelled() {
             let stopped = if queue.is_shut_down() {
                 let message = "the daemon is shutting down; the job did not start";
                 job_error(job, ErrorCode::ShuttingDown, message)
@@ -353,13 +352,14 @@ impl Worker {
             &request.params,
             &init,
             mask.as_ref(),
-            Some(&job.cancel),
+            &job.stop,
             &mut |event| {
                 match event {
                     JobEvent::Started {
                         images,
                         batches,
                         steps_per_batch: steps,
+                        ..
                     } => {
                         steps_per_batch = steps;
                         self.live.planned(batches, steps);
@@ -407,7 +407,7 @@ impl Worker {
                         },
                     ),
                 }
-                if job.cancel.load(Ordering::SeqCst) {
+                if job.stop.is_cancelled() {
                     Flow::Cancel
                 } else {
                     Flow::Continue

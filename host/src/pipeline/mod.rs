@@ -6,11 +6,15 @@ pub mod decode;
 pub mod encode;
 pub mod error;
 pub mod extra_networks;
+pub mod hires;
 pub mod img2img;
 pub mod init;
+pub mod job;
 pub mod mask_latents;
 pub mod model;
 pub mod output;
 
 pub mod png_info;
 pub mod preview;
+pub mod stop;
+pub mod txt2img;

@@ -13,3 +13,4 @@ pub mod modes;
 pub mod pillow;
 pub mod resample;
 pub mod resize;
+pub mod upscalers;

@@ -63,6 +63,16 @@ const KEYED_FIELDS: &[&str] = &[
     "sigma_max",
     "rho",
     "sampler_options",
+    "enable_hr",
+    "hr_scale",
+    "hr_upscaler",
+    "hr_second_pass_steps",
+    "hr_resize_x",
+    "hr_resize_y",
+    "hr_sampler_name",
+    "hr_scheduler",
+    "hr_prompt",
+    "hr_negative_prompt",
 ];
 
 /// Fields that describe the job, not one image: never in an image's infotext.
@@ -142,6 +152,15 @@ pub struct ImageFacts<'a> {
     pub inpainting: bool,
     /// The model took inpainting conditioning (9-channel UNet).
     pub inpainting_conditioning: bool,
+    /// A txt2img image: `Some`, with its Hires. fix facts when the job had one.
+    pub txt2img: Option<Option<HiresFacts>>,
+}
+
+/// What a Hires. fix image's infotext says besides the request's hires fields.
+pub struct HiresFacts {
+    /// `Hires schedule type`: the hires pass's schedule when it is another than the first
+    /// pass's (A1111 writes it in `KDiffusionSampler.get_sigmas`).
+    pub schedule_label: Option<String>,
 }
 
 impl GenerationRequest {
@@ -156,6 +175,8 @@ impl GenerationRequest {
         let schedule = &self.sampler.schedule_options;
         let inpaint = &self.inpaint;
         let masked = facts.inpainting;
+        let txt2img = facts.txt2img.is_some();
+        let hires = facts.txt2img.as_ref().and_then(Option::as_ref);
         let mut values: Vec<(&str, Option<String>)> = vec![
             ("Steps", Some(self.sampler.steps.to_string())),
             ("Sampler", Some(info.name.to_string())),
@@ -173,9 +194,10 @@ impl GenerationRequest {
                 varied.then(|| ui_number(self.subseed_strength)),
             ),
             ("Seed resize from", self.seed_resize_from().map(size)),
+            // txt2img writes it only for Hires. fix (A1111 `StableDiffusionProcessingTxt2Img.init`).
             (
                 "Denoising strength",
-                Some(ui_number(self.sampler.denoising_strength)),
+                (!txt2img || hires.is_some()).then(|| ui_number(self.sampler.denoising_strength)),
             ),
             (
                 "Conditional mask weight",
@@ -225,6 +247,11 @@ impl GenerationRequest {
                 self.img2img_color_correction.then(|| "True".to_string()),
             ),
             (VAE_TILING_KEY, self.vae_tiling.then(|| "True".to_string())),
+        ];
+        if let Some(hires) = hires {
+            values.extend(self.hires_values(hires));
+        }
+        values.extend([
             // A1111 adds it when the networks are activated, just before `TI hashes`.
             ("Lora hashes", facts.lora_hashes.clone()),
             ("TI hashes", facts.ti_hashes.clone()),
@@ -237,9 +264,10 @@ impl GenerationRequest {
                     .as_ref()
                     .map(|_| py_float(self.refiner_switch_at)),
             ),
+            // An img2img field: txt2img has no initial noise multiplier.
             (
                 "Noise multiplier",
-                (self.initial_noise_multiplier != 1.0)
+                (!txt2img && self.initial_noise_multiplier != 1.0)
                     .then(|| ui_number(self.initial_noise_multiplier)),
             ),
             (
@@ -250,7 +278,7 @@ impl GenerationRequest {
             ("Schedule min sigma", schedule.sigma_min.map(ui_number)),
             ("Schedule max sigma", schedule.sigma_max.map(ui_number)),
             ("Schedule rho", schedule.rho.map(ui_number)),
-        ];
+        ]);
         let mut option_values: Vec<(String, String)> = Vec::new();
         for (name, value) in &self.sampler.options {
             let default = info.options.iter().find(|o| o.name.as_str() == name);
@@ -271,6 +299,77 @@ impl GenerationRequest {
             Some(format!("sdhost-{}", env!("CARGO_PKG_VERSION"))),
         ));
         Infotext::with_params(&self.prompt, &self.negative_prompt, values)
+    }
+
+    /// The Hires. fix keys in A1111's insertion order (`StableDiffusionProcessingTxt2Img.init`,
+    /// `calculate_target_resolution`).
+    fn hires_values(&self, facts: &HiresFacts) -> Vec<(&'static str, Option<String>)> {
+        let hires = &self.hires;
+        let (hr_prompt, hr_negative) = hires.prompts(&self.prompt, &self.negative_prompt);
+        let resized = hires.hr_resize_x != 0 || hires.hr_resize_y != 0;
+        vec![
+            (
+                "Hires sampler",
+                hires
+                    .sampler()
+                    .filter(|name| *name != self.sampler.sampler)
+                    .map(String::from),
+            ),
+            (
+                "Hires prompt",
+                (hr_prompt != self.prompt).then(|| hr_prompt.to_string()),
+            ),
+            (
+                "Hires negative prompt",
+                (hr_negative != self.negative_prompt).then(|| hr_negative.to_string()),
+            ),
+            ("Hires schedule type", facts.schedule_label.clone()),
+            (
+                "Hires upscale",
+                (!resized).then(|| ui_number(hires.hr_scale)),
+            ),
+            (
+                "Hires resize",
+                resized.then(|| format!("{}x{}", hires.hr_resize_x, hires.hr_resize_y)),
+            ),
+            (
+                "Hires steps",
+                (hires.hr_second_pass_steps > 0).then(|| hires.hr_second_pass_steps.to_string()),
+            ),
+            ("Hires upscaler", hires.hr_upscaler.clone()),
+        ]
+    }
+
+    /// Reads the Hires. fix keys; `enable_hr` as A1111's paste sets its checkbox (`Denoising
+    /// strength` with `Hires upscale`, `Hires upscaler` or `Hires resize`).
+    fn apply_hires_infotext(&mut self, infotext: &Infotext, problems: &mut Vec<String>) {
+        let hires = &mut self.hires;
+        let get = |key: &str| infotext.get(key).map(str::to_string);
+        hires.enable_hr = infotext.get("Denoising strength").is_some()
+            && ["Hires upscale", "Hires upscaler", "Hires resize"]
+                .iter()
+                .any(|key| infotext.get(key).is_some());
+        hires.hr_scale = match infotext
+            .get("Hires upscale")
+            .map(|v| v.trim().parse::<f64>())
+        {
+            None => 2.0,
+            Some(Ok(scale)) => scale,
+            Some(Err(_)) => {
+                problems.push("Hires upscale: not a number".into());
+                2.0
+            }
+        };
+        (hires.hr_resize_x, hires.hr_resize_y) = infotext.size("Hires resize").unwrap_or((0, 0));
+        hires.hr_second_pass_steps = infotext
+            .get("Hires steps")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        hires.hr_upscaler = get("Hires upscaler");
+        hires.hr_sampler_name = get("Hires sampler");
+        hires.hr_scheduler = get("Hires schedule type");
+        hires.hr_prompt = get("Hires prompt").unwrap_or_default();
+        hires.hr_negative_prompt = get("Hires negative prompt").unwrap_or_default();
     }
 
     /// Takes over what an infotext says (A1111's "PNG Info → Send to img2img"): prompts, steps,
@@ -379,6 +478,7 @@ impl GenerationRequest {
             Some(v) if v.eq_ignore_ascii_case("mean") => InitLatentMode::Mean,
             _ => InitLatentMode::Sample,
         };
+        self.apply_hires_infotext(infotext, &mut problems);
         self.apply_fields_by_api_name(infotext, &mut problems);
         problems
     }

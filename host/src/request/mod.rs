@@ -8,11 +8,13 @@
 //! base with [`GenerationRequest::overlay`], which knows A1111's shorthands (`mask_blur`,
 //! `override_settings`) and names the field of any bad value.
 
+mod hires;
 mod infotext;
 mod overlay;
 mod wire_forms;
 
-pub use infotext::{option_value, ui_number, ImageFacts, JOB_SHAPE_FIELDS};
+pub use hires::HiresSettings;
+pub use infotext::{option_value, ui_number, HiresFacts, ImageFacts, JOB_SHAPE_FIELDS};
 pub use overlay::{schema, FieldInfo, InvalidRequest};
 pub(crate) use wire_forms::{flag, sampler_options, size_pair, IndexOrName};
 
@@ -186,6 +188,10 @@ pub struct GenerationRequest {
     /// "Switch at"), 0-1.
     #[default(0.8)]
     pub refiner_switch_at: f64,
+    /// Hires. fix (txt2img only): upscale, steps, sampler, schedule and prompts of the
+    /// second pass; its strength is `denoising_strength`.
+    #[serde(flatten)]
+    pub hires: HiresSettings,
 }
 
 impl GenerationRequest {
@@ -255,6 +261,7 @@ impl GenerationRequest {
             ("denoising_strength", self.sampler.denoising_strength),
             ("mask_alpha", self.mask_alpha),
             ("refiner_switch_at", self.refiner_switch_at),
+            ("hr_scale", self.hires.hr_scale),
         ] {
             if !value.is_finite() {
                 return invalid(name, format!("must be a finite number, got {value}"));

@@ -76,6 +76,9 @@ pub struct CfgDenoiser<'m> {
     refiner: Option<RefinerStage<'m>>,
     /// Whether the refiner took over.
     switched: bool,
+    /// The last call's denoised prediction (A1111's `last_latent`, what an interrupted batch
+    /// is decoded from).
+    last_denoised: Option<Tensor>,
 }
 
 impl<'m> CfgDenoiser<'m> {
@@ -98,7 +101,13 @@ impl<'m> CfgDenoiser<'m> {
             call: 0,
             refiner: None,
             switched: false,
+            last_denoised: None,
         }
+    }
+
+    /// The denoised prediction of the last model call, if there was one.
+    pub fn last_denoised(&self) -> Option<Tensor> {
+        self.last_denoised.as_ref().map(Tensor::shallow_clone)
     }
 
     /// Hands sampling over to `refiner` when its switch point is reached.
@@ -257,6 +266,20 @@ pub fn torch_panic(context: &str, payload: &(dyn std::any::Any + Send)) -> StepF
 
 impl Denoise for CfgDenoiser<'_> {
     fn denoise(
+        &mut self,
+        x: &Tensor,
+        sigma: f64,
+        timestep: Option<f64>,
+    ) -> Result<Tensor, StepFailure> {
+        let denoised = self.masked(x, sigma, timestep)?;
+        self.last_denoised = Some(denoised.shallow_clone());
+        Ok(denoised)
+    }
+}
+
+impl CfgDenoiser<'_> {
+    /// D(x, σ) with guidance and, when inpainting, the mask's blend with the init latent.
+    fn masked(
         &mut self,
         x: &Tensor,
         sigma: f64,

@@ -139,11 +139,31 @@ impl<'r> SamplingPlan<'r> {
         settings: &SamplerSettings,
         levels: &NoiseLevels,
     ) -> Result<Self, PlanError> {
+        Self::build(registry, settings, levels, false)
+    }
+
+    /// The plan of a txt2img pass: the whole schedule from pure noise, `steps` steps
+    /// (A1111 `KDiffusionSampler.sample`, `CompVisSampler.sample`); the denoising strength
+    /// plays no part.
+    pub fn txt2img(
+        registry: &'r SamplerRegistry,
+        settings: &SamplerSettings,
+        levels: &NoiseLevels,
+    ) -> Result<Self, PlanError> {
+        Self::build(registry, settings, levels, true)
+    }
+
+    fn build(
+        registry: &'r SamplerRegistry,
+        settings: &SamplerSettings,
+        levels: &NoiseLevels,
+        txt2img: bool,
+    ) -> Result<Self, PlanError> {
         if settings.steps == 0 {
             return Err(PlanError::Invalid("steps must be at least 1".into()));
         }
         let strength = settings.denoising_strength;
-        if !(0.0..=1.0).contains(&strength) {
+        if !txt2img && !(0.0..=1.0).contains(&strength) {
             return Err(PlanError::Invalid(format!(
                 "denoising strength must be between 0 and 1, got {strength}"
             )));
@@ -156,7 +176,12 @@ impl<'r> SamplingPlan<'r> {
         };
         let discard =
             info.discard_penultimate_sigma || settings.schedule_options.discard_penultimate;
-        let (steps, t_enc) = img2img_steps(settings.steps, strength, settings.fix_steps);
+        // txt2img walks the whole schedule: A1111's img2img levels with t_enc = steps − 1.
+        let (steps, t_enc) = if txt2img {
+            (settings.steps, settings.steps - 1)
+        } else {
+            img2img_steps(settings.steps, strength, settings.fix_steps)
+        };
         let alphas_cumprod: Vec<f64> = levels
             .alphas_cumprod()
             .iter()
@@ -169,7 +194,11 @@ impl<'r> SamplingPlan<'r> {
                 full_sigmas,
                 sigmas,
                 timesteps,
-            } = ddim_levels(levels, steps, t_enc, discard)?;
+            } = if txt2img {
+                ddim_txt2img_levels(levels, steps, discard)?
+            } else {
+                ddim_levels(levels, steps, t_enc, discard)?
+            };
             return Ok(SamplingPlan {
                 sampler,
                 schedule: None,
@@ -179,7 +208,11 @@ impl<'r> SamplingPlan<'r> {
                 sigmas,
                 timesteps,
                 t_enc,
-                steps_run: t_enc.saturating_sub(1),
+                steps_run: if txt2img {
+                    steps.saturating_sub(1)
+                } else {
+                    t_enc.saturating_sub(1)
+                },
                 alphas_cumprod,
                 options,
             });
@@ -238,6 +271,18 @@ impl<'r> SamplingPlan<'r> {
         init_latent + noise * self.sigmas[0]
     }
 
+    /// The starting latent of a txt2img pass from unit noise: `noise·σmax` for k-diffusion
+    /// samplers; the DDIM family starts from the noise itself as the VP latent, which is
+    /// `noise·√(1+σ²)` in the k-diffusion form their input takes.
+    pub fn txt2img_start(&self, noise: &Tensor) -> Tensor {
+        let sigma = self.sigmas[0];
+        if self.sampler.info.input == ScheduleInput::Timesteps {
+            noise * (1.0 + sigma * sigma).sqrt()
+        } else {
+            noise * sigma
+        }
+    }
+
     /// The σ range of the Brownian-tree noise: the smallest positive and the largest σ of the
     /// full schedule (A1111 builds the tree over the whole schedule, not the img2img part).
     pub fn brownian_range(&self) -> (f64, f64) {
@@ -283,6 +328,28 @@ fn ddim_levels(
     let full = all.iter().rev().map(|&t| sigma(t)).collect();
     Ok(DdimLevels {
         full_sigmas: full,
+        sigmas: descent.iter().map(|&t| sigma(t)).collect(),
+        timesteps: descent.iter().map(|&t| t as f64).collect(),
+    })
+}
+
+/// DDIM-family txt2img levels: x is pure noise at the last timestep and A1111's sampler calls
+/// the model at `timesteps[steps−1] … timesteps[1]`, ending at `timesteps[0]`
+/// (`sd_samplers_timesteps_impl.ddim`); the list passed repeats the start level first, as the
+/// noising level the samplers skip.
+fn ddim_txt2img_levels(
+    levels: &NoiseLevels,
+    steps: usize,
+    discard: bool,
+) -> Result<DdimLevels, PlanError> {
+    let all = ddim_timesteps(steps, discard)?;
+    let sigma = |t: i64| levels.sigmas()[t as usize];
+    let last = *all.last().expect("at least one timestep");
+    let descent: Vec<i64> = std::iter::once(last)
+        .chain(all.iter().rev().copied())
+        .collect();
+    Ok(DdimLevels {
+        full_sigmas: all.iter().rev().map(|&t| sigma(t)).collect(),
         sigmas: descent.iter().map(|&t| sigma(t)).collect(),
         timesteps: descent.iter().map(|&t| t as f64).collect(),
     })

@@ -14,6 +14,7 @@ use sdhost::models::text_encoders::{ModelFamily, TextEncoders};
 use sdhost::models::{Prediction, StableDiffusion};
 use sdhost::pipeline::img2img::run_img2img;
 use sdhost::pipeline::model::GenerationModel;
+use sdhost::pipeline::stop::JobStop;
 use sdhost::prepare::inpaint::{InpaintSettings, MaskedContent};
 use sdhost::prompt::chunks::{tokenize_line_with, PromptChunk, TokenizedPrompt};
 use sdhost::prompt::clean::TextCleaning;
@@ -1045,7 +1046,7 @@ fn sd2_v_and_sdxl_inpainting_match_the_reference() {
             &params,
             &init,
             Some(&mask),
-            None,
+            &JobStop::new(),
             &mut |_| Flow::Continue,
         )
         .expect("inpainting job runs");

@@ -15,6 +15,7 @@ use sdhost::extra_networks::parse_prompt;
 use sdhost::pickle::PickleError;
 use sdhost::pipeline::img2img::{run_img2img, JobOutcome};
 use sdhost::pipeline::model::GenerationModel;
+use sdhost::pipeline::stop::JobStop;
 use sdhost::request::GenerationRequest;
 use sdhost::sampling::plan::SamplerSettings;
 use sdhost_plugin_api::Flow;
@@ -272,9 +273,15 @@ fn job_params(prompt: &str) -> GenerationRequest {
 
 fn run(model: &GenerationModel, params: &GenerationRequest, init: &image::RgbImage) -> JobOutcome {
     let registry = common::builtin_registry();
-    run_img2img(model, &registry, params, init, None, None, &mut |_| {
-        Flow::Continue
-    })
+    run_img2img(
+        model,
+        &registry,
+        params,
+        init,
+        None,
+        &JobStop::new(),
+        &mut |_| Flow::Continue,
+    )
     .expect("job runs")
 }
 
@@ -418,7 +425,7 @@ fn hypernetworks_are_cleared_when_a_job_is_cancelled_and_reused_when_named_again
         &job_params("a cat <hypernet:relu_ln> <hypernet:relu_ln:0.5>"),
         &init,
         None,
-        None,
+        &JobStop::new(),
         &mut |_| {
             steps += 1;
             assert_eq!(model.sd.unet.hypernetworks().len(), 2, "set during the job");

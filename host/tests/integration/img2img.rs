@@ -7,6 +7,7 @@ use crate::common;
 use image::RgbImage;
 use sdhost::pipeline::img2img::{run_img2img, JobEvent, JobOutcome};
 use sdhost::pipeline::model::GenerationModel;
+use sdhost::pipeline::stop::JobStop;
 use sdhost::prepare::resize::ResizeMode;
 use sdhost::request::{GenerationRequest, RngChoice};
 use sdhost::sampling::plan::SamplerSettings;
@@ -28,9 +29,15 @@ fn run(
     params: &GenerationRequest,
     init: &RgbImage,
 ) -> JobOutcome {
-    run_img2img(model, registry, params, init, None, None, &mut |_| {
-        Flow::Continue
-    })
+    run_img2img(
+        model,
+        registry,
+        params,
+        init,
+        None,
+        &JobStop::new(),
+        &mut |_| Flow::Continue,
+    )
     .expect("job runs")
 }
 
@@ -181,19 +188,28 @@ fn job_seeds_infotext_cancel_and_errors() {
     };
 
     let mut events = Vec::new();
-    let outcome = run_img2img(&model, &registry, &base, &init, None, None, &mut |event| {
-        events.push(match event {
-            JobEvent::Started {
-                images,
-                batches,
-                steps_per_batch,
-            } => format!("start {images} {batches} {steps_per_batch}"),
-            JobEvent::Step { batch, step, .. } => format!("step {batch} {step}"),
-            JobEvent::Image(image) => format!("image {}", image.seed),
-            JobEvent::Warning(message) => format!("warning {message}"),
-        });
-        Flow::Continue
-    })
+    let outcome = run_img2img(
+        &model,
+        &registry,
+        &base,
+        &init,
+        None,
+        &JobStop::new(),
+        &mut |event| {
+            events.push(match event {
+                JobEvent::Started {
+                    images,
+                    batches,
+                    steps_per_batch,
+                    ..
+                } => format!("start {images} {batches} {steps_per_batch}"),
+                JobEvent::Step { batch, step, .. } => format!("step {batch} {step}"),
+                JobEvent::Image(image) => format!("image {}", image.seed),
+                JobEvent::Warning(message) => format!("warning {message}"),
+            });
+            Flow::Continue
+        },
+    )
     .unwrap();
     let seeds: Vec<u64> = outcome.images.iter().map(|i| i.seed).collect();
     assert_eq!(seeds, [100, 101, 102, 103]);
@@ -229,18 +245,26 @@ fn job_seeds_infotext_cancel_and_errors() {
     // the step that saw the cancel.
     let mut cancelled = false;
     let mut steps_after_cancel = 0;
-    let outcome = run_img2img(&model, &registry, &base, &init, None, None, &mut |event| {
-        if let JobEvent::Step { batch, step, .. } = event {
-            if cancelled {
-                steps_after_cancel += 1;
+    let outcome = run_img2img(
+        &model,
+        &registry,
+        &base,
+        &init,
+        None,
+        &JobStop::new(),
+        &mut |event| {
+            if let JobEvent::Step { batch, step, .. } = event {
+                if cancelled {
+                    steps_after_cancel += 1;
+                }
+                if (batch, step) == (1, 2) {
+                    cancelled = true;
+                    return Flow::Cancel;
+                }
             }
-            if (batch, step) == (1, 2) {
-                cancelled = true;
-                return Flow::Cancel;
-            }
-        }
-        Flow::Continue
-    })
+            Flow::Continue
+        },
+    )
     .unwrap();
     assert!(outcome.cancelled);
     assert_eq!(outcome.images.len(), 2);
@@ -282,9 +306,15 @@ fn job_seeds_infotext_cancel_and_errors() {
 
     // User errors are typed and say what is wrong.
     let error = |params: GenerationRequest| {
-        run_img2img(&model, &registry, &params, &init, None, None, &mut |_| {
-            Flow::Continue
-        })
+        run_img2img(
+            &model,
+            &registry,
+            &params,
+            &init,
+            None,
+            &JobStop::new(),
+            &mut |_| Flow::Continue,
+        )
         .err()
         .expect("refused")
         .to_string()

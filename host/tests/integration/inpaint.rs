@@ -7,6 +7,7 @@ use crate::common;
 use image::{GrayImage, RgbImage};
 use sdhost::pipeline::img2img::{run_img2img, JobOutcome};
 use sdhost::pipeline::model::GenerationModel;
+use sdhost::pipeline::stop::JobStop;
 use sdhost::prepare::inpaint::{prepare_inpaint, InpaintSettings, MaskedContent};
 use sdhost::prepare::mask::binary_mask;
 use sdhost::request::GenerationRequest;
@@ -234,7 +235,7 @@ fn run(
         params,
         init,
         Some(mask),
-        None,
+        &JobStop::new(),
         &mut |_| Flow::Continue,
     )
     .expect("inpainting job runs")
@@ -375,7 +376,7 @@ fn masks_that_cannot_be_used_are_refused_clearly() {
             params,
             &init,
             Some(mask),
-            None,
+            &JobStop::new(),
             &mut |_| Flow::Continue,
         )
         .err()

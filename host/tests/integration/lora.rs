@@ -12,6 +12,7 @@ use sdhost::extra_networks::dirs::NetworkDirs;
 use sdhost::pipeline::extra_networks::activate_extra_networks;
 use sdhost::pipeline::img2img::{run_img2img, JobEvent};
 use sdhost::pipeline::model::GenerationModel;
+use sdhost::pipeline::stop::JobStop;
 use sdhost::request::GenerationRequest;
 use sdhost::sampling::plan::SamplerSettings;
 use sdhost_plugin_api::Flow;
@@ -376,7 +377,7 @@ fn img2img_with_loras_is_the_job_of_the_patched_checkpoint() {
             &params(prompt),
             &init,
             None,
-            None,
+            &JobStop::new(),
             &mut |e| {
                 if let JobEvent::Warning(w) = e {
                     warnings.push(w.to_string());
@@ -490,9 +491,15 @@ fn embeddings_bundled_in_a_lora_join_the_jobs_prompt_words() {
         ..GenerationRequest::default()
     };
     let init = image::RgbImage::from_pixel(64, 64, image::Rgb([120, 80, 40]));
-    let outcome = run_img2img(&model, &registry, &params, &init, None, None, &mut |_| {
-        Flow::Continue
-    })
+    let outcome = run_img2img(
+        &model,
+        &registry,
+        &params,
+        &init,
+        None,
+        &JobStop::new(),
+        &mut |_| Flow::Continue,
+    )
     .unwrap();
     let text = outcome.images[0].infotext.to_text();
     // A1111's BundledTIHash: the network's name stands in for the embedding's hash.

@@ -14,6 +14,7 @@ use sdhost::checkpoint::Checkpoint;
 use sdhost::pipeline::extra_networks::activate_extra_networks;
 use sdhost::pipeline::img2img::{run_img2img, JobEvent};
 use sdhost::pipeline::model::GenerationModel;
+use sdhost::pipeline::stop::JobStop;
 use sdhost::request::GenerationRequest;
 use sdhost::sampling::plan::SamplerSettings;
 use sdhost::tiny_model::{write_tiny_model, TinyFamily, TinyModelSpec};
@@ -251,12 +252,20 @@ fn job_warnings(model: &GenerationModel, prompt: &str) -> Vec<String> {
     };
     let init = image::RgbImage::from_pixel(64, 64, image::Rgb([120, 80, 40]));
     let mut events = Vec::new();
-    let outcome = run_img2img(model, &registry, &params, &init, None, None, &mut |e| {
-        if let JobEvent::Warning(w) = e {
-            events.push(w.to_string());
-        }
-        Flow::Continue
-    })
+    let outcome = run_img2img(
+        model,
+        &registry,
+        &params,
+        &init,
+        None,
+        &JobStop::new(),
+        &mut |e| {
+            if let JobEvent::Warning(w) = e {
+                events.push(w.to_string());
+            }
+            Flow::Continue
+        },
+    )
     .expect("the job runs");
     assert_eq!(outcome.images.len(), 1);
     assert_eq!(events, outcome.warnings, "the job reports what it streamed");

@@ -33,6 +33,7 @@ mod samplers;
 mod sampling_plan;
 mod schedules;
 mod tokenizer;
+mod txt2img;
 mod vae_io;
 mod vae_override;
 mod vae_precision;

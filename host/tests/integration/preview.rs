@@ -10,6 +10,7 @@ use sdhost::pipeline::model::GenerationModel;
 use sdhost::pipeline::preview::{
     cheap_images, preview_image, preview_images, PreviewError, PreviewMethod, CHEAP_COEFFICIENTS,
 };
+use sdhost::pipeline::stop::JobStop;
 use sdhost::request::GenerationRequest;
 use sdhost::sampling::plan::SamplerSettings;
 use sdhost_plugin_api::Flow;
@@ -126,7 +127,7 @@ fn full_preview_of_the_last_euler_step_is_the_final_image() {
         &params,
         &init,
         None,
-        None,
+        &JobStop::new(),
         &mut |event| {
             match event {
                 JobEvent::Started {

@@ -8,6 +8,7 @@ use crate::common;
 use image::RgbImage;
 use sdhost::pipeline::img2img::{run_img2img, JobError, JobOutcome};
 use sdhost::pipeline::model::GenerationModel;
+use sdhost::pipeline::stop::JobStop;
 use sdhost::request::GenerationRequest;
 use sdhost::sampling::plan::SamplerSettings;
 use sdhost::tiny_model::{write_tiny_model, TinyFamily, TinyModelSpec};
@@ -46,9 +47,15 @@ fn params(refiner: &str) -> GenerationRequest {
 
 fn run(model: &GenerationModel, params: &GenerationRequest, init: &RgbImage) -> JobOutcome {
     let registry = common::builtin_registry();
-    run_img2img(model, &registry, params, init, None, None, &mut |_| {
-        Flow::Continue
-    })
+    run_img2img(
+        model,
+        &registry,
+        params,
+        init,
+        None,
+        &JobStop::new(),
+        &mut |_| Flow::Continue,
+    )
     .expect("job runs")
 }
 
@@ -138,7 +145,7 @@ fn jobs_that_cannot_have_their_refiner_are_refused_before_work() {
         params,
         &init,
         None,
-        None,
+        &JobStop::new(),
         &mut |_| Flow::Continue,
     ) {
         Err(error @ (JobError::Unsupported(_) | JobError::InvalidParams(_))) => error.to_string(),
@@ -173,7 +180,7 @@ fn inpainting_with_the_9_channel_sdxl_model_hands_over_to_the_4_channel_refiner(
             params,
             &init,
             Some(&mask),
-            None,
+            &JobStop::new(),
             &mut |_| Flow::Continue,
         )
         .expect("the inpainting job runs")

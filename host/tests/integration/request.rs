@@ -8,7 +8,7 @@ use sdhost::cli::request_flags::RequestFlags;
 use sdhost::daemon::protocol::{Attachment, Frame, PixelFormat};
 use sdhost::daemon::request::{parse_request, Request};
 use sdhost::infotext::Infotext;
-use sdhost::request::{GenerationRequest, ImageFacts, InvalidRequest};
+use sdhost::request::{GenerationRequest, HiresFacts, ImageFacts, InvalidRequest};
 use serde_json::{json, Map, Value};
 
 /// One value per request field, different from A1111's UI default, as JSON.
@@ -59,7 +59,22 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("sd_vae", r#""kl-f8-anime2.safetensors""#),
     ("refiner_checkpoint", r#""sd_xl_refiner_1.0 [7440042bbd]""#),
     ("refiner_switch_at", "0.65"),
+    ("enable_hr", "true"),
+    ("hr_scale", "1.5"),
+    ("hr_upscaler", r#""Latent (bicubic)""#),
+    ("hr_second_pass_steps", "7"),
+    ("hr_resize_x", "640"),
+    ("hr_resize_y", "480"),
+    ("hr_sampler_name", r#""Euler""#),
+    ("hr_scheduler", r#""Karras""#),
+    ("hr_prompt", r#""a big cat""#),
+    ("hr_negative_prompt", r#""blurry, small""#),
 ];
+
+/// Whether a field is one of Hires. fix's, which only a txt2img infotext carries.
+fn is_hires_field(name: &str) -> bool {
+    name == "enable_hr" || name.starts_with("hr_")
+}
 
 fn examples() -> Vec<(&'static str, Value)> {
     EXAMPLES
@@ -214,6 +229,7 @@ fn every_field_of_one_image_survives_its_infotext() {
                 .then(|| request.refiner_checkpoint.clone()),
             inpainting: true,
             inpainting_conditioning: true,
+            txt2img: None,
         };
         let text = request.infotext(&facts).to_text();
         let parsed = Infotext::parse(&text);
@@ -224,7 +240,7 @@ fn every_field_of_one_image_survives_its_infotext() {
         let (sent, read) = (request.to_object(), back.to_object());
         for field in GenerationRequest::fields() {
             let name = field.name.as_str();
-            if sdhost::request::JOB_SHAPE_FIELDS.contains(&name) {
+            if sdhost::request::JOB_SHAPE_FIELDS.contains(&name) || is_hires_field(name) {
                 continue;
             }
             // The seeds an image's infotext has are the image's own (-1 picks one); the
@@ -232,6 +248,65 @@ fn every_field_of_one_image_survives_its_infotext() {
             let wanted = match name {
                 "seed" => json!(facts.seed),
                 "subseed" if request.subseed_strength != 0.0 => json!(facts.subseed),
+                _ => sent[name].clone(),
+            };
+            assert_eq!(read[name], wanted, "{name} through the infotext:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn every_hires_field_survives_a_txt2img_infotext() {
+    let registry = crate::common::builtin_registry();
+    let hires: Map<String, Value> = examples()
+        .into_iter()
+        .filter(|(name, _)| is_hires_field(name))
+        .map(|(name, value)| (name.to_string(), value))
+        .collect();
+    let resized = GenerationRequest::ui_defaults().overlay(&hires).unwrap();
+    let mut scaled = hires.clone();
+    scaled.insert("hr_resize_x".into(), json!(0));
+    scaled.insert("hr_resize_y".into(), json!(0));
+    let scaled = GenerationRequest::ui_defaults().overlay(&scaled).unwrap();
+    for request in [GenerationRequest::ui_defaults(), resized, scaled] {
+        let found = registry.find(&request.sampler.sampler).expect("sampler");
+        let hires = request.hires.enable_hr.then(|| HiresFacts {
+            schedule_label: request.hires.hr_scheduler.clone(),
+        });
+        let facts = ImageFacts {
+            seed: 1,
+            subseed: 2,
+            sampler: found.info,
+            schedule_label: request.sampler.schedule.label(),
+            discard_penultimate: false,
+            model: ("tiny", "0123456789"),
+            vae: None,
+            ti_hashes: None,
+            lora_hashes: None,
+            refiner: None,
+            inpainting: false,
+            inpainting_conditioning: false,
+            txt2img: Some(hires),
+        };
+        let text = request.infotext(&facts).to_text();
+        assert_eq!(
+            text.contains("Denoising strength"),
+            request.hires.enable_hr,
+            "txt2img writes the strength only for Hires. fix: {text}"
+        );
+        let mut back = GenerationRequest::ui_defaults();
+        let problems = back.apply_infotext(&Infotext::parse(&text));
+        assert!(problems.is_empty(), "{problems:?} in {text}");
+        let (sent, read) = (request.to_object(), back.to_object());
+        let resize = request.hires.hr_resize_x != 0 || request.hires.hr_resize_y != 0;
+        for field in GenerationRequest::fields() {
+            let name = field.name.as_str();
+            if !is_hires_field(name) {
+                continue;
+            }
+            // A1111 writes `Hires resize` instead of `Hires upscale` when a size is given.
+            let wanted = match name {
+                "hr_scale" if resize => json!(2.0),
                 _ => sent[name].clone(),
             };
             assert_eq!(read[name], wanted, "{name} through the infotext:\n{text}");

@@ -13,6 +13,7 @@ use image::RgbImage;
 use sdhost::infotext::Infotext;
 use sdhost::pipeline::img2img::{run_img2img, GeneratedImage};
 use sdhost::pipeline::model::GenerationModel;
+use sdhost::pipeline::stop::JobStop;
 use sdhost::request::GenerationRequest;
 use sdhost::sd_vae::{load_vae_file, VaeError, VaeResolution};
 use sdhost_plugin_api::Flow;
@@ -63,9 +64,15 @@ fn job(model: &GenerationModel, init: &RgbImage) -> GeneratedImage {
         ..GenerationRequest::ui_defaults()
     };
     let registry = common::builtin_registry();
-    let mut outcome = run_img2img(model, &registry, &params, init, None, None, &mut |_| {
-        Flow::Continue
-    })
+    let mut outcome = run_img2img(
+        model,
+        &registry,
+        &params,
+        init,
+        None,
+        &JobStop::new(),
+        &mut |_| Flow::Continue,
+    )
     .expect("job runs");
     outcome.images.remove(0)
 }

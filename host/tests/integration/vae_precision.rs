@@ -7,6 +7,7 @@ use crate::common;
 use sdhost::checkpoint::Checkpoint;
 use sdhost::pipeline::img2img::{run_img2img, JobEvent, JobOutcome};
 use sdhost::pipeline::model::GenerationModel;
+use sdhost::pipeline::stop::JobStop;
 use sdhost::request::GenerationRequest;
 use sdhost::sampling::plan::SamplerSettings;
 use sdhost::tiny_model::{
@@ -58,12 +59,20 @@ fn job(model: &GenerationModel) -> (JobOutcome, Vec<String>) {
     let init = common::test_picture(&tempfile::tempdir().unwrap().path().join("init.png"));
     let registry = common::builtin_registry();
     let mut warnings = Vec::new();
-    let outcome = run_img2img(model, &registry, &params, &init, None, None, &mut |event| {
-        if let JobEvent::Warning(text) = event {
-            warnings.push(text.to_string());
-        }
-        Flow::Continue
-    })
+    let outcome = run_img2img(
+        model,
+        &registry,
+        &params,
+        &init,
+        None,
+        &JobStop::new(),
+        &mut |event| {
+            if let JobEvent::Warning(text) = event {
+                warnings.push(text.to_string());
+            }
+            Flow::Continue
+        },
+    )
     .expect("the job runs");
     (outcome, warnings)
 }

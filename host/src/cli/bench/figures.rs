@@ -13,6 +13,7 @@ use crate::checkpoint::{infer_architecture, Checkpoint};
 use crate::models::StableDiffusion;
 use crate::pipeline::img2img::run_img2img;
 use crate::pipeline::model::GenerationModel;
+use crate::pipeline::stop::JobStop;
 use crate::prepare::inpaint::InpaintSettings;
 use crate::request::GenerationRequest;
 use crate::sampling::plan::SamplerSettings;
@@ -52,9 +53,15 @@ pub(super) fn time_job(
     mask: Option<&GrayImage>,
 ) -> anyhow::Result<f64> {
     let start = Instant::now();
-    run_img2img(model, registry, params, init, mask, None, &mut |_| {
-        Flow::Continue
-    })
+    run_img2img(
+        model,
+        registry,
+        params,
+        init,
+        mask,
+        &JobStop::new(),
+        &mut |_| Flow::Continue,
+    )
     .context("benchmark job")?;
     Ok(start.elapsed().as_secs_f64())
 }
@@ -147,7 +154,7 @@ fn bf16_drift(dir: &Path) -> anyhow::Result<()> {
             &params(128, 128, 10, 0.6),
             &init,
             None,
-            None,
+            &JobStop::new(),
             &mut |_| Flow::Continue,
         )?;
         Ok(outcome.images.into_iter().next().context("an image")?.image)
