@@ -2,6 +2,7 @@
 //! per topic; `common` holds the shared helpers. Run one topic with
 //! `cargo test --release --test integration <topic>::`.
 
+mod api;
 mod brownian;
 mod checkpoint_loading;
 mod cli;
