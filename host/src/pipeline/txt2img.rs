@@ -227,6 +227,9 @@ impl<'a> Txt2ImgJob<'a> {
                 .to_string(),
             schedule,
             steps: hires_steps(params),
+            // `sample_hr_pass` passes its steps to `sample_img2img`, so `setup_img2img_steps`
+            // runs exactly that many whatever `img2img_fix_steps` says.
+            fix_steps: true,
             ..params.sampler.clone()
         };
         let plan = SamplingPlan::new(registry, &family_settings(model, &settings), &model.levels)?;
@@ -360,8 +363,9 @@ impl<'a> Txt2ImgJob<'a> {
         Ok((upscaled, self.blank_conditioning(seeds, shape)?))
     }
 
-    /// Pixel upscale's way back: each image encoded (its VAE sample drawn with its seed, as
-    /// img2img's init), with an inpainting model's conditioning of the whole image.
+    /// Pixel upscale's way back: each image encoded (A1111 `images_tensor_to_samples`, image
+    /// by image, the VAE samples drawn as A1111 draws them), with an inpainting model's
+    /// conditioning of the whole image.
     fn encode(
         &self,
         images: &[RgbImage],
@@ -369,7 +373,12 @@ impl<'a> Txt2ImgJob<'a> {
     ) -> Result<(Tensor, Option<Tensor>), JobError> {
         let (model, params) = (self.job.model, self.job.params);
         let mut latents = Vec::with_capacity(images.len());
-        for (image, &seed) in images.iter().zip(seeds) {
+        // ldm's posterior sample draws from torch's global CPU generator, which the first
+        // pass's `rng.randn(seed, …)` left seeded with the batch's last seed: image i takes
+        // its i-th draw.
+        let last = seeds.last().copied().unwrap_or_default();
+        let mut posterior = Generator::new(last, Device::Cpu)?;
+        for image in images {
             let encoding = guarded("VAE encode", || {
                 InitEncoding::new(
                     &model.sd.vae,
@@ -381,7 +390,7 @@ impl<'a> Txt2ImgJob<'a> {
             })?;
             let latent = match params.init_latent {
                 crate::request::InitLatentMode::Sample => {
-                    encoding.latent(InitLatent::Sample(&mut Generator::new(seed, Device::Cpu)?))?
+                    encoding.latent(InitLatent::Sample(&mut posterior))?
                 }
                 crate::request::InitLatentMode::Mean => encoding.latent(InitLatent::Mean)?,
             };
