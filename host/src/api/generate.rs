@@ -258,6 +258,20 @@ fn parameters(
     for warning in &choice.warnings {
         eprintln!("sdhost: API: {warning}");
     }
+    // A1111 passes the request's `eta` to samplers that take one (ancestral, SDE, DDIM),
+    // instead of the option; the other A1111 sampler fields are overridden by options there.
+    if let Some(eta) = model.get("eta").as_f64() {
+        let takes_eta = state
+            .shared
+            .capabilities
+            .samplers
+            .iter()
+            .find(|s| s.name == choice.sampler)
+            .is_some_and(|s| s.options.contains_key("eta"));
+        if takes_eta {
+            changes.insert("sampler_options".into(), serde_json::json!({ "eta": eta }));
+        }
+    }
     changes.insert("sampler_name".into(), Value::from(choice.sampler.clone()));
     changes.insert("scheduler".into(), Value::from(choice.schedule.label()));
     let mut params = base.overlay(&changes).map_err(invalid)?;
