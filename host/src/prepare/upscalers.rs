@@ -46,8 +46,8 @@ impl PixelUpscaler {
     }
 
     /// `Upscaler.upscale`: up to three steps until the size reaches `scale` rounded down to
-    /// multiples of 8, then Lanczos to exactly that.
-    fn upscale(self, image: &RgbImage, scale: f64) -> RgbImage {
+    /// multiples of 8, then Lanczos to exactly that (also the extras tab's upscale).
+    pub fn upscale(self, image: &RgbImage, scale: f64) -> RgbImage {
         let dest = |v: u32| ((f64::from(v) * scale) / 8.0).floor() as u32 * 8;
         let (dest_w, dest_h) = (dest(image.width()), dest(image.height()));
         let mut image = image.clone();
