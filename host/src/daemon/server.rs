@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::catalog::SharedCatalog;
 use super::config::Limits;
 use super::connection::{Connection, Stream};
 use super::event::{Capabilities, ErrorCode, Event, Listing, Outgoing};
@@ -103,8 +104,8 @@ pub struct Shared {
     pub status: Arc<Mutex<ModelStatus>>,
     /// Static capabilities (samplers, schedules, modes, limits) for `welcome` and `list`.
     pub capabilities: Capabilities,
-    /// Selectable models.
-    pub models: Vec<String>,
+    /// Selectable models (the worker's catalog, rescanned on request).
+    pub catalog: SharedCatalog,
     /// LoRA, LyCORIS, hypernetwork and VAE files.
     pub networks: NetworkListing,
     /// Limits.
@@ -122,7 +123,7 @@ impl Shared {
         limits: Limits,
         status: Arc<Mutex<ModelStatus>>,
         capabilities: Capabilities,
-        models: Vec<String>,
+        catalog: SharedCatalog,
         networks: NetworkListing,
     ) -> Self {
         Shared {
@@ -130,7 +131,7 @@ impl Shared {
             queue: Scheduler::new(limits.queue_capacity),
             status,
             capabilities,
-            models,
+            catalog,
             connections: OpenConnections::new(limits.max_connections),
             limits,
             live: Arc::new(LiveState::default()),
@@ -154,7 +155,11 @@ impl Shared {
         self.networks.refresh();
         Box::new(Listing {
             model,
-            models: self.models.clone(),
+            models: self
+                .catalog
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .names(),
             networks,
             capabilities: self.capabilities.clone(),
         })

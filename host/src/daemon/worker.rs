@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use sdhost_plugin_api::Flow;
 use tch::{Device, Kind};
 
+use super::catalog::SharedCatalog;
 use super::event::{
     DoneOutcome, ErrorCode, Event, ModelFacts, Outgoing, Placement, PreviewFacts, ProgressDetail,
 };
@@ -15,7 +16,6 @@ use super::live::LiveState;
 use super::protocol::{Attachment, PixelFormat};
 use super::queue::{Job, JobKind, Scheduler};
 use super::request::{GenerateRequest, Txt2imgJob};
-use super::ModelCatalog;
 use crate::extra_networks::dirs::NetworkDirs;
 use crate::pipeline::img2img::{run_img2img, GeneratedImage, JobError, JobEvent, JobOutcome};
 use crate::pipeline::model::GenerationModel;
@@ -23,6 +23,7 @@ use crate::pipeline::preview::{preview_image, PreviewSettings};
 use crate::pipeline::txt2img::run_txt2img;
 use crate::prepare::init_image::DEFAULT_BACKGROUND;
 use crate::prepare::modes::ModeInputs;
+use crate::prompt::embeddings::EmbeddingShape;
 use crate::request::GenerationRequest;
 use crate::sampling::plugins::SamplerRegistry;
 
@@ -41,6 +42,8 @@ pub struct ModelStatus {
     pub embeddings: Vec<String>,
     /// Whether it is an inpainting model (a 9-channel UNet).
     pub inpainting: bool,
+    /// Its embeddings' shapes, loaded and skipped (the HTTP API's `/embeddings`).
+    pub embedding_shapes: (Vec<EmbeddingShape>, Vec<EmbeddingShape>),
 }
 
 /// The worker's resources.
@@ -49,8 +52,8 @@ pub struct Worker {
     pub model: GenerationModel,
     /// Samplers.
     pub registry: SamplerRegistry,
-    /// Models that can be selected.
-    pub catalog: ModelCatalog,
+    /// Models that can be selected (shared with the front ends, which rescan it).
+    pub catalog: SharedCatalog,
     /// Embeddings folder for every model.
     pub embeddings_dir: Option<PathBuf>,
     /// Where every model's jobs find extra networks and VAEs.
@@ -264,17 +267,23 @@ impl Worker {
         }
     }
 
+    /// The catalog as last scanned.
+    fn catalog(&self) -> std::sync::RwLockReadGuard<'_, super::ModelCatalog> {
+        self.catalog.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Loads the refiner a request names (a catalog name or title, or a file), keeping it
     /// loaded for later jobs.
     fn select_refiner(&mut self, name: &str) -> Result<(), String> {
         if name.is_empty() {
             return Ok(());
         }
-        let path = match self.catalog.find(name) {
-            Some(path) => path.to_path_buf(),
+        let found = self.catalog().find(name);
+        let path = match found {
+            Some(path) => path,
             None if Path::new(name).is_file() => PathBuf::from(name),
             None => {
-                let known = self.catalog.names().join(", ");
+                let known = self.catalog().names().join(", ");
                 return Err(format!("no refiner checkpoint \"{name}\" (known: {known})"));
             }
         };
@@ -285,8 +294,9 @@ impl Worker {
     }
 
     fn select_model(&mut self, job: &Job, name: &str) {
-        let Some(path) = self.catalog.find(name).map(PathBuf::from) else {
-            let known = self.catalog.names().join(", ");
+        let found = self.catalog().find(name);
+        let Some(path) = found else {
+            let known = self.catalog().names().join(", ");
             let message = format!("no model \"{name}\" (known: {known})");
             Self::send(job, job_error(job, ErrorCode::UnknownModel, message));
             return;
@@ -306,6 +316,10 @@ impl Worker {
                     demo: false,
                     embeddings: self.model.embeddings.names(),
                     inpainting: self.model.sd.architecture.is_inpainting(),
+                    embedding_shapes: (
+                        self.model.embeddings.shapes(),
+                        self.model.embeddings.skipped_shapes.clone(),
+                    ),
                 };
                 *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
                 let done = Event::Done {
@@ -394,7 +408,7 @@ impl Worker {
             return;
         }
         let mut steps_per_batch = 0;
-        let model = &self.model;
+        let (model, live) = (&self.model, &self.live);
         let outcome = run(model, &self.registry, &mut |event| {
             match event {
                 JobEvent::Started {
@@ -404,7 +418,7 @@ impl Worker {
                     hires_steps,
                 } => {
                     steps_per_batch = steps;
-                    self.live.planned(batches, steps, hires_steps);
+                    live.planned(batches, steps, hires_steps);
                     let planned = Event::Progress {
                         id: job.request_id.clone(),
                         job: job.id,
@@ -421,7 +435,7 @@ impl Worker {
                     step,
                     denoised,
                 } => {
-                    publish_step(&self.live, model, params, (batch, step), denoised);
+                    publish_step(live, model, params, (batch, step), denoised);
                     Self::send(
                         job,
                         step_event(
@@ -435,8 +449,7 @@ impl Worker {
                 }
                 JobEvent::Image(image) => {
                     if (image.index + 1) % params.batch_size == 0 {
-                        self.live
-                            .batches_done((image.index + 1) / params.batch_size);
+                        live.batches_done((image.index + 1) / params.batch_size);
                     }
                     Self::send(job, result_event(job, image))
                 }

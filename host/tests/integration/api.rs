@@ -749,7 +749,11 @@ fn txt2img_with_hires_fix_matches_the_cli_pixel_for_pixel() {
         .iter()
         .map(|i| decode_png(i.as_str().unwrap()))
         .collect();
-    assert_eq!(api[0].0.dimensions(), (72, 56), "the hires size, 8·⌊side/8⌋");
+    assert_eq!(
+        api[0].0.dimensions(),
+        (72, 56),
+        "the hires size, 8·⌊side/8⌋"
+    );
     assert!(api[0].1.as_deref().unwrap().contains("Hires upscale: 1.5"));
 
     let dir = tempfile::tempdir().unwrap();
