@@ -415,10 +415,10 @@ impl Worker {
                     images,
                     batches,
                     steps_per_batch: steps,
-                    ..
+                    hires_steps,
                 } => {
                     steps_per_batch = steps;
-                    live.planned(batches, steps);
+                    live.planned(batches, steps, hires_steps);
                     let planned = Event::Progress {
                         id: job.request_id.clone(),
                         job: job.id,
