@@ -30,10 +30,13 @@ pub fn routes() -> Router<ApiState> {
     Router::new().route("/sdapi/v1/options", get(get_options).post(set_options))
 }
 
+/// Makes an option's default value.
+type DefaultFn = fn() -> Value;
+
 /// A1111 options that are request fields here, with A1111's defaults (also
 /// [`GenerationRequest::api_defaults`]'s). Only these reach generation: a client's other
 /// stored keys (`samples_format` …) never change a job.
-const REQUEST_OPTIONS: &[(&str, fn() -> Value)] = &[
+const REQUEST_OPTIONS: &[(&str, DefaultFn)] = &[
     ("CLIP_stop_at_last_layers", || json!(1)),
     ("sd_vae", || json!("Automatic")),
     ("randn_source", || json!("GPU")),
