@@ -5,8 +5,6 @@
 //! `info` = a JSON string. An interrupted job still answers 200 with what it made.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -32,6 +30,7 @@ use crate::daemon::request::GenerateRequest;
 use crate::daemon::server::check_limits;
 use crate::daemon::worker::ModelStatus;
 use crate::infotext::Infotext;
+use crate::pipeline::stop::JobStop;
 use crate::prepare::modes::Img2ImgMode;
 use crate::request::{GenerationRequest, InvalidRequest, RngChoice};
 use crate::rng::{fixed_seed, random_seed};
@@ -259,6 +258,20 @@ fn parameters(
     for warning in &choice.warnings {
         eprintln!("sdhost: API: {warning}");
     }
+    // A1111 passes the request's `eta` to samplers that take one (ancestral, SDE, DDIM),
+    // instead of the option; the other A1111 sampler fields are overridden by options there.
+    if let Some(eta) = model.get("eta").as_f64() {
+        let takes_eta = state
+            .shared
+            .capabilities
+            .samplers
+            .iter()
+            .find(|s| s.name == choice.sampler)
+            .is_some_and(|s| s.options.contains_key("eta"));
+        if takes_eta {
+            changes.insert("sampler_options".into(), serde_json::json!({ "eta": eta }));
+        }
+    }
     changes.insert("sampler_name".into(), Value::from(choice.sampler.clone()));
     changes.insert("scheduler".into(), Value::from(choice.schedule.label()));
     let mut params = base.overlay(&changes).map_err(invalid)?;
@@ -409,7 +422,7 @@ fn submit(
         request_id: Value::from(format!("http {client}")),
         conn: state.conn_of(client.ip()),
         kind,
-        cancel: Arc::new(AtomicBool::new(false)),
+        stop: JobStop::new(),
         events,
     };
     shared.queue.submit(job, |_, _| {}).map_err(|error| {

@@ -7,7 +7,7 @@ use std::sync::{Condvar, Mutex};
 use crossbeam_channel::Sender;
 
 use super::event::Outgoing;
-use super::request::GenerateRequest;
+use super::request::{GenerateRequest, Txt2imgJob};
 use crate::pipeline::stop::JobStop;
 
 /// A connection's number.
@@ -18,6 +18,8 @@ pub type ConnId = u64;
 pub enum JobKind {
     /// An img2img / inpaint job.
     Generate(Box<GenerateRequest>),
+    /// A txt2img job (with Hires. fix when its parameters enable it).
+    Txt2img(Box<Txt2imgJob>),
     /// Load another model.
     SelectModel(String),
 }
@@ -180,12 +182,22 @@ impl Scheduler {
         }
     }
 
-    /// Flags the running job to stop, whoever's it is (A1111's `/interrupt` is global);
-    /// whether one was running.
+    /// A1111's `/interrupt`, global: the running job, whoever's it is, returns its running
+    /// batch as far as it got and ends; whether one was running.
     pub fn interrupt_running(&self) -> bool {
         let state = self.lock();
-        if let Some((_, _, flag)) = &state.running {
-            flag.store(true, Ordering::SeqCst);
+        if let Some((_, _, stop)) = &state.running {
+            stop.interrupt();
+        }
+        state.running.is_some()
+    }
+
+    /// A1111's `/skip`, global: the running job returns its running batch as far as it got
+    /// and goes on with the next; whether one was running.
+    pub fn skip_running(&self) -> bool {
+        let state = self.lock();
+        if let Some((_, _, stop)) = &state.running {
+            stop.skip();
         }
         state.running.is_some()
     }

@@ -35,6 +35,7 @@ mod sampling_plan;
 mod schedules;
 mod tokenizer;
 mod txt2img;
+mod txt2img_parity;
 mod vae_io;
 mod vae_override;
 mod vae_precision;
