@@ -32,7 +32,7 @@ use crate::daemon::worker::ModelStatus;
 use crate::infotext::Infotext;
 use crate::pipeline::stop::JobStop;
 use crate::prepare::modes::Img2ImgMode;
-use crate::request::{GenerationRequest, InvalidRequest, RngChoice};
+use crate::request::{GenerationRequest, InvalidRequest};
 use crate::rng::{fixed_seed, random_seed};
 
 /// This module's routes.
@@ -194,21 +194,8 @@ fn parameters(
     model: &Ordered,
     body: &Map<String, Value>,
 ) -> Result<(GenerationRequest, String), ApiError> {
-    let mut base = GenerationRequest::api_defaults();
-    if !matches!(state.device, tch::Device::Cuda(_)) {
-        // A1111's "GPU" source draws on the model's device: on a CPU that is the CPU
-        // generator, which is sdhost's CPU source.
-        base.randn_source = RngChoice::Cpu;
-    }
-    for (setting, value) in state.options() {
-        if let Some(field) = GenerationRequest::setting_field(&setting) {
-            let one: Map<String, Value> = [(field.to_string(), value)].into_iter().collect();
-            // A setting of the wrong type was stored by a client; it must not fail jobs.
-            if let Ok(next) = base.overlay(&one) {
-                base = next;
-            }
-        }
-    }
+    // API defaults with the `/options` settings that are request fields laid over.
+    let mut base = super::options::request_base(state);
     if let Some(text) = model.get("infotext").as_str() {
         for problem in base.apply_infotext(&Infotext::parse(text)) {
             eprintln!("sdhost: API: infotext: {problem}");
