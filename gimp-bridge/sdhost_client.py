@@ -12,8 +12,12 @@ the daemon's model folders with its metadata (docs/protocol.md, Networks) for pi
 `client.vae_choices()` the values of the `sd_vae` parameter. A job's warnings (the `done`
 event's: a VAE or a network that is not found …) are kept in `client.warnings` by `run`.
 
+txt2img (with A1111's Hires. fix): `client.txt2img(params={"prompt": "a cat", "width": 512,
+"enable_hr": True, "hr_scale": 2})`, parameters as A1111's `/sdapi/v1/txt2img`, no images sent.
+
 Live previews (A1111's): pass `preview={"method": "Approx cheap", "every": 2}` (or "Full") to
-`img2img`; every 2nd sampler step's progress event then has `event.preview_image` (rgba8).
+`img2img` or `txt2img`; every 2nd sampler step's progress event then has `event.preview_image`
+(rgba8).
 """
 
 from __future__ import annotations
@@ -248,6 +252,16 @@ class Client:
         if sketch is not None:
             attachments.append(("sketch", sketch))
         return self.submit("img2img", header, attachments)
+
+    def txt2img(self, params: Optional[dict[str, Any]] = None,
+                preview: Optional[dict[str, Any]] = None) -> int:
+        """Queues a txt2img job (A1111 API parameter names, Hires. fix's `enable_hr`, `hr_*`
+        included; what is not given is A1111's UI default); returns its job. `preview` as for
+        `img2img`."""
+        header: dict[str, Any] = {"params": params or {}}
+        if preview is not None:
+            header["preview"] = preview
+        return self.submit("txt2img", header)
 
     def select_model(self, model: str) -> int:
         return self.submit("select_model", {"model": model})

@@ -25,5 +25,6 @@ async fn interrupt(State(state): State<ApiState>) -> Json<Value> {
 
 async fn skip(State(state): State<ApiState>) -> Json<Value> {
     state.shared.live.skip();
+    state.shared.queue.skip_running();
     Json(Value::Null)
 }

@@ -5,8 +5,6 @@
 //! `info` = a JSON string. An interrupted job still answers 200 with what it made.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -32,6 +30,7 @@ use crate::daemon::request::GenerateRequest;
 use crate::daemon::server::check_limits;
 use crate::daemon::worker::ModelStatus;
 use crate::infotext::Infotext;
+use crate::pipeline::stop::JobStop;
 use crate::prepare::modes::Img2ImgMode;
 use crate::request::{GenerationRequest, InvalidRequest, RngChoice};
 use crate::rng::{fixed_seed, random_seed};
@@ -409,7 +408,7 @@ fn submit(
         request_id: Value::from(format!("http {client}")),
         conn: state.conn_of(client.ip()),
         kind,
-        cancel: Arc::new(AtomicBool::new(false)),
+        stop: JobStop::new(),
         events,
     };
     shared.queue.submit(job, |_, _| {}).map_err(|error| {

@@ -180,12 +180,22 @@ impl Scheduler {
         }
     }
 
-    /// Flags the running job to stop, whoever's it is (A1111's `/interrupt` is global);
-    /// whether one was running.
+    /// A1111's `/interrupt`, global: the running job, whoever's it is, returns its running
+    /// batch as far as it got and ends; whether one was running.
     pub fn interrupt_running(&self) -> bool {
         let state = self.lock();
-        if let Some((_, _, flag)) = &state.running {
-            flag.store(true, Ordering::SeqCst);
+        if let Some((_, _, stop)) = &state.running {
+            stop.interrupt();
+        }
+        state.running.is_some()
+    }
+
+    /// A1111's `/skip`, global: the running job returns its running batch as far as it got
+    /// and goes on with the next; whether one was running.
+    pub fn skip_running(&self) -> bool {
+        let state = self.lock();
+        if let Some((_, _, stop)) = &state.running {
+            stop.skip();
         }
         state.running.is_some()
     }

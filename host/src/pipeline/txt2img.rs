@@ -205,6 +205,9 @@ impl<'a> Txt2ImgJob<'a> {
                 .to_string(),
             schedule,
             steps: hires_steps(params),
+            // `sample_hr_pass` passes its steps to `sample_img2img`, so `setup_img2img_steps`
+            // runs exactly that many whatever `img2img_fix_steps` says.
+            fix_steps: true,
             ..params.sampler.clone()
         };
         let plan = SamplingPlan::new(registry, &family_settings(model, &settings), &model.levels)?;
@@ -338,8 +341,9 @@ impl<'a> Txt2ImgJob<'a> {
         Ok((upscaled, self.blank_conditioning(seeds, shape)?))
     }
 
-    /// Pixel upscale's way back: each image encoded (its VAE sample drawn with its seed, as
-    /// img2img's init), with an inpainting model's conditioning of the whole image.
+    /// Pixel upscale's way back: each image encoded (A1111 `images_tensor_to_samples`, image
+    /// by image, the VAE samples drawn as A1111 draws them), with an inpainting model's
+    /// conditioning of the whole image.
     fn encode(
         &self,
         images: &[RgbImage],
@@ -347,7 +351,12 @@ impl<'a> Txt2ImgJob<'a> {
     ) -> Result<(Tensor, Option<Tensor>), JobError> {
         let (model, params) = (self.job.model, self.job.params);
         let mut latents = Vec::with_capacity(images.len());
-        for (image, &seed) in images.iter().zip(seeds) {
+        // ldm's posterior sample draws from torch's global CPU generator, which the first
+        // pass's `rng.randn(seed, …)` left seeded with the batch's last seed: image i takes
+        // its i-th draw.
+        let last = seeds.last().copied().unwrap_or_default();
+        let mut posterior = Generator::new(last, Device::Cpu)?;
+        for image in images {
             let encoding = guarded("VAE encode", || {
                 InitEncoding::new(
                     &model.sd.vae,
@@ -359,7 +368,7 @@ impl<'a> Txt2ImgJob<'a> {
             })?;
             let latent = match params.init_latent {
                 crate::request::InitLatentMode::Sample => {
-                    encoding.latent(InitLatent::Sample(&mut Generator::new(seed, Device::Cpu)?))?
+                    encoding.latent(InitLatent::Sample(&mut posterior))?
                 }
                 crate::request::InitLatentMode::Mean => encoding.latent(InitLatent::Mean)?,
             };
@@ -475,6 +484,7 @@ mod tests {
     use super::*;
     use crate::pipeline::hires::HiresSettings;
     use crate::pipeline::img2img::tests::{registry, tiny_model};
+    use crate::tiny_model::{write_tiny_model, Preset, TinyModelSpec};
 
     fn params(upscaler: Option<&str>) -> GenerationRequest {
         GenerationRequest {
@@ -594,5 +604,48 @@ mod tests {
         assert_eq!(outcome.images.len(), 4);
         assert_eq!(outcome.images[0].image.dimensions(), (96, 72));
         assert_eq!(steps, 5 + 7);
+    }
+
+    #[test]
+    fn ddim_family_samplers_walk_the_whole_schedule_from_the_noise() {
+        for sampler in ["DDIM", "PLMS"] {
+            let params = GenerationRequest {
+                sampler: SamplerSettings {
+                    sampler: sampler.into(),
+                    ..params(None).sampler
+                },
+                n_iter: 1,
+                ..params(None)
+            };
+            // A1111's timestep samplers call back steps − 1 times (the last timestep is t = 1).
+            let (outcome, steps) = run(&params, None);
+            assert_eq!((outcome.images.len(), steps), (2, 3), "{sampler}");
+        }
+    }
+
+    #[test]
+    fn inpainting_models_get_their_conditioning_in_both_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny-inpainting.safetensors");
+        let spec = TinyModelSpec {
+            preset: Preset::Tiny,
+            inpainting: true,
+            seed: 7,
+            storage: Kind::Float,
+        };
+        write_tiny_model(&spec, &path).unwrap();
+        let model = GenerationModel::load(&path, Device::Cpu, Kind::Float, None).unwrap();
+        let registry = registry();
+        for (upscaler, weight) in [("Latent", 1.0), ("Latent", 0.5), ("Nearest", 1.0)] {
+            let mut params = params(Some(upscaler));
+            params.inpaint.mask_weight = weight;
+            let outcome = run_txt2img(&model, &registry, &params, &JobStop::new(), &mut |_| {
+                Flow::Continue
+            })
+            .unwrap_or_else(|e| panic!("{upscaler} {weight}: {e}"));
+            assert_eq!(outcome.images[3].image.dimensions(), (96, 72));
+            let text = outcome.images[0].infotext.to_text();
+            assert!(text.contains("Conditional mask weight"), "{text}");
+        }
     }
 }

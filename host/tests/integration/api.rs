@@ -414,8 +414,10 @@ fn progress_rises_during_a_job_and_interrupt_returns_the_partial_result() {
     let (status, answer) = job.join().unwrap();
     assert_eq!(status, 200, "an interrupted job still answers: {answer}");
     let images = answer["images"].as_array().unwrap();
+    // The finished batch and the interrupted one (decoded from its last prediction), not
+    // the later ones.
     assert!(
-        (1..4).contains(&images.len()),
+        (2..4).contains(&images.len()),
         "partial: {} images",
         images.len()
     );
@@ -659,5 +661,62 @@ fn override_settings_switch_the_checkpoint_and_unknown_ones_are_ignored() {
     assert_eq!(
         model_of(&job(json!({"sd_model_checkpoint": "no such model"}))),
         other_name
+    );
+}
+
+#[test]
+fn skip_ends_the_running_batch_early_and_the_job_goes_on() {
+    let server = start(&[], None);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, init) = init_picture(dir.path());
+    let body = json!({
+        "init_images": [init], "steps": 80, "denoising_strength": 1.0, "seed": 3,
+        "width": 64, "height": 64, "n_iter": 2,
+    });
+    let url = server.url.clone();
+    let job = {
+        let body = body.clone();
+        std::thread::spawn(move || {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let (status, answer, _) =
+                call(ureq::post(&format!("{url}/sdapi/v1/img2img")), Some(&bytes));
+            (status, answer)
+        })
+    };
+    let start = Instant::now();
+    loop {
+        let (_, answer) = get(&server, "/sdapi/v1/progress?skip_current_image=true");
+        let state = &answer["state"];
+        if state["job_count"] != 0
+            && state["job_no"] == 0
+            && state["sampling_step"].as_u64() > Some(3)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the job did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (status, reply, _) = call(ureq::post(&format!("{}/sdapi/v1/skip", server.url)), None);
+    assert_eq!((status, reply), (200, Value::Null));
+    let (status, skipped) = job.join().unwrap();
+    assert_eq!(status, 200, "{skipped}");
+    assert_eq!(
+        skipped["images"].as_array().unwrap().len(),
+        2,
+        "the job went on"
+    );
+    // The second batch ran in full: the same pixels as the same job unskipped.
+    let (status, full) = post(&server, "/sdapi/v1/img2img", &body);
+    assert_eq!(status, 200);
+    let second = |answer: &Value| decode_png(answer["images"][1].as_str().unwrap()).0;
+    let first = |answer: &Value| decode_png(answer["images"][0].as_str().unwrap()).0;
+    assert_eq!(second(&skipped), second(&full));
+    assert_ne!(
+        first(&skipped),
+        first(&full),
+        "the skipped batch stopped early"
     );
 }

@@ -34,6 +34,7 @@ mod sampling_plan;
 mod schedules;
 mod tokenizer;
 mod txt2img;
+mod txt2img_parity;
 mod vae_io;
 mod vae_override;
 mod vae_precision;
