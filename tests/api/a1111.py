@@ -60,7 +60,7 @@ def info(answer: dict) -> dict:
 def generation_checks(answer: dict, count: int, size: tuple[int, int] = (SIZE, SIZE)) -> list[Image.Image]:
     """The A1111 shape of a txt2img/img2img answer with `count` images: bare-base64 RGB PNGs of
     `size`, each carrying its infotext in the `parameters` text chunk."""
-    assert set(answer) == {"images", "parameters", "info"}
+    assert set(answer) == {"images", "parameters", "info"}, str(answer)[:500]
     facts = info(answer)
     images = [decode(text) for text in answer["images"]]
     assert len(images) == count
