@@ -1,8 +1,9 @@
-//! POST `/sdapi/v1/img2img`: A1111's request read laxly ([`super::request_model`]), turned
-//! into the daemon's img2img job (the same [`GenerateRequest`] a socket client's request
-//! becomes), queued on the daemon's one queue under the client's address, and answered in
-//! A1111 v1.10.1's shape: bare base64 PNGs with their infotext, `parameters` = the request,
-//! `info` = a JSON string. An interrupted job still answers 200 with what it made.
+//! POST `/sdapi/v1/img2img` and `/sdapi/v1/txt2img`: A1111's request read laxly
+//! ([`super::request_model`]), turned into the daemon's job (the same [`GenerateRequest`] or
+//! [`Txt2imgJob`] a socket client's request becomes), queued on the daemon's one queue under
+//! the client's address, and answered in A1111 v1.10.1's shape: bare base64 PNGs with their
+//! infotext, `parameters` = the request, `info` = a JSON string. An interrupted job still
+//! answers 200 with what it made.
 
 use std::net::SocketAddr;
 
@@ -26,18 +27,20 @@ use super::ApiState;
 use crate::daemon::event::{Event, Outgoing};
 use crate::daemon::live::timestamp_now;
 use crate::daemon::queue::{Job, JobKind, SubmitError};
-use crate::daemon::request::GenerateRequest;
+use crate::daemon::request::{GenerateRequest, Txt2imgJob};
 use crate::daemon::server::check_limits;
 use crate::daemon::worker::ModelStatus;
 use crate::infotext::Infotext;
 use crate::pipeline::stop::JobStop;
 use crate::prepare::modes::Img2ImgMode;
-use crate::request::{GenerationRequest, InvalidRequest, RngChoice};
+use crate::request::{GenerationRequest, InvalidRequest};
 use crate::rng::{fixed_seed, random_seed};
 
 /// This module's routes.
 pub fn routes() -> Router<ApiState> {
-    Router::new().route("/sdapi/v1/img2img", post(img2img))
+    Router::new()
+        .route("/sdapi/v1/img2img", post(img2img))
+        .route("/sdapi/v1/txt2img", post(txt2img))
 }
 
 async fn img2img(
@@ -45,10 +48,27 @@ async fn img2img(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    answer(state, client, Endpoint::Img2img, body).await
+}
+
+async fn txt2img(
+    State(state): State<ApiState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    answer(state, client, Endpoint::Txt2img, body).await
+}
+
+/// Answers a generation request. Parsing, decoding, waiting for the job and encoding are
+/// blocking work: off the runtime's threads, so /progress and the rest answer meanwhile.
+async fn answer(
+    state: ApiState,
+    client: SocketAddr,
+    endpoint: Endpoint,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let body = body.map_err(|_| lax::too_large())?;
-    // Parsing, decoding, waiting for the job and encoding are blocking work: off the
-    // runtime's threads, so /progress and the rest answer meanwhile.
-    tokio::task::spawn_blocking(move || generate(&state, client, Endpoint::Img2img, &body))
+    tokio::task::spawn_blocking(move || generate(&state, client, endpoint, &body))
         .await
         .map_err(|e| ApiError::runtime(format!("the request's thread failed: {e}")))?
 }
@@ -56,7 +76,9 @@ async fn img2img(
 /// A request read and checked, ready to queue.
 struct Prepared {
     /// The job.
-    job: GenerateRequest,
+    job: JobKind,
+    /// Its parameters.
+    params: GenerationRequest,
     /// The request as A1111's model read it (`parameters`).
     model: Ordered,
     /// The sampler's resolved name (`info.sampler_name`).
@@ -74,10 +96,10 @@ fn generate(
     let prepared = prepare(state, endpoint, &body)?;
     let Prepared {
         job,
+        params,
         mut model,
         sampler_name,
     } = prepared;
-    let params = job.params.clone();
     if let Some(checkpoint) = model
         .get("override_settings")
         .get("sd_model_checkpoint")
@@ -194,21 +216,7 @@ fn parameters(
     model: &Ordered,
     body: &Map<String, Value>,
 ) -> Result<(GenerationRequest, String), ApiError> {
-    let mut base = GenerationRequest::api_defaults();
-    if !matches!(state.device, tch::Device::Cuda(_)) {
-        // A1111's "GPU" source draws on the model's device: on a CPU that is the CPU
-        // generator, which is sdhost's CPU source.
-        base.randn_source = RngChoice::Cpu;
-    }
-    for (setting, value) in state.options() {
-        if let Some(field) = GenerationRequest::setting_field(&setting) {
-            let one: Map<String, Value> = [(field.to_string(), value)].into_iter().collect();
-            // A setting of the wrong type was stored by a client; it must not fail jobs.
-            if let Ok(next) = base.overlay(&one) {
-                base = next;
-            }
-        }
-    }
+    let mut base = super::options::request_base(state);
     if let Some(text) = model.get("infotext").as_str() {
         for problem in base.apply_infotext(&Infotext::parse(text)) {
             eprintln!("sdhost: API: infotext: {problem}");
@@ -258,6 +266,20 @@ fn parameters(
     for warning in &choice.warnings {
         eprintln!("sdhost: API: {warning}");
     }
+    // A1111 passes the request's `eta` to samplers that take one (ancestral, SDE, DDIM),
+    // instead of the option; the other A1111 sampler fields are overridden by options there.
+    if let Some(eta) = model.get("eta").as_f64() {
+        let takes_eta = state
+            .shared
+            .capabilities
+            .samplers
+            .iter()
+            .find(|s| s.name == choice.sampler)
+            .is_some_and(|s| s.options.contains_key("eta"));
+        if takes_eta {
+            changes.insert("sampler_options".into(), serde_json::json!({ "eta": eta }));
+        }
+    }
     changes.insert("sampler_name".into(), Value::from(choice.sampler.clone()));
     changes.insert("scheduler".into(), Value::from(choice.schedule.label()));
     let mut params = base.overlay(&changes).map_err(invalid)?;
@@ -271,24 +293,17 @@ fn parameters(
     Ok((params, choice.sampler))
 }
 
-/// Reads and checks a request (no job is queued when anything is wrong).
+/// Reads and checks a request (no job is queued when anything is wrong), in A1111's order:
+/// the init images' presence, the mask, the script, then the parameters.
 fn prepare(
     state: &ApiState,
     endpoint: Endpoint,
     body: &Map<String, Value>,
 ) -> Result<Prepared, ApiError> {
     let model = read_model(endpoint, body)?;
-    // A1111's order: the init images' presence, the mask, the script, then processing.
-    let Some(init_images) = model.get("init_images").as_array() else {
-        return Err(ApiError::http(
-            StatusCode::NOT_FOUND,
-            "Init image not found",
-        ));
-    };
-    let max_pixels = state.shared.limits.max_pixels;
-    let mask = match model.get("mask").as_str() {
-        Some(text) if !text.is_empty() => Some(decode_image(text, max_pixels)?),
-        _ => None,
+    let images = match endpoint {
+        Endpoint::Img2img => Some(read_images(state, &model)?),
+        Endpoint::Txt2img => None,
     };
     if let Some(script) = model.get("script_name").as_str().filter(|s| !s.is_empty()) {
         return Err(ApiError::http(
@@ -303,7 +318,52 @@ fn prepare(
             eprintln!("sdhost: API: always-on script \"{name}\" is not available; ignored");
         }
     }
-    let mut decoded = Vec::new();
+    let (params, sampler_name) = parameters(state, &model, body)?;
+    let job = match images {
+        Some((image, mask)) => JobKind::Generate(Box::new(GenerateRequest {
+            mode: Img2ImgMode::implied(false, mask.is_some()),
+            params: params.clone(),
+            image,
+            mask,
+            sketch: None,
+            preview: None,
+        })),
+        None => txt2img_job(&params),
+    };
+    Ok(Prepared {
+        job,
+        params,
+        model,
+        sampler_name,
+    })
+}
+
+/// A txt2img job (with Hires. fix when its parameters enable it) of `params`.
+fn txt2img_job(params: &GenerationRequest) -> JobKind {
+    JobKind::Txt2img(Box::new(Txt2imgJob {
+        params: params.clone(),
+        preview: None,
+    }))
+}
+
+/// img2img's init image (the first of `init_images`; the others are checked and ignored)
+/// and mask (`""` is none), each checked against the pixel limit before decoding.
+fn read_images(
+    state: &ApiState,
+    model: &Ordered,
+) -> Result<(DynamicImage, Option<DynamicImage>), ApiError> {
+    let Some(init_images) = model.get("init_images").as_array() else {
+        return Err(ApiError::http(
+            StatusCode::NOT_FOUND,
+            "Init image not found",
+        ));
+    };
+    let max_pixels = state.shared.limits.max_pixels;
+    let mask = match model.get("mask").as_str() {
+        Some(text) if !text.is_empty() => Some(decode_image(text, max_pixels)?),
+        _ => None,
+    };
+    let mut first = None;
     for (i, item) in init_images.iter().enumerate() {
         let Some(text) = item.as_str() else {
             return Err(ApiError::Validation(vec![ValidationItem {
@@ -316,31 +376,16 @@ fn prepare(
                 kind: "type_error.str".into(),
             }]));
         };
-        // Only the first is used (one init image per job); the others are still checked.
-        if i == 0 {
-            decoded.push(decode_image(text, max_pixels)?);
+        let image = decode_image(text, max_pixels)?;
+        if first.is_none() {
+            first = Some(image);
         } else {
-            decode_image(text, max_pixels)?;
             eprintln!("sdhost: API: init image {i} ignored: sdhost uses the first");
         }
     }
-    let image: DynamicImage = decoded
-        .pop()
-        .ok_or_else(|| ApiError::http(StatusCode::NOT_FOUND, "Init image not found"))?;
-    let (params, sampler_name) = parameters(state, &model, body)?;
-    let job = GenerateRequest {
-        mode: Img2ImgMode::implied(false, mask.is_some()),
-        params,
-        image,
-        mask,
-        sketch: None,
-        preview: None,
-    };
-    Ok(Prepared {
-        job,
-        model,
-        sampler_name,
-    })
+    let image =
+        first.ok_or_else(|| ApiError::http(StatusCode::NOT_FOUND, "Init image not found"))?;
+    Ok((image, mask))
 }
 
 /// Whether `alias` (a title `name.safetensors [hash]`, a name, a file name or a short hash)
@@ -424,10 +469,10 @@ fn submit(
 fn run(
     state: &ApiState,
     client: SocketAddr,
-    request: GenerateRequest,
+    request: JobKind,
 ) -> Result<(Vec<Finished>, String), ApiError> {
     let (events, received) = crossbeam_channel::unbounded::<Outgoing>();
-    submit(state, client, JobKind::Generate(Box::new(request)), events)?;
+    submit(state, client, request, events)?;
     let mut finished = Vec::new();
     let mut timestamp = timestamp_now();
     for outgoing in received {

@@ -65,6 +65,12 @@ pub fn lenient_base64(text: &str) -> Option<Vec<u8>> {
     LENIENT.decode(&data).ok()
 }
 
+/// The file bytes of an image field (bare base64 or a data URL), not decoded as an image
+/// (png-info reads only its header).
+pub fn field_bytes(text: &str) -> Result<Vec<u8>, ApiError> {
+    lenient_base64(payload(text)?).ok_or_else(ApiError::invalid_image)
+}
+
 /// Decodes an image field (bare base64 or a data URL), refusing more than `max_pixels`
 /// pixels from the file's header before its pixels are decoded. Undecodable input is A1111's
 /// 500 "Invalid encoded image".

@@ -136,7 +136,7 @@ mod tests {
         let live = LiveState::default();
         assert_eq!(progress_of(&live.snapshot(), Instant::now()), (0.0, 0.0));
         live.begin("scripts_img2img");
-        live.planned(2, 10);
+        live.planned(2, 10, 0);
         let snapshot = live.snapshot();
         let (progress, _) = progress_of(&snapshot, Instant::now());
         assert!(

@@ -88,6 +88,18 @@ impl ModelHashes {
     }
 }
 
+/// A1111's legacy 8-hex hash alone (`sd_models.model_hash`): sha256 of the 64 KiB from offset
+/// 1 MiB (empty for smaller files), read without hashing the whole file.
+pub fn legacy_hash(path: &Path) -> std::io::Result<String> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let (start, len) = LEGACY_WINDOW;
+    file.seek(SeekFrom::Start(start as u64))?;
+    let mut window = Vec::with_capacity(len);
+    file.take(len as u64).read_to_end(&mut window)?;
+    Ok(hex(&Sha256::digest(&window))[..8].to_string())
+}
+
 /// How A1111 hashes a network file (`modules/hashes.py: sha256`, `addnet_hash_safetensors`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileHashKind {

@@ -17,7 +17,8 @@ mod verify;
 pub use architecture::{infer_architecture, infer_architecture_with_reason, SIZE_EMBEDDING_DIM};
 pub use family::{detect_family, FamilyDetection};
 pub use hash::{
-    addnet_hash, cached_file_hash, default_cache_dir, FileHashKind, ModelHashes, HASH_CACHE_FILE,
+    addnet_hash, cached_file_hash, default_cache_dir, legacy_hash, FileHashKind, ModelHashes,
+    HASH_CACHE_FILE,
 };
 pub use prediction::{
     detect_prediction, needs_v_test, prediction_from_file, v_prediction_test, v_test_mean,

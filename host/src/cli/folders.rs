@@ -55,9 +55,9 @@ impl FolderArgs {
         let catalog = ModelCatalog::scan(Some(models_dir), None);
         let found = match model {
             Some(name) => catalog.find(&name.to_string_lossy()),
-            None => catalog.first(),
+            None => catalog.first().map(Path::to_path_buf),
         };
-        found.map(Path::to_path_buf).with_context(|| {
+        found.with_context(|| {
             let known = catalog.names();
             let what = model.map_or("any checkpoint".to_string(), |m| {
                 format!("the checkpoint \"{}\"", m.display())

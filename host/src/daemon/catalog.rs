@@ -1,16 +1,92 @@
 //! The checkpoints a daemon can load: an A1111 `models/` tree used as it is
 //! (`Stable-diffusion/**.safetensors` and `**.ckpt`, `embeddings/` beside or inside it), or any
-//! folder.
+//! folder. Shared by the worker (which loads from it) and the front ends (which list it), and
+//! rescanned on request (`/sdapi/v1/refresh-checkpoints`).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
+use crate::checkpoint::{cached_file_hash, legacy_hash, FileHashKind};
 use crate::extra_networks::dirs::{ModelFolders, CHECKPOINT_FOLDER};
+
+/// The catalog as the worker and the front ends share it.
+pub type SharedCatalog = Arc<RwLock<ModelCatalog>>;
+
+/// One checkpoint file of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Entry {
+    /// sdhost's name (path under the checkpoint folder, no extension unless a twin needs it).
+    title: String,
+    /// The file.
+    path: PathBuf,
+    /// A1111's `CheckpointInfo.name`: the path under the checkpoint folder with its
+    /// extension, or the file name for a file outside it.
+    a1111_name: String,
+}
 
 /// Checkpoints found, named as A1111 titles them (path under the checkpoint folder, no
 /// extension; with it when a `.ckpt` and a `.safetensors` share a name).
 #[derive(Debug, Clone, Default)]
 pub struct ModelCatalog {
-    entries: Vec<(String, PathBuf)>,
+    entries: Vec<Entry>,
+    /// What was scanned, for [`ModelCatalog::refresh`].
+    models_dir: Option<PathBuf>,
+    extra: Option<PathBuf>,
+}
+
+/// A checkpoint as A1111 describes it (`modules/sd_models.py: CheckpointInfo`): the names and
+/// hashes `/sdapi/v1/sd-models` lists and `sd_model_checkpoint` accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    /// Path under the checkpoint folder with extension ("sub/name.safetensors").
+    pub name: String,
+    /// The file stem ("name").
+    pub name_for_extra: String,
+    /// `name` without extension, folders joined by `_` ("sub_name").
+    pub model_name: String,
+    /// The legacy 8-hex hash (A1111 computes it for every file).
+    pub legacy_hash: Option<String>,
+    /// The full sha256, when known (A1111 lists only cached ones; null until computed).
+    pub sha256: Option<String>,
+    /// The file.
+    pub path: PathBuf,
+}
+
+impl CheckpointInfo {
+    /// The first 10 hex of the sha256.
+    pub fn shorthash(&self) -> Option<&str> {
+        self.sha256.as_deref().and_then(|s| s.get(..10))
+    }
+
+    /// `name [shorthash]`, or `name` while the sha256 is unknown.
+    pub fn title(&self) -> String {
+        match self.shorthash() {
+            Some(short) => format!("{} [{short}]", self.name),
+            None => self.name.clone(),
+        }
+    }
+
+    /// Every string A1111 accepts for it (`CheckpointInfo.ids`).
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.legacy_hash.iter().cloned().collect();
+        ids.extend([
+            self.model_name.clone(),
+            self.title(),
+            self.name.clone(),
+            self.name_for_extra.clone(),
+        ]);
+        if let Some(legacy) = &self.legacy_hash {
+            ids.push(format!("{} [{legacy}]", self.name));
+        }
+        if let (Some(short), Some(sha)) = (self.shorthash(), &self.sha256) {
+            ids.extend([
+                short.to_string(),
+                sha.clone(),
+                format!("{} [{short}]", self.name_for_extra),
+            ]);
+        }
+        ids
+    }
 }
 
 /// A1111's `list_models` filter: `.ckpt` and `.safetensors`, but not the `*.vae.*` files
@@ -51,57 +127,143 @@ impl ModelCatalog {
             };
             let mut files = Vec::new();
             collect(&root, &mut files);
-            let stem = |file: &Path| file.strip_prefix(&root).unwrap_or(file).with_extension("");
+            let under = |file: &Path| file.strip_prefix(&root).unwrap_or(file).to_path_buf();
+            let stem = |file: &Path| under(file).with_extension("");
             for file in &files {
                 let shared = files.iter().filter(|f| stem(f) == stem(file)).count() > 1;
-                let relative = if shared {
-                    file.strip_prefix(&root).unwrap_or(file).to_path_buf()
-                } else {
-                    stem(file)
-                };
-                entries.push((relative.to_string_lossy().into_owned(), file.clone()));
+                let relative = if shared { under(file) } else { stem(file) };
+                entries.push(Entry {
+                    title: relative.to_string_lossy().into_owned(),
+                    path: file.clone(),
+                    a1111_name: under(file).to_string_lossy().into_owned(),
+                });
             }
         }
         if let Some(file) = extra {
-            let name = crate::pipeline::model::model_name(file);
-            if !entries.iter().any(|(_, path)| path == file) {
-                entries.push((name, file.to_path_buf()));
+            if !entries.iter().any(|e| e.path == file) {
+                entries.push(Entry {
+                    title: crate::pipeline::model::model_name(file),
+                    path: file.to_path_buf(),
+                    a1111_name: file
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                });
             }
         }
         entries.sort();
-        ModelCatalog { entries }
+        ModelCatalog {
+            entries,
+            models_dir: models_dir.map(Path::to_path_buf),
+            extra: extra.map(Path::to_path_buf),
+        }
+    }
+
+    /// Scans the same folders again (files added or removed since).
+    pub fn refresh(&mut self) {
+        *self = Self::scan(self.models_dir.as_deref(), self.extra.as_deref());
+    }
+
+    /// The models folder it scans, if any.
+    pub fn models_dir(&self) -> Option<&Path> {
+        self.models_dir.as_deref()
+    }
+
+    /// This catalog, shareable.
+    pub fn shared(self) -> SharedCatalog {
+        Arc::new(RwLock::new(self))
     }
 
     /// Names in order.
     pub fn names(&self) -> Vec<String> {
-        self.entries.iter().map(|(name, _)| name.clone()).collect()
+        self.entries.iter().map(|e| e.title.clone()).collect()
     }
 
-    /// The file of a model named by its title, file stem or file name, or by A1111's short
-    /// title (`name [hash]`, what infotext `Refiner` holds).
-    pub fn find(&self, name: &str) -> Option<&Path> {
-        self.find_exact(name).or_else(|| {
-            let (stem, hash) = name.strip_suffix(']')?.rsplit_once(" [")?;
-            (!hash.is_empty() && hash.chars().all(|c| c.is_ascii_hexdigit()))
-                .then(|| self.find_exact(stem))
-                .flatten()
-        })
+    /// The file of a model named by its title, file stem or file name, by A1111's short
+    /// title (`name [hash]`, what infotext `Refiner` holds), or by any other id A1111 accepts
+    /// (hashes as far as they are cached, `sub_name`, [`CheckpointInfo::ids`]).
+    pub fn find(&self, name: &str) -> Option<PathBuf> {
+        self.find_exact(name)
+            .or_else(|| {
+                let (stem, hash) = name.strip_suffix(']')?.rsplit_once(" [")?;
+                (!hash.is_empty() && hash.chars().all(|c| c.is_ascii_hexdigit()))
+                    .then(|| self.find_exact(stem))
+                    .flatten()
+            })
+            .map(Path::to_path_buf)
+            .or_else(|| {
+                let cache = crate::checkpoint::default_cache_dir();
+                self.checkpoints(cache.as_deref())
+                    .into_iter()
+                    .find(|info| info.ids().iter().any(|id| id == name))
+                    .map(|info| info.path)
+            })
     }
 
     fn find_exact(&self, name: &str) -> Option<&Path> {
         self.entries
             .iter()
-            .find(|(title, path)| {
-                title == name
-                    || path.file_stem().is_some_and(|s| s == name)
-                    || path.file_name().is_some_and(|s| s == name)
+            .find(|e| {
+                e.title == name
+                    || e.path.file_stem().is_some_and(|s| s == name)
+                    || e.path.file_name().is_some_and(|s| s == name)
             })
-            .map(|(_, path)| path.as_path())
+            .map(|e| e.path.as_path())
+    }
+
+    /// sdhost's name of the catalog's file `path` (what `select_model` takes).
+    pub fn name_of(&self, path: &Path) -> Option<String> {
+        self.entries
+            .iter()
+            .find(|e| e.path == path)
+            .map(|e| e.title.clone())
     }
 
     /// The first model, if any.
     pub fn first(&self) -> Option<&Path> {
-        self.entries.first().map(|(_, path)| path.as_path())
+        self.entries.first().map(|e| e.path.as_path())
+    }
+
+    /// Every checkpoint as A1111 describes it, with the sha256s cached in `cache_dir` (none
+    /// is computed here: hashing a checkpoint takes seconds; loading one caches its hash).
+    pub fn checkpoints(&self, cache_dir: Option<&Path>) -> Vec<CheckpointInfo> {
+        self.entries
+            .iter()
+            .map(|e| checkpoint_info(&e.path, &e.a1111_name, cache_dir))
+            .collect()
+    }
+
+    /// A1111's description of the catalog's file `path`, or of a file outside it (named by
+    /// its file name, as A1111 names those).
+    pub fn checkpoint_of(&self, path: &Path, cache_dir: Option<&Path>) -> CheckpointInfo {
+        let name = self
+            .entries
+            .iter()
+            .find(|e| e.path == path)
+            .map(|e| e.a1111_name.clone())
+            .unwrap_or_else(|| {
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+        checkpoint_info(path, &name, cache_dir)
+    }
+}
+
+/// A1111's `CheckpointInfo` of `path` named `name`.
+fn checkpoint_info(path: &Path, name: &str, cache_dir: Option<&Path>) -> CheckpointInfo {
+    let without_extension = Path::new(name).with_extension("");
+    CheckpointInfo {
+        name: name.to_string(),
+        name_for_extra: crate::pipeline::model::model_name(path),
+        model_name: without_extension
+            .to_string_lossy()
+            .replace(['/', '\\'], "_"),
+        legacy_hash: legacy_hash(path).ok(),
+        sha256: cached_file_hash(path, FileHashKind::Sha256, cache_dir, false)
+            .ok()
+            .flatten(),
+        path: path.to_path_buf(),
     }
 }
 
@@ -152,5 +314,52 @@ mod tests {
         assert!(catalog.find("v1-5.safetensors").is_some());
         assert!(catalog.find("vae").is_none());
         assert_eq!(embeddings_dir(&models), Some(dir.path().join("embeddings")));
+    }
+
+    #[test]
+    fn a1111_names_hashes_and_aliases() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("Stable-diffusion");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/model.safetensors"), b"x").unwrap();
+        let mut catalog = ModelCatalog::scan(Some(dir.path()), None);
+        let cache = tempfile::tempdir().unwrap();
+        let infos = catalog.checkpoints(Some(cache.path()));
+        let info = &infos[0];
+        assert_eq!(info.name, "sub/model.safetensors");
+        assert_eq!(info.model_name, "sub_model");
+        assert_eq!(info.name_for_extra, "model");
+        // sha256 of no bytes: the window past 1 MiB of a small file is empty.
+        assert_eq!(info.legacy_hash.as_deref(), Some("e3b0c442"));
+        assert_eq!(info.sha256, None, "not hashed until loaded");
+        assert_eq!(info.title(), "sub/model.safetensors");
+        let hashes = crate::checkpoint::ModelHashes::cached(
+            &root.join("sub/model.safetensors"),
+            Some(cache.path()),
+        )
+        .unwrap();
+        let info = catalog.checkpoint_of(&root.join("sub/model.safetensors"), Some(cache.path()));
+        let short = &hashes.sha256[..10];
+        assert_eq!(info.title(), format!("sub/model.safetensors [{short}]"));
+        for alias in [
+            "e3b0c442",
+            "sub_model",
+            "sub/model.safetensors",
+            "model",
+            "sub/model.safetensors [e3b0c442]",
+        ] {
+            assert!(info.ids().iter().any(|id| id == alias), "{alias}");
+            assert!(catalog.find(alias).is_some(), "{alias}");
+        }
+        assert!(info.ids().contains(&format!("model [{short}]")));
+        assert!(info.ids().contains(&hashes.sha256));
+        assert!(catalog.find("nothing").is_none());
+        std::fs::write(root.join("new.ckpt"), b"y").unwrap();
+        catalog.refresh();
+        assert_eq!(catalog.names(), ["new", "sub/model"]);
+        assert_eq!(
+            catalog.name_of(&root.join("new.ckpt")).as_deref(),
+            Some("new")
+        );
     }
 }

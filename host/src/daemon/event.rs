@@ -301,6 +301,39 @@ pub struct Capabilities {
     pub preview_methods: Vec<String>,
     /// Limits on requests.
     pub limits: Limits,
+    /// A1111's `options` of each sampler by name, as `/sdapi/v1/samplers` shows them (the HTTP
+    /// API's; not part of the socket protocol).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub a1111_sampler_options: BTreeMap<String, Vec<(String, String)>>,
+}
+
+/// A1111's `options` dict of a sampler (`sd_samplers_kdiffusion.samplers_k_diffusion`), made
+/// from its flags, in A1111's key order; booleans as Python prints them.
+fn a1111_sampler_options(info: &sdhost_plugin_api::SamplerInfo) -> Vec<(String, String)> {
+    let mut options = Vec::new();
+    let schedule = info.default_schedule.as_ref().into_option();
+    // A1111 names a schedule only for k-diffusion samplers that default to one (LCM's own
+    // schedule is not one of its scheduler list).
+    if let Some(schedule) = schedule.filter(|s| Schedule::from_name(s).is_ok()) {
+        options.push(("scheduler".to_string(), schedule.to_string()));
+    }
+    let flags = [
+        ("discard_next_to_last_sigma", info.discard_penultimate_sigma),
+        ("uses_ensd", info.uses_ensd),
+        ("second_order", info.second_order),
+        ("brownian_noise", info.brownian),
+    ];
+    for (flag, on) in flags {
+        if on {
+            options.push((flag.to_string(), "True".to_string()));
+        }
+    }
+    // The one A1111 option no flag carries: the SDE solver of its "Heun" variant.
+    if info.name.as_str() == "DPM++ 2M SDE Heun" {
+        options.push(("solver_type".to_string(), "heun".to_string()));
+    }
+    options
 }
 
 /// One sampler as clients see it.
@@ -381,6 +414,13 @@ impl Capabilities {
             formats: vec![PixelFormat::Rgba8, PixelFormat::Y8, PixelFormat::Png],
             preview_methods: names(&mut PreviewMethod::ALL.iter().map(|m| m.label())),
             limits: limits.clone(),
+            a1111_sampler_options: registry
+                .samplers()
+                .map(|found| {
+                    let info = found.info;
+                    (info.name.to_string(), a1111_sampler_options(info))
+                })
+                .collect(),
         }
     }
 }

@@ -126,7 +126,7 @@ pub fn serve(config: ServeConfig, stop: Receiver<()>) -> Result<(), StartError> 
     if let Some(threads) = config.threads.filter(|&t| t > 0) {
         tch::set_num_threads(threads);
     }
-    let catalog = ModelCatalog::scan(config.models_dir.as_deref(), config.model.as_deref());
+    let mut catalog = ModelCatalog::scan(config.models_dir.as_deref(), config.model.as_deref());
     let folders = config.folders();
     let embeddings = folders.embeddings_dir();
     let network_dirs = folders.network_dirs();
@@ -140,7 +140,10 @@ pub fn serve(config: ServeConfig, stop: Receiver<()>) -> Result<(), StartError> 
     };
     if demo {
         warn_demo(&model_path);
+        // Listed and selectable like any model (the HTTP API's clients pick by title).
+        catalog = ModelCatalog::scan(config.models_dir.as_deref(), Some(&model_path));
     }
+    let catalog = catalog.shared();
     let model = GenerationModel::load(&model_path, device, kind, embeddings.as_deref())
         .map_err(|source| StartError::Model {
             path: model_path.clone(),
@@ -154,6 +157,10 @@ pub fn serve(config: ServeConfig, stop: Receiver<()>) -> Result<(), StartError> 
         demo,
         embeddings: model.embeddings.names(),
         inpainting: model.sd.architecture.is_inpainting(),
+        embedding_shapes: (
+            model.embeddings.shapes(),
+            model.embeddings.skipped_shapes.clone(),
+        ),
     }));
     let registry = SamplerRegistry::load(&PluginPaths::discover(config.plugins_dir.clone()));
     for skipped in &registry.skipped {
@@ -163,7 +170,7 @@ pub fn serve(config: ServeConfig, stop: Receiver<()>) -> Result<(), StartError> 
         config.limits.clone(),
         status.clone(),
         Capabilities::new(&registry, &config.limits),
-        catalog.names(),
+        catalog.clone(),
         NetworkListing::start(
             network_dirs.clone(),
             config

@@ -55,6 +55,10 @@ struct Inner {
     batches: usize,
     /// The batch being sampled.
     batch: usize,
+    /// Steps of a batch's first pass, and of its Hires. fix pass (0: none).
+    pass_steps: (usize, usize),
+    /// The pass being sampled, counted over the job (A1111's `job_no` while it runs).
+    pass: usize,
 }
 
 /// The running job's state, shared by the worker (writer) and the API (reader).
@@ -85,6 +89,8 @@ impl Default for LiveState {
                 preview_step: 0,
                 batches: 0,
                 batch: 0,
+                pass_steps: (0, 0),
+                pass: 0,
             }),
             preview_every: AtomicUsize::new(DEFAULT_PREVIEW_EVERY),
         }
@@ -138,33 +144,53 @@ impl LiveState {
         inner.preview_step = 0;
         inner.batches = 0;
         inner.batch = 0;
+        inner.pass_steps = (0, 0);
+        inner.pass = 0;
     }
 
-    /// The job is planned: `batches` batches of `steps` sampler steps.
-    pub fn planned(&self, batches: usize, steps: usize) {
+    /// The job is planned: `batches` batches of `steps` sampler steps, of which the last
+    /// `hires_steps` are a Hires. fix pass (A1111 counts that pass as a job of its own).
+    pub fn planned(&self, batches: usize, steps: usize, hires_steps: usize) {
         let mut inner = self.lock();
-        inner.fields.job_count = batches.max(1);
-        inner.fields.sampling_steps = steps;
+        let passes = if hires_steps > 0 { 2 } else { 1 };
+        inner.fields.job_count = (batches * passes).max(1);
+        inner.pass_steps = (steps.saturating_sub(hires_steps), hires_steps);
+        inner.fields.sampling_steps = inner.pass_steps.0;
         inner.batches = batches;
         if batches > 1 {
             inner.fields.job = format!("Batch 1 out of {batches}");
         }
     }
 
-    /// Sampler step `step` (from 1) of batch `batch` (from 0) finished.
+    /// Sampler step `step` (from 1, counted on over a Hires. fix pass) of batch `batch`
+    /// (from 0) finished.
     pub fn step(&self, batch: usize, step: usize) {
         let mut inner = self.lock();
+        let (first, hires) = inner.pass_steps;
+        let in_hires = hires > 0 && step > first;
+        let passes = if hires > 0 { 2 } else { 1 };
+        let pass = batch * passes + usize::from(in_hires);
         if batch != inner.batch {
-            // A new batch: A1111's `nextjob` and the reset at the start of its sampling.
+            // A new batch: the skip of the last one is spent, as A1111 resets it.
             inner.batch = batch;
-            inner.fields.job_no = inner.fields.job_no.max(batch);
-            inner.preview_step = 0;
             inner.fields.skipped = false;
             if inner.batches > 1 {
                 inner.fields.job = format!("Batch {} out of {}", batch + 1, inner.batches);
             }
         }
-        inner.fields.sampling_step = step.saturating_sub(1);
+        if pass != inner.pass {
+            // A1111's `nextjob` and the reset at the start of the pass's sampling.
+            inner.pass = pass;
+            inner.fields.job_no = inner.fields.job_no.max(pass);
+            inner.preview_step = 0;
+        }
+        let (done, steps) = if in_hires { (first, hires) } else { (0, first) };
+        inner.fields.sampling_steps = if steps > 0 {
+            steps
+        } else {
+            inner.fields.sampling_steps
+        };
+        inner.fields.sampling_step = step.saturating_sub(done + 1);
     }
 
     /// Whether the worker should make a preview now (A1111's `sampling_step −
@@ -188,7 +214,8 @@ impl LiveState {
     /// A batch's images are decoded: `done` batches are finished.
     pub fn batches_done(&self, done: usize) {
         let mut inner = self.lock();
-        inner.fields.job_no = inner.fields.job_no.max(done);
+        let passes = if inner.pass_steps.1 > 0 { 2 } else { 1 };
+        inner.fields.job_no = inner.fields.job_no.max(done * passes);
         inner.fields.sampling_step = 0;
     }
 
@@ -241,7 +268,7 @@ mod tests {
         live.begin("scripts_img2img");
         assert!(!live.snapshot().fields.interrupted, "begin resets it");
         assert!(live.snapshot().started.is_some());
-        live.planned(2, 20);
+        live.planned(2, 20, 0);
         assert_eq!(live.snapshot().fields.job, "Batch 1 out of 2");
         live.step(0, 1);
         assert!(!live.preview_due());
@@ -260,5 +287,30 @@ mod tests {
         assert_eq!(snapshot.fields.job_count, 0);
         assert!(snapshot.fields.interrupted, "stays set while idle");
         assert!(snapshot.preview.is_none() && snapshot.started.is_none());
+    }
+
+    #[test]
+    fn a_hires_pass_is_a1111s_second_job_of_the_batch() {
+        let live = LiveState::default();
+        live.begin("scripts_txt2img");
+        live.planned(2, 30, 10);
+        let fields = live.snapshot().fields;
+        assert_eq!((fields.job_count, fields.sampling_steps), (4, 20));
+        live.step(0, 20);
+        let fields = live.snapshot().fields;
+        assert_eq!((fields.job_no, fields.sampling_step), (0, 19));
+        live.step(0, 21);
+        let fields = live.snapshot().fields;
+        assert_eq!(
+            (fields.job_no, fields.sampling_step, fields.sampling_steps),
+            (1, 0, 10)
+        );
+        live.batches_done(1);
+        live.step(1, 1);
+        let fields = live.snapshot().fields;
+        assert_eq!(
+            (fields.job_no, fields.sampling_step, fields.sampling_steps),
+            (2, 0, 20)
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Condvar, Mutex};
 use crossbeam_channel::Sender;
 
 use super::event::Outgoing;
-use super::request::GenerateRequest;
+use super::request::{GenerateRequest, Txt2imgJob};
 use crate::pipeline::stop::JobStop;
 
 /// A connection's number.
@@ -18,6 +18,8 @@ pub type ConnId = u64;
 pub enum JobKind {
     /// An img2img / inpaint job.
     Generate(Box<GenerateRequest>),
+    /// A txt2img job (with Hires. fix when its parameters enable it).
+    Txt2img(Box<Txt2imgJob>),
     /// Load another model.
     SelectModel(String),
 }

@@ -1,7 +1,7 @@
 //! Requests a client can send (docs/protocol.md): [`Request`], one variant per wire `type`,
 //! read from the frame header by serde; images come from the frame's attachments when a job
 //! is accepted ([`Img2imgRequest::into_job`]). Job parameters use the field names of A1111's
-//! `/sdapi/v1/img2img` so existing client code maps over directly.
+//! `/sdapi/v1/img2img` and `/sdapi/v1/txt2img` so existing client code maps over directly.
 
 use image::DynamicImage;
 use schemars::JsonSchema;
@@ -48,6 +48,8 @@ pub enum Request {
     SelectModel { model: String },
     /// An img2img job in one of the five modes (attachments `image`, `mask`, `sketch`).
     Img2img(Img2imgRequest),
+    /// A txt2img job, with A1111's Hires. fix when `params` enable it (no attachments).
+    Txt2img(Txt2imgRequest),
     /// The infotext of a PNG (attachment `image`), or of `infotext` text, read as a request.
     PngInfo {
         /// Infotext to read instead of a PNG's (added within protocol 1).
@@ -79,6 +81,41 @@ pub struct Img2imgRequest {
     #[serde(default, deserialize_with = "preview_field")]
     #[schemars(with = "Option<WirePreview>")]
     pub preview: Option<PreviewSettings>,
+}
+
+/// The header of a `txt2img` request.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct Txt2imgRequest {
+    /// Job parameters laid over A1111's UI defaults.
+    #[serde(default)]
+    pub params: Option<Map<String, Value>>,
+    /// Live previews on progress events (none unless asked for).
+    #[serde(default, deserialize_with = "preview_field")]
+    #[schemars(with = "Option<WirePreview>")]
+    pub preview: Option<PreviewSettings>,
+}
+
+/// A txt2img job as accepted.
+#[derive(Debug)]
+pub struct Txt2imgJob {
+    /// The job parameters.
+    pub params: GenerationRequest,
+    /// Live previews on progress events (none unless asked for).
+    pub preview: Option<PreviewSettings>,
+}
+
+impl Txt2imgRequest {
+    /// The job: `params` laid over A1111's UI defaults (attachments are not read: txt2img
+    /// takes none).
+    pub fn into_job(self) -> Result<Txt2imgJob, RequestError> {
+        let params = GenerationRequest::ui_defaults()
+            .overlay(&self.params.unwrap_or_default())
+            .map_err(|e| RequestError::bad(format!("params: {e}")))?;
+        Ok(Txt2imgJob {
+            params,
+            preview: self.preview,
+        })
+    }
 }
 
 /// An img2img job as accepted: parameters and images.
@@ -321,6 +358,7 @@ mod tests {
                 "list",
                 "select_model",
                 "img2img",
+                "txt2img",
                 "png_info",
                 "cancel"
             ]
@@ -364,6 +402,11 @@ mod tests {
                 "\"preview\"",
             ),
             (json!({"type": "img2img", "preview": "Full"}), "\"preview\""),
+            (json!({"type": "txt2img", "params": 3}), "txt2img"),
+            (
+                json!({"type": "txt2img", "preview": {"method": "Fast"}}),
+                "\"preview\"",
+            ),
         ] {
             let error = refused(header.clone());
             assert_eq!(error.code, ErrorCode::BadRequest, "{header}");
@@ -398,5 +441,27 @@ mod tests {
         };
         let error = header.into_job(vec![grey("image", 20)], 100).unwrap_err();
         assert_eq!(error.code, ErrorCode::Limit);
+    }
+
+    #[test]
+    fn txt2img_params_lie_over_the_ui_defaults() {
+        let Ok(Request::Txt2img(header)) = parse(json!({"type": "txt2img",
+            "params": {"steps": 3, "width": 256}, "preview": {"method": "Full", "every": 2}}))
+        else {
+            panic!("a txt2img request")
+        };
+        let job = header.into_job().unwrap();
+        let defaults = GenerationRequest::ui_defaults();
+        assert_eq!((job.params.sampler.steps, job.params.width), (3, 256));
+        assert_eq!(job.params.height, defaults.height);
+        assert!(job.preview.is_some());
+        let Ok(Request::Txt2img(header)) =
+            parse(json!({"type": "txt2img", "params": {"stepz": 3}}))
+        else {
+            panic!("a txt2img request")
+        };
+        let error = header.into_job().unwrap_err();
+        assert_eq!(error.code, ErrorCode::BadRequest);
+        assert!(error.message.contains("stepz"), "{error}");
     }
 }

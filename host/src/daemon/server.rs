@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::catalog::SharedCatalog;
 use super::config::Limits;
 use super::connection::{Connection, Stream};
 use super::event::{Capabilities, ErrorCode, Event, Listing, Outgoing};
@@ -25,6 +26,7 @@ use super::queue::{CancelOutcome, ConnId, Job, JobKind, Scheduler, SubmitError};
 use super::request::{png_attachment, Request, RequestError};
 use super::worker::ModelStatus;
 use crate::extra_networks::facts::NetworkKind;
+use crate::pipeline::hires::HiresTarget;
 use crate::pipeline::png_info::{png_text, PARAMETERS_KEY};
 use crate::pipeline::stop::JobStop;
 use crate::request::GenerationRequest;
@@ -102,8 +104,8 @@ pub struct Shared {
     pub status: Arc<Mutex<ModelStatus>>,
     /// Static capabilities (samplers, schedules, modes, limits) for `welcome` and `list`.
     pub capabilities: Capabilities,
-    /// Selectable models.
-    pub models: Vec<String>,
+    /// Selectable models (the worker's catalog, rescanned on request).
+    pub catalog: SharedCatalog,
     /// LoRA, LyCORIS, hypernetwork and VAE files.
     pub networks: NetworkListing,
     /// Limits.
@@ -121,7 +123,7 @@ impl Shared {
         limits: Limits,
         status: Arc<Mutex<ModelStatus>>,
         capabilities: Capabilities,
-        models: Vec<String>,
+        catalog: SharedCatalog,
         networks: NetworkListing,
     ) -> Self {
         Shared {
@@ -129,7 +131,7 @@ impl Shared {
             queue: Scheduler::new(limits.queue_capacity),
             status,
             capabilities,
-            models,
+            catalog,
             connections: OpenConnections::new(limits.max_connections),
             limits,
             live: Arc::new(LiveState::default()),
@@ -153,7 +155,11 @@ impl Shared {
         self.networks.refresh();
         Box::new(Listing {
             model,
-            models: self.models.clone(),
+            models: self
+                .catalog
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .names(),
             networks,
             capabilities: self.capabilities.clone(),
         })
@@ -451,19 +457,37 @@ fn read_requests<S: Stream>(
                     Err(error) => refuse(error.code, &error.message),
                 }
             }
+            Request::Txt2img(header) => {
+                let job = header.into_job().and_then(|job| {
+                    check_limits(&job.params, &shared.limits)?;
+                    Ok(job)
+                });
+                match job {
+                    Ok(job) => submit(shared, conn, id, JobKind::Txt2img(Box::new(job)), events),
+                    Err(error) => refuse(error.code, &error.message),
+                }
+            }
         }
     }
 }
 
-/// Refuses jobs larger than the daemon allows (`limit`).
+/// Refuses jobs larger than the daemon allows (`limit`); with Hires. fix, its size counts.
 pub fn check_limits(params: &GenerationRequest, limits: &Limits) -> Result<(), RequestError> {
-    let pixels = u64::from(params.width) * u64::from(params.height);
+    let area = |(w, h): (u32, u32)| u64::from(w) * u64::from(h);
+    let mut size = (params.width, params.height);
+    if params.hires.enable_hr {
+        let target = HiresTarget::new(&params.hires, params.width, params.height).upscale_to;
+        if area(target) > area((params.width, params.height)) {
+            size = target;
+        }
+    }
+    let ((width, height), pixels) = (size, area(size));
     let images = params.n_iter.saturating_mul(params.batch_size);
     let prompt = params.prompt.chars().count() + params.negative_prompt.chars().count();
     let refused = if pixels > limits.max_pixels {
         format!(
-            "{}x{} is more than the limit of {} pixels",
-            params.width, params.height, limits.max_pixels
+            "{width}x{height} is more than the limit of {} pixels",
+            limits.max_pixels
         )
     } else if images > limits.max_images {
         format!(

@@ -8,20 +8,23 @@ use std::sync::{Arc, Mutex};
 use sdhost_plugin_api::Flow;
 use tch::{Device, Kind};
 
+use super::catalog::SharedCatalog;
 use super::event::{
     DoneOutcome, ErrorCode, Event, ModelFacts, Outgoing, Placement, PreviewFacts, ProgressDetail,
 };
 use super::live::LiveState;
 use super::protocol::{Attachment, PixelFormat};
 use super::queue::{Job, JobKind, Scheduler};
-use super::request::GenerateRequest;
-use super::ModelCatalog;
+use super::request::{GenerateRequest, Txt2imgJob};
 use crate::extra_networks::dirs::NetworkDirs;
-use crate::pipeline::img2img::{run_img2img, GeneratedImage, JobError, JobEvent};
+use crate::pipeline::img2img::{run_img2img, GeneratedImage, JobError, JobEvent, JobOutcome};
 use crate::pipeline::model::GenerationModel;
-use crate::pipeline::preview::preview_image;
+use crate::pipeline::preview::{preview_image, PreviewSettings};
+use crate::pipeline::txt2img::run_txt2img;
 use crate::prepare::init_image::DEFAULT_BACKGROUND;
 use crate::prepare::modes::ModeInputs;
+use crate::prompt::embeddings::EmbeddingShape;
+use crate::request::GenerationRequest;
 use crate::sampling::plugins::SamplerRegistry;
 
 /// What clients see of the loaded model (kept current by the worker).
@@ -39,6 +42,8 @@ pub struct ModelStatus {
     pub embeddings: Vec<String>,
     /// Whether it is an inpainting model (a 9-channel UNet).
     pub inpainting: bool,
+    /// Its embeddings' shapes, loaded and skipped (the HTTP API's `/embeddings`).
+    pub embedding_shapes: (Vec<EmbeddingShape>, Vec<EmbeddingShape>),
 }
 
 /// The worker's resources.
@@ -47,8 +52,8 @@ pub struct Worker {
     pub model: GenerationModel,
     /// Samplers.
     pub registry: SamplerRegistry,
-    /// Models that can be selected.
-    pub catalog: ModelCatalog,
+    /// Models that can be selected (shared with the front ends, which rescan it).
+    pub catalog: SharedCatalog,
     /// Embeddings folder for every model.
     pub embeddings_dir: Option<PathBuf>,
     /// Where every model's jobs find extra networks and VAEs.
@@ -74,6 +79,14 @@ impl ModelStatus {
         }
     }
 }
+
+/// A generation job's pipeline call, given the model, the samplers and the event observer.
+type RunJob<'a> = dyn FnMut(
+        &GenerationModel,
+        &SamplerRegistry,
+        &mut dyn FnMut(JobEvent<'_>) -> Flow,
+    ) -> Result<JobOutcome, JobError>
+    + 'a;
 
 /// The error code of a failed job.
 fn error_code(error: &JobError) -> ErrorCode {
@@ -112,7 +125,7 @@ fn rgba_attachment(name: &str, image: &image::RgbaImage) -> (Attachment, Vec<u8>
 /// (out of memory in a full decode …) is left out: previews never fail a job.
 fn step_event(
     job: &Job,
-    request: &GenerateRequest,
+    (params, preview): (&GenerationRequest, Option<PreviewSettings>),
     model: &GenerationModel,
     (batch, step, steps_per_batch): (usize, usize, usize),
     denoised: &tch::Tensor,
@@ -123,7 +136,7 @@ fn step_event(
         step: batch * steps_per_batch + step,
         detail: ProgressDetail::Step { batch, preview },
     };
-    let Some(settings) = request.preview.filter(|s| s.due(step)) else {
+    let Some(settings) = preview.filter(|s| s.due(step)) else {
         return progress(None).into();
     };
     match preview_image(
@@ -132,14 +145,14 @@ fn step_event(
         0,
         &model.sd.vae,
         model.kind,
-        request.params.vae_tiling(),
+        params.vae_tiling(),
     ) {
         Ok(image) => {
             let rgba = image::DynamicImage::ImageRgb8(image).to_rgba8();
             let facts = PreviewFacts {
                 width: rgba.width(),
                 height: rgba.height(),
-                index: batch * request.params.batch_size,
+                index: batch * params.batch_size,
             };
             Outgoing {
                 event: progress(Some(facts)),
@@ -159,7 +172,7 @@ fn step_event(
 fn publish_step(
     live: &LiveState,
     model: &GenerationModel,
-    request: &GenerateRequest,
+    params: &GenerationRequest,
     (batch, step): (usize, usize),
     denoised: &tch::Tensor,
 ) {
@@ -174,7 +187,7 @@ fn publish_step(
         0,
         &model.sd.vae,
         model.kind,
-        request.params.vae_tiling(),
+        params.vae_tiling(),
     ) {
         Ok(image) => live.set_preview(image),
         Err(error) => eprintln!("sdhost: no live preview at step {step}: {error}"),
@@ -246,7 +259,17 @@ impl Worker {
                 self.generate(job, request, queue);
                 self.live.end();
             }
+            JobKind::Txt2img(request) => {
+                self.live.begin("scripts_txt2img");
+                self.txt2img(job, request, queue);
+                self.live.end();
+            }
         }
+    }
+
+    /// The catalog as last scanned.
+    fn catalog(&self) -> std::sync::RwLockReadGuard<'_, super::ModelCatalog> {
+        self.catalog.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Loads the refiner a request names (a catalog name or title, or a file), keeping it
@@ -255,11 +278,12 @@ impl Worker {
         if name.is_empty() {
             return Ok(());
         }
-        let path = match self.catalog.find(name) {
-            Some(path) => path.to_path_buf(),
+        let found = self.catalog().find(name);
+        let path = match found {
+            Some(path) => path,
             None if Path::new(name).is_file() => PathBuf::from(name),
             None => {
-                let known = self.catalog.names().join(", ");
+                let known = self.catalog().names().join(", ");
                 return Err(format!("no refiner checkpoint \"{name}\" (known: {known})"));
             }
         };
@@ -270,8 +294,9 @@ impl Worker {
     }
 
     fn select_model(&mut self, job: &Job, name: &str) {
-        let Some(path) = self.catalog.find(name).map(PathBuf::from) else {
-            let known = self.catalog.names().join(", ");
+        let found = self.catalog().find(name);
+        let Some(path) = found else {
+            let known = self.catalog().names().join(", ");
             let message = format!("no model \"{name}\" (known: {known})");
             Self::send(job, job_error(job, ErrorCode::UnknownModel, message));
             return;
@@ -291,6 +316,10 @@ impl Worker {
                     demo: false,
                     embeddings: self.model.embeddings.names(),
                     inpainting: self.model.sd.architecture.is_inpainting(),
+                    embedding_shapes: (
+                        self.model.embeddings.shapes(),
+                        self.model.embeddings.skipped_shapes.clone(),
+                    ),
                 };
                 *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
                 let done = Event::Done {
@@ -329,10 +358,44 @@ impl Worker {
                 return;
             }
         };
+        let params = &request.params;
+        let (init, mask) = (&init, mask.as_ref());
+        self.run_job(
+            job,
+            (params, request.preview),
+            queue,
+            &mut |model, registry, observe| {
+                run_img2img(model, registry, params, init, mask, &job.stop, observe)
+            },
+        );
+    }
+
+    fn txt2img(&mut self, job: &Job, request: &Txt2imgJob, queue: &Scheduler) {
+        let params = &request.params;
+        self.run_job(
+            job,
+            (params, request.preview),
+            queue,
+            &mut |model, registry, observe| {
+                run_txt2img(model, registry, params, &job.stop, observe)
+            },
+        );
+    }
+
+    /// Runs a generation job with its VAE and refiner, streaming its events (progress with
+    /// the asked previews, warnings, results) and ending it with `done`, `cancelled` or an
+    /// error.
+    fn run_job(
+        &mut self,
+        job: &Job,
+        (params, preview): (&GenerationRequest, Option<PreviewSettings>),
+        queue: &Scheduler,
+        run: &mut RunJob<'_>,
+    ) {
         // The VAE is chosen before any work (A1111 reloads it before processing); a name that
         // is not found is A1111's warning, and the job runs with the checkpoint's own.
         // The warning is the `done` event's, with the job's own.
-        let vae_warning = match self.model.select_vae(&request.params.sd_vae) {
+        let vae_warning = match self.model.select_vae(&params.sd_vae) {
             Ok(warning) => warning,
             Err(error) => {
                 let code = ErrorCode::InvalidParams;
@@ -340,80 +403,71 @@ impl Worker {
                 return;
             }
         };
-        if let Err(message) = self.select_refiner(&request.params.refiner_checkpoint) {
+        if let Err(message) = self.select_refiner(&params.refiner_checkpoint) {
             Self::send(job, job_error(job, ErrorCode::InvalidParams, message));
             return;
         }
         let mut steps_per_batch = 0;
-        let model = &self.model;
-        let outcome = run_img2img(
-            model,
-            &self.registry,
-            &request.params,
-            &init,
-            mask.as_ref(),
-            &job.stop,
-            &mut |event| {
-                match event {
-                    JobEvent::Started {
-                        images,
-                        batches,
-                        steps_per_batch: steps,
-                        ..
-                    } => {
-                        steps_per_batch = steps;
-                        self.live.planned(batches, steps);
-                        let planned = Event::Progress {
-                            id: job.request_id.clone(),
-                            job: job.id,
-                            step: 0,
-                            detail: ProgressDetail::Planned {
-                                total: steps * batches,
-                                images,
-                            },
-                        };
-                        Self::send(job, planned);
-                    }
-                    JobEvent::Step {
-                        batch,
-                        step,
-                        denoised,
-                    } => {
-                        publish_step(&self.live, model, request, (batch, step), denoised);
-                        Self::send(
-                            job,
-                            step_event(
-                                job,
-                                request,
-                                model,
-                                (batch, step, steps_per_batch),
-                                denoised,
-                            ),
-                        )
-                    }
-                    JobEvent::Image(image) => {
-                        if (image.index + 1) % request.params.batch_size == 0 {
-                            self.live
-                                .batches_done((image.index + 1) / request.params.batch_size);
-                        }
-                        Self::send(job, result_event(job, image))
-                    }
-                    JobEvent::Warning(message) => Self::send(
-                        job,
-                        Event::Warning {
-                            id: job.request_id.clone(),
-                            job: job.id,
-                            message: message.to_string(),
+        let (model, live) = (&self.model, &self.live);
+        let outcome = run(model, &self.registry, &mut |event| {
+            match event {
+                JobEvent::Started {
+                    images,
+                    batches,
+                    steps_per_batch: steps,
+                    hires_steps,
+                } => {
+                    steps_per_batch = steps;
+                    live.planned(batches, steps, hires_steps);
+                    let planned = Event::Progress {
+                        id: job.request_id.clone(),
+                        job: job.id,
+                        step: 0,
+                        detail: ProgressDetail::Planned {
+                            total: steps * batches,
+                            images,
                         },
-                    ),
+                    };
+                    Self::send(job, planned);
                 }
-                if job.stop.is_cancelled() {
-                    Flow::Cancel
-                } else {
-                    Flow::Continue
+                JobEvent::Step {
+                    batch,
+                    step,
+                    denoised,
+                } => {
+                    publish_step(live, model, params, (batch, step), denoised);
+                    Self::send(
+                        job,
+                        step_event(
+                            job,
+                            (params, preview),
+                            model,
+                            (batch, step, steps_per_batch),
+                            denoised,
+                        ),
+                    )
                 }
-            },
-        );
+                JobEvent::Image(image) => {
+                    if (image.index + 1) % params.batch_size == 0 {
+                        live.batches_done((image.index + 1) / params.batch_size);
+                    }
+                    Self::send(job, result_event(job, image))
+                }
+                JobEvent::Warning(message) => Self::send(
+                    job,
+                    Event::Warning {
+                        id: job.request_id.clone(),
+                        job: job.id,
+                        message: message.to_string(),
+                    },
+                ),
+            }
+            if job.stop.is_cancelled() {
+                Flow::Cancel
+            } else {
+                Flow::Continue
+            }
+        });
         let (id, job_id) = (job.request_id.clone(), job.id);
         let event = match outcome {
             // Stopped by the daemon, not by its client: say so, so that an editor reports

@@ -79,13 +79,22 @@ fn write_png(
 /// (`sdhost bench --only api`).
 pub fn png_bytes(image: &RgbImage, infotext: Option<&str>) -> Result<Vec<u8>, png::EncodingError> {
     let texts: Vec<(&str, &str)> = infotext.map(|t| (PARAMETERS_KEY, t)).into_iter().collect();
+    png_bytes_with_texts(image, &texts)
+}
+
+/// `image` as the bytes of an 8-bit RGB PNG with the text chunks `texts` (key, text), in
+/// order (the API's extras keep an image's chunks and add `postprocessing`).
+pub fn png_bytes_with_texts(
+    image: &RgbImage,
+    texts: &[(&str, &str)],
+) -> Result<Vec<u8>, png::EncodingError> {
     let mut bytes = Vec::new();
     encode_png_with(
         &mut bytes,
         (image.width(), image.height()),
         png::ColorType::Rgb,
         image.as_raw(),
-        &texts,
+        texts,
         png::Compression::Fast,
     )?;
     Ok(bytes)
@@ -142,6 +151,32 @@ pub fn read_png_text(path: &Path, key: &str) -> Result<Option<String>, PngError>
 /// The text of chunk `key` of PNG bytes, if it has one.
 pub fn png_text(bytes: &[u8], key: &str) -> Result<Option<String>, String> {
     text_chunk(std::io::Cursor::new(bytes), key)
+}
+
+/// Every text chunk of PNG bytes (tEXt, iTXt, zTXt) in file order within each kind, as
+/// Pillow's `image.info` holds them.
+pub fn png_texts(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let reader = decoder.read_info().map_err(|e| e.to_string())?;
+    let info = reader.info();
+    let mut texts: Vec<(String, String)> = info
+        .uncompressed_latin1_text
+        .iter()
+        .map(|c| (c.keyword.clone(), c.text.clone()))
+        .collect();
+    for chunk in &info.compressed_latin1_text {
+        texts.push((
+            chunk.keyword.clone(),
+            chunk.get_text().map_err(|e| e.to_string())?,
+        ));
+    }
+    for chunk in &info.utf8_text {
+        texts.push((
+            chunk.keyword.clone(),
+            chunk.get_text().map_err(|e| e.to_string())?,
+        ));
+    }
+    Ok(texts)
 }
 
 /// Reads the PNG's header chunks (not its pixels) and returns text chunk `key` (tEXt, iTXt

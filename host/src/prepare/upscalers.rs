@@ -46,8 +46,8 @@ impl PixelUpscaler {
     }
 
     /// `Upscaler.upscale`: up to three steps until the size reaches `scale` rounded down to
-    /// multiples of 8, then Lanczos to exactly that.
-    fn upscale(self, image: &RgbImage, scale: f64) -> RgbImage {
+    /// multiples of 8, then Lanczos to exactly that (also the extras tab's upscale).
+    pub fn upscale(self, image: &RgbImage, scale: f64) -> RgbImage {
         let dest = |v: u32| ((f64::from(v) * scale) / 8.0).floor() as u32 * 8;
         let (dest_w, dest_h) = (dest(image.width()), dest(image.height()));
         let mut image = image.clone();
@@ -87,15 +87,25 @@ pub fn upscale_to(upscaler: PixelUpscaler, image: &RgbImage, width: u32, height:
     image
 }
 
-/// Pillow's NEAREST resize: destination pixel x takes source ⌊(x + ½) · in/out⌋.
+/// Pillow's NEAREST resize (`ImagingScaleAffine`): destination pixel x takes source
+/// ⌊(x + ½) · in/out⌋, with the position summed step by step in f64 as Pillow sums it, so
+/// exact halves fall where Pillow's rounding puts them (64 → 160: pixel 7 takes 2, not 3).
 pub fn resize_nearest(image: &RgbImage, width: u32, height: u32) -> RgbImage {
     let (w, h) = image.dimensions();
-    let pick = |dst: u32, src_len: u32, dst_len: u32| {
-        let at = ((f64::from(dst) + 0.5) * f64::from(src_len) / f64::from(dst_len)) as u32;
-        at.min(src_len.saturating_sub(1))
+    let picks = |src_len: u32, dst_len: u32| -> Vec<u32> {
+        let step = f64::from(src_len) / f64::from(dst_len);
+        let mut at = step * 0.5;
+        (0..dst_len)
+            .map(|_| {
+                let picked = (at as u32).min(src_len.saturating_sub(1));
+                at += step;
+                picked
+            })
+            .collect()
     };
+    let (xs, ys) = (picks(w, width), picks(h, height));
     RgbImage::from_fn(width, height, |x, y| {
-        *image.get_pixel(pick(x, w, width), pick(y, h, height))
+        *image.get_pixel(xs[x as usize], ys[y as usize])
     })
 }
 
@@ -103,6 +113,18 @@ pub fn resize_nearest(image: &RgbImage, width: u32, height: u32) -> RgbImage {
 mod tests {
     use super::*;
     use image::Rgb;
+
+    #[test]
+    fn nearest_picks_as_pillow_sums_its_positions() {
+        // Pillow 64 → 160 (measured): 0.2 + 7 · 0.4 summed in f64 is just below 3.
+        let row = RgbImage::from_fn(64, 1, |x, _| Rgb([x as u8, 0, 0]));
+        let picked: Vec<u8> = resize_nearest(&row, 160, 1)
+            .pixels()
+            .map(|p| p[0])
+            .collect();
+        assert_eq!(&picked[5..9], [2, 2, 2, 3]);
+        assert_eq!((picked[52], picked[159]), (20, 63));
+    }
 
     #[test]
     fn nearest_repeats_pixels_and_every_upscaler_reaches_the_size() {

@@ -59,6 +59,8 @@ pub enum EmbeddingError {
         path: PathBuf,
         found: i64,
         expected: i64,
+        /// How many vectors it has (A1111 lists skipped embeddings with their shape).
+        vectors: i64,
     },
     /// A `.pt`/`.bin` pickle that could not be read or was refused.
     #[error(transparent)]
@@ -78,6 +80,19 @@ pub struct EmbeddingDatabase {
     by_first_token: HashMap<u32, Vec<NamedEmbedding>>,
     /// Files that were skipped, with the reason (shown to users, never fatal).
     pub skipped: Vec<String>,
+    /// The skipped embeddings of another text encoder's width, with their shapes.
+    pub skipped_shapes: Vec<EmbeddingShape>,
+}
+
+/// What A1111's `/sdapi/v1/embeddings` shows of an embedding: its name, width and length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddingShape {
+    /// The prompt word.
+    pub name: String,
+    /// The width of its vectors (768 for SD1).
+    pub shape: i64,
+    /// How many vectors it has.
+    pub vectors: i64,
 }
 
 impl EmbeddingDatabase {
@@ -90,7 +105,16 @@ impl EmbeddingDatabase {
         for path in files {
             match load_embedding(&path, width) {
                 Ok(embedding) => db.add(embedding),
-                Err(e) => db.skipped.push(e.to_string()),
+                Err(e) => {
+                    if let EmbeddingError::WrongWidth { found, vectors, .. } = &e {
+                        db.skipped_shapes.push(EmbeddingShape {
+                            name: crate::pipeline::model::model_name(&path),
+                            shape: *found,
+                            vectors: *vectors,
+                        });
+                    }
+                    db.skipped.push(e.to_string());
+                }
             }
         }
         Ok(db)
@@ -127,6 +151,23 @@ impl EmbeddingDatabase {
             .collect();
         names.sort();
         names
+    }
+
+    /// The loaded embeddings' shapes, by name.
+    pub fn shapes(&self) -> Vec<EmbeddingShape> {
+        let mut shapes: Vec<EmbeddingShape> = self
+            .by_first_token
+            .values()
+            .flat_map(|entries| {
+                entries.iter().map(|(_, e)| EmbeddingShape {
+                    name: e.name.clone(),
+                    shape: e.width,
+                    vectors: e.len() as i64,
+                })
+            })
+            .collect();
+        shapes.sort_by(|a, b| a.name.cmp(&b.name));
+        shapes
     }
 
     /// Whether an embedding called `name` is loaded.
@@ -190,6 +231,11 @@ pub fn load_embedding(path: &Path, width: i64) -> Result<Embedding, EmbeddingErr
             path: path.to_path_buf(),
             found,
             expected: width,
+            vectors: if vectors.dim() == 2 {
+                vectors.size()[0]
+            } else {
+                0
+            },
         });
     }
     let hash = ModelHashes::compute(path)

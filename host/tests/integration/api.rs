@@ -720,3 +720,106 @@ fn skip_ends_the_running_batch_early_and_the_job_goes_on() {
         "the skipped batch stopped early"
     );
 }
+
+#[test]
+fn txt2img_with_hires_fix_matches_the_cli_pixel_for_pixel() {
+    let server = start(&[], None);
+    let body = json!({
+        "prompt": "a lighthouse", "negative_prompt": "fog", "steps": 5, "seed": "77",
+        "width": 48, "height": 40, "cfg_scale": 5.5, "sampler_name": "DPM++ 2M Karras",
+        "scheduler": null, "batch_size": 2, "enable_hr": true, "hr_scale": 1.5,
+        "hr_upscaler": "Latent", "hr_second_pass_steps": 3, "denoising_strength": 0.6,
+        "firstphase_width": 0, "hr_checkpoint_name": null, "save_images": true,
+        "init_images": ["ignored on txt2img"],
+    });
+    let (status, answer) = post(&server, "/sdapi/v1/txt2img", &body);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["parameters"]["enable_hr"], true);
+    assert!(
+        answer["parameters"].get("init_images").is_none(),
+        "not a txt2img field"
+    );
+    let info: Value = serde_json::from_str(answer["info"].as_str().unwrap()).unwrap();
+    assert_eq!(info["all_seeds"], json!([77, 78]));
+    assert_eq!(info["sampler_name"], "DPM++ 2M");
+    assert_eq!(info["index_of_first_image"], 1, "a grid of the two");
+    let images = answer["images"].as_array().unwrap();
+    assert_eq!(images.len(), 3);
+    let api: Vec<_> = images[1..]
+        .iter()
+        .map(|i| decode_png(i.as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        api[0].0.dimensions(),
+        (72, 56),
+        "the hires size, 8·⌊side/8⌋"
+    );
+    assert!(api[0].1.as_deref().unwrap().contains("Hires upscale: 1.5"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let output = Command::new(env!("CARGO_BIN_EXE_sdhost"))
+        .args(["txt2img", "--model"])
+        .arg(&server.model)
+        .arg("--out-dir")
+        .arg(&out_dir)
+        .args([
+            "--prompt",
+            "a lighthouse",
+            "--negative-prompt",
+            "fog",
+            "--steps",
+            "5",
+            "--seed",
+            "77",
+            "--width",
+            "48",
+            "--height",
+            "40",
+            "--cfg-scale",
+            "5.5",
+            "--sampler-name",
+            "DPM++ 2M",
+            "--scheduler",
+            "Karras",
+            "--batch-size",
+            "2",
+            "--enable-hr",
+            "true",
+            "--hr-scale",
+            "1.5",
+            "--hr-upscaler",
+            "Latent",
+            "--hr-second-pass-steps",
+            "3",
+            "--denoising-strength",
+            "0.6",
+            "--randn-source",
+            "CPU",
+            "--threads",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut files: Vec<_> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2);
+    for (file, (pixels, infotext)) in files.iter().zip(&api) {
+        assert_eq!(
+            &image::open(file).unwrap().to_rgb8(),
+            pixels,
+            "{}",
+            file.display()
+        );
+        let text = sdhost::pipeline::png_info::read_png_infotext(file).unwrap();
+        assert_eq!(&text, infotext);
+    }
+}

@@ -370,6 +370,15 @@ fn malformed_input_gets_error_frames_and_never_kills_the_daemon() {
         &[image_attachment(8, 8)],
     );
     assert_eq!(error_code(client.read()), "limit");
+    // txt2img: its Hires. fix size counts (64x64 fits in 5000 pixels, its 128x128 does not).
+    let hires = json!({"width": 64, "height": 64, "enable_hr": true, "hr_scale": 2});
+    client.send(json!({"type": "txt2img", "params": hires}), &[]);
+    let refused = client.read().header;
+    assert_eq!(refused["code"], "limit", "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("128x128"),
+        "{refused}"
+    );
     client.send(
         json!({"type": "png_info"}),
         &[(
@@ -1123,5 +1132,149 @@ fn networks_are_listed_with_their_metadata_and_a_missing_vae_is_a_warning_of_the
             .unwrap()
             .contains("kl-f8.safetensors"),
         "{error}"
+    );
+}
+
+/// The images of a job's `result` frames: (seed, width, height, pixels).
+fn results(events: &[Frame]) -> Vec<(u64, u32, u32, Vec<u8>)> {
+    events
+        .iter()
+        .filter(|e| e.header["type"] == "result")
+        .map(|e| {
+            let (attachment, bytes) = &e.attachments[0];
+            assert_eq!(attachment.name, "image");
+            let seed = e.header["seed"].as_u64().unwrap();
+            (seed, attachment.width, attachment.height, bytes.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn txt2img_jobs_run_with_hires_fix_and_previews() {
+    let daemon = start_daemon(&[], None);
+    let mut client = Client::connected(&daemon.socket);
+    let params = json!({
+        "prompt": "a lighthouse", "seed": 5, "steps": 3, "sampler_name": "Euler a",
+        "width": 40, "height": 32, "batch_size": 2,
+    });
+    let mut run = |header: Value| {
+        let id = client.send(header, &[]);
+        let queued = client.answer(id).header;
+        assert_eq!(queued["type"], "queued", "{queued}");
+        job_events(&mut client, queued["job"].as_u64().unwrap())
+    };
+
+    // Plain txt2img: the batch at the asked size, each image from its seed, as the library
+    // makes it for the same parameters.
+    let events = run(json!({"type": "txt2img", "params": params}));
+    let plain = results(&events);
+    assert_eq!(
+        plain.iter().map(|r| (r.0, r.1, r.2)).collect::<Vec<_>>(),
+        [(5, 40, 32), (6, 40, 32)]
+    );
+    let request = sdhost::request::GenerationRequest::ui_defaults()
+        .overlay(params.as_object().unwrap())
+        .unwrap();
+    let checkpoint = daemon.dir.path().join("tiny-31.safetensors");
+    let model = sdhost::pipeline::model::GenerationModel::load(
+        &checkpoint,
+        tch::Device::Cpu,
+        tch::Kind::Float,
+        None,
+    )
+    .unwrap();
+    let outcome = sdhost::pipeline::txt2img::run_txt2img(
+        &model,
+        &common::builtin_registry(),
+        &request,
+        &sdhost::pipeline::stop::JobStop::new(),
+        &mut |_| sdhost_plugin_api::Flow::Continue,
+    )
+    .unwrap();
+    for (image, (_, w, h, pixels)) in outcome.images.iter().zip(&plain) {
+        let served = image::RgbaImage::from_raw(*w, *h, pixels.clone()).unwrap();
+        let served = image::DynamicImage::ImageRgba8(served).to_rgb8();
+        let (mean, max) = common::pixel_difference(&served, &image.image);
+        println!("daemon vs library: mean |Δ| {mean:.4}, max {max}");
+        assert!(
+            max <= 1,
+            "the daemon's image is not the library's: mean {mean}, max {max}"
+        );
+    }
+
+    // Hires. fix to twice the size, with previews on every step of both passes.
+    let mut hires = params.clone();
+    hires["batch_size"] = json!(1);
+    for (key, value) in [
+        ("enable_hr", json!(true)),
+        ("hr_scale", json!(2)),
+        ("hr_upscaler", json!("Latent")),
+        ("hr_second_pass_steps", json!(2)),
+        ("denoising_strength", json!(0.5)),
+    ] {
+        hires[key] = value;
+    }
+    let events = run(json!({"type": "txt2img", "params": hires,
+                            "preview": {"method": "Approx cheap", "every": 1}}));
+    let progress: Vec<&Value> = events
+        .iter()
+        .map(|e| &e.header)
+        .filter(|h| h["type"] == "progress")
+        .collect();
+    assert_eq!(
+        progress[0]["total"],
+        json!(5),
+        "3 + 2 steps: {}",
+        progress[0]
+    );
+    let steps: Vec<(u64, Value)> = progress[1..]
+        .iter()
+        .map(|h| (h["step"].as_u64().unwrap(), h["preview"].clone()))
+        .collect();
+    assert_eq!(
+        steps.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    // First-pass previews at the first pass's latent size, hires ones at the hires size.
+    assert_eq!(steps[2].1, json!({"width": 5, "height": 4, "index": 0}));
+    assert_eq!(steps[4].1, json!({"width": 10, "height": 8, "index": 0}));
+    let finished = results(&events);
+    assert_eq!(finished.len(), 1);
+    assert_eq!((finished[0].1, finished[0].2), (80, 64));
+    let infotext = events
+        .iter()
+        .find(|e| e.header["type"] == "result")
+        .unwrap()
+        .header["infotext"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        infotext.contains("Hires upscaler: Latent") && infotext.contains("Size: 40x32"),
+        "{infotext}"
+    );
+
+    // Bad parameters: refused before queueing, or by the job (an upscaler that does not exist).
+    let id = client.send(json!({"type": "txt2img", "params": {"stepz": 2}}), &[]);
+    let answer = client.answer(id).header;
+    assert_eq!(answer["code"], "bad_request", "{answer}");
+    let id = client.send(
+        json!({"type": "txt2img", "params": {"steps": 2, "width": 16, "height": 16,
+                                             "enable_hr": true, "hr_upscaler": "4x-Nope"}}),
+        &[],
+    );
+    let queued = client.answer(id).header;
+    let job = queued["job"].as_u64().unwrap();
+    let failed = loop {
+        let frame = client.read();
+        if frame.header["job"] == json!(job) && frame.header["type"] == "error" {
+            break frame.header;
+        }
+        assert_ne!(frame.header["type"], "done", "{}", frame.header);
+    };
+    assert_eq!(failed["code"], "invalid_params", "{failed}");
+    assert!(
+        failed["message"].as_str().unwrap().contains("4x-Nope"),
+        "{failed}"
     );
 }

@@ -3,6 +3,7 @@
 //! `cargo test --release --test integration <topic>::`.
 
 mod api;
+mod api_meta;
 mod brownian;
 mod checkpoint_loading;
 mod cli;

@@ -154,6 +154,12 @@ fn hires_fix_with_latent_upscalers_matches_a1111() {
                           "hr_upscaler": "Latent", "denoising_strength": 0.6}),
             ),
         ),
+        (
+            "bicubic_antialiased",
+            hires(json!({"sampler_name": "Euler", "hr_scale": 1.75,
+                          "hr_upscaler": "Latent (bicubic antialiased)",
+                          "denoising_strength": 0.6})),
+        ),
     ]);
 }
 
@@ -170,6 +176,13 @@ fn hires_fix_with_pixel_upscalers_matches_a1111() {
             hires(
                 json!({"sampler_name": "Euler", "hr_scale": 2.0, "hr_upscaler": "Lanczos",
                           "denoising_strength": 0.5}),
+            ),
+        ),
+        (
+            "nearest",
+            hires(
+                json!({"sampler_name": "DPM++ 2M", "scheduler": "Karras", "hr_scale": 2.5,
+                          "hr_upscaler": "Nearest", "denoising_strength": 0.45}),
             ),
         ),
         (
