@@ -32,6 +32,7 @@ demo: build
 test: build lint
 	cargo test --release --workspace
 	.venv/bin/python -m pytest -q gimp-bridge/tests
+	.venv/bin/python -m pytest -q tests/api
 	tests/gimp/run_e2e.sh
 
 # sdhost against diffusers, side by side (docs/performance.md); a few minutes on 2 cores.

@@ -74,7 +74,9 @@ fn write_png(
 }
 
 /// `image` as the bytes of an 8-bit RGB PNG with `infotext` in its `parameters` chunk (what
-/// the HTTP API sends).
+/// the HTTP API sends). The fast deflate (fdeflate): answers go over a network and are read
+/// once, and zlib's default level made the encode most of the API's overhead per request
+/// (`sdhost bench --only api`).
 pub fn png_bytes(image: &RgbImage, infotext: Option<&str>) -> Result<Vec<u8>, png::EncodingError> {
     let texts: Vec<(&str, &str)> = infotext.map(|t| (PARAMETERS_KEY, t)).into_iter().collect();
     png_bytes_with_texts(image, &texts)
@@ -87,12 +89,13 @@ pub fn png_bytes_with_texts(
     texts: &[(&str, &str)],
 ) -> Result<Vec<u8>, png::EncodingError> {
     let mut bytes = Vec::new();
-    encode_png(
+    encode_png_with(
         &mut bytes,
         (image.width(), image.height()),
         png::ColorType::Rgb,
         image.as_raw(),
         texts,
+        png::Compression::Fast,
     )?;
     Ok(bytes)
 }
@@ -100,13 +103,26 @@ pub fn png_bytes_with_texts(
 /// Encodes an 8-bit PNG with text chunks into `out`.
 fn encode_png<W: std::io::Write>(
     out: W,
-    (width, height): (u32, u32),
+    size: (u32, u32),
     color: png::ColorType,
     data: &[u8],
     texts: &[(&str, &str)],
 ) -> Result<(), png::EncodingError> {
+    encode_png_with(out, size, color, data, texts, png::Compression::default())
+}
+
+/// [`encode_png`] at `compression`.
+fn encode_png_with<W: std::io::Write>(
+    out: W,
+    (width, height): (u32, u32),
+    color: png::ColorType,
+    data: &[u8],
+    texts: &[(&str, &str)],
+    compression: png::Compression,
+) -> Result<(), png::EncodingError> {
     let mut encoder = png::Encoder::new(out, width, height);
     encoder.set_color(color);
+    encoder.set_compression(compression);
     encoder.set_depth(png::BitDepth::Eight);
     for (key, text) in texts {
         if is_latin1(text) {

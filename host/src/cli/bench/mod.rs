@@ -2,6 +2,7 @@
 //! with the same threads and dtype, with medians and ratios, then sdhost's own figures
 //! (docs/performance.md).
 
+mod api;
 mod figures;
 mod jobs;
 mod lora;
@@ -22,7 +23,7 @@ use reference::ReferenceScript;
 
 /// The cases a plain `sdhost bench` runs, in the order they run.
 const CASES: &str =
-    "unet,vae-encode,vae-decode,clip,gemm,variants,profile,jobs,memory,load,drift,scaling,inpaint,lora,transport";
+    "unet,vae-encode,vae-decode,clip,gemm,variants,profile,jobs,memory,load,drift,scaling,inpaint,lora,transport,api";
 
 /// Cases run only when named: they make multi-GB models once and an SDXL fp32 step needs about
 /// 12 GB of memory.
@@ -48,7 +49,8 @@ pub struct BenchArgs {
     /// operator category in fp32 and bf16),
     /// jobs (whole img2img against diffusers' pipeline, with peak RSS), memory (peak memory by
     /// stage at 512²), load, drift, scaling, inpaint, lora (apply + restore of a rank-32 LoRA
-    /// against a 20-step 512² job), transport (sdhost's own figures). Not in the default run,
+    /// against a 20-step 512² job), transport (sdhost's own figures), api (the A1111 HTTP API's
+    /// overhead per 512² img2img request). Not in the default run,
     /// only when named: sd2-unet (SD 2.x 768-v UNet step at 768², context 1024) and sdxl-unet
     /// (SDXL UNet step at 1024² with the vector y), each against diffusers on full-size random
     /// weights made once in ~/.cache/sdhost/bench (not --model), with sdhost's peak RSS.
@@ -127,6 +129,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
         return sgm::run(&ReferenceScript::from(args), threads, args, &wants);
     }
+    if args.only.iter().all(|case| case == "api") {
+        // The API's overhead needs no SD 1.5 model: its job is a tiny model's.
+        println!("sdhost bench: {threads} threads");
+        return api::run(tempfile::tempdir()?.path());
+    }
     let model = match &args.model {
         Some(path) => path.clone(),
         None => default_model()?,
@@ -151,5 +158,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if wants("memory") {
         memory::profile(&model, 512)?;
     }
-    figures::print_figures(&model, &wants)
+    figures::print_figures(&model, &wants)?;
+    if wants("api") {
+        api::run(tempfile::tempdir()?.path())?;
+    }
+    Ok(())
 }
