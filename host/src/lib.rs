@@ -43,6 +43,7 @@
 //! `docs/architecture.md` draws the whole path and maps each A1111 parameter and function to
 //! the file that reproduces it.
 
+pub mod api;
 pub mod checkpoint;
 pub mod cli;
 pub mod daemon;

@@ -6,11 +6,13 @@ mod dev;
 pub mod folders;
 mod img2img;
 mod info;
+mod job_args;
 mod png_info;
 mod prompt;
 pub mod request_flags;
 mod samplers;
 mod serve;
+mod txt2img;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +30,9 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// img2img as A1111's img2img tab does it: init image, prompt, sampler, seed → PNGs.
     Img2img(Box<img2img::Img2ImgArgs>),
+    /// txt2img as A1111's txt2img tab does it, Hires. fix included: prompt, sampler, seed →
+    /// PNGs.
+    Txt2img(Box<txt2img::Txt2ImgArgs>),
     /// Show a checkpoint's architecture, dtype, parameter count and A1111 hashes.
     Info(info::InfoArgs),
     /// Load a checkpoint on a device and run each network once, with timings.
@@ -51,6 +56,7 @@ impl Cli {
         match self.command {
             Command::Serve(args) => serve::run(&args),
             Command::Img2img(args) => img2img::run(&args),
+            Command::Txt2img(args) => txt2img::run(&args),
             Command::Info(args) => info::run(&args),
             Command::Check(args) => check::run(&args),
             Command::Prompt(args) => prompt::run(&args),

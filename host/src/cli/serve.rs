@@ -51,6 +51,20 @@ pub struct ServeArgs {
     /// Intra-op CPU threads (0: libtorch's default).
     #[arg(long)]
     threads: Option<i32>,
+    /// Also serve AUTOMATIC1111's HTTP API (/sdapi/v1/*) on 127.0.0.1:7860, for A1111
+    /// clients (webuiapi, editor plug-ins).
+    #[arg(long)]
+    api: bool,
+    /// Serve the A1111 HTTP API on this address instead (port 0: any free port); an address
+    /// reachable from other machines needs --api-auth.
+    #[arg(long, value_name = "HOST:PORT")]
+    api_addr: Option<String>,
+    /// HTTP Basic credentials for the API: user:pass[,user2:pass2] (A1111's --api-auth).
+    #[arg(long, value_name = "USER:PASS[,...]")]
+    api_auth: Option<String>,
+    /// Origins allowed to call the API from a browser: a,b (A1111's --cors-allow-origins).
+    #[arg(long, value_name = "ORIGIN[,...]")]
+    cors_allow_origins: Option<String>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -71,8 +85,14 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         plugins_dir,
         device,
         dtype,
-        threads
+        threads,
+        api_addr,
+        api_auth,
+        cors_allow_origins
     );
+    if args.api && config.api_addr.is_none() {
+        config.api_addr = Some(crate::api::server::DEFAULT_ADDR.into());
+    }
     crate::daemon::run(config)?;
     Ok(())
 }

@@ -37,6 +37,14 @@ pub struct ServeConfig {
     pub dtype: Option<String>,
     /// libtorch intra-op threads (0: its default).
     pub threads: Option<i32>,
+    /// Serve A1111's HTTP API on this `HOST:PORT` as well (`--api`: 127.0.0.1:7860).
+    pub api_addr: Option<String>,
+    /// HTTP Basic credentials of the API, `user:pass[,user2:pass2]` (A1111's `--api-auth`);
+    /// required when `api_addr` is not a loopback address.
+    pub api_auth: Option<String>,
+    /// Origins allowed to call the API from a browser, `a,b` (A1111's
+    /// `--cors-allow-origins`; none: no CORS).
+    pub cors_allow_origins: Option<String>,
     /// Limits on what a client may ask.
     #[serde(default)]
     pub limits: Limits,

@@ -67,6 +67,9 @@ pub enum StartError {
         address: String,
         source: std::io::Error,
     },
+    /// The HTTP API could not start.
+    #[error("HTTP API: {0}")]
+    Api(#[from] crate::api::ApiStartError),
     /// The signal handler could not be installed.
     #[error("installing the signal handler: {0}")]
     Signals(#[from] ctrlc::Error),
@@ -150,6 +153,7 @@ pub fn serve(config: ServeConfig, stop: Receiver<()>) -> Result<(), StartError> 
         path: model_path.clone(),
         demo,
         embeddings: model.embeddings.names(),
+        inpainting: model.sd.architecture.is_inpainting(),
     }));
     let registry = SamplerRegistry::load(&PluginPaths::discover(config.plugins_dir.clone()));
     for skipped in &registry.skipped {
@@ -175,6 +179,21 @@ pub fn serve(config: ServeConfig, stop: Receiver<()>) -> Result<(), StartError> 
     if let Some(address) = &config.listen {
         listen_tcp(address, &shared)?;
     }
+    let api = match &config.api_addr {
+        Some(address) => {
+            let settings = crate::api::ApiConfig::from_flags(
+                address,
+                config.api_auth.as_deref(),
+                config.cors_allow_origins.as_deref(),
+                usize::try_from(config.limits.max_frame_bytes).unwrap_or(usize::MAX),
+            )?;
+            let server = crate::api::start(settings, shared.clone(), device)?;
+            // On stdout, as the socket's line: scripts that start the daemon read it.
+            println!("sdhost: A1111 API on http://{}", server.address);
+            Some(server)
+        }
+        None => None,
+    };
     let worker = Worker {
         model,
         registry,
@@ -184,6 +203,7 @@ pub fn serve(config: ServeConfig, stop: Receiver<()>) -> Result<(), StartError> 
         device,
         kind,
         status,
+        live: shared.live.clone(),
     };
     let (worker_done, worker_ended) = crossbeam_channel::bounded::<()>(1);
     {
@@ -214,6 +234,10 @@ pub fn serve(config: ServeConfig, stop: Receiver<()>) -> Result<(), StartError> 
     let _ = stop.recv();
     eprintln!("sdhost: stopping");
     shut_down(&shared, &socket, &worker_ended);
+    // After the jobs ended: HTTP requests waiting on them have their answers to write.
+    if let Some(api) = api {
+        api.stop();
+    }
     Ok(())
 }
 

@@ -2,13 +2,15 @@
 //! local socket (docs/protocol.md). [`run`] is the whole daemon; inside it `protocol` frames
 //! bytes, `request` and `event` type what the frames say, `connection` reads and writes them
 //! for one client, `server` admits and serves connections, `queue` orders jobs, `worker`
-//! runs them on the model, and `lifecycle` starts and stops it all.
+//! runs them on the model, `live` publishes what the running job does (for the HTTP API's
+//! `/progress`), and `lifecycle` starts and stops it all.
 
 pub mod catalog;
 pub mod config;
 pub mod connection;
 pub mod event;
 pub mod lifecycle;
+pub mod live;
 pub mod networks;
 pub mod protocol;
 pub mod queue;

@@ -182,6 +182,26 @@ impl Scheduler {
         }
     }
 
+    /// A1111's `/interrupt`, global: the running job, whoever's it is, returns its running
+    /// batch as far as it got and ends; whether one was running.
+    pub fn interrupt_running(&self) -> bool {
+        let state = self.lock();
+        if let Some((_, _, stop)) = &state.running {
+            stop.interrupt();
+        }
+        state.running.is_some()
+    }
+
+    /// A1111's `/skip`, global: the running job returns its running batch as far as it got
+    /// and goes on with the next; whether one was running.
+    pub fn skip_running(&self) -> bool {
+        let state = self.lock();
+        if let Some((_, _, stop)) = &state.running {
+            stop.skip();
+        }
+        state.running.is_some()
+    }
+
     /// A connection went away: its waiting jobs are dropped and its running job is cancelled.
     pub fn drop_connection(&self, conn: ConnId) {
         let mut state = self.lock();

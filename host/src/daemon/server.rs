@@ -18,6 +18,7 @@ use serde_json::Value;
 use super::config::Limits;
 use super::connection::{Connection, Stream};
 use super::event::{Capabilities, ErrorCode, Event, Listing, Outgoing};
+use super::live::LiveState;
 use super::networks::NetworkListing;
 use super::protocol::PROTOCOL_VERSION;
 use super::queue::{CancelOutcome, ConnId, Job, JobKind, Scheduler, SubmitError};
@@ -110,6 +111,8 @@ pub struct Shared {
     pub limits: Limits,
     /// The open connections.
     pub connections: OpenConnections,
+    /// What the running job is doing (written by the worker, read by the HTTP API).
+    pub live: Arc<LiveState>,
     next_job: AtomicU64,
 }
 
@@ -130,8 +133,14 @@ impl Shared {
             models,
             connections: OpenConnections::new(limits.max_connections),
             limits,
+            live: Arc::new(LiveState::default()),
             next_job: AtomicU64::new(1),
         }
+    }
+
+    /// A new job number (unique per daemon, over every front end).
+    pub fn next_job_id(&self) -> u64 {
+        self.next_job.fetch_add(1, Ordering::SeqCst)
     }
 
     fn listing(&self) -> Box<Listing> {
@@ -458,7 +467,7 @@ fn read_requests<S: Stream>(
 }
 
 /// Refuses jobs larger than the daemon allows (`limit`); with Hires. fix, its size counts.
-fn check_limits(params: &GenerationRequest, limits: &Limits) -> Result<(), RequestError> {
+pub fn check_limits(params: &GenerationRequest, limits: &Limits) -> Result<(), RequestError> {
     let area = |(w, h): (u32, u32)| u64::from(w) * u64::from(h);
     let mut size = (params.width, params.height);
     if params.hires.enable_hr {
@@ -502,7 +511,7 @@ fn submit(
     events: &crossbeam_channel::Sender<Outgoing>,
 ) {
     let job = Job {
-        id: shared.next_job.fetch_add(1, Ordering::SeqCst),
+        id: shared.next_job_id(),
         request_id: request_id.clone(),
         conn,
         kind,

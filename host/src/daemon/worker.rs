@@ -11,6 +11,7 @@ use tch::{Device, Kind};
 use super::event::{
     DoneOutcome, ErrorCode, Event, ModelFacts, Outgoing, Placement, PreviewFacts, ProgressDetail,
 };
+use super::live::LiveState;
 use super::protocol::{Attachment, PixelFormat};
 use super::queue::{Job, JobKind, Scheduler};
 use super::request::{GenerateRequest, Txt2imgJob};
@@ -38,6 +39,8 @@ pub struct ModelStatus {
     pub demo: bool,
     /// Embeddings its prompts can use.
     pub embeddings: Vec<String>,
+    /// Whether it is an inpainting model (a 9-channel UNet).
+    pub inpainting: bool,
 }
 
 /// The worker's resources.
@@ -58,6 +61,8 @@ pub struct Worker {
     pub kind: Kind,
     /// Shared status for `list` and `welcome`.
     pub status: Arc<Mutex<ModelStatus>>,
+    /// Where the running job's progress is published (the HTTP API's `/progress`).
+    pub live: Arc<LiveState>,
 }
 
 impl ModelStatus {
@@ -158,6 +163,34 @@ fn step_event(
     }
 }
 
+/// Publishes sampler step `step` of batch `batch` as the running job's state, with a cheap
+/// preview of the batch's first image when one is due (A1111's live previews, which
+/// `/progress` shows). A preview that cannot be made is left out.
+fn publish_step(
+    live: &LiveState,
+    model: &GenerationModel,
+    params: &GenerationRequest,
+    (batch, step): (usize, usize),
+    denoised: &tch::Tensor,
+) {
+    live.step(batch, step);
+    if !live.preview_due() {
+        return;
+    }
+    let method = crate::pipeline::preview::PreviewMethod::ApproxCheap;
+    match preview_image(
+        method,
+        denoised,
+        0,
+        &model.sd.vae,
+        model.kind,
+        params.vae_tiling(),
+    ) {
+        Ok(image) => live.set_preview(image),
+        Err(error) => eprintln!("sdhost: no live preview at step {step}: {error}"),
+    }
+}
+
 /// The `result` event of one finished image: the image, and the patch when inpainting.
 fn result_event(job: &Job, image: &GeneratedImage) -> Outgoing {
     let rgba = image::DynamicImage::ImageRgb8(image.image.clone()).to_rgba8();
@@ -218,8 +251,16 @@ impl Worker {
         Self::send(job, Event::Started { id, job: job_id });
         match &job.kind {
             JobKind::SelectModel(name) => self.select_model(job, name),
-            JobKind::Generate(request) => self.generate(job, request, queue),
-            JobKind::Txt2img(request) => self.txt2img(job, request, queue),
+            JobKind::Generate(request) => {
+                self.live.begin("scripts_img2img");
+                self.generate(job, request, queue);
+                self.live.end();
+            }
+            JobKind::Txt2img(request) => {
+                self.live.begin("scripts_txt2img");
+                self.txt2img(job, request, queue);
+                self.live.end();
+            }
         }
     }
 
@@ -264,6 +305,7 @@ impl Worker {
                     path,
                     demo: false,
                     embeddings: self.model.embeddings.names(),
+                    inpainting: self.model.sd.architecture.is_inpainting(),
                 };
                 *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
                 let done = Event::Done {
@@ -362,6 +404,7 @@ impl Worker {
                     ..
                 } => {
                     steps_per_batch = steps;
+                    self.live.planned(batches, steps);
                     let planned = Event::Progress {
                         id: job.request_id.clone(),
                         job: job.id,
@@ -377,17 +420,26 @@ impl Worker {
                     batch,
                     step,
                     denoised,
-                } => Self::send(
-                    job,
-                    step_event(
+                } => {
+                    publish_step(&self.live, model, params, (batch, step), denoised);
+                    Self::send(
                         job,
-                        (params, preview),
-                        model,
-                        (batch, step, steps_per_batch),
-                        denoised,
-                    ),
-                ),
-                JobEvent::Image(image) => Self::send(job, result_event(job, image)),
+                        step_event(
+                            job,
+                            (params, preview),
+                            model,
+                            (batch, step, steps_per_batch),
+                            denoised,
+                        ),
+                    )
+                }
+                JobEvent::Image(image) => {
+                    if (image.index + 1) % params.batch_size == 0 {
+                        self.live
+                            .batches_done((image.index + 1) / params.batch_size);
+                    }
+                    Self::send(job, result_event(job, image))
+                }
                 JobEvent::Warning(message) => Self::send(
                     job,
                     Event::Warning {

@@ -58,37 +58,57 @@ pub fn save_rgba_png(
 /// An 8-bit PNG with text chunks: tEXt for Latin-1 text, uncompressed iTXt otherwise.
 fn write_png(
     path: &Path,
-    (width, height): (u32, u32),
+    size: (u32, u32),
     color: png::ColorType,
     data: &[u8],
     texts: &[(&str, &str)],
 ) -> Result<(), PngError> {
-    let io = |source| PngError::Io {
+    let file = File::create(path).map_err(|source| PngError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let png = |e: png::EncodingError| PngError::Png {
+    })?;
+    encode_png(BufWriter::new(file), size, color, data, texts).map_err(|e| PngError::Png {
         path: path.to_path_buf(),
         reason: e.to_string(),
-    };
-    let file = File::create(path).map_err(io)?;
-    let mut encoder = png::Encoder::new(BufWriter::new(file), width, height);
+    })
+}
+
+/// `image` as the bytes of an 8-bit RGB PNG with `infotext` in its `parameters` chunk (what
+/// the HTTP API sends).
+pub fn png_bytes(image: &RgbImage, infotext: Option<&str>) -> Result<Vec<u8>, png::EncodingError> {
+    let texts: Vec<(&str, &str)> = infotext.map(|t| (PARAMETERS_KEY, t)).into_iter().collect();
+    let mut bytes = Vec::new();
+    encode_png(
+        &mut bytes,
+        (image.width(), image.height()),
+        png::ColorType::Rgb,
+        image.as_raw(),
+        &texts,
+    )?;
+    Ok(bytes)
+}
+
+/// Encodes an 8-bit PNG with text chunks into `out`.
+fn encode_png<W: std::io::Write>(
+    out: W,
+    (width, height): (u32, u32),
+    color: png::ColorType,
+    data: &[u8],
+    texts: &[(&str, &str)],
+) -> Result<(), png::EncodingError> {
+    let mut encoder = png::Encoder::new(out, width, height);
     encoder.set_color(color);
     encoder.set_depth(png::BitDepth::Eight);
     for (key, text) in texts {
         if is_latin1(text) {
-            encoder
-                .add_text_chunk((*key).into(), (*text).into())
-                .map_err(png)?;
+            encoder.add_text_chunk((*key).into(), (*text).into())?;
         } else {
-            encoder
-                .add_itxt_chunk((*key).into(), (*text).into())
-                .map_err(png)?;
+            encoder.add_itxt_chunk((*key).into(), (*text).into())?;
         }
     }
-    let mut writer = encoder.write_header().map_err(png)?;
-    writer.write_image_data(data).map_err(png)?;
-    writer.finish().map_err(png)
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(data)?;
+    writer.finish()
 }
 
 /// The text of chunk `key` of a PNG file, if it has one.

@@ -69,22 +69,28 @@ pub fn run_txt2img(
     let networks = &active.networks;
     let mut warnings = active.warnings.clone();
     let conditioning = job.condition(networks)?;
+    // The hires prompt's own networks, when its tags differ (A1111 activates
+    // `hr_extra_network_data` before the hires pass, the prompt's again for the next batch).
+    let (hr_prompt, hr_negative) = params
+        .hires
+        .prompts(&params.prompt, &params.negative_prompt);
+    let hr_networks = (txt2img.hires.is_some()
+        && parse_prompt(hr_prompt).1 != parse_prompt(&params.prompt).1)
+        .then(|| job.activate_networks_for(hr_prompt));
     let hires_conditioning = match &txt2img.hires {
         Some(hires) => {
-            let (prompt, negative) = params
-                .hires
-                .prompts(&params.prompt, &params.negative_prompt);
-            let (stripped, tags) = parse_prompt(prompt);
-            if tags != parse_prompt(&params.prompt).1 {
-                warnings.push(
-                    "the Hires. fix prompt names other extra networks than the prompt; the hires pass runs with the prompt's".into(),
-                );
-            }
+            let hr = hr_networks.as_ref().unwrap_or(networks);
+            warnings.extend(
+                hr_networks
+                    .iter()
+                    .flat_map(|n| &n.warnings)
+                    .map(|w| format!("Hires prompt: {w}")),
+            );
             Some(job.condition_prompts(
-                networks,
+                hr,
                 &PromptSetting {
-                    prompt: &stripped,
-                    negative_prompt: negative,
+                    prompt: &hr.prompt,
+                    negative_prompt: hr_negative,
                     steps: hires_steps(params),
                     second_order: hires.plan.sampler.info.second_order,
                     size: hires.target.upscale_to,
@@ -93,6 +99,18 @@ pub fn run_txt2img(
         }
         None => None,
     };
+    // Switches the model's networks between the passes when the hires prompt has its own.
+    let switch_networks = |hires_pass: bool| {
+        if hr_networks.is_some() {
+            let prompt = if hires_pass {
+                hr_prompt
+            } else {
+                &params.prompt
+            };
+            job.activate_networks_for(prompt);
+        }
+    };
+    switch_networks(false);
     for warning in &warnings {
         observe(JobEvent::Warning(warning));
     }
@@ -111,12 +129,16 @@ pub fn run_txt2img(
         if stop.ends_job() {
             break;
         }
+        if batch > 0 {
+            switch_networks(false);
+        }
         let Some(mut samples) = txt2img.sample(&conditioning, batch, stop, observe)? else {
             return Ok(JobOutcome::cancelled(images, warnings));
         };
         if let (Some(hires), Some(hr_conditioning)) = (&txt2img.hires, &hires_conditioning) {
             // A1111's `sample_hr_pass` returns the first pass as it is after an interrupt.
             if !stop.is_interrupted() {
+                switch_networks(true);
                 let pass =
                     txt2img.sample_hires(hires, hr_conditioning, samples, batch, stop, observe)?;
                 let Some(pass) = pass else {
@@ -484,6 +506,7 @@ mod tests {
     use super::*;
     use crate::pipeline::hires::HiresSettings;
     use crate::pipeline::img2img::tests::{registry, tiny_model};
+    use crate::tiny_model::{write_tiny_model, Preset, TinyModelSpec};
 
     fn params(upscaler: Option<&str>) -> GenerationRequest {
         GenerationRequest {
@@ -603,5 +626,48 @@ mod tests {
         assert_eq!(outcome.images.len(), 4);
         assert_eq!(outcome.images[0].image.dimensions(), (96, 72));
         assert_eq!(steps, 5 + 7);
+    }
+
+    #[test]
+    fn ddim_family_samplers_walk_the_whole_schedule_from_the_noise() {
+        for sampler in ["DDIM", "PLMS"] {
+            let params = GenerationRequest {
+                sampler: SamplerSettings {
+                    sampler: sampler.into(),
+                    ..params(None).sampler
+                },
+                n_iter: 1,
+                ..params(None)
+            };
+            // A1111's timestep samplers call back steps − 1 times (the last timestep is t = 1).
+            let (outcome, steps) = run(&params, None);
+            assert_eq!((outcome.images.len(), steps), (2, 3), "{sampler}");
+        }
+    }
+
+    #[test]
+    fn inpainting_models_get_their_conditioning_in_both_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny-inpainting.safetensors");
+        let spec = TinyModelSpec {
+            preset: Preset::Tiny,
+            inpainting: true,
+            seed: 7,
+            storage: Kind::Float,
+        };
+        write_tiny_model(&spec, &path).unwrap();
+        let model = GenerationModel::load(&path, Device::Cpu, Kind::Float, None).unwrap();
+        let registry = registry();
+        for (upscaler, weight) in [("Latent", 1.0), ("Latent", 0.5), ("Nearest", 1.0)] {
+            let mut params = params(Some(upscaler));
+            params.inpaint.mask_weight = weight;
+            let outcome = run_txt2img(&model, &registry, &params, &JobStop::new(), &mut |_| {
+                Flow::Continue
+            })
+            .unwrap_or_else(|e| panic!("{upscaler} {weight}: {e}"));
+            assert_eq!(outcome.images[3].image.dimensions(), (96, 72));
+            let text = outcome.images[0].infotext.to_text();
+            assert!(text.contains("Conditional mask weight"), "{text}");
+        }
     }
 }

@@ -8,10 +8,12 @@
 //! base with [`GenerationRequest::overlay`], which knows A1111's shorthands (`mask_blur`,
 //! `override_settings`) and names the field of any bad value.
 
+mod hires;
 mod infotext;
 mod overlay;
 mod wire_forms;
 
+pub use hires::HiresSettings;
 pub use infotext::{option_value, ui_number, HiresFacts, ImageFacts, JOB_SHAPE_FIELDS};
 pub use overlay::{schema, FieldInfo, InvalidRequest};
 pub(crate) use wire_forms::{flag, sampler_options, size_pair, IndexOrName};
@@ -21,7 +23,6 @@ use serde::{Deserialize, Serialize};
 use smart_default::SmartDefault;
 
 use crate::models::vae::VaeTiling;
-use crate::pipeline::hires::HiresSettings;
 use crate::prepare::inpaint::InpaintSettings;
 use crate::prepare::resize::ResizeMode;
 use crate::sampling::plan::SamplerSettings;

@@ -115,6 +115,24 @@ fn is_field(name: &str) -> bool {
 }
 
 impl GenerationRequest {
+    /// The request field an A1111 setting (`override_settings`, `/options`) sets, if it
+    /// sets one: the field of the same name or of its alias (`CLIP_stop_at_last_layers`).
+    pub fn setting_field(setting: &str) -> Option<&'static str> {
+        let field = SETTING_ALIASES
+            .iter()
+            .find(|(alias, _)| *alias == setting)
+            .map_or(setting, |(_, field)| field);
+        fields()
+            .iter()
+            .find(|f| f.name == field)
+            .map(|f| f.name.as_str())
+    }
+
+    /// Whether `name` is a field of the request (under its A1111 API name).
+    pub fn is_field(name: &str) -> bool {
+        is_field(name)
+    }
+
     /// The fields of the request, with docs and defaults.
     pub fn fields() -> &'static [FieldInfo] {
         fields()

@@ -10,7 +10,7 @@ macro_rules! sdhost {
     };
 }
 
-fn run_sdhost(args: &[&std::ffi::OsStr]) -> Output {
+pub(crate) fn run_sdhost(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sdhost"))
         .args(args)
         .env(
@@ -22,7 +22,7 @@ fn run_sdhost(args: &[&std::ffi::OsStr]) -> Output {
 }
 
 /// The command succeeded; its stderr is the failure message otherwise.
-fn assert_success(out: &Output) {
+pub(crate) fn assert_success(out: &Output) {
     assert!(
         out.status.success(),
         "{}",
@@ -30,7 +30,7 @@ fn assert_success(out: &Output) {
     );
 }
 
-fn assert_one_line_error(out: &Output, mentions: &str) {
+pub(crate) fn assert_one_line_error(out: &Output, mentions: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success(),
@@ -48,7 +48,7 @@ fn assert_one_line_error(out: &Output, mentions: &str) {
     );
 }
 
-fn make_tiny(path: &Path, extra: &[&str]) {
+pub(crate) fn make_tiny(path: &Path, extra: &[&str]) {
     let mut args: Vec<&std::ffi::OsStr> =
         vec!["dev".as_ref(), "make-tiny-model".as_ref(), path.as_os_str()];
     args.extend(extra.iter().map(std::ffi::OsStr::new));
@@ -293,7 +293,7 @@ fn img2img_into(model: &Path, init: &Path, out_dir: &Path, extra: &[&str]) -> Ou
     run_sdhost(&args)
 }
 
-fn pixels(path: &Path) -> image::RgbImage {
+pub(crate) fn pixels(path: &Path) -> image::RgbImage {
     image::open(path).unwrap().to_rgb8()
 }
 

@@ -2,7 +2,7 @@
 //! of A1111's patching (tests/reference/lora_reference.py): kohya and PEFT files with LoCon
 //! convolutions and alphas that are not the rank, stacking with a negative multiplier, `dyn`,
 //! a 9-channel inpainting model, a LoRA made for another architecture, switching sets back to
-//! the exact original weights, and a whole img2img job.
+//! the exact original weights, a whole img2img job, and a Hires. fix prompt's own LoRA.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -553,4 +553,52 @@ fn lora_factors_that_are_empty_or_scalar_are_refused_by_name_not_a_panic() {
         assert!(job.lora_hashes.is_none());
     }
     assert_original(&model, &base);
+}
+
+#[test]
+fn a_hires_prompt_with_its_own_lora_patches_only_the_hires_pass() {
+    use sdhost::pipeline::txt2img::run_txt2img;
+    use sdhost::request::HiresSettings;
+    let f = fixture();
+    let model = load(&f.base, vec![f.lora_dir.clone()]);
+    let registry = common::builtin_registry();
+    let job = |hr_prompt: &str| {
+        let params = GenerationRequest {
+            prompt: "a cat".into(),
+            width: 32,
+            height: 32,
+            seed: 3,
+            n_iter: 2,
+            sampler: SamplerSettings {
+                sampler: "Euler".into(),
+                steps: 3,
+                denoising_strength: 0.6,
+                ..Default::default()
+            },
+            hires: HiresSettings {
+                enable_hr: true,
+                hr_scale: 1.5,
+                hr_prompt: hr_prompt.into(),
+                ..HiresSettings::default()
+            },
+            ..GenerationRequest::default()
+        };
+        run_txt2img(&model, &registry, &params, &JobStop::new(), &mut |_| {
+            Flow::Continue
+        })
+        .unwrap()
+    };
+    let plain = job("a cat");
+    let with_lora = job("a cat <lora:kohya:1>");
+    assert!(with_lora.warnings.is_empty(), "{:?}", with_lora.warnings);
+    for (a, b) in plain.images.iter().zip(&with_lora.images) {
+        assert_ne!(a.image, b.image, "the LoRA changes the hires pass");
+    }
+    assert_eq!(
+        with_lora.images[0].infotext.get("Hires prompt"),
+        Some("a cat <lora:kohya:1>")
+    );
+    // The job leaves the hires networks on; the next untagged prompt restores the weights.
+    activate_extra_networks(&model, "a cat");
+    assert_original(&model, &f.base);
 }

@@ -2,6 +2,7 @@
 //! per topic; `common` holds the shared helpers. Run one topic with
 //! `cargo test --release --test integration <topic>::`.
 
+mod api;
 mod brownian;
 mod checkpoint_loading;
 mod cli;
@@ -32,6 +33,7 @@ mod samplers;
 mod sampling_plan;
 mod schedules;
 mod tokenizer;
+mod txt2img;
 mod txt2img_parity;
 mod vae_io;
 mod vae_override;

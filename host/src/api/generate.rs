@@ -1,0 +1,467 @@
+//! POST `/sdapi/v1/img2img`: A1111's request read laxly ([`super::request_model`]), turned
+//! into the daemon's img2img job (the same [`GenerateRequest`] a socket client's request
+//! becomes), queued on the daemon's one queue under the client's address, and answered in
+//! A1111 v1.10.1's shape: bare base64 PNGs with their infotext, `parameters` = the request,
+//! `info` = a JSON string. An interrupted job still answers 200 with what it made.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use image::DynamicImage;
+use serde_json::{Map, Value};
+
+use super::error::{ApiError, ValidationItem};
+use super::images::{decode_image, encode_png};
+use super::lax;
+use super::processed::{image_grid, info, Finished, JobFacts};
+use super::request_model::{read_model, Endpoint, Ordered};
+use super::sampler_choice;
+use super::ApiState;
+use crate::daemon::event::{Event, Outgoing};
+use crate::daemon::live::timestamp_now;
+use crate::daemon::queue::{Job, JobKind, SubmitError};
+use crate::daemon::request::GenerateRequest;
+use crate::daemon::server::check_limits;
+use crate::daemon::worker::ModelStatus;
+use crate::infotext::Infotext;
+use crate::pipeline::stop::JobStop;
+use crate::prepare::modes::Img2ImgMode;
+use crate::request::{GenerationRequest, InvalidRequest, RngChoice};
+use crate::rng::{fixed_seed, random_seed};
+
+/// This module's routes.
+pub fn routes() -> Router<ApiState> {
+    Router::new().route("/sdapi/v1/img2img", post(img2img))
+}
+
+async fn img2img(
+    State(state): State<ApiState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|_| lax::too_large())?;
+    // Parsing, decoding, waiting for the job and encoding are blocking work: off the
+    // runtime's threads, so /progress and the rest answer meanwhile.
+    tokio::task::spawn_blocking(move || generate(&state, client, Endpoint::Img2img, &body))
+        .await
+        .map_err(|e| ApiError::runtime(format!("the request's thread failed: {e}")))?
+}
+
+/// A request read and checked, ready to queue.
+struct Prepared {
+    /// The job.
+    job: GenerateRequest,
+    /// The request as A1111's model read it (`parameters`).
+    model: Ordered,
+    /// The sampler's resolved name (`info.sampler_name`).
+    sampler_name: String,
+}
+
+/// The whole request: read, queue, wait, answer.
+fn generate(
+    state: &ApiState,
+    client: SocketAddr,
+    endpoint: Endpoint,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let body = lax::json_object(body)?;
+    let prepared = prepare(state, endpoint, &body)?;
+    let Prepared {
+        job,
+        mut model,
+        sampler_name,
+    } = prepared;
+    let params = job.params.clone();
+    if let Some(checkpoint) = model
+        .get("override_settings")
+        .get("sd_model_checkpoint")
+        .and_then(Value::as_str)
+    {
+        switch_model(state, client, checkpoint)?;
+    }
+    let (outcome, job_timestamp) = run(state, client, job)?;
+    let facts = {
+        let status = state
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        JobFacts {
+            model: (status.name.clone(), status.hash.clone()),
+            job_timestamp,
+            inpainting_conditioning: status.inpainting,
+        }
+    };
+    let send_images = model.get("send_images").as_bool().unwrap_or(true);
+    let save_images = model.get("save_images").as_bool().unwrap_or(false);
+    let mut infotexts: Vec<String> = outcome.iter().map(|f| f.infotext.clone()).collect();
+    let mut pictures: Vec<(&image::RgbImage, String)> = Vec::new();
+    // A1111 makes the grid only when it would save it (`do_not_save_grid = not
+    // save_images`) and there are at least two images; its infotext is the first image's.
+    let grid = (save_images && outcome.len() >= 2)
+        .then(|| image_grid(&outcome.iter().map(|f| f.image.clone()).collect::<Vec<_>>()))
+        .flatten();
+    if let Some(grid) = &grid {
+        let text = infotexts.first().cloned().unwrap_or_default();
+        infotexts.insert(0, text.clone());
+        pictures.push((grid, text));
+    }
+    pictures.extend(outcome.iter().map(|f| (&f.image, f.infotext.clone())));
+    let images = if send_images {
+        pictures
+            .iter()
+            .map(|(image, text)| encode_png(image, Some(text)))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        Vec::new()
+    };
+    let index_of_first_image = usize::from(grid.is_some());
+    let info = info(
+        &params,
+        &sampler_name,
+        infotexts,
+        index_of_first_image,
+        facts,
+    );
+    if endpoint == Endpoint::Img2img && model.get("include_init_images").as_bool() != Some(true) {
+        model.set("init_images", Value::Null);
+        model.set("mask", Value::Null);
+    }
+    let answer = GenerationResponse {
+        images,
+        parameters: model,
+        info: super::pyjson::dumps(&info),
+    };
+    Ok((StatusCode::OK, axum::Json(answer)).into_response())
+}
+
+/// A1111's `ImageToImageResponse` / `TextToImageResponse`.
+#[derive(serde::Serialize)]
+struct GenerationResponse {
+    images: Vec<String>,
+    parameters: Ordered,
+    info: String,
+}
+
+/// An [`InvalidRequest`] as the 422 of the field it names.
+fn invalid(error: InvalidRequest) -> ApiError {
+    match &error {
+        InvalidRequest::Value { field, message } => {
+            ApiError::Validation(vec![ValidationItem::body(
+                field,
+                message.clone(),
+                "value_error",
+            )])
+        }
+        other => ApiError::Validation(vec![ValidationItem::body(
+            "override_settings",
+            other.to_string(),
+            "value_error",
+        )]),
+    }
+}
+
+/// A1111 fields that change results and that sdhost does not do: logged when set.
+const NOT_DONE: &[&str] = &[
+    "restore_faces",
+    "tiling",
+    "disable_extra_networks",
+    "image_cfg_scale",
+];
+
+/// Model fields that are not the job's parameters, or that are resolved here.
+const NOT_PARAMS: &[&str] = &[
+    "sampler_name",
+    "sampler_index",
+    "scheduler",
+    "override_settings",
+    "init_images",
+    "mask",
+    "infotext",
+];
+
+/// The job's parameters: A1111's API defaults, the `/options` settings that are request
+/// fields, then the request's `infotext`, `override_settings` and its own fields, each over
+/// the last (A1111's precedence: an explicit field beats the setting it defaults to).
+fn parameters(
+    state: &ApiState,
+    model: &Ordered,
+    body: &Map<String, Value>,
+) -> Result<(GenerationRequest, String), ApiError> {
+    let mut base = GenerationRequest::api_defaults();
+    if !matches!(state.device, tch::Device::Cuda(_)) {
+        // A1111's "GPU" source draws on the model's device: on a CPU that is the CPU
+        // generator, which is sdhost's CPU source.
+        base.randn_source = RngChoice::Cpu;
+    }
+    for (setting, value) in state.options() {
+        if let Some(field) = GenerationRequest::setting_field(&setting) {
+            let one: Map<String, Value> = [(field.to_string(), value)].into_iter().collect();
+            // A setting of the wrong type was stored by a client; it must not fail jobs.
+            if let Ok(next) = base.overlay(&one) {
+                base = next;
+            }
+        }
+    }
+    if let Some(text) = model.get("infotext").as_str() {
+        for problem in base.apply_infotext(&Infotext::parse(text)) {
+            eprintln!("sdhost: API: infotext: {problem}");
+        }
+    }
+    let mut changes = Map::new();
+    if let Some(settings) = model.get("override_settings").as_object() {
+        let mut kept = Map::new();
+        for (setting, value) in settings {
+            match GenerationRequest::setting_field(setting) {
+                Some(_) => {
+                    kept.insert(setting.clone(), value.clone());
+                }
+                // The checkpoint is loaded before the job (`switch_model`).
+                None if setting == "sd_model_checkpoint" => {}
+                None => eprintln!(
+                    "sdhost: API: override_settings \"{setting}\" is not a setting sdhost applies; ignored"
+                ),
+            }
+        }
+        changes.insert("override_settings".into(), Value::Object(kept));
+    }
+    for (name, value) in &model.0 {
+        let sent = body.get(name).is_some_and(|v| !v.is_null());
+        if !sent || value.is_null() || NOT_PARAMS.contains(&name.as_str()) {
+            continue;
+        }
+        if GenerationRequest::is_field(name) || name == "mask_blur" {
+            changes.insert(name.clone(), value.clone());
+        } else if NOT_DONE.contains(&name.as_str()) && value.as_bool() != Some(false) {
+            eprintln!("sdhost: API: \"{name}\" is not supported by sdhost; ignored");
+        }
+    }
+    if let Some(styles) = model.get("styles").as_array().filter(|s| !s.is_empty()) {
+        eprintln!("sdhost: API: prompt styles {styles:?} are not supported; ignored");
+    }
+    let name = [model.get("sampler_name"), model.get("sampler_index")]
+        .into_iter()
+        .filter_map(Value::as_str)
+        .find(|n| !n.trim().is_empty())
+        .unwrap_or("Euler");
+    let choice = sampler_choice::resolve(
+        &state.shared.capabilities.samplers,
+        name,
+        model.get("scheduler").as_str(),
+    );
+    for warning in &choice.warnings {
+        eprintln!("sdhost: API: {warning}");
+    }
+    changes.insert("sampler_name".into(), Value::from(choice.sampler.clone()));
+    changes.insert("scheduler".into(), Value::from(choice.schedule.label()));
+    let mut params = base.overlay(&changes).map_err(invalid)?;
+    // Seeds are fixed here, as A1111's `process_images` fixes them, so that `info` can list
+    // every planned seed even of a job that stops early.
+    params.seed = fixed_seed(params.seed, random_seed) as i64;
+    params.subseed = fixed_seed(params.subseed, random_seed) as i64;
+    params.validate(8).map_err(invalid)?;
+    check_limits(&params, &state.shared.limits)
+        .map_err(|e| ApiError::http(StatusCode::PAYLOAD_TOO_LARGE, e.message))?;
+    Ok((params, choice.sampler))
+}
+
+/// Reads and checks a request (no job is queued when anything is wrong).
+fn prepare(
+    state: &ApiState,
+    endpoint: Endpoint,
+    body: &Map<String, Value>,
+) -> Result<Prepared, ApiError> {
+    let model = read_model(endpoint, body)?;
+    // A1111's order: the init images' presence, the mask, the script, then processing.
+    let Some(init_images) = model.get("init_images").as_array() else {
+        return Err(ApiError::http(
+            StatusCode::NOT_FOUND,
+            "Init image not found",
+        ));
+    };
+    let max_pixels = state.shared.limits.max_pixels;
+    let mask = match model.get("mask").as_str() {
+        Some(text) if !text.is_empty() => Some(decode_image(text, max_pixels)?),
+        _ => None,
+    };
+    if let Some(script) = model.get("script_name").as_str().filter(|s| !s.is_empty()) {
+        return Err(ApiError::http(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("Script '{script}' not found"),
+        ));
+    }
+    if let Some(scripts) = model.get("alwayson_scripts").as_object() {
+        for name in scripts.keys() {
+            // A1111 refuses unknown ones (422); clients send Forge's and extensions' names
+            // unasked, so sdhost runs the job without them and says so.
+            eprintln!("sdhost: API: always-on script \"{name}\" is not available; ignored");
+        }
+    }
+    let mut decoded = Vec::new();
+    for (i, item) in init_images.iter().enumerate() {
+        let Some(text) = item.as_str() else {
+            return Err(ApiError::Validation(vec![ValidationItem {
+                loc: vec![
+                    Value::from("body"),
+                    Value::from("init_images"),
+                    Value::from(i),
+                ],
+                msg: "str type expected".into(),
+                kind: "type_error.str".into(),
+            }]));
+        };
+        // Only the first is used (one init image per job); the others are still checked.
+        if i == 0 {
+            decoded.push(decode_image(text, max_pixels)?);
+        } else {
+            decode_image(text, max_pixels)?;
+            eprintln!("sdhost: API: init image {i} ignored: sdhost uses the first");
+        }
+    }
+    let image: DynamicImage = decoded
+        .pop()
+        .ok_or_else(|| ApiError::http(StatusCode::NOT_FOUND, "Init image not found"))?;
+    let (params, sampler_name) = parameters(state, &model, body)?;
+    let job = GenerateRequest {
+        mode: Img2ImgMode::implied(false, mask.is_some()),
+        params,
+        image,
+        mask,
+        sketch: None,
+        preview: None,
+    };
+    Ok(Prepared {
+        job,
+        model,
+        sampler_name,
+    })
+}
+
+/// Whether `alias` (a title `name.safetensors [hash]`, a name, a file name or a short hash)
+/// names the loaded model.
+fn names_loaded(status: &ModelStatus, alias: &str) -> bool {
+    let bare = alias
+        .strip_suffix(']')
+        .and_then(|a| a.rsplit_once(" ["))
+        .map_or(alias, |(name, _)| name);
+    let file = status.path.file_name().map(|n| n.to_string_lossy());
+    let stem = status.path.file_stem().map(|n| n.to_string_lossy());
+    [alias, bare].iter().any(|given| {
+        *given == status.name
+            || file.as_deref() == Some(*given)
+            || stem.as_deref() == Some(*given)
+            || (!status.hash.is_empty() && *given == status.hash)
+    })
+}
+
+/// `override_settings.sd_model_checkpoint`: loads that model first (it stays loaded after
+/// the job, as in A1111) unless it is the loaded one; a name no model has is ignored, as
+/// A1111's `process_images` ignores it.
+fn switch_model(state: &ApiState, client: SocketAddr, checkpoint: &str) -> Result<(), ApiError> {
+    let loaded = {
+        let status = state
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        names_loaded(&status, checkpoint)
+    };
+    if loaded {
+        return Ok(());
+    }
+    let (events, received) = crossbeam_channel::unbounded::<Outgoing>();
+    submit(
+        state,
+        client,
+        JobKind::SelectModel(checkpoint.to_string()),
+        events,
+    )?;
+    for outgoing in received {
+        match outgoing.event {
+            Event::Done { .. } | Event::Cancelled { .. } => return Ok(()),
+            Event::Error { message, .. } => {
+                eprintln!("sdhost: API: override_settings.sd_model_checkpoint: {message}; ignored");
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Queues a job of client `client` whose events go to `events`.
+fn submit(
+    state: &ApiState,
+    client: SocketAddr,
+    kind: JobKind,
+    events: crossbeam_channel::Sender<Outgoing>,
+) -> Result<(), ApiError> {
+    let shared = &state.shared;
+    let job = Job {
+        id: shared.next_job_id(),
+        request_id: Value::from(format!("http {client}")),
+        conn: state.conn_of(client.ip()),
+        kind,
+        stop: JobStop::new(),
+        events,
+    };
+    shared.queue.submit(job, |_, _| {}).map_err(|error| {
+        let status = match error {
+            SubmitError::Full | SubmitError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::http(status, error.to_string())
+    })
+}
+
+/// Queues `request` as client `client`'s job and waits for its images: all of them, or
+/// those made before an interrupt; the job's start time as A1111's `job_timestamp`.
+fn run(
+    state: &ApiState,
+    client: SocketAddr,
+    request: GenerateRequest,
+) -> Result<(Vec<Finished>, String), ApiError> {
+    let (events, received) = crossbeam_channel::unbounded::<Outgoing>();
+    submit(state, client, JobKind::Generate(Box::new(request)), events)?;
+    let mut finished = Vec::new();
+    let mut timestamp = timestamp_now();
+    for outgoing in received {
+        match outgoing.event {
+            Event::Started { .. } => timestamp = timestamp_now(),
+            Event::Result {
+                index,
+                seed,
+                infotext,
+                ..
+            } => {
+                // The worker sends the image as the first attachment, RGBA.
+                let Some((attachment, rgba)) = outgoing.attachments.into_iter().next() else {
+                    continue;
+                };
+                let Some(image) =
+                    image::RgbaImage::from_raw(attachment.width, attachment.height, rgba)
+                else {
+                    continue;
+                };
+                finished.push(Finished {
+                    index,
+                    seed,
+                    image: DynamicImage::ImageRgba8(image).to_rgb8(),
+                    infotext,
+                });
+            }
+            Event::Done { .. } | Event::Cancelled { .. } => {
+                finished.sort_by_key(|f: &Finished| f.index);
+                return Ok((finished, timestamp));
+            }
+            Event::Error { message, .. } => return Err(ApiError::runtime(message)),
+            _ => {}
+        }
+    }
+    Err(ApiError::runtime("the job ended without an answer"))
+}
