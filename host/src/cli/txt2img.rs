@@ -21,7 +21,9 @@ pub struct Txt2ImgArgs {
 /// Runs `sdhost txt2img`.
 pub fn run(args: &Txt2ImgArgs) -> anyhow::Result<()> {
     // A1111's txt2img tab: 512×512 unless the flags say otherwise.
-    let job = args.job.load(GenerationRequest::default(), |_| None)?;
+    let job = args
+        .job
+        .load(GenerationRequest::txt2img_ui_defaults(), |_| None)?;
     args.job.run_job(false, |stop, observe| {
         run_txt2img(&job.model, &job.registry, &job.params, stop, observe)
     })

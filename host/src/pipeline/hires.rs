@@ -7,7 +7,7 @@ use image::RgbImage;
 use tch::Tensor;
 
 use crate::prepare::upscalers::{upscale_to, PixelUpscaler};
-pub use crate::request::HiresSettings;
+pub use crate::request::{HiresSettings, DEFAULT_LATENT_MODE};
 
 /// Where the hires pass goes: the size it upscales to, and how much of the upscaled latent is
 /// cropped away to reach hr_resize_x × hr_resize_y.
@@ -120,9 +120,6 @@ pub const LATENT_UPSCALE_MODES: &[(&str, LatentMode)] = &[
     ("Latent (nearest)", LatentMode::Nearest),
     ("Latent (nearest-exact)", LatentMode::NearestExact),
 ];
-
-/// A1111's `latent_upscale_default_mode`: what a request without `hr_upscaler` gets.
-pub const DEFAULT_LATENT_MODE: &str = "Latent";
 
 impl LatentMode {
     /// `latent` [B, C, h, w] resized to `size` [h, w] as `F.interpolate(size=…)` does.

@@ -5,6 +5,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use smart_default::SmartDefault;
 
+/// A1111's `latent_upscale_default_mode`: what a request without `hr_upscaler` gets.
+pub const DEFAULT_LATENT_MODE: &str = "Latent";
+
 /// A1111's Hires. fix parameters of txt2img, under its API names and defaults
 /// (`StableDiffusionProcessingTxt2Img` fields; v1.10.1 has no hires CFG scale).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, SmartDefault)]

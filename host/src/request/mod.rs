@@ -13,7 +13,7 @@ mod infotext;
 mod overlay;
 mod wire_forms;
 
-pub use hires::HiresSettings;
+pub use hires::{HiresSettings, DEFAULT_LATENT_MODE};
 pub use infotext::{option_value, ui_number, HiresFacts, ImageFacts, JOB_SHAPE_FIELDS};
 pub use overlay::{schema, FieldInfo, InvalidRequest};
 pub(crate) use wire_forms::{flag, sampler_options, size_pair, IndexOrName};
@@ -199,6 +199,16 @@ impl GenerationRequest {
     /// padding 32), with the CPU RNG so that images are the same on every machine.
     pub fn ui_defaults() -> Self {
         Self::default()
+    }
+
+    /// A1111's txt2img tab defaults where they differ from the img2img tab's: Hires. fix
+    /// denoising strength 0.7 and upscaler "Latent" (`modules/ui.py`,
+    /// `latent_upscale_default_mode`).
+    pub fn txt2img_ui_defaults() -> Self {
+        let mut request = Self::ui_defaults();
+        request.sampler.denoising_strength = 0.7;
+        request.hires.hr_upscaler = Some(DEFAULT_LATENT_MODE.into());
+        request
     }
 
     /// The defaults of A1111's `/sdapi/v1/img2img` where they differ from the tab's: Euler,

@@ -122,6 +122,26 @@ fn txt2img_without_hires_has_no_denoising_strength_and_pixel_upscalers_run() {
     assert!(!text.contains("Denoising strength"), "{text}");
     assert!(!text.contains("Hires"), "{text}");
 
+    // The txt2img tab's Hires. fix defaults: upscaler Latent, strength 0.7, scale 2.
+    let tab = dir.path().join("tab");
+    assert_success(&txt2img(
+        &model,
+        &tab,
+        &[&base[..], &["--enable-hr", "true"]].concat(),
+    ));
+    let image = tab.join("00000-3.png");
+    assert_eq!(pixels(&image).dimensions(), (80, 64));
+    let text = sdhost::pipeline::png_info::read_png_infotext(&image)
+        .unwrap()
+        .unwrap();
+    for key in [
+        "Denoising strength: 0.7",
+        "Hires upscale: 2",
+        "Hires upscaler: Latent",
+    ] {
+        assert!(text.contains(key), "{key} in {text}");
+    }
+
     for upscaler in ["None", "Lanczos", "Nearest"] {
         let out_dir = dir.path().join(upscaler);
         let hires = [
