@@ -86,7 +86,7 @@ pub struct Img2imgRequest {
 /// The header of a `txt2img` request.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct Txt2imgRequest {
-    /// Job parameters laid over A1111's UI defaults.
+    /// Job parameters laid over A1111's txt2img tab defaults.
     #[serde(default)]
     pub params: Option<Map<String, Value>>,
     /// Live previews on progress events (none unless asked for).
@@ -105,10 +105,10 @@ pub struct Txt2imgJob {
 }
 
 impl Txt2imgRequest {
-    /// The job: `params` laid over A1111's UI defaults (attachments are not read: txt2img
-    /// takes none).
+    /// The job: `params` laid over A1111's txt2img tab defaults (attachments are not read:
+    /// txt2img takes none).
     pub fn into_job(self) -> Result<Txt2imgJob, RequestError> {
-        let params = GenerationRequest::ui_defaults()
+        let params = GenerationRequest::txt2img_ui_defaults()
             .overlay(&self.params.unwrap_or_default())
             .map_err(|e| RequestError::bad(format!("params: {e}")))?;
         Ok(Txt2imgJob {
@@ -451,9 +451,10 @@ mod tests {
             panic!("a txt2img request")
         };
         let job = header.into_job().unwrap();
-        let defaults = GenerationRequest::ui_defaults();
+        let defaults = GenerationRequest::txt2img_ui_defaults();
         assert_eq!((job.params.sampler.steps, job.params.width), (3, 256));
         assert_eq!(job.params.height, defaults.height);
+        assert_eq!(job.params.sampler.denoising_strength, 0.7);
         assert!(job.preview.is_some());
         let Ok(Request::Txt2img(header)) =
             parse(json!({"type": "txt2img", "params": {"stepz": 3}}))

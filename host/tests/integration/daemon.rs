@@ -1172,7 +1172,7 @@ fn txt2img_jobs_run_with_hires_fix_and_previews() {
         plain.iter().map(|r| (r.0, r.1, r.2)).collect::<Vec<_>>(),
         [(5, 40, 32), (6, 40, 32)]
     );
-    let request = sdhost::request::GenerationRequest::ui_defaults()
+    let request = sdhost::request::GenerationRequest::txt2img_ui_defaults()
         .overlay(params.as_object().unwrap())
         .unwrap();
     let checkpoint = daemon.dir.path().join("tiny-31.safetensors");

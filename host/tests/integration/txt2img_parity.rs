@@ -54,7 +54,7 @@ fn compare_with_reference(cases: &[(&str, Map<String, Value>)]) {
     let model = GenerationModel::load(&checkpoint, Device::Cpu, Kind::Float, None).unwrap();
     let registry = common::builtin_registry();
     for (name, changes) in cases {
-        let params = GenerationRequest::ui_defaults()
+        let params = GenerationRequest::txt2img_ui_defaults()
             .overlay(changes)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let outcome = run_txt2img(&model, &registry, &params, &JobStop::new(), &mut |_| {
