@@ -19,6 +19,7 @@ use super::figures::{params, time_job};
 use super::reference::median;
 use crate::api::images::{decode_image, encode_png};
 use crate::api::ApiConfig;
+use crate::daemon::catalog::ModelCatalog;
 use crate::daemon::config::Limits;
 use crate::daemon::event::{Capabilities, DoneOutcome, Event, Outgoing};
 use crate::daemon::networks::NetworkListing;
@@ -74,13 +75,14 @@ fn bench_shared() -> Arc<Shared> {
         path: "bench.safetensors".into(),
         demo: false,
         embeddings: Vec::new(),
+        embedding_shapes: Default::default(),
         inpainting: false,
     }));
     Arc::new(Shared::new(
         limits.clone(),
         status,
         Capabilities::new(&registry, &limits),
-        Vec::new(),
+        ModelCatalog::scan(None, None).shared(),
         NetworkListing::start(NetworkDirs::default(), None),
     ))
 }
