@@ -226,3 +226,15 @@ def test_wait_for_ready_returns_at_once_when_idle(api):
     start = time.monotonic()
     api.util_wait_for_ready(check_interval=5.0)
     assert time.monotonic() - start < 1.0
+
+
+def test_the_other_helpers_answer_json(api):
+    """webuiapi hands these answers back as they come (`response.json()`, no status check)."""
+    assert api.get_scripts() == {"txt2img": [], "img2img": []}, "no extension arguments added"
+    assert api.has_controlnet is False and api.has_adetailer is False
+    assert api.refresh_checkpoints() is None
+    assert isinstance(api.get_cmd_flags(), dict)
+    assert set(api.get_memory()) >= {"ram", "cuda"}
+    assert api.get_face_restorers() == []
+    assert isinstance(api.get_prompt_styles(), list)
+    assert api.get_artists() == {"detail": "Not Found"}, "removed from A1111: a JSON 404"
