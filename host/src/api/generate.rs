@@ -216,6 +216,7 @@ fn parameters(
     model: &Ordered,
     body: &Map<String, Value>,
 ) -> Result<(GenerationRequest, String), ApiError> {
+    // API defaults with the `/options` settings that are request fields laid over.
     let mut base = super::options::request_base(state);
     if let Some(text) = model.get("infotext").as_str() {
         for problem in base.apply_infotext(&Infotext::parse(text)) {

@@ -41,7 +41,7 @@ use crate::daemon::queue::ConnId;
 use crate::daemon::server::Shared;
 
 pub use error::ApiError;
-pub use server::{start, ApiConfig, ApiServer, ApiStartError};
+pub use server::{front_end, start, ApiConfig, ApiServer, ApiStartError};
 
 /// What every handler shares.
 #[derive(Clone)]

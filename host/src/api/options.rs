@@ -282,6 +282,18 @@ fn set_config(state: &ApiState, client: SocketAddr, body: &[u8]) -> Result<(), A
     }
     let mut options = state.options.write().unwrap_or_else(|p| p.into_inner());
     options.extend(typed);
+    // The live previews `/progress` shows follow A1111's two options.
+    let enabled = options.get("live_previews_enable").and_then(Value::as_bool) != Some(false);
+    let every = options
+        .get("show_progress_every_n_steps")
+        .and_then(Value::as_u64)
+        .unwrap_or(crate::daemon::live::DEFAULT_PREVIEW_EVERY as u64);
+    let every = if enabled {
+        usize::try_from(every).unwrap_or(usize::MAX)
+    } else {
+        0
+    };
+    state.shared.live.set_preview_every(every);
     Ok(())
 }
 

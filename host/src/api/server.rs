@@ -17,7 +17,9 @@ use tower_http::normalize_path::NormalizePathLayer;
 
 use super::auth::{self, Credential};
 use super::{router, ApiState};
+use crate::daemon::config::ServeConfig;
 use crate::daemon::server::Shared;
+use crate::daemon::{FrontEnd, StartError, StartFrontEnd};
 
 /// A1111's port.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7860";
@@ -153,6 +155,35 @@ fn cors(origins: &[String]) -> Result<Option<CorsLayer>, ApiStartError> {
             .allow_headers(AllowHeaders::mirror_request())
             .allow_credentials(true),
     ))
+}
+
+/// The HTTP API as a front end of the daemon when `config` asks for it (`api_addr`), its
+/// flags checked now; it binds when the daemon starts it.
+pub fn front_end(config: &ServeConfig) -> Result<Option<StartFrontEnd>, ApiStartError> {
+    let Some(address) = &config.api_addr else {
+        return Ok(None);
+    };
+    let settings = ApiConfig::from_flags(
+        address,
+        config.api_auth.as_deref(),
+        config.cors_allow_origins.as_deref(),
+        usize::try_from(config.limits.max_frame_bytes).unwrap_or(usize::MAX),
+    )?;
+    Ok(Some(Box::new(move |shared, device| {
+        let server = start(settings, shared, device).map_err(|error| StartError::FrontEnd {
+            name: "HTTP API",
+            source: Box::new(error),
+        })?;
+        // On stdout, as the socket's line: scripts that start the daemon read it.
+        println!("sdhost: A1111 API on http://{}", server.address);
+        Ok(Box::new(server) as Box<dyn FrontEnd>)
+    })))
+}
+
+impl FrontEnd for ApiServer {
+    fn stop(self: Box<Self>) {
+        ApiServer::stop(*self);
+    }
 }
 
 /// Starts the server over the daemon's `shared` state (its model runs on `device`): binds

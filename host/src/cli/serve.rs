@@ -93,6 +93,8 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     if args.api && config.api_addr.is_none() {
         config.api_addr = Some(crate::api::server::DEFAULT_ADDR.into());
     }
-    crate::daemon::run(config)?;
+    // Checked before the model loads: a bad address or a public one without credentials.
+    let front_ends = crate::api::front_end(&config)?.into_iter().collect();
+    crate::daemon::run(config, front_ends)?;
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
+use tch::Device;
 
 use super::catalog::ModelCatalog;
 use super::config::{config_dir, data_dir, default_socket, ServeConfig};
@@ -67,9 +68,12 @@ pub enum StartError {
         address: String,
         source: std::io::Error,
     },
-    /// The HTTP API could not start.
-    #[error("HTTP API: {0}")]
-    Api(#[from] crate::api::ApiStartError),
+    /// A front end beside the socket (the HTTP API) could not start.
+    #[error("{name}: {source}")]
+    FrontEnd {
+        name: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The signal handler could not be installed.
     #[error("installing the signal handler: {0}")]
     Signals(#[from] ctrlc::Error),
@@ -94,9 +98,23 @@ pub fn demo_model(dir: &Path) -> Result<PathBuf, StartError> {
     Ok(path)
 }
 
+/// A front end serving the daemon's queue beside the local socket (the HTTP API of
+/// `crate::api`). The daemon knows it only through this trait, so that front ends depend on
+/// the daemon and not the other way round.
+pub trait FrontEnd: Send {
+    /// Stops it; called after the daemon's jobs ended, so that requests waiting on them have
+    /// their answers written first.
+    fn stop(self: Box<Self>);
+}
+
+/// Starts a front end over the daemon's shared state (its model runs on the device given),
+/// once the queue exists and before the worker takes jobs.
+pub type StartFrontEnd =
+    Box<dyn FnOnce(Arc<Shared>, Device) -> Result<Box<dyn FrontEnd>, StartError> + Send>;
+
 /// Runs the daemon until SIGTERM or SIGINT, then stops gracefully and returns. A second
 /// signal ends the process at once.
-pub fn run(config: ServeConfig) -> Result<(), StartError> {
+pub fn run(config: ServeConfig, front_ends: Vec<StartFrontEnd>) -> Result<(), StartError> {
     // A client that goes away must be an error on its connection, not the daemon's end.
     // SAFETY: restoring the ignored disposition Rust's runtime sets for every program.
     unsafe {
@@ -113,14 +131,18 @@ pub fn run(config: ServeConfig) -> Result<(), StartError> {
         signalled = true;
         let _ = signal.try_send(());
     })?;
-    serve(config, stop)
+    serve(config, front_ends, stop)
 }
 
 /// Runs the daemon until `stop` receives (or its sender is dropped), then shuts down:
 /// new connections are turned away and the socket removed, waiting jobs end with an
 /// `error` `shutting_down`, the running job is cancelled through its flag and ends the same
 /// way, clients get their last events, and the function returns.
-pub fn serve(config: ServeConfig, stop: Receiver<()>) -> Result<(), StartError> {
+pub fn serve(
+    config: ServeConfig,
+    front_ends: Vec<StartFrontEnd>,
+    stop: Receiver<()>,
+) -> Result<(), StartError> {
     let device = parse_device(config.device.as_deref().unwrap_or("cpu"))?;
     let kind = parse_dtype(config.dtype.as_deref().unwrap_or("fp32"))?;
     if let Some(threads) = config.threads.filter(|&t| t > 0) {
@@ -186,21 +208,11 @@ pub fn serve(config: ServeConfig, stop: Receiver<()>) -> Result<(), StartError> 
     if let Some(address) = &config.listen {
         listen_tcp(address, &shared)?;
     }
-    let api = match &config.api_addr {
-        Some(address) => {
-            let settings = crate::api::ApiConfig::from_flags(
-                address,
-                config.api_auth.as_deref(),
-                config.cors_allow_origins.as_deref(),
-                usize::try_from(config.limits.max_frame_bytes).unwrap_or(usize::MAX),
-            )?;
-            let server = crate::api::start(settings, shared.clone(), device)?;
-            // On stdout, as the socket's line: scripts that start the daemon read it.
-            println!("sdhost: A1111 API on http://{}", server.address);
-            Some(server)
-        }
-        None => None,
-    };
+    // Started before the worker: a front end that cannot bind stops the daemon before work.
+    let front_ends = front_ends
+        .into_iter()
+        .map(|start| start(shared.clone(), device))
+        .collect::<Result<Vec<_>, _>>()?;
     let worker = Worker {
         model,
         registry,
@@ -242,8 +254,8 @@ pub fn serve(config: ServeConfig, stop: Receiver<()>) -> Result<(), StartError> 
     eprintln!("sdhost: stopping");
     shut_down(&shared, &socket, &worker_ended);
     // After the jobs ended: HTTP requests waiting on them have their answers to write.
-    if let Some(api) = api {
-        api.stop();
+    for front_end in front_ends {
+        front_end.stop();
     }
     Ok(())
 }

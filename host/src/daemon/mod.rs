@@ -19,4 +19,4 @@ pub mod server;
 pub mod worker;
 
 pub use catalog::ModelCatalog;
-pub use lifecycle::{demo_model, run, serve, StartError, DEMO_MODEL_FILE};
+pub use lifecycle::{demo_model, run, serve, FrontEnd, StartError, StartFrontEnd, DEMO_MODEL_FILE};

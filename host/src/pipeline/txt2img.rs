@@ -80,6 +80,9 @@ pub fn run_txt2img(
     let hires_conditioning = match &txt2img.hires {
         Some(hires) => {
             let hr = hr_networks.as_ref().unwrap_or(networks);
+            // The hires prompt without its tags (the networks' prompt is the first pass's
+            // when the tags are the same).
+            let stripped = parse_prompt(hr_prompt).0;
             warnings.extend(
                 hr_networks
                     .iter()
@@ -89,7 +92,7 @@ pub fn run_txt2img(
             Some(job.condition_prompts(
                 hr,
                 &PromptSetting {
-                    prompt: &hr.prompt,
+                    prompt: &stripped,
                     negative_prompt: hr_negative,
                     steps: hires_steps(params),
                     second_order: hires.plan.sampler.info.second_order,
@@ -577,8 +580,9 @@ mod tests {
         for upscaler in ["Latent", "Latent (nearest-exact)", "Lanczos"] {
             let (outcome, steps) = run(&params(Some(upscaler)), None);
             assert_eq!(outcome.images.len(), 4);
-            // 4 first-pass steps, int(0.5 · 4) + 1 hires steps, per batch.
-            assert_eq!(steps, 2 * (4 + 3), "{upscaler}");
+            // 4 first-pass steps and exactly 4 hires steps per batch (A1111's hires pass passes
+            // its steps, so `setup_img2img_steps` takes its fix-steps branch).
+            assert_eq!(steps, 2 * (4 + 4), "{upscaler}");
             let image = &outcome.images[0];
             assert_eq!(image.image.dimensions(), (96, 72), "{upscaler}");
             let text = image.infotext.to_text();
@@ -625,7 +629,7 @@ mod tests {
         assert!(!outcome.interrupted && !outcome.cancelled);
         assert_eq!(outcome.images.len(), 4);
         assert_eq!(outcome.images[0].image.dimensions(), (96, 72));
-        assert_eq!(steps, 5 + 7);
+        assert_eq!(steps, 5 + 8);
     }
 
     #[test]
