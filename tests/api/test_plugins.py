@@ -156,3 +156,16 @@ def test_openoutpaint_trailing_slash_empty_mask_and_no_script_args(server):
     assert "Mask blur" not in info(answer)["infotexts"][0]
     progress = requests.get(server.api("progress") + "?skip_current_image=true", timeout=TIMEOUT)
     assert progress.json()["current_image"] is None
+
+
+def test_interrupt_and_skip_bodies_clients_send(server):
+    """interrupt: no body (OO, W), `{}` (KR), a JSON content type with no body (PS): `{}`;
+    skip: `null`. Idle, they change nothing for the next job."""
+    for kwargs in ({}, {"json": {}}, {"headers": {"Content-Type": "application/json"}}):
+        reply = requests.post(server.api("interrupt"), timeout=TIMEOUT, **kwargs)
+        assert (reply.status_code, reply.json()) == (200, {}), kwargs
+    reply = requests.post(server.api("skip"), timeout=TIMEOUT)
+    assert (reply.status_code, reply.json()) == (200, None)
+    answer = post(server, "img2img", {"init_images": [b64(init_picture())], "steps": 2,
+                                      "width": SIZE, "height": SIZE, "n_iter": 2}).json()
+    generation_checks(answer, 2)

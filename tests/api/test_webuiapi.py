@@ -24,8 +24,7 @@ def api(server) -> webuiapi.WebUIApi:
 
 def titles(api: webuiapi.WebUIApi) -> dict[str, str]:
     """Checkpoint stem → its `/sd-models` title."""
-    return {TITLE.match(m["title"])["name"].removesuffix(".safetensors"): m["title"]
-            for m in api.get_sd_models()}
+    return {m["model_name"]: m["title"] for m in api.get_sd_models()}
 
 
 def test_txt2img_answers_images_with_infotext_and_info(api):
@@ -48,7 +47,9 @@ def test_txt2img_answers_images_with_infotext_and_info(api):
     assert result.parameters["prompt"] == "a red house"
     again = api.txt2img(prompt="a red house", negative_prompt="blurry", seed=124, width=SIZE,
                         height=SIZE, cfg_scale=6)
-    assert again.images[0].tobytes() == result.images[1].tobytes(), "a seed gives the same picture"
+    # The same seed alone gives the same picture, up to the last bit of a batched convolution.
+    difference = ImageChops.difference(again.images[0], result.images[1].convert("RGB"))
+    assert max(high for _, high in difference.getextrema()) <= 2
 
 
 def test_img2img_is_deterministic_and_keeps_the_size(api):
@@ -108,7 +109,9 @@ def test_model_switch_by_title_and_back(api, alpha_loaded):
     names = titles(api)
     first = api.txt2img(prompt="a boat", seed=11, width=SIZE, height=SIZE)
     api.util_set_model("beta")  # find_closest: "beta" → the beta title
-    assert api.util_get_current_model() == names["beta"]
+    # Once loaded it is hashed, and its title (read again) gains " [hash]".
+    assert api.util_get_current_model() == titles(api)["beta"]
+    assert TITLE.match(titles(api)["beta"])
     other = api.txt2img(prompt="a boat", seed=11, width=SIZE, height=SIZE)
     assert "Model: beta" in other.info["infotexts"][0]
     assert other.info["sd_model_name"] == "beta"
@@ -121,13 +124,19 @@ def test_model_switch_by_title_and_back(api, alpha_loaded):
 
 def test_listings(api, server):
     models = api.get_sd_models()
-    assert sorted(TITLE.match(m["title"])["name"] for m in models) == [
-        "alpha.safetensors", "beta.safetensors", "gamma-inpainting.safetensors"]
+    assert sorted(m["model_name"] for m in models) == ["alpha", "beta", "gamma-inpainting"]
     for model in models:
-        assert model["title"] == f"{model['model_name']}.safetensors [{model['hash']}]"
-        assert re.fullmatch(r"[0-9a-f]{64}", model["sha256"])
-        assert model["sha256"].startswith(model["hash"])
+        # hash and sha256 are null until the file was hashed, and the title then has no hash.
+        if model["hash"] is None:
+            assert model["title"] == f"{model['model_name']}.safetensors"
+            assert model["sha256"] is None
+        else:
+            assert model["title"] == f"{model['model_name']}.safetensors [{model['hash']}]"
+            assert re.fullmatch(r"[0-9a-f]{64}", model["sha256"])
+            assert model["sha256"].startswith(model["hash"])
         assert model["filename"].endswith(f"{model['model_name']}.safetensors")
+    loaded = next(m for m in models if m["model_name"] == "alpha")
+    assert TITLE.match(loaded["title"]), "the loaded model is hashed"
     assert api.util_get_model_names() == sorted(m["title"] for m in models)
 
     samplers = api.get_samplers()
@@ -217,3 +226,15 @@ def test_wait_for_ready_returns_at_once_when_idle(api):
     start = time.monotonic()
     api.util_wait_for_ready(check_interval=5.0)
     assert time.monotonic() - start < 1.0
+
+
+def test_the_other_helpers_answer_json(api):
+    """webuiapi hands these answers back as they come (`response.json()`, no status check)."""
+    assert api.get_scripts() == {"txt2img": [], "img2img": []}, "no extension arguments added"
+    assert api.has_controlnet is False and api.has_adetailer is False
+    assert api.refresh_checkpoints() is None
+    assert isinstance(api.get_cmd_flags(), dict)
+    assert set(api.get_memory()) >= {"ram", "cuda"}
+    assert api.get_face_restorers() == []
+    assert isinstance(api.get_prompt_styles(), list)
+    assert api.get_artists() == {"detail": "Not Found"}, "removed from A1111: a JSON 404"

@@ -75,6 +75,7 @@ fn bench_shared() -> Arc<Shared> {
         path: "bench.safetensors".into(),
         demo: false,
         embeddings: Vec::new(),
+        embedding_shapes: Default::default(),
         inpainting: false,
         embedding_shapes: Default::default(),
     }));
