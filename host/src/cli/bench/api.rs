@@ -77,7 +77,6 @@ fn bench_shared() -> Arc<Shared> {
         embeddings: Vec::new(),
         embedding_shapes: Default::default(),
         inpainting: false,
-        embedding_shapes: Default::default(),
     }));
     Arc::new(Shared::new(
         limits.clone(),
