@@ -108,7 +108,7 @@ impl EmbeddingDatabase {
                 Err(e) => {
                     if let EmbeddingError::WrongWidth { found, vectors, .. } = &e {
                         db.skipped_shapes.push(EmbeddingShape {
-                            name: crate::pipeline::model::model_name(&path),
+                            name: embedding_name(&path),
                             shape: *found,
                             vectors: *vectors,
                         });
@@ -249,13 +249,18 @@ pub fn load_embedding(path: &Path, width: i64) -> Result<Embedding, EmbeddingErr
     Ok(Embedding {
         vectors: data,
         width,
-        name: path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        name: embedding_name(path),
         hash,
         path: path.to_path_buf(),
     })
+}
+
+/// An embedding's name: its file's name without folder and extension (A1111's
+/// `modules/textual_inversion/textual_inversion.py: load_from_file`).
+fn embedding_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// A single-tensor file (kohya's `emb_params`, diffusers' `{token: tensor}`), or A1111's
