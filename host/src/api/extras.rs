@@ -9,8 +9,6 @@
 //! no model). Face restoration (GFPGAN, CodeFormer) is not available: a visibility above 0 is
 //! logged and ignored.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::routing::post;
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD;
@@ -18,6 +16,7 @@ use base64::Engine;
 use image::{Rgb, RgbImage};
 use serde_json::{json, Map, Value};
 
+use super::body::LimitedBody;
 use super::error::{ApiError, ValidationItem};
 use super::images::{decode_image, field_bytes};
 use super::lax::{self, Fields, LaxError};
@@ -438,17 +437,15 @@ fn batch_images(state: &ApiState, body: &[u8]) -> Result<Value, ApiError> {
 
 async fn single(
     axum::extract::State(state): axum::extract::State<ApiState>,
-    body: Result<Bytes, BytesRejection>,
+    LimitedBody(body): LimitedBody,
 ) -> Result<Json<Value>, ApiError> {
-    let body = body.map_err(|_| lax::too_large())?;
     run(move || single_image(&state, &body)).await
 }
 
 async fn batch(
     axum::extract::State(state): axum::extract::State<ApiState>,
-    body: Result<Bytes, BytesRejection>,
+    LimitedBody(body): LimitedBody,
 ) -> Result<Json<Value>, ApiError> {
-    let body = body.map_err(|_| lax::too_large())?;
     run(move || batch_images(&state, &body)).await
 }
 

@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -17,6 +16,7 @@ use axum::Router;
 use image::DynamicImage;
 use serde_json::{Map, Value};
 
+use super::body::LimitedBody;
 use super::error::{ApiError, ValidationItem};
 use super::images::{decode_image, encode_png};
 use super::lax;
@@ -46,7 +46,7 @@ pub fn routes() -> Router<ApiState> {
 async fn img2img(
     State(state): State<ApiState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    body: Result<Bytes, BytesRejection>,
+    LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
     answer(state, client, Endpoint::Img2img, body).await
 }
@@ -54,7 +54,7 @@ async fn img2img(
 async fn txt2img(
     State(state): State<ApiState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    body: Result<Bytes, BytesRejection>,
+    LimitedBody(body): LimitedBody,
 ) -> Result<Response, ApiError> {
     answer(state, client, Endpoint::Txt2img, body).await
 }
@@ -65,9 +65,8 @@ async fn answer(
     state: ApiState,
     client: SocketAddr,
     endpoint: Endpoint,
-    body: Result<Bytes, BytesRejection>,
+    body: Bytes,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|_| lax::too_large())?;
     tokio::task::spawn_blocking(move || generate(&state, client, endpoint, &body))
         .await
         .map_err(|e| ApiError::runtime(format!("the request's thread failed: {e}")))?

@@ -7,11 +7,11 @@
 //! that walks a JSON object, and the `deserialize_with` adapters in [`de`] with the
 //! [`LaxJson`] extractor for serde request structs, whose errors name the field path.
 
-use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use super::body::LimitedBody;
 use super::error::{ApiError, ValidationItem};
 
 /// A value of the wrong type: pydantic's message and error type.
@@ -260,9 +260,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for LaxJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|_| too_large())?;
+        let LimitedBody(bytes) = LimitedBody::from_request(request, state).await?;
         from_bytes(&bytes).map(LaxJson)
     }
 }

@@ -14,6 +14,7 @@
 //! [`options`], [`listings`], [`png_info`], [`extras`].
 
 pub mod auth;
+pub mod body;
 pub mod control;
 pub mod error;
 pub mod extras;

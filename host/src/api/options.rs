@@ -9,13 +9,12 @@
 
 use std::net::SocketAddr;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
+use super::body::LimitedBody;
 use super::error::{ApiError, ValidationItem};
 use super::lax;
 use super::ApiState;
@@ -225,9 +224,8 @@ fn py_repr(value: &Value) -> String {
 async fn set_options(
     State(state): State<ApiState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    body: Result<Bytes, BytesRejection>,
+    LimitedBody(body): LimitedBody,
 ) -> Result<Json<Value>, ApiError> {
-    let body = body.map_err(|_| lax::too_large())?;
     tokio::task::spawn_blocking(move || set_config(&state, client, &body))
         .await
         .map_err(|e| ApiError::runtime(format!("the request's thread failed: {e}")))??;

@@ -5,12 +5,11 @@
 
 use std::io::Cursor;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
+use super::body::LimitedBody;
 use super::error::ApiError;
 use super::images::field_bytes;
 use super::lax;
@@ -25,8 +24,7 @@ pub fn routes() -> Router<ApiState> {
     Router::new().route("/sdapi/v1/png-info", post(png_info))
 }
 
-async fn png_info(body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
-    let body = body.map_err(|_| lax::too_large())?;
+async fn png_info(LimitedBody(body): LimitedBody) -> Result<Json<Value>, ApiError> {
     tokio::task::spawn_blocking(move || answer(&body))
         .await
         .map_err(|e| ApiError::runtime(format!("the request's thread failed: {e}")))?

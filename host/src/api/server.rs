@@ -16,6 +16,7 @@ use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 use tower_http::normalize_path::NormalizePathLayer;
 
 use super::auth::{self, Credential};
+use super::body::BodyLimit;
 use super::{router, ApiState};
 use crate::daemon::config::ServeConfig;
 use crate::daemon::server::Shared;
@@ -220,7 +221,9 @@ pub fn start(
     let credentials = Arc::new(config.auth.clone());
     let limit = config.max_body_bytes;
     let state = ApiState::new(shared, config, device);
-    let mut app = router(state).layer(DefaultBodyLimit::max(limit));
+    let mut app = router(state)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::Extension(BodyLimit(limit)));
     if !credentials.is_empty() {
         app = app.layer(axum::middleware::from_fn_with_state(
             credentials,
