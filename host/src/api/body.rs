@@ -7,7 +7,6 @@ use axum::extract::{FromRequest, Request};
 use http_body_util::BodyExt;
 
 use super::error::ApiError;
-use super::lax::too_large;
 
 /// The largest body accepted, in bytes (a request extension set by the server).
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +72,15 @@ pub async fn read_limited(
         return Err(too_large());
     }
     Ok(Bytes::from(kept))
+}
+
+/// What A1111 answers to a body over the limit (starlette has none; this is sdhost's, in the
+/// shape of A1111's `HTTPException`).
+pub fn too_large() -> ApiError {
+    ApiError::http(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "Request body too large",
+    )
 }
 
 #[cfg(test)]

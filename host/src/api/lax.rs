@@ -265,15 +265,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for LaxJson<T> {
     }
 }
 
-/// What A1111 answers to a body over the limit (starlette has none; this is sdhost's, in the
-/// shape of A1111's `HTTPException`).
-pub fn too_large() -> ApiError {
-    ApiError::http(
-        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-        "Request body too large",
-    )
-}
-
 /// Reads `T` from a JSON body (empty: from `{}`), with [`LaxJson`]'s errors.
 pub fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value = match json_value(bytes)? {
