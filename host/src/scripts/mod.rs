@@ -12,6 +12,7 @@
 //! A1111's API `script_name` is) with A1111's positional `script_args`.
 
 pub mod output;
+pub mod xyz;
 
 use image::{GrayImage, RgbImage};
 use serde_json::Value;
@@ -67,10 +68,22 @@ impl ScriptJob {
     /// The sampler steps this job will report (first pass and Hires. fix pass, every batch).
     pub fn planned_steps(&self) -> usize {
         let params = &self.params;
-        let first = params.sampler.steps;
+        let sampler = &params.sampler;
+        // img2img samples t_enc + 1 of its steps (k-diffusion; DDIM one fewer).
+        let first = match self.init {
+            Some(_) => {
+                let (_, t_enc) = crate::sampling::schedule::img2img_steps(
+                    sampler.steps,
+                    sampler.denoising_strength,
+                    sampler.fix_steps,
+                );
+                (t_enc + 1).min(sampler.steps.max(1))
+            }
+            None => sampler.steps,
+        };
         let hires = if self.init.is_none() && params.hires.enable_hr {
             match params.hires.hr_second_pass_steps {
-                0 => first,
+                0 => sampler.steps,
                 steps => steps,
             }
         } else {
@@ -139,9 +152,11 @@ pub struct ScriptImage {
 /// What a script produced, in A1111's order.
 #[derive(Debug, Default)]
 pub struct ScriptOutcome {
-    /// Grids, saved by the front end in the grid folder as `<grid_basename>-NNNN.png`, and
-    /// listed first.
+    /// Grids, listed first.
     pub grids: Vec<ScriptImage>,
+    /// How many of the first grids the front end saves in the grid folder as
+    /// `<grid_basename>-NNNN.png` (A1111 saves some grids that it does not return).
+    pub saved_grids: usize,
     /// File name stem of the grids (`xyz_grid`).
     pub grid_basename: &'static str,
     /// The jobs' images that the script returns after its grids (already delivered by the
@@ -154,28 +169,51 @@ pub struct ScriptOutcome {
 }
 
 /// A script chosen with its arguments: one variant per script of A1111's dropdown that sdhost
-/// runs, each with its parsed arguments (the scripts add themselves here).
+/// runs, each with its parsed arguments.
 #[derive(Debug, Clone)]
-pub enum Script {}
+pub enum Script {
+    /// X/Y/Z plot (`scripts/xyz_grid.py`).
+    XyzPlot(Box<xyz::XyzArgs>),
+}
 
 impl Script {
+    /// The titles of the scripts sdhost runs, as A1111's dropdown shows them.
+    pub const TITLES: &'static [&'static str] = &[xyz::TITLE];
+
     /// The script an API request names (`script_name`, any case, as A1111's
     /// `script_name_to_index` compares) with its positional `script_args`, for `tab`.
-    pub fn from_api(name: &str, _args: &[Value], _tab: Tab) -> Result<Self, ScriptError> {
+    pub fn from_api(name: &str, args: &[Value], tab: Tab) -> Result<Self, ScriptError> {
+        let wanted = name.trim().to_lowercase();
+        if wanted == xyz::TITLE.to_lowercase() {
+            return Ok(Script::XyzPlot(Box::new(xyz::XyzArgs::from_api(
+                args, tab,
+            )?)));
+        }
         Err(ScriptError::NotFound(name.to_string()))
     }
 
     /// The script's A1111 title.
     pub fn title(&self) -> &'static str {
-        match *self {}
+        match self {
+            Script::XyzPlot(_) => xyz::TITLE,
+        }
+    }
+
+    /// The tab it was chosen for.
+    pub fn tab(&self) -> Tab {
+        match self {
+            Script::XyzPlot(args) => args.tab,
+        }
     }
 
     /// Runs the script over `base` (the tab's request, with its init image on img2img).
     pub fn run(
         &self,
-        _host: &mut dyn ScriptHost,
-        _base: &ScriptJob,
+        host: &mut dyn ScriptHost,
+        base: &ScriptJob,
     ) -> Result<ScriptOutcome, ScriptError> {
-        match *self {}
+        match self {
+            Script::XyzPlot(args) => xyz::run(args, host, base),
+        }
     }
 }
