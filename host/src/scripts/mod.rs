@@ -9,9 +9,12 @@
 //! asks, reporting progress, stopping when told), so a script runs the same everywhere.
 //!
 //! Front ends choose a script by its A1111 title ([`Script::from_api`], case-insensitive as
-//! A1111's API `script_name` is) with A1111's positional `script_args`.
+//! A1111's API `script_name` is) with A1111's positional `script_args`. [`grid`] and [`tiles`]
+//! are the picture helpers the scripts share from `modules/images.py`.
 
+pub mod grid;
 pub mod output;
+pub mod tiles;
 pub mod xyz;
 
 use image::{GrayImage, RgbImage};

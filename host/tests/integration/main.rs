@@ -13,6 +13,7 @@ mod conditioning;
 mod daemon;
 mod denoiser;
 mod families;
+mod grid;
 mod hypernetwork;
 mod img2img;
 mod inpaint;
