@@ -9,7 +9,7 @@
 //! unhinted by ab_glyph: edges can differ from FreeType's autohinted ones by a fraction of a
 //! pixel, the boxes Pillow reports are reproduced from the unhinted outlines.
 
-use ab_glyph::{point, Font, FontRef, GlyphId, PxScale};
+use ab_glyph::{Font, FontRef, GlyphId, PxScale, point};
 use image::{Rgb, RgbImage};
 use std::sync::OnceLock;
 
@@ -31,11 +31,7 @@ fn faces() -> &'static Faces {
         let shaper = rustybuzz::Face::from_slice(ROBOTO_REGULAR, 0).expect("embedded Roboto");
         let outlines = FontRef::try_from_slice(ROBOTO_REGULAR).expect("embedded Roboto");
         let units_per_em = f64::from(shaper.units_per_em());
-        Faces {
-            shaper,
-            outlines,
-            units_per_em,
-        }
+        Faces { shaper, outlines, units_per_em }
     })
 }
 
@@ -119,10 +115,7 @@ impl LegendFont {
             let hmtx = i32::from(faces.shaper.glyph_hor_advance(ttf(glyph)).unwrap_or(0));
             position += self.to_26_6(hmtx) + self.to_26_6(pos.x_advance - hmtx);
             x_max = x_max.max(pixel(position));
-            if let Some(outlined) = faces
-                .outlines
-                .outline_glyph(glyph.with_scale_and_position(scale, point(0.0, 0.0)))
-            {
+            if let Some(outlined) = faces.outlines.outline_glyph(glyph.with_scale_and_position(scale, point(0.0, 0.0))) {
                 let b = outlined.px_bounds();
                 x_min = x_min.min(px + b.min.x as i64);
                 x_max = x_max.max(px + b.max.x as i64);
@@ -130,20 +123,9 @@ impl LegendFont {
                 y_max = y_max.max(py - b.min.y as i64);
                 y_min = y_min.min(py - b.max.y as i64);
             }
-            glyphs.push(Placed {
-                glyph,
-                pen_26_6: origin,
-            });
+            glyphs.push(Placed { glyph, pen_26_6: origin });
         }
-        ShapedLine {
-            glyphs,
-            advance_26_6: position,
-            x_min,
-            x_max,
-            y_min,
-            y_max,
-            size: self.size,
-        }
+        ShapedLine { glyphs, advance_26_6: position, x_min, x_max, y_min, y_max, size: self.size }
     }
 
     /// ab_glyph's scale is the ascent-to-descent height; Pillow's size is the em.
@@ -185,18 +167,13 @@ impl LegendFont {
         let outlines = &faces().outlines;
         for placed in &line.glyphs {
             let origin_x = x_int - x_anchor + pixel(x_start + placed.pen_26_6);
-            let glyph = placed
-                .glyph
-                .with_scale_and_position(scale, point(origin_x as f32, baseline as f32));
-            let Some(outlined) = outlines.outline_glyph(glyph) else {
-                continue;
-            };
+            let glyph = placed.glyph.with_scale_and_position(scale, point(origin_x as f32, baseline as f32));
+            let Some(outlined) = outlines.outline_glyph(glyph) else { continue };
             let bounds = outlined.px_bounds();
             outlined.draw(|gx, gy, coverage| {
                 let x = bounds.min.x as i64 + i64::from(gx);
                 let y = bounds.min.y as i64 + i64::from(gy);
-                if x < 0 || y < 0 || x >= i64::from(image.width()) || y >= i64::from(image.height())
-                {
+                if x < 0 || y < 0 || x >= i64::from(image.width()) || y >= i64::from(image.height()) {
                     return;
                 }
                 let alpha = (coverage.clamp(0.0, 1.0) * 255.0).round() as u32;
@@ -216,12 +193,7 @@ impl ShapedLine {
         if self.glyphs.is_empty() {
             return (0, 0, 0, 0);
         }
-        (
-            self.x_min,
-            ascender - self.y_max,
-            self.x_max,
-            ascender - self.y_min,
-        )
+        (self.x_min, ascender - self.y_max, self.x_max, ascender - self.y_min)
     }
 
     /// Pixel size the line was shaped at.
