@@ -256,8 +256,8 @@ def main(out):
     # Only Y labels: no top strip.
     grid_case("y_only", [(160, 128)] * 2, 2, [[""]], [["Clip skip: 1"], ["Clip skip: 2"]], 0)
     # A word wider than its column: wrapped alone (leaving an empty first line) and shrunk.
-    grid_case("shrink", [(120, 100)] * 2, 1,
-              [["Checkpoint: sd_xl_base_1.0_0.9vae_refiner"], ["VAE: vae-ft-mse-840000-ema-pruned"]], [[""]], 0)
+    grid_case("shrink", [(90, 200)] * 2, 1,
+              [["Checkpoint: realisticVisionV51"], ["VAE: kl-840000-ema-pruned"]], [[""]], 0)
     # Cells of different sizes, padded and centred, on a non-white background; no legend.
     grid_case("mixed", [(64, 48), (80, 40), (50, 60), (64, 64), (30, 30)], 2, None, None, 0, "#102030")
 

@@ -6,9 +6,10 @@
 //! A1111's integer arithmetic, so a grid has A1111's dimensions to the pixel.
 
 pub mod font;
+mod hinting;
 
 use font::LegendFont;
-use image::{Rgb, RgbImage, imageops};
+use image::{imageops, Rgb, RgbImage};
 
 /// A1111's option `grid_background_color` default, `#ffffff`.
 pub const GRID_BACKGROUND: Rgb<u8> = Rgb([255, 255, 255]);
@@ -31,7 +32,11 @@ pub enum GridError {
     EmptyCell(u32, u32),
     /// The label lists do not match the grid's columns or rows.
     #[error("bad number of {axis} texts: {got}; must be {expected}")]
-    LabelCount { axis: &'static str, got: usize, expected: usize },
+    LabelCount {
+        axis: &'static str,
+        got: usize,
+        expected: usize,
+    },
 }
 
 /// One legend line: its text, and whether it is drawn active (black) or inactive (grey,
@@ -47,14 +52,21 @@ pub struct GridAnnotation {
 impl GridAnnotation {
     /// An active label.
     pub fn new(text: impl Into<String>) -> Self {
-        Self { text: text.into(), is_active: true }
+        Self {
+            text: text.into(),
+            is_active: true,
+        }
     }
 }
 
 /// `modules/images.py: image_grid` with the rows given: `cols = ceil(n / rows)` (rows capped
 /// at the number of images), every cell the size of the largest image, smaller images
 /// centred in theirs, the rest `background` (option `grid_background_color`).
-pub fn image_grid(images: &[RgbImage], rows: usize, background: Rgb<u8>) -> Result<RgbImage, GridError> {
+pub fn image_grid(
+    images: &[RgbImage],
+    rows: usize,
+    background: Rgb<u8>,
+) -> Result<RgbImage, GridError> {
     if images.is_empty() {
         return Err(GridError::NoImages);
     }
@@ -102,10 +114,18 @@ pub fn draw_grid_annotations(
     let cols = (grid.width() / cell_w) as usize;
     let rows = (grid.height() / cell_h) as usize;
     if hor_texts.len() != cols {
-        return Err(GridError::LabelCount { axis: "horizontal", got: hor_texts.len(), expected: cols });
+        return Err(GridError::LabelCount {
+            axis: "horizontal",
+            got: hor_texts.len(),
+            expected: cols,
+        });
     }
     if ver_texts.len() != rows {
-        return Err(GridError::LabelCount { axis: "vertical", got: ver_texts.len(), expected: rows });
+        return Err(GridError::LabelCount {
+            axis: "vertical",
+            got: ver_texts.len(),
+            expected: rows,
+        });
     }
 
     let fontsize = (cell_w + cell_h) / 25;
@@ -115,18 +135,26 @@ pub fn draw_grid_annotations(
     let pad_left = if has_ver_text { cell_w * 3 / 4 } else { 0 };
 
     let wrap_all = |texts: &[Vec<GridAnnotation>], allowed: u32| -> Vec<Vec<Line>> {
-        texts.iter().map(|lines| wrap_lines(&font, lines, allowed)).collect()
+        texts
+            .iter()
+            .map(|lines| wrap_lines(&font, lines, allowed))
+            .collect()
     };
     let hor = wrap_all(hor_texts, cell_w);
     let ver = wrap_all(ver_texts, pad_left);
 
     // A1111 subtracts one spacing per column block but one per line for rows (so a row's
     // block is centred as if it had no spacing): both kept.
-    let hor_heights: Vec<i64> =
-        hor.iter().map(|lines| lines.iter().map(|l| l.height + line_spacing).sum::<i64>() - line_spacing).collect();
+    let hor_heights: Vec<i64> = hor
+        .iter()
+        .map(|lines| lines.iter().map(|l| l.height + line_spacing).sum::<i64>() - line_spacing)
+        .collect();
     let ver_heights: Vec<i64> = ver
         .iter()
-        .map(|lines| lines.iter().map(|l| l.height + line_spacing).sum::<i64>() - line_spacing * lines.len() as i64)
+        .map(|lines| {
+            lines.iter().map(|l| l.height + line_spacing).sum::<i64>()
+                - line_spacing * lines.len() as i64
+        })
         .collect();
     let pad_top = if hor_heights.iter().sum::<i64>() == 0 {
         0
@@ -136,11 +164,15 @@ pub fn draw_grid_annotations(
     let pad_top = pad_top.max(0) as u32;
 
     let gaps = |n: usize| margin * (n.saturating_sub(1)) as u32;
-    let mut result =
-        RgbImage::from_pixel(grid.width() + pad_left + gaps(cols), grid.height() + pad_top + gaps(rows), GRID_BACKGROUND);
+    let mut result = RgbImage::from_pixel(
+        grid.width() + pad_left + gaps(cols),
+        grid.height() + pad_top + gaps(rows),
+        GRID_BACKGROUND,
+    );
     for row in 0..rows as u32 {
         for col in 0..cols as u32 {
-            let cell = imageops::crop_imm(grid, cell_w * col, cell_h * row, cell_w, cell_h).to_image();
+            let cell =
+                imageops::crop_imm(grid, cell_w * col, cell_h * row, cell_w, cell_h).to_image();
             let x = pad_left + (cell_w + margin) * col;
             let y = pad_top + (cell_h + margin) * row;
             imageops::replace(&mut result, &cell, i64::from(x), i64::from(y));
@@ -148,13 +180,17 @@ pub fn draw_grid_annotations(
     }
 
     for (col, lines) in hor.iter().enumerate() {
-        let x = f64::from(pad_left) + f64::from((cell_w + margin) * col as u32) + f64::from(cell_w) / 2.0;
+        let x = f64::from(pad_left)
+            + f64::from((cell_w + margin) * col as u32)
+            + f64::from(cell_w) / 2.0;
         let y = f64::from(pad_top) / 2.0 - hor_heights[col] as f64 / 2.0;
         draw_texts(&mut result, x, y, lines, font, line_spacing);
     }
     for (row, lines) in ver.iter().enumerate() {
         let x = f64::from(pad_left) / 2.0;
-        let y = f64::from(pad_top) + f64::from((cell_h + margin) * row as u32) + f64::from(cell_h) / 2.0
+        let y = f64::from(pad_top)
+            + f64::from((cell_h + margin) * row as u32)
+            + f64::from(cell_h) / 2.0
             - ver_heights[row] as f64 / 2.0;
         draw_texts(&mut result, x, y, lines, font, line_spacing);
     }
@@ -169,7 +205,11 @@ fn wrap_lines(font: &LegendFont, annotations: &[GridAnnotation], allowed: u32) -
         let mut lines = vec![String::new()];
         for word in annotation.text.split_whitespace() {
             let last = lines.last_mut().expect("lines starts non-empty");
-            let joined = if last.is_empty() { word.to_string() } else { format!("{last} {word}") };
+            let joined = if last.is_empty() {
+                word.to_string()
+            } else {
+                format!("{last} {word}")
+            };
             if font.text_length(&joined) <= f64::from(allowed) {
                 *last = joined;
             } else {
@@ -193,14 +233,25 @@ fn wrap_lines(font: &LegendFont, annotations: &[GridAnnotation], allowed: u32) -
 /// A1111's `draw_texts`: each line centred at `x`, stacked down from `y`; a line wider than
 /// its allowed width is drawn one size smaller until it fits (its box, and so the layout and
 /// the strike-through, stay those of the base size, as in A1111).
-fn draw_texts(image: &mut RgbImage, x: f64, mut y: f64, lines: &[Line], base: LegendFont, line_spacing: i64) {
+fn draw_texts(
+    image: &mut RgbImage,
+    x: f64,
+    mut y: f64,
+    lines: &[Line],
+    base: LegendFont,
+    line_spacing: i64,
+) {
     for line in lines {
         let mut font = base;
         // A1111 compares `multiline_textsize(...)[0]`, the right edge of the text's box.
         while font.text_bbox(&line.text).2 > i64::from(line.allowed_width) && font.size() > 1 {
             font = LegendFont::new(font.size() - 1);
         }
-        let fill = if line.is_active { TEXT_ACTIVE } else { TEXT_INACTIVE };
+        let fill = if line.is_active {
+            TEXT_ACTIVE
+        } else {
+            TEXT_INACTIVE
+        };
         font.draw_text_mm(image, (x, y + line.height as f64 / 2.0), &line.text, fill);
         if !line.is_active {
             let half = line.width.div_euclid(2) as f64;
@@ -243,12 +294,22 @@ pub fn draw_prompt_matrix(
                 parts
                     .iter()
                     .enumerate()
-                    .map(|(i, text)| GridAnnotation { text: text.clone(), is_active: pos & (1 << i) != 0 })
+                    .map(|(i, text)| GridAnnotation {
+                        text: text.clone(),
+                        is_active: pos & (1 << i) != 0,
+                    })
                     .collect()
             })
             .collect()
     };
-    draw_grid_annotations(grid, cell_w, cell_h, &texts(horizontal), &texts(vertical), margin)
+    draw_grid_annotations(
+        grid,
+        cell_w,
+        cell_h,
+        &texts(horizontal),
+        &texts(vertical),
+        margin,
+    )
 }
 
 /// The X/Y/Z plot's final picture (`scripts/xyz_grid.py: draw_xyz_grid`, after the loop): the
@@ -260,9 +321,14 @@ pub fn combine_z_grids(
     background: Rgb<u8>,
 ) -> Result<RgbImage, GridError> {
     let z_grid = image_grid(sub_grids, 1, background)?;
-    let Some(labels) = z_labels else { return Ok(z_grid) };
+    let Some(labels) = z_labels else {
+        return Ok(z_grid);
+    };
     let w = sub_grids.iter().map(RgbImage::width).max().unwrap_or(0);
     let h = sub_grids.iter().map(RgbImage::height).max().unwrap_or(0);
-    let titles: Vec<Vec<GridAnnotation>> = labels.iter().map(|z| vec![GridAnnotation::new(z.as_str())]).collect();
+    let titles: Vec<Vec<GridAnnotation>> = labels
+        .iter()
+        .map(|z| vec![GridAnnotation::new(z.as_str())])
+        .collect();
     draw_grid_annotations(&z_grid, w, h, &titles, &[vec![GridAnnotation::new("")]], 0)
 }

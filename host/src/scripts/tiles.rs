@@ -2,7 +2,7 @@
 //! cuts the upscaled picture into tiles, runs img2img on each and blends them back together,
 //! each tile fading in linearly over the overlap with its left and top neighbours.
 
-use image::{Rgb, RgbImage, imageops};
+use image::{imageops, Rgb, RgbImage};
 
 /// Why a picture cannot be cut into tiles (A1111 would divide by zero).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -12,7 +12,11 @@ pub enum TileError {
     EmptyTile(u32, u32),
     /// The overlap leaves nothing of a tile that is its own.
     #[error("tile overlap {overlap} must be smaller than the tile size {tile_w}×{tile_h}")]
-    OverlapTooLarge { overlap: u32, tile_w: u32, tile_h: u32 },
+    OverlapTooLarge {
+        overlap: u32,
+        tile_w: u32,
+        tile_h: u32,
+    },
 }
 
 /// One tile of a row: its left edge in the picture and its pixels (`tile_w × tile_h`).
@@ -65,11 +69,19 @@ fn origins(len: u32, tile: u32, overlap: u32) -> Vec<i64> {
     let step = tile - overlap;
     // Python's ceil of a true division, for either sign of the numerator.
     let count = (len - overlap + step - 1).div_euclid(step).max(0);
-    let spacing = if count > 1 { (len - tile) as f64 / (count - 1) as f64 } else { 0.0 };
+    let spacing = if count > 1 {
+        (len - tile) as f64 / (count - 1) as f64
+    } else {
+        0.0
+    };
     (0..count)
         .map(|i| {
             let at = (i as f64 * spacing) as i64;
-            if at + tile >= len { len - tile } else { at }
+            if at + tile >= len {
+                len - tile
+            } else {
+                at
+            }
         })
         .collect()
 }
@@ -77,22 +89,44 @@ fn origins(len: u32, tile: u32, overlap: u32) -> Vec<i64> {
 /// `modules/images.py: split_grid`: the picture cut into `tile_w × tile_h` tiles that overlap
 /// by `overlap` pixels (parts outside a picture smaller than a tile are black, as PIL's crop
 /// gives them).
-pub fn split_grid(image: &RgbImage, tile_w: u32, tile_h: u32, overlap: u32) -> Result<Grid, TileError> {
+pub fn split_grid(
+    image: &RgbImage,
+    tile_w: u32,
+    tile_h: u32,
+    overlap: u32,
+) -> Result<Grid, TileError> {
     if tile_w == 0 || tile_h == 0 {
         return Err(TileError::EmptyTile(tile_w, tile_h));
     }
     if overlap >= tile_w || overlap >= tile_h {
-        return Err(TileError::OverlapTooLarge { overlap, tile_w, tile_h });
+        return Err(TileError::OverlapTooLarge {
+            overlap,
+            tile_w,
+            tile_h,
+        });
     }
     let xs = origins(image.width(), tile_w, overlap);
     let rows = origins(image.height(), tile_h, overlap)
         .into_iter()
         .map(|y| TileRow {
             y,
-            tiles: xs.iter().map(|&x| Tile { x, image: crop_padded(image, x, y, tile_w, tile_h) }).collect(),
+            tiles: xs
+                .iter()
+                .map(|&x| Tile {
+                    x,
+                    image: crop_padded(image, x, y, tile_w, tile_h),
+                })
+                .collect(),
         })
         .collect();
-    Ok(Grid { rows, tile_w, tile_h, image_w: image.width(), image_h: image.height(), overlap })
+    Ok(Grid {
+        rows,
+        tile_w,
+        tile_h,
+        image_w: image.width(),
+        image_h: image.height(),
+        overlap,
+    })
 }
 
 /// PIL's `crop` with a box that may leave the picture: outside pixels are black.
@@ -105,7 +139,9 @@ fn crop_padded(image: &RgbImage, x: i64, y: i64, w: u32, h: u32) -> RgbImage {
 /// The fade of an overlap: position `i` of `overlap` gets `uint8(float32(i) · 255 / overlap)`,
 /// A1111's `make_mask_image`.
 fn fade(overlap: u32) -> Vec<u8> {
-    (0..overlap).map(|i| (i as f32 * 255.0 / overlap as f32) as u8).collect()
+    (0..overlap)
+        .map(|i| (i as f32 * 255.0 / overlap as f32) as u8)
+        .collect()
 }
 
 /// PIL's `paste(src, mask)` for one channel: `(dst·(255 − m) + src·m) / 255`, rounded.
@@ -124,9 +160,23 @@ pub fn combine_grid(grid: &Grid) -> RgbImage {
     for row in &grid.rows {
         let mut strip = RgbImage::new(grid.image_w, grid.tile_h);
         for tile in &row.tiles {
-            paste_faded(&mut strip, &tile.image, tile.x, 0, if tile.x == 0 { None } else { Some(Axis::X) }, &ramp);
+            paste_faded(
+                &mut strip,
+                &tile.image,
+                tile.x,
+                0,
+                if tile.x == 0 { None } else { Some(Axis::X) },
+                &ramp,
+            );
         }
-        paste_faded(&mut combined, &strip, 0, row.y, if row.y == 0 { None } else { Some(Axis::Y) }, &ramp);
+        paste_faded(
+            &mut combined,
+            &strip,
+            0,
+            row.y,
+            if row.y == 0 { None } else { Some(Axis::Y) },
+            &ramp,
+        );
     }
     combined
 }
@@ -139,7 +189,14 @@ enum Axis {
 
 /// Paste `src` at (`x`, `y`); along `fade_axis`, its first `ramp.len()` columns (or lines)
 /// blend in with the ramp's weights.
-fn paste_faded(dst: &mut RgbImage, src: &RgbImage, x: i64, y: i64, fade_axis: Option<Axis>, ramp: &[u8]) {
+fn paste_faded(
+    dst: &mut RgbImage,
+    src: &RgbImage,
+    x: i64,
+    y: i64,
+    fade_axis: Option<Axis>,
+    ramp: &[u8],
+) {
     for (sx, sy, pixel) in src.enumerate_pixels() {
         let (dx, dy) = (x + i64::from(sx), y + i64::from(sy));
         if dx < 0 || dy < 0 || dx >= i64::from(dst.width()) || dy >= i64::from(dst.height()) {
@@ -152,7 +209,11 @@ fn paste_faded(dst: &mut RgbImage, src: &RgbImage, x: i64, y: i64, fade_axis: Op
         };
         let out = dst.get_pixel_mut(dx as u32, dy as u32);
         *out = match weight {
-            Some(m) => Rgb([blend(out[0], pixel[0], m), blend(out[1], pixel[1], m), blend(out[2], pixel[2], m)]),
+            Some(m) => Rgb([
+                blend(out[0], pixel[0], m),
+                blend(out[1], pixel[1], m),
+                blend(out[2], pixel[2], m),
+            ]),
             None => *pixel,
         };
     }
@@ -180,7 +241,13 @@ mod tests {
     #[test]
     fn bad_tiles_are_errors() {
         let image = RgbImage::new(8, 8);
-        assert_eq!(split_grid(&image, 0, 4, 0).unwrap_err(), TileError::EmptyTile(0, 4));
-        assert!(matches!(split_grid(&image, 4, 4, 4), Err(TileError::OverlapTooLarge { .. })));
+        assert_eq!(
+            split_grid(&image, 0, 4, 0).unwrap_err(),
+            TileError::EmptyTile(0, 4)
+        );
+        assert!(matches!(
+            split_grid(&image, 4, 4, 4),
+            Err(TileError::OverlapTooLarge { .. })
+        ));
     }
 }

@@ -5,13 +5,22 @@
 //! Shaping is HarfBuzz's (rustybuzz), so kerning and ligatures are Pillow's; positions are kept
 //! in FreeType's 26.6 fixed point and rounded where Pillow rounds them (`_imagingft.c:
 //! bounding_box_and_anchors`, `font_render`), because the legend's geometry (the strip above
-//! the grid, where each line lands) follows from those integers. Glyphs are rasterised
-//! unhinted by ab_glyph: edges can differ from FreeType's autohinted ones by a fraction of a
-//! pixel, the boxes Pillow reports are reproduced from the unhinted outlines.
+//! the grid, where each line lands) follows from those integers.
+//!
+//! Pillow loads glyphs hinted, and Roboto has no hinting instructions, so FreeType's
+//! autohinter decides each glyph's top and bottom: it stretches the vertical scale so the
+//! x-height lands on a whole pixel and snaps edges near the blue zones (cap height, x-height,
+//! ascender, baseline, descender) to them. Line heights, and with them the height of every
+//! legend, come from those hinted extents, so [`hinting`] models that vertical part
+//! (`autofit/aflatin.c: af_latin_metrics_init_blues, af_latin_metrics_scale_dim`); glyph
+//! shapes are then rasterised by ab_glyph at the stretched vertical scale, without hinting,
+//! so edges are antialiased a little differently from FreeType's.
 
-use ab_glyph::{Font, FontRef, GlyphId, PxScale, point};
+use ab_glyph::{point, Font, FontRef, GlyphId, PxScale};
 use image::{Rgb, RgbImage};
 use std::sync::OnceLock;
+
+use super::hinting::VerticalHinting;
 
 /// Roboto Regular, the face A1111 draws legends with (`modules/images.py: get_font`);
 /// provenance and licence in `host/assets/README.md`.
@@ -22,6 +31,7 @@ struct Faces {
     shaper: rustybuzz::Face<'static>,
     outlines: FontRef<'static>,
     units_per_em: f64,
+    hinting: VerticalHinting,
 }
 
 fn faces() -> &'static Faces {
@@ -31,7 +41,13 @@ fn faces() -> &'static Faces {
         let shaper = rustybuzz::Face::from_slice(ROBOTO_REGULAR, 0).expect("embedded Roboto");
         let outlines = FontRef::try_from_slice(ROBOTO_REGULAR).expect("embedded Roboto");
         let units_per_em = f64::from(shaper.units_per_em());
-        Faces { shaper, outlines, units_per_em }
+        let hinting = VerticalHinting::new(&shaper);
+        Faces {
+            shaper,
+            outlines,
+            units_per_em,
+            hinting,
+        }
     })
 }
 
@@ -101,7 +117,8 @@ impl LegendFont {
         let mut buffer = rustybuzz::UnicodeBuffer::new();
         buffer.push_str(text);
         let shaped = rustybuzz::shape(&faces.shaper, &[], buffer);
-        let scale = PxScale::from(self.px_scale());
+        let scale = self.px_scale();
+        let vertical = faces.hinting.scale(self.size);
         let (mut x_min, mut x_max, mut y_min, mut y_max) = (0i64, 0i64, 0i64, 0i64);
         let mut position = 0i64;
         let mut glyphs = Vec::with_capacity(shaped.len());
@@ -115,24 +132,47 @@ impl LegendFont {
             let hmtx = i32::from(faces.shaper.glyph_hor_advance(ttf(glyph)).unwrap_or(0));
             position += self.to_26_6(hmtx) + self.to_26_6(pos.x_advance - hmtx);
             x_max = x_max.max(pixel(position));
-            if let Some(outlined) = faces.outlines.outline_glyph(glyph.with_scale_and_position(scale, point(0.0, 0.0))) {
+            if let Some(outlined) = faces
+                .outlines
+                .outline_glyph(glyph.with_scale_and_position(scale, point(0.0, 0.0)))
+            {
                 let b = outlined.px_bounds();
                 x_min = x_min.min(px + b.min.x as i64);
                 x_max = x_max.max(px + b.max.x as i64);
-                // ab_glyph's y grows downwards.
-                y_max = y_max.max(py - b.min.y as i64);
-                y_min = y_min.min(py - b.max.y as i64);
             }
-            glyphs.push(Placed { glyph, pen_26_6: origin });
+            if let Some((top, bottom)) = faces.hinting.extents(&faces.shaper, ttf(glyph), &vertical)
+            {
+                y_max = y_max.max(py + top);
+                y_min = y_min.min(py + bottom);
+            }
+            glyphs.push(Placed {
+                glyph,
+                pen_26_6: origin,
+            });
         }
-        ShapedLine { glyphs, advance_26_6: position, x_min, x_max, y_min, y_max, size: self.size }
+        ShapedLine {
+            glyphs,
+            advance_26_6: position,
+            x_min,
+            x_max,
+            y_min,
+            y_max,
+            size: self.size,
+        }
     }
 
-    /// ab_glyph's scale is the ascent-to-descent height; Pillow's size is the em.
-    fn px_scale(&self) -> f32 {
-        let face = &faces().shaper;
+    /// ab_glyph's scale is the ascent-to-descent height; Pillow's size is the em. Vertically
+    /// the glyphs are stretched as the autohinter stretches them (x-height on a whole pixel).
+    fn px_scale(&self) -> PxScale {
+        let faces = faces();
+        let face = &faces.shaper;
         let height = f64::from(face.ascender()) - f64::from(face.descender());
-        (height * self.scale()) as f32
+        let x = height * self.scale();
+        let stretch = faces.hinting.scale(self.size).stretch();
+        PxScale {
+            x: x as f32,
+            y: (x * stretch) as f32,
+        }
     }
 
     /// `ImageDraw.textlength`: the advance of the line in pixels.
@@ -163,17 +203,22 @@ impl LegendFont {
         let x_start = (x_frac * 64.0).round() as i64;
         let y_start = (y_frac * 64.0).round() as i64;
         let baseline = y_int + y_anchor - pixel(-y_start);
-        let scale = PxScale::from(self.px_scale());
+        let scale = self.px_scale();
         let outlines = &faces().outlines;
         for placed in &line.glyphs {
             let origin_x = x_int - x_anchor + pixel(x_start + placed.pen_26_6);
-            let glyph = placed.glyph.with_scale_and_position(scale, point(origin_x as f32, baseline as f32));
-            let Some(outlined) = outlines.outline_glyph(glyph) else { continue };
+            let glyph = placed
+                .glyph
+                .with_scale_and_position(scale, point(origin_x as f32, baseline as f32));
+            let Some(outlined) = outlines.outline_glyph(glyph) else {
+                continue;
+            };
             let bounds = outlined.px_bounds();
             outlined.draw(|gx, gy, coverage| {
                 let x = bounds.min.x as i64 + i64::from(gx);
                 let y = bounds.min.y as i64 + i64::from(gy);
-                if x < 0 || y < 0 || x >= i64::from(image.width()) || y >= i64::from(image.height()) {
+                if x < 0 || y < 0 || x >= i64::from(image.width()) || y >= i64::from(image.height())
+                {
                     return;
                 }
                 let alpha = (coverage.clamp(0.0, 1.0) * 255.0).round() as u32;
@@ -193,7 +238,12 @@ impl ShapedLine {
         if self.glyphs.is_empty() {
             return (0, 0, 0, 0);
         }
-        (self.x_min, ascender - self.y_max, self.x_max, ascender - self.y_min)
+        (
+            self.x_min,
+            ascender - self.y_max,
+            self.x_max,
+            ascender - self.y_min,
+        )
     }
 
     /// Pixel size the line was shaped at.
