@@ -2,7 +2,9 @@
 //! lists, in its order (the API's `x_type` is an index into the tab's list), with the value
 //! type, the cost that orders the loops, how its legend is written and what it changes in a
 //! cell's job. Axes for what sdhost does not do (face restoration, token merging, styles …)
-//! are listed so that indices match, and refused with a clear error.
+//! are listed so that indices match, and refused with a clear error. The list includes "Skip
+//! Early CFG" (added with A1111 1.10's `skip_early_cond` option) between "Schedule rho" and
+//! "Beta schedule alpha".
 
 use serde_json::{json, Map, Value};
 
