@@ -372,7 +372,11 @@ fn api_script_args_run_the_plot_and_return_the_grid_first() {
     assert_eq!(images.len(), 3, "the grid, then the two cells");
     let (grid, grid_text) = decode_png(images[0].as_str().unwrap());
     // Two 40x32 cells under their X labels; no Y axis, so no label strip on the left.
-    assert!(grid.width() == 2 * 40 && grid.height() > 32, "{:?}", grid.dimensions());
+    assert!(
+        grid.width() == 2 * 40 && grid.height() > 32,
+        "{:?}",
+        grid.dimensions()
+    );
     let grid_text = grid_text.unwrap();
     assert!(
         grid_text.contains("Script: X/Y/Z plot, X Type: Steps, X Values: \"2,3\""),
