@@ -418,7 +418,8 @@ mod tests {
         assert_eq!(img2img[9].label, "Sampler");
         assert_eq!(img2img[25].label, "Denoising");
         assert_eq!(txt2img[5].label, "Hires steps");
-        assert_eq!(txt2img[10].label, "Sampler");
+        assert_eq!(txt2img[9].label, "Sampler");
+        assert_eq!(txt2img[10].label, "Hires sampler");
         assert_eq!(find(Tab::Txt2img, "cfg scale").unwrap().label, "CFG Scale");
         assert!(find(Tab::Txt2img, "Cond. Image Mask Weight").is_none());
     }
