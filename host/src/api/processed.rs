@@ -26,6 +26,8 @@ pub struct Finished {
     pub image: RgbImage,
     /// Its infotext.
     pub infotext: String,
+    /// Whether it is a script's grid (an X/Y/Z plot's).
+    pub grid: bool,
 }
 
 /// `Processed.js()`'s object, its fields in A1111's order.

@@ -40,3 +40,4 @@ mod txt2img_parity;
 mod vae_io;
 mod vae_override;
 mod vae_precision;
+mod xyz;
