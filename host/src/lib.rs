@@ -61,4 +61,5 @@ pub mod rng;
 pub mod sampling;
 pub mod sd_vae;
 pub mod tiny_model;
+pub mod upscale;
 pub mod weights;
