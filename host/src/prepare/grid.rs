@@ -95,7 +95,10 @@ pub fn paste(dst: &mut RgbImage, src: &RgbImage, x: i64, y: i64, mask: Option<&G
 /// least `overlap` shared, spread evenly (positions truncated), the last flush with the edge.
 /// `overlap` must be below both tile sides (A1111 divides by their difference).
 pub fn split_grid(image: &RgbImage, tile_w: u32, tile_h: u32, overlap: u32) -> Grid {
-    assert!(overlap < tile_w && overlap < tile_h, "overlap below the tile size");
+    assert!(
+        overlap < tile_w && overlap < tile_h,
+        "overlap below the tile size"
+    );
     let (w, h) = (i64::from(image.width()), i64::from(image.height()));
     let (tw, th, ov) = (i64::from(tile_w), i64::from(tile_h), i64::from(overlap));
     let count = |side: i64, tile: i64| ((side - ov) as f64 / (tile - ov) as f64).ceil() as i64;
@@ -165,7 +168,13 @@ pub fn combine_grid(grid: &Grid) -> RgbImage {
             }
             let head = crop(&tile.image, 0, 0, ov, row.h);
             paste(&mut line, &head, tile.x, 0, Some(&mask_w));
-            let tail = crop(&tile.image, i64::from(ov), 0, tile.w.saturating_sub(ov), row.h);
+            let tail = crop(
+                &tile.image,
+                i64::from(ov),
+                0,
+                tile.w.saturating_sub(ov),
+                row.h,
+            );
             paste(&mut line, &tail, tile.x + i64::from(ov), 0, None);
         }
         if row.y == 0 {
@@ -174,7 +183,13 @@ pub fn combine_grid(grid: &Grid) -> RgbImage {
         }
         let head = crop(&line, 0, 0, line.width(), ov);
         paste(&mut combined, &head, 0, row.y, Some(&mask_h));
-        let tail = crop(&line, 0, i64::from(ov), line.width(), row.h.saturating_sub(ov));
+        let tail = crop(
+            &line,
+            0,
+            i64::from(ov),
+            line.width(),
+            row.h.saturating_sub(ov),
+        );
         paste(&mut combined, &tail, 0, row.y + i64::from(ov), None);
     }
     combined
@@ -204,6 +219,9 @@ mod tests {
         let grid = split_grid(&image, 8, 8, 2);
         assert_eq!((grid.rows[0].y, grid.rows[0].tiles[0].x), (-4, -3));
         assert_eq!(grid.rows[0].tiles[0].image.get_pixel(0, 0), &Rgb([0, 0, 0]));
-        assert_eq!(grid.rows[0].tiles[0].image.get_pixel(3, 4), &Rgb([200, 100, 50]));
+        assert_eq!(
+            grid.rows[0].tiles[0].image.get_pixel(3, 4),
+            &Rgb([200, 100, 50])
+        );
     }
 }

@@ -114,7 +114,9 @@ pub fn upscale_to(upscaler: PixelUpscaler, image: &RgbImage, width: u32, height:
     if upscaler == PixelUpscaler::None {
         return resize(image, width, height, Filter::Lanczos, None);
     }
-    resize_to(image, width, height, &mut |img, scale| upscaler.upscale(img, scale))
+    resize_to(image, width, height, &mut |img, scale| {
+        upscaler.upscale(img, scale)
+    })
 }
 
 /// Pillow's NEAREST resize (`ImagingScaleAffine`): destination pixel x takes source

@@ -45,7 +45,10 @@ impl Architecture {
     /// inputs before calling the network.
     pub fn size_requirements(&self) -> (i64, i64) {
         match self {
-            Architecture::Esrgan(c) => (if c.shuffle.is_some() { 4 } else { 2 }, if c.shuffle.is_some() { 4 } else { 1 }),
+            Architecture::Esrgan(c) => (
+                if c.shuffle.is_some() { 4 } else { 2 },
+                if c.shuffle.is_some() { 4 } else { 1 },
+            ),
             Architecture::Compact(_) => (0, 1),
             Architecture::SwinIr(_) => (16, 1),
         }
@@ -105,7 +108,12 @@ fn malformed(arch: &'static str, reason: impl Into<String>) -> DetectError {
 fn dim(keys: &Keys, arch: &'static str, key: &str, index: usize) -> Result<i64, DetectError> {
     keys.shape(key)
         .and_then(|s| s.get(index).copied())
-        .ok_or_else(|| malformed(arch, format!("`{key}` is missing or has too few dimensions")))
+        .ok_or_else(|| {
+            malformed(
+                arch,
+                format!("`{key}` is missing or has too few dimensions"),
+            )
+        })
 }
 
 /// Detects the architecture of a canonical state dict; ESRGAN files in the new (basicsr,
@@ -128,11 +136,14 @@ pub fn detect(state: &mut BTreeMap<String, Tensor>) -> Result<Architecture, Dete
     {
         return Err(DetectError::Unsupported("HAT"));
     }
-    if keys.all(&swin_base) && (keys.has("conv_first.weight") || keys.has("conv_first.1.weight"))
-    {
+    if keys.all(&swin_base) && (keys.has("conv_first.weight") || keys.has("conv_first.1.weight")) {
         return swinir(&keys).map(Architecture::SwinIr);
     }
-    if keys.all(&["conv_first.weight", "before_RG.1.weight", "layers.0.blocks.0.attn.qkv.weight"]) {
+    if keys.all(&[
+        "conv_first.weight",
+        "before_RG.1.weight",
+        "layers.0.blocks.0.attn.qkv.weight",
+    ]) {
         return Err(DetectError::Unsupported("DAT"));
     }
     let esrgan_layouts: [&[&str]; 4] = [
@@ -263,7 +274,10 @@ fn esrgan(keys: &Keys) -> Result<EsrganConfig, DetectError> {
         shuffle,
     };
     if blocks < 1 || config.body_scale() < shuffle.unwrap_or(1) {
-        return Err(malformed(ARCH, "no RRDB blocks, or a scale below its unshuffle"));
+        return Err(malformed(
+            ARCH,
+            "no RRDB blocks, or a scale below its unshuffle",
+        ));
     }
     Ok(config)
 }
@@ -288,7 +302,10 @@ fn compact(keys: &Keys) -> Result<CompactConfig, DetectError> {
     let nf = dim(keys, ARCH, "body.0.weight", 0)?;
     let last = dim(keys, ARCH, &format!("body.{highest}.bias"), 0)?;
     let (scale, out_nc) = scale_and_channels(last, in_nc).ok_or_else(|| {
-        malformed(ARCH, format!("its last layer's {last} channels are no scale² × 1, 3 or 4"))
+        malformed(
+            ARCH,
+            format!("its last layer's {last} channels are no scale² × 1, 3 or 4"),
+        )
     })?;
     if highest < 2 || highest % 2 != 0 {
         return Err(malformed(ARCH, format!("`body` ends at layer {highest}")));
@@ -315,7 +332,12 @@ fn swinir(keys: &Keys) -> Result<SwinIrConfig, DetectError> {
     let embed_dim = dim(keys, ARCH, "conv_first.weight", 0)?;
     let block0 = "layers.0.residual_group.blocks.0";
     let mlp_hidden = dim(keys, ARCH, &format!("{block0}.mlp.fc1.bias"), 0)?;
-    let index_len = dim(keys, ARCH, &format!("{block0}.attn.relative_position_index"), 0)?;
+    let index_len = dim(
+        keys,
+        ARCH,
+        &format!("{block0}.attn.relative_position_index"),
+        0,
+    )?;
     let window_size = (index_len as f64).sqrt() as i64;
     let img_size = match keys.shape("layers.0.residual_group.blocks.1.attn_mask") {
         Some(shape) => ((shape[0] as f64).sqrt() * window_size as f64) as i64,
@@ -365,8 +387,7 @@ fn swinir(keys: &Keys) -> Result<SwinIrConfig, DetectError> {
     } else {
         SwinIrUpsampler::None
     };
-    if embed_dim < 4 || window_size < 1 || depths.iter().any(|&d| d < 1) || upsampler.scale() < 1
-    {
+    if embed_dim < 4 || window_size < 1 || depths.iter().any(|&d| d < 1) || upsampler.scale() < 1 {
         return Err(malformed(ARCH, "empty layers, window or scale"));
     }
     Ok(SwinIrConfig {
@@ -424,7 +445,10 @@ mod tests {
             ]
         );
         let config = esrgan(&Keys(&state)).unwrap();
-        assert_eq!((config.shuffle, config.scale(), config.blocks), (Some(2), 2, 2));
+        assert_eq!(
+            (config.shuffle, config.scale(), config.blocks),
+            (Some(2), 2, 2)
+        );
     }
 
     #[test]

@@ -105,9 +105,10 @@ mod tests {
     #[test]
     fn a_prefix_common_to_every_key_goes() {
         let t = || Tensor::zeros([1], (Kind::Float, Device::Cpu));
-        let map: BTreeMap<String, Tensor> = [("module.a".to_string(), t()), ("module.b".into(), t())]
-            .into_iter()
-            .collect();
+        let map: BTreeMap<String, Tensor> =
+            [("module.a".to_string(), t()), ("module.b".into(), t())]
+                .into_iter()
+                .collect();
         let keys: Vec<String> = remove_common_prefixes(map).into_keys().collect();
         assert_eq!(keys, ["a", "b"]);
         let map: BTreeMap<String, Tensor> = [("module.a".to_string(), t()), ("b".into(), t())]

@@ -185,9 +185,18 @@ mod tests {
         let names: Vec<&str> = list.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(
             names,
-            ["4x_foolhardy_Remacri", "BSRGAN", "DAT_x2", "R-ESRGAN 4x+", "SwinIR_4x"]
+            [
+                "4x_foolhardy_Remacri",
+                "BSRGAN",
+                "DAT_x2",
+                "R-ESRGAN 4x+",
+                "SwinIR_4x"
+            ]
         );
         assert_eq!(list[3].class, UpscalerClass::RealEsrgan);
-        assert_eq!((list[2].listed_scale, list[3].listed_scale), (None, Some(4)));
+        assert_eq!(
+            (list[2].listed_scale, list[3].listed_scale),
+            (None, Some(4))
+        );
     }
 }

@@ -95,8 +95,9 @@ pub enum ReadyUpscaler {
     Pixel(PixelUpscaler),
     /// A loaded model and its class's tiling.
     Model {
-        /// The network.
-        model: Arc<UpscalerModel>,
+        /// The network (locked while it runs: libtorch tensors are not `Sync`, and one
+        /// upscale at a time is what A1111's queue lock gives too).
+        model: Arc<Mutex<UpscalerModel>>,
         /// Its folder's class (which tiling A1111 uses).
         class: UpscalerClass,
         /// Tile size and overlap.
@@ -130,9 +131,12 @@ impl ReadyUpscaler {
                 model,
                 class,
                 tiles,
-            } => upscale_by(image, scale, &mut |img| {
-                Self::model_step(model, *class, *tiles, img)
-            }),
+            } => {
+                let model = model.lock().unwrap_or_else(|p| p.into_inner());
+                upscale_by(image, scale, &mut |img| {
+                    Self::model_step(&model, *class, *tiles, img)
+                })
+            }
         }
     }
 
@@ -140,10 +144,12 @@ impl ReadyUpscaler {
     /// enlarges, then Lanczos to exactly `width` × `height` (Hires. fix's pixel upscale).
     pub fn upscale_to(&self, image: &RgbImage, width: u32, height: u32) -> RgbImage {
         match self {
-            ReadyUpscaler::Pixel(p) => crate::prepare::upscalers::upscale_to(*p, image, width, height),
-            ReadyUpscaler::Model { .. } => {
-                resize_to(image, width, height, &mut |img, scale| self.upscale(img, scale))
+            ReadyUpscaler::Pixel(p) => {
+                crate::prepare::upscalers::upscale_to(*p, image, width, height)
             }
+            ReadyUpscaler::Model { .. } => resize_to(image, width, height, &mut |img, scale| {
+                self.upscale(img, scale)
+            }),
         }
     }
 }
@@ -152,13 +158,17 @@ impl ReadyUpscaler {
 /// read per use, which gives the same pixels).
 #[derive(Default)]
 pub struct UpscalerCache {
-    last: Mutex<Option<(PathBuf, Device, Arc<UpscalerModel>)>>,
+    last: Mutex<Option<(PathBuf, Device, Arc<Mutex<UpscalerModel>>)>>,
 }
 
 impl UpscalerCache {
     /// `upscaler` ready on `device` with A1111's default tiling; a model is read (or taken
     /// from the cache) now, so a broken or foreign file fails before any other work.
-    pub fn ready(&self, upscaler: &Upscaler, device: Device) -> Result<ReadyUpscaler, UpscalerError> {
+    pub fn ready(
+        &self,
+        upscaler: &Upscaler,
+        device: Device,
+    ) -> Result<ReadyUpscaler, UpscalerError> {
         let model = match upscaler {
             Upscaler::Pixel(p) => return Ok(ReadyUpscaler::Pixel(*p)),
             Upscaler::Model(m) => m,
@@ -173,7 +183,7 @@ impl UpscalerCache {
             None => {
                 // The old one goes first: two upscalers never share memory.
                 *last = None;
-                let loaded = Arc::new(UpscalerModel::load(&model.path, device)?);
+                let loaded = Arc::new(Mutex::new(UpscalerModel::load(&model.path, device)?));
                 *last = Some((model.path.clone(), device, loaded.clone()));
                 loaded
             }

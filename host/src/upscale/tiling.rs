@@ -158,13 +158,15 @@ pub fn tiled_upscale_2(
             }
             let patch = image.narrow(2, y, tile).narrow(3, x, tile);
             let out = model.call(&patch);
-            let mut target = result
-                .narrow(2, y * scale, tile * scale)
-                .narrow(3, x * scale, tile * scale);
+            let mut target =
+                result
+                    .narrow(2, y * scale, tile * scale)
+                    .narrow(3, x * scale, tile * scale);
             let _ = target.f_add_(&out).expect("tile sum");
-            let mut counted = weights
-                .narrow(2, y * scale, tile * scale)
-                .narrow(3, x * scale, tile * scale);
+            let mut counted =
+                weights
+                    .narrow(2, y * scale, tile * scale)
+                    .narrow(3, x * scale, tile * scale);
             let _ = counted.f_add_(&out.ones_like()).expect("tile weights");
         }
     }

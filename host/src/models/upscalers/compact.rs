@@ -37,11 +37,21 @@ impl Compact {
         let mut convs = vec![Conv2d::new(&body.pp(0), c.in_nc, c.nf, ConvSpec::SAME3)?];
         let mut prelus = vec![body.pp(1).get("weight", &[c.nf])?];
         for i in 0..c.convs {
-            convs.push(Conv2d::new(&body.pp(2 + 2 * i), c.nf, c.nf, ConvSpec::SAME3)?);
+            convs.push(Conv2d::new(
+                &body.pp(2 + 2 * i),
+                c.nf,
+                c.nf,
+                ConvSpec::SAME3,
+            )?);
             prelus.push(body.pp(3 + 2 * i).get("weight", &[c.nf])?);
         }
         let last = c.out_nc * c.scale * c.scale;
-        convs.push(Conv2d::new(&body.pp(2 + 2 * c.convs), c.nf, last, ConvSpec::SAME3)?);
+        convs.push(Conv2d::new(
+            &body.pp(2 + 2 * c.convs),
+            c.nf,
+            last,
+            ConvSpec::SAME3,
+        )?);
         Ok(Self {
             config,
             convs,
@@ -60,7 +70,10 @@ impl Compact {
         for (conv, prelu) in self.convs.iter().zip(&self.prelus) {
             out = conv.forward(&out).prelu(prelu);
         }
-        let last = self.convs.last().expect("at least the first and last convolutions");
+        let last = self
+            .convs
+            .last()
+            .expect("at least the first and last convolutions");
         out = last.forward(&out).pixel_shuffle(self.config.scale);
         let s = self.config.scale;
         let (_, _, h, w) = x.size4().expect("NCHW image");

@@ -107,7 +107,10 @@ impl Rrdb {
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        let out = self.blocks.iter().fold(x.shallow_clone(), |h, b| b.forward(&h));
+        let out = self
+            .blocks
+            .iter()
+            .fold(x.shallow_clone(), |h, b| b.forward(&h));
         out * 0.2 + x
     }
 }
@@ -156,7 +159,10 @@ impl Esrgan {
 
     fn body(&self, x: &Tensor) -> Tensor {
         let fea = self.first.forward(x);
-        let trunk = self.trunk.iter().fold(fea.shallow_clone(), |h, b| b.forward(&h));
+        let trunk = self
+            .trunk
+            .iter()
+            .fold(fea.shallow_clone(), |h, b| b.forward(&h));
         let mut h = fea + self.trunk_conv.forward(&trunk);
         for conv in &self.upsamples {
             let (_, _, hh, ww) = h.size4().expect("NCHW features");

@@ -230,12 +230,7 @@ fn shift_mask(h: i64, w: i64, window: i64, shift: i64, like: &Tensor) -> Tensor 
 }
 
 impl SwinBlock {
-    fn new(
-        vb: &VarBuilder,
-        c: &SwinIrConfig,
-        heads: i64,
-        odd: bool,
-    ) -> Result<Self> {
+    fn new(vb: &VarBuilder, c: &SwinIrConfig, heads: i64, odd: bool) -> Result<Self> {
         let dim = c.embed_dim;
         // A window as large as the training image covers it whole, unshifted.
         let (window, shift) = if c.img_size <= c.window_size {
@@ -264,16 +259,13 @@ impl SwinBlock {
         } else {
             normed
         };
-        let windows = window_partition(&shifted, self.window).view([
-            -1,
-            self.window * self.window,
-            c,
-        ]);
+        let windows =
+            window_partition(&shifted, self.window).view([-1, self.window * self.window, c]);
         let mask = (s > 0).then(|| shift_mask(h, w, self.window, s, x));
-        let attended = self
-            .attn
-            .forward(&windows, mask.as_ref())
-            .view([-1, self.window, self.window, c]);
+        let attended =
+            self.attn
+                .forward(&windows, mask.as_ref())
+                .view([-1, self.window, self.window, c]);
         let merged = window_reverse(&attended, self.window, h, w);
         let unshifted = if s > 0 {
             merged.roll([s, s], [1, 2])
