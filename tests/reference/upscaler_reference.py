@@ -305,6 +305,9 @@ def main():
             else:
                 save_file(flat(state), path)
             descriptor = ModelLoader().load_from_file(path)
+            # As A1111's load_spandrel_model: inference mode (SwinIR's drop path is random
+            # while training).
+            descriptor.model.eval()
             detected[os.path.basename(path)] = {
                 "architecture": descriptor.architecture.id, "scale": descriptor.scale}
             loaded[name] = descriptor

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// A daemon with the API; killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     _dir: tempfile::TempDir,
     url: String,
@@ -43,7 +43,7 @@ fn sdhost(dir: &Path) -> Command {
 
 /// Starts `sdhost serve --api-addr 127.0.0.1:0` with a tiny model and `extra` flags (and a
 /// config file when given), and reads the address it prints.
-fn start(extra: &[&str], config: Option<&str>) -> Server {
+pub(crate) fn start(extra: &[&str], config: Option<&str>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let model = common::tiny_model(dir.path(), 31);
     let mut command = sdhost(dir.path());
@@ -115,13 +115,13 @@ fn call(
     (status, value, headers)
 }
 
-fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
+pub(crate) fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
     let bytes = serde_json::to_vec(body).unwrap();
     let (status, value, _) = call(ureq::post(&format!("{}{path}", server.url)), Some(&bytes));
     (status, value)
 }
 
-fn get(server: &Server, path: &str) -> (u16, Value) {
+pub(crate) fn get(server: &Server, path: &str) -> (u16, Value) {
     let (status, value, _) = call(ureq::get(&format!("{}{path}", server.url)), None);
     (status, value)
 }

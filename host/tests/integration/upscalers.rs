@@ -100,7 +100,8 @@ fn compare(name: &str, actual: &image::RgbImage, expected: &image::RgbImage) -> 
 fn tiled_upscales_match_a1111s_transcriptions() {
     tch::set_num_threads(1);
     let dir = reference();
-    let load = |name: &str| UpscalerModel::load(&dir.join("models").join(name), Device::Cpu).unwrap();
+    let load =
+        |name: &str| UpscalerModel::load(&dir.join("models").join(name), Device::Cpu).unwrap();
     let (esrgan, swinir, compact) = (
         load("esrgan_4x.pth"),
         load("swinir_classical_2x.pth"),
@@ -134,7 +135,15 @@ fn tiled_upscales_match_a1111s_transcriptions() {
     let (differing, worst) = compare("untiled", &untiled, &pixels(&dir.join("untiled.png")));
     assert!(worst <= 1 && differing * 200 <= untiled.as_raw().len());
     // A stop between tiles gives the picture back unchanged, as A1111's interrupt does.
-    let stopped = upscale_with_model(&esrgan, &input, TileSettings { tile: 8, overlap: 2 }, &|| true);
+    let stopped = upscale_with_model(
+        &esrgan,
+        &input,
+        TileSettings {
+            tile: 8,
+            overlap: 2,
+        },
+        &|| true,
+    );
     assert_eq!(stopped, input);
 }
 
@@ -145,8 +154,16 @@ fn models_tree(root: &Path) -> PathBuf {
     for (folder, from, to) in [
         ("ESRGAN", "esrgan_4x.pth", "tiny_esrgan.pth"),
         ("SwinIR", "swinir_real_4x.pth", "tiny_swinir.pth"),
-        ("RealESRGAN", "realesrgan_x2plus.pth", "RealESRGAN_x2plus.pth"),
-        ("ESRGAN", "compact_4x.safetensors", "tiny_compact.safetensors"),
+        (
+            "RealESRGAN",
+            "realesrgan_x2plus.pth",
+            "RealESRGAN_x2plus.pth",
+        ),
+        (
+            "ESRGAN",
+            "compact_4x.safetensors",
+            "tiny_compact.safetensors",
+        ),
     ] {
         std::fs::create_dir_all(models.join(folder)).unwrap();
         std::fs::copy(reference.join(from), models.join(folder).join(to)).unwrap();
@@ -158,7 +175,10 @@ fn models_tree(root: &Path) -> PathBuf {
     )
     .unwrap();
     std::fs::create_dir_all(models.join("Stable-diffusion")).unwrap();
-    make_tiny(&models.join("Stable-diffusion").join("tiny.safetensors"), &[]);
+    make_tiny(
+        &models.join("Stable-diffusion").join("tiny.safetensors"),
+        &[],
+    );
     models
 }
 
@@ -166,12 +186,11 @@ fn models_tree(root: &Path) -> PathBuf {
 fn hires_fix_runs_with_model_upscalers_from_the_models_folders() {
     let root = tempfile::tempdir().unwrap();
     let models = models_tree(root.path());
-    let names: Vec<String> = sdhost::upscale::Upscaler::all(
-        &sdhost::upscale::UpscalerDirs::from_models_dir(&models),
-    )
-    .iter()
-    .map(|u| u.name().to_string())
-    .collect();
+    let names: Vec<String> =
+        sdhost::upscale::Upscaler::all(&sdhost::upscale::UpscalerDirs::from_models_dir(&models))
+            .iter()
+            .map(|u| u.name().to_string())
+            .collect();
     assert_eq!(
         names,
         [
@@ -200,11 +219,24 @@ fn hires_fix_runs_with_model_upscalers_from_the_models_folders() {
         .into_iter()
         .chain(
             [
-                "--width", "32", "--height", "24", "--seed", "4", "--steps", "2",
-                "--enable-hr", "true", "--hr-scale", "1.5", "--hr-second-pass-steps", "2",
-                "--hr-upscaler", upscaler,
+                "--width",
+                "32",
+                "--height",
+                "24",
+                "--seed",
+                "4",
+                "--steps",
+                "2",
+                "--enable-hr",
+                "true",
+                "--hr-scale",
+                "2",
+                "--hr-second-pass-steps",
+                "2",
+                "--hr-upscaler",
+                upscaler,
             ]
-            .iter()
+            .into_iter()
             .map(std::ffi::OsStr::new),
         )
         .collect();
@@ -214,15 +246,81 @@ fn hires_fix_runs_with_model_upscalers_from_the_models_folders() {
         let out = root.path().join(upscaler.replace(' ', "_"));
         assert_success(&run(upscaler, &out));
         let image = out.join("00000-4.png");
-        assert_eq!(pixels(&image).dimensions(), (48, 36), "{upscaler}");
+        assert_eq!(pixels(&image).dimensions(), (64, 48), "{upscaler}");
         let text = sdhost::pipeline::png_info::read_png_infotext(&image)
             .unwrap()
             .unwrap();
-        assert!(text.contains(&format!("Hires upscaler: {upscaler}")), "{text}");
+        assert!(
+            text.contains(&format!("Hires upscaler: {upscaler}")),
+            "{text}"
+        );
     }
     // A file that is no upscaler, and a name that is none: one-line errors before sampling.
     let out = run("not_an_upscaler", &root.path().join("bad"));
     assert_one_line_error(&out, "not an upscaler model sdhost knows");
     let out = run("4x-UltraSharp", &root.path().join("missing"));
     assert_one_line_error(&out, "could not find upscaler named 4x-UltraSharp");
+}
+
+#[test]
+fn the_api_lists_model_upscalers_and_the_extras_run_them() {
+    let root = tempfile::tempdir().unwrap();
+    let models = models_tree(root.path());
+    let server = crate::api::start(&["--models-dir", models.to_str().unwrap()], None);
+    let (status, list) = crate::api::get(&server, "/sdapi/v1/upscalers");
+    assert_eq!(status, 200);
+    let esrgan = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "tiny_esrgan")
+        .unwrap_or_else(|| panic!("tiny_esrgan in {list}"));
+    assert_eq!(esrgan["model_name"], "ESRGAN_4x");
+    assert_eq!(esrgan["scale"], 4.0);
+    assert!(esrgan["model_path"]
+        .as_str()
+        .unwrap()
+        .ends_with("ESRGAN/tiny_esrgan.pth"));
+
+    let input = pixels(&reference().join("tile_input.png"));
+    let mut png = Vec::new();
+    input
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let body =
+        serde_json::json!({"image": b64, "upscaler_1": "tiny_swinir", "upscaling_resize": 2});
+    let (status, answer) = crate::api::post(&server, "/sdapi/v1/extra-single-image", &body);
+    assert_eq!(status, 200, "{answer}");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(answer["image"].as_str().unwrap())
+        .unwrap();
+    let out = image::load_from_memory(&bytes).unwrap().to_rgb8();
+    // 23×18 by 2, rounded down to multiples of 8.
+    assert_eq!(out.dimensions(), (40, 32));
+    assert!(
+        answer["html_info"]
+            .as_str()
+            .unwrap()
+            .contains("Postprocess upscaler: tiny_swinir"),
+        "{answer}"
+    );
+    // The same as the library computes in process.
+    let model = UpscalerModel::load(&models.join("SwinIR/tiny_swinir.pth"), Device::Cpu).unwrap();
+    let expected = sdhost::upscale::ReadyUpscaler::Model {
+        model: std::sync::Arc::new(std::sync::Mutex::new(model)),
+        class: sdhost::upscale::UpscalerClass::SwinIr,
+        tiles: TileSettings::default(),
+    }
+    .upscale(&input, 2.0);
+    assert_eq!(out, expected);
+
+    let body = serde_json::json!({"image": b64, "upscaler_1": "not_an_upscaler"});
+    let (status, answer) = crate::api::post(&server, "/sdapi/v1/extra-single-image", &body);
+    assert_eq!(status, 500, "{answer}");
+    assert!(
+        answer.to_string().contains("not an upscaler model"),
+        "{answer}"
+    );
 }
