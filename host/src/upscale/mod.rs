@@ -97,7 +97,7 @@ pub enum ReadyUpscaler {
     Model {
         /// The network (locked while it runs: libtorch tensors are not `Sync`, and one
         /// upscale at a time is what A1111's queue lock gives too).
-        model: Arc<Mutex<UpscalerModel>>,
+        model: SharedModel,
         /// Its folder's class (which tiling A1111 uses).
         class: UpscalerClass,
         /// Tile size and overlap.
@@ -154,11 +154,14 @@ impl ReadyUpscaler {
     }
 }
 
+/// A loaded upscaler shared by the jobs that use it.
+type SharedModel = Arc<Mutex<UpscalerModel>>;
+
 /// The last model upscaler loaded, kept for the next job (A1111 keeps SwinIR's; ESRGAN's are
 /// read per use, which gives the same pixels).
 #[derive(Default)]
 pub struct UpscalerCache {
-    last: Mutex<Option<(PathBuf, Device, Arc<Mutex<UpscalerModel>>)>>,
+    last: Mutex<Option<(PathBuf, Device, SharedModel)>>,
 }
 
 impl UpscalerCache {

@@ -35,7 +35,7 @@ impl UpscalerModel {
         let net = match &architecture {
             Architecture::Esrgan(c) => UpscalerNet::Esrgan(Esrgan::new(&vb, *c)?),
             Architecture::Compact(c) => UpscalerNet::Compact(Compact::new(&vb, *c)?),
-            Architecture::SwinIr(c) => UpscalerNet::SwinIr(SwinIr::new(&vb, c.clone())?),
+            Architecture::SwinIr(c) => UpscalerNet::SwinIr(Box::new(SwinIr::new(&vb, c.clone())?)),
         };
         Ok(Self {
             net,

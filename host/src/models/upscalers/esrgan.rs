@@ -78,12 +78,12 @@ impl DenseBlock {
         let x1 = leaky(&self.convs[0].forward(x));
         let mut x2 = leaky(&self.convs[1].forward(&Tensor::cat(&[x, &x1], 1)));
         if let Some(w) = &self.conv1x1 {
-            x2 = x2 + x.conv2d(w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
+            x2 += x.conv2d(w, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1);
         }
         let x3 = leaky(&self.convs[2].forward(&Tensor::cat(&[x, &x1, &x2], 1)));
         let mut x4 = leaky(&self.convs[3].forward(&Tensor::cat(&[x, &x1, &x2, &x3], 1)));
         if self.conv1x1.is_some() {
-            x4 = x4 + &x2;
+            x4 += &x2;
         }
         let x5 = self.convs[4].forward(&Tensor::cat(&[x, &x1, &x2, &x3, &x4], 1));
         x5 * 0.2 + x

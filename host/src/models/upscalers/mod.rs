@@ -19,8 +19,8 @@ pub enum UpscalerNet {
     Esrgan(Esrgan),
     /// Real-ESRGAN's SRVGGNetCompact (spandrel "Compact").
     Compact(Compact),
-    /// SwinIR (spandrel "SwinIR").
-    SwinIr(SwinIr),
+    /// SwinIR (spandrel "SwinIR"; boxed, it is the largest).
+    SwinIr(Box<SwinIr>),
 }
 
 impl UpscalerNet {
