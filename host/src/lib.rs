@@ -62,4 +62,5 @@ pub mod sampling;
 pub mod scripts;
 pub mod sd_vae;
 pub mod tiny_model;
+pub mod upscale;
 pub mod weights;

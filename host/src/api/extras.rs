@@ -1,12 +1,12 @@
 //! POST `/sdapi/v1/extra-single-image` and `/sdapi/v1/extra-batch-images`: A1111 v1.10.1's
 //! extras tab through its API (`api.py: extras_single_image_api`, `postprocessing.run_extras`,
 //! `scripts/postprocessing_upscale.py`) with the upscalers sdhost has (None, Lanczos,
-//! Nearest; [`PixelUpscaler`]). Resize mode 0 scales by `upscaling_resize`, 1 scales to
+//! Nearest, and the models of the upscaler folders; [`Upscaler`]). Resize mode 0 scales by `upscaling_resize`, 1 scales to
 //! cover `upscaling_resize_w` × `upscaling_resize_h` and, with `upscaling_crop`, pastes the
 //! result centred on a canvas of that size. The answer's `html_info` is the postprocessing
 //! infotext as A1111's `plaintext_to_html` writes it; each image keeps its text chunks and
 //! gains `postprocessing`. The work runs on a request thread, not the model's queue (it needs
-//! no model). Face restoration (GFPGAN, CodeFormer) is not available: a visibility above 0 is
+//! no checkpoint; a model upscaler runs on the daemon's device). Face restoration (GFPGAN, CodeFormer) is not available: a visibility above 0 is
 //! logged and ignored.
 
 use axum::routing::post;
@@ -24,7 +24,7 @@ use super::png_info::read_info;
 use super::ApiState;
 use crate::infotext::{py_float, quote};
 use crate::pipeline::png_info::png_bytes_with_texts;
-use crate::prepare::upscalers::PixelUpscaler;
+use crate::upscale::{ReadyUpscaler, Upscaler, UpscalerCache, UpscalerDirs};
 
 /// This module's routes.
 pub fn routes() -> Router<ApiState> {
@@ -163,17 +163,32 @@ pub fn read_settings(body: &Map<String, Value>) -> Result<ExtrasSettings, ApiErr
     })
 }
 
-/// A1111's assertion for an upscaler it does not have (a 500 `AssertionError`).
-fn find_upscaler(name: &str) -> Result<Option<PixelUpscaler>, ApiError> {
+/// Where the extras find and run upscalers.
+pub struct UpscalerSource<'a> {
+    /// The upscaler folders.
+    pub dirs: &'a UpscalerDirs,
+    /// The loaded model upscaler, shared between requests.
+    pub cache: &'a UpscalerCache,
+    /// Where models run.
+    pub device: tch::Device,
+}
+
+/// The upscaler `name` ready to run; A1111's assertion for an upscaler it does not have (a
+/// 500 `AssertionError`), and an error for a model file that cannot be used (A1111 logs it
+/// and returns the picture unchanged).
+fn find_upscaler(name: &str, source: &UpscalerSource) -> Result<Option<ReadyUpscaler>, ApiError> {
     if name == "None" {
         return Ok(None);
     }
-    PixelUpscaler::named(name)
+    let upscaler = Upscaler::named(name, source.dirs).ok_or_else(|| ApiError::Exception {
+        error: "AssertionError".into(),
+        errors: format!("could not find upscaler named {name}"),
+    })?;
+    source
+        .cache
+        .ready(&upscaler, source.device)
         .map(Some)
-        .ok_or_else(|| ApiError::Exception {
-            error: "AssertionError".into(),
-            errors: format!("could not find upscaler named {name}"),
-        })
+        .map_err(|e| ApiError::runtime(format!("upscaler {name}: {e}")))
 }
 
 /// The postprocessing infotext's entries in A1111's order (values as Python prints them).
@@ -189,7 +204,7 @@ fn set_info(info: &mut PostInfo, key: &str, value: String) {
 /// `ScriptPostprocessingUpscale.upscale`: one upscaler's result and what it adds to `info`.
 fn upscale_once(
     image: &RgbImage,
-    upscaler: PixelUpscaler,
+    upscaler: &ReadyUpscaler,
     settings: &ExtrasSettings,
     info: &mut PostInfo,
 ) -> RgbImage {
@@ -255,16 +270,17 @@ fn blend(a: &RgbImage, b: &RgbImage, alpha: f64) -> RgbImage {
 pub fn postprocess(
     image: &RgbImage,
     settings: &ExtrasSettings,
+    upscalers: &UpscalerSource,
 ) -> Result<(RgbImage, PostInfo), ApiError> {
     let mut info = PostInfo::new();
-    let Some(first) = find_upscaler(&settings.upscaler_1)? else {
+    let Some(first) = find_upscaler(&settings.upscaler_1, upscalers)? else {
         return Ok((image.clone(), info));
     };
-    let second = find_upscaler(&settings.upscaler_2)?;
-    let mut result = upscale_once(image, first, settings, &mut info);
+    let second = find_upscaler(&settings.upscaler_2, upscalers)?;
+    let mut result = upscale_once(image, &first, settings, &mut info);
     info.push(("Postprocess upscaler".into(), settings.upscaler_1.clone()));
     if let Some(second) = second.filter(|_| settings.extras_upscaler_2_visibility > 0.0) {
-        let other = upscale_once(image, second, settings, &mut info);
+        let other = upscale_once(image, &second, settings, &mut info);
         if other.dimensions() == result.dimensions() {
             result = blend(&result, &other, settings.extras_upscaler_2_visibility);
         }
@@ -316,7 +332,13 @@ fn process_image(
     if !parameters.is_empty() {
         chunks.insert("parameters".into(), Value::String(parameters));
     }
-    let (result, info) = postprocess(&image, settings)?;
+    let dirs = &state.shared.networks.dirs().upscalers;
+    let source = UpscalerSource {
+        dirs,
+        cache: &state.upscalers,
+        device: state.device,
+    };
+    let (result, info) = postprocess(&image, settings, &source)?;
     let (width, height) = result.dimensions();
     if u64::from(width) * u64::from(height) > max_pixels {
         return Err(ApiError::http(
@@ -510,8 +532,14 @@ mod tests {
     #[test]
     fn upscales_by_and_to_with_a1111_info() {
         let image = RgbImage::from_fn(10, 6, |x, y| Rgb([(x * 20) as u8, (y * 30) as u8, 9]));
+        let (dirs, cache) = (UpscalerDirs::default(), UpscalerCache::default());
+        let source = UpscalerSource {
+            dirs: &dirs,
+            cache: &cache,
+            device: tch::Device::Cpu,
+        };
         let mut by = settings(json!({"upscaler_1": "Nearest", "upscaling_resize": 2})).unwrap();
-        let (out, info) = postprocess(&image, &by).unwrap();
+        let (out, info) = postprocess(&image, &by, &source).unwrap();
         // `Upscaler.upscale` rounds to multiples of 8.
         assert_eq!(out.dimensions(), (16, 8));
         assert_eq!(
@@ -519,9 +547,12 @@ mod tests {
             "Postprocess upscale by: 2.0, Postprocess upscaler: Nearest"
         );
         by.upscaler_1 = "None".into();
-        assert_eq!(postprocess(&image, &by).unwrap(), (image.clone(), vec![]));
+        assert_eq!(
+            postprocess(&image, &by, &source).unwrap(),
+            (image.clone(), vec![])
+        );
         by.upscaler_1 = "R-ESRGAN 4x+".into();
-        let error = postprocess(&image, &by).unwrap_err();
+        let error = postprocess(&image, &by, &source).unwrap_err();
         assert_eq!(
             error.body(),
             json!({"error": "AssertionError", "detail": "", "body": "", "errors": "could not find upscaler named R-ESRGAN 4x+"})
@@ -531,7 +562,7 @@ mod tests {
             "upscaling_resize_w": 30, "upscaling_resize_h": 30, "upscaler_2": "Nearest",
             "extras_upscaler_2_visibility": 0.5}))
         .unwrap();
-        let (out, info) = postprocess(&image, &to).unwrap();
+        let (out, info) = postprocess(&image, &to, &source).unwrap();
         assert_eq!(out.dimensions(), (30, 30));
         assert_eq!(
             infotext(&info),
@@ -542,7 +573,10 @@ mod tests {
         .unwrap();
         // Scale 5 covers 30x30; 50x30 rounded to multiples of 8.
         assert_eq!(
-            postprocess(&image, &no_crop).unwrap().0.dimensions(),
+            postprocess(&image, &no_crop, &source)
+                .unwrap()
+                .0
+                .dimensions(),
             (48, 24)
         );
         assert_eq!(plaintext_to_html("a <b>\nc"), "<p>a &lt;b&gt;<br>\nc</p>");

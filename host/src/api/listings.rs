@@ -23,9 +23,9 @@ use crate::daemon::event::SamplerFacts;
 use crate::extra_networks::catalog::read_safetensors_metadata;
 use crate::extra_networks::facts::{NetworkFacts, NetworkKind};
 use crate::pipeline::hires::LATENT_UPSCALE_MODES;
-use crate::prepare::upscalers::PixelUpscaler;
 use crate::prompt::embeddings::EmbeddingShape;
 use crate::sampling::schedule::Schedule;
+use crate::upscale::{Upscaler, UpscalerClass, UpscalerDirs};
 
 /// This module's routes.
 pub fn routes() -> Router<ApiState> {
@@ -165,19 +165,38 @@ async fn schedulers() -> Json<Value> {
     Json(scheduler_items())
 }
 
-/// `/upscalers`: the pixel upscalers sdhost has, as A1111's `UpscalerData` of each.
-pub fn upscaler_items() -> Value {
-    let items = PixelUpscaler::names()
+/// `/upscalers`: `shared.sd_upscalers` as A1111's API lists them (`name`, the upscaler
+/// class's `model_name`, the file as `model_path`, `scale`): None, Lanczos, Nearest, then the
+/// models of `dirs`.
+pub fn upscaler_items(dirs: &UpscalerDirs) -> Value {
+    let items = Upscaler::all(dirs)
         .into_iter()
-        .map(|name| {
-            json!({"name": name, "model_name": null, "model_path": null, "model_url": null, "scale": 4.0})
+        .map(|upscaler| match upscaler {
+            Upscaler::Pixel(p) => {
+                json!({"name": p.name(), "model_name": null, "model_path": null, "model_url": null, "scale": 4.0})
+            }
+            Upscaler::Model(m) => {
+                let model_name = match m.class {
+                    UpscalerClass::Esrgan => Some("ESRGAN_4x"),
+                    UpscalerClass::SwinIr => Some("SwinIR 4x"),
+                    UpscalerClass::RealEsrgan | UpscalerClass::Dat => None,
+                };
+                json!({
+                    "name": m.name,
+                    "model_name": model_name,
+                    "model_path": m.path.to_string_lossy(),
+                    "model_url": null,
+                    "scale": m.listed_scale.map(f64::from),
+                })
+            }
         })
         .collect();
     Value::Array(items)
 }
 
-async fn upscalers() -> Json<Value> {
-    Json(upscaler_items())
+async fn upscalers(State(state): State<ApiState>) -> Json<Value> {
+    let dirs = state.shared.networks.dirs().upscalers.clone();
+    Json(upscaler_items(&dirs))
 }
 
 async fn latent_upscale_modes() -> Json<Value> {
@@ -457,7 +476,7 @@ mod tests {
         assert_eq!(list[5]["aliases"], json!(["SGMUniform"]));
         assert_eq!(list[11]["name"], "beta");
 
-        let upscalers = upscaler_items();
+        let upscalers = upscaler_items(&UpscalerDirs::default());
         let names: Vec<&str> = upscalers
             .as_array()
             .unwrap()

@@ -55,8 +55,11 @@ pub struct ApiState {
     pub options: Arc<RwLock<Map<String, Value>>>,
     /// The server's settings (address, auth, CORS), for `cmd-flags`.
     pub config: Arc<ApiConfig>,
-    /// The device the model runs on (the API's default RNG depends on it).
+    /// The device the model runs on (the API's default RNG depends on it; the extras run
+    /// model upscalers on it).
     pub device: tch::Device,
+    /// The last model upscaler the extras used, kept loaded for the next request.
+    pub upscalers: Arc<crate::upscale::UpscalerCache>,
     /// The queue's connection number of each client address, so that clients take turns.
     clients: Arc<Mutex<HashMap<IpAddr, ConnId>>>,
     /// The latest live preview encoded for `/progress` (its serial number and base64), so
@@ -76,6 +79,7 @@ impl ApiState {
             options: Arc::new(RwLock::new(Map::new())),
             config: Arc::new(config),
             device,
+            upscalers: Arc::default(),
             clients: Arc::new(Mutex::new(HashMap::new())),
             preview_cache: Arc::new(Mutex::new(None)),
         }

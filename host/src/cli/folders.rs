@@ -13,7 +13,8 @@ use crate::extra_networks::dirs::ModelFolders;
 #[derive(Args, Clone, Debug, Default)]
 pub struct FolderArgs {
     /// An A1111 models/ folder: checkpoints from Stable-diffusion/ (--model may then be a
-    /// name), Lora/, LyCORIS/, hypernetworks/, VAE/, and embeddings/ inside or beside it.
+    /// name), Lora/, LyCORIS/, hypernetworks/, VAE/, the upscalers of ESRGAN/, RealESRGAN/,
+    /// SwinIR/ and DAT/, and embeddings/ inside or beside it.
     #[arg(long, value_name = "DIR")]
     pub models_dir: Option<PathBuf>,
     /// Folder of textual-inversion embeddings [default: embeddings/ of --models-dir].

@@ -23,8 +23,9 @@ pub struct ServeArgs {
     /// random-weight demo model].
     #[arg(long)]
     model: Option<PathBuf>,
-    /// An A1111 models/ folder (Stable-diffusion/, Lora/, LyCORIS/, hypernetworks/, VAE/,
-    /// embeddings/ inside or beside it) or a folder of checkpoints.
+    /// An A1111 models/ folder (Stable-diffusion/, Lora/, LyCORIS/, hypernetworks/, VAE/, the
+    /// upscalers of ESRGAN/, RealESRGAN/, SwinIR/, DAT/, embeddings/ inside or beside it) or a
+    /// folder of checkpoints.
     #[arg(long)]
     models_dir: Option<PathBuf>,
     /// Folder of textual-inversion embeddings.

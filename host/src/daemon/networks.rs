@@ -55,6 +55,7 @@ pub fn scan_networks(
 
 /// The current list, and the thread that keeps it current.
 pub struct NetworkListing {
+    dirs: NetworkDirs,
     current: Arc<Mutex<Vec<NetworkFacts>>>,
     refresh: Sender<()>,
 }
@@ -68,6 +69,7 @@ impl NetworkListing {
             cache_dir: cache_dir.clone(),
             compute: false,
         };
+        let kept = dirs.clone();
         let current = Arc::new(Mutex::new(scan_networks(
             &dirs,
             checkpoint_dir.as_deref(),
@@ -89,7 +91,17 @@ impl NetworkListing {
             });
         }
         let _ = refresh.try_send(());
-        NetworkListing { current, refresh }
+        NetworkListing {
+            dirs: kept,
+            current,
+            refresh,
+        }
+    }
+
+    /// The folders it lists (the upscaler folders among them, which front ends scan
+    /// themselves).
+    pub fn dirs(&self) -> &NetworkDirs {
+        &self.dirs
     }
 
     /// The networks as last scanned.

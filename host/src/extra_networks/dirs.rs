@@ -1,7 +1,10 @@
 //! Where extra-network files are looked for: the folders of an A1111 `models/` tree
-//! (`Lora/`, `LyCORIS/`, `hypernetworks/`, `VAE/`), each replaceable by its own flag.
+//! (`Lora/`, `LyCORIS/`, `hypernetworks/`, `VAE/`; the upscaler models of `ESRGAN/`,
+//! `RealESRGAN/`, `SwinIR/`, `DAT/`), each replaceable by its own flag.
 
 use std::path::{Path, PathBuf};
+
+use crate::upscale::UpscalerDirs;
 
 /// The folders each kind of extra network is searched in, in order.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -15,6 +18,9 @@ pub struct NetworkDirs {
     /// Checkpoint folders, where `*.vae.*` files beside checkpoints are VAE candidates too
     /// (`models/Stable-diffusion`).
     pub checkpoints: Vec<PathBuf>,
+    /// Upscaler models by A1111 upscaler class (`models/ESRGAN`, `models/RealESRGAN`,
+    /// `models/SwinIR`, `models/DAT`), for Hires. fix and the extras.
+    pub upscalers: UpscalerDirs,
 }
 
 impl NetworkDirs {
@@ -25,6 +31,7 @@ impl NetworkDirs {
             hypernetworks: vec![models.join("hypernetworks")],
             vae: vec![models.join("VAE")],
             checkpoints: vec![models.join("Stable-diffusion")],
+            upscalers: UpscalerDirs::from_models_dir(models),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod open_clip;
 pub mod stable_diffusion;
 pub mod text_encoders;
 pub mod unet;
+pub mod upscalers;
 pub mod vae;
 
 /// What a UNet predicts (A1111's `parameterization`).

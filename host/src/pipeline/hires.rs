@@ -1,13 +1,13 @@
 //! Hires. fix (A1111 `modules/processing.py: StableDiffusionProcessingTxt2Img`): the target
 //! size (`calculate_target_resolution`), and the upscale between the passes
 //! — in latent space with one of `shared.latent_upscale_modes` (`torch.nn.functional.interpolate`)
-//! or in pixels with an upscaler (`modules/images.py: resize_image`), decoded and encoded again.
+//! or in pixels with an upscaler (`modules/images.py: resize_image`; Lanczos, Nearest, or a
+//! model of the upscaler folders), decoded and encoded again.
 
-use image::RgbImage;
 use tch::Tensor;
 
-use crate::prepare::upscalers::{upscale_to, PixelUpscaler};
 pub use crate::request::{HiresSettings, DEFAULT_LATENT_MODE};
+use crate::upscale::{ReadyUpscaler, Upscaler, UpscalerDirs};
 
 /// Where the hires pass goes: the size it upscales to, and how much of the upscaled latent is
 /// cropped away to reach hr_resize_x × hr_resize_y.
@@ -144,42 +144,58 @@ impl LatentMode {
     }
 }
 
-/// How the first pass is brought to the hires size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the first pass is brought to the hires size, as `hr_upscaler` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HiresUpscaler {
     /// In latent space.
     Latent(LatentMode),
     /// In pixels: decoded, upscaled, encoded again.
-    Pixels(PixelUpscaler),
+    Pixels(Upscaler),
+}
+
+/// The upscale of a prepared hires pass: a latent mode, or an upscaler ready to run (its
+/// model loaded).
+#[derive(Clone)]
+pub enum HiresUpscale {
+    /// In latent space.
+    Latent(LatentMode),
+    /// In pixels.
+    Pixels(ReadyUpscaler),
 }
 
 /// `hr_upscaler` names no upscaler sdhost has (A1111: "could not find upscaler named …").
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("could not find upscaler named {0} (latent modes: {modes}; upscalers: {pixels})", modes = latent_names().join(", "), pixels = PixelUpscaler::names().join(", "))]
-pub struct UnknownUpscaler(pub String);
+#[error("could not find upscaler named {name} (latent modes: {modes}; upscalers: {upscalers})", modes = latent_names().join(", "))]
+pub struct UnknownUpscaler {
+    /// The name asked for.
+    pub name: String,
+    /// The upscalers there are, comma-separated.
+    pub upscalers: String,
+}
 
 fn latent_names() -> Vec<&'static str> {
     LATENT_UPSCALE_MODES.iter().map(|(name, _)| *name).collect()
 }
 
 impl HiresUpscaler {
-    /// The upscaler `hr_upscaler` names (None: A1111's default latent mode); exact names as
-    /// A1111 matches them.
-    pub fn named(name: Option<&str>) -> Result<Self, UnknownUpscaler> {
+    /// The upscaler `hr_upscaler` names (None: A1111's default latent mode): a latent mode,
+    /// a pixel upscaler, or a model of `dirs`; exact names as A1111 matches them.
+    pub fn named(name: Option<&str>, dirs: &UpscalerDirs) -> Result<Self, UnknownUpscaler> {
         let name = name.unwrap_or(DEFAULT_LATENT_MODE);
         if let Some((_, mode)) = LATENT_UPSCALE_MODES.iter().find(|(n, _)| *n == name) {
             return Ok(HiresUpscaler::Latent(*mode));
         }
-        PixelUpscaler::named(name)
+        Upscaler::named(name, dirs)
             .map(HiresUpscaler::Pixels)
-            .ok_or_else(|| UnknownUpscaler(name.to_string()))
+            .ok_or_else(|| UnknownUpscaler {
+                name: name.to_string(),
+                upscalers: Upscaler::all(dirs)
+                    .iter()
+                    .map(Upscaler::name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
-}
-
-/// A decoded first-pass image brought to `size` by a pixel upscaler (A1111 `resize_image`
-/// with resize mode 0 and `upscaler_name`).
-pub fn upscale_pixels(upscaler: PixelUpscaler, image: &RgbImage, size: (u32, u32)) -> RgbImage {
-    upscale_to(upscaler, image, size.0, size.1)
 }
 
 #[cfg(test)]
@@ -241,7 +257,7 @@ mod tests {
             let out = mode.resize(&latent, (16, 13)).expect(name);
             assert_eq!(out.size(), [2, 4, 16, 13], "{name}");
             assert_eq!(
-                HiresUpscaler::named(Some(name)),
+                HiresUpscaler::named(Some(name), &UpscalerDirs::default()),
                 Ok(HiresUpscaler::Latent(*mode))
             );
         }
@@ -257,13 +273,20 @@ mod tests {
             Vec::<f32>::try_from(exact.reshape([-1])).unwrap(),
             [0.0, 2.0]
         );
+        let none = UpscalerDirs::default();
         assert_eq!(
-            HiresUpscaler::named(None),
+            HiresUpscaler::named(None, &none),
             Ok(HiresUpscaler::Latent(LatentMode::Bilinear {
                 antialias: false
             }))
         );
-        assert!(HiresUpscaler::named(Some("Lanczos")).is_ok());
-        assert!(HiresUpscaler::named(Some("R-ESRGAN 4x+")).is_err());
+        assert!(HiresUpscaler::named(Some("Lanczos"), &none).is_ok());
+        let error = HiresUpscaler::named(Some("R-ESRGAN 4x+"), &none).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("upscalers: None, Lanczos, Nearest"),
+            "{error}"
+        );
     }
 }

@@ -20,6 +20,7 @@ use crate::prompt::embeddings::EmbeddingDatabase;
 use crate::sampling::noise_levels::{NoiseLevels, NoiseLevelsError};
 use crate::sd_vae::load_vae_file;
 use crate::sd_vae::{resolve_vae, ExternalVae, VaeError, VaeList, VaeResolution, VaeSwap};
+use crate::upscale::UpscalerCache;
 use crate::weights::LoadError;
 use crate::weights::VarBuilder;
 use image::RgbImage;
@@ -71,6 +72,8 @@ pub struct GenerationModel {
     pub lora: std::sync::Mutex<LoraNetworks>,
     /// The hypernetworks of the last job, kept loaded for the next.
     pub hypernetworks: HypernetworkCache,
+    /// The last model upscaler Hires. fix used, kept loaded for the next job.
+    pub upscalers: UpscalerCache,
     /// Where the networks run.
     pub device: Device,
     /// Their dtype.
@@ -124,6 +127,7 @@ impl GenerationModel {
             network_dirs: NetworkDirs::default(),
             lora: std::sync::Mutex::default(),
             hypernetworks: HypernetworkCache::new(kind, device),
+            upscalers: UpscalerCache::default(),
             device,
             kind,
             vae_swap: VaeSwap::default(),

@@ -14,13 +14,12 @@ use tch::{Device, Kind, Tensor};
 
 use super::encode::{InitEncoding, InitLatent};
 use super::error::guarded;
-use super::hires::{HiresTarget, HiresUpscaler, LatentMode};
+use super::hires::{HiresTarget, HiresUpscale, HiresUpscaler, LatentMode};
 use super::job::{family_settings, ImageKind, PromptSetting, SamplingPass};
 use super::mask_latents::InpaintingConditioning;
 use super::model::GenerationModel;
 use super::stop::JobStop;
 use crate::extra_networks::parse_prompt;
-use crate::prepare::upscalers::upscale_to;
 use crate::request::{GenerationRequest, HiresFacts, InvalidRequest, MAX_SIDE};
 use crate::rng::Generator;
 use crate::sampling::plan::{SamplerSettings, SamplingPlan};
@@ -35,8 +34,8 @@ pub use super::job::{
 pub struct HiresPass<'a> {
     /// The upscale's size and crop.
     pub target: HiresTarget,
-    /// Latent mode or pixel upscaler.
-    pub upscaler: HiresUpscaler,
+    /// Latent mode, or pixel or model upscaler ready to run.
+    pub upscaler: HiresUpscale,
     /// The img2img plan of the pass (hires sampler, schedule, steps, denoising strength).
     pub plan: SamplingPlan<'a>,
     /// One image's latent shape after the crop.
@@ -204,8 +203,19 @@ impl<'a> Txt2ImgJob<'a> {
         params: &'a GenerationRequest,
     ) -> Result<HiresPass<'a>, JobError> {
         let hires = &params.hires;
-        let upscaler = HiresUpscaler::named(hires.hr_upscaler.as_deref())
-            .map_err(|e| invalid("hr_upscaler", e.to_string()))?;
+        let named =
+            HiresUpscaler::named(hires.hr_upscaler.as_deref(), &model.network_dirs.upscalers)
+                .map_err(|e| invalid("hr_upscaler", e.to_string()))?;
+        // A model upscaler is read now, so a broken or foreign file fails before sampling.
+        let upscaler = match named {
+            HiresUpscaler::Latent(mode) => HiresUpscale::Latent(mode),
+            HiresUpscaler::Pixels(upscaler) => HiresUpscale::Pixels(
+                model
+                    .upscalers
+                    .ready(&upscaler, model.device)
+                    .map_err(|e| invalid("hr_upscaler", e.to_string()))?,
+            ),
+        };
         let downscale = model.downscale();
         let target = HiresTarget::new(hires, params.width, params.height);
         let (w, h) = target.upscale_to;
@@ -306,15 +316,17 @@ impl<'a> Txt2ImgJob<'a> {
         let job = &self.job;
         let (model, params) = (job.model, job.params);
         let seeds = job.seeds.batch(batch, params.batch_size).0;
-        let (upscaled, image_conditioning) = match hires.upscaler {
-            HiresUpscaler::Latent(mode) => self.upscale_latent(mode, hires, &samples, seeds)?,
-            HiresUpscaler::Pixels(upscaler) => {
+        let (upscaled, image_conditioning) = match &hires.upscaler {
+            HiresUpscale::Latent(mode) => self.upscale_latent(*mode, hires, &samples, seeds)?,
+            HiresUpscale::Pixels(upscaler) => {
                 let (w, h) = hires.target.upscale_to;
-                let images: Vec<RgbImage> = job
-                    .decode(samples)?
-                    .iter()
-                    .map(|image| upscale_to(upscaler, image, w, h))
-                    .collect();
+                let decoded = job.decode(samples)?;
+                let images: Vec<RgbImage> = guarded("hires upscale", || {
+                    decoded
+                        .iter()
+                        .map(|image| upscaler.upscale_to(image, w, h))
+                        .collect()
+                })?;
                 self.encode(&images, seeds)?
             }
         };

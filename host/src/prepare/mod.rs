@@ -6,6 +6,7 @@
 pub mod color_correction;
 pub mod crop;
 pub mod fill;
+pub mod grid;
 pub mod init_image;
 pub mod inpaint;
 pub mod mask;

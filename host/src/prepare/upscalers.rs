@@ -48,24 +48,64 @@ impl PixelUpscaler {
     /// `Upscaler.upscale`: up to three steps until the size reaches `scale` rounded down to
     /// multiples of 8, then Lanczos to exactly that (also the extras tab's upscale).
     pub fn upscale(self, image: &RgbImage, scale: f64) -> RgbImage {
-        let dest = |v: u32| ((f64::from(v) * scale) / 8.0).floor() as u32 * 8;
-        let (dest_w, dest_h) = (dest(image.width()), dest(image.height()));
-        let mut image = image.clone();
-        for _ in 0..3 {
-            if image.width() >= dest_w && image.height() >= dest_h {
-                break;
-            }
-            let before = image.dimensions();
-            image = self.step(&image, scale);
-            if image.dimensions() == before {
-                break;
-            }
-        }
-        if image.dimensions() != (dest_w, dest_h) {
-            image = resize(&image, dest_w, dest_h, Filter::Lanczos, None);
-        }
-        image
+        upscale_by(image, scale, &mut |img| self.step(img, scale))
     }
+
+    /// The name A1111 lists.
+    pub fn name(self) -> &'static str {
+        ALL.iter()
+            .find(|(u, _)| *u == self)
+            .map(|(_, n)| *n)
+            .expect("every upscaler has a name")
+    }
+}
+
+/// `Upscaler.upscale(img, scale)` with `do_upscale` = `step`: up to three steps until the
+/// picture reaches `scale` rounded down to multiples of 8 (a scale of 1 steps anyway), stopping
+/// when a step changes nothing, then Lanczos to exactly that size.
+pub fn upscale_by(
+    image: &RgbImage,
+    scale: f64,
+    step: &mut dyn FnMut(&RgbImage) -> RgbImage,
+) -> RgbImage {
+    let dest = |v: u32| ((f64::from(v) * scale) / 8.0).floor() as u32 * 8;
+    let (dest_w, dest_h) = (dest(image.width()), dest(image.height()));
+    let mut image = image.clone();
+    for _ in 0..3 {
+        if image.width() >= dest_w && image.height() >= dest_h && scale != 1.0 {
+            break;
+        }
+        let before = image.dimensions();
+        image = step(&image);
+        if image.dimensions() == before {
+            break;
+        }
+    }
+    if image.dimensions() != (dest_w, dest_h) {
+        image = resize(&image, dest_w, dest_h, Filter::Lanczos, None);
+    }
+    image
+}
+
+/// `images.resize_image`'s `resize(im, w, h)` with an upscaler other than None: `upscale`
+/// by `max(w / width, h / height)` when that enlarges, then Lanczos to exactly `w` × `h`.
+pub fn resize_to(
+    image: &RgbImage,
+    width: u32,
+    height: u32,
+    upscale: &mut dyn FnMut(&RgbImage, f64) -> RgbImage,
+) -> RgbImage {
+    let scale = (f64::from(width) / f64::from(image.width()))
+        .max(f64::from(height) / f64::from(image.height()));
+    let mut image = if scale > 1.0 {
+        upscale(image, scale)
+    } else {
+        image.clone()
+    };
+    if image.dimensions() != (width, height) {
+        image = resize(&image, width, height, Filter::Lanczos, None);
+    }
+    image
 }
 
 /// `images.resize_image(0, image, width, height, upscaler_name)`: the upscaler when it
@@ -74,17 +114,9 @@ pub fn upscale_to(upscaler: PixelUpscaler, image: &RgbImage, width: u32, height:
     if upscaler == PixelUpscaler::None {
         return resize(image, width, height, Filter::Lanczos, None);
     }
-    let scale = (f64::from(width) / f64::from(image.width()))
-        .max(f64::from(height) / f64::from(image.height()));
-    let mut image = if scale > 1.0 {
-        upscaler.upscale(image, scale)
-    } else {
-        image.clone()
-    };
-    if image.dimensions() != (width, height) {
-        image = resize(&image, width, height, Filter::Lanczos, None);
-    }
-    image
+    resize_to(image, width, height, &mut |img, scale| {
+        upscaler.upscale(img, scale)
+    })
 }
 
 /// Pillow's NEAREST resize (`ImagingScaleAffine`): destination pixel x takes source

@@ -121,7 +121,7 @@ pub(crate) fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
     (status, value)
 }
 
-fn get(server: &Server, path: &str) -> (u16, Value) {
+pub(crate) fn get(server: &Server, path: &str) -> (u16, Value) {
     let (status, value, _) = call(ureq::get(&format!("{}{path}", server.url)), None);
     (status, value)
 }

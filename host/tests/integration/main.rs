@@ -37,6 +37,7 @@ mod schedules;
 mod tokenizer;
 mod txt2img;
 mod txt2img_parity;
+mod upscalers;
 mod vae_io;
 mod vae_override;
 mod vae_precision;
