@@ -59,6 +59,7 @@ pub mod prompt;
 pub mod request;
 pub mod rng;
 pub mod sampling;
+pub mod scripts;
 pub mod sd_vae;
 pub mod tiny_model;
 pub mod weights;

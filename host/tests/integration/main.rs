@@ -33,6 +33,7 @@ mod rng;
 mod samplers;
 mod sampling_plan;
 mod schedules;
+mod scripts_parity;
 mod tokenizer;
 mod txt2img;
 mod txt2img_parity;
