@@ -35,6 +35,7 @@ use crate::pipeline::stop::JobStop;
 use crate::prepare::modes::Img2ImgMode;
 use crate::request::{GenerationRequest, InvalidRequest};
 use crate::rng::{fixed_seed, random_seed};
+use crate::scripts::{Script, Tab};
 
 /// This module's routes.
 pub fn routes() -> Router<ApiState> {
@@ -83,6 +84,9 @@ struct Prepared {
     model: Ordered,
     /// The sampler's resolved name (`info.sampler_name`).
     sampler_name: String,
+    /// With a script: whether its jobs' images are returned after its grids (the X/Y/Z
+    /// plot's "Include Sub Images").
+    script_cells: Option<bool>,
 }
 
 /// The whole request: read, queue, wait, answer.
@@ -99,6 +103,7 @@ fn generate(
         params,
         mut model,
         sampler_name,
+        script_cells,
     } = prepared;
     if let Some(checkpoint) = model
         .get("override_settings")
@@ -122,19 +127,33 @@ fn generate(
     };
     let send_images = model.get("send_images").as_bool().unwrap_or(true);
     let save_images = model.get("save_images").as_bool().unwrap_or(false);
-    let mut infotexts: Vec<String> = outcome.iter().map(|f| f.infotext.clone()).collect();
+    let mut infotexts: Vec<String> = Vec::new();
     let mut pictures: Vec<(&image::RgbImage, String)> = Vec::new();
-    // A1111 makes the grid only when it would save it (`do_not_save_grid = not
-    // save_images`) and there are at least two images; its infotext is the first image's.
-    let grid = (save_images && outcome.len() >= 2)
+    // A1111 makes the grid only when it would save it (`do_not_save_grid = not save_images`)
+    // and there are at least two images; its infotext is the first image's. A script's grids
+    // are its own.
+    let grid = (script_cells.is_none() && save_images && outcome.len() >= 2)
         .then(|| image_grid(&outcome.iter().map(|f| f.image.clone()).collect::<Vec<_>>()))
         .flatten();
-    if let Some(grid) = &grid {
-        let text = infotexts.first().cloned().unwrap_or_default();
-        infotexts.insert(0, text.clone());
-        pictures.push((grid, text));
-    }
-    pictures.extend(outcome.iter().map(|f| (&f.image, f.infotext.clone())));
+    let index_of_first_image = match script_cells {
+        // A script's images: its grids, then its jobs' images when it returns them.
+        Some(with_cells) => {
+            let returned = outcome.iter().filter(|f| f.grid || with_cells);
+            pictures.extend(returned.map(|f| (&f.image, f.infotext.clone())));
+            infotexts.extend(pictures.iter().map(|(_, text)| text.clone()));
+            usize::from(outcome.iter().any(|f| f.grid))
+        }
+        None => {
+            infotexts.extend(outcome.iter().map(|f| f.infotext.clone()));
+            if let Some(grid) = &grid {
+                let text = infotexts.first().cloned().unwrap_or_default();
+                infotexts.insert(0, text.clone());
+                pictures.push((grid, text));
+            }
+            pictures.extend(outcome.iter().map(|f| (&f.image, f.infotext.clone())));
+            usize::from(grid.is_some())
+        }
+    };
     let images = if send_images {
         pictures
             .iter()
@@ -143,7 +162,6 @@ fn generate(
     } else {
         Vec::new()
     };
-    let index_of_first_image = usize::from(grid.is_some());
     let info = info(
         &params,
         &sampler_name,
@@ -306,12 +324,28 @@ fn prepare(
         Endpoint::Img2img => Some(read_images(state, &model)?),
         Endpoint::Txt2img => None,
     };
-    if let Some(script) = model.get("script_name").as_str().filter(|s| !s.is_empty()) {
-        return Err(ApiError::http(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("Script '{script}' not found"),
-        ));
-    }
+    let script = match model.get("script_name").as_str().filter(|s| !s.is_empty()) {
+        Some(name) => {
+            let args = model
+                .get("script_args")
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let tab = match endpoint {
+                Endpoint::Img2img => Tab::Img2img,
+                Endpoint::Txt2img => Tab::Txt2img,
+            };
+            // A1111 answers 422 for a name no script has; sdhost also for arguments that do
+            // not fit the script, before anything is queued.
+            let script = Script::from_api(name, &args, tab)
+                .map_err(|e| ApiError::http(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+            Some(script)
+        }
+        None => None,
+    };
+    let script_cells = script.as_ref().map(|script| match script {
+        Script::XyzPlot(args) => args.include_lone_images,
+    });
     if let Some(scripts) = model.get("alwayson_scripts").as_object() {
         for name in scripts.keys() {
             // A1111 refuses unknown ones (422); clients send Forge's and extensions' names
@@ -328,22 +362,26 @@ fn prepare(
             mask,
             sketch: None,
             preview: None,
+            script,
         })),
-        None => txt2img_job(&params),
+        None => txt2img_job(&params, script),
     };
     Ok(Prepared {
         job,
         params,
         model,
         sampler_name,
+        script_cells,
     })
 }
 
-/// A txt2img job (with Hires. fix when its parameters enable it) of `params`.
-fn txt2img_job(params: &GenerationRequest) -> JobKind {
+/// A txt2img job (with Hires. fix when its parameters enable it) of `params`, run by
+/// `script` when there is one.
+fn txt2img_job(params: &GenerationRequest, script: Option<Script>) -> JobKind {
     JobKind::Txt2img(Box::new(Txt2imgJob {
         params: params.clone(),
         preview: None,
+        script,
     }))
 }
 
@@ -483,6 +521,7 @@ fn run(
                 index,
                 seed,
                 infotext,
+                grid,
                 ..
             } => {
                 // The worker sends the image as the first attachment, RGBA.
@@ -497,12 +536,14 @@ fn run(
                 finished.push(Finished {
                     index,
                     seed,
+                    grid,
                     image: DynamicImage::ImageRgba8(image).to_rgb8(),
                     infotext,
                 });
             }
             Event::Done { .. } | Event::Cancelled { .. } => {
-                finished.sort_by_key(|f: &Finished| f.index);
+                // A script's grids first, as A1111's `Processed` lists them.
+                finished.sort_by_key(|f: &Finished| (!f.grid, f.index));
                 return Ok((finished, timestamp));
             }
             Event::Error { message, .. } => return Err(ApiError::runtime(message)),

@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use crate::infotext::Infotext;
 use crate::request::GenerationRequest;
 use crate::rng::SeedList;
+use crate::scripts::grid;
 
 /// A1111's version string in `info`.
 pub const VERSION: &str = "v1.10.1";
@@ -25,6 +26,8 @@ pub struct Finished {
     pub image: RgbImage,
     /// Its infotext.
     pub infotext: String,
+    /// Whether it is a script's grid (an X/Y/Z plot's).
+    pub grid: bool,
 }
 
 /// `Processed.js()`'s object, its fields in A1111's order.
@@ -132,25 +135,13 @@ pub fn info(
 }
 
 /// A1111's grid of `images` (`images.image_grid` with its default options: rows =
-/// round(√n), columns to fit, black where a row is short), all of the first image's size.
+/// round(√n), columns to fit, cells the largest image's size, empty places in the grid
+/// background colour): `scripts::grid::image_grid`.
 pub fn image_grid(images: &[RgbImage]) -> Option<RgbImage> {
-    let first = images.first()?;
-    let (w, h) = first.dimensions();
     let n = images.len();
     // Python's round() of a square root never meets a tie: k + 0.5 squared is no integer.
-    let rows = ((n as f64).sqrt().round() as usize).clamp(1, n);
-    let cols = n.div_ceil(rows);
-    let mut grid = RgbImage::new(w * cols as u32, h * rows as u32);
-    for (i, image) in images.iter().enumerate() {
-        let (x, y) = ((i % cols) as u32 * w, (i / cols) as u32 * h);
-        // Pillow's paste clips what falls outside; images of another size are clipped too.
-        for (px, py, pixel) in image.enumerate_pixels() {
-            if px < w && py < h {
-                grid.put_pixel(x + px, y + py, *pixel);
-            }
-        }
-    }
-    Some(grid)
+    let rows = ((n as f64).sqrt().round() as usize).clamp(1, n.max(1));
+    grid::image_grid(images, rows, grid::GRID_BACKGROUND).ok()
 }
 
 #[cfg(test)]
@@ -161,11 +152,11 @@ mod tests {
     fn grids_have_a1111s_rows_and_columns() {
         let tile = |v: u8| RgbImage::from_pixel(2, 3, image::Rgb([v, v, v]));
         let grid = image_grid(&[tile(1), tile(2), tile(3)]).unwrap();
-        // round(√3) = 2 rows, 2 columns, the last place black.
+        // round(√3) = 2 rows, 2 columns, the last place the grid background (#ffffff).
         assert_eq!(grid.dimensions(), (4, 6));
         assert_eq!(grid.get_pixel(2, 0)[0], 2);
         assert_eq!(grid.get_pixel(0, 3)[0], 3);
-        assert_eq!(grid.get_pixel(3, 5)[0], 0);
+        assert_eq!(grid.get_pixel(3, 5)[0], 255);
         assert_eq!(
             image_grid(&[tile(1), tile(2)]).unwrap().dimensions(),
             (4, 3)

@@ -12,6 +12,10 @@ use crate::prepare::modes::{Img2ImgMode, ModeInputs};
 use crate::request::GenerationRequest;
 
 use super::job_args::JobArgs;
+use super::script_flags::ScriptFlags;
+use super::script_host::run_script;
+use crate::scripts::output::default_grid_dir;
+use crate::scripts::{ScriptInit, ScriptJob, Tab};
 
 /// Arguments of `sdhost img2img`.
 #[derive(Args)]
@@ -38,6 +42,9 @@ pub struct Img2ImgArgs {
     /// Model, device, output and request flags.
     #[command(flatten)]
     job: JobArgs,
+    /// Script flags (the X/Y/Z plot).
+    #[command(flatten)]
+    script: ScriptFlags,
 }
 
 fn parse_mode(text: &str) -> Result<Img2ImgMode, String> {
@@ -49,17 +56,20 @@ fn parse_mode(text: &str) -> Result<Img2ImgMode, String> {
 
 /// Runs `sdhost img2img`.
 pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
+    // A bad script flag is refused before the model loads.
+    let script = args.script.script(Tab::Img2img)?;
     let image = load_image(&args.init_image)?;
     let sketch = args.sketch.as_deref().map(load_image).transpose()?;
     let mask_image = args.mask.as_deref().map(load_image).transpose()?;
     // Without --from-png the job has the image's size, rounded down to the latent grid.
-    let job = args.job.load(GenerationRequest::default(), |step| {
+    let mut job = args.job.load(GenerationRequest::default(), |step| {
         Some((
             (image.width() / step * step).max(step),
             (image.height() / step * step).max(step),
         ))
     })?;
-    let params = &job.params;
+    let params = job.params.clone();
+    let params = &params;
     let mode = args
         .mode
         .unwrap_or_else(|| Img2ImgMode::implied(sketch.is_some(), mask_image.is_some()));
@@ -71,6 +81,25 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
         mask_blur: params.inpaint.mask_blur_x,
         background: DEFAULT_BACKGROUND,
     })?;
+    if let Some(script) = script {
+        if args.patch_out {
+            anyhow::bail!("--patch-out is not available with a script");
+        }
+        let base = ScriptJob {
+            params: params.clone(),
+            init: Some(ScriptInit {
+                image: init_image,
+                mask,
+            }),
+            checkpoint: None,
+        };
+        let grid_dir = args
+            .script
+            .grid_dir
+            .clone()
+            .unwrap_or_else(|| default_grid_dir(&args.job.out_dir, Tab::Img2img));
+        return run_script(&args.job, &mut job, &script, &base, &grid_dir);
+    }
     args.job.run_job(args.patch_out, |stop, observe| {
         run_img2img(
             &job.model,

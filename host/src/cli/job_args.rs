@@ -25,7 +25,7 @@ use super::folders::FolderArgs;
 use super::request_flags::RequestFlags;
 
 /// Exit status after Ctrl-C (128 + SIGINT), as shells report an interrupted command.
-const INTERRUPTED_EXIT: i32 = 130;
+pub const INTERRUPTED_EXIT: i32 = 130;
 
 /// The flags of a generation command besides its inputs.
 #[derive(Args)]
@@ -68,6 +68,8 @@ pub struct JobArgs {
 pub struct LoadedJob {
     /// The loaded model (VAE and refiner chosen).
     pub model: GenerationModel,
+    /// Its file.
+    pub checkpoint: PathBuf,
     /// The samplers.
     pub registry: SamplerRegistry,
     /// The request.
@@ -106,24 +108,18 @@ fn warn_vae_hash(png: &Path, model: &GenerationModel) -> anyhow::Result<()> {
 }
 
 impl JobArgs {
-    /// Loads the model and samplers and makes the request: `--from-png`'s parameters (else
-    /// `base` with its size from `size`, given the model's downscale), the request flags and
-    /// sampler options over them; then the VAE and refiner it names.
-    pub fn load(
-        &self,
-        base: GenerationRequest,
-        size: impl FnOnce(u32) -> Option<(u32, u32)>,
-    ) -> anyhow::Result<LoadedJob> {
+    /// The checkpoint file `name` names (a file, or a checkpoint of --models-dir).
+    pub fn find_checkpoint(&self, name: &str) -> anyhow::Result<PathBuf> {
+        self.folders.checkpoint(Some(Path::new(name)))
+    }
+
+    /// Loads `checkpoint` on the device, with the folders' networks and `--prediction`.
+    pub fn load_model(&self, checkpoint: &Path) -> anyhow::Result<GenerationModel> {
         let device = parse_device(&self.device)?;
         let kind = parse_dtype(&self.dtype)?;
-        if self.threads > 0 {
-            tch::set_num_threads(self.threads);
-        }
-        let registry = SamplerRegistry::load(&PluginPaths::discover(self.plugins_dir.clone()));
-        let checkpoint = self.folders.checkpoint(self.model.as_deref())?;
         let folders = self.folders.folders();
         let mut model = GenerationModel::load(
-            &checkpoint,
+            checkpoint,
             device,
             kind,
             folders.embeddings_dir().as_deref(),
@@ -135,6 +131,51 @@ impl JobArgs {
                 _ => Prediction::Epsilon,
             });
         }
+        Ok(model)
+    }
+
+    /// Loads the refiner `name` names for `model` (nothing for an empty name).
+    pub fn select_refiner(&self, model: &mut GenerationModel, name: &str) -> anyhow::Result<()> {
+        if name.is_empty() {
+            return Ok(());
+        }
+        let path = self.folders.checkpoint(Some(Path::new(name)))?;
+        model.select_refiner(&path, self.folders.folders().embeddings_dir().as_deref())?;
+        Ok(())
+    }
+
+    /// A stop that Ctrl-C sets as A1111's interrupt (a second Ctrl-C exits at once).
+    pub fn interrupt_on_ctrl_c(&self) -> anyhow::Result<JobStop> {
+        let stop = JobStop::new();
+        let handler_stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if handler_stop.is_interrupted() {
+                // A second Ctrl-C: the user does not want to wait for the batch to finish.
+                std::process::exit(INTERRUPTED_EXIT);
+            }
+            handler_stop.interrupt();
+        })
+        .context("installing the Ctrl-C handler")?;
+        Ok(stop)
+    }
+
+    /// Loads the model and samplers and makes the request: `--from-png`'s parameters (else
+    /// `base` with its size from `size`, given the model's downscale), the request flags and
+    /// sampler options over them; then the VAE and refiner it names.
+    pub fn load(
+        &self,
+        base: GenerationRequest,
+        size: impl FnOnce(u32) -> Option<(u32, u32)>,
+    ) -> anyhow::Result<LoadedJob> {
+        // Bad device or dtype names are refused before the plugins load.
+        parse_device(&self.device)?;
+        parse_dtype(&self.dtype)?;
+        if self.threads > 0 {
+            tch::set_num_threads(self.threads);
+        }
+        let registry = SamplerRegistry::load(&PluginPaths::discover(self.plugins_dir.clone()));
+        let checkpoint = self.folders.checkpoint(self.model.as_deref())?;
+        let mut model = self.load_model(&checkpoint)?;
 
         let mut base = base;
         if let Some(png) = &self.from_png {
@@ -177,14 +218,10 @@ impl JobArgs {
         if let Some(png) = &self.from_png {
             warn_vae_hash(png, &model)?;
         }
-        if !params.refiner_checkpoint.is_empty() {
-            let path = self
-                .folders
-                .checkpoint(Some(Path::new(&params.refiner_checkpoint)))?;
-            model.select_refiner(&path, folders.embeddings_dir().as_deref())?;
-        }
+        self.select_refiner(&mut model, &params.refiner_checkpoint)?;
         Ok(LoadedJob {
             model,
+            checkpoint,
             registry,
             params,
         })
@@ -198,18 +235,7 @@ impl JobArgs {
         patches: bool,
         job: impl FnOnce(&JobStop, &mut dyn FnMut(JobEvent<'_>) -> Flow) -> Result<JobOutcome, JobError>,
     ) -> anyhow::Result<()> {
-        let stop = JobStop::new();
-        {
-            let stop = stop.clone();
-            ctrlc::set_handler(move || {
-                if stop.is_interrupted() {
-                    // A second Ctrl-C: the user does not want to wait for the batch to finish.
-                    std::process::exit(INTERRUPTED_EXIT);
-                }
-                stop.interrupt();
-            })
-            .context("installing the Ctrl-C handler")?;
-        }
+        let stop = self.interrupt_on_ctrl_c()?;
         let bar = progress_bar();
         let mut batches = 1;
         let mut saved = Vec::new();
@@ -269,7 +295,7 @@ impl JobArgs {
     }
 
     /// Saves an image (and with `patches` its patch); returns their paths.
-    fn save(
+    pub fn save(
         &self,
         image: &GeneratedImage,
         patches: bool,
@@ -285,7 +311,7 @@ impl JobArgs {
 }
 
 /// The progress bar: steps of every batch, with A1111's it/s.
-fn progress_bar() -> ProgressBar {
+pub fn progress_bar() -> ProgressBar {
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps, {its}, ETA {eta}")

@@ -11,6 +11,8 @@ mod png_info;
 mod prompt;
 pub mod request_flags;
 mod samplers;
+mod script_flags;
+mod script_host;
 mod serve;
 mod txt2img;
 

@@ -9,6 +9,10 @@ use crate::pipeline::txt2img::run_txt2img;
 use crate::request::GenerationRequest;
 
 use super::job_args::JobArgs;
+use super::script_flags::ScriptFlags;
+use super::script_host::run_script;
+use crate::scripts::output::default_grid_dir;
+use crate::scripts::{ScriptJob, Tab};
 
 /// Arguments of `sdhost txt2img`.
 #[derive(Args)]
@@ -16,14 +20,32 @@ pub struct Txt2ImgArgs {
     /// Model, device, output and request flags.
     #[command(flatten)]
     job: JobArgs,
+    /// Script flags (the X/Y/Z plot).
+    #[command(flatten)]
+    script: ScriptFlags,
 }
 
 /// Runs `sdhost txt2img`.
 pub fn run(args: &Txt2ImgArgs) -> anyhow::Result<()> {
+    // A bad script flag is refused before the model loads.
+    let script = args.script.script(Tab::Txt2img)?;
     // A1111's txt2img tab: 512×512 unless the flags say otherwise.
-    let job = args
+    let mut job = args
         .job
         .load(GenerationRequest::txt2img_ui_defaults(), |_| None)?;
+    if let Some(script) = script {
+        let base = ScriptJob {
+            params: job.params.clone(),
+            init: None,
+            checkpoint: None,
+        };
+        let grid_dir = args
+            .script
+            .grid_dir
+            .clone()
+            .unwrap_or_else(|| default_grid_dir(&args.job.out_dir, Tab::Txt2img));
+        return run_script(&args.job, &mut job, &script, &base, &grid_dir);
+    }
     args.job.run_job(false, |stop, observe| {
         run_txt2img(&job.model, &job.registry, &job.params, stop, observe)
     })

@@ -84,6 +84,10 @@ pub enum Event {
         /// Inpainting: where the `patch` attachment goes over the original.
         #[serde(skip_serializing_if = "Option::is_none")]
         patch: Option<Placement>,
+        /// A script's grid (an X/Y/Z plot's), sent after the images of its jobs; `index`
+        /// counts grids from 0 (absent: an ordinary image).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        grid: bool,
     },
     /// Something the user should know about a job that still runs: a LoRA that was not
     /// found, keys of a network that match no layer … (added within protocol 1).
@@ -501,7 +505,8 @@ mod tests {
                 index: 0,
                 seed: 42,
                 infotext: "a cat".into(),
-                patch: Some(Placement { x: 2, y: 50 })
+                patch: Some(Placement { x: 2, y: 50 }),
+                grid: false,
             }),
             json!({"type": "result", "id": 7, "job": 3, "index": 0, "seed": 42,
                    "infotext": "a cat", "patch": {"x": 2, "y": 50}})

@@ -15,6 +15,7 @@ pub mod networks;
 pub mod protocol;
 pub mod queue;
 pub mod request;
+mod script_run;
 pub mod server;
 pub mod worker;
 

@@ -14,6 +14,7 @@ use super::protocol::{message_types, Attachment, Frame, PixelFormat};
 use crate::pipeline::preview::{PreviewMethod, PreviewSettings};
 use crate::prepare::modes::Img2ImgMode;
 use crate::request::GenerationRequest;
+use crate::scripts::{Script, Tab};
 
 /// A request, its id and the attachments that came with it.
 #[derive(Debug)]
@@ -81,6 +82,12 @@ pub struct Img2imgRequest {
     #[serde(default, deserialize_with = "preview_field")]
     #[schemars(with = "Option<WirePreview>")]
     pub preview: Option<PreviewSettings>,
+    /// A script of A1111's dropdown to run over the job ("X/Y/Z plot"; any case).
+    #[serde(default)]
+    pub script_name: Option<String>,
+    /// The script's arguments, positional as A1111's API `script_args`.
+    #[serde(default)]
+    pub script_args: Vec<Value>,
 }
 
 /// The header of a `txt2img` request.
@@ -93,6 +100,26 @@ pub struct Txt2imgRequest {
     #[serde(default, deserialize_with = "preview_field")]
     #[schemars(with = "Option<WirePreview>")]
     pub preview: Option<PreviewSettings>,
+    /// A script of A1111's dropdown to run over the job ("X/Y/Z plot"; any case).
+    #[serde(default)]
+    pub script_name: Option<String>,
+    /// The script's arguments, positional as A1111's API `script_args`.
+    #[serde(default)]
+    pub script_args: Vec<Value>,
+}
+
+/// The script a request names (none when `name` is absent or empty).
+fn request_script(
+    name: Option<&str>,
+    args: &[Value],
+    tab: Tab,
+) -> Result<Option<Script>, RequestError> {
+    match name.map(str::trim).filter(|n| !n.is_empty()) {
+        None => Ok(None),
+        Some(name) => Script::from_api(name, args, tab)
+            .map(Some)
+            .map_err(|e| RequestError::bad(e.to_string())),
+    }
 }
 
 /// A txt2img job as accepted.
@@ -102,6 +129,8 @@ pub struct Txt2imgJob {
     pub params: GenerationRequest,
     /// Live previews on progress events (none unless asked for).
     pub preview: Option<PreviewSettings>,
+    /// The script run over it, if any.
+    pub script: Option<Script>,
 }
 
 impl Txt2imgRequest {
@@ -111,9 +140,11 @@ impl Txt2imgRequest {
         let params = GenerationRequest::txt2img_ui_defaults()
             .overlay(&self.params.unwrap_or_default())
             .map_err(|e| RequestError::bad(format!("params: {e}")))?;
+        let script = request_script(self.script_name.as_deref(), &self.script_args, Tab::Txt2img)?;
         Ok(Txt2imgJob {
             params,
             preview: self.preview,
+            script,
         })
     }
 }
@@ -133,6 +164,8 @@ pub struct GenerateRequest {
     pub sketch: Option<DynamicImage>,
     /// Live previews on progress events (none unless asked for).
     pub preview: Option<PreviewSettings>,
+    /// The script run over it, if any.
+    pub script: Option<Script>,
 }
 
 /// Why a request was refused (becomes an `error` event with this code).
@@ -324,6 +357,7 @@ impl Img2imgRequest {
         let params = base
             .overlay(&self.params.unwrap_or_default())
             .map_err(|e| RequestError::bad(format!("params: {e}")))?;
+        let script = request_script(self.script_name.as_deref(), &self.script_args, Tab::Img2img)?;
         Ok(GenerateRequest {
             mode,
             params,
@@ -331,6 +365,7 @@ impl Img2imgRequest {
             mask,
             sketch,
             preview: self.preview,
+            script,
         })
     }
 }

@@ -26,6 +26,7 @@ use crate::prepare::modes::ModeInputs;
 use crate::prompt::embeddings::EmbeddingShape;
 use crate::request::GenerationRequest;
 use crate::sampling::plugins::SamplerRegistry;
+use crate::scripts::{ScriptInit, ScriptJob};
 
 /// What clients see of the loaded model (kept current by the worker).
 #[derive(Debug, Clone, Default)]
@@ -89,7 +90,7 @@ type RunJob<'a> = dyn FnMut(
     + 'a;
 
 /// The error code of a failed job.
-fn error_code(error: &JobError) -> ErrorCode {
+pub(super) fn error_code(error: &JobError) -> ErrorCode {
     match error {
         JobError::InvalidParams(_)
         | JobError::Plan(_)
@@ -103,11 +104,11 @@ fn error_code(error: &JobError) -> ErrorCode {
 }
 
 /// The `error` event of job `job` failing with `code`.
-fn job_error(job: &Job, code: ErrorCode, message: impl Into<String>) -> Outgoing {
+pub(super) fn job_error(job: &Job, code: ErrorCode, message: impl Into<String>) -> Outgoing {
     Event::error(&job.request_id, Some(job.id), code, message).into()
 }
 
-fn rgba_attachment(name: &str, image: &image::RgbaImage) -> (Attachment, Vec<u8>) {
+pub(super) fn rgba_attachment(name: &str, image: &image::RgbaImage) -> (Attachment, Vec<u8>) {
     (
         Attachment {
             name: name.into(),
@@ -123,7 +124,7 @@ fn rgba_attachment(name: &str, image: &image::RgbaImage) -> (Attachment, Vec<u8>
 /// The `progress` event of sampler step `step` of batch `batch`, with the preview of the batch's
 /// first image when the request asked for one at this step. A preview that cannot be made
 /// (out of memory in a full decode …) is left out: previews never fail a job.
-fn step_event(
+pub(super) fn step_event(
     job: &Job,
     (params, preview): (&GenerationRequest, Option<PreviewSettings>),
     model: &GenerationModel,
@@ -169,7 +170,7 @@ fn step_event(
 /// Publishes sampler step `step` of batch `batch` as the running job's state, with a cheap
 /// preview of the batch's first image when one is due (A1111's live previews, which
 /// `/progress` shows). A preview that cannot be made is left out.
-fn publish_step(
+pub(super) fn publish_step(
     live: &LiveState,
     model: &GenerationModel,
     params: &GenerationRequest,
@@ -195,7 +196,7 @@ fn publish_step(
 }
 
 /// The `result` event of one finished image: the image, and the patch when inpainting.
-fn result_event(job: &Job, image: &GeneratedImage) -> Outgoing {
+pub(super) fn result_event(job: &Job, image: &GeneratedImage) -> Outgoing {
     let rgba = image::DynamicImage::ImageRgb8(image.image.clone()).to_rgba8();
     let mut attachments = vec![rgba_attachment("image", &rgba)];
     if let Some(patch) = &image.patch {
@@ -209,6 +210,7 @@ fn result_event(job: &Job, image: &GeneratedImage) -> Outgoing {
             seed: image.seed,
             infotext: image.infotext.to_text(),
             patch: image.patch.as_ref().map(|p| Placement { x: p.x, y: p.y }),
+            grid: false,
         },
         attachments,
     }
@@ -228,7 +230,7 @@ impl Worker {
         }
     }
 
-    fn send(job: &Job, event: impl Into<Outgoing>) {
+    pub(super) fn send(job: &Job, event: impl Into<Outgoing>) {
         // A closed connection already cancelled the job; nothing to tell it.
         let _ = job.events.send(event.into());
     }
@@ -268,13 +270,13 @@ impl Worker {
     }
 
     /// The catalog as last scanned.
-    fn catalog(&self) -> std::sync::RwLockReadGuard<'_, super::ModelCatalog> {
+    pub(super) fn catalog(&self) -> std::sync::RwLockReadGuard<'_, super::ModelCatalog> {
         self.catalog.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Loads the refiner a request names (a catalog name or title, or a file), keeping it
     /// loaded for later jobs.
-    fn select_refiner(&mut self, name: &str) -> Result<(), String> {
+    pub(super) fn select_refiner(&mut self, name: &str) -> Result<(), String> {
         if name.is_empty() {
             return Ok(());
         }
@@ -293,35 +295,51 @@ impl Worker {
             .map_err(|e| format!("refiner: {e}"))
     }
 
-    fn select_model(&mut self, job: &Job, name: &str) {
+    /// Loads the checkpoint `name` (a catalog name or title), unless it is the loaded one and
+    /// `reload` is off, and publishes it as the loaded model; the error says why not.
+    pub(super) fn load_checkpoint(
+        &mut self,
+        name: &str,
+        reload: bool,
+    ) -> Result<(), (ErrorCode, String)> {
         let found = self.catalog().find(name);
         let Some(path) = found else {
             let known = self.catalog().names().join(", ");
             let message = format!("no model \"{name}\" (known: {known})");
-            Self::send(job, job_error(job, ErrorCode::UnknownModel, message));
-            return;
+            return Err((ErrorCode::UnknownModel, message));
         };
-        match GenerationModel::load(
+        let loaded = self.status.lock().unwrap_or_else(|p| p.into_inner()).path == path;
+        if loaded && !reload {
+            return Ok(());
+        }
+        let model = GenerationModel::load(
             &path,
             self.device,
             self.kind,
             self.embeddings_dir.as_deref(),
-        ) {
-            Ok(model) => {
-                self.model = model.with_network_dirs(self.network_dirs.clone());
-                let status = ModelStatus {
-                    name: self.model.name.clone(),
-                    hash: self.model.hash.clone(),
-                    path,
-                    demo: false,
-                    embeddings: self.model.embeddings.names(),
-                    inpainting: self.model.sd.architecture.is_inpainting(),
-                    embedding_shapes: (
-                        self.model.embeddings.shapes(),
-                        self.model.embeddings.skipped_shapes.clone(),
-                    ),
-                };
-                *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+        )
+        .map_err(|error| (ErrorCode::ModelLoadFailed, error.to_string()))?;
+        self.model = model.with_network_dirs(self.network_dirs.clone());
+        let status = ModelStatus {
+            name: self.model.name.clone(),
+            hash: self.model.hash.clone(),
+            path,
+            demo: false,
+            embeddings: self.model.embeddings.names(),
+            inpainting: self.model.sd.architecture.is_inpainting(),
+            embedding_shapes: (
+                self.model.embeddings.shapes(),
+                self.model.embeddings.skipped_shapes.clone(),
+            ),
+        };
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+        Ok(())
+    }
+
+    fn select_model(&mut self, job: &Job, name: &str) {
+        // `select_model` always loads, the loaded model included (a fresh copy from disk).
+        match self.load_checkpoint(name, true) {
+            Ok(()) => {
                 let done = Event::Done {
                     id: job.request_id.clone(),
                     job: job.id,
@@ -332,10 +350,7 @@ impl Worker {
                 };
                 Self::send(job, done);
             }
-            Err(error) => Self::send(
-                job,
-                job_error(job, ErrorCode::ModelLoadFailed, error.to_string()),
-            ),
+            Err((code, message)) => Self::send(job, job_error(job, code, message)),
         }
     }
 
@@ -358,6 +373,15 @@ impl Worker {
                 return;
             }
         };
+        if let Some(script) = &request.script {
+            let base = ScriptJob {
+                params: request.params.clone(),
+                init: Some(ScriptInit { image: init, mask }),
+                checkpoint: None,
+            };
+            self.run_script(job, script, &base, request.preview, queue);
+            return;
+        }
         let params = &request.params;
         let (init, mask) = (&init, mask.as_ref());
         self.run_job(
@@ -371,6 +395,15 @@ impl Worker {
     }
 
     fn txt2img(&mut self, job: &Job, request: &Txt2imgJob, queue: &Scheduler) {
+        if let Some(script) = &request.script {
+            let base = ScriptJob {
+                params: request.params.clone(),
+                init: None,
+                checkpoint: None,
+            };
+            self.run_script(job, script, &base, request.preview, queue);
+            return;
+        }
         let params = &request.params;
         self.run_job(
             job,

@@ -1,9 +1,229 @@
-//! A1111's scripts (`scripts/*.py` of the img2img and txt2img tabs).
+//! A1111's scripts (`modules/scripts.py`: the "Script" dropdown of the txt2img and img2img
+//! tabs, `scripts/*.py`): a script takes the tab's request and runs ordinary jobs of its own
+//! making (X/Y/Z plot: one per cell; loopback: each output fed back as the next init; SD
+//! upscale: one per tile), then returns their images with its own (grids first, as A1111's
+//! `Processed` lists them).
+//!
+//! The script never touches the model: it asks a [`ScriptHost`] to run each [`ScriptJob`]. The
+//! daemon's worker and the CLI each implement the host (switching checkpoint and VAE as a job
+//! asks, reporting progress, stopping when told), so a script runs the same everywhere.
+//!
+//! Front ends choose a script by its A1111 title ([`Script::from_api`], case-insensitive as
+//! A1111's API `script_name` is) with A1111's positional `script_args`. [`grid`] and [`tiles`]
+//! are the picture helpers the scripts share from `modules/images.py`.
 
+pub mod grid;
 pub mod loopback;
 pub mod matched_noise;
 pub mod outpainting;
 pub mod outpainting_mk2;
+pub mod output;
 pub mod poor_mans_outpainting;
 pub mod prompt_matrix;
 pub mod prompts_from_file;
+pub mod tiles;
+pub mod xyz;
+
+use image::{GrayImage, RgbImage};
+use serde_json::Value;
+
+use crate::infotext::Infotext;
+use crate::pipeline::img2img::{JobError, JobOutcome};
+use crate::request::GenerationRequest;
+use crate::sampling::plugins::SamplerRegistry;
+
+/// Which A1111 tab a script runs on: some scripts and some X/Y/Z axes exist on one tab only
+/// (`AxisOptionTxt2Img`, `AxisOptionImg2Img`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tab {
+    /// txt2img (Hires. fix axes).
+    Txt2img,
+    /// img2img (an init image, perhaps a mask).
+    Img2img,
+}
+
+impl Tab {
+    /// A1111's folder name stem (`txt2img`, `img2img`): `outputs/<stem>-images`, `-grids`.
+    pub fn stem(self) -> &'static str {
+        match self {
+            Tab::Txt2img => "txt2img",
+            Tab::Img2img => "img2img",
+        }
+    }
+}
+
+/// An img2img job's prepared inputs: what [`crate::pipeline::img2img::run_img2img`] takes (the
+/// tab's mode already applied).
+#[derive(Debug, Clone)]
+pub struct ScriptInit {
+    /// Init image.
+    pub image: RgbImage,
+    /// Inpainting mask (white: regenerate).
+    pub mask: Option<GrayImage>,
+}
+
+/// One ordinary job a script asks for: A1111's `process_images(p)` on a copy of `p`.
+#[derive(Debug, Clone)]
+pub struct ScriptJob {
+    /// Its parameters (seeds already fixed by the script where A1111 fixes them).
+    pub params: GenerationRequest,
+    /// img2img's init image and mask; `None`: a txt2img job.
+    pub init: Option<ScriptInit>,
+    /// Checkpoint to load first (a name, title or file, as `sd_model_checkpoint` takes it);
+    /// it stays loaded after the job, as in A1111. `None`: the loaded one.
+    pub checkpoint: Option<String>,
+}
+
+impl ScriptJob {
+    /// The sampler steps this job will report (first pass and Hires. fix pass, every batch).
+    pub fn planned_steps(&self) -> usize {
+        let params = &self.params;
+        let sampler = &params.sampler;
+        // img2img samples t_enc + 1 of its steps (k-diffusion; DDIM one fewer).
+        let first = match self.init {
+            Some(_) => {
+                let (_, t_enc) = crate::sampling::schedule::img2img_steps(
+                    sampler.steps,
+                    sampler.denoising_strength,
+                    sampler.fix_steps,
+                );
+                (t_enc + 1).min(sampler.steps.max(1))
+            }
+            None => sampler.steps,
+        };
+        let hires = if self.init.is_none() && params.hires.enable_hr {
+            match params.hires.hr_second_pass_steps {
+                0 => sampler.steps,
+                steps => steps,
+            }
+        } else {
+            0
+        };
+        (first + hires) * params.n_iter
+    }
+}
+
+/// Why a script did not run or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptError {
+    /// No script has that title on that tab (A1111's API: 422 "Script '…' not found").
+    #[error("Script '{0}' not found")]
+    NotFound(String),
+    /// A script argument that cannot be used, found before any job ran.
+    #[error("{script}: {message}")]
+    InvalidArgs {
+        /// The script's title.
+        script: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A checkpoint a job asks for could not be loaded.
+    #[error("checkpoint \"{name}\": {message}")]
+    Checkpoint {
+        /// As asked.
+        name: String,
+        /// Why.
+        message: String,
+    },
+    /// A job failed.
+    #[error(transparent)]
+    Job(#[from] JobError),
+}
+
+/// What runs a script's jobs: implemented by the daemon's worker and by the CLI.
+pub trait ScriptHost {
+    /// The samplers (names checked before any job; options a sampler declares).
+    fn registry(&self) -> &SamplerRegistry;
+    /// Whether `name` names a checkpoint the host can load (A1111's
+    /// `get_closet_checkpoint_match` finding one).
+    fn has_checkpoint(&self, name: &str) -> bool;
+    /// Announces the whole script's work before its first job: sampler steps over all jobs
+    /// (A1111's `total_tqdm`) and jobs; progress then counts on across jobs.
+    fn plan(&mut self, total_steps: usize, jobs: usize);
+    /// Runs one ordinary job: loads `job.checkpoint` when it is not the loaded one, selects the
+    /// job's VAE and refiner, reports its steps and delivers (saves, sends) its images as an
+    /// ordinary job's, and stops between steps when the user stops the script.
+    fn run(&mut self, job: &ScriptJob) -> Result<JobOutcome, ScriptError>;
+    /// Whether the user stopped the script (cancel or interrupt): no further job is started.
+    fn stopped(&self) -> bool;
+}
+
+/// One image a script returns besides its jobs' own (a grid).
+#[derive(Debug, Clone)]
+pub struct ScriptImage {
+    /// The pixels.
+    pub image: RgbImage,
+    /// Its infotext.
+    pub infotext: Infotext,
+    /// Seed shown for it (the first image's).
+    pub seed: u64,
+}
+
+/// What a script produced, in A1111's order.
+#[derive(Debug, Default)]
+pub struct ScriptOutcome {
+    /// Grids, listed first.
+    pub grids: Vec<ScriptImage>,
+    /// How many of the first grids the front end saves in the grid folder as
+    /// `<grid_basename>-NNNN.png` (A1111 saves some grids that it does not return).
+    pub saved_grids: usize,
+    /// File name stem of the grids (`xyz_grid`).
+    pub grid_basename: &'static str,
+    /// The jobs' images that the script returns after its grids (already delivered by the
+    /// host as their jobs made them).
+    pub images: Vec<ScriptImage>,
+    /// Things the user should know that did not stop the script.
+    pub warnings: Vec<String>,
+    /// Whether the user stopped it before its end.
+    pub stopped: bool,
+}
+
+/// A script chosen with its arguments: one variant per script of A1111's dropdown that sdhost
+/// runs, each with its parsed arguments.
+#[derive(Debug, Clone)]
+pub enum Script {
+    /// X/Y/Z plot (`scripts/xyz_grid.py`).
+    XyzPlot(Box<xyz::XyzArgs>),
+}
+
+impl Script {
+    /// The titles of the scripts sdhost runs, as A1111's dropdown shows them.
+    pub const TITLES: &'static [&'static str] = &[xyz::TITLE];
+
+    /// The script an API request names (`script_name`, any case, as A1111's
+    /// `script_name_to_index` compares) with its positional `script_args`, for `tab`.
+    pub fn from_api(name: &str, args: &[Value], tab: Tab) -> Result<Self, ScriptError> {
+        let wanted = name.trim().to_lowercase();
+        if wanted == xyz::TITLE.to_lowercase() {
+            return Ok(Script::XyzPlot(Box::new(xyz::XyzArgs::from_api(
+                args, tab,
+            )?)));
+        }
+        Err(ScriptError::NotFound(name.to_string()))
+    }
+
+    /// The script's A1111 title.
+    pub fn title(&self) -> &'static str {
+        match self {
+            Script::XyzPlot(_) => xyz::TITLE,
+        }
+    }
+
+    /// The tab it was chosen for.
+    pub fn tab(&self) -> Tab {
+        match self {
+            Script::XyzPlot(args) => args.tab,
+        }
+    }
+
+    /// Runs the script over `base` (the tab's request, with its init image on img2img).
+    pub fn run(
+        &self,
+        host: &mut dyn ScriptHost,
+        base: &ScriptJob,
+    ) -> Result<ScriptOutcome, ScriptError> {
+        match self {
+            Script::XyzPlot(args) => xyz::run(args, host, base),
+        }
+    }
+}

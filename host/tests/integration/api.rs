@@ -17,11 +17,11 @@ use serde_json::{json, Value};
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// A daemon with the API; killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     _dir: tempfile::TempDir,
     url: String,
-    model: std::path::PathBuf,
+    pub(crate) model: std::path::PathBuf,
 }
 
 impl Drop for Server {
@@ -43,7 +43,7 @@ fn sdhost(dir: &Path) -> Command {
 
 /// Starts `sdhost serve --api-addr 127.0.0.1:0` with a tiny model and `extra` flags (and a
 /// config file when given), and reads the address it prints.
-fn start(extra: &[&str], config: Option<&str>) -> Server {
+pub(crate) fn start(extra: &[&str], config: Option<&str>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let model = common::tiny_model(dir.path(), 31);
     let mut command = sdhost(dir.path());
@@ -115,7 +115,7 @@ fn call(
     (status, value, headers)
 }
 
-fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
+pub(crate) fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
     let bytes = serde_json::to_vec(body).unwrap();
     let (status, value, _) = call(ureq::post(&format!("{}{path}", server.url)), Some(&bytes));
     (status, value)
@@ -127,7 +127,7 @@ fn get(server: &Server, path: &str) -> (u16, Value) {
 }
 
 /// A 40x36 RGBA picture with a transparent corner, as a PNG file and as base64.
-fn init_picture(dir: &Path) -> (std::path::PathBuf, String) {
+pub(crate) fn init_picture(dir: &Path) -> (std::path::PathBuf, String) {
     let image = image::RgbaImage::from_fn(40, 36, |x, y| {
         image::Rgba([
             (x * 6) as u8,
@@ -142,7 +142,7 @@ fn init_picture(dir: &Path) -> (std::path::PathBuf, String) {
 }
 
 /// A returned image: bare base64 of a PNG; its pixels and `parameters` text.
-fn decode_png(text: &str) -> (image::RgbImage, Option<String>) {
+pub(crate) fn decode_png(text: &str) -> (image::RgbImage, Option<String>) {
     assert!(!text.starts_with("data:"), "bare base64");
     let bytes = B64.decode(text).expect("base64");
     let infotext = sdhost::pipeline::png_info::png_text(&bytes, "parameters").unwrap();

@@ -110,6 +110,7 @@ fn echo_worker(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
                     seed: 1234,
                     infotext: INFOTEXT.into(),
                     patch: None,
+                    grid: false,
                 };
                 let _ = job.events.send(Outgoing {
                     event: result,
@@ -158,6 +159,7 @@ fn through_queue(shared: &Shared, image: &RgbImage) -> anyhow::Result<()> {
         mask: None,
         sketch: None,
         preview: None,
+        script: None,
     };
     let job = Job {
         id: shared.next_job_id(),
