@@ -8,6 +8,12 @@
 //! "original" after the first loop; the mask stays. "Append interrogated prompt" needs an
 //! interrogator, which sdhost does not have, so only "None" is accepted.
 
+use super::grid::{image_grid, GRID_BACKGROUND};
+use super::{
+    fix_seed, picture_error, plan_jobs, ScriptError, ScriptHost, ScriptImage, ScriptInit,
+    ScriptJob, ScriptOutcome,
+};
+
 use crate::request::GenerationRequest;
 
 /// "Denoising strength curve".
@@ -158,6 +164,95 @@ impl LoopbackArgs {
             ("Denoising curve".into(), self.curve.name().into()),
         ]
     }
+}
+
+/// A1111's title.
+pub const TITLE: &str = "Loopback";
+
+/// Runs the loops: each batch starts from the original picture (and mask) at the request's
+/// strength; every loop's image is delivered as it comes; the returned images are every loop's
+/// (one batch) or each batch's last, after a one-row grid of them when there are several
+/// (saved as `grid-NNNN.png`, as A1111 names it).
+pub fn run(
+    args: &LoopbackArgs,
+    host: &mut dyn ScriptHost,
+    base: &ScriptJob,
+) -> Result<ScriptOutcome, ScriptError> {
+    let init = base.init.as_ref().ok_or_else(|| ScriptError::InvalidArgs {
+        script: TITLE,
+        message: "needs an init image".into(),
+    })?;
+    let mut params = base.params.clone();
+    fix_seed(&mut params);
+    let batch_count = params.n_iter;
+    let color_target = params.img2img_color_correction.then(|| {
+        init.color_target
+            .clone()
+            .unwrap_or_else(|| init.image.clone())
+    });
+    let jobs: Vec<ScriptJob> = (0..batch_count)
+        .flat_map(|n| (0..args.loops).map(move |i| (n, i)))
+        .map(|(n, i)| ScriptJob {
+            params: args.loop_request(&params, n, i),
+            init: None,
+            checkpoint: base.checkpoint.clone(),
+        })
+        .collect();
+    plan_jobs(host, &jobs);
+    let mut outcome = ScriptOutcome {
+        grid_basename: "grid",
+        ..ScriptOutcome::default()
+    };
+    let mut history: Vec<ScriptImage> = Vec::new();
+    'batches: for n in 0..batch_count {
+        let mut picture = init.image.clone();
+        let mut last = None;
+        for i in 0..args.loops {
+            if host.stopped() {
+                outcome.stopped = true;
+                break 'batches;
+            }
+            let mut job = jobs[n * args.loops + i].clone();
+            job.init = Some(ScriptInit {
+                image: picture.clone(),
+                mask: init.mask.clone(),
+                latent_mask: None,
+                color_target: color_target.clone(),
+                deliver: true,
+            });
+            let done = host.run(&job)?;
+            // A1111 leaves the loop before taking an interrupted loop's image.
+            if done.cancelled || done.interrupted {
+                outcome.stopped = true;
+                break 'batches;
+            }
+            let Some(image) = done.images.first() else {
+                break;
+            };
+            picture = image.image.clone();
+            let image = ScriptImage::of(image);
+            if batch_count == 1 {
+                history.push(image.clone());
+            }
+            last = Some(image);
+        }
+        if batch_count > 1 {
+            history.extend(last);
+        }
+    }
+    if history.len() > 1 {
+        let pictures: Vec<_> = history.iter().map(|i| i.image.clone()).collect();
+        let grid =
+            image_grid(&pictures, 1, GRID_BACKGROUND).map_err(|e| picture_error(TITLE, e))?;
+        outcome.grids.push(ScriptImage {
+            image: grid,
+            infotext: history[0].infotext.clone(),
+            seed: history[0].seed,
+        });
+        outcome.saved_grids = 1;
+    }
+    outcome.images = history;
+    Ok(outcome)
 }
 
 #[cfg(test)]

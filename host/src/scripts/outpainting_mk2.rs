@@ -8,8 +8,14 @@
 
 use image::{imageops, GrayImage, Luma, RgbImage};
 
+use super::grid::{image_grid, GRID_BACKGROUND};
 use super::matched_noise::matched_noise;
 use super::outpainting::{ceil64, pillow_rectangle, Directions, Expansion, OutpaintError};
+use super::xyz::draw::batch_rows;
+use super::{
+    picture_error, plan_jobs, ScriptError, ScriptHost, ScriptImage, ScriptInit, ScriptJob,
+    ScriptOutcome,
+};
 use crate::prepare::inpaint::MaskedContent;
 use crate::request::GenerationRequest;
 
@@ -230,4 +236,110 @@ impl ExpandStep {
         imageops::replace(&mut self.canvas, result, x, y);
         imageops::crop_imm(&self.canvas, 0, 0, self.grown.0, self.grown.1).to_image()
     }
+}
+
+/// A1111's title.
+pub const TITLE: &str = "Outpainting mk2";
+
+/// Runs the script: for each batch, every picture of the batch grows side by side; each side's
+/// job for picture k has the request's seed + k (A1111 does not advance the seed between
+/// sides, and draws a new random one per side when it is -1). The grown pictures are returned
+/// (after their grid when there are several) with the first job's infotext.
+pub fn run(
+    args: &Mk2Args,
+    host: &mut dyn ScriptHost,
+    base: &ScriptJob,
+) -> Result<ScriptOutcome, ScriptError> {
+    let invalid = |e: OutpaintError| picture_error(TITLE, e);
+    let init = base.init.as_ref().ok_or_else(|| ScriptError::InvalidArgs {
+        script: TITLE,
+        message: "needs an init image".into(),
+    })?;
+    let params = &base.params;
+    let steps = args
+        .steps(init.image.width(), init.image.height())
+        .map_err(invalid)?;
+    let job_size = (params.width, params.height);
+    let request = args.step_request(params);
+    let batch_size = params.batch_size.max(1);
+    let calls = params.n_iter * steps.len();
+    let stand_in = ScriptJob {
+        params: request.clone(),
+        init: Some(ScriptInit::new(RgbImage::new(1, 1), None)),
+        checkpoint: None,
+    };
+    plan_jobs(host, &vec![stand_in; calls * batch_size]);
+    let mut outcome = ScriptOutcome {
+        grid_basename: "grid",
+        ..ScriptOutcome::default()
+    };
+    let mut grown = Vec::new();
+    let mut first = None;
+    'batches: for _ in 0..params.n_iter {
+        let mut pictures = vec![init.image.clone(); batch_size];
+        for &(side, pixels) in &steps {
+            let seed = crate::rng::fixed_seed(params.seed, crate::rng::random_seed) as i64;
+            let subseed = crate::rng::fixed_seed(params.subseed, crate::rng::random_seed) as i64;
+            for (k, picture) in pictures.iter_mut().enumerate() {
+                if host.stopped() {
+                    outcome.stopped = true;
+                    break 'batches;
+                }
+                let step =
+                    ExpandStep::new(picture, pixels, side, args, job_size).map_err(invalid)?;
+                let mut p = request.clone();
+                p.width = step.width;
+                p.height = step.height;
+                p.seed = seed + k as i64;
+                p.subseed = subseed + k as i64;
+                let job = ScriptJob {
+                    params: p,
+                    init: Some(ScriptInit {
+                        image: step.init_image.clone(),
+                        mask: Some(step.mask.clone()),
+                        latent_mask: Some(step.latent_mask.clone()),
+                        color_target: None,
+                        deliver: false,
+                    }),
+                    checkpoint: base.checkpoint.clone(),
+                };
+                let done = host.run(&job)?;
+                let Some(result) = done.images.first() else {
+                    outcome.stopped = true;
+                    break 'batches;
+                };
+                first.get_or_insert_with(|| ScriptImage::of(result));
+                *picture = step.finish(&result.image);
+                if done.cancelled || done.interrupted {
+                    outcome.stopped = true;
+                    break 'batches;
+                }
+            }
+        }
+        grown.extend(pictures);
+    }
+    let Some(first) = first else {
+        return Ok(outcome);
+    };
+    if outcome.stopped {
+        return Ok(outcome);
+    }
+    // A1111 returns and saves the grid unless there is one picture (`grid_only_if_multiple`).
+    if grown.len() > 1 {
+        let grid = image_grid(&grown, batch_rows(grown.len()), GRID_BACKGROUND)
+            .map_err(|e| picture_error(TITLE, e))?;
+        outcome.grids.push(ScriptImage {
+            image: grid,
+            ..first.clone()
+        });
+        outcome.saved_grids = 1;
+    }
+    outcome.made = grown
+        .into_iter()
+        .map(|image| ScriptImage {
+            image,
+            ..first.clone()
+        })
+        .collect();
+    Ok(outcome)
 }

@@ -7,7 +7,13 @@
 //! This file is the canvas, its two masks and which tiles are worked on; the tiling itself is
 //! A1111's `split_grid`/`combine_grid` (the grid module) and the jobs are the script runner's.
 
-use image::{imageops, GrayImage, Luma, RgbImage};
+use image::{imageops, DynamicImage, GrayImage, Luma, RgbImage};
+
+use super::tiles::{combine_grid, split_grid, Grid};
+use super::{
+    picture_error, plan_jobs, ScriptError, ScriptHost, ScriptImage, ScriptInit, ScriptJob,
+    ScriptOutcome,
+};
 
 use super::outpainting::{pillow_rectangle, Directions, Expansion, OutpaintError};
 use crate::prepare::inpaint::MaskedContent;
@@ -106,10 +112,119 @@ impl PoorMansArgs {
 impl Canvas {
     /// Whether the tile at (x, y) of size w×h needs work: A1111 skips the tiles that lie
     /// wholly inside the old picture.
-    pub fn tile_needs_work(&self, x: u32, y: u32, w: u32, h: u32) -> bool {
+    pub fn tile_needs_work(&self, x: i64, y: i64, w: u32, h: u32) -> bool {
         let e = &self.expansion;
-        let inside =
-            x >= e.left && x + w <= e.width - e.right && y >= e.up && y + h <= e.height - e.down;
+        let (w, h) = (i64::from(w), i64::from(h));
+        let inside = x >= i64::from(e.left)
+            && x + w <= i64::from(e.width - e.right)
+            && y >= i64::from(e.up)
+            && y + h <= i64::from(e.height - e.down);
         !inside
     }
+}
+
+/// A1111's title.
+pub const TITLE: &str = "Poor man's outpainting";
+
+fn invalid(e: impl std::fmt::Display) -> ScriptError {
+    picture_error(TITLE, e)
+}
+
+/// The tiles of `grid` in A1111's order (row by row) with their places.
+fn tiles(grid: &Grid) -> Vec<(i64, i64, &RgbImage)> {
+    grid.rows
+        .iter()
+        .flat_map(|row| row.tiles.iter().map(move |t| (t.x, row.y, &t.image)))
+        .collect()
+}
+
+/// Runs the script: the canvas's border tiles inpainted one by one (seed + 1 each, as A1111
+/// sets `p.seed = processed.seed + 1`), joined again into the one returned picture.
+pub fn run(
+    args: &PoorMansArgs,
+    host: &mut dyn ScriptHost,
+    base: &ScriptJob,
+) -> Result<ScriptOutcome, ScriptError> {
+    let init = base
+        .init
+        .as_ref()
+        .ok_or_else(|| invalid("needs an init image"))?;
+    let canvas = args.canvas(&init.image).map_err(invalid)?;
+    let params = base.params.clone();
+    let (tw, th) = (params.width, params.height);
+    let split = |image: &RgbImage| split_grid(image, tw, th, args.pixels).map_err(invalid);
+    let as_rgb = |mask: &GrayImage| DynamicImage::ImageLuma8(mask.clone()).to_rgb8();
+    let as_gray = |tile: &RgbImage| DynamicImage::ImageRgb8(tile.clone()).to_luma8();
+    let mut grid = split(&canvas.image)?;
+    let mask_grid = split(&as_rgb(&canvas.mask))?;
+    let latent_grid = split(&as_rgb(&canvas.latent_mask))?;
+    let seed = crate::rng::fixed_seed(params.seed, crate::rng::random_seed) as i64;
+    let request = args.tile_request(&params);
+    let mut jobs = Vec::new();
+    let places = tiles(&grid);
+    for (((x, y, image), (_, _, mask)), (_, _, latent)) in places
+        .iter()
+        .zip(tiles(&mask_grid))
+        .zip(tiles(&latent_grid))
+    {
+        if !canvas.tile_needs_work(*x, *y, tw, th) {
+            continue;
+        }
+        let mut p = request.clone();
+        p.seed = seed + jobs.len() as i64;
+        jobs.push(ScriptJob {
+            params: p,
+            init: Some(ScriptInit {
+                image: (*image).clone(),
+                mask: Some(as_gray(mask)),
+                latent_mask: Some(as_gray(latent)),
+                color_target: None,
+                deliver: false,
+            }),
+            checkpoint: base.checkpoint.clone(),
+        });
+    }
+    plan_jobs(host, &jobs);
+    let mut outcome = ScriptOutcome::default();
+    let mut results = Vec::with_capacity(jobs.len());
+    let mut first = None;
+    for job in &jobs {
+        if host.stopped() {
+            outcome.stopped = true;
+            break;
+        }
+        let done = host.run(job)?;
+        let Some(image) = done.images.first() else {
+            outcome.stopped = true;
+            break;
+        };
+        first.get_or_insert_with(|| ScriptImage::of(image));
+        results.push(image.image.clone());
+        if done.cancelled || done.interrupted {
+            outcome.stopped = true;
+            break;
+        }
+    }
+    // Tiles without a result (stopped early) are black, as A1111 puts `Image.new` there.
+    let mut results = results.into_iter();
+    let needs: Vec<bool> = places
+        .iter()
+        .map(|(x, y, _)| canvas.tile_needs_work(*x, *y, tw, th))
+        .collect();
+    let mut at = 0;
+    for row in &mut grid.rows {
+        for tile in &mut row.tiles {
+            if needs[at] {
+                tile.image = results.next().unwrap_or_else(|| RgbImage::new(tw, th));
+            }
+            at += 1;
+        }
+    }
+    if let Some(first) = first {
+        outcome.made.push(ScriptImage {
+            image: combine_grid(&grid),
+            ..first
+        });
+    }
+    Ok(outcome)
 }

@@ -5,6 +5,12 @@
 //! This file is the combinations, their seeds, the grid's row count and its annotations; the
 //! jobs are the runner's and the drawing is the grid module's.
 
+use super::grid::{draw_prompt_matrix, image_grid, GRID_BACKGROUND};
+use super::{
+    fix_seed, picture_error, plan_jobs, ScriptError, ScriptHost, ScriptImage, ScriptJob,
+    ScriptOutcome,
+};
+
 /// "Prompt type": which prompt holds the `|` parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PromptType {
@@ -162,6 +168,93 @@ pub fn annotations(prompt: &str) -> (Vec<Vec<MatrixLabel>>, Vec<Vec<MatrixLabel>
             .collect()
     };
     (labels(horizontal), labels(vertical))
+}
+
+/// A1111's title.
+pub const TITLE: &str = "Prompt matrix";
+
+/// Runs the matrix: one job per combination (the seed fixed first, then `seed + i` with
+/// "Random seeds"; the variation seed `subseed + i` as A1111's list of prompts gets), then
+/// the labelled grid, first among the images and saved as `prompt_matrix-NNNN.png`. A1111
+/// samples the combinations in batches of `batch_size` with a prompt each; one job per image
+/// gives the same pictures but for a batched convolution's last bits.
+pub fn run(
+    args: &PromptMatrixArgs,
+    host: &mut dyn ScriptHost,
+    base: &ScriptJob,
+) -> Result<ScriptOutcome, ScriptError> {
+    let mut params = base.params.clone();
+    fix_seed(&mut params);
+    let prompt = match args.prompt_type {
+        PromptType::Positive => params.prompt.clone(),
+        PromptType::Negative => params.negative_prompt.clone(),
+    };
+    let invalid = |e: PromptMatrixError| ScriptError::InvalidArgs {
+        script: TITLE,
+        message: e.to_string(),
+    };
+    let prompts = args.prompts(&prompt).map_err(invalid)?;
+    let jobs: Vec<ScriptJob> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let mut p = params.clone();
+            match args.prompt_type {
+                PromptType::Positive => p.prompt = text.clone(),
+                PromptType::Negative => p.negative_prompt = text.clone(),
+            }
+            p.seed = args.seed(params.seed, i);
+            p.subseed = params.subseed + i as i64;
+            p.n_iter = 1;
+            p.batch_size = 1;
+            ScriptJob {
+                params: p,
+                init: base.init.clone(),
+                checkpoint: base.checkpoint.clone(),
+            }
+        })
+        .collect();
+    plan_jobs(host, &jobs);
+    let mut outcome = ScriptOutcome {
+        grid_basename: "prompt_matrix",
+        ..ScriptOutcome::default()
+    };
+    for job in &jobs {
+        if host.stopped() {
+            outcome.stopped = true;
+            break;
+        }
+        let done = host.run(job)?;
+        outcome
+            .images
+            .extend(done.images.iter().map(ScriptImage::of));
+        if done.cancelled || done.interrupted {
+            outcome.stopped = true;
+            break;
+        }
+    }
+    if outcome.images.len() == jobs.len() && !outcome.images.is_empty() {
+        let pictures: Vec<_> = outcome.images.iter().map(|i| i.image.clone()).collect();
+        let first = &outcome.images[0];
+        let grid = image_grid(&pictures, grid_rows(&prompt), GRID_BACKGROUND)
+            .map_err(|e| picture_error(TITLE, e))?;
+        let parts: Vec<String> = prompt.split('|').map(str::to_string).collect();
+        let grid = draw_prompt_matrix(
+            &grid,
+            first.image.width(),
+            first.image.height(),
+            &parts,
+            args.margin_size,
+        )
+        .map_err(|e| picture_error(TITLE, e))?;
+        outcome.grids.push(ScriptImage {
+            image: grid,
+            infotext: first.infotext.clone(),
+            seed: first.seed,
+        });
+        outcome.saved_grids = 1;
+    }
+    Ok(outcome)
 }
 
 #[cfg(test)]

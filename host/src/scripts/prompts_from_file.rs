@@ -9,6 +9,8 @@
 //! others (`--styles`, `--restore_faces`, `--tiling`, `--outpath_samples`, …) are refused with an
 //! error before anything runs, since sdhost cannot do what they ask.
 
+use super::{plan_jobs, ScriptError, ScriptHost, ScriptImage, ScriptJob, ScriptOutcome};
+
 use crate::request::GenerationRequest;
 
 /// One line's `--tag value` settings, as A1111's `cmdargs` returns them (values converted).
@@ -466,6 +468,86 @@ impl PromptsFromFileArgs {
         }
         Ok(r)
     }
+}
+
+/// A1111's title.
+pub const TITLE: &str = "Prompts from file or textbox";
+
+/// Runs every line's job in order. All lines are read and checked before the first job
+/// (unknown samplers, checkpoints or unsupported tags are errors then). Seeds as A1111: with
+/// either checkbox a random seed is drawn once; "Iterate seed every line" adds the request's
+/// batch size × batch count after each line; a line's `--seed` wins for that line.
+pub fn run(
+    args: &PromptsFromFileArgs,
+    host: &mut dyn ScriptHost,
+    base: &ScriptJob,
+) -> Result<ScriptOutcome, ScriptError> {
+    let mut outcome = ScriptOutcome::default();
+    let mut seed = base.params.seed;
+    if (args.iterate_seed || args.same_random_seed) && seed == -1 {
+        seed = crate::rng::fixed_seed(-1, crate::rng::random_seed) as i64;
+    }
+    let step = (base.params.batch_size * base.params.n_iter) as i64;
+    let sampler = |name: &str| -> Option<String> {
+        host.registry()
+            .find(name)
+            .ok()
+            .map(|f| f.info.name.to_string())
+    };
+    let mut jobs = Vec::new();
+    for (i, line) in args.parse().into_iter().enumerate() {
+        let number = i + 1;
+        let mut parsed = line.args;
+        let mut fallback = line.fallback.map(|e| e.to_string());
+        // A1111's `process_model_tag` asserts inside `cmdargs`, so an unknown model makes the
+        // line a prompt like any other parse error.
+        if let Some(model) = parsed.sd_model.clone() {
+            if !host.has_checkpoint(&model) {
+                fallback = Some(format!("Unknown checkpoint: {model}"));
+                parsed = LineArgs {
+                    prompt: lines(&args.text).get(i).map(|l| l.to_string()),
+                    ..LineArgs::default()
+                };
+            }
+        }
+        if let Some(error) = fallback {
+            outcome.warnings.push(format!(
+                "line {number} is not a command line ({error}); it is used as the prompt"
+            ));
+        }
+        let mut line_base = base.params.clone();
+        line_base.seed = seed;
+        let params = args
+            .line_request(&line_base, &parsed, number, &sampler)
+            .map_err(|e| ScriptError::InvalidArgs {
+                script: TITLE,
+                message: e.to_string(),
+            })?;
+        jobs.push(ScriptJob {
+            params,
+            init: base.init.clone(),
+            checkpoint: parsed.sd_model.clone().or_else(|| base.checkpoint.clone()),
+        });
+        if args.iterate_seed {
+            seed += step;
+        }
+    }
+    plan_jobs(host, &jobs);
+    for job in &jobs {
+        if host.stopped() {
+            outcome.stopped = true;
+            break;
+        }
+        let done = host.run(job)?;
+        outcome
+            .images
+            .extend(done.images.iter().map(ScriptImage::of));
+        if done.cancelled || done.interrupted {
+            outcome.stopped = true;
+            break;
+        }
+    }
+    Ok(outcome)
 }
 
 #[cfg(test)]
