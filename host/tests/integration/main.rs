@@ -35,6 +35,7 @@ mod samplers;
 mod sampling_plan;
 mod schedules;
 mod scripts_parity;
+mod scripts_run;
 mod tokenizer;
 mod txt2img;
 mod txt2img_parity;
