@@ -233,6 +233,7 @@ fn parameters(
     state: &ApiState,
     model: &Ordered,
     body: &Map<String, Value>,
+    fix_seeds: bool,
 ) -> Result<(GenerationRequest, String), ApiError> {
     // API defaults with the `/options` settings that are request fields laid over.
     let mut base = super::options::request_base(state);
@@ -304,8 +305,10 @@ fn parameters(
     let mut params = base.overlay(&changes).map_err(invalid)?;
     // Seeds are fixed here, as A1111's `process_images` fixes them, so that `info` can list
     // every planned seed even of a job that stops early.
-    params.seed = fixed_seed(params.seed, random_seed) as i64;
-    params.subseed = fixed_seed(params.subseed, random_seed) as i64;
+    if fix_seeds {
+        params.seed = fixed_seed(params.seed, random_seed) as i64;
+        params.subseed = fixed_seed(params.subseed, random_seed) as i64;
+    }
     params.validate(8).map_err(invalid)?;
     check_limits(&params, &state.shared.limits)
         .map_err(|e| ApiError::http(StatusCode::PAYLOAD_TOO_LARGE, e.message))?;
@@ -351,7 +354,9 @@ fn prepare(
             eprintln!("sdhost: API: always-on script \"{name}\" is not available; ignored");
         }
     }
-    let (params, sampler_name) = parameters(state, &model, body)?;
+    // "Keep -1 for seeds": the plot's cells draw their own random seeds.
+    let fix_seeds = !matches!(&script, Some(Script::XyzPlot(args)) if args.no_fixed_seeds);
+    let (params, sampler_name) = parameters(state, &model, body, fix_seeds)?;
     let job = match images {
         Some((image, mask)) => JobKind::Generate(Box::new(GenerateRequest {
             mode: Img2ImgMode::implied(false, mask.is_some()),

@@ -500,4 +500,27 @@ mod tests {
         assert_eq!(error.code, ErrorCode::BadRequest);
         assert!(error.message.contains("stepz"), "{error}");
     }
+
+    #[test]
+    fn scripts_are_named_as_a1111s_api_names_them() {
+        let job = |header: Value| {
+            let Ok(Request::Txt2img(header)) = parse(header) else {
+                panic!("a txt2img request")
+            };
+            header.into_job()
+        };
+        let plot = job(json!({"type": "txt2img", "script_name": "x/y/z plot",
+            "script_args": [5, "1,2"]}))
+        .unwrap();
+        let Some(Script::XyzPlot(args)) = plot.script else {
+            panic!("the X/Y/Z plot")
+        };
+        assert_eq!(args.axes[0].axis.label, "Hires steps", "txt2img's index 5");
+        assert!(job(json!({"type": "txt2img", "script_name": ""}))
+            .unwrap()
+            .script
+            .is_none());
+        let error = job(json!({"type": "txt2img", "script_name": "Loopback 2"})).unwrap_err();
+        assert_eq!(error.message, "Script 'Loopback 2' not found");
+    }
 }

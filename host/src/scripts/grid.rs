@@ -332,3 +332,67 @@ pub fn combine_z_grids(
         .collect();
     draw_grid_annotations(&z_grid, w, h, &titles, &[vec![GridAnnotation::new("")]], 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaller_cells_are_centred_on_the_background() {
+        let big = RgbImage::from_pixel(4, 4, Rgb([9, 9, 9]));
+        let small = RgbImage::from_pixel(2, 2, Rgb([7, 7, 7]));
+        let grid = image_grid(&[big, small], 1, Rgb([1, 2, 3])).unwrap();
+        assert_eq!(grid.dimensions(), (8, 4));
+        assert_eq!(grid.get_pixel(4, 0), &Rgb([1, 2, 3]));
+        assert_eq!(grid.get_pixel(5, 1), &Rgb([7, 7, 7]));
+        assert_eq!(grid.get_pixel(6, 2), &Rgb([7, 7, 7]));
+        assert_eq!(grid.get_pixel(7, 3), &Rgb([1, 2, 3]));
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        assert_eq!(
+            image_grid(&[], 1, GRID_BACKGROUND).unwrap_err(),
+            GridError::NoImages
+        );
+        let cell = RgbImage::new(10, 10);
+        assert_eq!(
+            image_grid(std::slice::from_ref(&cell), 0, GRID_BACKGROUND).unwrap_err(),
+            GridError::NoRows
+        );
+        let grid = image_grid(&[cell.clone(), cell], 1, GRID_BACKGROUND).unwrap();
+        let one = vec![vec![GridAnnotation::new("a")]];
+        assert_eq!(
+            draw_grid_annotations(&grid, 10, 10, &one, &one, 0).unwrap_err(),
+            GridError::LabelCount {
+                axis: "horizontal",
+                got: 1,
+                expected: 2
+            }
+        );
+        assert_eq!(
+            draw_grid_annotations(&grid, 0, 10, &one, &one, 0).unwrap_err(),
+            GridError::EmptyCell(0, 10)
+        );
+    }
+
+    #[test]
+    fn no_text_no_strips() {
+        let cell = RgbImage::from_pixel(50, 40, Rgb([5, 5, 5]));
+        let grid = image_grid(&[cell.clone(), cell], 1, GRID_BACKGROUND).unwrap();
+        let empty = vec![vec![GridAnnotation::new("")]];
+        let out = draw_grid_annotations(
+            &grid,
+            50,
+            40,
+            &[empty[0].clone(), empty[0].clone()],
+            &empty,
+            6,
+        )
+        .unwrap();
+        // No top strip, no left strip, one margin between the two columns.
+        assert_eq!(out.dimensions(), (106, 40));
+        assert_eq!(out.get_pixel(52, 0), &GRID_BACKGROUND);
+        assert_eq!(out.get_pixel(56, 0), &Rgb([5, 5, 5]));
+    }
+}

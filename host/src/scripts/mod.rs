@@ -199,7 +199,8 @@ pub struct ScriptOutcome {
     /// Grids, listed first.
     pub grids: Vec<ScriptImage>,
     /// How many of the first grids the front end saves in the grid folder as
-    /// `<grid_basename>-NNNN.png` (A1111 saves some grids that it does not return).
+    /// `<grid_basename>-NNNN.png` (A1111 does not save every grid it returns: the X/Y/Z plot
+    /// with one Z value returns its Z grid but saves only the plot).
     pub saved_grids: usize,
     /// File name stem of the grids (`xyz_grid`).
     pub grid_basename: &'static str,

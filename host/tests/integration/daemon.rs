@@ -24,10 +24,10 @@ const LIMITS: FrameLimits = FrameLimits {
 };
 
 /// A daemon process and its folder; killed when dropped.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     dir: tempfile::TempDir,
-    socket: PathBuf,
+    pub(crate) socket: PathBuf,
 }
 
 impl Drop for Daemon {
@@ -48,7 +48,7 @@ fn sdhost(dir: &Path) -> Command {
 }
 
 /// Starts `sdhost serve` with a tiny model and waits until it answers.
-fn start_daemon(extra: &[&str], config: Option<&str>) -> Daemon {
+pub(crate) fn start_daemon(extra: &[&str], config: Option<&str>) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let model = common::tiny_model(dir.path(), 31);
     let socket = dir.path().join("run/sdhost/sdhost.sock");
@@ -81,7 +81,7 @@ fn start_daemon(extra: &[&str], config: Option<&str>) -> Daemon {
 }
 
 /// A protocol client over the library's framing.
-struct Client {
+pub(crate) struct Client {
     stream: UnixStream,
     next_id: u64,
     /// Events read while waiting for another one.
@@ -99,7 +99,7 @@ impl Client {
         })
     }
 
-    fn send(&mut self, mut header: Value, attachments: &[(Attachment, Vec<u8>)]) -> u64 {
+    pub(crate) fn send(&mut self, mut header: Value, attachments: &[(Attachment, Vec<u8>)]) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         header["id"] = json!(id);
@@ -107,7 +107,7 @@ impl Client {
         id
     }
 
-    fn read(&mut self) -> Frame {
+    pub(crate) fn read(&mut self) -> Frame {
         match self.pending.pop_front() {
             Some(frame) => frame,
             None => read_frame(&mut self.stream, LIMITS).expect("a frame from the daemon"),
@@ -115,7 +115,7 @@ impl Client {
     }
 
     /// The next frame answering request `id`; frames of other requests stay queued.
-    fn answer(&mut self, id: u64) -> Frame {
+    pub(crate) fn answer(&mut self, id: u64) -> Frame {
         let mut others = Vec::new();
         let found = loop {
             let frame = read_frame(&mut self.stream, LIMITS).expect("a frame from the daemon");
@@ -141,7 +141,7 @@ impl Client {
         welcome
     }
 
-    fn connected(path: &Path) -> Self {
+    pub(crate) fn connected(path: &Path) -> Self {
         let mut client = Client::connect(path).unwrap();
         client.hello();
         client
@@ -162,7 +162,7 @@ impl Client {
     }
 }
 
-fn image_attachment(width: u32, height: u32) -> (Attachment, Vec<u8>) {
+pub(crate) fn image_attachment(width: u32, height: u32) -> (Attachment, Vec<u8>) {
     let bytes: Vec<u8> = (0..width * height * 4).map(|i| (i % 251) as u8).collect();
     (
         Attachment {

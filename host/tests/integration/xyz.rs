@@ -371,7 +371,12 @@ fn api_script_args_run_the_plot_and_return_the_grid_first() {
     let images = answer["images"].as_array().unwrap();
     assert_eq!(images.len(), 3, "the grid, then the two cells");
     let (grid, grid_text) = decode_png(images[0].as_str().unwrap());
-    assert!(grid.width() > 2 * 40 && grid.height() > 32);
+    // Two 40x32 cells under their X labels; no Y axis, so no label strip on the left.
+    assert!(
+        grid.width() == 2 * 40 && grid.height() > 32,
+        "{:?}",
+        grid.dimensions()
+    );
     let grid_text = grid_text.unwrap();
     assert!(
         grid_text.contains("Script: X/Y/Z plot, X Type: Steps, X Values: \"2,3\""),
@@ -414,5 +419,73 @@ fn api_script_args_run_the_plot_and_return_the_grid_first() {
     assert!(
         answer.to_string().contains("\\\"x\\\" is not an integer"),
         "{answer}"
+    );
+}
+
+#[test]
+fn socket_plot_counts_progress_over_cells_sends_the_grid_last_and_cancels_between_steps() {
+    use crate::daemon::{image_attachment, start_daemon, Client};
+    let daemon = start_daemon(&[], None);
+    let mut client = Client::connected(&daemon.socket);
+    let plot = |steps: &str| {
+        json!({"type": "img2img", "params": {
+            "prompt": "a house", "seed": 3, "sampler_name": "Euler", "denoising_strength": 1.0,
+        }, "script_name": "X/Y/Z plot", "script_args": [4, steps, [], 1, "1,2", []]})
+    };
+    let id = client.send(plot("2,3"), &[image_attachment(32, 32)]);
+    let queued = client.answer(id).header;
+    assert_eq!(queued["type"], "queued", "{queued}");
+    let job = queued["job"].clone();
+    let mut events = Vec::new();
+    loop {
+        let frame = client.read();
+        if frame.header["job"] != job {
+            continue;
+        }
+        let kind = frame.header["type"].as_str().unwrap().to_string();
+        events.push(frame.header);
+        if matches!(kind.as_str(), "done" | "cancelled" | "error") {
+            break;
+        }
+    }
+    let progress: Vec<&Value> = events.iter().filter(|e| e["type"] == "progress").collect();
+    // Two seeds × (2 + 3 steps): one plan of every cell's steps, counted on over the cells.
+    assert_eq!(progress[0]["total"], 10, "{:?}", progress[0]);
+    assert_eq!(progress[0]["images"], 4);
+    assert_eq!(progress.last().unwrap()["step"], 10);
+    let results: Vec<&Value> = events.iter().filter(|e| e["type"] == "result").collect();
+    assert_eq!(results.len(), 5);
+    assert!(results[..4].iter().all(|r| r.get("grid").is_none()));
+    assert_eq!(results[4]["grid"], true);
+    assert!(results[4]["infotext"]
+        .as_str()
+        .unwrap()
+        .contains("Y Type: Seed"));
+    assert_eq!(events.last().unwrap()["type"], "done");
+    assert_eq!(events.last().unwrap()["images"], 4);
+
+    // Cancelled after its first cell: no further cell runs, the grid still comes.
+    let id = client.send(plot("40,40"), &[image_attachment(32, 32)]);
+    let job = client.answer(id).header["job"].clone();
+    let mut kinds = Vec::new();
+    loop {
+        let frame = client.read();
+        if frame.header["job"] != job {
+            continue;
+        }
+        let kind = frame.header["type"].as_str().unwrap().to_string();
+        if kind == "result" && kinds.iter().all(|k| k != "result") {
+            client.send(json!({"type": "cancel", "job": job}), &[]);
+        }
+        kinds.push(kind.clone());
+        if matches!(kind.as_str(), "done" | "cancelled" | "error") {
+            break;
+        }
+    }
+    assert_eq!(kinds.last().unwrap(), "cancelled", "{kinds:?}");
+    let results = kinds.iter().filter(|k| *k == "result").count();
+    assert!(
+        (2..=3).contains(&results),
+        "one or two cells and the grid: {kinds:?}"
     );
 }

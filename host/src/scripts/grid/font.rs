@@ -98,7 +98,7 @@ impl LegendFont {
     }
 
     /// Font units to 26.6 at this size, rounded as FreeType's `FT_MulFix` rounds.
-    fn to_26_6(&self, units: i32) -> i64 {
+    fn units_to_26_6(&self, units: i32) -> i64 {
         (f64::from(units) * self.scale() * 64.0).round() as i64
     }
 
@@ -124,13 +124,13 @@ impl LegendFont {
         let mut glyphs = Vec::with_capacity(shaped.len());
         for (info, pos) in shaped.glyph_infos().iter().zip(shaped.glyph_positions()) {
             let glyph = GlyphId(info.glyph_id as u16);
-            let origin = position + self.to_26_6(pos.x_offset);
+            let origin = position + self.units_to_26_6(pos.x_offset);
             let px = pixel(origin);
-            let py = pixel(self.to_26_6(pos.y_offset));
+            let py = pixel(self.units_to_26_6(pos.y_offset));
             // The hmtx advance and the GPOS adjustment are scaled separately, as FreeType
             // (advance) and HarfBuzz (kerning) do under Pillow.
             let hmtx = i32::from(faces.shaper.glyph_hor_advance(ttf(glyph)).unwrap_or(0));
-            position += self.to_26_6(hmtx) + self.to_26_6(pos.x_advance - hmtx);
+            position += self.units_to_26_6(hmtx) + self.units_to_26_6(pos.x_advance - hmtx);
             x_max = x_max.max(pixel(position));
             if let Some(outlined) = faces
                 .outlines

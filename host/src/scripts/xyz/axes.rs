@@ -2,7 +2,9 @@
 //! lists, in its order (the API's `x_type` is an index into the tab's list), with the value
 //! type, the cost that orders the loops, how its legend is written and what it changes in a
 //! cell's job. Axes for what sdhost does not do (face restoration, token merging, styles …)
-//! are listed so that indices match, and refused with a clear error.
+//! are listed so that indices match, and refused with a clear error. The list includes "Skip
+//! Early CFG" (added with A1111 1.10's `skip_early_cond` option) between "Schedule rho" and
+//! "Beta schedule alpha".
 
 use serde_json::{json, Map, Value};
 
@@ -416,7 +418,8 @@ mod tests {
         assert_eq!(img2img[9].label, "Sampler");
         assert_eq!(img2img[25].label, "Denoising");
         assert_eq!(txt2img[5].label, "Hires steps");
-        assert_eq!(txt2img[10].label, "Sampler");
+        assert_eq!(txt2img[9].label, "Sampler");
+        assert_eq!(txt2img[10].label, "Hires sampler");
         assert_eq!(find(Tab::Txt2img, "cfg scale").unwrap().label, "CFG Scale");
         assert!(find(Tab::Txt2img, "Cond. Image Mask Weight").is_none());
     }

@@ -134,7 +134,10 @@ pub fn outcome(
         let slice = &images[iz * nx * ny..(iz + 1) * nx * ny];
         let mut grid = image_grid(slice, ny, GRID_BACKGROUND).map_err(grid_error)?;
         if args.draw_legend {
-            let (w, h) = slice[0].dimensions();
+            // A1111 passes the first cell's size; the largest is the same whenever A1111's
+            // legend fits (a smaller first cell fails its column count assertion).
+            let w = slice.iter().map(RgbImage::width).max().unwrap_or(1);
+            let h = slice.iter().map(RgbImage::height).max().unwrap_or(1);
             grid = draw_grid_annotations(&grid, w, h, &labels(0), &labels(1), args.margin_size)
                 .map_err(grid_error)?;
         }

@@ -74,12 +74,11 @@ pub fn csv_values(text: &str) -> Vec<String> {
     }
     let mut state = State::StartRecord;
     let mut record_has_fields = false;
-    let mut chars = text.chars().peekable();
     let end_record = |values: &mut Vec<String>, field: &mut String, has: &mut bool| {
         values.push(std::mem::take(field).trim().to_string());
         *has = false;
     };
-    while let Some(c) = chars.next() {
+    for c in text.chars() {
         match state {
             State::StartRecord | State::StartField => {
                 if state == State::StartRecord && (c == '\n' || c == '\r') {
