@@ -345,9 +345,7 @@ fn prepare(
         }
         None => None,
     };
-    let script_cells = script.as_ref().map(|script| match script {
-        Script::XyzPlot(args) => args.include_lone_images,
-    });
+    let script_cells = script.as_ref().map(Script::returns_job_images);
     if let Some(scripts) = model.get("alwayson_scripts").as_object() {
         for name in scripts.keys() {
             // A1111 refuses unknown ones (422); clients send Forge's and extensions' names

@@ -87,10 +87,7 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
         }
         let base = ScriptJob {
             params: params.clone(),
-            init: Some(ScriptInit {
-                image: init_image,
-                mask,
-            }),
+            init: Some(ScriptInit::new(init_image, mask)),
             checkpoint: None,
         };
         let grid_dir = args

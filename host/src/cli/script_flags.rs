@@ -12,6 +12,16 @@ use crate::scripts::{Script, Tab};
 /// Script flags.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ScriptFlags {
+    /// A script by its A1111 title ("Prompt matrix", "Prompts from file or textbox",
+    /// "Loopback", "SD upscale", "Outpainting mk2", "Poor man's outpainting"; any case), with
+    /// its arguments in A1111's order as --script-arg (the X/Y/Z plot has its own flags).
+    #[arg(long, value_name = "TITLE")]
+    pub script: Option<String>,
+    /// One of the script's positional arguments (A1111's `script_args`, the info boxes
+    /// included as null): JSON (4, 0.5, true, null, ["left","up"]) or else plain text;
+    /// missing trailing arguments take A1111's UI defaults.
+    #[arg(long = "script-arg", value_name = "VALUE", allow_hyphen_values = true)]
+    pub script_args: Vec<String>,
     /// X/Y/Z plot: the X axis as "Label: values" (A1111's labels and value syntax, e.g.
     /// "Steps: 10,20", "CFG Scale: 5-9 (+2)", "Seed: 1-4", "Sampler: Euler, DPM++ 2M").
     #[arg(long, value_name = "AXIS")]
@@ -47,6 +57,23 @@ impl ScriptFlags {
     /// The script the flags ask for on `tab`, if any.
     pub fn script(&self, tab: Tab) -> anyhow::Result<Option<Script>> {
         let given = [&self.x_axis, &self.y_axis, &self.z_axis];
+        if let Some(title) = &self.script {
+            if given.iter().any(|a| a.is_some()) {
+                anyhow::bail!("--script and the X/Y/Z plot's axes are two scripts; choose one");
+            }
+            let args: Vec<serde_json::Value> = self
+                .script_args
+                .iter()
+                .map(|text| {
+                    serde_json::from_str(text)
+                        .unwrap_or_else(|_| serde_json::Value::String(text.clone()))
+                })
+                .collect();
+            return Ok(Some(Script::from_api(title, &args, tab)?));
+        }
+        if !self.script_args.is_empty() {
+            anyhow::bail!("--script-arg needs --script");
+        }
         if given.iter().all(|a| a.is_none()) {
             let xyz_only = self.no_legend
                 || self.keep_random_seeds

@@ -8,7 +8,7 @@ use indicatif::ProgressBar;
 use sdhost_plugin_api::Flow;
 
 use super::job_args::{progress_bar, JobArgs, LoadedJob, INTERRUPTED_EXIT};
-use crate::pipeline::img2img::{run_img2img, JobEvent, JobOutcome};
+use crate::pipeline::img2img::{run_img2img_with, GeneratedImage, JobEvent, JobOutcome};
 use crate::pipeline::stop::JobStop;
 use crate::pipeline::txt2img::run_txt2img;
 use crate::sampling::plugins::SamplerRegistry;
@@ -74,6 +74,7 @@ impl ScriptHost for CliHost<'_> {
             .select_refiner(model, &params.refiner_checkpoint)
             .map_err(|e| setup_error(&params.refiner_checkpoint, e))?;
         let (args, bar, stop) = (self.args, &self.bar, &self.stop);
+        let deliver = job.init.as_ref().is_none_or(|init| init.deliver);
         let mut saved = Vec::new();
         let mut save_error = None;
         let mut observe = |event: JobEvent<'_>| {
@@ -81,6 +82,7 @@ impl ScriptHost for CliHost<'_> {
                 JobEvent::Started { .. } => {}
                 JobEvent::Step { .. } => bar.inc(1),
                 JobEvent::Warning(message) => bar.suspend(|| eprintln!("warning: {message}")),
+                JobEvent::Image(_) if !deliver => {}
                 JobEvent::Image(image) => match args.save(image, false) {
                     Ok((path, _)) => {
                         bar.suspend(|| println!("{}", path.display()));
@@ -99,15 +101,9 @@ impl ScriptHost for CliHost<'_> {
         };
         let (model, registry) = (&self.loaded.model, &self.loaded.registry);
         let outcome = match &job.init {
-            Some(init) => run_img2img(
-                model,
-                registry,
-                params,
-                &init.image,
-                init.mask.as_ref(),
-                stop,
-                &mut observe,
-            ),
+            Some(init) => {
+                run_img2img_with(model, registry, params, init.inputs(), stop, &mut observe)
+            }
             None => run_txt2img(model, registry, params, stop, &mut observe),
         };
         self.saved.extend(saved);
@@ -143,6 +139,18 @@ pub fn run_script(
     let outcome = result?;
     for warning in &outcome.warnings {
         eprintln!("warning: {warning}");
+    }
+    // Pictures the script composed are saved as a job's images.
+    for (index, made) in outcome.made.iter().enumerate() {
+        let image = GeneratedImage {
+            index,
+            seed: made.seed,
+            image: made.image.clone(),
+            patch: None,
+            infotext: made.infotext.clone(),
+        };
+        let (path, _) = args.save(&image, false)?;
+        println!("{}", path.display());
     }
     for grid in outcome.grids.iter().take(outcome.saved_grids) {
         let path = save_grid(grid_dir, outcome.grid_basename, grid)?;

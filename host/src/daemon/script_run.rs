@@ -10,7 +10,7 @@ use super::queue::{Job, Scheduler};
 use super::worker::{
     error_code, job_error, publish_step, result_event, rgba_attachment, step_event, Worker,
 };
-use crate::pipeline::img2img::{run_img2img, JobEvent, JobOutcome};
+use crate::pipeline::img2img::{run_img2img_with, JobEvent, JobOutcome};
 use crate::pipeline::preview::PreviewSettings;
 use crate::pipeline::txt2img::run_txt2img;
 use crate::sampling::plugins::SamplerRegistry;
@@ -86,6 +86,7 @@ impl ScriptHost for WorkerHost<'_> {
         let worker = &*self.worker;
         let (model, registry, live) = (&worker.model, &worker.registry, &worker.live);
         let preview = self.preview;
+        let deliver = sjob.init.as_ref().is_none_or(|init| init.deliver);
         let mut observe = |event: JobEvent<'_>| {
             match event {
                 JobEvent::Started {
@@ -116,6 +117,7 @@ impl ScriptHost for WorkerHost<'_> {
                     }
                     Worker::send(job, outgoing);
                 }
+                JobEvent::Image(_) if !deliver => {}
                 JobEvent::Image(image) => {
                     let mut outgoing = result_event(job, image);
                     if let Event::Result { index, .. } = &mut outgoing.event {
@@ -142,19 +144,20 @@ impl ScriptHost for WorkerHost<'_> {
             }
         };
         let outcome = match &sjob.init {
-            Some(init) => run_img2img(
+            Some(init) => run_img2img_with(
                 model,
                 registry,
                 params,
-                &init.image,
-                init.mask.as_ref(),
+                init.inputs(),
                 &job.stop,
                 &mut observe,
             ),
             None => run_txt2img(model, registry, params, &job.stop, &mut observe),
         }?;
         self.steps_done += job_steps;
-        self.images_sent += outcome.images.len();
+        if deliver {
+            self.images_sent += outcome.images.len();
+        }
         self.warnings.extend(warnings);
         Ok(outcome)
     }
@@ -222,12 +225,21 @@ impl Worker {
             warnings: Vec::new(),
         };
         let result = script.run(&mut host, base);
-        let (images, mut warnings) = (host.images_sent, host.warnings);
+        let (mut images, mut warnings) = (host.images_sent, host.warnings);
         let (id, job_id) = (job.request_id.clone(), job.id);
         let event = match result {
             Ok(outcome) => {
                 for (index, grid) in outcome.grids.iter().enumerate() {
                     Self::send(job, grid_event(job, index, grid));
+                }
+                // Pictures the script composed, as the job's images.
+                for made in &outcome.made {
+                    let mut event = grid_event(job, images, made);
+                    if let Event::Result { grid, .. } = &mut event.event {
+                        *grid = false;
+                    }
+                    Self::send(job, event);
+                    images += 1;
                 }
                 warnings.extend(outcome.warnings);
                 if outcome.stopped && queue.is_shut_down() {

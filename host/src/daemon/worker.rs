@@ -376,7 +376,7 @@ impl Worker {
         if let Some(script) = &request.script {
             let base = ScriptJob {
                 params: request.params.clone(),
-                init: Some(ScriptInit { image: init, mask }),
+                init: Some(ScriptInit::new(init, mask)),
                 checkpoint: None,
             };
             self.run_script(job, script, &base, request.preview, queue);

@@ -53,9 +53,49 @@ pub fn run_img2img(
     stop: &JobStop,
     observe: &mut dyn FnMut(JobEvent<'_>) -> Flow,
 ) -> Result<JobOutcome, JobError> {
+    let inputs = Img2ImgInputs {
+        image: init_image,
+        mask,
+        latent_mask: None,
+        color_target: None,
+    };
+    run_img2img_with(model, registry, params, inputs, stop, observe)
+}
+
+/// An img2img job's pictures: the init image and mask, and what A1111's scripts set besides
+/// them on `p`.
+#[derive(Clone, Copy)]
+pub struct Img2ImgInputs<'a> {
+    /// The init image.
+    pub image: &'a RgbImage,
+    /// The mask (255 = regenerate).
+    pub mask: Option<&'a GrayImage>,
+    /// A1111's `p.latent_mask`: the mask the latents are blended with instead of the processed
+    /// mask (the outpainting scripts' narrower band), at the job's size.
+    pub latent_mask: Option<&'a GrayImage>,
+    /// A1111's `p.color_corrections` set by a script: colour correction matches this picture
+    /// instead of the prepared init image (Loopback keeps the original).
+    pub color_target: Option<&'a RgbImage>,
+}
+
+/// [`run_img2img`] with a script's extra inputs.
+pub fn run_img2img_with(
+    model: &GenerationModel,
+    registry: &SamplerRegistry,
+    params: &GenerationRequest,
+    inputs: Img2ImgInputs<'_>,
+    stop: &JobStop,
+    observe: &mut dyn FnMut(JobEvent<'_>) -> Flow,
+) -> Result<JobOutcome, JobError> {
     let _guard = tch::no_grad_guard();
     let job = Img2ImgJob::prepare(model, registry, params)?;
-    let init = job.init_latents(init_image, mask)?;
+    let mut init = job.init_latents(inputs.image, inputs.mask)?;
+    init.init.set_script_inputs(
+        params,
+        model.device,
+        inputs.latent_mask,
+        inputs.color_target,
+    );
     // The extra networks, before the prompts are encoded: LoRAs patch the weights;
     // hypernetworks are set on the UNet for the whole job and cleared when it ends, however
     // it ends.

@@ -139,6 +139,31 @@ impl JobInit {
         })
     }
 
+    /// What a script sets besides the image and mask (A1111's `p.latent_mask`, read in `init`
+    /// in place of the processed mask for the latent blend; `p.color_corrections`, a target
+    /// `init` then does not replace). The latent mask applies only with a mask, the colour
+    /// target only with colour correction on.
+    pub fn set_script_inputs(
+        &mut self,
+        params: &GenerationRequest,
+        device: Device,
+        latent: Option<&GrayImage>,
+        color_target: Option<&RgbImage>,
+    ) {
+        if let (Some(mask), Some(_)) = (latent, &self.inpaint) {
+            self.latent_mask = Some(latent_mask(
+                mask,
+                self.latent_size.0,
+                self.latent_size.1,
+                params.inpaint.mask_round,
+                device,
+            ));
+        }
+        if let (Some(target), true) = (color_target, params.img2img_color_correction) {
+            self.color_correction = Some(ColorCorrection::new(target));
+        }
+    }
+
     /// Whether the model gets inpainting conditioning (infotext `Conditional mask weight`).
     pub fn uses_inpainting_conditioning(&self) -> bool {
         self.conditioning.is_some()

@@ -11,11 +11,13 @@
 
 mod generator;
 mod image;
+mod pcg64;
 mod philox;
 mod seeds;
 
 pub use generator::{Generator, RngError};
 pub use image::{randn_local, ImageRng, RngSource, Variation};
+pub use pcg64::NumpyPcg64;
 pub use philox::Philox;
 pub use seeds::{fixed_seed, random_seed, SeedList, RANDOM_SEED_BOUND};
 

@@ -12,8 +12,17 @@
 //! A1111's API `script_name` is) with A1111's positional `script_args`. [`grid`] and [`tiles`]
 //! are the picture helpers the scripts share from `modules/images.py`.
 
+mod args;
 pub mod grid;
+pub mod loopback;
+pub mod matched_noise;
+pub mod outpainting;
+pub mod outpainting_mk2;
 pub mod output;
+pub mod poor_mans_outpainting;
+pub mod prompt_matrix;
+pub mod prompts_from_file;
+pub mod sd_upscale;
 pub mod tiles;
 pub mod xyz;
 
@@ -53,6 +62,38 @@ pub struct ScriptInit {
     pub image: RgbImage,
     /// Inpainting mask (white: regenerate).
     pub mask: Option<GrayImage>,
+    /// A1111's `p.latent_mask` (the outpainting scripts): blends the latents instead of the
+    /// processed mask.
+    pub latent_mask: Option<GrayImage>,
+    /// A1111's `p.color_corrections` set by a script (Loopback: the original picture).
+    pub color_target: Option<RgbImage>,
+    /// Whether the host delivers (saves, sends) the job's images as they come; off where A1111
+    /// sets `do_not_save_samples` because the script composes its own picture from them
+    /// (outpainting, SD upscale), which it returns in [`ScriptOutcome::made`].
+    pub deliver: bool,
+}
+
+impl ScriptInit {
+    /// The tab's init image and mask, delivered as an ordinary job's.
+    pub fn new(image: RgbImage, mask: Option<GrayImage>) -> Self {
+        ScriptInit {
+            image,
+            mask,
+            latent_mask: None,
+            color_target: None,
+            deliver: true,
+        }
+    }
+
+    /// The pipeline's inputs.
+    pub fn inputs(&self) -> crate::pipeline::img2img::Img2ImgInputs<'_> {
+        crate::pipeline::img2img::Img2ImgInputs {
+            image: &self.image,
+            mask: self.mask.as_ref(),
+            latent_mask: self.latent_mask.as_ref(),
+            color_target: self.color_target.as_ref(),
+        }
+    }
 }
 
 /// One ordinary job a script asks for: A1111's `process_images(p)` on a copy of `p`.
@@ -166,6 +207,9 @@ pub struct ScriptOutcome {
     /// The jobs' images that the script returns after its grids (already delivered by the
     /// host as their jobs made them).
     pub images: Vec<ScriptImage>,
+    /// Pictures the script composed from undelivered jobs (outpainting, SD upscale): the front
+    /// end delivers them as a job's images (saved in the images folder, sent as results).
+    pub made: Vec<ScriptImage>,
     /// Things the user should know that did not stop the script.
     pub warnings: Vec<String>,
     /// Whether the user stopped it before its end.
@@ -178,11 +222,31 @@ pub struct ScriptOutcome {
 pub enum Script {
     /// X/Y/Z plot (`scripts/xyz_grid.py`).
     XyzPlot(Box<xyz::XyzArgs>),
+    /// Prompt matrix (`scripts/prompt_matrix.py`), either tab.
+    PromptMatrix(prompt_matrix::PromptMatrixArgs, Tab),
+    /// Prompts from file or textbox (`scripts/prompts_from_file.py`), either tab.
+    PromptsFromFile(prompts_from_file::PromptsFromFileArgs, Tab),
+    /// Loopback (`scripts/loopback.py`), img2img.
+    Loopback(loopback::LoopbackArgs),
+    /// SD upscale (`scripts/sd_upscale.py`), img2img.
+    SdUpscale(sd_upscale::SdUpscaleArgs),
+    /// Outpainting mk2 (`scripts/outpainting_mk_2.py`), img2img.
+    OutpaintingMk2(outpainting_mk2::Mk2Args),
+    /// Poor man's outpainting (`scripts/poor_mans_outpainting.py`), img2img.
+    PoorMansOutpainting(poor_mans_outpainting::PoorMansArgs),
 }
 
 impl Script {
     /// The titles of the scripts sdhost runs, as A1111's dropdown shows them.
-    pub const TITLES: &'static [&'static str] = &[xyz::TITLE];
+    pub const TITLES: &'static [&'static str] = &[
+        xyz::TITLE,
+        prompt_matrix::TITLE,
+        prompts_from_file::TITLE,
+        loopback::TITLE,
+        sd_upscale::TITLE,
+        outpainting_mk2::TITLE,
+        poor_mans_outpainting::TITLE,
+    ];
 
     /// The script an API request names (`script_name`, any case, as A1111's
     /// `script_name_to_index` compares) with its positional `script_args`, for `tab`.
@@ -193,6 +257,27 @@ impl Script {
                 args, tab,
             )?)));
         }
+        let img2img = tab == Tab::Img2img;
+        let is = |title: &str| wanted == title.to_lowercase();
+        if is(prompt_matrix::TITLE) {
+            return Ok(Script::PromptMatrix(args::prompt_matrix(args)?, tab));
+        }
+        if is(prompts_from_file::TITLE) {
+            return Ok(Script::PromptsFromFile(args::prompts_from_file(args)?, tab));
+        }
+        // The others are on A1111's img2img tab only (`show` returns `is_img2img`).
+        if img2img && is(loopback::TITLE) {
+            return Ok(Script::Loopback(args::loopback(args)?));
+        }
+        if img2img && is(sd_upscale::TITLE) {
+            return Ok(Script::SdUpscale(args::sd_upscale(args)?));
+        }
+        if img2img && is(outpainting_mk2::TITLE) {
+            return Ok(Script::OutpaintingMk2(args::outpainting_mk2(args)?));
+        }
+        if img2img && is(poor_mans_outpainting::TITLE) {
+            return Ok(Script::PoorMansOutpainting(args::poor_mans(args)?));
+        }
         Err(ScriptError::NotFound(name.to_string()))
     }
 
@@ -200,6 +285,12 @@ impl Script {
     pub fn title(&self) -> &'static str {
         match self {
             Script::XyzPlot(_) => xyz::TITLE,
+            Script::PromptMatrix(..) => prompt_matrix::TITLE,
+            Script::PromptsFromFile(..) => prompts_from_file::TITLE,
+            Script::Loopback(_) => loopback::TITLE,
+            Script::SdUpscale(_) => sd_upscale::TITLE,
+            Script::OutpaintingMk2(_) => outpainting_mk2::TITLE,
+            Script::PoorMansOutpainting(_) => poor_mans_outpainting::TITLE,
         }
     }
 
@@ -207,6 +298,8 @@ impl Script {
     pub fn tab(&self) -> Tab {
         match self {
             Script::XyzPlot(args) => args.tab,
+            Script::PromptMatrix(_, tab) | Script::PromptsFromFile(_, tab) => *tab,
+            _ => Tab::Img2img,
         }
     }
 
@@ -218,6 +311,69 @@ impl Script {
     ) -> Result<ScriptOutcome, ScriptError> {
         match self {
             Script::XyzPlot(args) => xyz::run(args, host, base),
+            Script::PromptMatrix(args, _) => prompt_matrix::run(args, host, base),
+            Script::PromptsFromFile(args, _) => prompts_from_file::run(args, host, base),
+            Script::Loopback(args) => loopback::run(args, host, base),
+            Script::SdUpscale(args) => sd_upscale::run(args, host, base),
+            Script::OutpaintingMk2(args) => outpainting_mk2::run(args, host, base),
+            Script::PoorMansOutpainting(args) => poor_mans_outpainting::run(args, host, base),
         }
     }
+
+    /// Whether the API returns the jobs' images after the grids (all scripts but the X/Y/Z
+    /// plot, which does so only with "Include Sub Images").
+    pub fn returns_job_images(&self) -> bool {
+        match self {
+            Script::XyzPlot(args) => args.include_lone_images,
+            _ => true,
+        }
+    }
+}
+
+/// A1111's `processing.fix_seed(p)`: -1 seeds (seed and variation seed) made concrete once, so
+/// every job a script makes from the request shares them.
+pub fn fix_seed(params: &mut GenerationRequest) {
+    use crate::rng::{fixed_seed, random_seed};
+    params.seed = fixed_seed(params.seed, random_seed) as i64;
+    params.subseed = fixed_seed(params.subseed, random_seed) as i64;
+}
+
+impl ScriptImage {
+    /// A job's image as a script returns it.
+    pub fn of(image: &crate::pipeline::job::GeneratedImage) -> Self {
+        ScriptImage {
+            image: image.image.clone(),
+            infotext: image.infotext.clone(),
+            seed: image.seed,
+        }
+    }
+}
+
+/// The script's error for an image helper's failure.
+fn picture_error(script: &'static str, error: impl std::fmt::Display) -> ScriptError {
+    ScriptError::InvalidArgs {
+        script,
+        message: error.to_string(),
+    }
+}
+
+/// `infotext` with a script's keys where A1111 puts `extra_generation_params`: after the
+/// job's own keys, before `Version` and `User`.
+pub fn with_extra_params(infotext: &Infotext, keys: &[(String, String)]) -> Infotext {
+    let mut out = infotext.clone();
+    let at = out
+        .params
+        .iter()
+        .position(|(k, _)| crate::infotext::TRAILING_KEYS.contains(&k.as_str()))
+        .unwrap_or(out.params.len());
+    for (offset, pair) in keys.iter().enumerate() {
+        out.params.insert(at + offset, pair.clone());
+    }
+    out
+}
+
+/// The sampler steps of `jobs`, announced to the host before the first.
+fn plan_jobs(host: &mut dyn ScriptHost, jobs: &[ScriptJob]) {
+    let total = jobs.iter().map(ScriptJob::planned_steps).sum();
+    host.plan(total, jobs.len());
 }

@@ -34,6 +34,8 @@ mod rng;
 mod samplers;
 mod sampling_plan;
 mod schedules;
+mod scripts_parity;
+mod scripts_run;
 mod tokenizer;
 mod txt2img;
 mod txt2img_parity;

@@ -31,6 +31,48 @@ pub fn match_histogram(source: &[u8], template: &[u8]) -> Vec<u8> {
     source.iter().map(|&v| lookup[usize::from(v)]).collect()
 }
 
+/// `match_histograms` for one float channel (`_match_cumulative_cdf`'s `np.unique` branch): each
+/// distinct source value's cumulative share of the source, mapped by `np.interp` onto the
+/// template's distinct values at their cumulative shares. Outpainting mk2 matches its shaped
+/// noise to the picture's colours this way. Empty inputs leave `source` as it is.
+pub fn match_histogram_f64(source: &[f64], template: &[f64]) -> Vec<f64> {
+    if source.is_empty() || template.is_empty() {
+        return source.to_vec();
+    }
+    let (src_values, src_counts) = unique_counts(source);
+    let (tmpl_values, tmpl_counts) = unique_counts(template);
+    let src_quantiles = cumulative_shares(src_counts.into_iter(), source.len());
+    let tmpl_quantiles = cumulative_shares(tmpl_counts.into_iter(), template.len());
+    let mapped: Vec<f64> = src_quantiles
+        .iter()
+        .map(|&q| interp(q, &tmpl_quantiles, &tmpl_values))
+        .collect();
+    source
+        .iter()
+        .map(|v| {
+            let index = src_values.partition_point(|u| u.total_cmp(v).is_lt());
+            mapped[index]
+        })
+        .collect()
+}
+
+/// `np.unique(values, return_counts=True)`: sorted distinct values and how often each occurs.
+fn unique_counts(values: &[f64]) -> (Vec<f64>, Vec<u64>) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let (mut distinct, mut counts): (Vec<f64>, Vec<u64>) = (Vec::new(), Vec::new());
+    for v in sorted {
+        match distinct.last() {
+            Some(last) if last.total_cmp(&v).is_eq() => *counts.last_mut().unwrap() += 1,
+            _ => {
+                distinct.push(v);
+                counts.push(1);
+            }
+        }
+    }
+    (distinct, counts)
+}
+
 fn histogram(values: &[u8]) -> [u64; 256] {
     let mut counts = [0u64; 256];
     values.iter().for_each(|&v| counts[usize::from(v)] += 1);

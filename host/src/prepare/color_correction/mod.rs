@@ -4,7 +4,7 @@
 //! back with OpenCV, and the result keeps its own luminosity (blendmodes' luminosity blend of
 //! the matched image with the generated one).
 
-mod histogram;
+pub mod histogram;
 mod luminosity;
 pub mod opencv_lab;
 

@@ -26,7 +26,7 @@ pub struct Cell {
 }
 
 /// A1111's `image_grid` rows for a batch's own grid (option `n_rows` −1: `round(√n)`).
-fn batch_rows(count: usize) -> usize {
+pub fn batch_rows(count: usize) -> usize {
     ((count as f64).sqrt().round() as usize).clamp(1, count.max(1))
 }
 
