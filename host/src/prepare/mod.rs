@@ -6,7 +6,6 @@
 pub mod color_correction;
 pub mod crop;
 pub mod fill;
-pub mod grid;
 pub mod init_image;
 pub mod inpaint;
 pub mod mask;
@@ -14,4 +13,5 @@ pub mod modes;
 pub mod pillow;
 pub mod resample;
 pub mod resize;
+pub mod tiles;
 pub mod upscalers;

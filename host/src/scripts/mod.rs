@@ -9,7 +9,7 @@
 //! asks, reporting progress, stopping when told), so a script runs the same everywhere.
 //!
 //! Front ends choose a script by its A1111 title ([`Script::from_api`], case-insensitive as
-//! A1111's API `script_name` is) with A1111's positional `script_args`. [`grid`] and [`tiles`]
+//! A1111's API `script_name` is) with A1111's positional `script_args`. [`grid`] and [`crate::prepare::tiles`]
 //! are the picture helpers the scripts share from `modules/images.py`.
 
 mod args;
@@ -23,7 +23,6 @@ pub mod poor_mans_outpainting;
 pub mod prompt_matrix;
 pub mod prompts_from_file;
 pub mod sd_upscale;
-pub mod tiles;
 pub mod xyz;
 
 use image::{GrayImage, RgbImage};

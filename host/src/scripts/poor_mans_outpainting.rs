@@ -9,11 +9,11 @@
 
 use image::{imageops, DynamicImage, GrayImage, Luma, RgbImage};
 
-use super::tiles::{combine_grid, split_grid, Grid};
 use super::{
     picture_error, plan_jobs, ScriptError, ScriptHost, ScriptImage, ScriptInit, ScriptJob,
     ScriptOutcome,
 };
+use crate::prepare::tiles::{combine_grid, split_grid, Grid};
 
 use super::outpainting::{pillow_rectangle, Directions, Expansion, OutpaintError};
 use crate::prepare::inpaint::MaskedContent;

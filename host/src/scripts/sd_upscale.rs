@@ -9,11 +9,11 @@
 //! convolution's last bits. The upscalers are the pixel ones sdhost has (None: no enlargement,
 //! as A1111 skips it; Lanczos; Nearest).
 
-use super::tiles::{combine_grid, split_grid};
 use super::{
     fix_seed, picture_error, plan_jobs, with_extra_params, ScriptError, ScriptHost, ScriptImage,
     ScriptInit, ScriptJob, ScriptOutcome,
 };
+use crate::prepare::tiles::{combine_grid, split_grid};
 use crate::prepare::upscalers::PixelUpscaler;
 
 /// A1111's title.

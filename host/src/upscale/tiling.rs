@@ -13,7 +13,7 @@ use image::{Rgb, RgbImage};
 use tch::{Device, Kind, Tensor};
 
 use super::model::UpscalerModel;
-use crate::prepare::grid::{combine_grid, split_grid, Grid, GridRow, Tile};
+use crate::prepare::tiles::{combine_grid, split_grid, Grid, Tile, TileRow};
 
 /// A tile size and overlap (A1111's defaults for every upscaler: 192 and 8; tile 0 upscales
 /// the picture whole).
@@ -88,7 +88,10 @@ pub fn upscale_with_model(
     if settings.tile == 0 {
         return upscale_pil_patch(model, image);
     }
-    let grid = split_grid(image, settings.tile, settings.tile, settings.overlap);
+    let Ok(grid) = split_grid(image, settings.tile, settings.tile, settings.overlap) else {
+        // An overlap as large as the tile leaves nothing to tile by (A1111 divides by zero).
+        return upscale_pil_patch(model, image);
+    };
     let mut scale = 1i64;
     let mut rows = Vec::with_capacity(grid.rows.len());
     for row in &grid.rows {
@@ -101,13 +104,11 @@ pub fn upscale_with_model(
             scale = i64::from(output.width() / tile.image.width());
             tiles.push(Tile {
                 x: tile.x * scale,
-                w: tile.w * scale as u32,
                 image: output,
             });
         }
-        rows.push(GridRow {
+        rows.push(TileRow {
             y: row.y * scale,
-            h: row.h * scale as u32,
             tiles,
         });
     }

@@ -5,11 +5,11 @@
 
 use crate::common::run_reference;
 use image::{Rgb, RgbImage};
+use sdhost::prepare::tiles::{combine_grid, split_grid};
 use sdhost::scripts::grid::font::LegendFont;
 use sdhost::scripts::grid::{
     combine_z_grids, draw_grid_annotations, draw_prompt_matrix, image_grid, GridAnnotation,
 };
-use sdhost::scripts::tiles::{combine_grid, split_grid};
 use serde_json::Value;
 use std::path::Path;
 
