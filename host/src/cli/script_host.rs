@@ -13,7 +13,9 @@ use crate::pipeline::stop::JobStop;
 use crate::pipeline::txt2img::run_txt2img;
 use crate::sampling::plugins::SamplerRegistry;
 use crate::scripts::output::save_grid;
-use crate::scripts::{Script, ScriptError, ScriptHost, ScriptJob};
+use crate::scripts::sd_upscale::ready_upscaler;
+use crate::scripts::{Script, ScriptError, ScriptHost, ScriptJob, UpscalerChoice};
+use crate::upscale::ReadyUpscaler;
 
 /// The CLI running one script.
 struct CliHost<'a> {
@@ -111,6 +113,10 @@ impl ScriptHost for CliHost<'_> {
             return Err(setup_error("output", error));
         }
         Ok(outcome?)
+    }
+
+    fn upscaler(&self, choice: &UpscalerChoice) -> Result<(String, ReadyUpscaler), ScriptError> {
+        ready_upscaler(choice, &self.loaded.model)
     }
 
     fn stopped(&self) -> bool {

@@ -14,7 +14,9 @@ use crate::pipeline::img2img::{run_img2img_with, JobEvent, JobOutcome};
 use crate::pipeline::preview::PreviewSettings;
 use crate::pipeline::txt2img::run_txt2img;
 use crate::sampling::plugins::SamplerRegistry;
-use crate::scripts::{Script, ScriptError, ScriptHost, ScriptImage, ScriptJob};
+use crate::scripts::sd_upscale::ready_upscaler;
+use crate::scripts::{Script, ScriptError, ScriptHost, ScriptImage, ScriptJob, UpscalerChoice};
+use crate::upscale::ReadyUpscaler;
 
 /// The worker running one script job.
 struct WorkerHost<'w> {
@@ -160,6 +162,10 @@ impl ScriptHost for WorkerHost<'_> {
         }
         self.warnings.extend(warnings);
         Ok(outcome)
+    }
+
+    fn upscaler(&self, choice: &UpscalerChoice) -> Result<(String, ReadyUpscaler), ScriptError> {
+        ready_upscaler(choice, &self.worker.model)
     }
 
     fn stopped(&self) -> bool {

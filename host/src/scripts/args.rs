@@ -10,7 +10,7 @@ use super::outpainting_mk2::Mk2Args;
 use super::poor_mans_outpainting::PoorMansArgs;
 use super::prompt_matrix::PromptMatrixArgs;
 use super::prompts_from_file::{PromptPosition, PromptsFromFileArgs};
-use super::sd_upscale::SdUpscaleArgs;
+use super::sd_upscale::{SdUpscaleArgs, UpscalerChoice};
 use super::ScriptError;
 use crate::prepare::inpaint::MaskedContent;
 
@@ -161,23 +161,17 @@ pub fn sd_upscale(args: &[Value]) -> Result<SdUpscaleArgs, ScriptError> {
         script: super::sd_upscale::TITLE,
         args,
     };
-    let upscaler = match a.get(2) {
-        None => super::sd_upscale::upscaler_by_index(0),
-        Some(Value::String(name)) => super::sd_upscale::upscaler_by_name(name),
-        Some(_) => {
-            let i = a.int(2, 0)?;
-            usize::try_from(i)
-                .ok()
-                .and_then(super::sd_upscale::upscaler_by_index)
-        }
-    }
-    .ok_or_else(|| {
-        a.error(format!(
-            "script_args[2]: no upscaler {} (sdhost has {})",
-            a.get(2).map(Value::to_string).unwrap_or_default(),
-            super::sd_upscale::UPSCALERS.join(", ")
-        ))
-    })?;
+    let upscaler =
+        match a.get(2) {
+            None | Some(Value::Null) => UpscalerChoice::Index(0),
+            Some(Value::String(name)) => UpscalerChoice::Name(name.clone()),
+            Some(_) => {
+                let i = a.int(2, 0)?;
+                UpscalerChoice::Index(usize::try_from(i).map_err(|_| {
+                    a.error(format!("script_args[2]: upscaler index {i} is negative"))
+                })?)
+            }
+        };
     let scale_factor = a.float(3, 2.0)?;
     if !(scale_factor.is_finite() && scale_factor > 0.0 && scale_factor <= 16.0) {
         return Err(a.error(format!(

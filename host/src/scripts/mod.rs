@@ -23,6 +23,8 @@ pub mod poor_mans_outpainting;
 pub mod prompt_matrix;
 pub mod prompts_from_file;
 pub mod sd_upscale;
+
+pub use sd_upscale::UpscalerChoice;
 pub mod xyz;
 
 use image::{GrayImage, RgbImage};
@@ -32,6 +34,7 @@ use crate::infotext::Infotext;
 use crate::pipeline::img2img::{JobError, JobOutcome};
 use crate::request::GenerationRequest;
 use crate::sampling::plugins::SamplerRegistry;
+use crate::upscale::ReadyUpscaler;
 
 /// Which A1111 tab a script runs on: some scripts and some X/Y/Z axes exist on one tab only
 /// (`AxisOptionTxt2Img`, `AxisOptionImg2Img`).
@@ -179,6 +182,9 @@ pub trait ScriptHost {
     fn run(&mut self, job: &ScriptJob) -> Result<JobOutcome, ScriptError>;
     /// Whether the user stopped the script (cancel or interrupt): no further job is started.
     fn stopped(&self) -> bool;
+    /// The loaded model's upscaler `choice` names (A1111's `shared.sd_upscalers`: None,
+    /// Lanczos, Nearest, then the models of the upscaler folders), read and ready to run.
+    fn upscaler(&self, choice: &UpscalerChoice) -> Result<(String, ReadyUpscaler), ScriptError>;
 }
 
 /// One image a script returns besides its jobs' own (a grid).

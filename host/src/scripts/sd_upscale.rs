@@ -6,21 +6,31 @@
 //!
 //! sdhost runs each tile of a batch as its own job with the seed that tile has in A1111's batch
 //! (the batch's seed + its place), which equals the batched image but for a batched
-//! convolution's last bits. The upscalers are the pixel ones sdhost has (None: no enlargement,
-//! as A1111 skips it; Lanczos; Nearest).
+//! convolution's last bits. The upscaler is any of A1111's list: None (no enlargement, as
+//! A1111 skips it), Lanczos, Nearest or a model of the upscaler folders (ESRGAN, SwinIR …).
 
 use super::{
     fix_seed, picture_error, plan_jobs, with_extra_params, ScriptError, ScriptHost, ScriptImage,
     ScriptInit, ScriptJob, ScriptOutcome,
 };
+use crate::pipeline::model::GenerationModel;
 use crate::prepare::tiles::{combine_grid, split_grid};
 use crate::prepare::upscalers::PixelUpscaler;
+use crate::upscale::{ReadyUpscaler, Upscaler};
 
 /// A1111's title.
 pub const TITLE: &str = "SD upscale";
 
-/// The upscalers in A1111's `shared.sd_upscalers` order, as far as sdhost has them.
-pub const UPSCALERS: [&str; 3] = ["None", "Lanczos", "Nearest"];
+/// The upscaler the script's arguments name: an index into A1111's `shared.sd_upscalers`
+/// (None, Lanczos, Nearest, then the upscaler folders' models by name) or, since A1111 1.6, a
+/// name. Resolved against the host's folders when the script starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpscalerChoice {
+    /// Position in the list.
+    Index(usize),
+    /// Name, any case.
+    Name(String),
+}
 
 /// The script's arguments (A1111's order after its info box: overlap, upscaler, scale).
 #[derive(Debug, Clone, PartialEq)]
@@ -28,30 +38,48 @@ pub struct SdUpscaleArgs {
     /// "Tile overlap" in pixels (default 64).
     pub overlap: u32,
     /// "Upscaler" (index 0 "None" enlarges nothing).
-    pub upscaler: PixelUpscaler,
+    pub upscaler: UpscalerChoice,
     /// "Scale Factor" (1–4, default 2).
     pub scale_factor: f64,
 }
 
-/// The upscaler at A1111's index.
-pub fn upscaler_by_index(index: usize) -> Option<PixelUpscaler> {
-    UPSCALERS.get(index).and_then(|n| PixelUpscaler::named(n))
-}
-
-/// The upscaler by name, any case (A1111 accepts a name since 1.6).
-pub fn upscaler_by_name(name: &str) -> Option<PixelUpscaler> {
-    UPSCALERS
-        .iter()
-        .find(|n| n.eq_ignore_ascii_case(name.trim()))
-        .and_then(|n| PixelUpscaler::named(n))
-}
-
-fn upscaler_name(upscaler: PixelUpscaler) -> &'static str {
-    UPSCALERS
-        .iter()
-        .copied()
-        .find(|n| PixelUpscaler::named(n) == Some(upscaler))
-        .unwrap_or("None")
+/// The upscaler `choice` names among `model`'s upscaler folders (for
+/// [`ScriptHost::upscaler`]): its name and the upscaler read on the model's device, so a
+/// missing or broken file fails before any tile is sampled.
+pub fn ready_upscaler(
+    choice: &UpscalerChoice,
+    model: &GenerationModel,
+) -> Result<(String, ReadyUpscaler), ScriptError> {
+    let all = Upscaler::all(&model.network_dirs.upscalers);
+    let found = match choice {
+        UpscalerChoice::Index(i) => all.get(*i),
+        UpscalerChoice::Name(name) => all
+            .iter()
+            .find(|u| u.name().eq_ignore_ascii_case(name.trim())),
+    };
+    let upscaler = found.ok_or_else(|| ScriptError::InvalidArgs {
+        script: TITLE,
+        message: format!(
+            "script_args[2]: no upscaler {} (there are: {})",
+            match choice {
+                UpscalerChoice::Index(i) => i.to_string(),
+                UpscalerChoice::Name(name) => format!("\"{name}\""),
+            },
+            all.iter()
+                .map(Upscaler::name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })?;
+    let ready =
+        model
+            .upscalers
+            .ready(upscaler, model.device)
+            .map_err(|e| ScriptError::InvalidArgs {
+                script: TITLE,
+                message: format!("upscaler \"{}\": {e}", upscaler.name()),
+            })?;
+    Ok((upscaler.name().to_string(), ready))
 }
 
 /// Runs SD upscale over `base`'s init image.
@@ -64,10 +92,11 @@ pub fn run(
         script: TITLE,
         message: "needs an init image".into(),
     })?;
+    let (upscaler_name, upscaler) = host.upscaler(&args.upscaler)?;
     let mut params = base.params.clone();
     fix_seed(&mut params);
-    let picture = match args.upscaler {
-        PixelUpscaler::None => init.image.clone(),
+    let picture = match upscaler {
+        ReadyUpscaler::Pixel(PixelUpscaler::None) => init.image.clone(),
         upscaler => upscaler.upscale(&init.image, args.scale_factor),
     };
     let mut grid = split_grid(&picture, params.width, params.height, args.overlap)
@@ -98,10 +127,7 @@ pub fn run(
     plan_jobs(host, &jobs);
     let keys = [
         ("SD upscale overlap".to_string(), args.overlap.to_string()),
-        (
-            "SD upscale upscaler".to_string(),
-            upscaler_name(args.upscaler).to_string(),
-        ),
+        ("SD upscale upscaler".to_string(), upscaler_name),
     ];
     let mut outcome = ScriptOutcome::default();
     let mut first_info = None;

@@ -262,6 +262,90 @@ fn hires_fix_runs_with_model_upscalers_from_the_models_folders() {
     assert_one_line_error(&out, "could not find upscaler named 4x-UltraSharp");
 }
 
+/// SD upscale enlarges with a model of the upscaler folders, named or by its place in
+/// A1111's list; a name no upscaler has is refused before any tile is sampled.
+#[test]
+fn sd_upscale_runs_with_a_model_upscaler() {
+    let root = tempfile::tempdir().unwrap();
+    let models = models_tree(root.path());
+    let init = root.path().join("init.png");
+    image::RgbImage::from_fn(20, 16, |x, y| {
+        image::Rgb([(x * 12) as u8, (y * 15) as u8, 90])
+    })
+    .save(&init)
+    .unwrap();
+    let run = |upscaler: &str, out: &Path| {
+        let args: Vec<&std::ffi::OsStr> = [
+            "img2img".as_ref(),
+            "--models-dir".as_ref(),
+            models.as_os_str(),
+            "--model".as_ref(),
+            "tiny".as_ref(),
+            "--init-image".as_ref(),
+            init.as_os_str(),
+            "--out-dir".as_ref(),
+            out.as_os_str(),
+            "--threads".as_ref(),
+            "1".as_ref(),
+        ]
+        .into_iter()
+        .chain(
+            [
+                "--width",
+                "32",
+                "--height",
+                "32",
+                "--seed",
+                "4",
+                "--steps",
+                "2",
+                "--script",
+                "SD upscale",
+                "--script-arg",
+                "null",
+                "--script-arg",
+                "8",
+                "--script-arg",
+                upscaler,
+                "--script-arg",
+                "2",
+            ]
+            .into_iter()
+            .map(std::ffi::OsStr::new),
+        )
+        .collect();
+        run_sdhost(&args)
+    };
+    // "tiny_esrgan" is 4x: 2 steps of Upscaler.upscale reach 80 x 64 (then Lanczos to 40 x 32).
+    // Index 7 of None, Lanczos, Nearest, not_an_upscaler, R-ESRGAN 2x+, tiny_compact,
+    // tiny_esrgan, tiny_swinir is tiny_swinir.
+    for (upscaler, name) in [("tiny_esrgan", "tiny_esrgan"), ("7", "tiny_swinir")] {
+        let out = root.path().join(name);
+        assert_success(&run(upscaler, &out));
+        let made: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "png"))
+            .collect();
+        assert_eq!(
+            made.len(),
+            1,
+            "only the composed picture is saved: {made:?}"
+        );
+        assert_eq!(pixels(&made[0]).dimensions(), (40, 32), "{upscaler}");
+        let text = sdhost::pipeline::png_info::read_png_infotext(&made[0])
+            .unwrap()
+            .unwrap();
+        assert!(
+            text.contains(&format!("SD upscale upscaler: {name}")),
+            "{text}"
+        );
+    }
+    let out = run("4x-UltraSharp", &root.path().join("missing"));
+    assert_one_line_error(&out, "no upscaler \"4x-UltraSharp\"");
+    assert!(!root.path().join("missing").exists());
+}
+
 #[test]
 fn the_api_lists_model_upscalers_and_the_extras_run_them() {
     let root = tempfile::tempdir().unwrap();
