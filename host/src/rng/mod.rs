@@ -13,6 +13,7 @@ mod generator;
 mod image;
 mod pcg64;
 mod philox;
+pub mod seed_sequence;
 mod seeds;
 
 pub use generator::{Generator, RngError};

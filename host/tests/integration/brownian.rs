@@ -13,8 +13,8 @@
 use std::collections::HashMap;
 
 use crate::common::{assert_close, read_tensors, run_reference};
+use sdhost::rng::seed_sequence::SeedSequence;
 use sdhost::rng::{ImageRng, RngSource};
-use sdhost::sampling::brownian::seed_sequence::SeedSequence;
 use sdhost::sampling::brownian::BrownianTreeNoise;
 use sdhost::sampling::noise::{BrownianNoise, JobNoise};
 use sdhost::sampling::plan::{SamplerSettings, SamplingPlan};

@@ -24,8 +24,8 @@ use std::collections::HashMap;
 
 use tch::{Device, Tensor};
 
-use super::seed_sequence::SeedSequence;
 use super::BrownianError;
+use crate::rng::seed_sequence::SeedSequence;
 use crate::rng::{randn_local, RngSource};
 
 /// `BrownianTree`'s default tolerance: times are resolved to this (six decimals).

@@ -9,21 +9,20 @@
 //! replace_torchsde_browinan`), so the job's RNG source (CPU, GPU or NV) makes them.
 //!
 //! A Brownian path is not smooth: the same law with other draws gives other pictures. So this
-//! is a port, not a substitute: numpy's seed mixing ([`seed_sequence`]) and torchsde's tree
+//! is a port, not a substitute: numpy's seed mixing ([`crate::rng::seed_sequence`]) and torchsde's tree
 //! ([`interval`]) are reproduced exactly, and so is the float32 arithmetic around them: σ's are
 //! float32 tensors in k-diffusion, torchsde reads them as `float(σ)`, and the normalisation
 //! divides by a float32 √|σ_next − σ|.
 
 pub mod interval;
-pub mod seed_sequence;
 
 use tch::{Device, Kind, Tensor};
 
 use super::noise::BrownianNoise;
 use super::session::StepFailure;
+use crate::rng::seed_sequence::PoolSizeError;
 use crate::rng::{RngError, RngSource};
 use interval::BrownianInterval;
-use seed_sequence::PoolSizeError;
 
 /// What can go wrong building or querying a Brownian tree.
 #[derive(Debug, thiserror::Error)]

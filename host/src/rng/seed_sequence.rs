@@ -1,5 +1,6 @@
 //! numpy's `SeedSequence` (`numpy/random/bit_generator.pyx`), which torchsde 0.2.6 uses to
-//! give every node of a Brownian tree its own generator seed.
+//! give every node of a Brownian tree its own generator seed, and `np.random.default_rng`
+//! to seed its PCG64 ([`super::pcg64`]).
 //!
 //! Ported rather than replaced by any other seed mixer because A1111's SDE noise is drawn from
 //! these exact seeds: only the same 32-bit words give the same pictures.
@@ -63,6 +64,15 @@ impl SeedSequence {
         if pool_size < MIN_POOL_SIZE {
             return Err(PoolSizeError(pool_size));
         }
+        Ok(Self::build(entropy, spawn_key, pool_size))
+    }
+
+    /// `SeedSequence(entropy)`: numpy's default pool, no spawn key (`np.random.default_rng`).
+    pub fn from_entropy(entropy: u128) -> Self {
+        Self::build(entropy, &[], MIN_POOL_SIZE)
+    }
+
+    fn build(entropy: u128, spawn_key: &[u128], pool_size: usize) -> Self {
         let mut assembled = int_words(entropy);
         if !spawn_key.is_empty() && assembled.len() < pool_size {
             // numpy (since 1.19) pads the run entropy to the pool size when a spawn key
@@ -94,7 +104,7 @@ impl SeedSequence {
                 *slot = mix(*slot, hashed);
             }
         }
-        Ok(SeedSequence { pool })
+        SeedSequence { pool }
     }
 
     /// `generate_state(n)` with numpy's default dtype, uint32.
