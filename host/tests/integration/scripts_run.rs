@@ -334,3 +334,58 @@ fn bad_script_arguments_are_refused_before_the_model_loads() {
         );
     }
 }
+
+/// Through A1111's HTTP API: Loopback's `script_args` return the loops' grid first, then each
+/// loop, and each loop is the API's img2img of the previous one (strength on the curve, seed
+/// one higher per loop); SD upscale answers the composed picture at the scaled size.
+#[test]
+fn api_runs_loopback_and_sd_upscale_from_script_args() {
+    use crate::api::{decode_png, init_picture, post, start};
+    let server = start(&[], None);
+    let dir = tempfile::tempdir().unwrap();
+    let (_, init) = init_picture(dir.path());
+    let body = |init: &str, seed: u64, strength: f64| {
+        serde_json::json!({
+            "init_images": [init], "prompt": "a red barn", "seed": seed, "steps": 4,
+            "sampler_name": "Euler", "denoising_strength": strength, "width": 40, "height": 32,
+        })
+    };
+    let mut request = body(&init, 5, 0.6);
+    request["script_name"] = "loopback".into();
+    request["script_args"] = serde_json::json!([2, 0.3, "Lazy", "None"]);
+    let (status, answer) = post(&server, "/sdapi/v1/img2img", &request);
+    assert_eq!(status, 200, "{answer}");
+    let images = answer["images"].as_array().unwrap();
+    assert_eq!(images.len(), 3, "the grid, then the two loops");
+    assert_eq!(decode_png(images[0].as_str().unwrap()).0.width(), 2 * 40);
+
+    let args = LoopbackArgs::new(2, 0.3, "Lazy", "None").unwrap();
+    let mut previous = init.clone();
+    for (i, looped) in images[1..].iter().enumerate() {
+        let (status, single) = post(
+            &server,
+            "/sdapi/v1/img2img",
+            &body(&previous, 5 + i as u64, args.strength(i, 0.6)),
+        );
+        assert_eq!(status, 200, "{single}");
+        let chained = single["images"][0].as_str().unwrap();
+        assert_eq!(
+            decode_png(looped.as_str().unwrap()).0,
+            decode_png(chained).0,
+            "loop {i}"
+        );
+        previous = chained.to_string();
+    }
+
+    let mut request = body(&init, 5, 0.4);
+    request["script_name"] = "SD upscale".into();
+    request["script_args"] = serde_json::json!([null, 8, "Lanczos", 2]);
+    let (status, answer) = post(&server, "/sdapi/v1/img2img", &request);
+    assert_eq!(status, 200, "{answer}");
+    let images = answer["images"].as_array().unwrap();
+    assert_eq!(images.len(), 1, "only the composed picture");
+    let (picture, text) = decode_png(images[0].as_str().unwrap());
+    // The 40x36 init at scale 2, rounded down to multiples of 8 as Upscaler.upscale does.
+    assert_eq!(picture.dimensions(), (80, 72));
+    assert!(text.unwrap().contains("SD upscale upscaler: Lanczos"));
+}
