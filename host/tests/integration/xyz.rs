@@ -489,3 +489,71 @@ fn socket_plot_counts_progress_over_cells_sends_the_grid_last_and_cancels_betwee
         "one or two cells and the grid: {kinds:?}"
     );
 }
+
+/// A Checkpoint name axis: the costliest axis runs outermost (each checkpoint loaded once, its
+/// cells together), and each cell is the single job on that checkpoint.
+#[test]
+fn checkpoint_axis_cells_are_the_single_jobs_on_each_checkpoint() {
+    let fx = fixture();
+    let other = common::tiny_model(fx.dir.path(), 8);
+    let (out, grids) = (fx.dir.path().join("out"), fx.dir.path().join("grids"));
+    let models = format!(
+        "Checkpoint name: {}, {}",
+        fx.model.display(),
+        other.display()
+    );
+    let base = [
+        "--prompt",
+        "a red barn",
+        "--seed",
+        "5",
+        "--sampler-name",
+        "Euler",
+    ];
+    let mut plot: Vec<&str> = base.to_vec();
+    plot.extend([
+        "--x-axis",
+        &models,
+        "--y-axis",
+        "Steps: 2,3",
+        "--grid-dir",
+        grids.to_str().unwrap(),
+    ]);
+    assert_success(&generate(&fx, "img2img", &out, &plot));
+    let cells = pngs(&out);
+    assert_eq!(cells.len(), 4, "{cells:?}");
+    let grid_text = infotext(&pngs(&grids)[0]);
+    assert!(grid_text.contains("X Type: Checkpoint name"), "{grid_text}");
+    // X (cost 1.0) outside Y: (first, 2), (first, 3), (second, 2), (second, 3).
+    let order = [
+        (&fx.model, "2"),
+        (&fx.model, "3"),
+        (&other, "2"),
+        (&other, "3"),
+    ];
+    for (i, (cell, (model, steps))) in cells.iter().zip(order).enumerate() {
+        let single_out = fx.dir.path().join(format!("single{i}"));
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "img2img".as_ref(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--out-dir".as_ref(),
+            single_out.as_os_str(),
+            "--threads".as_ref(),
+            "1".as_ref(),
+            "--init-image".as_ref(),
+            fx.init.as_os_str(),
+        ];
+        args.extend(base.iter().map(std::ffi::OsStr::new));
+        args.extend(["--steps".as_ref(), std::ffi::OsStr::new(steps)]);
+        assert_success(&run_sdhost(&args));
+        let single = pngs(&single_out).remove(0);
+        assert_eq!(pixels(cell), pixels(&single), "cell {i}");
+        let stem = model.file_stem().unwrap().to_string_lossy().into_owned();
+        assert!(
+            infotext(cell).contains(&format!("Model: {stem}")),
+            "cell {i}: {}",
+            infotext(cell)
+        );
+    }
+}
