@@ -23,6 +23,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+# A1111's modules/images.py Grid, transcribed once for the grid and upscaler references.
+from grid_reference import combine_grid, split_grid  # noqa: E402
+
 
 def stub_torchvision():
     """spandrel imports torchvision for LaMa and RestoreFormer only; the architectures used
@@ -186,75 +189,20 @@ def upscale_pil_patch(model, img):
         return torch_bgr_to_pil_image(model(tensor))
 
 
-def split_grid(image, tile_w, tile_h, overlap):
-    w, h = image.size
-    non_overlap_width = tile_w - overlap
-    non_overlap_height = tile_h - overlap
-    cols = math.ceil((w - overlap) / non_overlap_width)
-    rows = math.ceil((h - overlap) / non_overlap_height)
-    dx = (w - tile_w) / (cols - 1) if cols > 1 else 0
-    dy = (h - tile_h) / (rows - 1) if rows > 1 else 0
-    tiles = []
-    for row in range(rows):
-        row_images = []
-        y = int(row * dy)
-        if y + tile_h >= h:
-            y = h - tile_h
-        for col in range(cols):
-            x = int(col * dx)
-            if x + tile_w >= w:
-                x = w - tile_w
-            tile = image.crop((x, y, x + tile_w, y + tile_h))
-            row_images.append([x, tile_w, tile])
-        tiles.append([y, tile_h, row_images])
-    return dict(tiles=tiles, tile_w=tile_w, tile_h=tile_h, image_w=w, image_h=h, overlap=overlap)
-
-
-def combine_grid(grid):
-    def make_mask_image(r):
-        r = r * 255 / grid["overlap"]
-        r = r.astype(np.uint8)
-        return Image.fromarray(r, "L")
-
-    overlap = grid["overlap"]
-    mask_w = make_mask_image(np.arange(overlap, dtype=np.float32).reshape((1, overlap))
-                             .repeat(grid["tile_h"], axis=0))
-    mask_h = make_mask_image(np.arange(overlap, dtype=np.float32).reshape((overlap, 1))
-                             .repeat(grid["image_w"], axis=1))
-    combined_image = Image.new("RGB", (grid["image_w"], grid["image_h"]))
-    for y, h, row in grid["tiles"]:
-        combined_row = Image.new("RGB", (grid["image_w"], h))
-        for x, w, tile in row:
-            if x == 0:
-                combined_row.paste(tile, (0, 0))
-                continue
-            combined_row.paste(tile.crop((0, 0, overlap, h)), (x, 0), mask=mask_w)
-            combined_row.paste(tile.crop((overlap, 0, w, h)), (x + overlap, 0))
-        if y == 0:
-            combined_image.paste(combined_row, (0, 0))
-            continue
-        combined_image.paste(combined_row.crop((0, 0, combined_row.width, overlap)), (0, y), mask=mask_h)
-        combined_image.paste(combined_row.crop((0, overlap, combined_row.width, h)), (0, y + overlap))
-    return combined_image
-
-
 def upscale_with_model(model, img, tile_size, tile_overlap):
     if tile_size <= 0:
         return upscale_pil_patch(model, img)
-    grid = split_grid(img, tile_size, tile_size, tile_overlap)
+    tiles, tile_w, tile_h, image_w, image_h, overlap = split_grid(img, tile_size, tile_size, tile_overlap)
     newtiles = []
-    for y, h, row in grid["tiles"]:
+    for y, h, row in tiles:
         newrow = []
         for x, w, tile in row:
             output = upscale_pil_patch(model, tile)
             scale_factor = output.width // tile.width
             newrow.append([x * scale_factor, w * scale_factor, output])
         newtiles.append([y * scale_factor, h * scale_factor, newrow])
-    return combine_grid(dict(tiles=newtiles, tile_w=grid["tile_w"] * scale_factor,
-                             tile_h=grid["tile_h"] * scale_factor,
-                             image_w=grid["image_w"] * scale_factor,
-                             image_h=grid["image_h"] * scale_factor,
-                             overlap=grid["overlap"] * scale_factor))
+    return combine_grid((newtiles, tile_w * scale_factor, tile_h * scale_factor,
+                         image_w * scale_factor, image_h * scale_factor, overlap * scale_factor))
 
 
 def tiled_upscale_2(img, model, tile_size, tile_overlap, scale):
