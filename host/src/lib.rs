@@ -51,6 +51,7 @@ pub mod device;
 pub mod error;
 pub mod extra_networks;
 pub mod infotext;
+pub mod interrogate;
 pub mod models;
 pub mod pickle;
 pub mod pipeline;

@@ -1,0 +1,14 @@
+//! Interrogation: a prompt from a picture, as A1111's img2img "Interrogate CLIP" and
+//! "Interrogate DeepBooru" buttons make it (`modules/interrogate.py`, `modules/deepbooru.py`).
+//!
+//! * CLIP: a BLIP caption (`blip`) followed by the best matches of OpenAI CLIP ViT-L/14 over
+//!   the category word lists (`categories`, ranked by `ranking` through [`ClipFeatures`]).
+//! * DeepBooru: DeepDanbooru's tags above a score threshold (`deepbooru`).
+//!
+//! [`InterrogateOptions`] carries A1111's "Interrogate" settings to every front end.
+
+pub mod features;
+pub mod options;
+
+pub use features::ClipFeatures;
+pub use options::InterrogateOptions;
