@@ -7,8 +7,16 @@
 //!
 //! [`InterrogateOptions`] carries A1111's "Interrogate" settings to every front end.
 
+pub mod categories;
+pub mod clip_interrogation;
+pub mod feature_cache;
 pub mod features;
 pub mod options;
+pub mod ranking;
+pub mod seeded_features;
 
+pub use categories::{Categories, CategoriesError, CategoryList};
+pub use clip_interrogation::{interrogate_clip, ClipInterrogationError};
+pub use feature_cache::FeatureCache;
 pub use features::ClipFeatures;
 pub use options::InterrogateOptions;
