@@ -7,6 +7,7 @@
 //!
 //! [`InterrogateOptions`] carries A1111's "Interrogate" settings to every front end.
 
+pub mod blip;
 pub mod features;
 pub mod options;
 
