@@ -329,6 +329,31 @@ def beam_search_430(model, prefix, image_embeds, num_beams, min_length, max_leng
     return ordered[-1][1]
 
 
+class Hostile:
+    """A pickle that would run a shell command if unpickled by `torch.load(weights_only=False)`."""
+
+    def __reduce__(self):
+        return (os.system, ("echo hostile",))
+
+
+def write_broken(out_dir, model_path):
+    """Files a loader must refuse: a hostile pickle, a truncated archive, a state dict that is
+    not BLIP's, one with a tensor missing and one with a tensor of the wrong shape."""
+    torch.save({"model": Hostile()}, os.path.join(out_dir, "hostile.pth"))
+    with open(model_path, "rb") as f:
+        data = f.read()
+    with open(os.path.join(out_dir, "truncated.pth"), "wb") as f:
+        f.write(data[: len(data) // 2])
+    sd = torch.load(model_path, weights_only=True)["model"]
+    torch.save({"state_dict": sd}, os.path.join(out_dir, "not_blip.pth"))
+    missing = dict(sd)
+    del missing["text_decoder.bert.encoder.layer.1.crossattention.output.LayerNorm.bias"]
+    torch.save({"model": missing}, os.path.join(out_dir, "missing.pth"))
+    wrong = dict(sd)
+    wrong["visual_encoder.blocks.1.attn.qkv.weight"] = wrong["visual_encoder.blocks.1.attn.qkv.weight"][:-1]
+    torch.save({"model": wrong}, os.path.join(out_dir, "wrong_shape.pth"))
+
+
 CASES = {"default": (24, 48), "min_ge_max": (30, 12), "max_le_4": (24, 3), "short": (5, 9)}
 
 
@@ -342,6 +367,7 @@ def reference(out_dir, seed):
     grid_model, _ = write_model(os.path.join(out_dir, "blip_grid20.pth"),
                                 os.path.join(out_dir, "vocab_grid20.txt"), seed, dims="wide",
                                 pos_grid=20)
+    write_broken(out_dir, model_path)
     pixels = test_image()
     Image.fromarray(pixels, "RGB").save(os.path.join(out_dir, "image.png"))
     resized, x = preprocess(pixels)
