@@ -20,6 +20,7 @@ text follows the slow `BertTokenizer.decode` of transformers 4.30 (spec §3.8), 
 import argparse
 import json
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -358,6 +359,8 @@ CASES = {"default": (24, 48), "min_ge_max": (30, 12), "max_le_4": (24, 3), "shor
 
 
 def reference(out_dir, seed):
+    # transformers warns about min_length > max_length, one of the cases on purpose.
+    warnings.filterwarnings("ignore", message="Unfeasible length constraints")
     os.makedirs(out_dir, exist_ok=True)
     model_path = os.path.join(out_dir, "blip.pth")
     vocab_path = os.path.join(out_dir, "vocab.txt")
@@ -367,6 +370,8 @@ def reference(out_dir, seed):
     grid_model, _ = write_model(os.path.join(out_dir, "blip_grid20.pth"),
                                 os.path.join(out_dir, "vocab_grid20.txt"), seed, dims="wide",
                                 pos_grid=20)
+    tiny_model, _ = write_model(os.path.join(out_dir, "blip_tiny.pth"),
+                                os.path.join(out_dir, "vocab_tiny.txt"), seed, dims="tiny")
     write_broken(out_dir, model_path)
     pixels = test_image()
     Image.fromarray(pixels, "RGB").save(os.path.join(out_dir, "image.png"))
@@ -399,6 +404,16 @@ def reference(out_dir, seed):
             results["cases"][name] = {"min_length": m, "max_length": big_m, "num_beams": 1,
                                       "ids": ids, "caption": decode(ids, vocab),
                                       "min_margin": min(margins), "transformers5_checked": checked}
+        # The brief's dims (one head per attention), as `--write-model` writes them.
+        tiny_embeds = tiny_model.vision_model(pixel_values=x).last_hidden_state
+        ids = greedy_430(tiny_model, prefix, tiny_embeds, 24, 48)
+        out = tiny_model.generate(x, input_ids=torch.tensor([prompt]), num_beams=1,
+                                  do_sample=False, min_length=24, max_length=48)
+        assert out[0].tolist() == ids
+        margins = greedy_margins(tiny_model, ids, tiny_embeds, 24)
+        assert min(margins) >= 1e-3, f"seed {seed}: greedy margin {min(margins)} (tiny dims)"
+        results["tiny_default"] = {"ids": ids, "caption": decode(ids, vocab),
+                                   "min_margin": min(margins)}
         for name, (m, big_m) in {"beams3": (24, 48), "beams3_short": (5, 12)}.items():
             ids = beam_search_430(model, prefix, embeds, 3, m, big_m)
             hf = model.generate(x, input_ids=torch.tensor([prompt]), num_beams=3, do_sample=False,

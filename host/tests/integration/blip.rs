@@ -188,6 +188,28 @@ fn beam_search_equals_the_reference() {
     assert!(beam_cases >= 2);
 }
 
+/// The brief's dims (64-wide towers: one head each), as `blip_reference.py --write-model`
+/// writes the files front-end tests use.
+#[test]
+fn one_head_models_caption_like_transformers() {
+    let reference = reference_json();
+    let dir = fixtures();
+    let blip = BlipCaptioner::load(
+        &dir.join("blip_tiny.pth"),
+        &dir.join("vocab_tiny.txt"),
+        Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(blip.config().vision_width, 64);
+    let case = &reference["tiny_default"];
+    let opts = InterrogateOptions::default();
+    assert_eq!(blip.generate(&image(), &opts).unwrap(), ids(&case["ids"]));
+    assert_eq!(
+        blip.caption(&image(), &opts).unwrap(),
+        case["caption"].as_str().unwrap()
+    );
+}
+
 #[test]
 fn a_file_without_the_lm_decoder_keys_uses_the_word_table() {
     let reference = reference_json();

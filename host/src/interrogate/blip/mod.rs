@@ -225,7 +225,7 @@ impl BlipCaptioner {
         &self.prompt
     }
 
-    /// The caption of `image`, after A1111's cut of `"a picture of "` (spec §3).
+    /// The caption of `image`, after BLIP's cut of `"a picture of "`'s 13 characters.
     pub fn caption(
         &self,
         image: &RgbImage,

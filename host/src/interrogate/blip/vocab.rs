@@ -1,7 +1,7 @@
 //! BERT's `bert-base-uncased` vocabulary as BLIP's tokenizer uses it: the ids of the prompt
 //! `"a picture of "` (whitespace split + WordPiece), and the text of generated ids as
-//! transformers 4.30's slow `BertTokenizer.decode` writes it (spec §3.8), followed by A1111's
-//! cut of the prompt's 13 characters (`modules/interrogate.py: generate_caption`).
+//! transformers 4.30's slow `BertTokenizer.decode` writes it, followed by BLIP's cut of the
+//! prompt's 13 characters (salesforce/BLIP `models/blip.py: BLIP_Decoder.generate`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -162,7 +162,7 @@ impl BertVocab {
 
     /// The caption of generated `ids` (prompt included): special ids dropped, tokens joined
     /// with spaces, `" ##"` removed, stripped, cleaned up; then the first 13 characters cut,
-    /// whatever they are (A1111 `caption[len(prompt):]`).
+    /// whatever they are (BLIP's `caption[len(self.prompt):]`).
     pub fn caption(&self, ids: &[i64]) -> String {
         let special = [PAD, UNK, CLS, SEP, MASK, self.dec(), self.enc()];
         let words: Vec<&str> = ids
