@@ -10,6 +10,7 @@
 pub mod categories;
 pub mod clip_interrogation;
 pub mod feature_cache;
+pub mod blip;
 pub mod features;
 pub mod options;
 pub mod ranking;

@@ -1,5 +1,6 @@
 //! The Stable Diffusion networks: text encoders (CLIP, OpenCLIP), UNet, autoencoder.
 
+pub mod blip;
 pub mod clip;
 pub mod hypernetwork;
 pub mod layers;

@@ -4,6 +4,7 @@
 
 mod api;
 mod api_meta;
+mod blip;
 mod brownian;
 mod checkpoint_loading;
 mod cli;
