@@ -7,6 +7,7 @@
 //!
 //! [`InterrogateOptions`] carries A1111's "Interrogate" settings to every front end.
 
+pub mod deepbooru;
 pub mod features;
 pub mod options;
 

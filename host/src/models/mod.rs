@@ -1,6 +1,7 @@
 //! The Stable Diffusion networks: text encoders (CLIP, OpenCLIP), UNet, autoencoder.
 
 pub mod clip;
+pub mod deepdanbooru;
 pub mod hypernetwork;
 pub mod layers;
 pub mod open_clip;

@@ -11,6 +11,7 @@ mod color_correction;
 mod common;
 mod conditioning;
 mod daemon;
+mod deepbooru;
 mod denoiser;
 mod families;
 mod grid;
