@@ -169,13 +169,20 @@ fn read_contents(file: &TorchFile) -> Result<Contents, DeepbooruError> {
             file.root.type_name()
         )));
     };
+    let items = items.borrow();
+    let is_conv = |key: &Value| matches!(key, Value::Str(k) if k.starts_with("n_Conv_"));
+    if !items.iter().any(|(key, _)| is_conv(key)) {
+        return Err(not_deepdanbooru(
+            "it has no `n_Conv_<i>` convolutions".to_string(),
+        ));
+    }
     let mut tensors = BTreeMap::new();
-    // A1111: `state_dict.get('tags', [])`; a file without tags is refused below, by count.
+    // A1111: `state_dict.get('tags', [])`; a file without tags is refused later, by count.
     let mut tags = Vec::new();
-    for (key, value) in items.borrow().iter() {
+    for (key, value) in items.iter() {
         let Value::Str(key) = key else {
             return Err(not_deepdanbooru(format!(
-                "a key is a {}, not a str",
+                "a key is of type {}, not str",
                 key.type_name()
             )));
         };
@@ -184,7 +191,7 @@ fn read_contents(file: &TorchFile) -> Result<Contents, DeepbooruError> {
             ("tags", Value::Tuple(list)) => tags = tag_names(list, &not_deepdanbooru)?,
             ("tags", other) => {
                 return Err(not_deepdanbooru(format!(
-                    "`tags` is a {}, not a list of str",
+                    "`tags` is of type {}, not a list of str",
                     other.type_name()
                 )))
             }
@@ -193,16 +200,11 @@ fn read_contents(file: &TorchFile) -> Result<Contents, DeepbooruError> {
             }
             (_, other) => {
                 return Err(not_deepdanbooru(format!(
-                    "`{key}` is a {}, not a tensor",
+                    "`{key}` is of type {}, not a tensor",
                     other.type_name()
                 )))
             }
         }
-    }
-    if !tensors.keys().any(|k| k.starts_with("n_Conv_")) {
-        return Err(not_deepdanbooru(
-            "it has no `n_Conv_<i>` convolutions".to_string(),
-        ));
     }
     Ok(Contents { tensors, tags })
 }
@@ -216,7 +218,7 @@ fn tag_names(
         .map(|(i, tag)| match tag {
             Value::Str(tag) => Ok(tag.clone()),
             other => Err(not_deepdanbooru(format!(
-                "tags[{i}] is a {}, not a str",
+                "tags[{i}] is of type {}, not str",
                 other.type_name()
             ))),
         })
