@@ -11,6 +11,7 @@ pub mod categories;
 pub mod clip_interrogation;
 pub mod feature_cache;
 pub mod blip;
+pub mod deepbooru;
 pub mod features;
 pub mod options;
 pub mod ranking;

@@ -2,6 +2,7 @@
 
 pub mod blip;
 pub mod clip;
+pub mod deepdanbooru;
 pub mod hypernetwork;
 pub mod layers;
 pub mod open_clip;

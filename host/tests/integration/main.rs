@@ -13,6 +13,7 @@ mod color_correction;
 mod common;
 mod conditioning;
 mod daemon;
+mod deepbooru;
 mod denoiser;
 mod families;
 mod grid;
