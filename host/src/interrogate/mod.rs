@@ -3,10 +3,15 @@
 //!
 //! * CLIP: a BLIP caption (`blip`) followed by the best matches of OpenAI CLIP ViT-L/14 over
 //!   the category word lists (`categories`, ranked by `ranking` through [`ClipFeatures`]).
+//!   The CLIP model is OpenAI's ViT-L/14 file ([`clip_model`]: its image preprocessing in
+//!   [`clip_preprocess`], `clip.tokenize` in [`clip_tokenize`]).
 //! * DeepBooru: DeepDanbooru's tags above a score threshold (`deepbooru`).
 //!
 //! [`InterrogateOptions`] carries A1111's "Interrogate" settings to every front end.
 
+pub mod clip_model;
+pub mod clip_preprocess;
+pub mod clip_tokenize;
 pub mod features;
 pub mod options;
 
