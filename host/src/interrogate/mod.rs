@@ -1,17 +1,23 @@
 //! Interrogation: a prompt from a picture, as A1111's img2img "Interrogate CLIP" and
 //! "Interrogate DeepBooru" buttons make it (`modules/interrogate.py`, `modules/deepbooru.py`).
 //!
-//! * CLIP: a BLIP caption (`blip`) followed by the best matches of OpenAI CLIP ViT-L/14 over
-//!   the category word lists (`categories`, ranked by `ranking` through [`ClipFeatures`]).
-//! * DeepBooru: DeepDanbooru's tags above a score threshold (`deepbooru`).
+//! * CLIP: a BLIP caption ([`blip`]) followed by the best matches of OpenAI CLIP ViT-L/14 over
+//!   the category word lists ([`categories`], ranked by [`ranking`] through [`ClipFeatures`],
+//!   text features cached by [`feature_cache`], the whole flow in [`clip_interrogation`]).
+//!   The CLIP model is OpenAI's ViT-L/14 file ([`clip_model`]: its image preprocessing in
+//!   [`clip_preprocess`], `clip.tokenize` in [`clip_tokenize`]).
+//! * DeepBooru: DeepDanbooru's tags above a score threshold ([`deepbooru`]).
 //!
 //! [`InterrogateOptions`] carries A1111's "Interrogate" settings to every front end.
 
+pub mod blip;
 pub mod categories;
 pub mod clip_interrogation;
-pub mod feature_cache;
-pub mod blip;
+pub mod clip_model;
+pub mod clip_preprocess;
+pub mod clip_tokenize;
 pub mod deepbooru;
+pub mod feature_cache;
 pub mod features;
 pub mod options;
 pub mod ranking;

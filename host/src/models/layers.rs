@@ -197,6 +197,7 @@ pub struct LayerNorm {
     bias: Tensor,
     dim: i64,
     eps: f64,
+    upcast: bool,
 }
 
 impl LayerNorm {
@@ -207,13 +208,33 @@ impl LayerNorm {
             bias: vb.get("bias", &[dim])?,
             dim,
             eps,
+            upcast: false,
         };
         vb.record_layer(LayerKind::LayerNorm, &layer.weight, Some(&layer.bias));
         Ok(layer)
     }
 
+    /// The same norm computed in fp32 and cast back to the input's dtype, as OpenAI CLIP's
+    /// `LayerNorm` subclass does for fp16 inputs (`clip/model.py: LayerNorm`).
+    pub fn in_fp32(self) -> Self {
+        Self {
+            upcast: true,
+            ..self
+        }
+    }
+
     /// Normalises over the last dimension.
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        if self.upcast && x.kind() != Kind::Float {
+            let (w, b) = (
+                self.weight.to_kind(Kind::Float),
+                self.bias.to_kind(Kind::Float),
+            );
+            return x
+                .to_kind(Kind::Float)
+                .layer_norm([self.dim], Some(&w), Some(&b), self.eps, true)
+                .to_kind(x.kind());
+        }
         x.layer_norm(
             [self.dim],
             Some(&self.weight),

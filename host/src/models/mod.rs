@@ -1,4 +1,5 @@
-//! The Stable Diffusion networks: text encoders (CLIP, OpenCLIP), UNet, autoencoder.
+//! The Stable Diffusion networks: text encoders (CLIP, OpenCLIP), UNet, autoencoder; and the
+//! interrogator's OpenAI CLIP (both towers).
 
 pub mod blip;
 pub mod clip;
@@ -6,6 +7,7 @@ pub mod deepdanbooru;
 pub mod hypernetwork;
 pub mod layers;
 pub mod open_clip;
+pub mod openai_clip;
 pub mod stable_diffusion;
 pub mod text_encoders;
 pub mod unet;

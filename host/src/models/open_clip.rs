@@ -4,13 +4,16 @@
 //! Keys mirror `open_clip.model.CLIP` without its visual tower: `token_embedding.weight`, the
 //! bare `positional_embedding`, `transformer.resblocks.N.{ln_1, attn.in_proj_*, attn.out_proj,
 //! ln_2, mlp.c_fc, mlp.c_proj}`, `ln_final`, `text_projection` [W, P] (applied as `x·P`).
-//! Unlike OpenAI's CLIP-L it uses exact (erf) GELU and one merged q/k/v projection.
+//! Unlike OpenAI's CLIP-L in SD 1.x (transformers' layout) it uses one merged q/k/v
+//! projection, and exact (erf) GELU where OpenAI's CLIP has QuickGELU. The residual block and
+//! the text tower here also serve OpenAI's own layout ([`super::openai_clip`], the
+//! interrogator's ViT-L/14) through a [`BlockStyle`].
 
 use super::layers::{attention, LayerNorm, Linear};
 use crate::weights::{LayerKind, Result, VarBuilder};
 use tch::{Kind, Tensor};
 
-/// Layer-norm epsilon of the OpenCLIP text transformer.
+/// Layer-norm epsilon of the OpenCLIP and OpenAI CLIP transformers.
 const LAYER_NORM_EPS: f64 = 1e-5;
 
 /// Shape of an OpenCLIP text tower.
@@ -32,8 +35,47 @@ pub struct OpenClipConfig {
     pub projection_dim: Option<i64>,
 }
 
-/// One `ResidualAttentionBlock`.
-struct ResidualBlock {
+/// The MLP activation of a CLIP residual block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact (erf) GELU: OpenCLIP's towers.
+    Gelu,
+    /// `x·σ(1.702x)`: OpenAI's CLIP (`clip/model.py: QuickGELU`).
+    QuickGelu,
+}
+
+impl Activation {
+    fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::Gelu => x.gelu("none"),
+            Activation::QuickGelu => x * (x * 1.702).sigmoid(),
+        }
+    }
+}
+
+/// How a residual block computes: its activation, whether attention is causal (text) or
+/// full (image), and whether its norms run in fp32 whatever the weights' dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockStyle {
+    /// The MLP's activation.
+    pub activation: Activation,
+    /// Causal attention (each position sees itself and earlier ones).
+    pub causal: bool,
+    /// LayerNorm in fp32 (OpenAI CLIP's `LayerNorm` subclass).
+    pub norm_in_fp32: bool,
+}
+
+impl BlockStyle {
+    /// OpenCLIP's text tower (SD 2.x, SDXL).
+    pub const OPEN_CLIP_TEXT: Self = Self {
+        activation: Activation::Gelu,
+        causal: true,
+        norm_in_fp32: false,
+    };
+}
+
+/// One `ResidualAttentionBlock` (the same layout in OpenCLIP and OpenAI CLIP, both towers).
+pub(crate) struct ResidualBlock {
     ln_1: LayerNorm,
     in_proj: Linear,
     out_proj: Linear,
@@ -41,28 +83,44 @@ struct ResidualBlock {
     c_fc: Linear,
     c_proj: Linear,
     heads: i64,
+    style: BlockStyle,
 }
 
 impl ResidualBlock {
-    fn new(vb: &VarBuilder, cfg: &OpenClipConfig) -> Result<Self> {
-        let (w, m) = (cfg.width, cfg.mlp_width);
+    /// Loads the block under `vb`: residual width `w`, MLP width `m`, `heads` heads.
+    pub(crate) fn new(
+        vb: &VarBuilder,
+        w: i64,
+        m: i64,
+        heads: i64,
+        style: BlockStyle,
+    ) -> Result<Self> {
         let attn = vb.pp("attn");
+        let norm = |name: &str| -> Result<LayerNorm> {
+            let ln = LayerNorm::new(&vb.pp(name), w, LAYER_NORM_EPS)?;
+            Ok(if style.norm_in_fp32 { ln.in_fp32() } else { ln })
+        };
         Ok(Self {
-            ln_1: LayerNorm::new(&vb.pp("ln_1"), w, LAYER_NORM_EPS)?,
+            ln_1: norm("ln_1")?,
             in_proj: merged_in_proj(&attn, w)?,
             out_proj: Linear::new(&attn.pp("out_proj"), w, w, true)?,
-            ln_2: LayerNorm::new(&vb.pp("ln_2"), w, LAYER_NORM_EPS)?,
+            ln_2: norm("ln_2")?,
             c_fc: Linear::new(&vb.pp("mlp.c_fc"), w, m, true)?,
             c_proj: Linear::new(&vb.pp("mlp.c_proj"), m, w, true)?,
-            heads: cfg.heads,
+            heads,
+            style,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
+    /// `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`, on [B, L, W].
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
         let qkv = self.in_proj.forward(&self.ln_1.forward(x)).chunk(3, -1);
-        let a = attention(&qkv[0], &qkv[1], &qkv[2], self.heads, true);
+        let a = attention(&qkv[0], &qkv[1], &qkv[2], self.heads, self.style.causal);
         let x = x + self.out_proj.forward(&a);
-        let h = self.c_fc.forward(&self.ln_2.forward(&x)).gelu("none");
+        let h = self
+            .style
+            .activation
+            .apply(&self.c_fc.forward(&self.ln_2.forward(&x)));
         x + self.c_proj.forward(&h)
     }
 }
@@ -90,10 +148,26 @@ pub struct OpenClipTextModel {
 impl OpenClipTextModel {
     /// Loads the tower under `vb` (the `…model` level of the checkpoint).
     pub fn new(vb: &VarBuilder, config: &OpenClipConfig) -> Result<Self> {
+        Self::with_style(vb, config, BlockStyle::OPEN_CLIP_TEXT)
+    }
+
+    /// Loads a tower of the same layout whose blocks compute as `style` says (OpenAI CLIP's
+    /// text tower: QuickGELU, norms in fp32).
+    pub fn with_style(vb: &VarBuilder, config: &OpenClipConfig, style: BlockStyle) -> Result<Self> {
         let (v, w, p) = (config.vocab_size, config.width, config.context_length);
+        let (m, heads) = (config.mlp_width, config.heads);
         let blocks = (0..config.layers)
-            .map(|i| ResidualBlock::new(&vb.pp(format!("transformer.resblocks.{i}")), config))
+            .map(|i| {
+                let vb = vb.pp(format!("transformer.resblocks.{i}"));
+                ResidualBlock::new(&vb, w, m, heads, style)
+            })
             .collect::<Result<_>>()?;
+        let ln_final = LayerNorm::new(&vb.pp("ln_final"), w, LAYER_NORM_EPS)?;
+        let ln_final = if style.norm_in_fp32 {
+            ln_final.in_fp32()
+        } else {
+            ln_final
+        };
         let text_projection = match config.projection_dim {
             Some(dim) => Some(vb.get("text_projection", &[w, dim])?),
             None => None,
@@ -102,7 +176,7 @@ impl OpenClipTextModel {
             token_embedding: vb.get("token_embedding.weight", &[v, w])?,
             positional_embedding: vb.get("positional_embedding", &[p, w])?,
             blocks,
-            ln_final: LayerNorm::new(&vb.pp("ln_final"), w, LAYER_NORM_EPS)?,
+            ln_final,
             text_projection,
             config: config.clone(),
         })
@@ -131,6 +205,17 @@ impl OpenClipTextModel {
             states.push(next);
         }
         states
+    }
+
+    /// The residual stream after every block for embedded tokens [B, L, W] (without keeping
+    /// the intermediate states: interrogation encodes thousands of lines).
+    pub fn last_hidden_state(&self, embeds: &Tensor) -> Tensor {
+        let len = embeds.size()[1];
+        let mut x = embeds + self.positional_embedding.narrow(0, 0, len);
+        for block in &self.blocks {
+            x = block.forward(&x);
+        }
+        x
     }
 
     /// Number of residual blocks.

@@ -29,10 +29,44 @@ pub(super) enum Allowed {
     /// Only ever referenced, never called: storage types (in persistent ids), `torch.float32`,
     /// Lightning's callback module and class used as dict keys.
     Inert,
+    /// A TorchScript class (`__torch__.…`): a module object made without arguments whose
+    /// `BUILD` sets its attributes from a dict. Its code is never looked at.
+    ScriptObject,
+    /// `torch.jit._pickle.restore_type_tag` and `build_{int,double,bool,tensor}list`: the
+    /// TorchScript pickler's typing wrappers, which return their first argument.
+    JitIdentity,
 }
 
-/// Looks a global up in the allow-list.
-pub(super) fn lookup(module: &str, name: &str) -> Option<Allowed> {
+/// Which pickles a reader accepts: a checkpoint's (A1111's allow-list), or the module tree
+/// of a TorchScript archive (`torch.jit.save`), which adds script objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// `torch.save` files: the allow-list alone.
+    Checkpoint,
+    /// The `data.pkl` of an archive that has `code/` records: the allow-list, `__torch__.`
+    /// classes as inert objects, and `torch.jit._pickle`'s identity wrappers.
+    TorchScript,
+}
+
+/// Looks a global up in the allow-list of `dialect`.
+pub(super) fn lookup(module: &str, name: &str, dialect: Dialect) -> Option<Allowed> {
+    if dialect == Dialect::TorchScript {
+        if module.starts_with("__torch__.") {
+            return Some(Allowed::ScriptObject);
+        }
+        if module == "torch.jit._pickle"
+            && matches!(
+                name,
+                "restore_type_tag"
+                    | "build_intlist"
+                    | "build_doublelist"
+                    | "build_boollist"
+                    | "build_tensorlist"
+            )
+        {
+            return Some(Allowed::JitIdentity);
+        }
+    }
     Some(match (module, name) {
         ("collections", "OrderedDict") => Allowed::OrderedDict,
         ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {

@@ -3,7 +3,13 @@
 //! accepted, and any other record (`version`, `byteorder`, `.format_version`,
 //! `.data/serialization_id`...) is ignored except `byteorder`, which says how the storages'
 //! bytes are ordered.
+//!
+//! `torch.jit.save` writes the same layout for a TorchScript module (OpenAI's `ViT-L-14.pt`)
+//! plus `<dir>/code/` (the module's TorchScript source) and `constants.pkl`: when `code/`
+//! records are present, `data.pkl` is read as a module tree ([`Dialect::TorchScript`]); the
+//! code and constants are never read.
 
+use super::allow_list::Dialect;
 use super::machine::{unpickle, Unpickled};
 use super::{PickleError, Record};
 use std::collections::HashMap;
@@ -20,6 +26,8 @@ pub(super) struct ZipContents {
     pub unpickled: Unpickled,
     pub records: HashMap<String, Record>,
     pub big_endian: bool,
+    /// Whether it is a TorchScript archive (it has `code/` records).
+    pub torchscript: bool,
 }
 
 /// Reads the archive `bytes` (the whole file) of `path`.
@@ -70,7 +78,14 @@ pub(super) fn read(path: &Path, bytes: &[u8]) -> Result<ZipContents, PickleError
         false
     };
 
-    let unpickled = unpickle(path, &pickle, 0)?;
+    let code = format!("{prefix}code/");
+    let torchscript = archive.file_names().any(|n| n.starts_with(&code));
+    let dialect = if torchscript {
+        Dialect::TorchScript
+    } else {
+        Dialect::Checkpoint
+    };
+    let unpickled = unpickle(path, &pickle, 0, dialect)?;
     let mut records = HashMap::new();
     for (key, decl) in &unpickled.storages {
         let name = format!("{prefix}data/{key}");
@@ -102,5 +117,6 @@ pub(super) fn read(path: &Path, bytes: &[u8]) -> Result<ZipContents, PickleError
         unpickled,
         records,
         big_endian,
+        torchscript,
     })
 }

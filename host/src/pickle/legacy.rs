@@ -3,6 +3,7 @@
 //! protocol version, the saver's `sys_info`, the object, and the sorted list of storage keys),
 //! then each storage as its element count (int64, little-endian) and its raw bytes.
 
+use super::allow_list::Dialect;
 use super::machine::{unpickle, Unpickled};
 use super::value::Value;
 use super::{PickleError, Record};
@@ -30,7 +31,7 @@ pub(super) fn read(path: &Path, bytes: &[u8]) -> Result<LegacyContents, PickleEr
     // pickle is refused here, before anything tells it apart from a torch file.
     // A stream that does not even start with a protocol opcode is more likely some other
     // file than a broken pickle.
-    let magic = unpickle(path, bytes, 0).map_err(|e| match e {
+    let magic = unpickle(path, bytes, 0, Dialect::Checkpoint).map_err(|e| match e {
         PickleError::Malformed { reason, .. } if bytes.first() != Some(&0x80) => {
             PickleError::NotTorchFile {
                 path: path.to_path_buf(),
@@ -45,13 +46,13 @@ pub(super) fn read(path: &Path, bytes: &[u8]) -> Result<LegacyContents, PickleEr
             reason: "a pickle without torch's magic number".into(),
         });
     }
-    let protocol = unpickle(path, bytes, magic.end)?;
+    let protocol = unpickle(path, bytes, magic.end, Dialect::Checkpoint)?;
     if !matches!(protocol.root, Value::Int(PROTOCOL_VERSION)) {
         return Err(malformed("unsupported legacy protocol version".into()));
     }
-    let sys_info = unpickle(path, bytes, protocol.end)?;
-    let unpickled = unpickle(path, bytes, sys_info.end)?;
-    let key_list = unpickle(path, bytes, unpickled.end)?;
+    let sys_info = unpickle(path, bytes, protocol.end, Dialect::Checkpoint)?;
+    let unpickled = unpickle(path, bytes, sys_info.end, Dialect::Checkpoint)?;
+    let key_list = unpickle(path, bytes, unpickled.end, Dialect::Checkpoint)?;
     let Value::List(keys) = &key_list.root else {
         return Err(malformed("the storage key list is not a list".into()));
     };

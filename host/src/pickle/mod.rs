@@ -6,16 +6,18 @@
 //! runs the pickle opcodes itself ([`machine`]) and only ever resolves the globals of A1111's
 //! allow-list (`modules/safe.py`, `RestrictedUnpickler`; [`allow_list`]), each rebuilt as an
 //! inert [`Value`]: tensors, storages, `OrderedDict`, `set`, `torch.Size`, numpy scalars,
-//! `ParameterDict`, Lightning's `ModelCheckpoint`. Any other global, call, object or state
-//! change is refused with a [`PickleError`] naming it, and nothing is executed. Sizes are
-//! checked against the file before anything is allocated, so a crafted file gives an error,
-//! not a crash.
+//! `ParameterDict`, Lightning's `ModelCheckpoint` (and, only inside a TorchScript archive,
+//! `__torch__.` module objects). Any other global, call, object or state change is refused
+//! with a [`PickleError`] naming it, and nothing is executed. Sizes are checked against the
+//! file before anything is allocated, so a crafted file gives an error, not a crash.
 //!
 //! Two ways in:
 //! * [`load_state_dict`] (or [`StateDict::open`]): a checkpoint's tensors by key, unwrapped as
 //!   A1111's `sd_models.get_state_dict_from_checkpoint` does (the Lightning `state_dict`
 //!   wrapper, the key renames of old checkpoints). Tensors are read lazily from the mapped
 //!   file. Checkpoints, VAEs and LoRA `.pt` files use this.
+//!   TorchScript archives (`torch.jit.save`, OpenAI's CLIP `ViT-L-14.pt`) open the same way:
+//!   their module tree is flattened to the keys `state_dict()` would give ([`script_module`]).
 //! * [`TorchFile::open`]: the raw unpickled object ([`TorchFile::root`]) with int keys,
 //!   tuples and metadata, and [`TorchFile::tensor`] for each [`TensorRef`] in it. Textual
 //!   inversion embeddings ([`embedding_vectors`]) and hypernetworks use this.
@@ -24,6 +26,7 @@ mod allow_list;
 mod archive;
 mod legacy;
 mod machine;
+mod script_module;
 mod state_dict;
 #[cfg(test)]
 mod tests;
@@ -81,6 +84,9 @@ pub enum PickleError {
     /// The file holds no state dict (a mapping of names to tensors).
     #[error("{path}: not a state dict: {reason}")]
     NotStateDict { path: PathBuf, reason: String },
+    /// A TorchScript module tree too large to flatten (shared submodules reached too often).
+    #[error("{path}: the TorchScript module tree has more than {limit} tensors or objects")]
+    ModuleTreeTooLarge { path: PathBuf, limit: usize },
     /// The pickle has no recognisable embedding in it.
     #[error("{path}: no embedding tensor found (expected `string_to_param` or a single tensor)")]
     NoEmbedding { path: PathBuf },
@@ -103,6 +109,7 @@ pub struct TorchFile {
     mmap: Mmap,
     records: HashMap<String, Record>,
     big_endian: bool,
+    torchscript: bool,
     /// The unpickled root object.
     pub root: Value,
 }
@@ -124,12 +131,12 @@ impl TorchFile {
         let zip_magic = b"PK\x03\x04";
         let is_zip =
             zip_magic.starts_with(&mmap[..mmap.len().min(4)]) || mmap.starts_with(zip_magic);
-        let (unpickled, records, big_endian) = if is_zip {
+        let (unpickled, records, big_endian, torchscript) = if is_zip {
             let zip = archive::read(path, &mmap)?;
-            (zip.unpickled, zip.records, zip.big_endian)
+            (zip.unpickled, zip.records, zip.big_endian, zip.torchscript)
         } else {
             let old = legacy::read(path, &mmap)?;
-            (old.unpickled, old.records, false)
+            (old.unpickled, old.records, false, false)
         };
         for (key, record) in &records {
             let needed = record
@@ -152,6 +159,7 @@ impl TorchFile {
             mmap,
             records,
             big_endian,
+            torchscript,
             root: unpickled.root,
         })
     }
@@ -159,6 +167,12 @@ impl TorchFile {
     /// The file this was read from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the file is a TorchScript archive (`torch.jit.save`), whose root is the module
+    /// object (see [`script_module`]).
+    pub fn is_torchscript(&self) -> bool {
+        self.torchscript
     }
 
     fn bytes_of(&self, t: &TensorRef) -> Result<(&[u8], i64), PickleError> {

@@ -3,7 +3,7 @@
 //! keys of checkpoints saved with old `transformers`).
 
 use super::value::{TensorRef, Value};
-use super::{PickleError, TorchFile};
+use super::{script_module, PickleError, TorchFile};
 use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -44,58 +44,26 @@ pub fn load_state_dict(path: &Path) -> Result<StateDict, PickleError> {
 }
 
 impl StateDict {
-    /// Unpickles `path` and collects its tensors as A1111 does.
+    /// Unpickles `path` and collects its tensors as A1111 does; a TorchScript archive gives
+    /// its module tree's tensors by dotted path, as its `state_dict()` would.
     pub fn open(path: &Path) -> Result<Self, PickleError> {
         let file = TorchFile::open(path)?;
-        let not_state_dict = |reason: &str| PickleError::NotStateDict {
-            path: path.to_path_buf(),
-            reason: reason.to_string(),
-        };
         let root = file.root.clone();
-        let Value::Dict(_) = root else {
-            return Err(not_state_dict(&format!(
-                "the file holds a {}, not a dict",
-                root.type_name()
-            )));
-        };
-        let global_step = match root.get("global_step") {
-            Some(Value::Int(n)) => Some(n),
-            _ => None,
-        };
-        let inner = match root.get("state_dict") {
-            Some(inner @ Value::Dict(_)) => inner,
-            _ => root,
-        };
-        let Value::Dict(items) = &inner else {
-            unreachable!("checked above")
-        };
-        let items: Vec<(String, TensorRef)> = items
-            .borrow()
-            .iter()
-            .filter_map(|(k, v)| match (k, v) {
-                (Value::Str(k), Value::Tensor(t)) if k != "state_dict" => {
-                    Some((k.clone(), t.clone()))
-                }
-                _ => None,
-            })
-            .collect();
-        let turbo = items
-            .iter()
-            .any(|(k, t)| k == SD2_TURBO_PROBE && t.shape().first() == Some(&1024));
-        let replacements = if turbo {
-            SD2_TURBO_REPLACEMENTS
-        } else {
-            SD1_REPLACEMENTS
-        };
-        let tensors: BTreeMap<String, TensorRef> = items
-            .into_iter()
-            .map(|(k, t)| (rename(k, replacements), t))
-            .collect();
+        let (tensors, global_step) =
+            if file.is_torchscript() && script_module::is_script_object(&root) {
+                let items = script_module::flatten(path, &root)?;
+                (items.into_iter().collect(), None)
+            } else {
+                checkpoint_tensors(path, root)?
+            };
         for t in tensors.values() {
             file.check(t)?;
         }
         if tensors.is_empty() {
-            return Err(not_state_dict("it holds no tensors"));
+            return Err(PickleError::NotStateDict {
+                path: path.to_path_buf(),
+                reason: "it holds no tensors".into(),
+            });
         }
         Ok(Self {
             file,
@@ -168,4 +136,50 @@ fn rename(mut key: String, replacements: &[(&str, &str)]) -> String {
         }
     }
     key
+}
+
+/// The tensors of a checkpoint's root dict (unwrapped from Lightning's `state_dict`, keys
+/// renamed as A1111 does) and its `global_step`.
+fn checkpoint_tensors(
+    path: &Path,
+    root: Value,
+) -> Result<(BTreeMap<String, TensorRef>, Option<i64>), PickleError> {
+    let Value::Dict(_) = root else {
+        return Err(PickleError::NotStateDict {
+            path: path.to_path_buf(),
+            reason: format!("the file holds a {}, not a dict", root.type_name()),
+        });
+    };
+    let global_step = match root.get("global_step") {
+        Some(Value::Int(n)) => Some(n),
+        _ => None,
+    };
+    let inner = match root.get("state_dict") {
+        Some(inner @ Value::Dict(_)) => inner,
+        _ => root,
+    };
+    let Value::Dict(items) = &inner else {
+        unreachable!("checked above")
+    };
+    let items: Vec<(String, TensorRef)> = items
+        .borrow()
+        .iter()
+        .filter_map(|(k, v)| match (k, v) {
+            (Value::Str(k), Value::Tensor(t)) if k != "state_dict" => Some((k.clone(), t.clone())),
+            _ => None,
+        })
+        .collect();
+    let turbo = items
+        .iter()
+        .any(|(k, t)| k == SD2_TURBO_PROBE && t.shape().first() == Some(&1024));
+    let replacements = if turbo {
+        SD2_TURBO_REPLACEMENTS
+    } else {
+        SD1_REPLACEMENTS
+    };
+    let tensors = items
+        .into_iter()
+        .map(|(k, t)| (rename(k, replacements), t))
+        .collect();
+    Ok((tensors, global_step))
 }

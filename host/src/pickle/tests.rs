@@ -1,6 +1,7 @@
 //! Unit tests of the restricted machine on hand-written streams: the opcodes real files use in
 //! every protocol, the allow-listed rebuilders, and the bounds.
 
+use super::allow_list::Dialect;
 use super::machine::unpickle;
 use super::value::{view_span, TensorRef, Value};
 use super::PickleError;
@@ -8,7 +9,7 @@ use std::path::Path;
 use tch::Kind;
 
 fn run(bytes: &[u8]) -> Result<Value, PickleError> {
-    unpickle(Path::new("test.pt"), bytes, 0).map(|u| u.root)
+    unpickle(Path::new("test.pt"), bytes, 0, Dialect::Checkpoint).map(|u| u.root)
 }
 
 #[test]
@@ -102,4 +103,40 @@ fn tensor_views_must_fit_their_storage() {
     assert!(view_span(&view(0, &[i64::MAX, 2], &[2, 1]), 8).is_err());
     assert!(view_span(&view(0, &[1 << 30, 1 << 30], &[0, 0]), 8).is_err());
     assert!(view_span(&view(-1, &[1], &[1]), 8).is_err());
+}
+
+fn run_script(bytes: &[u8]) -> Result<Value, PickleError> {
+    unpickle(Path::new("test.pt"), bytes, 0, Dialect::TorchScript).map(|u| u.root)
+}
+
+#[test]
+fn torchscript_module_objects_are_inert_and_only_in_archives_with_code() {
+    // A `__torch__` module made by NEWOBJ without arguments, its attributes set by BUILD from
+    // a dict, one attribute a submodule shared through the memo, one typed by
+    // `torch.jit._pickle.restore_type_tag`.
+    let stream = b"\x80\x02c__torch__.m\nRoot\n)\x81}(X\x01\x00\x00\x00ac__torch__.m\nLeaf\n)\x81}X\x01\x00\x00\x00wK\x07sbq\x00X\x01\x00\x00\x00bh\x00X\x01\x00\x00\x00cctorch.jit._pickle\nrestore_type_tag\nK\x02X\x03\x00\x00\x00int\x86RX\x08\x00\x00\x00trainingI00\nub.";
+    let root = run_script(stream).unwrap();
+    assert!(matches!(&root, Value::Object(class, _) if class == "__torch__.m.Root"));
+    let (Some(a), Some(b)) = (root.get("a"), root.get("b")) else {
+        panic!("{root:?}")
+    };
+    assert!(matches!(a.get("w"), Some(Value::Int(7))));
+    assert!(matches!(b.get("w"), Some(Value::Int(7))));
+    assert!(matches!(root.get("c"), Some(Value::Int(2))));
+    // A plain checkpoint pickle may not name the same class.
+    let err = run(stream).unwrap_err();
+    assert!(
+        matches!(&err, PickleError::RefusedGlobal { module, .. } if module == "__torch__.m"),
+        "{err}"
+    );
+    // Nor may a TorchScript pickle name anything outside the allow-list and `__torch__`.
+    let err = run_script(b"cos\nsystem\n(S'true'\ntR.").unwrap_err();
+    assert!(matches!(&err, PickleError::RefusedGlobal { module, .. } if module == "os"));
+    let err = run_script(b"\x80\x02c__torch__\nC\n)\x81.").unwrap_err();
+    assert!(matches!(&err, PickleError::RefusedGlobal { .. }), "{err}");
+    // A script class is never called with arguments, nor built from anything but a dict.
+    let err = run_script(b"\x80\x02c__torch__.m\nC\nK\x01\x85\x81.").unwrap_err();
+    assert!(err.to_string().contains("with arguments"), "{err}");
+    let err = run_script(b"\x80\x02c__torch__.m\nC\n)\x81K\x01b.").unwrap_err();
+    assert!(err.to_string().contains("BUILD"), "{err}");
 }

@@ -22,12 +22,14 @@ pub fn clean_text(text: &str) -> String {
 
 /// How a text encoder's tokenizer cleans text: transformers' `CLIPTokenizer` (SD1, SDXL's
 /// CLIP-L) or open_clip's `SimpleTokenizer` (SD2, SDXL's bigG), which also runs
-/// `html.unescape` twice after ftfy (`open_clip/tokenizer.py: basic_clean`).
+/// `html.unescape` twice after ftfy (`open_clip/tokenizer.py: basic_clean`). OpenAI's own
+/// `SimpleTokenizer` (`clip/simple_tokenizer.py: basic_clean`, `clip.tokenize` of A1111's
+/// interrogator) cleans exactly as open_clip's, which was copied from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TextCleaning {
     /// transformers' cleaning.
     Clip,
-    /// open_clip's cleaning.
+    /// open_clip's and OpenAI CLIP's cleaning.
     OpenClip,
 }
 

@@ -7,7 +7,7 @@
 //! changing once it is inside another one (so nesting stays bounded and cycles cannot form),
 //! copies of strings are budgeted, and the stack, memo and container count are capped.
 
-use super::allow_list::{self, Allowed};
+use super::allow_list::{self, Allowed, Dialect};
 use super::value::Value;
 use super::PickleError;
 
@@ -48,10 +48,16 @@ pub(super) struct Unpickled {
     pub storages: HashMap<String, StorageDecl>,
 }
 
-/// Unpickles the one pickle starting at `start` in `data`.
-pub(super) fn unpickle(path: &Path, data: &[u8], start: usize) -> Result<Unpickled, PickleError> {
+/// Unpickles the one pickle starting at `start` in `data`, accepting what `dialect` allows.
+pub(super) fn unpickle(
+    path: &Path,
+    data: &[u8],
+    start: usize,
+    dialect: Dialect,
+) -> Result<Unpickled, PickleError> {
     let mut machine = Machine {
         path,
+        dialect,
         data,
         pos: start,
         stack: Vec::new(),
@@ -78,6 +84,7 @@ struct Meta {
 
 struct Machine<'a> {
     path: &'a Path,
+    dialect: Dialect,
     data: &'a [u8],
     pos: usize,
     stack: Vec<Value>,
@@ -299,7 +306,7 @@ impl Machine<'_> {
     }
 
     fn global(&self, module: String, name: String) -> Result<Value, PickleError> {
-        if allow_list::lookup(&module, &name).is_some() {
+        if allow_list::lookup(&module, &name, self.dialect).is_some() {
             Ok(Value::Global(module, name))
         } else {
             Err(PickleError::RefusedGlobal {
@@ -318,7 +325,8 @@ impl Machine<'_> {
                 callable.type_name()
             )));
         };
-        let allowed = allow_list::lookup(&module, &name).expect("only allowed globals load");
+        let allowed =
+            allow_list::lookup(&module, &name, self.dialect).expect("only allowed globals load");
         let malformed = |m: &Self, e: String| m.malformed(e);
         match allowed {
             Allowed::RebuildTensor => {
@@ -381,6 +389,32 @@ impl Machine<'_> {
                 let object = Value::Object(class, Rc::new(RefCell::new(Value::None)));
                 self.register(object, &[])
             }
+            // A TorchScript module object: its attributes come from `BUILD`; a class called
+            // with arguments is not a module, and nothing of its code is ever run.
+            Allowed::ScriptObject => {
+                if !args.is_empty() {
+                    return Err(self.refused(format!(
+                        "constructing the TorchScript class `{}.{}` with arguments",
+                        clip(&module),
+                        clip(&name)
+                    )));
+                }
+                let object = Value::Object(
+                    format!("{module}.{name}"),
+                    Rc::new(RefCell::new(Value::None)),
+                );
+                self.register(object, &[])
+            }
+            Allowed::JitIdentity => match args.first() {
+                Some(first) => {
+                    self.charge(first)?;
+                    Ok(first.clone())
+                }
+                None => Err(self.malformed(format!(
+                    "`torch.jit._pickle.{}` without arguments",
+                    clip(&name)
+                ))),
+            },
             Allowed::Inert => Err(self.refused(format!(
                 "calling `{}.{}`, which a checkpoint may only reference",
                 clip(&module),
@@ -442,6 +476,15 @@ impl Machine<'_> {
     fn build(&mut self, state: Value) -> Result<(), PickleError> {
         let target = self.top()?;
         match &target {
+            Value::Object(class, _)
+                if class.starts_with("__torch__.") && !matches!(state, Value::Dict(_)) =>
+            {
+                Err(self.refused(format!(
+                    "BUILD of the TorchScript object `{}` from a {} (module attributes are a dict)",
+                    clip(class),
+                    state.type_name()
+                )))
+            }
             Value::Object(_, cell) => {
                 self.insert(&target, &[&state])?;
                 *cell.borrow_mut() = state;
