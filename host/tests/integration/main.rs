@@ -7,6 +7,7 @@ mod api_meta;
 mod brownian;
 mod checkpoint_loading;
 mod cli;
+mod clip_model;
 mod color_correction;
 mod common;
 mod conditioning;
