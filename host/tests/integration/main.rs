@@ -8,6 +8,7 @@ mod blip;
 mod brownian;
 mod checkpoint_loading;
 mod cli;
+mod clip_model;
 mod clip_rank;
 mod color_correction;
 mod common;
