@@ -144,8 +144,10 @@ fn interrogation_matches_a1111() {
             let expected = &out["results"][i][j];
             let options = options(*limit, *ranks, skip);
             let result = interrogate_clip(caption, &image, clip, &categories, None, &options);
+            let result = result.unwrap();
+            println!("image {i} case {j}: {result:?}");
             assert_eq!(
-                result.unwrap(),
+                result,
                 expected["result"].as_str().unwrap(),
                 "image {i} case {j}"
             );
