@@ -29,6 +29,17 @@ SCHEDULES = ("Automatic", "Uniform", "Karras", "Exponential", "Polyexponential",
 CURRENT_MODEL = "current"
 
 
+def parasite_payload(text: str) -> list[int]:
+    """A parasite's data for `text`: GIMP stores C chars, which PyGObject takes as signed bytes,
+    so UTF-8 bytes above 127 (any non-ASCII prompt) go in as negative numbers."""
+    return [b - 256 if b > 127 else b for b in text.encode("utf-8")]
+
+
+def parasite_text(data) -> str:
+    """The text a parasite holds (its data as signed or unsigned bytes)."""
+    return bytes(b & 0xFF for b in data).decode("utf-8")
+
+
 def slug(name: str) -> str:
     """A dialog choice's identifier for a name: "DPM++ 2M" → "dpmpp-2m"."""
     import re

@@ -263,6 +263,24 @@ class Client:
             header["preview"] = preview
         return self.submit("txt2img", header)
 
+    def interrogate(self, image: Image, method: str = "clip",
+                    options: Optional[dict[str, Any]] = None) -> str:
+        """The prompt A1111's "Interrogate CLIP" (`method="clip"`) or "Interrogate DeepBooru"
+        (`"deepbooru"`) button writes for `image`; `options` are A1111's interrogation settings
+        by option key. Queued like a job; raises DaemonError on failure."""
+        header: dict[str, Any] = {"method": method}
+        if options:
+            header["options"] = options
+        job = self.submit("interrogate", header, [("image", image)])
+        for event in self.events(job):
+            if event.type == "done":
+                return str(event["caption"])
+            if event.type == "error":
+                raise DaemonError(event["code"], event["message"], job)
+            if event.type == "cancelled":
+                raise DaemonError("cancelled", "the interrogation was cancelled", job)
+        raise ProtocolError("the interrogation ended without an answer")
+
     def select_model(self, model: str) -> int:
         return self.submit("select_model", {"model": model})
 

@@ -25,7 +25,7 @@ from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject  # noqa: E402
 
 from sdhost_bridge import (  # noqa: E402
     CURRENT_MODEL, Choices, JobRunner, Region, Settings, context_region, fetch_choices, from_slug,
-    placements, reuse_request, slug, start_daemon,
+    parasite_payload, parasite_text, placements, reuse_request, slug, start_daemon,
 )
 from sdhost_client import Client, DaemonError, Image, default_socket  # noqa: E402
 
@@ -47,6 +47,12 @@ PROCEDURES = {
                             "Inpaint with a layer mask, a channel or a mask file"),
 }
 INFO_PROCEDURE = "sdhost-layer-info"
+INTERROGATE_PROCEDURE = "sdhost-interrogate"
+# The interrogated prompt: on the layer for good, and on the image until the next sdhost dialog
+# opens with it as its prompt.
+INTERROGATION_PARASITE = "sdhost/interrogation"
+PROMPT_PARASITE = "sdhost/prompt"
+INTERROGATE_METHODS = ("clip", "deepbooru")
 
 
 def choice(names, first=None) -> Gimp.Choice:
@@ -159,6 +165,11 @@ def run(procedure, run_mode, image, drawables, config, data):
     name = procedure.get_name()
     mode = PROCEDURES[name][0]
     if run_mode == Gimp.RunMode.INTERACTIVE:
+        handed = image.get_parasite(PROMPT_PARASITE)
+        if handed is not None:
+            # "Interrogate" ran since the last dialog: its prompt becomes this dialog's.
+            config.set_property("prompt", parasite_text(handed.get_data()))
+            image.detach_parasite(PROMPT_PARASITE)
         GimpUi.init(name)
         dialog = GimpUi.ProcedureDialog.new(procedure, config, PROCEDURES[name][1].replace("_", "").rstrip("…"))
         dialog.fill(None)
@@ -189,7 +200,7 @@ def run(procedure, run_mode, image, drawables, config, data):
         # The daemon reads the infotext as it reads its own (one parser, in the daemon).
         try:
             with Client.connect_unix(socket_path, timeout=10) as client:
-                reuse_request(settings, client.read_infotext(bytes(parasite.get_data()).decode("utf-8")))
+                reuse_request(settings, client.read_infotext(parasite_text(parasite.get_data())))
         except (OSError, DaemonError) as error:
             return fail(procedure, f"cannot read the layer's parameters: {error}")
     image_w, image_h = image.get_width(), image.get_height()
@@ -285,11 +296,50 @@ def run(procedure, run_mode, image, drawables, config, data):
                 out.scale(region.width, region.height, False)
                 out.set_offsets(region.x, region.y)
             out.attach_parasite(Gimp.Parasite.new(PARASITE, Gimp.PARASITE_PERSISTENT,
-                                                  item.infotext.encode("utf-8")))
+                                                  parasite_payload(item.infotext)))
     finally:
         image.undo_group_end()
     Gimp.displays_flush()
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+
+def run_interrogate(procedure, run_mode, image, drawables, config, data):
+    """A prompt from the layer, as A1111's "Interrogate CLIP" / "Interrogate DeepBooru" write it:
+    returned, kept on the layer (parasite) and handed to the next sdhost dialog as its prompt."""
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        GimpUi.init(INTERROGATE_PROCEDURE)
+        dialog = GimpUi.ProcedureDialog.new(procedure, config, "Interrogate")
+        dialog.fill(None)
+        ok = dialog.run()
+        dialog.destroy()
+        if not ok:
+            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    if len(drawables) != 1 or not isinstance(drawables[0], Gimp.Layer):
+        return fail(procedure, "select exactly one layer", Gimp.PDBStatusType.CALLING_ERROR)
+    layer = drawables[0]
+    method = from_slug(config.get_property("method"), INTERROGATE_METHODS)
+    socket_path = config.get_property("socket") or default_socket()
+    region = Region(0, 0, layer.get_width(), layer.get_height())
+    picture = Image(read_rgba(layer, region), region.width, region.height)
+    Gimp.progress_init(f"sdhost: interrogating ({method})…")
+    try:
+        with Client.connect_unix(socket_path) as client:
+            caption = client.interrogate(picture, method)
+    except OSError as error:
+        return fail(procedure, f"cannot reach the sdhost daemon at {socket_path}: {error}")
+    except DaemonError as error:
+        return fail(procedure, f"interrogation failed: {error}")
+    finally:
+        Gimp.progress_end()
+    data = parasite_payload(caption)
+    layer.attach_parasite(Gimp.Parasite.new(INTERROGATION_PARASITE, Gimp.PARASITE_PERSISTENT, data))
+    image.attach_parasite(Gimp.Parasite.new(PROMPT_PARASITE, 0, data))
+    if run_mode == Gimp.RunMode.INTERACTIVE:
+        Gimp.message(f"Prompt for the next sdhost dialog:\n{caption}")
+    values = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+    values.remove(1)
+    values.insert(1, GObject.Value(GObject.TYPE_STRING, caption))
+    return values
 
 
 def run_info(procedure, run_mode, image, drawables, config, data):
@@ -299,7 +349,7 @@ def run_info(procedure, run_mode, image, drawables, config, data):
     parasite = drawables[0].get_parasite(PARASITE)
     if parasite is None:
         return fail(procedure, "this layer has no sdhost parameters", Gimp.PDBStatusType.CALLING_ERROR)
-    text = bytes(parasite.get_data()).decode("utf-8")
+    text = parasite_text(parasite.get_data())
     if run_mode == Gimp.RunMode.INTERACTIVE:
         Gimp.message(text)
     values = procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
@@ -313,7 +363,7 @@ class SdHost(Gimp.PlugIn):
         return False
 
     def do_query_procedures(self):
-        return list(PROCEDURES) + [INFO_PROCEDURE]
+        return list(PROCEDURES) + [INFO_PROCEDURE, INTERROGATE_PROCEDURE]
 
     def do_create_procedure(self, name):
         if name == INFO_PROCEDURE:
@@ -324,6 +374,23 @@ class SdHost(Gimp.PlugIn):
                                 "", name)
             p.set_attribution("sdhost", "sdhost", "2026")
             p.add_string_return_value("infotext", "Infotext", "A1111 infotext", "",
+                                      GObject.ParamFlags.READWRITE)
+            return p
+        if name == INTERROGATE_PROCEDURE:
+            p = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_interrogate, None)
+            p.set_image_types("RGB*")
+            p.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+            p.set_menu_label("I_nterrogate…")
+            p.add_menu_path("<Image>/Filters/sdhost")
+            p.set_documentation("A prompt from the layer (Interrogate CLIP or DeepBooru)",
+                                "Describes the layer as A1111's interrogate buttons do; the prompt is "
+                                "returned, kept on the layer and put into the next sdhost dialog.", name)
+            p.set_attribution("sdhost", "sdhost", "2026")
+            rw = GObject.ParamFlags.READWRITE
+            p.add_choice_argument("method", "_Method", "clip: BLIP caption + CLIP ranking; deepbooru: tags",
+                                  choice(INTERROGATE_METHODS), "clip", rw)
+            p.add_string_argument("socket", "Daemon so_cket", "The daemon's socket (empty: its default)", "", rw)
+            p.add_string_return_value("caption", "Caption", "The interrogated prompt", "",
                                       GObject.ParamFlags.READWRITE)
             return p
         mode, label, blurb = PROCEDURES[name]

@@ -74,6 +74,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory):
         subprocess.run([str(SDHOST), "dev", "make-tiny-model", str(models / f"{name}.safetensors"),
                         "--seed", seed], check=True, env=env, capture_output=True)
     write_networks(base / "models")
+    # Tiny BLIP, CLIP and DeepDanbooru where A1111 keeps them, for `interrogate`.
+    subprocess.run([sys.executable, str(ROOT / "tests" / "reference" / "interrogate_models.py"),
+                    "--write-models", str(base / "models")], check=True, capture_output=True)
     socket = base / "run" / "sdhost" / "sdhost.sock"
     process = subprocess.Popen([str(SDHOST), "serve", "--models-dir", str(base / "models"),
                                 "--threads", "1"], env=env,

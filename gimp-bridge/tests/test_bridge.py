@@ -152,3 +152,14 @@ def test_dialog_defaults_are_the_daemons_and_the_same_offline(daemon):
                  "n_iter", "batch_size", "resize_mode", "clip_skip", "mask_blur_x",
                  "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res_padding"):
         assert online.default(name) == offline.default(name), name
+
+
+def test_parasites_carry_any_utf8_text():
+    """GIMP's parasite data are C chars (signed in PyGObject): non-ASCII text round-trips."""
+    from sdhost_bridge import parasite_payload, parasite_text
+
+    text = "un café, d’été, Cedric Seaut (Keos Masons)"
+    payload = parasite_payload(text)
+    assert all(-128 <= b <= 127 for b in payload)
+    assert parasite_text(payload) == text
+    assert parasite_text(text.encode("utf-8")) == text

@@ -4,6 +4,8 @@ inpainting patches, png_info, model selection, errors, and a client killed mid-j
 from __future__ import annotations
 
 import io
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +14,7 @@ import textwrap
 import pytest
 from PIL import Image as Pil
 
-from conftest import ROOT
+from conftest import ROOT, SDHOST
 from sdhost_client import Client, DaemonError, Image, encode_frame
 
 
@@ -152,3 +154,23 @@ def test_frames_match_the_documented_layout():
     head_len = int.from_bytes(frame[4:8], "big")
     assert int.from_bytes(frame[8:12], "big") == 0
     assert frame[12:12 + head_len] == b'{"type": "ping", "id": 1}'
+
+
+def test_interrogate_gives_the_prompt_of_sdhost_interrogate(daemon, tmp_path):
+    """`Client.interrogate` (the GIMP procedure's call) answers what the command line prints."""
+    width, height = 40, 24
+    rgba = b"".join(bytes((x * 6 % 256, y * 9 % 256, 70, 255)) for y in range(height) for x in range(width))
+    path = tmp_path / "picture.png"
+    Pil.frombytes("RGBA", (width, height), rgba).save(path)
+    models = daemon.models.parent
+    with daemon.client() as client:
+        for method in ("clip", "deepbooru"):
+            printed = subprocess.run([str(SDHOST), "interrogate", str(path), "--method", method,
+                                      "--models-dir", str(models), "--json"],
+                                     capture_output=True, check=True,
+                                     env=dict(os.environ, SDHOST_CACHE_DIR=str(tmp_path)))
+            expected = json.loads(printed.stdout)["caption"]
+            assert client.interrogate(Image(rgba, width, height), method) == expected
+        with pytest.raises(DaemonError) as refused:
+            client.interrogate(Image(rgba, width, height), "blip")
+        assert refused.value.code == "bad_request"

@@ -49,7 +49,8 @@ def write_safetensors(path: Path, keys: list[str], metadata: dict[str, str]) -> 
 
 
 def make_models(base: Path, env: dict[str, str]) -> Path:
-    """An A1111 models/ folder: three tiny checkpoints (one inpainting), a LoRA and a VAE file."""
+    """An A1111 models/ folder: three tiny checkpoints (one inpainting), a LoRA, a VAE file and
+    the interrogation models (BLIP/, clip/, torch_deepdanbooru/, ../interrogate/)."""
     models = base / "models"
     checkpoints = models / "Stable-diffusion"
     checkpoints.mkdir(parents=True)
@@ -60,6 +61,9 @@ def make_models(base: Path, env: dict[str, str]) -> Path:
                       ["lora_unet_mid_block_attentions_0_proj_in.lora_down.weight"],
                       {"ss_output_name": "add_detail", "ss_base_model_version": "sd_v1"})
     write_safetensors(models / "VAE" / "kl-f8.safetensors", ["decoder.conv_out.bias"], {})
+    # Tiny BLIP, CLIP and DeepDanbooru where A1111 keeps them, for /interrogate.
+    subprocess.run([sys.executable, str(ROOT / "tests" / "reference" / "interrogate_models.py"),
+                    "--write-models", str(models)], check=True, capture_output=True)
     return models
 
 

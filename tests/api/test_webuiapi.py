@@ -4,7 +4,9 @@ interrupt and `util_wait_for_ready`."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import threading
 import time
 
@@ -13,6 +15,7 @@ import webuiapi
 from PIL import Image, ImageChops
 
 from a1111 import SIZE, generation_checks, init_picture, square_mask
+from conftest import SDHOST, sdhost_env
 
 TITLE = re.compile(r"^(?P<name>.+\.safetensors) \[(?P<hash>[0-9a-f]{10})\]$")
 
@@ -238,3 +241,25 @@ def test_the_other_helpers_answer_json(api):
     assert api.get_face_restorers() == []
     assert isinstance(api.get_prompt_styles(), list)
     assert api.get_artists() == {"detail": "Not Found"}, "removed from A1111: a JSON 404"
+
+
+def test_interrogate_answers_what_sdhost_interrogate_prints(api, server, models, tmp_path):
+    """`api.interrogate` (A1111's `/sdapi/v1/interrogate`) for both models equals the command
+    line's prompt (itself checked against A1111's code path), and reads `/options`."""
+    picture = init_picture()
+    path = tmp_path / "picture.png"
+    picture.save(path)
+
+    def printed(method: str, *flags: str) -> str:
+        out = subprocess.run([str(SDHOST), "interrogate", str(path), "--method", method,
+                              "--models-dir", str(models), "--json", *flags],
+                             env=sdhost_env(tmp_path), capture_output=True, check=True)
+        return json.loads(out.stdout)["caption"]
+
+    for model, method in (("clip", "clip"), ("deepdanbooru", "deepbooru")):
+        assert api.interrogate(picture, model=model).info == printed(method)
+    api.set_options({"interrogate_return_ranks": True})
+    try:
+        assert api.interrogate(picture).info == printed("clip", "--return-ranks")
+    finally:
+        api.set_options({"interrogate_return_ranks": False})

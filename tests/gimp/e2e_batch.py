@@ -48,6 +48,7 @@ def run(name, image, drawable, **props):
     config.set_core_object_array("drawables", [drawable])
     if name != "sdhost-layer-info":
         config.set_property("socket", props.pop("socket", SOCKET))
+    if name not in ("sdhost-layer-info", "sdhost-interrogate"):
         config.set_property("steps", props.pop("steps", 3))
         config.set_property("prompt", props.pop("prompt", "a house"))
     for key, value in props.items():
@@ -66,9 +67,14 @@ def above(image, layer):
     return layers[layers.index(layer) - 1]
 
 
+def text_of(parasite):
+    """A parasite's UTF-8 text (PyGObject hands its C chars over as signed bytes)."""
+    return bytes(b & 0xFF for b in parasite.get_data()).decode()
+
+
 def infotext(layer):
     parasite = layer.get_parasite("sdhost/infotext")
-    return bytes(parasite.get_data()).decode() if parasite else None
+    return text_of(parasite) if parasite else None
 
 
 # img2img: one layer directly above the source, same place and size, named with the seed,
@@ -202,5 +208,25 @@ status, _ = run("sdhost-img2img", image, base, seed=12)
 check(status == SUCCESS, "the daemon serves the next job")
 status, result = run("sdhost-img2img", image, base, socket="/nonexistent/sdhost.sock")
 check(status == Gimp.PDBStatusType.EXECUTION_ERROR, "an unreachable daemon is an error")
+image.delete()
+
+# Interrogate: the prompt is returned, kept on the layer, and handed to the next sdhost dialog
+# (an image parasite the dialog takes as its prompt).
+image, base = new_image()
+for method in ("clip", "deepbooru"):
+    status, result = run("sdhost-interrogate", image, base, method=method)
+    caption = result.index(1)
+    check(status == SUCCESS and (method == "deepbooru" or caption),
+          f"interrogate {method}: {status.value_nick} {caption!r}")
+    kept = base.get_parasite("sdhost/interrogation")
+    check(kept is not None and text_of(kept) == caption, "the prompt is kept on the layer")
+    handed = image.get_parasite("sdhost/prompt")
+    check(handed is not None and text_of(handed) == caption, "and handed to the next dialog")
+# A non-ASCII prompt survives the round trip through the result layer's infotext parasite.
+status, _ = run("sdhost-img2img", image, base, seed=3, prompt="un café, d’été")
+check(status == SUCCESS and infotext(above(image, base)).startswith("un café, d’été\n"),
+      "a non-ASCII prompt is kept in the infotext parasite")
+status, _ = run("sdhost-interrogate", image, base, socket="/nonexistent/sdhost.sock")
+check(status == Gimp.PDBStatusType.EXECUTION_ERROR, "interrogate: an unreachable daemon is an error")
 image.delete()
 print("E2E PASSED")

@@ -31,6 +31,8 @@ mkdir -p "$work/models/Stable-diffusion"
 # inpainting variant: the plug-in must work with them unchanged.
 "$sdhost" dev make-tiny-model "$work/models/Stable-diffusion/tiny-xl.safetensors" --family sdxl --seed 3 >/dev/null
 "$sdhost" dev make-tiny-model "$work/models/Stable-diffusion/tiny-xl-inpaint.safetensors" --family sdxl-inpaint --seed 4 >/dev/null
+# Tiny BLIP, CLIP and DeepDanbooru where A1111 keeps them, for the Interrogate procedure.
+"$repo/.venv/bin/python" "$repo/tests/reference/interrogate_models.py" --write-models "$work/models" >/dev/null
 mkdir -p "$work/run" "$run_dir"
 XDG_CONFIG_HOME=$work/config XDG_DATA_HOME=$work/data SDHOST_CACHE_DIR=$work/cache \
   "$sdhost" serve --socket "$work/run/sdhost.sock" --models-dir "$work/models" --threads 1 \

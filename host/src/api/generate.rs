@@ -482,7 +482,7 @@ fn switch_model(state: &ApiState, client: SocketAddr, checkpoint: &str) -> Resul
 }
 
 /// Queues a job of client `client` whose events go to `events`.
-fn submit(
+pub(super) fn submit(
     state: &ApiState,
     client: SocketAddr,
     kind: JobKind,

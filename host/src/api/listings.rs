@@ -4,13 +4,11 @@
 //! upscalers and latent upscale modes (the ones sdhost implements), sd-vae, loras,
 //! hypernetworks (the network listing), embeddings (the loaded model's), memory, cmd-flags;
 //! empty lists for what sdhost does not have (scripts, styles, face restorers, Real-ESRGAN);
-//! the refresh routes; the two ControlNet probes GIMP's gimp_stableize needs (spec b.13); and
-//! `/interrogate`, which answers 501 until sdhost can caption images.
+//! the refresh routes; and the two ControlNet probes GIMP's gimp_stableize needs (spec b.13).
 
 use std::path::Path;
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
@@ -52,7 +50,6 @@ pub fn routes() -> Router<ApiState> {
         .route("/sdapi/v1/refresh-embeddings", post(refresh_embeddings))
         .route("/controlnet/model_list", get(controlnet_models))
         .route("/controlnet/module_list", get(controlnet_modules))
-        .route("/sdapi/v1/interrogate", post(interrogate))
 }
 
 /// Runs blocking listing work (file reads, hashing lookups) off the runtime's threads.
@@ -427,15 +424,6 @@ async fn controlnet_models() -> Json<Value> {
 
 async fn controlnet_modules() -> Json<Value> {
     Json(json!({"module_list": ["none"]}))
-}
-
-/// Captioning needs CLIP interrogator or DeepDanbooru models sdhost does not have yet
-/// (issue #22): A1111's error shape with 501 Not Implemented.
-async fn interrogate() -> ApiError {
-    ApiError::http(
-        StatusCode::NOT_IMPLEMENTED,
-        "Interrogate is not implemented by sdhost yet",
-    )
 }
 
 #[cfg(test)]

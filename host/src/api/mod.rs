@@ -11,7 +11,7 @@
 //! Files: [`error`] (A1111's error shapes), [`lax`] (pydantic v1's lax typing), [`images`]
 //! (base64 images in and out), [`auth`] (HTTP Basic), [`server`] (start, stop, CORS, limits),
 //! [`generate`] (txt2img/img2img), [`progress`], [`control`] (interrupt, skip), and
-//! [`options`], [`listings`], [`png_info`], [`extras`].
+//! [`options`], [`listings`], [`png_info`], [`extras`], [`interrogate`].
 
 pub mod auth;
 pub mod body;
@@ -20,6 +20,7 @@ pub mod error;
 pub mod extras;
 pub mod generate;
 pub mod images;
+pub mod interrogate;
 pub mod lax;
 pub mod listings;
 pub mod options;
@@ -110,6 +111,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(control::routes())
         .merge(options::routes())
         .merge(listings::routes())
+        .merge(interrogate::routes())
         .merge(png_info::routes())
         .merge(extras::routes())
         .fallback(|| async { ApiError::NotFound })

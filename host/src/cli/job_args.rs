@@ -108,6 +108,11 @@ fn warn_vae_hash(png: &Path, model: &GenerationModel) -> anyhow::Result<()> {
 }
 
 impl JobArgs {
+    /// The A1111 `models/` folder given with `--models-dir`.
+    pub fn models_dir(&self) -> Option<&Path> {
+        self.folders.models_dir.as_deref()
+    }
+
     /// The checkpoint file `name` names (a file, or a checkpoint of --models-dir).
     pub fn find_checkpoint(&self, name: &str) -> anyhow::Result<PathBuf> {
         self.folders.checkpoint(Some(Path::new(name)))

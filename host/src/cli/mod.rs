@@ -6,6 +6,7 @@ mod dev;
 pub mod folders;
 mod img2img;
 mod info;
+mod interrogate;
 mod job_args;
 mod png_info;
 mod prompt;
@@ -35,6 +36,8 @@ enum Command {
     /// txt2img as A1111's txt2img tab does it, Hires. fix included: prompt, sampler, seed →
     /// PNGs.
     Txt2img(Box<txt2img::Txt2ImgArgs>),
+    /// A prompt from a picture, as A1111's "Interrogate CLIP" or "Interrogate DeepBooru" makes it.
+    Interrogate(Box<interrogate::InterrogateArgs>),
     /// Show a checkpoint's architecture, dtype, parameter count and A1111 hashes.
     Info(info::InfoArgs),
     /// Load a checkpoint on a device and run each network once, with timings.
@@ -59,6 +62,7 @@ impl Cli {
             Command::Serve(args) => serve::run(&args),
             Command::Img2img(args) => img2img::run(&args),
             Command::Txt2img(args) => txt2img::run(&args),
+            Command::Interrogate(args) => interrogate::run(&args),
             Command::Info(args) => info::run(&args),
             Command::Check(args) => check::run(&args),
             Command::Prompt(args) => prompt::run(&args),

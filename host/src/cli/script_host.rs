@@ -8,6 +8,7 @@ use indicatif::ProgressBar;
 use sdhost_plugin_api::Flow;
 
 use super::job_args::{progress_bar, JobArgs, LoadedJob, INTERRUPTED_EXIT};
+use crate::interrogate::{InterrogateFiles, InterrogateMethod, InterrogateOptions, Interrogator};
 use crate::pipeline::img2img::{run_img2img_with, GeneratedImage, JobEvent, JobOutcome};
 use crate::pipeline::stop::JobStop;
 use crate::pipeline::txt2img::run_txt2img;
@@ -25,6 +26,8 @@ struct CliHost<'a> {
     bar: ProgressBar,
     /// Paths of the images saved so far.
     saved: Vec<PathBuf>,
+    /// Loopback's interrogator: the models of `--models-dir`, loaded when first asked for.
+    interrogator: Interrogator,
 }
 
 fn setup_error(name: &str, error: impl std::fmt::Display) -> ScriptError {
@@ -122,6 +125,15 @@ impl ScriptHost for CliHost<'_> {
     fn stopped(&self) -> bool {
         self.stop.ends_job()
     }
+
+    fn interrogate(
+        &mut self,
+        image: &image::RgbImage,
+        method: InterrogateMethod,
+    ) -> Result<String, ScriptError> {
+        let options = InterrogateOptions::default();
+        Ok(self.interrogator.interrogate(image, method, &options)?)
+    }
 }
 
 /// Runs `script` over `base` with the loaded model; the grids go to `grid_dir`.
@@ -133,12 +145,21 @@ pub fn run_script(
     grid_dir: &Path,
 ) -> anyhow::Result<()> {
     let stop = args.interrupt_on_ctrl_c()?;
+    let device = loaded.model.device;
     let mut host = CliHost {
         args,
         loaded,
         stop: stop.clone(),
         bar: progress_bar(),
         saved: Vec::new(),
+        interrogator: Interrogator::new(
+            InterrogateFiles {
+                models_dir: args.models_dir().map(Path::to_path_buf),
+                ..InterrogateFiles::default()
+            },
+            device,
+            Interrogator::default_feature_cache_dir(),
+        ),
     };
     let result = script.run(&mut host, base);
     host.bar.finish_and_clear();

@@ -66,6 +66,8 @@ pub struct ServeArgs {
     /// Origins allowed to call the API from a browser: a,b (A1111's --cors-allow-origins).
     #[arg(long, value_name = "ORIGIN[,...]")]
     cors_allow_origins: Option<String>,
+    #[command(flatten)]
+    interrogate: crate::interrogate::InterrogateFiles,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -90,6 +92,18 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         api_addr,
         api_auth,
         cors_allow_origins
+    );
+    let files = &args.interrogate;
+    macro_rules! interrogate_flag {
+        ($($name:ident),*) => { $(if files.$name.is_some() { config.interrogate.$name = files.$name.clone(); })* };
+    }
+    interrogate_flag!(
+        blip_model,
+        bert_vocab,
+        clip_model,
+        clip_models_path,
+        interrogate_dir,
+        deepdanbooru_model
     );
     if args.api && config.api_addr.is_none() {
         config.api_addr = Some(crate::api::server::DEFAULT_ADDR.into());

@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::extra_networks::dirs::{ModelFolders, NetworkDirs};
+use crate::interrogate::InterrogateFiles;
 
 /// Settings of `sdhost serve`; every field is optional in the file.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -48,6 +49,11 @@ pub struct ServeConfig {
     /// Limits on what a client may ask.
     #[serde(default)]
     pub limits: Limits,
+    /// Where the interrogation models are (`[interrogate]`: `blip_model`, `bert_vocab`,
+    /// `clip_model`, `clip_models_path`, `interrogate_dir`, `deepdanbooru_model`), each
+    /// overriding what `models_dir` gives.
+    #[serde(default)]
+    pub interrogate: InterrogateFiles,
 }
 
 /// What one request may ask for, and how many clients may be connected.
@@ -108,6 +114,14 @@ impl ServeConfig {
             lora_dir: self.lora_dir.clone(),
             hypernetwork_dir: self.hypernetwork_dir.clone(),
             vae_dir: self.vae_dir.clone(),
+        }
+    }
+
+    /// Where the interrogation files are: the `[interrogate]` settings over `models_dir`.
+    pub fn interrogate_files(&self) -> InterrogateFiles {
+        InterrogateFiles {
+            models_dir: self.models_dir.clone(),
+            ..self.interrogate.clone()
         }
     }
 

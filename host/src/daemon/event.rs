@@ -187,6 +187,8 @@ pub enum DoneOutcome {
     },
     /// A `select_model` job: the model now loaded.
     Model { model: String, hash: String },
+    /// An `interrogate` job: the prompt A1111's button writes, and the method that made it.
+    Caption { caption: String, method: String },
 }
 
 /// The `code` of an `error` event: what went wrong, for programs.

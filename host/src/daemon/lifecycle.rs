@@ -15,6 +15,7 @@ use super::networks::NetworkListing;
 use super::server::{accept, bind_unix, load_or_create_token, ListenError, Shared};
 use super::worker::{ModelStatus, Worker};
 use crate::device::{parse_device, parse_dtype, DeviceError};
+use crate::interrogate::Interrogator;
 use crate::pipeline::model::{GenerationModel, ModelError};
 use crate::sampling::plugins::{PluginPaths, SamplerRegistry};
 
@@ -223,6 +224,11 @@ pub fn serve(
         kind,
         status,
         live: shared.live.clone(),
+        interrogator: Interrogator::new(
+            config.interrogate_files(),
+            device,
+            Interrogator::default_feature_cache_dir(),
+        ),
     };
     let (worker_done, worker_ended) = crossbeam_channel::bounded::<()>(1);
     {

@@ -7,7 +7,7 @@ use std::sync::{Condvar, Mutex};
 use crossbeam_channel::Sender;
 
 use super::event::Outgoing;
-use super::request::{GenerateRequest, Txt2imgJob};
+use super::request::{GenerateRequest, InterrogateJob, Txt2imgJob};
 use crate::pipeline::stop::JobStop;
 
 /// A connection's number.
@@ -22,6 +22,8 @@ pub enum JobKind {
     Txt2img(Box<Txt2imgJob>),
     /// Load another model.
     SelectModel(String),
+    /// A prompt from a picture (A1111's interrogate buttons).
+    Interrogate(Box<InterrogateJob>),
 }
 
 /// A queued job.

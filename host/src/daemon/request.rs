@@ -11,6 +11,9 @@ use serde_json::{Map, Value};
 
 use super::event::ErrorCode;
 use super::protocol::{message_types, Attachment, Frame, PixelFormat};
+use crate::interrogate::interrogator::check_options;
+use crate::interrogate::options::read_interrogate_options;
+use crate::interrogate::{InterrogateMethod, InterrogateOptions};
 use crate::pipeline::preview::{PreviewMethod, PreviewSettings};
 use crate::prepare::modes::Img2ImgMode;
 use crate::request::GenerationRequest;
@@ -59,6 +62,66 @@ pub enum Request {
     },
     /// Stop a job (queued or running).
     Cancel { job: u64 },
+    /// A prompt from the picture of attachment `image`, as A1111's "Interrogate CLIP" or
+    /// "Interrogate DeepBooru" makes it (queued like a job; the answer is `done` with a
+    /// `caption`).
+    Interrogate(InterrogateRequest),
+}
+
+/// The header of an `interrogate` request.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct InterrogateRequest {
+    /// `clip` or `deepbooru` (`deepdanbooru`, the HTTP API's name, too).
+    pub method: String,
+    /// A1111's interrogation options (`interrogate_return_ranks`, `deepbooru_sort_alpha` …)
+    /// over its defaults.
+    #[serde(default)]
+    #[schemars(with = "Option<Map<String, Value>>")]
+    pub options: Option<Map<String, Value>>,
+}
+
+/// An interrogation as accepted: the picture (alpha dropped as A1111's `convert("RGB")`
+/// does), the method and the options.
+#[derive(Debug)]
+pub struct InterrogateJob {
+    /// The picture.
+    pub image: image::RgbImage,
+    /// Which button.
+    pub method: InterrogateMethod,
+    /// A1111's options.
+    pub options: InterrogateOptions,
+}
+
+impl InterrogateRequest {
+    /// The job: method and options checked, the `image` attachment decoded (at most
+    /// `max_pixels`).
+    pub fn into_job(
+        self,
+        mut attachments: Vec<(Attachment, Vec<u8>)>,
+        max_pixels: u64,
+    ) -> Result<InterrogateJob, RequestError> {
+        let method = InterrogateMethod::parse(&self.method).ok_or_else(|| {
+            RequestError::bad(format!(
+                "interrogate: unknown method \"{}\" (clip, deepbooru)",
+                self.method
+            ))
+        })?;
+        let options = read_interrogate_options(&self.options.unwrap_or_default())
+            .map_err(|e| RequestError::bad(format!("interrogate: options: {e}")))?;
+        check_options(&options).map_err(|e| RequestError {
+            code: ErrorCode::InvalidParams,
+            message: e.to_string(),
+        })?;
+        let image = take_attachment(&mut attachments, "image")
+            .ok_or_else(|| RequestError::bad("interrogate needs an \"image\" attachment"))
+            .and_then(|a| decode_image(a, max_pixels))?
+            .to_rgb8();
+        Ok(InterrogateJob {
+            image,
+            method,
+            options,
+        })
+    }
 }
 
 impl Request {

@@ -8,8 +8,10 @@ use sdhost_plugin_api::Flow;
 use super::event::{DoneOutcome, ErrorCode, Event, Outgoing, ProgressDetail};
 use super::queue::{Job, Scheduler};
 use super::worker::{
-    error_code, job_error, publish_step, result_event, rgba_attachment, step_event, Worker,
+    error_code, interrogate_error_code, job_error, publish_step, result_event, rgba_attachment,
+    step_event, Worker,
 };
+use crate::interrogate::{InterrogateMethod, InterrogateOptions};
 use crate::pipeline::img2img::{run_img2img_with, JobEvent, JobOutcome};
 use crate::pipeline::preview::PreviewSettings;
 use crate::pipeline::txt2img::run_txt2img;
@@ -171,6 +173,18 @@ impl ScriptHost for WorkerHost<'_> {
     fn stopped(&self) -> bool {
         self.job.stop.ends_job()
     }
+
+    fn interrogate(
+        &mut self,
+        image: &image::RgbImage,
+        method: InterrogateMethod,
+    ) -> Result<String, ScriptError> {
+        let options = InterrogateOptions::default();
+        Ok(self
+            .worker
+            .interrogator
+            .interrogate(image, method, &options)?)
+    }
 }
 
 impl WorkerHost<'_> {
@@ -208,6 +222,7 @@ fn script_error_code(error: &ScriptError) -> ErrorCode {
         ScriptError::NotFound(_) | ScriptError::InvalidArgs { .. } => ErrorCode::InvalidParams,
         ScriptError::Checkpoint { .. } => ErrorCode::ModelLoadFailed,
         ScriptError::Job(error) => error_code(error),
+        ScriptError::Interrogate(error) => interrogate_error_code(error),
     }
 }
 

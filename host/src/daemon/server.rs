@@ -457,6 +457,18 @@ fn read_requests<S: Stream>(
                     Err(error) => refuse(error.code, &error.message),
                 }
             }
+            Request::Interrogate(header) => {
+                match header.into_job(envelope.attachments, shared.limits.max_pixels) {
+                    Ok(job) => submit(
+                        shared,
+                        conn,
+                        id,
+                        JobKind::Interrogate(Box::new(job)),
+                        events,
+                    ),
+                    Err(error) => refuse(error.code, &error.message),
+                }
+            }
             Request::Txt2img(header) => {
                 let job = header.into_job().and_then(|job| {
                     check_limits(&job.params, &shared.limits)?;

@@ -15,8 +15,9 @@ use super::event::{
 use super::live::LiveState;
 use super::protocol::{Attachment, PixelFormat};
 use super::queue::{Job, JobKind, Scheduler};
-use super::request::{GenerateRequest, Txt2imgJob};
+use super::request::{GenerateRequest, InterrogateJob, Txt2imgJob};
 use crate::extra_networks::dirs::NetworkDirs;
+use crate::interrogate::{InterrogateError, Interrogator};
 use crate::pipeline::img2img::{run_img2img, GeneratedImage, JobError, JobEvent, JobOutcome};
 use crate::pipeline::model::GenerationModel;
 use crate::pipeline::preview::{preview_image, PreviewSettings};
@@ -67,6 +68,8 @@ pub struct Worker {
     pub status: Arc<Mutex<ModelStatus>>,
     /// Where the running job's progress is published (the HTTP API's `/progress`).
     pub live: Arc<LiveState>,
+    /// The interrogation models, loaded on first use.
+    pub interrogator: Interrogator,
 }
 
 impl ModelStatus {
@@ -100,6 +103,21 @@ pub(super) fn error_code(error: &JobError) -> ErrorCode {
         JobError::OutOfMemory { .. } => ErrorCode::OutOfMemory,
         JobError::Sampling(_) => ErrorCode::SamplerFailed,
         JobError::Rng(_) | JobError::Torch { .. } => ErrorCode::Internal,
+    }
+}
+
+/// The error code of a failed interrogation: a model file missing or unreadable is
+/// `model_load_failed`, bad options `invalid_params`.
+pub(super) fn interrogate_error_code(error: &InterrogateError) -> ErrorCode {
+    match error {
+        InterrogateError::InvalidOptions(_) => ErrorCode::InvalidParams,
+        InterrogateError::OutOfMemory(_) => ErrorCode::OutOfMemory,
+        InterrogateError::Torch(_) | InterrogateError::Ranking(_) => ErrorCode::Internal,
+        InterrogateError::Missing(_)
+        | InterrogateError::Blip(_)
+        | InterrogateError::ClipModel(_)
+        | InterrogateError::Categories(_)
+        | InterrogateError::Deepbooru(_) => ErrorCode::ModelLoadFailed,
     }
 }
 
@@ -256,6 +274,11 @@ impl Worker {
         Self::send(job, Event::Started { id, job: job_id });
         match &job.kind {
             JobKind::SelectModel(name) => self.select_model(job, name),
+            JobKind::Interrogate(request) => {
+                self.live.begin("interrogate");
+                self.interrogate(job, request);
+                self.live.end();
+            }
             JobKind::Generate(request) => {
                 self.live.begin("scripts_img2img");
                 self.generate(job, request, queue);
@@ -351,6 +374,29 @@ impl Worker {
                 Self::send(job, done);
             }
             Err((code, message)) => Self::send(job, job_error(job, code, message)),
+        }
+    }
+
+    fn interrogate(&mut self, job: &Job, request: &InterrogateJob) {
+        let result =
+            self.interrogator
+                .interrogate(&request.image, request.method, &request.options);
+        match result {
+            Ok(caption) => {
+                let done = Event::Done {
+                    id: job.request_id.clone(),
+                    job: job.id,
+                    outcome: DoneOutcome::Caption {
+                        caption,
+                        method: request.method.api_name().to_string(),
+                    },
+                };
+                Self::send(job, done);
+            }
+            Err(error) => {
+                let code = interrogate_error_code(&error);
+                Self::send(job, job_error(job, code, error.to_string()));
+            }
         }
     }
 

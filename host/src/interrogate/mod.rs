@@ -8,7 +8,9 @@
 //!   [`clip_preprocess`], `clip.tokenize` in [`clip_tokenize`]).
 //! * DeepBooru: DeepDanbooru's tags above a score threshold ([`deepbooru`]).
 //!
-//! [`InterrogateOptions`] carries A1111's "Interrogate" settings to every front end.
+//! [`InterrogateOptions`] carries A1111's "Interrogate" settings to every front end, [`files`] finds
+//! the model files as A1111 keeps them, and [`Interrogator`] (which every front end calls) loads
+//! the models on first use and runs either method.
 
 pub mod blip;
 pub mod categories;
@@ -19,6 +21,8 @@ pub mod clip_tokenize;
 pub mod deepbooru;
 pub mod feature_cache;
 pub mod features;
+pub mod files;
+pub mod interrogator;
 pub mod options;
 pub mod ranking;
 pub mod seeded_features;
@@ -27,4 +31,6 @@ pub use categories::{Categories, CategoriesError, CategoryList};
 pub use clip_interrogation::{interrogate_clip, ClipInterrogationError};
 pub use feature_cache::FeatureCache;
 pub use features::ClipFeatures;
+pub use files::{InterrogateFiles, MissingFile};
+pub use interrogator::{InterrogateError, InterrogateMethod, Interrogator};
 pub use options::InterrogateOptions;

@@ -5,8 +5,10 @@
 //!
 //! What A1111 carries across loops and this reproduces: colour correction matches every loop to
 //! the *original* init image (`p.color_corrections` set once); masked content becomes
-//! "original" after the first loop; the mask stays. "Append interrogated prompt" needs an
-//! interrogator, which sdhost does not have, so only "None" is accepted.
+//! "original" after the first loop; the mask stays. "Append interrogated prompt" interrogates
+//! each loop's init image (the original picture in the first loop) with CLIP or DeepBooru
+//! through the host's interrogator and makes the prompt `original, result` (just `result` when
+//! the original prompt is empty).
 
 use super::grid::{image_grid, GRID_BACKGROUND};
 use super::{
@@ -14,6 +16,7 @@ use super::{
     ScriptJob, ScriptOutcome,
 };
 
+use crate::interrogate::InterrogateMethod;
 use crate::request::GenerationRequest;
 
 /// "Denoising strength curve".
@@ -55,9 +58,6 @@ pub enum LoopbackError {
     /// Not Aggressive, Linear or Lazy.
     #[error("unknown denoising strength curve {0:?} (Aggressive, Linear, Lazy)")]
     UnknownCurve(String),
-    /// CLIP or DeepBooru interrogation, which sdhost does not have.
-    #[error("append interrogated prompt {0:?} is not supported (sdhost has no interrogator); use \"None\"")]
-    Interrogation(String),
     /// Unknown interrogation choice.
     #[error("unknown interrogation {0:?} (None, CLIP, DeepBooru)")]
     UnknownInterrogation(String),
@@ -69,7 +69,7 @@ pub enum LoopbackError {
     FinalStrength(f64),
 }
 
-/// The script's arguments in A1111's order (its interrogation choice checked to be "None").
+/// The script's arguments in A1111's order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoopbackArgs {
     /// "Loops" (A1111: 1–32, default 4).
@@ -78,6 +78,8 @@ pub struct LoopbackArgs {
     pub final_denoising_strength: f64,
     /// "Denoising strength curve" (default Linear).
     pub curve: DenoisingCurve,
+    /// "Append interrogated prompt at each iteration": None, CLIP or DeepBooru.
+    pub append_interrogation: Option<InterrogateMethod>,
 }
 
 impl Default for LoopbackArgs {
@@ -86,6 +88,7 @@ impl Default for LoopbackArgs {
             loops: 4,
             final_denoising_strength: 0.5,
             curve: DenoisingCurve::Linear,
+            append_interrogation: None,
         }
     }
 }
@@ -98,13 +101,12 @@ impl LoopbackArgs {
         curve: &str,
         append_interrogation: &str,
     ) -> Result<Self, LoopbackError> {
-        match append_interrogation {
-            "None" => {}
-            "CLIP" | "DeepBooru" => {
-                return Err(LoopbackError::Interrogation(append_interrogation.into()))
-            }
+        let append_interrogation = match append_interrogation {
+            "None" => None,
+            "CLIP" => Some(InterrogateMethod::Clip),
+            "DeepBooru" => Some(InterrogateMethod::Deepbooru),
             other => return Err(LoopbackError::UnknownInterrogation(other.into())),
-        }
+        };
         if loops < 1 {
             return Err(LoopbackError::Loops(loops));
         }
@@ -115,6 +117,7 @@ impl LoopbackArgs {
             loops: loops as usize,
             final_denoising_strength,
             curve: DenoisingCurve::from_name(curve)?,
+            append_interrogation,
         })
     }
 
@@ -213,6 +216,13 @@ pub fn run(
                 break 'batches;
             }
             let mut job = jobs[n * args.loops + i].clone();
+            if let Some(method) = args.append_interrogation {
+                let found = host.interrogate(&picture, method)?;
+                job.params.prompt = match params.prompt.as_str() {
+                    "" => found,
+                    original => format!("{original}, {found}"),
+                };
+            }
             job.init = Some(ScriptInit {
                 image: picture.clone(),
                 mask: init.mask.clone(),
@@ -266,7 +276,9 @@ mod tests {
         assert_eq!(s, [0.75, 0.625, 0.5, 0.375, 0.25]);
         let one = LoopbackArgs::new(1, 0.1, "Lazy", "None").unwrap();
         assert_eq!(one.strength(1, 0.6), 0.6);
-        assert!(LoopbackArgs::new(4, 0.5, "Linear", "CLIP").is_err());
+        let clip = LoopbackArgs::new(4, 0.5, "Linear", "CLIP").unwrap();
+        assert_eq!(clip.append_interrogation, Some(InterrogateMethod::Clip));
+        assert!(LoopbackArgs::new(4, 0.5, "Linear", "BLIP").is_err());
         assert!(LoopbackArgs::new(0, 0.5, "Linear", "None").is_err());
         assert!(LoopbackArgs::new(4, 0.5, "Steep", "None").is_err());
     }

@@ -31,6 +31,7 @@ use image::{GrayImage, RgbImage};
 use serde_json::Value;
 
 use crate::infotext::Infotext;
+use crate::interrogate::{InterrogateError, InterrogateMethod};
 use crate::pipeline::img2img::{JobError, JobOutcome};
 use crate::request::GenerationRequest;
 use crate::sampling::plugins::SamplerRegistry;
@@ -164,6 +165,9 @@ pub enum ScriptError {
     /// A job failed.
     #[error(transparent)]
     Job(#[from] JobError),
+    /// An interrogation a script asked for failed (a model file missing, …).
+    #[error("interrogate: {0}")]
+    Interrogate(#[from] InterrogateError),
 }
 
 /// What runs a script's jobs: implemented by the daemon's worker and by the CLI.
@@ -185,6 +189,13 @@ pub trait ScriptHost {
     /// The loaded model's upscaler `choice` names (A1111's `shared.sd_upscalers`: None,
     /// Lanczos, Nearest, then the models of the upscaler folders), read and ready to run.
     fn upscaler(&self, choice: &UpscalerChoice) -> Result<(String, ReadyUpscaler), ScriptError>;
+    /// The prompt A1111's interrogate button of `method` writes for `image` (Loopback's
+    /// "Append interrogated prompt"), with A1111's default interrogation options.
+    fn interrogate(
+        &mut self,
+        image: &RgbImage,
+        method: InterrogateMethod,
+    ) -> Result<String, ScriptError>;
 }
 
 /// One image a script returns besides its jobs' own (a grid).

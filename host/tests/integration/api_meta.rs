@@ -13,6 +13,9 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+/// A 1×1 RGB PNG, base64.
+const TINY_PNG_B64: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGMQUDAAAACkAGE0Zn1yAAAAAElFTkSuQmCC";
 
 /// A daemon with the API over a models folder; killed when dropped.
 struct Server {
@@ -224,13 +227,28 @@ fn listings_have_a1111_shapes_and_refresh_finds_new_checkpoints() {
     let (_, flags) = get(&server, "/sdapi/v1/cmd-flags");
     assert_eq!(flags["api"], true);
     assert_eq!(flags["listen"], false);
-    let (status, error) = post(
-        &server,
-        "/sdapi/v1/interrogate",
-        &json!({"image": "", "model": "clip"}),
-    );
-    assert_eq!(status, 501);
-    assert_eq!(error["error"], "HTTPException");
+    // A1111's checks come before any model is needed: a null image, then an undecodable
+    // one, then an unknown model.
+    for (body, status, detail) in [
+        (json!({"image": null}), 404, "Image not found"),
+        (
+            json!({"image": "", "model": "clip"}),
+            500,
+            "Invalid encoded image",
+        ),
+        (
+            json!({"image": TINY_PNG_B64, "model": "blip"}),
+            404,
+            "Model not found",
+        ),
+    ] {
+        let (got, error) = post(&server, "/sdapi/v1/interrogate", &body);
+        assert_eq!(
+            (got, error["detail"].as_str()),
+            (status, Some(detail)),
+            "{body}"
+        );
+    }
 
     let checkpoints = server.dir.path().join("models/Stable-diffusion");
     std::fs::copy(

@@ -21,6 +21,7 @@ mod grid;
 mod hypernetwork;
 mod img2img;
 mod inpaint;
+mod interrogate;
 mod lora;
 mod lora_families;
 mod lycoris;

@@ -4,6 +4,7 @@
 
 mod api;
 mod figures;
+mod interrogate;
 mod jobs;
 mod lora;
 mod memory;
@@ -29,6 +30,9 @@ const CASES: &str =
 /// 12 GB of memory.
 const NATIVE_CASES: &str = "sd2-unet,sdxl-unet";
 
+/// Cases run only when named that need no SD model: Interrogate CLIP and DeepBooru.
+const OWN_MODEL_CASES: &str = "interrogate";
+
 /// Arguments of `sdhost bench`.
 #[derive(Args)]
 pub struct BenchArgs {
@@ -53,9 +57,15 @@ pub struct BenchArgs {
     /// overhead per 512² img2img request). Not in the default run,
     /// only when named: sd2-unet (SD 2.x 768-v UNet step at 768², context 1024) and sdxl-unet
     /// (SDXL UNet step at 1024² with the vector y), each against diffusers on full-size random
-    /// weights made once in ~/.cache/sdhost/bench (not --model), with sdhost's peak RSS.
+    /// weights made once in ~/.cache/sdhost/bench (not --model), with sdhost's peak RSS;
+    /// interrogate (Interrogate CLIP per call with CLIP's text features computed every call as
+    /// A1111 does, against sdhost's cached features; the cold first call; DeepBooru per call).
     #[arg(long, value_delimiter = ',', default_value = CASES)]
     only: Vec<String>,
+    /// The interrogate case's models: an A1111 models/ folder [default: tiny random models over
+    /// the real category lists].
+    #[arg(long, value_name = "DIR")]
+    interrogate_models: Option<PathBuf>,
     /// The Python of the reference side [default: .venv/bin/python].
     #[arg(long, default_value = ".venv/bin/python")]
     python: PathBuf,
@@ -100,8 +110,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             CASES
                 .split(',')
                 .chain(NATIVE_CASES.split(','))
+                .chain(OWN_MODEL_CASES.split(','))
                 .any(|known| known == case),
-            "unknown bench case \"{case}\" (known: {CASES},{NATIVE_CASES})"
+            "unknown bench case \"{case}\" (known: {CASES},{NATIVE_CASES},{OWN_MODEL_CASES})"
         );
     }
     for dtype in &args.dtypes {
@@ -128,6 +139,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             args.repeat
         );
         return sgm::run(&ReferenceScript::from(args), threads, args, &wants);
+    }
+    if wants("interrogate") {
+        interrogate::run(
+            args.interrogate_models.as_deref(),
+            &args.python,
+            args.repeat,
+        )?;
+        if args.only.iter().all(|case| case == "interrogate") {
+            return Ok(());
+        }
     }
     if args.only.iter().all(|case| case == "api") {
         // The API's overhead needs no SD 1.5 model: its job is a tiny model's.
