@@ -57,6 +57,9 @@ pub enum DeepbooruError {
     /// The picture's size is not one the network takes.
     #[error(transparent)]
     InputSize(#[from] InputSizeError),
+    /// The picture has no pixels.
+    #[error("the picture to interrogate is empty ({width}×{height})")]
+    EmptyPicture { width: u32, height: u32 },
 }
 
 /// The dtype DeepDanbooru runs in on `device`: fp16 on CUDA (A1111's default `devices.dtype`
@@ -106,6 +109,8 @@ impl DeepDanbooru {
         let mut tensors = BTreeMap::new();
         for (key, t) in &contents.tensors {
             tensors.insert(key.clone(), file.tensor(t)?);
+            // The copy is made: drop the file's pages so the load does not hold both.
+            file.release(t);
         }
         let map = TensorMap::new(path, tensors);
         let net = DeepDanbooruNet::new(&VarBuilder::new(&map, kind, device), &config)?;
@@ -146,6 +151,10 @@ impl DeepDanbooru {
         image: &RgbImage,
         options: &InterrogateOptions,
     ) -> Result<String, DeepbooruError> {
+        let (width, height) = image.dimensions();
+        if width == 0 || height == 0 {
+            return Err(DeepbooruError::EmptyPicture { width, height });
+        }
         let probabilities = self.probabilities(&preprocess(image))?;
         Ok(format_tags(&self.tags, &probabilities, options))
     }

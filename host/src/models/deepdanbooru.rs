@@ -243,20 +243,25 @@ struct PaddedConv {
     pad: Pad,
 }
 
-impl PaddedConv {
-    /// Loads `n_Conv_<index>` as `[out, in, k, k]` (and its bias, but for the head).
-    fn new(
-        vb: &VarBuilder,
+/// Loads convolutions by index, each with the kernel and bias its role in the layout gives.
+struct ConvLoader<'a> {
+    vb: &'a VarBuilder<'a>,
+    roles: [ConvRole; CONVS],
+}
+
+impl ConvLoader<'_> {
+    /// `n_Conv_<index>` as `[out, in, k, k]` (and `[out]` bias, but for the head).
+    fn conv(
+        &self,
         index: usize,
-        in_ch: i64,
-        out_ch: i64,
+        (in_ch, out_ch): (i64, i64),
         stride: i64,
         pad: Pad,
-    ) -> Result<Self> {
-        let role = conv_roles()[index];
+    ) -> Result<PaddedConv> {
+        let role = self.roles[index];
         let k = role.kernel();
-        let vb = vb.pp(format!("n_Conv_{index}"));
-        Ok(Self {
+        let vb = self.vb.pp(format!("n_Conv_{index}"));
+        Ok(PaddedConv {
             weight: vb.get("weight", &[out_ch, in_ch, k, k])?,
             bias: if role.has_bias() {
                 Some(vb.get("bias", &[out_ch])?)
@@ -267,7 +272,9 @@ impl PaddedConv {
             pad,
         })
     }
+}
 
+impl PaddedConv {
     fn forward(&self, x: &Tensor) -> Tensor {
         let padded;
         let x = if self.pad == NO_PAD {
@@ -319,7 +326,11 @@ pub struct DeepDanbooruNet {
 impl DeepDanbooruNet {
     /// Builds the network with `config`'s widths, checking every tensor's shape.
     pub fn new(vb: &VarBuilder, config: &DeepDanbooruConfig) -> Result<Self> {
-        let stem = PaddedConv::new(vb, 0, 3, config.stem, 2, STEM_PAD)?;
+        let convs = ConvLoader {
+            vb,
+            roles: conv_roles(),
+        };
+        let stem = convs.conv(0, (3, config.stem), 2, STEM_PAD)?;
         let mut width = config.stem;
         let mut blocks = Vec::new();
         for (stage, widths) in STAGES.iter().zip(&config.stages) {
@@ -327,22 +338,22 @@ impl DeepDanbooruNet {
             for (j, c) in stage.block_starts().enumerate() {
                 let (stride, projection) = if j == 0 {
                     let projection =
-                        PaddedConv::new(vb, stage.projection, width, out, stage.stride, NO_PAD)?;
+                        convs.conv(stage.projection, (width, out), stage.stride, NO_PAD)?;
                     (stage.stride, Some(projection))
                 } else {
                     (1, None)
                 };
                 let pad = if stride == 1 { SAME3_PAD } else { STRIDE2_PAD };
                 blocks.push(Bottleneck {
-                    reduce: PaddedConv::new(vb, c, width, mid, 1, NO_PAD)?,
-                    spatial: PaddedConv::new(vb, c + 1, mid, mid, stride, pad)?,
-                    expand: PaddedConv::new(vb, c + 2, mid, out, 1, NO_PAD)?,
+                    reduce: convs.conv(c, (width, mid), 1, NO_PAD)?,
+                    spatial: convs.conv(c + 1, (mid, mid), stride, pad)?,
+                    expand: convs.conv(c + 2, (mid, out), 1, NO_PAD)?,
                     projection,
                 });
                 width = out;
             }
         }
-        let head = PaddedConv::new(vb, HEAD, width, config.tags, 1, NO_PAD)?;
+        let head = convs.conv(HEAD, (width, config.tags), 1, NO_PAD)?;
         Ok(Self {
             config: *config,
             stem,

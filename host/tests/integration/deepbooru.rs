@@ -229,7 +229,11 @@ fn sizes_the_network_cannot_take_are_typed_errors() {
             Err(DeepbooruError::InputSize(_))
         ));
     }
-    // `tag` always resizes to 512² first, so any picture is tagged.
+    assert!(matches!(
+        model.tag(&image::RgbImage::new(0, 5), &InterrogateOptions::default()),
+        Err(DeepbooruError::EmptyPicture { .. })
+    ));
+    // `tag` always resizes to 512² first, so any other picture is tagged.
     let small = image::RgbImage::from_pixel(7, 3, image::Rgb([200, 30, 90]));
     model.tag(&small, &InterrogateOptions::default()).unwrap();
 }
