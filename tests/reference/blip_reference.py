@@ -10,14 +10,17 @@ Usage:
 
 The network is transformers' `BlipForConditionalGeneration` with every parameter re-drawn from a
 seeded generator, its names mapped to Salesforce's (spec §7.1). Decoding: greedy ids come from
-transformers' own `generate`; beam search is transcribed here from transformers 4.30's
+transformers' own `generate` (and a transcription of 4.30's loop for max_length ≤ 4, which
+transformers 5 refuses); beam search is transcribed here from transformers 4.30's
 `BeamSearchScorer` (what BLIP was written against: hypotheses normalised by their length with the
-prompt, without the end token), since transformers ≥ 4.35 normalises by the generated length
-instead; the script records whether transformers 5's `generate(num_beams=3)` agrees. The caption
+prompt, without the end token) and checked against transformers 5's `generate(num_beams=3)` made
+to score that way; transformers ≥ 4.35 itself normalises by the generated length, and the
+script records whether its plain result agrees. The caption
 text follows the slow `BertTokenizer.decode` of transformers 4.30 (spec §3.8), written out here.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import warnings
@@ -25,6 +28,7 @@ import warnings
 import numpy as np
 import torch
 from PIL import Image
+import transformers.generation.utils
 from safetensors.torch import save_file
 from transformers import BlipConfig, BlipForConditionalGeneration
 from transformers.models.blip.configuration_blip import BlipTextConfig, BlipVisionConfig
@@ -355,6 +359,29 @@ def write_broken(out_dir, model_path):
     torch.save({"model": wrong}, os.path.join(out_dir, "wrong_shape.pth"))
 
 
+@contextlib.contextmanager
+def length_with_prompt():
+    """transformers 5's beam search with 4.30's scores: a finished hypothesis divided by its
+    length with the prompt (without the end token), and the early-stop bound over the current
+    length, i.e. its helpers called with a one-token "prompt" instead of the real one."""
+    mixin = transformers.generation.utils.GenerationMixin
+    update, check = mixin._update_finished_beams, mixin._check_early_stop_heuristic
+
+    def update_430(self, *args, **kwargs):
+        return update(self, *args, **{**kwargs, "decoder_prompt_len": 1})
+
+    def check_430(*args, **kwargs):
+        return check(*args, **{**kwargs, "decoder_prompt_len": 1})
+
+    mixin._update_finished_beams = update_430
+    mixin._check_early_stop_heuristic = staticmethod(check_430)
+    try:
+        yield
+    finally:
+        mixin._update_finished_beams = update
+        mixin._check_early_stop_heuristic = staticmethod(check)
+
+
 CASES = {"default": (24, 48), "min_ge_max": (30, 12), "max_le_4": (24, 3), "short": (5, 9)}
 
 
@@ -414,14 +441,22 @@ def reference(out_dir, seed):
         assert min(margins) >= 1e-3, f"seed {seed}: greedy margin {min(margins)} (tiny dims)"
         results["tiny_default"] = {"ids": ids, "caption": decode(ids, vocab),
                                    "min_margin": min(margins)}
-        for name, (m, big_m) in {"beams3": (24, 48), "beams3_short": (5, 12)}.items():
+        beam_cases = {"beams3": (24, 48), "beams3_short": (5, 12), "beams3_430": (6, 16)}
+        for name, (m, big_m) in beam_cases.items():
             ids = beam_search_430(model, prefix, embeds, 3, m, big_m)
-            hf = model.generate(x, input_ids=torch.tensor([prompt]), num_beams=3, do_sample=False,
-                                min_length=m, max_length=big_m, repetition_penalty=1.0)[0].tolist()
-            hf = [t for t in hf if t not in (SEP, PAD)]
+            kwargs = dict(num_beams=3, do_sample=False, min_length=m, max_length=big_m,
+                          repetition_penalty=1.0)
+            hf = model.generate(x, input_ids=torch.tensor([prompt]), **kwargs)[0].tolist()
+            with length_with_prompt():
+                hf430 = model.generate(x, input_ids=torch.tensor([prompt]), **kwargs)[0].tolist()
+            hf, hf430 = ([t for t in seq if t not in (SEP, PAD)] for seq in (hf, hf430))
+            # transformers 5's own search, scoring as 4.30 did, is the independent check.
+            assert hf430 == ids, (name, hf430, ids)
             results["cases"][name] = {"min_length": m, "max_length": big_m, "num_beams": 3,
                                       "ids": ids, "caption": decode(ids, vocab),
                                       "transformers5_ids": hf, "transformers5_agrees": hf == ids}
+        # One case where the two normalisations choose differently, so the test shows which.
+        assert not results["cases"]["beams3_430"]["transformers5_agrees"]
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out_dir, "reference.safetensors"))
     with open(os.path.join(out_dir, "reference.json"), "w") as f:
         json.dump(results, f, indent=1)
