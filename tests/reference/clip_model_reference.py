@@ -244,8 +244,9 @@ def reference(out, seed):
         tensors["tokens"] = tokens
         tensors["text"] = model.encode_text(tokens[: len(text_lines)]).float()
     # The features are O(1): the 1e-4 tolerance is meaningful.
-    scale = tensors["text"].abs().max().item()
-    assert 0.3 < scale < 30, scale
+    for key in ["text"] + [f"image.{name}" for name, _, _ in IMAGES]:
+        scale = tensors[key].abs().max().item()
+        assert 0.3 < scale < 30, (key, scale)
     json.dump({"lines": lines, "text_lines": len(text_lines)},
               open(os.path.join(out, "lines.json"), "w", encoding="utf-8"), ensure_ascii=False)
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out, "reference.safetensors"))

@@ -9,6 +9,8 @@ use tch::{Kind, Tensor};
 /// CLIP's per-channel mean (`Normalize` in `_transform`; BLIP uses the same values).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// CLIP's per-channel standard deviation.
+// OpenAI's literals as written; as f32 they equal the shorter ones clippy proposes.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// The size torchvision's `Resize(n)` gives a `width`×`height` picture: the shorter side

@@ -106,7 +106,10 @@ fn hostile_truncated_and_foreign_files_are_refused() {
     // The TorchScript archive reads as its module tree's state dict.
     let model = dir.path().join("model.pt");
     let state = load_state_dict(&model).unwrap();
-    assert_eq!(state.shape("visual.conv1.weight"), Some(&[64, 3, 14, 14][..]));
+    assert_eq!(
+        state.shape("visual.conv1.weight"),
+        Some(&[64, 3, 14, 14][..])
+    );
     assert_eq!(state.kind("visual.conv1.weight"), Some(Kind::Half));
     assert_eq!(state.kind("visual.positional_embedding"), Some(Kind::Float));
     assert_eq!(
@@ -117,7 +120,9 @@ fn hostile_truncated_and_foreign_files_are_refused() {
 
     // The same pickle without the archive's code/ records is a checkpoint naming `__torch__`
     // classes: refused as any unknown global.
-    let err = load_state_dict(&dir.path().join("no_code.pt")).err().unwrap();
+    let err = load_state_dict(&dir.path().join("no_code.pt"))
+        .err()
+        .unwrap();
     assert!(
         matches!(&err, PickleError::RefusedGlobal { module, .. } if module.starts_with("__torch__.")),
         "{err}"
@@ -136,7 +141,14 @@ fn hostile_truncated_and_foreign_files_are_refused() {
     // Cut anywhere: an error, never a panic.
     let bytes = std::fs::read(&model).unwrap();
     let cut = dir.path().join("cut.pt");
-    for len in [0, 3, 100, bytes.len() / 3, bytes.len() - 30, bytes.len() - 1] {
+    for len in [
+        0,
+        3,
+        100,
+        bytes.len() / 3,
+        bytes.len() - 30,
+        bytes.len() - 1,
+    ] {
         std::fs::write(&cut, &bytes[..len]).unwrap();
         let outcome = std::panic::catch_unwind(|| OpenAiClipFeatures::load(&cut, Device::Cpu));
         assert!(outcome.expect("no panic").is_err(), "cut at {len} loaded");
@@ -158,7 +170,10 @@ fn hostile_truncated_and_foreign_files_are_refused() {
         matches!(&err, ClipModelError::Load(LoadError::MissingTensor { key, .. }) if key == "visual.ln_post.weight"),
         "{err}"
     );
-    tensors.push(("visual.ln_post.weight".into(), Tensor::ones([63], (Kind::Float, Device::Cpu))));
+    tensors.push((
+        "visual.ln_post.weight".into(),
+        Tensor::ones([63], (Kind::Float, Device::Cpu)),
+    ));
     let misshapen = write("misshapen.safetensors", &tensors);
     let err = OpenAiClipFeatures::load(&misshapen, Device::Cpu)
         .err()
@@ -173,5 +188,8 @@ fn hostile_truncated_and_foreign_files_are_refused() {
     let err = OpenAiClipFeatures::load(Path::new("/nonexistent/ViT-L-14.pt"), Device::Cpu)
         .err()
         .unwrap();
-    assert!(err.to_string().contains("/nonexistent/ViT-L-14.pt"), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/ViT-L-14.pt"),
+        "{err}"
+    );
 }
