@@ -218,7 +218,7 @@ mod tests {
         let cache = FeatureCache::new(dir.path());
         let clip = SeededClipFeatures::new(16, "model-a");
         let all = lines(&["a", "b", "c"]);
-        cache.text_features(&clip, "x", &all);
+        let _ = cache.text_features(&clip, "x", &all);
         // The dict limit changed: the first two lines only.
         let two = cache.text_features(&clip, "x", &all[..2]);
         assert_eq!(clip.encoded_lines(), 5);
@@ -240,7 +240,7 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
         // And the first model's file still hits.
         let before = clip.encoded_lines();
-        cache.text_features(&clip, "x", &edited);
+        let _ = cache.text_features(&clip, "x", &edited);
         assert_eq!(clip.encoded_lines(), before);
     }
 
@@ -251,7 +251,7 @@ mod tests {
         let clip = SeededClipFeatures::new(8, "m");
         let items = lines(&["one", "two"]);
         let expected = bits(&clip.text_features(&items));
-        cache.text_features(&clip, "cat", &items);
+        let _ = cache.text_features(&clip, "cat", &items);
         let path = only_file(dir.path());
         let good = std::fs::read(&path).unwrap();
 

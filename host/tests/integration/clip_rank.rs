@@ -77,7 +77,7 @@ fn format_values() -> Vec<f32> {
     let mut values: Vec<f32> = (0..=2000).map(|i| i as f32 * 0.0005).collect();
     values.extend((0..=16).map(|k| k as f32 / 16.0));
     values.extend((0..=1024).map(|k| k as f32 / 1024.0));
-    values.extend([1e-9, 4.9999e-4, 5.0001e-4, 0.999_999_9, 0.9995, 0.999_5001]);
+    values.extend([1e-9, 4.9999e-4, 5.0001e-4, 0.999_999_9, 0.9995, 0.999_500_1]);
     values
 }
 
