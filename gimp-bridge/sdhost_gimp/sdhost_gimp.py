@@ -156,6 +156,16 @@ def read_mask(drawable: Gimp.Drawable, region: Region) -> bytes:
     return bytes(drawable.get_buffer().get(rect, 1.0, MASK, Gegl.AbyssPolicy.NONE))
 
 
+def show_dialog(procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, title: str) -> bool:
+    """The procedure's dialog over its arguments; False when the user cancels."""
+    GimpUi.init(procedure.get_name())
+    dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
+    dialog.fill(None)
+    ok = dialog.run()
+    dialog.destroy()
+    return bool(ok)
+
+
 def fail(procedure: Gimp.Procedure, message: str,
          status: Gimp.PDBStatusType = Gimp.PDBStatusType.EXECUTION_ERROR):
     return procedure.new_return_values(status, GLib.Error(message))
@@ -170,12 +180,7 @@ def run(procedure, run_mode, image, drawables, config, data):
             # "Interrogate" ran since the last dialog: its prompt becomes this dialog's.
             config.set_property("prompt", parasite_text(handed.get_data()))
             image.detach_parasite(PROMPT_PARASITE)
-        GimpUi.init(name)
-        dialog = GimpUi.ProcedureDialog.new(procedure, config, PROCEDURES[name][1].replace("_", "").rstrip("…"))
-        dialog.fill(None)
-        ok = dialog.run()
-        dialog.destroy()
-        if not ok:
+        if not show_dialog(procedure, config, PROCEDURES[name][1].replace("_", "").rstrip("…")):
             return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     if len(drawables) != 1 or not isinstance(drawables[0], Gimp.Layer):
         return fail(procedure, "select exactly one layer", Gimp.PDBStatusType.CALLING_ERROR)
@@ -306,14 +311,8 @@ def run(procedure, run_mode, image, drawables, config, data):
 def run_interrogate(procedure, run_mode, image, drawables, config, data):
     """A prompt from the layer, as A1111's "Interrogate CLIP" / "Interrogate DeepBooru" write it:
     returned, kept on the layer (parasite) and handed to the next sdhost dialog as its prompt."""
-    if run_mode == Gimp.RunMode.INTERACTIVE:
-        GimpUi.init(INTERROGATE_PROCEDURE)
-        dialog = GimpUi.ProcedureDialog.new(procedure, config, "Interrogate")
-        dialog.fill(None)
-        ok = dialog.run()
-        dialog.destroy()
-        if not ok:
-            return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
+    if run_mode == Gimp.RunMode.INTERACTIVE and not show_dialog(procedure, config, "Interrogate"):
+        return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, GLib.Error())
     if len(drawables) != 1 or not isinstance(drawables[0], Gimp.Layer):
         return fail(procedure, "select exactly one layer", Gimp.PDBStatusType.CALLING_ERROR)
     layer = drawables[0]

@@ -3,10 +3,9 @@ of A1111 v1.10.1's `modules/interrogate.py` (`InterrogateModels.categories`, `ra
 category loop of `interrogate`), run on feature tensors the Rust test wrote, in place of the
 CLIP network (whose own parity is tested with the model).
 
-Two deliberate differences from A1111, both sdhost decisions (docs/architecture.md):
-* files in sorted file-name order instead of `Path.glob`'s filesystem order;
-* the `.topN` pattern `\\.top(\\d+)$` (A1111's `\\.top(\\d+)\\.` never matches a stem, so there
-  every category gives one match).
+One deliberate difference from A1111 (docs/architecture.md): files in sorted file-name order
+instead of `Path.glob`'s filesystem order. A1111's `.topN` pattern `\\.top(\\d+)\\.` is kept: it
+never matches a stem ending in `.topN` (`b.top3.txt` gives one match), only `.topN.` inside it.
 
 Usage: clip_rank_reference.py CASES_JSON OUT_JSON
 CASES_JSON: {"categories_dir", "features" (a .safetensors with "text" [M, E], one row per entry
@@ -28,7 +27,7 @@ from safetensors.torch import load_file
 
 Category = namedtuple("Category", ["name", "topn", "items"])
 
-re_topn = re.compile(r"\.top(\d+)$")
+re_topn = re.compile(r"\.top(\d+)\.")
 
 # Below these, sdhost and this script could order or round differently by float noise alone,
 # so the case would test nothing: the test must pick other features.

@@ -41,13 +41,15 @@ from resize_reference import resize_image  # noqa: E402
 
 BLIP_SEED, CLIP_SEED, DEEPBOORU_SEED = 0, 0, 0
 
-# Tiny category lists: sorted by file name, a .topN list, a blank line and a curly quote kept as
-# A1111 reads them, brackets left unescaped.
+# Tiny category lists: sorted by file name, a blank line and a curly quote kept as A1111 reads
+# them, brackets left unescaped; `.top3.txt` gives one match in A1111 (its pattern needs a dot
+# after the number), `.top2.more.txt` two.
 CATEGORIES = {
     "artists.txt": "Alice Neel\nCedric Seaut (Keos Masons)\nClaude Monet\nd’Artagnan Smith\nEdgar Degas\n",
     "flavors.top3.txt": "highly detailed\n\nsoft light\nmatte painting\ntrending on artstation\nbokeh\n",
     "mediums.txt": "an oil painting\na photograph\na watercolor\na pencil sketch\n",
     "movements.txt": "impressionism\ncubism\nsurrealism\n",
+    "styles.top2.more.txt": "minimalism\nbaroque\nart nouveau\nbrutalism\n",
 }
 
 CLIP_CASES = [

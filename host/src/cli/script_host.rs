@@ -8,7 +8,7 @@ use indicatif::ProgressBar;
 use sdhost_plugin_api::Flow;
 
 use super::job_args::{progress_bar, JobArgs, LoadedJob, INTERRUPTED_EXIT};
-use crate::interrogate::{InterrogateFiles, InterrogateMethod, InterrogateOptions, Interrogator};
+use crate::interrogate::{InterrogateFiles, Interrogator};
 use crate::pipeline::img2img::{run_img2img_with, GeneratedImage, JobEvent, JobOutcome};
 use crate::pipeline::stop::JobStop;
 use crate::pipeline::txt2img::run_txt2img;
@@ -126,13 +126,8 @@ impl ScriptHost for CliHost<'_> {
         self.stop.ends_job()
     }
 
-    fn interrogate(
-        &mut self,
-        image: &image::RgbImage,
-        method: InterrogateMethod,
-    ) -> Result<String, ScriptError> {
-        let options = InterrogateOptions::default();
-        Ok(self.interrogator.interrogate(image, method, &options)?)
+    fn interrogator(&mut self) -> &mut Interrogator {
+        &mut self.interrogator
     }
 }
 

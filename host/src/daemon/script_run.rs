@@ -11,7 +11,7 @@ use super::worker::{
     error_code, interrogate_error_code, job_error, publish_step, result_event, rgba_attachment,
     step_event, Worker,
 };
-use crate::interrogate::{InterrogateMethod, InterrogateOptions};
+use crate::interrogate::Interrogator;
 use crate::pipeline::img2img::{run_img2img_with, JobEvent, JobOutcome};
 use crate::pipeline::preview::PreviewSettings;
 use crate::pipeline::txt2img::run_txt2img;
@@ -174,16 +174,8 @@ impl ScriptHost for WorkerHost<'_> {
         self.job.stop.ends_job()
     }
 
-    fn interrogate(
-        &mut self,
-        image: &image::RgbImage,
-        method: InterrogateMethod,
-    ) -> Result<String, ScriptError> {
-        let options = InterrogateOptions::default();
-        Ok(self
-            .worker
-            .interrogator
-            .interrogate(image, method, &options)?)
+    fn interrogator(&mut self) -> &mut Interrogator {
+        &mut self.worker.interrogator
     }
 }
 

@@ -1,14 +1,14 @@
 //! The CLIP interrogator's category word lists, read as A1111 reads its `interrogate/` folder
 //! (`modules/interrogate.py: InterrogateModels.categories`): every `*.txt` of the folder (not
 //! recursive) is one category named by its file stem; each line is one candidate, `strip()`ed,
-//! blank lines kept as `""` candidates.
+//! blank lines kept as `""` candidates. A category gives `N` matches when its stem contains
+//! `.topN.` (A1111's pattern `\.top(\d+)\.` searched in the stem), else one: so
+//! `artists.top3.txt` gives one match in A1111 (its stem ends in `.top3`), and sdhost gives what
+//! A1111 gives; `artists.top3.list.txt` gives three.
 //!
 //! Differences from A1111, each for a reason:
 //! * Files are taken in file-name order, not `Path.glob`'s filesystem order (hash order on ext4),
 //!   so the prompt's category order is the same on every machine.
-//! * A `.topN` stem suffix (`artists.top3.txt`) gives `N` matches. A1111's pattern
-//!   `\.top(\d+)\.` never matches a stem that ends in `.topN`, so there every category gives one
-//!   match; we follow the evident intent (Forge's fixed pattern `\.top(\d+)$`).
 //! * Edited files are re-read when their size or modification time changes; A1111 re-reads only
 //!   after a restart or a change of the skip option.
 //! * A missing folder is a clear error; A1111 tries to download the lists and, offline, returns
@@ -204,17 +204,25 @@ fn stem(file_name: &str) -> String {
     }
 }
 
-/// `N` of a `.topN` stem suffix, else 1. ASCII digits only (Python's `\d` would also take
-/// other scripts' digits; nobody names files so).
-fn topn_of(name: &str) -> usize {
-    let Some((_, digits)) = name.rsplit_once(".top") else {
-        return 1;
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return 1;
+/// `N` of the first `.topN.` in the stem (A1111's `re_topn = \.top(\d+)\.` searched in
+/// `filename.stem`), else 1. ASCII digits only (Python's `\d` would also take other scripts'
+/// digits; nobody names files so).
+fn topn_of(stem: &str) -> usize {
+    let bytes = stem.as_bytes();
+    let mut from = 0;
+    while let Some(at) = stem[from..].find(".top") {
+        let start = from + at + ".top".len();
+        let digits = bytes[start..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if digits > 0 && bytes.get(start + digits) == Some(&b'.') {
+            // Saturates: a huge N means "all", which `min(N, len)` makes of it anyway.
+            return stem[start..start + digits].parse().unwrap_or(usize::MAX);
+        }
+        from += at + 1;
     }
-    // Saturates: a huge N means "all", which `min(N, len)` makes of it anyway.
-    digits.parse().unwrap_or(usize::MAX)
+    1
 }
 
 /// Reads one category file as A1111 does: UTF-8, universal newlines, each line `strip()`ed.
@@ -307,7 +315,7 @@ mod tests {
         let dir = folder(&[
             ("mediums.txt", b"oil\n"),
             ("artists.top3.txt", b"x\n"),
-            ("flavors.top12.txt", b"y\n"),
+            ("flavors.top12.list.txt", b"y\n"),
             ("notes.md", b"not a list\n"),
             ("UPPER.TXT", b"not matched: glob is case-sensitive\n"),
             (".hidden.txt", b"h\n"),
@@ -322,9 +330,9 @@ mod tests {
             names,
             [
                 (".hidden", 1),
-                ("artists.top3", 3),
+                ("artists.top3", 1),
                 ("b.top3x", 1),
-                ("flavors.top12", 12),
+                ("flavors.top12.list", 12),
                 ("mediums", 1),
                 ("odd.top", 1),
             ]
@@ -333,14 +341,19 @@ mod tests {
             .lists(&["artists.top3".to_string(), "mediums".to_string()])
             .unwrap();
         let names: Vec<_> = lists.iter().map(|l| l.name.as_str()).collect();
-        assert_eq!(names, [".hidden", "b.top3x", "flavors.top12", "odd.top"]);
+        assert_eq!(
+            names,
+            [".hidden", "b.top3x", "flavors.top12.list", "odd.top"]
+        );
     }
 
     #[test]
     fn topn_and_stem_edge_cases() {
-        assert_eq!(topn_of("a.top0"), 0);
-        assert_eq!(topn_of("a.top1.top7"), 7);
-        assert_eq!(topn_of("a.top99999999999999999999999"), usize::MAX);
+        assert_eq!(topn_of("a.top0.b"), 0);
+        assert_eq!(topn_of("a.top7"), 1);
+        assert_eq!(topn_of("a.top1.top7"), 1);
+        assert_eq!(topn_of("a.topx.top7.b"), 7);
+        assert_eq!(topn_of("a.top99999999999999999999999.b"), usize::MAX);
         assert_eq!(topn_of("top3"), 1);
         assert_eq!(topn_of("a.top-3"), 1);
         assert_eq!(stem(".txt"), ".txt");

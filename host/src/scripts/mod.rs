@@ -31,7 +31,7 @@ use image::{GrayImage, RgbImage};
 use serde_json::Value;
 
 use crate::infotext::Infotext;
-use crate::interrogate::{InterrogateError, InterrogateMethod};
+use crate::interrogate::{InterrogateError, InterrogateMethod, InterrogateOptions, Interrogator};
 use crate::pipeline::img2img::{JobError, JobOutcome};
 use crate::request::GenerationRequest;
 use crate::sampling::plugins::SamplerRegistry;
@@ -189,13 +189,18 @@ pub trait ScriptHost {
     /// The loaded model's upscaler `choice` names (A1111's `shared.sd_upscalers`: None,
     /// Lanczos, Nearest, then the models of the upscaler folders), read and ready to run.
     fn upscaler(&self, choice: &UpscalerChoice) -> Result<(String, ReadyUpscaler), ScriptError>;
+    /// The host's interrogator (its models loaded on first use).
+    fn interrogator(&mut self) -> &mut Interrogator;
     /// The prompt A1111's interrogate button of `method` writes for `image` (Loopback's
     /// "Append interrogated prompt"), with A1111's default interrogation options.
     fn interrogate(
         &mut self,
         image: &RgbImage,
         method: InterrogateMethod,
-    ) -> Result<String, ScriptError>;
+    ) -> Result<String, ScriptError> {
+        let options = InterrogateOptions::default();
+        Ok(self.interrogator().interrogate(image, method, &options)?)
+    }
 }
 
 /// One image a script returns besides its jobs' own (a grid).

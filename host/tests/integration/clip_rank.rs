@@ -40,7 +40,7 @@ fn write_categories(dir: &Path) {
         // Skipped in every case: neither side reads it, so its bytes do not matter.
         ("c.txt", b"skipped \xff\xfe list\n"),
         (
-            "d.top2.txt",
+            "d.top2.lists.txt",
             "trending on artstation\nhighly detailed\n\u{1c}soft light\u{1f}\nbokeh\nfilm grain\n\
              volumetric lighting\ncinematic\nsharp focus\nhdr\n"
                 .as_bytes(),
@@ -56,7 +56,7 @@ fn cases() -> Vec<(&'static str, u32, bool, Vec<&'static str>)> {
     vec![
         ("a picture of a cat", 2, false, vec!["c"]),
         ("", 2, true, vec!["c"]),
-        ("x", 0, true, vec!["c", "d.top2"]),
+        ("x", 0, true, vec!["c", "d.top2.lists"]),
         ("a painting", 1500, false, vec!["c", "a"]),
         ("y", 0, true, vec!["c"]),
     ]

@@ -31,10 +31,6 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 use vocab::{BertVocab, VocabError};
 
-/// CLIP's normalisation, which BLIP's `transforms.Normalize` uses.
-const MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
-/// CLIP's standard deviations.
-const STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
 /// The largest `interrogate_clip_num_beams` (A1111's slider).
 pub const MAX_BEAMS: u32 = 16;
 
@@ -331,19 +327,8 @@ pub fn resized(image: &RgbImage) -> RgbImage {
     resize(image, side, side, Filter::Bicubic, None)
 }
 
-/// `ToTensor` + `Normalize(mean, std)`: [1, 3, H, W] fp32 on the CPU.
+/// `ToTensor` + `Normalize(mean, std)` with CLIP's mean and std, which BLIP's transform uses:
+/// [1, 3, H, W] fp32 on the CPU.
 pub fn pixel_values(image: &RgbImage) -> Tensor {
-    let (w, h) = image.dimensions();
-    let x = Tensor::from_slice(image.as_raw())
-        .reshape([i64::from(h), i64::from(w), 3])
-        .permute([2, 0, 1])
-        .to_kind(Kind::Float)
-        / 255.0;
-    let mean = Tensor::from_slice(&MEAN)
-        .to_kind(Kind::Float)
-        .reshape([3, 1, 1]);
-    let std = Tensor::from_slice(&STD)
-        .to_kind(Kind::Float)
-        .reshape([3, 1, 1]);
-    ((x - mean) / std).unsqueeze(0)
+    crate::interrogate::clip_preprocess::normalize(image)
 }
