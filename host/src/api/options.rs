@@ -43,6 +43,7 @@ const REQUEST_OPTIONS: &[(&str, DefaultValue)] = &[
     ("img2img_color_correction", || json!(false)),
     ("inpainting_mask_weight", || json!(1.0)),
     ("initial_noise_multiplier", || json!(1.0)),
+    ("img2img_extra_noise", || json!(0.0)),
     ("img2img_fix_steps", || json!(false)),
 ];
 
@@ -69,7 +70,6 @@ fn other_defaults() -> Vec<(&'static str, Value)> {
         ("tiling", json!(false)),
         ("hires_fix_refiner_pass", json!("second pass")),
         ("sd_vae_overrides_per_model_preferences", json!(true)),
-        ("img2img_extra_noise", json!(0.0)),
         ("img2img_background_color", json!("#ffffff")),
         ("return_mask", json!(false)),
         ("return_mask_composite", json!(false)),

@@ -217,7 +217,7 @@ impl<'a> Img2ImgJob<'a> {
                 _ => stacked,
             }
         })?;
-        let x = plan.start_latent(&init_latent, &noise);
+        let x = plan.start_latent(&init_latent, &noise, params.img2img_extra_noise);
         let latent_mask = init
             .latent_mask
             .as_ref()

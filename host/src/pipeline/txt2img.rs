@@ -334,7 +334,11 @@ impl<'a> Txt2ImgJob<'a> {
         let image_conditioning = image_conditioning.map(|c| hires.target.crop(&c));
         let mut rng = job.batch_rng(batch, hires.shape)?;
         let noise = rng.first()?.to_device(model.device);
-        let x = guarded("hires noise", || hires.plan.start_latent(&cropped, &noise))?;
+        let x = guarded("hires noise", || {
+            hires
+                .plan
+                .start_latent(&cropped, &noise, params.img2img_extra_noise)
+        })?;
         let pass = SamplingPass {
             plan: &hires.plan,
             x,

@@ -58,6 +58,7 @@ const KEYED_FIELDS: &[&str] = &[
     "refiner_checkpoint",
     "refiner_switch_at",
     "initial_noise_multiplier",
+    "img2img_extra_noise",
     "always_discard_next_to_last_sigma",
     "sigma_min",
     "sigma_max",
@@ -270,6 +271,12 @@ impl GenerationRequest {
                 (!txt2img && self.initial_noise_multiplier != 1.0)
                     .then(|| ui_number(self.initial_noise_multiplier)),
             ),
+            // Set where img2img sampling (Hires. fix's second pass included) adds it.
+            (
+                "Extra noise",
+                ((!txt2img || hires.is_some()) && self.img2img_extra_noise > 0.0)
+                    .then(|| ui_number(self.img2img_extra_noise)),
+            ),
             (
                 "Discard penultimate sigma",
                 (facts.discard_penultimate && !info.discard_penultimate_sigma)
@@ -408,6 +415,7 @@ impl GenerationRequest {
         }
         self.eta_noise_seed_delta = number("ENSD").map_or(0, |e| e as i64);
         self.initial_noise_multiplier = number("Noise multiplier").unwrap_or(1.0);
+        self.img2img_extra_noise = number("Extra noise").unwrap_or(0.0);
         self.sampler.schedule_options.sigma_min = number("Schedule min sigma");
         self.sampler.schedule_options.sigma_max = number("Schedule max sigma");
         self.sampler.schedule_options.rho = number("Schedule rho");

@@ -162,6 +162,9 @@ pub struct GenerationRequest {
     /// Factor on the initial noise (A1111 `initial_noise_multiplier`).
     #[default(1.0)]
     pub initial_noise_multiplier: f64,
+    /// Noise added to the starting latent on top of the schedule's (A1111's option
+    /// `img2img_extra_noise`, 0-1; img2img and Hires. fix's second pass).
+    pub img2img_extra_noise: f64,
     /// Eta noise seed delta (ENSD).
     pub eta_noise_seed_delta: i64,
     /// Mask handling, used when the job has a mask.
@@ -268,6 +271,7 @@ impl GenerationRequest {
             ("cfg_scale", self.cfg_scale),
             ("subseed_strength", self.subseed_strength),
             ("initial_noise_multiplier", self.initial_noise_multiplier),
+            ("img2img_extra_noise", self.img2img_extra_noise),
             ("denoising_strength", self.sampler.denoising_strength),
             ("mask_alpha", self.mask_alpha),
             ("refiner_switch_at", self.refiner_switch_at),

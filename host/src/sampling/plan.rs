@@ -266,9 +266,16 @@ impl<'r> SamplingPlan<'r> {
     }
 
     /// The starting latent: `init + σ₀·noise` (k-diffusion's variance-exploding form; for the
-    /// DDIM family this is √ᾱ·init + √(1−ᾱ)·noise divided by √ᾱ, the same state).
-    pub fn start_latent(&self, init_latent: &Tensor, noise: &Tensor) -> Tensor {
-        init_latent + noise * self.sigmas[0]
+    /// DDIM family this is √ᾱ·init + √(1−ᾱ)·noise divided by √ᾱ, the same state), plus
+    /// `extra_noise·noise` when A1111's `img2img_extra_noise` is set (the DDIM family's
+    /// `+ noise·extra·√ᾱ` is the same term in this form).
+    pub fn start_latent(&self, init_latent: &Tensor, noise: &Tensor, extra_noise: f64) -> Tensor {
+        let start = init_latent + noise * self.sigmas[0];
+        if extra_noise > 0.0 {
+            start + noise * extra_noise
+        } else {
+            start
+        }
     }
 
     /// The starting latent of a txt2img pass from unit noise: `noise·σmax` for k-diffusion

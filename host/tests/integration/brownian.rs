@@ -352,7 +352,7 @@ fn sde_samplers_run_on_job_noise() {
         let seeds = [3u64, 4];
         let mut rng = ImageRng::new(&seeds, SHAPE, Device::Cpu).unwrap();
         let init = Tensor::ones([2, 4, 16, 16], (Kind::Float, Device::Cpu));
-        let x = plan.start_latent(&init, &rng.first().unwrap());
+        let x = plan.start_latent(&init, &rng.first().unwrap(), 0.0);
         let (min, max) = plan.brownian_range();
         let brownian = BrownianTreeNoise::new(
             &seeds,

@@ -191,7 +191,7 @@ fn img2img_sampling_with_a1111_noise_matches_reference() {
         };
         let plan = SamplingPlan::new(&registry, &settings, &levels).unwrap();
         let mut rng = ImageRng::new(&[1234, 4294967293], [4, 8, 8], tch::Device::Cpu).unwrap();
-        let x = plan.start_latent(&r["x0"], &rng.first().unwrap());
+        let x = plan.start_latent(&r["x0"], &rng.first().unwrap(), 0.0);
         let mut noise = JobNoise::new(rng, tch::Device::Cpu, tch::Kind::Float);
         let guidance = Guidance {
             conds: vec![vec![part(&r["cond_a"], 1.0)], vec![part(&r["cond_b"], 1.0)]],

@@ -43,6 +43,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("randn_source", r#""NV""#),
     ("init_latent", r#""mean""#),
     ("initial_noise_multiplier", "0.9"),
+    ("img2img_extra_noise", "0.25"),
     ("eta_noise_seed_delta", "31337"),
     ("mask_blur_x", "3"),
     ("mask_blur_y", "5"),

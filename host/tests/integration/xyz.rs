@@ -229,6 +229,51 @@ fn img2img_cells_are_the_single_jobs_and_the_grid_says_what_it_plots() {
 }
 
 #[test]
+fn extra_noise_axis_cells_are_the_single_jobs_with_a1111s_option() {
+    let fx = fixture();
+    let out = fx.dir.path().join("extra-out");
+    let base = [
+        "--prompt",
+        "a barn",
+        "--seed",
+        "9",
+        "--steps",
+        "2",
+        "--sampler-name",
+        "Euler",
+    ];
+    let mut plot: Vec<&str> = base.to_vec();
+    let grids = fx.dir.path().join("extra-grids");
+    plot.extend([
+        "--x-axis",
+        "Extra noise: 0,0.4",
+        "--grid-dir",
+        grids.to_str().unwrap(),
+    ]);
+    assert_success(&generate(&fx, "img2img", &out, &plot));
+    let cells = pngs(&out);
+    assert_eq!(cells.len(), 2, "{cells:?}");
+    assert_ne!(
+        pixels(&cells[0]),
+        pixels(&cells[1]),
+        "the extra noise changes the picture"
+    );
+    assert!(!infotext(&cells[0]).contains("Extra noise"));
+    assert!(
+        infotext(&cells[1]).contains("Extra noise: 0.4"),
+        "{}",
+        infotext(&cells[1])
+    );
+    let single_out = fx.dir.path().join("extra-single");
+    let mut single: Vec<&str> = base.to_vec();
+    single.extend(["--img2img-extra-noise", "0.4"]);
+    assert_success(&generate(&fx, "img2img", &single_out, &single));
+    let single = &pngs(&single_out)[0];
+    assert_eq!(pixels(&cells[1]), pixels(single));
+    assert_eq!(infotext(&cells[1]), infotext(single));
+}
+
+#[test]
 fn txt2img_z_axis_sub_grids_hires_steps_and_fixed_seeds() {
     let fx = fixture();
     let (out, grids) = (fx.dir.path().join("out"), fx.dir.path().join("grids"));

@@ -169,7 +169,7 @@ pub const AXES: &[Axis] = &[
         Float,
         Field("initial_noise_multiplier"),
     ),
-    axis("Extra noise", Float, Unsupported("img2img extra noise")),
+    axis("Extra noise", Float, Field("img2img_extra_noise")),
     axis("Hires upscaler", Str, Field("hr_upscaler"))
         .on(Tab::Txt2img)
         .choices(),
