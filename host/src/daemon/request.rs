@@ -458,7 +458,8 @@ mod tests {
                 "img2img",
                 "txt2img",
                 "png_info",
-                "cancel"
+                "cancel",
+                "interrogate"
             ]
         );
         let hello = parse(json!({"type": "hello", "id": 1, "protocol": 1, "client": null}));

@@ -110,7 +110,9 @@ pub(super) fn error_code(error: &JobError) -> ErrorCode {
 /// `model_load_failed`, bad options `invalid_params`.
 pub(super) fn interrogate_error_code(error: &InterrogateError) -> ErrorCode {
     match error {
-        InterrogateError::InvalidOptions(_) => ErrorCode::InvalidParams,
+        InterrogateError::InvalidOptions(_) | InterrogateError::EmptyPicture(..) => {
+            ErrorCode::InvalidParams
+        }
         InterrogateError::OutOfMemory(_) => ErrorCode::OutOfMemory,
         InterrogateError::Torch(_) | InterrogateError::Ranking(_) => ErrorCode::Internal,
         InterrogateError::Missing(_)

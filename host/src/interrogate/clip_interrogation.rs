@@ -127,7 +127,7 @@ mod tests {
     fn caption_then_matches_per_category() {
         let dir = folder(&[
             ("a.txt", "red\ngreen\nblue (dark)\n"),
-            ("b.top2.txt", "one\ntwo\nthree\nfour\n"),
+            ("b.top2.list.txt", "one\ntwo\nthree\nfour\n"),
             ("c.txt", "skipped\n"),
         ]);
         let categories = Categories::open(dir.path()).unwrap();
@@ -139,7 +139,7 @@ mod tests {
         assert_eq!(found[0].category, "a");
         assert_eq!(found[0].matches.len(), 1);
         assert_eq!(found[0].matches[0].0, "blue (dark)");
-        assert_eq!(found[1].category, "b.top2");
+        assert_eq!(found[1].category, "b.top2.list");
         assert_eq!(found[1].matches.len(), 2);
         let expected = format!(
             "a photo, blue (dark), {}, {}",
@@ -172,9 +172,9 @@ mod tests {
     fn limit_blank_lines_and_empty_lists() {
         let dir = folder(&[
             ("a.txt", "\n\nx\n"),
-            ("b.top5.txt", "p\nq\nr\n"),
+            ("b.top5.list.txt", "p\nq\nr\n"),
             ("empty.txt", ""),
-            ("none.top0.txt", "z\n"),
+            ("none.top0.list.txt", "z\n"),
         ]);
         let categories = Categories::open(dir.path()).unwrap();
         let clip = SeededClipFeatures::new(64, "m").seeing("");

@@ -61,6 +61,9 @@ pub enum InterrogateError {
     /// The options are out of range.
     #[error("invalid interrogation option: {0}")]
     InvalidOptions(String),
+    /// The picture has no pixels.
+    #[error("the picture to interrogate is empty ({0}x{1})")]
+    EmptyPicture(u32, u32),
     /// The BLIP captioner failed to load or run.
     #[error("BLIP: {0}")]
     Blip(#[from] BlipError),
@@ -154,6 +157,12 @@ impl Interrogator {
         options: &InterrogateOptions,
     ) -> Result<String, InterrogateError> {
         self.check(method, options)?;
+        if image.width() == 0 || image.height() == 0 {
+            return Err(InterrogateError::EmptyPicture(
+                image.width(),
+                image.height(),
+            ));
+        }
         let result = torch_guard(|| match method {
             InterrogateMethod::Clip => self.clip(image, options),
             InterrogateMethod::Deepbooru => self.deepbooru(image, options),

@@ -219,6 +219,17 @@ fn missing_and_broken_files_are_clear_errors_before_any_work() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("CLIP"), "{error}");
+    // An empty picture (a library caller's; the socket's framing refuses empty attachments).
+    let mut fine = Interrogator::new(files(&fx.models), tch::Device::Cpu, None);
+    let error = fine
+        .interrogate(
+            &image::RgbImage::new(0, 8),
+            InterrogateMethod::Deepbooru,
+            &options,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("empty"), "{error}");
     // Out-of-range options are refused before a model loads.
     let beams = InterrogateOptions {
         interrogate_clip_num_beams: 0,
