@@ -64,4 +64,5 @@ pub mod scripts;
 pub mod sd_vae;
 pub mod tiny_model;
 pub mod upscale;
+pub mod user_dirs;
 pub mod weights;

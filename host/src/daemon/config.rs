@@ -154,29 +154,8 @@ impl ServeConfig {
     }
 }
 
-fn env_dir(var: &str) -> Option<PathBuf> {
-    std::env::var_os(var)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-}
-
-fn home() -> Option<PathBuf> {
-    env_dir("HOME")
-}
-
-/// `$XDG_CONFIG_HOME/sdhost` (or `~/.config/sdhost`).
-pub fn config_dir() -> Option<PathBuf> {
-    env_dir("XDG_CONFIG_HOME")
-        .or_else(|| home().map(|h| h.join(".config")))
-        .map(|d| d.join("sdhost"))
-}
-
-/// `$XDG_DATA_HOME/sdhost` (or `~/.local/share/sdhost`): the demo model lives there.
-pub fn data_dir() -> Option<PathBuf> {
-    env_dir("XDG_DATA_HOME")
-        .or_else(|| home().map(|h| h.join(".local/share")))
-        .map(|d| d.join("sdhost"))
-}
+use crate::user_dirs::env_dir;
+pub use crate::user_dirs::{config_dir, data_dir};
 
 /// The default socket: `$XDG_RUNTIME_DIR/sdhost/sdhost.sock`, else
 /// `/tmp/sdhost-<uid>/sdhost.sock`.

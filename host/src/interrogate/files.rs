@@ -195,7 +195,7 @@ impl InterrogateFiles {
 
 /// Where scripts/setup installs clip-interrogator's lists: `$XDG_DATA_HOME/sdhost/interrogate`.
 pub fn installed_categories_dir() -> Option<PathBuf> {
-    crate::daemon::config::data_dir().map(|d| d.join("interrogate"))
+    crate::user_dirs::data_dir().map(|d| d.join("interrogate"))
 }
 
 /// The Hugging Face hub cache as transformers finds it: `$HF_HUB_CACHE`
