@@ -5,7 +5,7 @@ SDHOST := target/release/sdhost
 DEMO_MODEL := models/tiny-sd1.safetensors
 DEMO_IMAGE := host/assets/sample-init.png
 
-.PHONY: setup build run demo test lint bench install-gimp-plugin
+.PHONY: setup build run demo test lint bench install-gimp-plugin install uninstall install-service
 
 setup:
 	@scripts/setup
@@ -33,6 +33,7 @@ test: build lint
 	cargo test --release --workspace
 	.venv/bin/python -m pytest -q gimp-bridge/tests
 	.venv/bin/python -m pytest -q tests/api
+	.venv/bin/python -m pytest -q tests/install
 	tests/gimp/run_e2e.sh
 
 # sdhost against diffusers, side by side (docs/performance.md); a few minutes on 2 cores.
@@ -42,6 +43,18 @@ bench: build
 # The GIMP 3 plug-in into ~/.config/GIMP/3.0/plug-ins (see README, "Use it from GIMP").
 install-gimp-plugin:
 	gimp-bridge/install.sh
+
+# sdhost, its sampler plugin and a copy of its libtorch into PREFIX (default ~/.local), runnable
+# without the clone, plus the GIMP plug-in (see README, "Install"). PREFIX=/opt/sdhost works too.
+install: build
+	scripts/install
+
+uninstall:
+	scripts/install --uninstall
+
+# The same, plus the systemd user service (enabled and started where a user systemd runs).
+install-service: build
+	scripts/install --systemd
 
 lint:
 	cargo fmt --all --check

@@ -9,7 +9,13 @@ fn main() {
     let Ok(lib_dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
-    // torch-sys links libtorch but sets no rpath: without this the binary fails to start.
+    // torch-sys links libtorch but sets no rpath: without one the binary fails to start.
+    // First `$ORIGIN/libtorch/torch/lib` (the loader expands `$ORIGIN` to the executable's
+    // folder), where `scripts/install` copies libtorch beside the installed binary: an
+    // installed sdhost then runs on its own copy and survives deleting or rebuilding the
+    // clone. A build in the clone has no such folder and falls through to the absolute path
+    // of the libtorch it was linked against.
+    println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/libtorch/torch/lib");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
     // rustc links with --as-needed, which drops libtorch.so and with it libtorch_cuda.so, so
     // CUDA would never register. Keep it when the libtorch in use has CUDA.

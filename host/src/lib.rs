@@ -40,6 +40,7 @@
 //!
 //! [`device`] parses device and dtype names; [`error`] reads the failures libtorch reports
 //! (panic messages, out of memory); loading's errors are [`weights::LoadError`].
+//! [`doctor`] checks an installation part by part and names each problem's fix (`sdhost doctor`).
 //! `docs/architecture.md` draws the whole path and maps each A1111 parameter and function to
 //! the file that reproduces it.
 
@@ -48,6 +49,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod daemon;
 pub mod device;
+pub mod doctor;
 pub mod error;
 pub mod extra_networks;
 pub mod infotext;

@@ -13,7 +13,7 @@ fn main() -> ExitCode {
     }
     let cli = sdhost::cli::Cli::parse();
     match cli.run() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             // One line: the error and its causes.
             let chain: Vec<String> = error.chain().map(ToString::to_string).collect();

@@ -3,6 +3,7 @@
 mod bench;
 mod check;
 mod dev;
+mod doctor;
 pub mod folders;
 mod img2img;
 mod info;
@@ -16,6 +17,8 @@ mod script_flags;
 mod script_host;
 mod serve;
 mod txt2img;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +51,9 @@ enum Command {
     PngInfo(png_info::PngInfoArgs),
     /// List the samplers of every loaded plugin with their default schedules.
     Samplers(samplers::SamplersArgs),
+    /// Check the installation (libtorch, device, config, models, plugins, GIMP plug-in,
+    /// daemon) and say how to fix each problem; exit status 1 when there is one.
+    Doctor(doctor::DoctorArgs),
     /// Time sdhost's networks against diffusers' side by side (docs/performance.md).
     Bench(Box<bench::BenchArgs>),
     /// Developer tools: tiny models and network checks.
@@ -56,9 +62,10 @@ enum Command {
 }
 
 impl Cli {
-    /// Runs the chosen command.
-    pub fn run(self) -> anyhow::Result<()> {
-        match self.command {
+    /// Runs the chosen command; its exit status is failure only for a failed check
+    /// (`doctor`), errors are returned.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let done = match self.command {
             Command::Serve(args) => serve::run(&args),
             Command::Img2img(args) => img2img::run(&args),
             Command::Txt2img(args) => txt2img::run(&args),
@@ -69,7 +76,9 @@ impl Cli {
             Command::PngInfo(args) => png_info::run(&args),
             Command::Samplers(args) => samplers::run(&args),
             Command::Bench(args) => bench::run(&args),
+            Command::Doctor(args) => return doctor::run(&args),
             Command::Dev(cmd) => dev::run(cmd),
-        }
+        };
+        done.map(|()| ExitCode::SUCCESS)
     }
 }

@@ -16,6 +16,7 @@ mod conditioning;
 mod daemon;
 mod deepbooru;
 mod denoiser;
+mod doctor;
 mod families;
 mod grid;
 mod hypernetwork;
