@@ -141,3 +141,18 @@ pub(super) fn device(config: &ServeConfig, config_file: &str) -> Vec<Check> {
     };
     vec![check]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loaded_libtorch_is_found_in_the_process_maps() {
+        // Test binaries link libtorch like the sdhost binary does.
+        let file = loaded_library("libtorch_cpu.so").expect("libtorch_cpu.so is mapped");
+        assert!(file.is_file(), "{}", file.display());
+        assert!(loaded_library("libnot-a-library.so").is_none());
+        let checks = check();
+        assert_eq!(checks[0].status, super::super::Status::Ok, "{checks:?}");
+    }
+}

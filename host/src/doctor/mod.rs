@@ -173,3 +173,36 @@ fn own_binary() -> Check {
         .unwrap_or_else(|e| format!("(its path is unknown: {e})"));
     Check::ok("sdhost", format!("{} at {exe}", env!("CARGO_PKG_VERSION")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problems_print_their_fix_under_them() {
+        let report = Report {
+            ok: false,
+            checks: vec![
+                Check::ok("config", "none"),
+                Check::problem("models", "none configured", "set models_dir"),
+            ],
+        };
+        let text = report.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "ok       config  none");
+        assert_eq!(lines[1], "problem  models  none configured");
+        assert_eq!(lines[2], "                 fix: set models_dir");
+        assert_eq!(lines[3], "1 problem found");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["checks"][1]["status"], "problem");
+        assert_eq!(json["checks"][0]["fix"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_panicking_check_becomes_a_problem() {
+        let checks = guarded("cuda", || panic!("no driver"));
+        assert_eq!(checks.len(), 1);
+        assert_eq!(checks[0].status, Status::Problem);
+        assert!(checks[0].detail.contains("no driver"), "{:?}", checks[0]);
+    }
+}
