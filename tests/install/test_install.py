@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -56,9 +58,18 @@ class Install:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Install, str]:
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Install, str]]:
     install = Install(tmp_path_factory.mktemp("install"))
-    return install, install.script().stdout
+    yield install, install.script().stdout
+    # pytest keeps its last temporary folders: not gigabytes of libtorch in them.
+    shutil.rmtree(install.prefix, ignore_errors=True)
+
+
+def source_libtorch() -> Path:
+    """The variant root of the libtorch the built binary links (what scripts/install copies)."""
+    ldd = subprocess.run(["ldd", str(SDHOST)], capture_output=True, text=True, check=True).stdout
+    lib = next(line.split()[2] for line in ldd.splitlines() if line.split()[:1] == ["libtorch_cpu.so"])
+    return Path(lib).resolve().parent.parent.parent
 
 
 def test_layout(installed: tuple[Install, str]) -> None:
@@ -93,6 +104,9 @@ def test_runs_from_the_copy_without_the_clone(installed: tuple[Install, str]) ->
     assert all(path.startswith(copy) for path in torch), torch
     outside = [path for path in loaded if "torch" in path and not path.startswith(copy)]
     assert not outside, f"libraries loaded from outside the install: {outside}"
+    source = str(source_libtorch())
+    from_clone = [path for path in loaded if path.startswith((str(ROOT), source))]
+    assert not from_clone, f"libraries loaded from the clone or its libtorch: {from_clone}"
 
 
 def test_doctor_of_the_install(installed: tuple[Install, str]) -> None:
