@@ -1,17 +1,27 @@
 # The two commands of the README: `make run` (the main job) and `make test` (every test).
-# Both set up what is missing: the venv with libtorch (scripts/setup) and the release build.
+# Both set up what is missing: `make run` only what the daemon needs at run time (libtorch in
+# the user cache, scripts/setup), `make test` the reference packages in .venv on top
+# (scripts/setup-test), then the release build.
 
 SDHOST := target/release/sdhost
 DEMO_MODEL := models/tiny-sd1.safetensors
 DEMO_IMAGE := host/assets/sample-init.png
 
-.PHONY: setup build run demo test lint bench install-gimp-plugin install uninstall install-service
+.PHONY: setup setup-test build build-all run demo test lint bench install-gimp-plugin install uninstall install-service
 
 setup:
 	@scripts/setup
 
+setup-test: setup
+	@scripts/setup-test
+
+# What the daemon needs: sdhost and its built-in sampler plugin (not the example plugin or the
+# test fixtures, which `make test` builds).
 build: setup
-	cargo build --release
+	cargo build --release -p sdhost -p sdhost-samplers
+
+build-all: setup
+	cargo build --release --workspace
 
 # The main job: the daemon on its default socket. With no model configured it makes a tiny
 # random-weight demo model and says so; pass your own with
@@ -29,15 +39,16 @@ demo: build
 	$(SDHOST) img2img --model $(DEMO_MODEL) --init-image $(DEMO_IMAGE) --mask host/assets/sample-mask.png \
 		--prompt "a stone tower" --inpaint-full-res --inpainting-fill fill --seed 1234 --patch-out
 
-test: build lint
+test: setup-test build-all lint
 	cargo test --release --workspace
 	.venv/bin/python -m pytest -q gimp-bridge/tests
 	.venv/bin/python -m pytest -q tests/api
 	.venv/bin/python -m pytest -q tests/install
+	.venv/bin/python -m pytest -q tests/setup
 	tests/gimp/run_e2e.sh
 
 # sdhost against diffusers, side by side (docs/performance.md); a few minutes on 2 cores.
-bench: build
+bench: setup-test build
 	$(SDHOST) bench
 
 # The GIMP 3 plug-in into ~/.config/GIMP/3.0/plug-ins (see README, "Use it from GIMP").

@@ -3,15 +3,23 @@
 way A1111 has them: the files of pharmapsychotic/clip-interrogator (MIT), taken from its PyPI
 wheel 0.6.0 (byte-identical to what A1111 downloads), checked against their sha256s.
 
-Usage: interrogate_lists.py WHEEL DEST_DIR
+Usage: interrogate_lists.py DEST_DIR [WHEEL]
+Without WHEEL it downloads the wheel with pip into a scratch folder (pip's index, proxy and
+certificate settings apply) and deletes it afterwards: the lists are what is kept.
 """
 
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
+
+from libtorch import pip_command
+
+WHEEL = "clip-interrogator==0.6.0"
 
 LISTS = {
     "artists.txt": "01e4b30f6d7cfdb62f4582c5bec658e02d79bf9c19052949ce3336d6eff4d395",
@@ -46,8 +54,7 @@ SOFTWARE.
 """
 
 
-def main() -> int:
-    wheel, dest = Path(sys.argv[1]), Path(sys.argv[2])
+def install(wheel: Path, dest: Path) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheel) as archive:
         for name, sha in LISTS.items():
@@ -60,6 +67,28 @@ def main() -> int:
             partial.replace(dest / name)
     (dest / "LICENSE-clip-interrogator.md").write_text(NOTICE)
     return 0
+
+
+def main() -> int:
+    if len(sys.argv) not in (2, 3):
+        print(__doc__, file=sys.stderr)
+        return 2
+    dest = Path(sys.argv[1])
+    if len(sys.argv) > 2:
+        return install(Path(sys.argv[2]), dest)
+    if all((dest / name).is_file() for name in LISTS):
+        return 0
+    with tempfile.TemporaryDirectory() as scratch:
+        command = pip_command() + ["download", "--no-deps", "--no-cache-dir", "--progress-bar", "off",
+                                   "-d", scratch, WHEEL]
+        done = subprocess.run(command, capture_output=True, text=True)
+        wheels = list(Path(scratch).glob("*.whl"))
+        if done.returncode != 0 or len(wheels) != 1:
+            print(f"scripts/setup: downloading {WHEEL} (Interrogate CLIP's category lists) failed; "
+                  f"check the network or PIP_INDEX_URL and re-run:\n{done.stdout}{done.stderr}",
+                  file=sys.stderr)
+            return 1
+        return install(wheels[0], dest)
 
 
 if __name__ == "__main__":

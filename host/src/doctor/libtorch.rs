@@ -116,7 +116,10 @@ pub(super) fn device(config: &ServeConfig, config_file: &str) -> Vec<Check> {
                 Check::problem(
                     "device",
                     format!("{name} is configured but this libtorch has no CUDA"),
-                    format!("{use_cpu}, or build and install sdhost with the CUDA libtorch"),
+                    format!(
+                        "{use_cpu}, or rebuild with the CUDA libtorch: \
+                         `SDHOST_TORCH_VARIANT=cuda make install` in the sdhost clone"
+                    ),
                 )
             } else if !tch::Cuda::is_available() {
                 Check::problem(
