@@ -94,7 +94,7 @@ def wanted(variant: str, member: str) -> str | None:
     name = member.rsplit("/", 1)[-1]
     if member.startswith("torch/include/") and not member.endswith("/"):
         return member
-    if member.startswith("torch/lib/") and name:
+    if member.startswith("torch/lib/") and name and member.count("/") == 2:
         if variant == "cpu":
             return member if name in CPU_LIBS else None
         return None if name in PYTHON_ONLY or name.endswith(".a") else member
