@@ -483,8 +483,15 @@ fn read_requests<S: Stream>(
     }
 }
 
-/// Refuses jobs larger than the daemon allows (`limit`); with Hires. fix, its size counts.
+/// Refuses, before a job is queued, parameters no model can run (`invalid_params`: steps,
+/// batch and image sizes of [`GenerationRequest::validate`] at the smallest latent scale, 8)
+/// and jobs larger than the daemon allows (`limit`; with Hires. fix, its size counts). The
+/// worker validates again against the loaded model.
 pub fn check_limits(params: &GenerationRequest, limits: &Limits) -> Result<(), RequestError> {
+    params.validate(8).map_err(|e| RequestError {
+        code: ErrorCode::InvalidParams,
+        message: e.to_string(),
+    })?;
     let area = |(w, h): (u32, u32)| u64::from(w) * u64::from(h);
     let mut size = (params.width, params.height);
     if params.hires.enable_hr {

@@ -33,6 +33,16 @@ pub const MAX_SIDE: u32 = 8192;
 /// Largest mask blur accepted (A1111's slider stops at 64).
 pub const MAX_MASK_BLUR: u32 = 256;
 
+/// Most sampling steps, of a pass or of Hires. fix's second pass (A1111's slider stops at 150;
+/// the models are trained on 1000 timesteps, so more steps only repeat levels).
+pub const MAX_STEPS: usize = 1000;
+
+/// Most images in one batch (A1111's slider stops at 8; a batch runs as one UNet call).
+pub const MAX_BATCH_SIZE: usize = 64;
+
+/// Most batches in one job (A1111's slider stops at 100).
+pub const MAX_BATCH_COUNT: usize = 10_000;
+
 /// Where the per-image noise comes from (A1111's option `randn_source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RngChoice {
@@ -258,11 +268,45 @@ impl GenerationRequest {
                 );
             }
         }
-        if self.n_iter == 0 {
-            return invalid("n_iter", "the batch count must be at least 1".into());
+        if !(1..=MAX_BATCH_COUNT).contains(&self.n_iter) {
+            return invalid(
+                "n_iter",
+                format!(
+                    "the batch count must be between 1 and {MAX_BATCH_COUNT}, got {}",
+                    self.n_iter
+                ),
+            );
         }
-        if self.batch_size == 0 {
-            return invalid("batch_size", "the batch size must be at least 1".into());
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            return invalid(
+                "batch_size",
+                format!(
+                    "the batch size must be between 1 and {MAX_BATCH_SIZE}, got {}",
+                    self.batch_size
+                ),
+            );
+        }
+        if self.sampler.steps == 0 {
+            return invalid("steps", "steps must be at least 1".into());
+        }
+        if self.sampler.steps > MAX_STEPS {
+            return invalid(
+                "steps",
+                format!(
+                    "steps must be at most {MAX_STEPS}, got {}",
+                    self.sampler.steps
+                ),
+            );
+        }
+        // 0 means "as many as the first pass" (A1111's hires steps slider).
+        if self.hires.hr_second_pass_steps > MAX_STEPS {
+            return invalid(
+                "hr_second_pass_steps",
+                format!(
+                    "the Hires. fix step count must be at most {MAX_STEPS}, got {}",
+                    self.hires.hr_second_pass_steps
+                ),
+            );
         }
         if self.clip_skip == 0 {
             return invalid("clip_skip", "clip skip must be at least 1".into());

@@ -280,12 +280,6 @@ fn cell(
     params
         .validate(8)
         .map_err(|e| invalid(format!("cell {}: {e}", describe())))?;
-    if params.sampler.steps == 0 {
-        return Err(invalid(format!(
-            "cell {}: steps must be at least 1",
-            describe()
-        )));
-    }
     Ok(ScriptJob {
         params,
         init: base.init.clone(),
