@@ -252,7 +252,11 @@ fn py_range(start: i64, stop: i64, step: i64) -> Result<Vec<i64>, ValueError> {
     let mut value = start;
     while (step > 0 && value < stop) || (step < 0 && value > stop) {
         values.push(value);
-        value += step;
+        // Past the largest integer is past `stop` too.
+        let Some(next) = value.checked_add(step) else {
+            break;
+        };
+        value = next;
     }
     Ok(values)
 }
@@ -326,15 +330,19 @@ pub fn expand(kind: ValueKind, items: &[String]) -> Result<Vec<AxisValue>, Value
             for item in items {
                 if let Some(m) = p.range.captures(item) {
                     let start = int_of(&m[1])?;
-                    let end = int_of(&m[2])? + 1;
+                    let end = int_of(&m[2])?
+                        .checked_add(1)
+                        .ok_or_else(|| too_large(item))?;
                     let step = m.get(3).map_or(Ok(1), |s| int_of(s.as_str()))?;
-                    check_size(((end - start) / step.max(1)).unsigned_abs() as usize)?;
+                    // In i128: the span of two i64 values does not fit in an i64.
+                    let span = (i128::from(end) - i128::from(start)) / i128::from(step.max(1));
+                    check_size(usize::try_from(span.unsigned_abs()).unwrap_or(usize::MAX))?;
                     values.extend(py_range(start, end, step)?.into_iter().map(AxisValue::Int));
                 } else if let Some(m) = p.count.captures(item) {
                     let start = int_of(&m[1])?;
                     let end = int_of(&m[2])?;
                     let num = m.get(3).map_or(Ok(1), |n| int_of(n.as_str()))?;
-                    check_size(num as usize)?;
+                    check_size(usize::try_from(num).unwrap_or(usize::MAX))?;
                     values.extend(
                         np_linspace(start as f64, end as f64, num as usize)
                             .into_iter()
@@ -361,7 +369,7 @@ pub fn expand(kind: ValueKind, items: &[String]) -> Result<Vec<AxisValue>, Value
                     let start = float_of(&m[1])?;
                     let end = float_of(&m[2])?;
                     let num = m.get(3).map_or(Ok(1), |n| int_of(n.as_str()))?;
-                    check_size(num as usize)?;
+                    check_size(usize::try_from(num).unwrap_or(usize::MAX))?;
                     values.extend(
                         np_linspace(start, end, num as usize)
                             .into_iter()
@@ -376,10 +384,12 @@ pub fn expand(kind: ValueKind, items: &[String]) -> Result<Vec<AxisValue>, Value
         ValueKind::Str => items.iter().cloned().map(AxisValue::Str).collect(),
         ValueKind::Permutations => {
             if items.len() > 7 {
+                let orderings = (1..=items.len())
+                    .try_fold(1usize, |product, n| product.checked_mul(n))
+                    .map_or_else(|| "too many".to_string(), |n| n.to_string());
                 return Err(ValueError(format!(
-                    "{} tokens make {} orderings",
-                    items.len(),
-                    (1..=items.len()).product::<usize>()
+                    "{} tokens make {orderings} orderings",
+                    items.len()
                 )));
             }
             permutations(items)
@@ -390,6 +400,11 @@ pub fn expand(kind: ValueKind, items: &[String]) -> Result<Vec<AxisValue>, Value
     };
     check_size(values.len())?;
     Ok(values)
+}
+
+/// The error of a range whose end is past the largest integer.
+fn too_large(item: &str) -> ValueError {
+    ValueError(format!("{item}: the range ends past the largest integer"))
 }
 
 fn check_size(count: usize) -> Result<(), ValueError> {
@@ -421,6 +436,35 @@ fn permutations(items: &[String]) -> Vec<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fuzz findings (fuzz/crashes/xyz_values): integer overflow in the counts.
+    #[test]
+    fn ranges_and_orderings_past_the_integers_are_refused_not_overflowed() {
+        let words: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
+        let error = expand(ValueKind::Permutations, &words).unwrap_err();
+        assert!(error.0.contains("too many orderings"), "{}", error.0);
+        let eight: Vec<String> = words[..8].to_vec();
+        let error = expand(ValueKind::Permutations, &eight).unwrap_err();
+        assert!(error.0.contains("40320 orderings"), "{}", error.0);
+        for text in [
+            "1-9223372036854775807",
+            "-9223372036854775808-9223372036854775806",
+            "1-5 [-3]",
+        ] {
+            assert!(
+                expand(ValueKind::Int, &csv_values(text)).is_err(),
+                "{text} was accepted"
+            );
+        }
+        assert_eq!(
+            ints("9223372036854775805-9223372036854775806"),
+            [9223372036854775805, 9223372036854775806]
+        );
+        assert_eq!(
+            ints("9223372036854775800-9223372036854775806 (+1000)"),
+            [9223372036854775800]
+        );
+    }
 
     fn ints(text: &str) -> Vec<i64> {
         expand(ValueKind::Int, &csv_values(text))
