@@ -7,7 +7,7 @@ SDHOST := target/release/sdhost
 DEMO_MODEL := models/tiny-sd1.safetensors
 DEMO_IMAGE := host/assets/sample-init.png
 
-.PHONY: setup setup-test build build-all run demo test lint bench install-gimp-plugin install uninstall install-service
+.PHONY: setup setup-test build build-all run demo test lint bench fuzz fuzz-smoke install-gimp-plugin install uninstall install-service
 
 setup:
 	@scripts/setup
@@ -46,6 +46,16 @@ test: setup-test build-all lint
 	.venv/bin/python -m pytest -q tests/install
 	.venv/bin/python -m pytest -q tests/setup
 	tests/gimp/run_e2e.sh
+	scripts/fuzz smoke 60
+
+# The fuzz campaign of docs/reliability.md: every target to 10 million executions (about
+# three hours on 2 cores); `scripts/fuzz campaign N TARGET…` for fewer.
+fuzz: build-all
+	scripts/fuzz campaign
+
+# What `make test` runs: every fuzz target, 60 seconds in all, from the kept corpus.
+fuzz-smoke: build-all
+	scripts/fuzz smoke 60
 
 # sdhost against diffusers, side by side (docs/performance.md); a few minutes on 2 cores.
 bench: setup-test build

@@ -24,7 +24,8 @@ use super::processed::{image_grid, info, Finished, JobFacts};
 use super::request_model::{read_model, Endpoint, Ordered};
 use super::sampler_choice;
 use super::ApiState;
-use crate::daemon::event::{Event, Outgoing};
+use crate::daemon::config::Limits;
+use crate::daemon::event::{Event, Outgoing, SamplerFacts};
 use crate::daemon::live::timestamp_now;
 use crate::daemon::queue::{Job, JobKind, SubmitError};
 use crate::daemon::request::{GenerateRequest, Txt2imgJob};
@@ -225,17 +226,37 @@ const NOT_PARAMS: &[&str] = &[
     "infotext",
 ];
 
+/// What turning a request body into job parameters reads of the server.
+pub struct ParamsContext<'a> {
+    /// A1111's API defaults with the `/options` settings that are request fields laid over.
+    pub base: GenerationRequest,
+    /// The samplers the daemon has, for names and their options.
+    pub samplers: &'a [SamplerFacts],
+    /// The daemon's limits.
+    pub limits: &'a Limits,
+}
+
+impl<'a> ParamsContext<'a> {
+    /// The context of `state`'s server now.
+    pub fn of(state: &'a ApiState) -> Self {
+        ParamsContext {
+            base: super::options::request_base(state),
+            samplers: &state.shared.capabilities.samplers,
+            limits: &state.shared.limits,
+        }
+    }
+}
+
 /// The job's parameters: A1111's API defaults, the `/options` settings that are request
 /// fields, then the request's `infotext`, `override_settings` and its own fields, each over
 /// the last (A1111's precedence: an explicit field beats the setting it defaults to).
-fn parameters(
-    state: &ApiState,
+pub fn parameters(
+    context: &ParamsContext,
     model: &Ordered,
     body: &Map<String, Value>,
     fix_seeds: bool,
 ) -> Result<(GenerationRequest, String), ApiError> {
-    // API defaults with the `/options` settings that are request fields laid over.
-    let mut base = super::options::request_base(state);
+    let mut base = context.base.clone();
     if let Some(text) = model.get("infotext").as_str() {
         for problem in base.apply_infotext(&Infotext::parse(text)) {
             eprintln!("sdhost: API: infotext: {problem}");
@@ -277,20 +298,14 @@ fn parameters(
         .filter_map(Value::as_str)
         .find(|n| !n.trim().is_empty())
         .unwrap_or("Euler");
-    let choice = sampler_choice::resolve(
-        &state.shared.capabilities.samplers,
-        name,
-        model.get("scheduler").as_str(),
-    );
+    let choice = sampler_choice::resolve(context.samplers, name, model.get("scheduler").as_str());
     for warning in &choice.warnings {
         eprintln!("sdhost: API: {warning}");
     }
     // A1111 passes the request's `eta` to samplers that take one (ancestral, SDE, DDIM),
     // instead of the option; the other A1111 sampler fields are overridden by options there.
     if let Some(eta) = model.get("eta").as_f64() {
-        let takes_eta = state
-            .shared
-            .capabilities
+        let takes_eta = context
             .samplers
             .iter()
             .find(|s| s.name == choice.sampler)
@@ -309,7 +324,7 @@ fn parameters(
         params.subseed = fixed_seed(params.subseed, random_seed) as i64;
     }
     params.validate(8).map_err(invalid)?;
-    check_limits(&params, &state.shared.limits)
+    check_limits(&params, context.limits)
         .map_err(|e| ApiError::http(StatusCode::PAYLOAD_TOO_LARGE, e.message))?;
     Ok((params, choice.sampler))
 }
@@ -355,7 +370,7 @@ fn prepare(
     }
     // "Keep -1 for seeds": the plot's cells draw their own random seeds.
     let fix_seeds = !matches!(&script, Some(Script::XyzPlot(args)) if args.no_fixed_seeds);
-    let (params, sampler_name) = parameters(state, &model, body, fix_seeds)?;
+    let (params, sampler_name) = parameters(&ParamsContext::of(state), &model, body, fix_seeds)?;
     let job = match images {
         Some((image, mask)) => JobKind::Generate(Box::new(GenerateRequest {
             mode: Img2ImgMode::implied(false, mask.is_some()),
