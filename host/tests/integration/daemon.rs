@@ -327,6 +327,20 @@ fn malformed_input_gets_error_frames_and_never_kills_the_daemon() {
         &[image_attachment(8, 8)],
     );
     assert_eq!(error_code(client.read()), "bad_request");
+    // Values no job can run are refused before queueing (a fuzzed `steps` of 2⁶² once
+    // overflowed building the schedule inside the job).
+    for params in [
+        json!({"steps": 1u64 << 62}),
+        json!({"steps": 5, "enable_hr": true, "hr_second_pass_steps": 100_000}),
+        json!({"batch_size": 100_000}),
+        json!({"n_iter": 1u64 << 40}),
+    ] {
+        client.send(
+            json!({"type": "img2img", "params": params}),
+            &[image_attachment(16, 16)],
+        );
+        assert_eq!(error_code(client.read()), "invalid_params", "{params}");
+    }
     client.send(
         json!({"type": "img2img", "params": {"sampler_name": "Nope", "steps": 2}}),
         &[image_attachment(16, 16)],

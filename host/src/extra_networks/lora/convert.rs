@@ -248,15 +248,37 @@ fn open_clip_layer(rest: &str) -> String {
 /// does not know come back unchanged.
 pub fn convert_diffusers_name_to_compvis(key: &str, is_sd2: bool) -> String {
     let caps = |i: usize| RE[i].captures(key);
-    let num = |s: &str| s.parse::<i64>().unwrap_or(0);
+    // Python's ints have no limit; a block number too large for these is no block of any
+    // model, so such a name stays as it is and matches nothing, as A1111's would.
+    match convert_numbered(key, is_sd2, caps) {
+        Some(name) => name,
+        None => key.to_string(),
+    }
+}
+
+/// [`convert_diffusers_name_to_compvis`] with checked block arithmetic (`None`: overflow).
+fn convert_numbered<'k>(
+    key: &'k str,
+    is_sd2: bool,
+    caps: impl Fn(usize) -> Option<regex::Captures<'k>>,
+) -> Option<String> {
+    // `int()` of a matched digit string; the regexes only capture digits.
+    let num = |s: &str| s.parse::<i64>().ok();
+    // offset + Σ factor·n, or None past i64.
+    let index = |offset: i64, terms: &[(i64, &str)]| {
+        terms.iter().try_fold(offset, |sum, &(factor, digits)| {
+            sum.checked_add(factor.checked_mul(num(digits)?)?)
+        })
+    };
     if let Some(c) = caps(0) {
-        return format!("diffusion_model_input_blocks_0_0{}", &c[1]);
+        return Some(format!("diffusion_model_input_blocks_0_0{}", &c[1]));
     }
     if let Some(c) = caps(1) {
-        return format!("diffusion_model_out_2{}", &c[1]);
+        return Some(format!("diffusion_model_out_2{}", &c[1]));
     }
     if let Some(c) = caps(2) {
-        return format!("diffusion_model_time_embed_{}{}", num(&c[1]) * 2 - 2, &c[2]);
+        let n = index(-2, &[(2, &c[1])])?;
+        return Some(format!("diffusion_model_time_embed_{n}{}", &c[2]));
     }
     let block_suffix = |kind: &str, suffix: &'_ str| -> String {
         if kind == "resnets" {
@@ -267,63 +289,65 @@ pub fn convert_diffusers_name_to_compvis(key: &str, is_sd2: bool) -> String {
     };
     let sub = |kind: &str| if kind == "attentions" { 1 } else { 0 };
     if let Some(c) = caps(3) {
-        let (b, i) = (num(&c[1]), num(&c[3]));
-        return format!(
-            "diffusion_model_input_blocks_{}_{}_{}",
-            1 + b * 3 + i,
+        let n = index(1, &[(3, &c[1]), (1, &c[3])])?;
+        return Some(format!(
+            "diffusion_model_input_blocks_{n}_{}_{}",
             sub(&c[2]),
             block_suffix(&c[2], &c[4])
-        );
+        ));
     }
     if let Some(c) = caps(4) {
-        let index = if &c[1] == "attentions" {
+        let n = if &c[1] == "attentions" {
             1
         } else {
-            num(&c[2]) * 2
+            index(0, &[(2, &c[2])])?
         };
-        return format!(
-            "diffusion_model_middle_block_{index}_{}",
+        return Some(format!(
+            "diffusion_model_middle_block_{n}_{}",
             block_suffix(&c[1], &c[3])
-        );
+        ));
     }
     if let Some(c) = caps(5) {
-        let (b, i) = (num(&c[1]), num(&c[3]));
-        return format!(
-            "diffusion_model_output_blocks_{}_{}_{}",
-            b * 3 + i,
+        let n = index(0, &[(3, &c[1]), (1, &c[3])])?;
+        return Some(format!(
+            "diffusion_model_output_blocks_{n}_{}_{}",
             sub(&c[2]),
             block_suffix(&c[2], &c[4])
-        );
+        ));
     }
     if let Some(c) = caps(6) {
-        return format!("diffusion_model_input_blocks_{}_0_op", 3 + num(&c[1]) * 3);
+        let n = index(3, &[(3, &c[1])])?;
+        return Some(format!("diffusion_model_input_blocks_{n}_0_op"));
     }
     if let Some(c) = caps(7) {
-        let b = num(&c[1]);
-        return format!(
-            "diffusion_model_output_blocks_{}_{}_conv",
-            2 + b * 3,
+        let b = num(&c[1])?;
+        let n = index(2, &[(3, &c[1])])?;
+        return Some(format!(
+            "diffusion_model_output_blocks_{n}_{}_conv",
             if b > 0 { 2 } else { 1 }
-        );
+        ));
     }
     if let Some(c) = caps(8) {
         if is_sd2 {
-            return format!(
+            return Some(format!(
                 "model_transformer_resblocks_{}_{}",
                 &c[1],
                 open_clip_layer(&c[2])
-            );
+            ));
         }
-        return format!("transformer_text_model_encoder_layers_{}_{}", &c[1], &c[2]);
+        return Some(format!(
+            "transformer_text_model_encoder_layers_{}_{}",
+            &c[1], &c[2]
+        ));
     }
     if let Some(c) = caps(9) {
-        return format!(
+        return Some(format!(
             "1_model_transformer_resblocks_{}_{}",
             &c[1],
             open_clip_layer(&c[2])
-        );
+        ));
     }
-    key.to_string()
+    Some(key.to_string())
 }
 
 static RE_X_PROJ: LazyLock<Regex> =
@@ -389,6 +413,24 @@ pub fn match_layer(layer: &str, index: &LayerIndex) -> Option<(String, Target)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fuzz finding (fuzz/crashes/lora_keys): block numbers past i64 overflowed the index
+    /// arithmetic; such a name now stays as it is and matches no layer.
+    #[test]
+    fn block_numbers_past_the_integers_leave_the_name_unmatched() {
+        let huge = "lora_unet_down_blocks_900000000000000000000_attentions_0_proj_in";
+        assert_eq!(convert_diffusers_name_to_compvis(huge, false), huge);
+        let big = "lora_unet_down_blocks_4000000000000000000_attentions_0_proj_in";
+        assert_eq!(convert_diffusers_name_to_compvis(big, false), big);
+        assert_eq!(
+            convert_diffusers_name_to_compvis(
+                "lora_unet_down_blocks_1_attentions_0_proj_in",
+                false
+            ),
+            "diffusion_model_input_blocks_4_1_proj_in"
+        );
+        assert!(match_layer(big, &sd1_index()).is_none());
+    }
 
     fn sd1_index() -> LayerIndex {
         LayerIndex::new(
