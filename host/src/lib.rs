@@ -52,6 +52,7 @@ pub mod device;
 pub mod doctor;
 pub mod error;
 pub mod extra_networks;
+pub mod folder_walk;
 pub mod fuzz;
 pub mod infotext;
 pub mod interrogate;

@@ -147,6 +147,31 @@ def hostile(d):
     put("empty-dict.pt", pickle.dumps({}, protocol=2), "not a PyTorch file")
     put("unknown-opcode.pt", b"\x80\x02\xff.", "unknown opcode")
 
+    # Memo, mark and length-claim tricks.
+    put("memo-missing.pt", b"\x80\x02h\x05.", "unknown memo entry 5")
+    put("memo-missing-long.pt", b"\x80\x02j\xff\xff\xff\x7f.", "unknown memo entry")
+    put("mark-flood.pt", b"\x80\x02" + b"(" * ((1 << 20) + 16) + b"N.", "marks")
+    put("huge-long4.pt", b"\x80\x02\x8b\xff\xff\xff\xff\x01", "truncated")
+    put("huge-unicode8.pt", b"\x80\x04\x8d" + struct.pack("<Q", 1 << 62) + b"ab", "truncated")
+    put("huge-bytearray8.pt", b"\x80\x05\x96" + struct.pack("<Q", (1 << 64) - 1) + b"ab", "truncated")
+    # Items bombs: every container stays alive until the pickle ends, so copying a memoised
+    # half-million-pair dict through OrderedDict 200 times, or appending millions of two-byte
+    # items, would take gigabytes without the cap on items.
+    pairs = b"}q\x00(" + b"NN" * 500_000 + b"uccollections\nOrderedDict\nq\x01"
+    put("dict-copies.pt", b"\x80\x02" + pairs + b"h\x01h\x00\x85R0" * 200 + b"N.", "items")
+    put(
+        "appends-flood.pt",
+        b"\x80\x02]q\x00" + (b"(" + b"N" * 500_000 + b"e") * 40 + b".",
+        "items",
+    )
+    # BUILD cannot run __setstate__: its state is stored, and a refused global in it is refused.
+    put(
+        "build-setstate.pt",
+        b"\x80\x02ccollections\nOrderedDict\n)R}X\x0c\x00\x00\x00__setstate__cos\nsystem\nsb.",
+        "refused",
+        "os.system",
+    )
+
     # Zip archives with bad storages, written by hand around a crafted data.pkl.
     def storage_pickle(numel, offset, size, stride):
         class Storage:
@@ -187,6 +212,21 @@ def hostile(d):
     archive("huge-view.pt", storage_pickle(4, 0, (1 << 40, 1 << 40), (1, 1)), {"0": four}, "too short")
     archive("broadcast-bomb.pt", storage_pickle(4, 0, (1 << 40,), (0,)), {"0": four}, "a view of")
     archive("negative-stride.pt", storage_pickle(4, 3, (4,), (-1,)), {"0": four}, "negative")
+    archive("huge-numel.pt", storage_pickle(1 << 62, 0, (4,), (1,)), {"0": four}, "storage `0`")
+    # A deflated data.pkl that inflates past the cap (300 MB of zeros in a few hundred KB),
+    # and a compressed storage record (storages must be stored, to be read in place).
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("archive/data.pkl", "w", force_zip64=True) as f:
+            zeros = bytes(1 << 20)
+            for _ in range(300):
+                f.write(zeros)
+    put("zip-bomb.ckpt", bomb.getvalue(), "data.pkl is larger than")
+    deflated = io.BytesIO()
+    with zipfile.ZipFile(deflated, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", storage_pickle(4, 0, (4,), (1,)))
+        z.writestr("archive/data/0", four, compress_type=zipfile.ZIP_DEFLATED)
+    put("compressed-storage.ckpt", deflated.getvalue(), "is compressed")
     # The control: the same kind of payload, loaded by Python's own unpickler, does run (so
     # the corpus is live); the Rust test expects CONTROL and no PWNED-* file.
     pickle.loads(pickle.dumps(reducer(os.system, "touch " + os.path.join(d, "CONTROL"))))

@@ -285,3 +285,27 @@ pub fn start(
         thread: Some(thread),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_address_is_loopback_and_names_resolving_beyond_it_are_seen() {
+        let default = resolve(DEFAULT_ADDR).unwrap();
+        assert!(default.iter().all(|a| a.ip().is_loopback()), "{default:?}");
+        assert!(resolve("localhost:0")
+            .unwrap()
+            .iter()
+            .all(|a| a.ip().is_loopback()));
+        for public in ["0.0.0.0:0", "[::]:0", "192.0.2.1:7860"] {
+            assert!(
+                resolve(public)
+                    .unwrap()
+                    .iter()
+                    .any(|a| !a.ip().is_loopback()),
+                "{public}"
+            );
+        }
+    }
+}

@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::checkpoint::{cached_file_hash, legacy_hash, FileHashKind};
 use crate::extra_networks::dirs::{ModelFolders, CHECKPOINT_FOLDER};
+use crate::folder_walk::Visited;
 
 /// The catalog as the worker and the front ends share it.
 pub type SharedCatalog = Arc<RwLock<ModelCatalog>>;
@@ -100,14 +101,17 @@ fn is_checkpoint(path: &Path) -> bool {
         && !(name.ends_with(".vae.safetensors") || name.ends_with(".vae.ckpt"))
 }
 
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+fn collect(dir: &Path, out: &mut Vec<PathBuf>, visited: &mut Visited) {
+    if !visited.first_visit(dir) {
+        return;
+    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.filter_map(Result::ok) {
         let path = entry.path();
         if path.is_dir() {
-            collect(&path, out);
+            collect(&path, out, visited);
         } else if is_checkpoint(&path) {
             out.push(path);
         }
@@ -126,7 +130,7 @@ impl ModelCatalog {
                 dir.to_path_buf()
             };
             let mut files = Vec::new();
-            collect(&root, &mut files);
+            collect(&root, &mut files, &mut Visited::default());
             let under = |file: &Path| file.strip_prefix(&root).unwrap_or(file).to_path_buf();
             let stem = |file: &Path| under(file).with_extension("");
             for file in &files {
@@ -279,6 +283,41 @@ pub fn embeddings_dir(models_dir: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn linked_folders_are_followed_once_and_names_never_leave_the_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        // The models live on "another disk"; the folder given is a link to them, with a
+        // linked subfolder and a link looping back to the top.
+        let real = dir.path().join("disk/models");
+        let elsewhere = dir.path().join("disk/more");
+        std::fs::create_dir_all(real.join("Stable-diffusion")).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(real.join("Stable-diffusion/a.safetensors"), b"x").unwrap();
+        std::fs::write(elsewhere.join("b.safetensors"), b"x").unwrap();
+        std::fs::write(dir.path().join("outside.safetensors"), b"x").unwrap();
+        let sd = real.join("Stable-diffusion");
+        std::os::unix::fs::symlink(&elsewhere, sd.join("more")).unwrap();
+        std::os::unix::fs::symlink(&sd, sd.join("loop")).unwrap();
+        let models = dir.path().join("models");
+        std::os::unix::fs::symlink(&real, &models).unwrap();
+        let catalog = ModelCatalog::scan(Some(&models), None);
+        assert_eq!(catalog.names(), ["a", "more/b"]);
+        let outside = dir.path().join("outside.safetensors");
+        for escape in [
+            "../outside",
+            "../outside.safetensors",
+            "../../outside.safetensors",
+            outside.to_str().unwrap(),
+            "/etc/passwd",
+        ] {
+            assert_eq!(catalog.find(escape), None, "{escape}");
+        }
+        assert_eq!(
+            catalog.find("more/b"),
+            Some(models.join("Stable-diffusion/more/b.safetensors"))
+        );
+    }
 
     #[test]
     fn an_a1111_tree_is_read_as_it_is() {

@@ -12,6 +12,7 @@ use super::catalog::ModelCatalog;
 use super::config::{config_dir, data_dir, default_socket, ServeConfig};
 use super::event::{Capabilities, ErrorCode, Event};
 use super::networks::NetworkListing;
+use super::private_files::PrivacyError;
 use super::server::{accept, bind_unix, load_or_create_token, ListenError, Shared};
 use super::worker::{ModelStatus, Worker};
 use crate::device::{parse_device, parse_dtype, DeviceError};
@@ -57,12 +58,9 @@ pub enum StartError {
     /// TCP was asked for and there is no per-user folder for the token.
     #[error("no HOME for the token file")]
     NoConfigDir,
-    /// The token file could not be read or made.
-    #[error("token file {path}: {source}")]
-    Token {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The token file is not private, or could not be read or made.
+    #[error(transparent)]
+    Token(#[from] PrivacyError),
     /// The TCP address could not be bound.
     #[error("listening on {address}: {source}")]
     Tcp {
@@ -269,10 +267,7 @@ pub fn serve(
 /// Listens on TCP as well, with the per-user token.
 fn listen_tcp(address: &str, shared: &Arc<Shared>) -> Result<(), StartError> {
     let token_path = config_dir().ok_or(StartError::NoConfigDir)?.join("token");
-    let token = load_or_create_token(&token_path).map_err(|source| StartError::Token {
-        path: token_path.clone(),
-        source,
-    })?;
+    let token = load_or_create_token(&token_path)?;
     let tcp_error = |source| StartError::Tcp {
         address: address.to_string(),
         source,

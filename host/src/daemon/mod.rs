@@ -2,8 +2,9 @@
 //! local socket (docs/protocol.md). [`run`] is the whole daemon; inside it `protocol` frames
 //! bytes, `request` and `event` type what the frames say, `connection` reads and writes them
 //! for one client, `server` admits and serves connections, `queue` orders jobs, `worker`
-//! runs them on the model, `live` publishes what the running job does (for the HTTP API's
-//! `/progress`), and `lifecycle` starts and stops it all.
+//! runs them on the model, `private_files` re-checks at start that the token and socket are
+//! private, `live` publishes what the running job does (for the HTTP API's `/progress`), and
+//! `lifecycle` starts and stops it all.
 
 pub mod catalog;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod event;
 pub mod lifecycle;
 pub mod live;
 pub mod networks;
+pub mod private_files;
 pub mod protocol;
 pub mod queue;
 pub mod request;

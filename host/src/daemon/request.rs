@@ -373,16 +373,23 @@ fn decode_image(
                 .ok_or_else(|| RequestError::bad("grey attachment of the wrong length"))
         }
         PixelFormat::Png => {
-            let mut reader = image::ImageReader::with_format(
-                std::io::Cursor::new(bytes),
-                image::ImageFormat::Png,
-            );
+            let reader = || {
+                image::ImageReader::with_format(
+                    std::io::Cursor::new(bytes.as_slice()),
+                    image::ImageFormat::Png,
+                )
+            };
+            let unreadable = |e: image::ImageError| {
+                RequestError::bad(format!("attachment \"{}\": {e}", attachment.name))
+            };
+            // The header's size, before any pixel is decoded: a limit error, not a decode one.
+            let (width, height) = reader().into_dimensions().map_err(unreadable)?;
+            check(width, height)?;
+            let mut reader = reader();
             let mut limits = image::Limits::default();
             limits.max_alloc = Some(max_pixels.saturating_mul(16));
             reader.limits(limits);
-            let decoded = reader.decode().map_err(|e| {
-                RequestError::bad(format!("attachment \"{}\": {e}", attachment.name))
-            })?;
+            let decoded = reader.decode().map_err(unreadable)?;
             check(decoded.width(), decoded.height())?;
             Ok(decoded)
         }
@@ -540,6 +547,54 @@ mod tests {
         };
         let error = header.into_job(vec![grey("image", 20)], 100).unwrap_err();
         assert_eq!(error.code, ErrorCode::Limit);
+    }
+
+    #[test]
+    fn a_png_over_the_pixel_limit_is_a_limit_error_from_its_header() {
+        let png = |side: u32| {
+            let mut bytes = Vec::new();
+            image::GrayImage::new(side, side)
+                .write_to(
+                    &mut std::io::Cursor::new(&mut bytes),
+                    image::ImageFormat::Png,
+                )
+                .unwrap();
+            let attachment = Attachment {
+                name: "image".into(),
+                format: PixelFormat::Png,
+                width: 0,
+                height: 0,
+                length: bytes.len() as u64,
+            };
+            (attachment, bytes)
+        };
+        assert_eq!(decode_image(png(10), 100).unwrap().width(), 10);
+        let error = decode_image(png(11), 100).unwrap_err();
+        assert_eq!(error.code, ErrorCode::Limit, "{}", error.message);
+        assert!(error.message.contains("11x11"), "{}", error.message);
+        // A header claiming 100000×100000 over a few bytes: refused before any decoding.
+        let (attachment, mut bytes) = png(1);
+        bytes[16..24].copy_from_slice(&[0, 1, 0x86, 0xa0, 0, 1, 0x86, 0xa0]);
+        let crc = crc32(&bytes[12..29]);
+        bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+        let error = decode_image((attachment, bytes), 1 << 20).unwrap_err();
+        assert_eq!(error.code, ErrorCode::Limit, "{}", error.message);
+    }
+
+    /// The PNG chunk checksum (CRC-32, ISO 3309).
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::pipeline::txt2img::run_txt2img;
 use crate::sampling::plugins::SamplerRegistry;
 use crate::scripts::sd_upscale::ready_upscaler;
 use crate::scripts::{Script, ScriptError, ScriptHost, ScriptImage, ScriptJob, UpscalerChoice};
+use crate::sd_vae::VaeChooser;
 use crate::upscale::ReadyUpscaler;
 
 /// The worker running one script job.
@@ -66,14 +67,14 @@ impl ScriptHost for WorkerHost<'_> {
                 })?;
         }
         let params = &sjob.params;
-        let vae_warning =
-            self.worker
-                .model
-                .select_vae(&params.sd_vae)
-                .map_err(|e| ScriptError::Checkpoint {
-                    name: params.sd_vae.clone(),
-                    message: e.to_string(),
-                })?;
+        let vae_warning = self
+            .worker
+            .model
+            .select_vae_for(VaeChooser::Client, &params.sd_vae)
+            .map_err(|e| ScriptError::Checkpoint {
+                name: params.sd_vae.clone(),
+                message: e.to_string(),
+            })?;
         if let Some(warning) = vae_warning {
             self.warn(warning);
         }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use subtle::ConstantTimeEq;
 
 use super::catalog::SharedCatalog;
 use super::config::Limits;
@@ -21,6 +22,7 @@ use super::connection::{Connection, Stream};
 use super::event::{Capabilities, ErrorCode, Event, Listing, Outgoing};
 use super::live::LiveState;
 use super::networks::NetworkListing;
+use super::private_files::{check_socket, check_socket_folder, check_token_file, PrivacyError};
 use super::protocol::PROTOCOL_VERSION;
 use super::queue::{CancelOutcome, ConnId, Job, JobKind, Scheduler, SubmitError};
 use super::request::{png_attachment, Request, RequestError};
@@ -37,6 +39,9 @@ pub enum ListenError {
     /// Another daemon answers on the socket.
     #[error("another sdhost daemon is already listening on {0}; stop it first, or pass --socket with another path")]
     AlreadyRunning(PathBuf),
+    /// The socket's folder or the bound socket is not private to this user.
+    #[error(transparent)]
+    NotPrivate(#[from] PrivacyError),
     /// The socket or its folder could not be made.
     #[error("{path}: {source}")]
     Io {
@@ -45,8 +50,9 @@ pub enum ListenError {
     },
 }
 
-/// Binds the Unix socket: makes its folder (0700 when created), replaces a stale socket file,
-/// refuses when a daemon answers there, and makes the socket 0600.
+/// Binds the Unix socket: makes its folder (0700 when created), refuses a folder others could
+/// swap the socket in, replaces a stale socket file, refuses when a daemon answers there, and
+/// makes the socket 0600 (checked after binding).
 pub fn bind_unix(path: &Path) -> Result<UnixListener, ListenError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -58,6 +64,7 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, ListenError> {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(io(dir))?;
         }
+        check_socket_folder(dir)?;
     }
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
@@ -68,17 +75,30 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, ListenError> {
     }
     let listener = UnixListener::bind(path).map_err(io(path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(path))?;
+    check_socket(path)?;
     Ok(listener)
 }
 
-/// The TCP token: read from `path`, or made (32 random bytes, hex) and stored 0600.
-pub fn load_or_create_token(path: &Path) -> std::io::Result<String> {
-    if let Ok(token) = std::fs::read_to_string(path) {
-        let token = token.trim().to_string();
+/// The TCP token: read from `path` when that file is private to this user (refused
+/// otherwise), or made (32 random bytes, hex) and stored 0600.
+pub fn load_or_create_token(path: &Path) -> Result<String, PrivacyError> {
+    let io = |source| PrivacyError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.exists() {
+        check_token_file(path)?;
+        let token = std::fs::read_to_string(path).map_err(io)?;
+        let token = token.trim();
         if !token.is_empty() {
-            return Ok(token);
+            return Ok(token.to_string());
         }
     }
+    make_token(path).map_err(io)
+}
+
+/// Makes a new token (32 random bytes, hex) and stores it 0600.
+fn make_token(path: &Path) -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -94,6 +114,13 @@ pub fn load_or_create_token(path: &Path) -> std::io::Result<String> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     file.write_all(token.as_bytes())?;
     Ok(token)
+}
+
+/// Whether a client's `given` token is `expected`, compared in constant time (a byte-by-byte
+/// comparison that stops early would tell a TCP client how much of its guess was right).
+pub fn token_matches(expected: &str, given: Option<&str>) -> bool {
+    let given = given.unwrap_or("");
+    bool::from(expected.as_bytes().ct_eq(given.as_bytes()))
 }
 
 /// What every connection shares.
@@ -393,7 +420,10 @@ fn read_requests<S: Stream>(
                     ));
                     return;
                 }
-                if token.is_some() && given != token {
+                if token
+                    .as_deref()
+                    .is_some_and(|t| !token_matches(t, given.as_deref()))
+                {
                     refuse(
                         ErrorCode::Unauthorized,
                         "wrong or missing token (see the token file named in the daemon's log)",
@@ -650,5 +680,39 @@ mod tests {
         connections.release(third);
         assert!(connections.wait_all_ended(Duration::ZERO));
         assert_eq!(connections.count(), 0);
+    }
+
+    #[test]
+    fn tokens_match_only_when_equal() {
+        let token = "ab".repeat(32);
+        assert!(token_matches(&token, Some(&token)));
+        assert!(!token_matches(&token, None));
+        assert!(!token_matches(&token, Some("")));
+        assert!(!token_matches(&token, Some(&token[..63])));
+        assert!(!token_matches(&token, Some(&format!("{token}0"))));
+        assert!(!token_matches(
+            &token,
+            Some(&"ab".repeat(31).replace("b", "c"))
+        ));
+    }
+
+    #[test]
+    fn an_existing_token_is_used_only_when_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sdhost/token");
+        let made = load_or_create_token(&path).unwrap();
+        assert_eq!(made.len(), 64);
+        assert_eq!(load_or_create_token(&path).unwrap(), made);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load_or_create_token(&path).unwrap_err();
+        assert!(
+            matches!(err, PrivacyError::OpenToken { mode: 0o644, .. }),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            made,
+            "left as it was"
+        );
     }
 }

@@ -28,6 +28,7 @@ use crate::prompt::embeddings::EmbeddingShape;
 use crate::request::GenerationRequest;
 use crate::sampling::plugins::SamplerRegistry;
 use crate::scripts::{ScriptInit, ScriptJob};
+use crate::sd_vae::VaeChooser;
 
 /// What clients see of the loaded model (kept current by the worker).
 #[derive(Debug, Clone, Default)]
@@ -476,7 +477,10 @@ impl Worker {
         // The VAE is chosen before any work (A1111 reloads it before processing); a name that
         // is not found is A1111's warning, and the job runs with the checkpoint's own.
         // The warning is the `done` event's, with the job's own.
-        let vae_warning = match self.model.select_vae(&params.sd_vae) {
+        let vae_warning = match self
+            .model
+            .select_vae_for(VaeChooser::Client, &params.sd_vae)
+        {
             Ok(warning) => warning,
             Err(error) => {
                 let code = ErrorCode::InvalidParams;

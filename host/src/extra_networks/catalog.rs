@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::FileHashKind;
+use crate::folder_walk::Visited;
 
 /// One network file.
 #[derive(Clone, Debug, PartialEq)]
@@ -106,7 +107,10 @@ pub struct NetworkCatalog {
 /// The extensions A1111 lists extra-network files with.
 pub const NETWORK_EXTENSIONS: &[&str] = &["safetensors", "pt", "ckpt"];
 
-fn walk(dir: &Path, extensions: &[&str], out: &mut Vec<PathBuf>) {
+fn walk(dir: &Path, extensions: &[&str], out: &mut Vec<PathBuf>, visited: &mut Visited) {
+    if !visited.first_visit(dir) {
+        return;
+    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -114,7 +118,7 @@ fn walk(dir: &Path, extensions: &[&str], out: &mut Vec<PathBuf>) {
     paths.sort();
     for path in paths {
         if path.is_dir() {
-            walk(&path, extensions, out);
+            walk(&path, extensions, out, visited);
         } else if path.extension().is_some_and(|e| {
             extensions
                 .iter()
@@ -130,7 +134,7 @@ impl NetworkCatalog {
     pub fn scan(dirs: &[PathBuf], extensions: &[&str]) -> Self {
         let mut paths = Vec::new();
         for dir in dirs {
-            walk(dir, extensions, &mut paths);
+            walk(dir, extensions, &mut paths, &mut Visited::default());
         }
         let mut catalog = Self {
             dirs: dirs.to_vec(),
@@ -230,11 +234,38 @@ mod tests {
         assert_eq!(catalog.find("detail").unwrap().alias, "add_detail");
         assert_eq!(catalog.find("plain").unwrap().alias, "plain");
         assert!(catalog.find("missing").is_none());
+        // `<lora:NAME:…>` picks a listed file; a path finds nothing, in or out of the folder.
+        write_safetensors(&dir.path().join("outside.safetensors"), &[]);
+        let outside = dir.path().join("outside.safetensors");
+        for escape in [
+            "../outside",
+            "../outside.safetensors",
+            "styles/detail",
+            "../Lora/plain",
+            outside.to_str().unwrap(),
+            "/etc/passwd",
+        ] {
+            assert!(catalog.find(escape).is_none(), "{escape}");
+        }
         assert_eq!(catalog.unreadable().len(), 1);
         assert_eq!(
             catalog.prompt_name(catalog.find("detail").unwrap()),
             "add_detail"
         );
+    }
+
+    #[test]
+    fn a_link_looping_back_lists_each_file_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let lora = dir.path().join("Lora");
+        std::fs::create_dir_all(lora.join("a")).unwrap();
+        write_safetensors(&lora.join("a/one.safetensors"), &[]);
+        // Two loops: without the visited set the walk would branch at every level.
+        std::os::unix::fs::symlink(&lora, lora.join("a/up")).unwrap();
+        std::os::unix::fs::symlink(&lora, lora.join("a/again")).unwrap();
+        let catalog = NetworkCatalog::scan(&[lora], NETWORK_EXTENSIONS);
+        let names: Vec<&str> = catalog.files().iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["one"]);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 use std::cmp::Ordering;
 use std::path::{Path, PathBuf};
 
+use crate::folder_walk::Visited;
 use serde::Deserialize;
 
 /// The file BLIP's download is saved as (`modules/interrogate.py: blip_image_eval_size` …).
@@ -250,7 +251,9 @@ fn preferred_or_first(folder: &Path, preferred: &str, extension: &str) -> Option
     if exact.is_file() {
         return Some(exact);
     }
-    walk_files(folder, extension).into_iter().next()
+    walk_files(folder, extension, &mut Visited::default())
+        .into_iter()
+        .next()
 }
 
 fn sorted_entries(dir: &Path) -> impl Iterator<Item = PathBuf> {
@@ -263,11 +266,14 @@ fn sorted_entries(dir: &Path) -> impl Iterator<Item = PathBuf> {
 
 /// The files under `dir` with `extension` (compared lower-case), depth first, each folder's
 /// entries in natural order.
-fn walk_files(dir: &Path, extension: &str) -> Vec<PathBuf> {
+fn walk_files(dir: &Path, extension: &str, visited: &mut Visited) -> Vec<PathBuf> {
     let mut found = Vec::new();
+    if !visited.first_visit(dir) {
+        return found;
+    }
     for path in sorted_entries(dir) {
         if path.is_dir() {
-            found.extend(walk_files(&path, extension));
+            found.extend(walk_files(&path, extension, visited));
         } else if path
             .extension()
             .is_some_and(|e| e.to_string_lossy().to_lowercase() == extension)

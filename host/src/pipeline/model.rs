@@ -19,7 +19,9 @@ use crate::models::{StableDiffusion, VAE_PREFIX};
 use crate::prompt::embeddings::EmbeddingDatabase;
 use crate::sampling::noise_levels::{NoiseLevels, NoiseLevelsError};
 use crate::sd_vae::load_vae_file;
-use crate::sd_vae::{resolve_vae, ExternalVae, VaeError, VaeList, VaeResolution, VaeSwap};
+use crate::sd_vae::{
+    resolve_vae_for, ExternalVae, VaeChooser, VaeError, VaeList, VaeResolution, VaeSwap,
+};
 use crate::upscale::UpscalerCache;
 use crate::weights::LoadError;
 use crate::weights::VarBuilder;
@@ -184,6 +186,15 @@ impl GenerationModel {
     /// Which VAE A1111's option `sd_vae` (`Automatic`, `None`, a VAE name, or a path) means for
     /// this checkpoint.
     pub fn resolve_vae(&self, choice: &str) -> Result<VaeResolution, VaeError> {
+        self.resolve_vae_for(VaeChooser::User, choice)
+    }
+
+    /// [`Self::resolve_vae`] for `chooser` (a client may name listed VAEs only).
+    pub fn resolve_vae_for(
+        &self,
+        chooser: VaeChooser,
+        choice: &str,
+    ) -> Result<VaeResolution, VaeError> {
         // Every job resolves its VAE; a path or `None` does not depend on the VAE files, so
         // the folders are walked only for a name or Automatic.
         let choice_word = choice.trim();
@@ -193,7 +204,7 @@ impl GenerationModel {
             } else {
                 self.vae_list()
             };
-        Ok(resolve_vae(choice, &self.path, &list)?)
+        Ok(resolve_vae_for(chooser, choice, &self.path, &list)?)
     }
 
     /// Runs the next jobs with the VAE `choice` means (A1111's `sd_vae.reload_vae_weights`):
@@ -201,7 +212,16 @@ impl GenerationModel {
     /// without a match put the checkpoint's own back. Returns A1111's warning when a named VAE
     /// does not exist (A1111 goes on with the checkpoint's own, and so does this).
     pub fn select_vae(&mut self, choice: &str) -> Result<Option<String>, VaeError> {
-        let resolution = self.resolve_vae(choice)?;
+        self.select_vae_for(VaeChooser::User, choice)
+    }
+
+    /// [`Self::select_vae`] for `chooser`: the daemon's jobs select as [`VaeChooser::Client`].
+    pub fn select_vae_for(
+        &mut self,
+        chooser: VaeChooser,
+        choice: &str,
+    ) -> Result<Option<String>, VaeError> {
+        let resolution = self.resolve_vae_for(chooser, choice)?;
         let _guard = tch::no_grad_guard();
         *self.vae_upcast.get_mut().unwrap_or_else(|e| e.into_inner()) = None;
         self.vae_swap

@@ -153,6 +153,32 @@ pub fn png_text(bytes: &[u8], key: &str) -> Result<Option<String>, String> {
     text_chunk(std::io::Cursor::new(bytes), key)
 }
 
+/// The most one compressed text chunk may inflate to: an infotext is a few kilobytes, and a
+/// chunk of a few kilobytes could otherwise inflate to gigabytes (Pillow, which A1111 reads
+/// PNGs with, stops at 1 MiB as well: `PIL/PngImagePlugin.py` `MAX_TEXT_CHUNK`).
+pub const MAX_TEXT_CHUNK: usize = 1 << 20;
+
+/// The most all text chunks of one PNG may hold (Pillow's `MAX_TEXT_MEMORY`).
+pub const MAX_TEXT_TOTAL: usize = 64 << 20;
+
+/// A zTXt chunk's text, inflated to at most [`MAX_TEXT_CHUNK`] bytes.
+fn ztxt_text(chunk: &png::text_metadata::ZTXtChunk) -> Result<String, String> {
+    let mut chunk = chunk.clone();
+    chunk
+        .decompress_text_with_limit(MAX_TEXT_CHUNK)
+        .and_then(|()| chunk.get_text())
+        .map_err(|e| format!("text chunk {}: {e}", chunk.keyword))
+}
+
+/// An iTXt chunk's text, inflated to at most [`MAX_TEXT_CHUNK`] bytes when compressed.
+fn itxt_text(chunk: &png::text_metadata::ITXtChunk) -> Result<String, String> {
+    let mut chunk = chunk.clone();
+    chunk
+        .decompress_text_with_limit(MAX_TEXT_CHUNK)
+        .and_then(|()| chunk.get_text())
+        .map_err(|e| format!("text chunk {}: {e}", chunk.keyword))
+}
+
 /// Every text chunk of PNG bytes (tEXt, iTXt, zTXt) in file order within each kind, as
 /// Pillow's `image.info` holds them.
 pub fn png_texts(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
@@ -165,16 +191,14 @@ pub fn png_texts(bytes: &[u8]) -> Result<Vec<(String, String)>, String> {
         .map(|c| (c.keyword.clone(), c.text.clone()))
         .collect();
     for chunk in &info.compressed_latin1_text {
-        texts.push((
-            chunk.keyword.clone(),
-            chunk.get_text().map_err(|e| e.to_string())?,
-        ));
+        texts.push((chunk.keyword.clone(), ztxt_text(chunk)?));
     }
     for chunk in &info.utf8_text {
-        texts.push((
-            chunk.keyword.clone(),
-            chunk.get_text().map_err(|e| e.to_string())?,
-        ));
+        texts.push((chunk.keyword.clone(), itxt_text(chunk)?));
+    }
+    let total: usize = texts.iter().map(|(_, t)| t.len()).sum();
+    if total > MAX_TEXT_TOTAL {
+        return Err(format!("text chunks hold more than {MAX_TEXT_TOTAL} bytes"));
     }
     Ok(texts)
 }
@@ -196,14 +220,14 @@ fn text_chunk<R: std::io::BufRead + std::io::Seek>(
         return Ok(Some(chunk.text.clone()));
     }
     if let Some(chunk) = info.utf8_text.iter().find(|c| c.keyword == key) {
-        return chunk.get_text().map(Some).map_err(|e| e.to_string());
+        return itxt_text(chunk).map(Some);
     }
     if let Some(chunk) = info
         .compressed_latin1_text
         .iter()
         .find(|c| c.keyword == key)
     {
-        return chunk.get_text().map(Some).map_err(|e| e.to_string());
+        return ztxt_text(chunk).map(Some);
     }
     Ok(None)
 }
@@ -211,4 +235,63 @@ fn text_chunk<R: std::io::BufRead + std::io::Seek>(
 /// The `parameters` text of a PNG, if it has one.
 pub fn read_png_infotext(path: &Path) -> Result<Option<String>, PngError> {
     read_png_text(path, PARAMETERS_KEY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use png::text_metadata::{ITXtChunk, ZTXtChunk};
+
+    /// A 1×1 grey PNG with the text chunks `write` adds.
+    fn png_with(write: impl FnOnce(&mut png::Writer<&mut Vec<u8>>)) -> Vec<u8> {
+        let mut out = Vec::new();
+        {
+            let mut encoder = png::Encoder::new(&mut out, 1, 1);
+            encoder.set_color(png::ColorType::Grayscale);
+            let mut writer = encoder.write_header().unwrap();
+            write(&mut writer);
+            writer.write_image_data(&[0]).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn compressed_text_bombs_are_refused_while_inflating() {
+        // 64 MiB of text deflates to well under a megabyte.
+        let huge = "a".repeat(64 << 20);
+        let ztxt = png_with(|w| {
+            w.write_text_chunk(&ZTXtChunk::new("parameters", huge.clone()))
+                .unwrap()
+        });
+        assert!(ztxt.len() < 1 << 20, "{}", ztxt.len());
+        let err = png_texts(&ztxt).unwrap_err();
+        assert!(err.contains("text chunk parameters"), "{err}");
+        assert!(png_text(&ztxt, "parameters").is_err());
+
+        let mut chunk = ITXtChunk::new("parameters", huge);
+        chunk.compressed = true;
+        let itxt = png_with(|w| w.write_text_chunk(&chunk).unwrap());
+        assert!(png_texts(&itxt).is_err());
+        assert!(png_text(&itxt, "parameters").is_err());
+
+        // Text under the limit, compressed or not, is read.
+        let fine = png_with(|w| {
+            w.write_text_chunk(&ZTXtChunk::new("parameters", "a cat"))
+                .unwrap();
+            let mut chunk = ITXtChunk::new("comment", "ünïcode");
+            chunk.compressed = true;
+            w.write_text_chunk(&chunk).unwrap();
+        });
+        assert_eq!(
+            png_texts(&fine).unwrap(),
+            vec![
+                ("parameters".to_string(), "a cat".to_string()),
+                ("comment".to_string(), "ünïcode".to_string())
+            ]
+        );
+        assert_eq!(
+            png_text(&fine, "comment").unwrap().as_deref(),
+            Some("ünïcode")
+        );
+    }
 }

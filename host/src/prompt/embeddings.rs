@@ -2,6 +2,7 @@
 
 use super::tokenizer::ClipTokenizer;
 use crate::checkpoint::{Checkpoint, ModelHashes};
+use crate::folder_walk::Visited;
 use crate::weights::LoadError;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -100,7 +101,7 @@ impl EmbeddingDatabase {
     pub fn load_dir(dir: &Path, width: i64) -> std::io::Result<Self> {
         let mut db = Self::default();
         let mut files = Vec::new();
-        collect_files(dir, &mut files)?;
+        collect_files(dir, &mut files, &mut Visited::default())?;
         files.sort();
         for path in files {
             match load_embedding(&path, width) {
@@ -188,11 +189,14 @@ impl EmbeddingDatabase {
     }
 }
 
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, visited: &mut Visited) -> std::io::Result<()> {
+    if !visited.first_visit(dir) {
+        return Ok(());
+    }
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.is_dir() {
-            collect_files(&path, out)?;
+            collect_files(&path, out, visited)?;
         } else if std::fs::metadata(&path)
             .map(|m| m.len() > 0)
             .unwrap_or(false)

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::extra_networks::dirs::NetworkDirs;
+use crate::folder_walk::Visited;
 
 /// A1111's `sd_vae` value that picks a VAE named like the checkpoint, else the checkpoint's own.
 pub const AUTOMATIC: &str = "Automatic";
@@ -24,7 +25,10 @@ pub struct VaeList {
 
 /// Every file under `dir` (hidden files and folders skipped, as Python's glob skips them),
 /// files of a folder before its subfolders', each sorted.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, visited: &mut Visited) {
+    if !visited.first_visit(dir) {
+        return;
+    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -39,7 +43,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     let (dirs, files): (Vec<PathBuf>, Vec<PathBuf>) = paths.into_iter().partition(|p| p.is_dir());
     out.extend(files);
     for sub in dirs {
-        walk(&sub, out);
+        walk(&sub, out, visited);
     }
 }
 
@@ -61,7 +65,7 @@ impl VaeList {
         let mut list = VaeList::default();
         let mut checkpoint_files = Vec::new();
         for dir in &dirs.checkpoints {
-            walk(dir, &mut checkpoint_files);
+            walk(dir, &mut checkpoint_files, &mut Visited::default());
         }
         if let Some(dir) =
             extra_checkpoint_dir.filter(|d| !dirs.checkpoints.iter().any(|c| d.starts_with(c)))
@@ -84,7 +88,7 @@ impl VaeList {
         }
         let mut vae_files = Vec::new();
         for dir in &dirs.vae {
-            walk(dir, &mut vae_files);
+            walk(dir, &mut vae_files, &mut Visited::default());
         }
         for ext in EXTENSIONS {
             let suffix = format!(".{ext}");
@@ -152,6 +156,20 @@ pub enum VaeChoiceError {
     /// A path was given and there is no file there (A1111's `--vae-path` asserts the same).
     #[error("VAE file {0} does not exist")]
     MissingFile(PathBuf),
+    /// A client named a file by path: clients choose among the listed VAE names only, so
+    /// that no request reads a file outside the VAE folders.
+    #[error("sd_vae \"{0}\" is a path; a client may name only a listed VAE (Automatic, None or a file name from the VAE list)")]
+    PathFromClient(String),
+}
+
+/// Who chose a VAE: the machine's user (command line, config) may give any path; a client
+/// (socket, HTTP API, a script's axis) only a listed name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VaeChooser {
+    /// The user running sdhost.
+    User,
+    /// A client of the daemon.
+    Client,
 }
 
 /// Whether `choice` is a path rather than an A1111 VAE name (names never hold a folder).
@@ -178,8 +196,23 @@ pub fn resolve_vae(
     checkpoint: &Path,
     list: &VaeList,
 ) -> Result<VaeResolution, VaeChoiceError> {
+    resolve_vae_for(VaeChooser::User, choice, checkpoint, list)
+}
+
+/// [`resolve_vae`] for `chooser`: a client's choice that is a path, or that names no listed
+/// VAE, never reaches the file system (not even the working folder).
+pub fn resolve_vae_for(
+    chooser: VaeChooser,
+    choice: &str,
+    checkpoint: &Path,
+    list: &VaeList,
+) -> Result<VaeResolution, VaeChoiceError> {
     let own = VaeResolution::Own { warning: None };
     let choice = choice.trim();
+    let user = chooser == VaeChooser::User;
+    if is_path(choice) && !user {
+        return Err(VaeChoiceError::PathFromClient(choice.to_string()));
+    }
     if is_path(choice) {
         let path = PathBuf::from(choice);
         if !path.is_file() {
@@ -200,7 +233,7 @@ pub fn resolve_vae(
                 source: "specified in settings",
             },
             // sdhost's: a file in the working folder, given as `--vae file.pt`.
-            None if Path::new(choice).is_file() => VaeResolution::File {
+            None if user && Path::new(choice).is_file() => VaeResolution::File {
                 path: PathBuf::from(choice),
                 source: "from a path",
             },
@@ -296,6 +329,38 @@ mod tests {
             VaeResolution::File { .. }
         ));
         assert!(resolve_vae("/nowhere/x.pt", &ckpt, &list).is_err());
+        // A client names listed VAEs only: no path, no escape from the folders.
+        let client = |choice: &str| resolve_vae_for(VaeChooser::Client, choice, &ckpt, &list);
+        assert!(matches!(
+            client("kl-f8.safetensors").unwrap(),
+            VaeResolution::File { path, .. } if path == file("VAE/kl-f8.safetensors")
+        ));
+        for escape in [
+            path.to_str().unwrap(),
+            "/etc/passwd",
+            "../VAE/kl-f8.safetensors",
+            "VAE/../../x.pt",
+        ] {
+            assert_eq!(
+                client(escape),
+                Err(VaeChoiceError::PathFromClient(escape.to_string())),
+                "{escape}"
+            );
+        }
+        // Nor a file in the daemon's working folder that is not in the list.
+        let here = std::env::current_dir().unwrap();
+        let loose = here
+            .read_dir()
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .find(|e| e.path().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .expect("a file in the working folder");
+        assert!(matches!(resolve(&loose), VaeResolution::File { .. }));
+        assert!(matches!(
+            client(&loose).unwrap(),
+            VaeResolution::Own { warning: Some(_) }
+        ));
     }
 
     #[test]

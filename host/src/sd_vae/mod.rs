@@ -12,7 +12,10 @@ pub mod list;
 pub mod swap;
 
 pub use file::{load_vae_file, VaeFileError};
-pub use list::{resolve_vae, VaeChoiceError, VaeList, VaeResolution, AUTOMATIC, NONE};
+pub use list::{
+    resolve_vae, resolve_vae_for, VaeChoiceError, VaeChooser, VaeList, VaeResolution, AUTOMATIC,
+    NONE,
+};
 pub use swap::{ExternalVae, VaeSwap};
 
 use std::path::PathBuf;

@@ -3,6 +3,7 @@
 //! model file by its stem; `RealESRGAN/` lists A1111's fixed Real-ESRGAN names
 //! (`modules/realesrgan_model.py: get_realesrgan_models`) whose file is there.
 
+use crate::folder_walk::Visited;
 use std::path::{Path, PathBuf};
 
 /// The `Upscaler` class a model folder belongs to: it decides the names, the file
@@ -100,7 +101,7 @@ impl UpscalerDirs {
     pub fn scan(&self) -> Vec<ModelUpscaler> {
         let mut found = Vec::new();
         for (class, folder) in &self.folders {
-            let files = walk(folder, class.extensions());
+            let files = walk(folder, class.extensions(), &mut Visited::default());
             if *class == UpscalerClass::RealEsrgan {
                 for (name, stem, scale) in REAL_ESRGAN_MODELS {
                     // A1111 takes the first local file whose path ends with the release name.
@@ -139,8 +140,11 @@ impl UpscalerDirs {
 
 /// The files under `dir` (recursively, sorted, as `shared.walk_files` finds them) with one of
 /// `extensions`.
-fn walk(dir: &Path, extensions: &[&str]) -> Vec<PathBuf> {
+fn walk(dir: &Path, extensions: &[&str], visited: &mut Visited) -> Vec<PathBuf> {
     let mut out = Vec::new();
+    if !visited.first_visit(dir) {
+        return out;
+    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return out;
     };
@@ -148,7 +152,7 @@ fn walk(dir: &Path, extensions: &[&str]) -> Vec<PathBuf> {
     entries.sort();
     for path in entries {
         if path.is_dir() {
-            out.extend(walk(&path, extensions));
+            out.extend(walk(&path, extensions, visited));
         } else if path
             .extension()
             .and_then(|e| e.to_str())

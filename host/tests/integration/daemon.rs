@@ -522,6 +522,44 @@ fn sockets_tokens_queue_limit_and_single_instance() {
     let _ = next.wait();
 }
 
+#[test]
+fn a_token_or_socket_folder_others_can_reach_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), 31);
+    let chmod = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let serve = |extra: &[&str]| {
+        let out = sdhost(dir.path())
+            .args(["serve", "--threads", "1", "--model"])
+            .arg(&model)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the daemon started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // A token others can read may have leaked: refused, and left for the user to judge.
+    let token = dir.path().join("config/sdhost/token");
+    std::fs::create_dir_all(token.parent().unwrap()).unwrap();
+    std::fs::write(&token, "ab".repeat(32)).unwrap();
+    chmod(&token, 0o644);
+    let stderr = serve(&["--listen", "127.0.0.1:0"]);
+    assert!(stderr.contains("may have leaked"), "{stderr}");
+    assert_eq!(
+        std::fs::metadata(&token).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    // A socket folder anyone can write to (without the sticky bit): refused.
+    let folder = dir.path().join("shared");
+    std::fs::create_dir(&folder).unwrap();
+    chmod(&folder, 0o777);
+    let socket = folder.join("sdhost.sock");
+    let stderr = serve(&["--socket", socket.to_str().unwrap()]);
+    assert!(stderr.contains("could replace the socket"), "{stderr}");
+    assert!(!socket.exists());
+}
+
 /// The TCP port a process listens on (from /proc/net/tcp and its sockets).
 fn tcp_port(pid: u32) -> u16 {
     let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -1147,6 +1185,26 @@ fn networks_are_listed_with_their_metadata_and_a_missing_vae_is_a_warning_of_the
             .contains("kl-f8.safetensors"),
         "{error}"
     );
+    // A client names listed VAEs only: a path (absolute or climbing out) is refused before
+    // any file is opened.
+    for escape in ["/etc/passwd", "../VAE/kl-f8.safetensors"] {
+        let id = client.send(
+            json!({"type": "img2img", "params": {"steps": 2, "sd_vae": escape}}),
+            &[image_attachment(32, 32)],
+        );
+        let job = client.answer(id).header["job"].as_u64().unwrap();
+        let error = loop {
+            let frame = client.read();
+            if frame.header["job"] == json!(job) && frame.header["type"] == "error" {
+                break frame.header;
+            }
+        };
+        assert_eq!(error["code"], "invalid_params", "{error}");
+        assert!(
+            error["message"].as_str().unwrap().contains("is a path"),
+            "{error}"
+        );
+    }
 }
 
 /// The images of a job's `result` frames: (seed, width, height, pixels).

@@ -96,3 +96,82 @@ fn a_torch_file_truncated_anywhere_gives_an_error() {
         }
     }
 }
+
+/// The bytes of heap and other private writable memory `sdhost info` may use in the bombs
+/// test (`RLIMIT_DATA`): a failing start needs a small part of it, and each of the machine's
+/// caps keeps a bomb well under it.
+const DATA_LIMIT: u64 = 1 << 30;
+
+/// Runs `sdhost info` on `file` under [`DATA_LIMIT`]: whether it exited with status 1 (a
+/// clean error, not an abort on a failed allocation), and its stderr.
+fn info_under_data_limit(file: &std::path::Path) -> (Option<i32>, String) {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sdhost"));
+    command
+        .args(["info", "--no-hash"])
+        .arg(file)
+        .env("SDHOST_CACHE_DIR", file.with_extension("cache"));
+    // SAFETY: setrlimit is async-signal-safe and touches nothing of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: DATA_LIMIT,
+                rlim_max: DATA_LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_DATA, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn allocation_bombs_stay_within_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    common::run_reference(
+        "pickle_corpus.py",
+        &["hostile".as_ref(), dir.path().as_os_str()],
+    );
+    // Uncapped, each bomb would take gigabytes (or, for the length claims, try to reserve
+    // exabytes); capped, each is a clean error inside the data limit. The control: a real
+    // checkpoint loads under the same limit.
+    let model = common::tiny_model(dir.path(), 31);
+    let (code, stderr) = info_under_data_limit(&model);
+    assert_eq!(
+        code,
+        Some(0),
+        "the limit leaves room for a real start: {stderr}"
+    );
+    for file in [
+        "dict-copies.pt",
+        "appends-flood.pt",
+        "container-flood.pt",
+        "mark-flood.pt",
+        "stack-flood.pt",
+        "memo-bomb.pt",
+        "put-loop.pt",
+        "set-copies.pt",
+        "deep.pt",
+        "huge-long4.pt",
+        "huge-unicode8.pt",
+        "huge-bytearray8.pt",
+        "huge-numel.pt",
+        "huge-view.pt",
+        "broadcast-bomb.pt",
+        "zip-bomb.ckpt",
+    ] {
+        let (code, stderr) = info_under_data_limit(&dir.path().join(file));
+        assert_eq!(code, Some(1), "{file}: {stderr}");
+        assert!(stderr.contains(file), "{file}: {stderr}");
+        assert!(
+            !stderr.contains("memory allocation") && !stderr.contains("panicked"),
+            "{file}: {stderr}"
+        );
+    }
+}

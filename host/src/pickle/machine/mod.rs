@@ -5,7 +5,8 @@
 //! It also bounds what a hostile stream could make it allocate or recurse into: containers
 //! nest at most [`MAX_DEPTH`] deep (values are dropped recursively), a container stops
 //! changing once it is inside another one (so nesting stays bounded and cycles cannot form),
-//! copies of strings are budgeted, and the stack, memo and container count are capped.
+//! copies of strings are budgeted, and the stack, marks, memo, container count and the items
+//! held by all containers together are capped.
 
 use super::allow_list::{self, Allowed, Dialect};
 use super::value::Value;
@@ -28,9 +29,15 @@ const COPY_BUDGET: usize = 256 << 20;
 /// Bounds on what one pickle may hold at once, far above any checkpoint (a state dict of a few
 /// thousand tensors makes tens of thousands of each) and far below what would exhaust memory:
 /// one byte of opcode can make one value, and a legacy file's pickle may be gigabytes long.
-const MAX_CONTAINERS: usize = 4 << 20;
+const MAX_CONTAINERS: usize = 1 << 20;
 const MAX_MEMO: usize = 4 << 20;
 pub(super) const MAX_STACK: usize = 1 << 20;
+
+/// The items all containers of one pickle may hold together, counting every copy: a state
+/// dict's pickle holds a few dozen per tensor, while without a cap a few bytes of opcodes
+/// could copy a memoised million-item dict again and again (all containers stay alive until
+/// the pickle ends), or two-byte `APPENDS` items could make a list tens of times the file's size.
+const MAX_ITEMS: usize = 4 << 20;
 
 /// One storage a pickle declared through `persistent_load`.
 #[derive(Clone, Debug)]
@@ -65,6 +72,7 @@ pub(super) fn unpickle(
         memo: HashMap::new(),
         meta: HashMap::new(),
         keepalive: Vec::new(),
+        items: 0,
         copy_budget: COPY_BUDGET,
         storages: HashMap::new(),
     };
@@ -94,6 +102,8 @@ struct Machine<'a> {
     meta: HashMap<usize, Meta>,
     /// Every container made, so that no address is reused while `meta` describes it.
     keepalive: Vec<Value>,
+    /// Items put into containers so far (see [`MAX_ITEMS`]).
+    items: usize,
     copy_budget: usize,
     storages: HashMap<String, StorageDecl>,
 }
@@ -239,7 +249,17 @@ impl Machine<'_> {
         }
     }
 
+    /// Counts `n` more items held by containers.
+    fn hold(&mut self, n: usize) -> Result<(), PickleError> {
+        self.items = self.items.saturating_add(n);
+        if self.items > MAX_ITEMS {
+            return Err(self.malformed(format!("more than {MAX_ITEMS} items in containers")));
+        }
+        Ok(())
+    }
+
     fn register(&mut self, container: Value, children: &[&Value]) -> Result<Value, PickleError> {
+        self.hold(children.len())?;
         let mut height = 1;
         for child in children {
             height = height.max(1 + self.seal(child));
@@ -284,6 +304,7 @@ impl Machine<'_> {
 
     /// Checks that `target` may still change and takes `children` into it.
     fn insert(&mut self, target: &Value, children: &[&Value]) -> Result<(), PickleError> {
+        self.hold(children.len())?;
         let addr = address(target).expect("a container");
         let sealed = |m: &Self| m.meta.get(&addr).is_some_and(|meta| meta.sealed);
         if sealed(self) {

@@ -28,7 +28,13 @@ impl Machine<'_> {
                     self.take(8)?;
                 }
                 b'.' => return self.pop(),
-                b'(' => self.marks.push(self.stack.len()),
+                b'(' => {
+                    // Marks are a stack of their own: one byte each, so cap them as well.
+                    if self.marks.len() >= super::MAX_STACK {
+                        return Err(self.malformed(format!("more than {} marks", super::MAX_STACK)));
+                    }
+                    self.marks.push(self.stack.len());
+                }
                 b'0' => drop(self.pop()?),
                 b'1' => drop(self.pop_mark()?),
                 b'2' => {
