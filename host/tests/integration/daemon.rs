@@ -149,10 +149,19 @@ impl Client {
 
     /// Queues a small img2img job; returns its job number.
     fn submit(&mut self, seed: u64, steps: u64) -> u64 {
+        self.submit_batches(seed, steps, 1)
+    }
+
+    /// Queues a job that runs for minutes: 64 batches of the most steps a job may have.
+    fn submit_long(&mut self, seed: u64) -> u64 {
+        self.submit_batches(seed, 1000, 64)
+    }
+
+    fn submit_batches(&mut self, seed: u64, steps: u64, n_iter: u64) -> u64 {
         let id = self.send(
             json!({"type": "img2img", "params": {
                 "prompt": "a house", "seed": seed, "steps": steps, "sampler_name": "Euler",
-                "denoising_strength": 1.0,
+                "denoising_strength": 1.0, "n_iter": n_iter,
             }}),
             &[image_attachment(32, 32)],
         );
@@ -256,7 +265,7 @@ fn cancel_and_disconnect_stop_jobs_and_the_daemon_goes_on() {
     // A client that vanishes mid-job (GIMP SIGKILLs its plug-in): its job stops, the next
     // client's job runs.
     let mut doomed = Client::connected(&daemon.socket);
-    doomed.submit(3, 100_000);
+    doomed.submit_long(3);
     loop {
         if doomed.read().header["type"] == "progress" {
             break;
@@ -455,7 +464,7 @@ fn sockets_tokens_queue_limit_and_single_instance() {
 
     // The queue is bounded: one running, two waiting, the next refused.
     let mut client = Client::connected(&daemon.socket);
-    let long = client.submit(1, 100_000);
+    let long = client.submit_long(1);
     loop {
         if client.read().header["type"] == "started" {
             break;
@@ -887,7 +896,7 @@ fn exited(daemon: &mut Daemon, sent: Instant) -> Duration {
 fn sigterm_ends_every_job_with_shutting_down_and_exits_cleanly() {
     let mut daemon = start_daemon(&[], None);
     let mut client = Client::connected(&daemon.socket);
-    let running = client.submit(1, 100_000);
+    let running = client.submit_long(1);
     let waiting = client.submit(2, 2);
     loop {
         let event = client.read().header;
