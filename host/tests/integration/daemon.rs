@@ -25,8 +25,8 @@ const LIMITS: FrameLimits = FrameLimits {
 
 /// A daemon process and its folder; killed when dropped.
 pub(crate) struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
+    pub(crate) child: Child,
+    pub(crate) dir: tempfile::TempDir,
     pub(crate) socket: PathBuf,
 }
 
@@ -148,7 +148,7 @@ impl Client {
     }
 
     /// Queues a small img2img job; returns its job number.
-    fn submit(&mut self, seed: u64, steps: u64) -> u64 {
+    pub(crate) fn submit(&mut self, seed: u64, steps: u64) -> u64 {
         let id = self.send(
             json!({"type": "img2img", "params": {
                 "prompt": "a house", "seed": seed, "steps": steps, "sampler_name": "Euler",
