@@ -19,6 +19,9 @@ use sdhost::daemon::protocol::{
 use sdhost::daemon::request::Request;
 use serde_json::{json, Value};
 
+/// The most steps a job may ask for: the longest job, for tests that stop one mid-way.
+const MAX_STEPS: u64 = sdhost::request::MAX_STEPS as u64;
+
 const LIMITS: FrameLimits = FrameLimits {
     max_payload: 1 << 30,
 };
@@ -256,7 +259,7 @@ fn cancel_and_disconnect_stop_jobs_and_the_daemon_goes_on() {
     // A client that vanishes mid-job (GIMP SIGKILLs its plug-in): its job stops, the next
     // client's job runs.
     let mut doomed = Client::connected(&daemon.socket);
-    doomed.submit(3, 100_000);
+    doomed.submit(3, MAX_STEPS);
     loop {
         if doomed.read().header["type"] == "progress" {
             break;
@@ -455,7 +458,7 @@ fn sockets_tokens_queue_limit_and_single_instance() {
 
     // The queue is bounded: one running, two waiting, the next refused.
     let mut client = Client::connected(&daemon.socket);
-    let long = client.submit(1, 100_000);
+    let long = client.submit(1, MAX_STEPS);
     loop {
         if client.read().header["type"] == "started" {
             break;
@@ -849,7 +852,7 @@ fn exited(daemon: &mut Daemon, sent: Instant) -> Duration {
 fn sigterm_ends_every_job_with_shutting_down_and_exits_cleanly() {
     let mut daemon = start_daemon(&[], None);
     let mut client = Client::connected(&daemon.socket);
-    let running = client.submit(1, 100_000);
+    let running = client.submit(1, MAX_STEPS);
     let waiting = client.submit(2, 2);
     loop {
         let event = client.read().header;
