@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Optional
 
-from sdhost_client import Client, DaemonError, Event, Image, default_socket
+from sdhost_client import Client, DaemonError, Event, Image, ProtocolError, default_socket
 
 # A1111's img2img tabs, as the daemon names them.
 MODES = ("img2img", "sketch", "inpaint", "inpaint-sketch", "inpaint-upload")
@@ -304,6 +304,8 @@ class JobRunner:
                         return
         except DaemonError as error:
             self.events.put(("outcome", JobOutcome("error", results, error.message)))
+        except (ProtocolError, ConnectionResetError, BrokenPipeError) as error:
+            self.events.put(("outcome", JobOutcome("error", results, lost(error))))
         except OSError as error:
             self.events.put(("outcome", JobOutcome("error", results, unreachable(error))))
         except Exception as error:  # noqa: BLE001 - the main thread must always get an outcome
@@ -333,6 +335,14 @@ def unreachable(error: OSError) -> str:
     """The message shown when the daemon cannot be reached."""
     return (f"cannot reach the sdhost daemon ({error}). Start it with `sdhost serve` "
             f"(it listens on {default_socket()}), or let the plug-in start it.")
+
+
+def lost(error: Exception) -> str:
+    """The message shown when the daemon's connection breaks during a job (it crashed, was
+    killed or stopped): not "cannot reach", since it was reached."""
+    return (f"the sdhost daemon stopped during the job ({error}): it crashed or was stopped. "
+            f"Run the job again (the plug-in starts the daemon when it is not running), or "
+            f"start it with `sdhost serve` and read its log.")
 
 
 def start_daemon(command: str, socket_path: str, wait_seconds: float = 120.0) -> None:

@@ -163,3 +163,53 @@ def test_parasites_carry_any_utf8_text():
     assert all(-128 <= b <= 127 for b in payload)
     assert parasite_text(payload) == text
     assert parasite_text(text.encode("utf-8")) == text
+
+
+def test_a_daemon_killed_mid_job_is_explained_and_its_restart_reclaims_the_socket(daemon, tmp_path):
+    from conftest import SDHOST
+    import os
+    import signal
+    import subprocess
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "config"), XDG_DATA_HOME=str(tmp_path / "data"),
+               XDG_RUNTIME_DIR=str(tmp_path / "run"), SDHOST_CACHE_DIR=str(tmp_path / "cache"))
+    socket_path = str(tmp_path / "sdhost.sock")
+
+    def serve() -> subprocess.Popen:
+        process = subprocess.Popen([str(SDHOST), "serve", "--socket", socket_path, "--threads", "1", "--model",
+                                    str(daemon.models / "alpha.safetensors")], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                Client.connect_unix(socket_path, timeout=5).close()
+                return process
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None, "the daemon did not start"
+                time.sleep(0.05)
+
+    connect = lambda: Client.connect_unix(socket_path, timeout=60)  # noqa: E731
+    first = serve()
+    second = None
+    try:
+        runner = JobRunner(connect, {"params": {"steps": 1000, "n_iter": 64, "denoising_strength": 1}},
+                           [("image", rgba(16, 16))])
+
+        def kill_on_first_step(*_: object) -> None:
+            if first.poll() is None:
+                first.send_signal(signal.SIGKILL)
+                first.wait()
+
+        outcome = runner.wait(kill_on_first_step)
+        assert outcome.status == "error"
+        assert "the sdhost daemon stopped during the job" in outcome.error, outcome.error
+        assert os.path.exists(socket_path), "SIGKILL leaves the socket file"
+        # A new daemon replaces the stale socket and runs jobs.
+        second = serve()
+        outcome = JobRunner(connect, {"params": {"steps": 2, "seed": 4}}, [("image", rgba(16, 16))]).wait(
+            lambda *_: None)
+        assert outcome.status == "done", outcome.error
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()

@@ -28,15 +28,42 @@ pub fn torch_failure(message: &str) -> TorchFailure {
 }
 
 /// The message of a caught panic (tch reports libtorch errors, out-of-memory included, as
-/// panics carrying the error text). Every part of the host uses this one; the plugin API
-/// crate keeps a private copy (`plugin-api/src/export.rs`), since plugins must not depend on
-/// the host.
+/// panics carrying the error text), made readable by [`torch_message`]. Every part of the host
+/// uses this one; the plugin API crate keeps a private copy (`plugin-api/src/export.rs`),
+/// since plugins must not depend on the host.
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
+    let raw = payload
         .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown error".to_string())
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown error");
+    torch_message(raw)
+}
+
+/// libtorch's error text without what users cannot act on: tch's panic wrapping
+/// (`` called `Result::unwrap()` on an `Err` value: Torch("…") ``, escaped), libtorch's C++
+/// backtrace (`Exception raised from …`, `frame #0: …`, kilobytes of it) and its
+/// `[enforce fail at file:line]` prefix. Other text is returned as it is.
+pub fn torch_message(raw: &str) -> String {
+    let text = match raw.split_once("Torch(\"") {
+        Some((_, inner)) => inner
+            .strip_suffix("\")")
+            .unwrap_or(inner)
+            .replace("\\n", "\n")
+            .replace("\\\"", "\""),
+        None => raw.to_string(),
+    };
+    let end = ["\nException raised from", "\nframe #"]
+        .iter()
+        .filter_map(|marker| text.find(marker))
+        .min()
+        .unwrap_or(text.len());
+    let text = text[..end].trim();
+    let text = text
+        .strip_prefix("[enforce fail at ")
+        .and_then(|rest| rest.split_once("] "))
+        .map_or(text, |(_, message)| message);
+    text.trim().to_string()
 }
 
 #[cfg(test)]
@@ -63,6 +90,28 @@ mod tests {
             torch_failure(&panic_message(&*payload)),
             TorchFailure::OutOfMemory
         );
+    }
+
+    #[test]
+    fn libtorch_messages_lose_the_wrapping_and_the_backtrace() {
+        let payload =
+            catch_unwind(|| Tensor::empty([TOO_MANY], (Kind::Float, Device::Cpu))).unwrap_err();
+        let message = panic_message(&*payload);
+        assert!(message.contains("DefaultCPUAllocator"), "{message}");
+        assert!(
+            !message.contains("frame #") && !message.contains("unwrap"),
+            "{message}"
+        );
+        assert!(message.len() < 200, "{message}");
+        let wrapped = "called `Result::unwrap()` on an `Err` value: Torch(\"CUDA out of memory. \
+                       Tried to allocate 2.00 GiB\\nException raised from malloc at x.cpp:1\\n\
+                       frame #0: f() + 0x6a\")";
+        assert_eq!(
+            torch_message(wrapped),
+            "CUDA out of memory. Tried to allocate 2.00 GiB"
+        );
+        // A plugin's own panic text, lines included, stays as it is.
+        assert_eq!(torch_message("bad σ\nsecond line"), "bad σ\nsecond line");
     }
 
     #[test]

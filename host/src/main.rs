@@ -15,8 +15,14 @@ fn main() -> ExitCode {
     match cli.run() {
         Ok(code) => code,
         Err(error) => {
-            // One line: the error and its causes.
-            let chain: Vec<String> = error.chain().map(ToString::to_string).collect();
+            // One line: the error and its causes, each once (many errors already end with
+            // their cause: "{path}: {source}").
+            let mut chain: Vec<String> = Vec::new();
+            for cause in error.chain().map(ToString::to_string) {
+                if !chain.last().is_some_and(|last| last.ends_with(&cause)) {
+                    chain.push(cause);
+                }
+            }
             eprintln!("error: {}", chain.join(": "));
             ExitCode::FAILURE
         }

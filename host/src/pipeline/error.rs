@@ -53,6 +53,7 @@ pub enum JobError {
 impl JobError {
     /// A libtorch failure in `stage`, classified by [`torch_failure`]: out of memory or not.
     pub fn torch(stage: &'static str, message: String) -> Self {
+        let message = crate::error::torch_message(&message);
         match torch_failure(&message) {
             TorchFailure::OutOfMemory => JobError::OutOfMemory { stage, message },
             TorchFailure::Other => JobError::Torch { stage, message },

@@ -2,7 +2,7 @@
 //! is Latin-1, uncompressed iTXt otherwise, as Pillow does for A1111) and read back.
 
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use image::{RgbImage, RgbaImage};
@@ -63,14 +63,33 @@ fn write_png(
     data: &[u8],
     texts: &[(&str, &str)],
 ) -> Result<(), PngError> {
-    let file = File::create(path).map_err(|source| PngError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    encode_png(BufWriter::new(file), size, color, data, texts).map_err(|e| PngError::Png {
+    let mut bytes = Vec::new();
+    encode_png(&mut bytes, size, color, data, texts).map_err(|e| PngError::Png {
         path: path.to_path_buf(),
         reason: e.to_string(),
+    })?;
+    write_whole(path, &bytes).map_err(|source| PngError::Io {
+        path: path.to_path_buf(),
+        source,
     })
+}
+
+/// Writes `bytes` to a hidden `.NAME.partial` next to `path`, syncs it and renames it over
+/// `path`: a full disk or a crash leaves no half-written file under the final name (the
+/// partial one is removed on error).
+fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let partial = path.with_file_name(format!(".{name}.partial"));
+    let written = (|| {
+        let mut file = File::create(&partial)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&partial, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
 }
 
 /// `image` as the bytes of an 8-bit RGB PNG with `infotext` in its `parameters` chunk (what

@@ -373,6 +373,7 @@ impl SamplerRegistry {
         if let Some(flag) = request.cancel {
             session.cancel_when_set(flag);
         }
+        let shape = request.x.size();
         let x = session.insert(request.x);
         let outcome = {
             let job = SampleJob {
@@ -391,11 +392,18 @@ impl SamplerRegistry {
         };
         let plugin = sampler.plugin.name.clone();
         match outcome.into_result() {
-            Ok(result) => session.take(result).ok_or_else(|| SamplingError::Failed {
-                plugin,
-                sampler: sampler_name,
-                message: "returned a tensor handle the host does not know".into(),
-            }),
+            Ok(result) => {
+                let failed = |message: String| SamplingError::Failed {
+                    plugin: plugin.clone(),
+                    sampler: sampler_name.clone(),
+                    message,
+                };
+                let latent = session.take(result).ok_or_else(|| {
+                    failed("returned a tensor handle the host does not know".into())
+                })?;
+                check_result(&latent, &shape).map_err(failed)?;
+                Ok(latent)
+            }
             Err(error) => {
                 let message = error.message.into_string();
                 Err(match (error.kind, error.host_kind.into_option()) {
@@ -422,6 +430,27 @@ impl SamplerRegistry {
             }
         }
     }
+}
+
+/// Refuses a sampler's result that is not a latent of the input's shape with finite values:
+/// decoded, NaN or infinity would become a black or garbage image reported as done (A1111
+/// raises its `NansException` here too).
+fn check_result(latent: &Tensor, shape: &[i64]) -> Result<(), String> {
+    if latent.size() != shape {
+        return Err(format!(
+            "returned a latent of shape {:?}, not the input's {shape:?}",
+            latent.size()
+        ));
+    }
+    let finite = latent
+        .f_isfinite()
+        .and_then(|t| t.f_all())
+        .and_then(|t| t.f_int64_value(&[]))
+        .map_err(|e| format!("its result could not be checked: {e}"))?;
+    if finite != 1 {
+        return Err("returned a latent with NaN or infinite values".into());
+    }
+    Ok(())
 }
 
 /// Refuses options the sampler does not declare, or of the wrong kind, before it runs.

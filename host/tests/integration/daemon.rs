@@ -19,14 +19,17 @@ use sdhost::daemon::protocol::{
 use sdhost::daemon::request::Request;
 use serde_json::{json, Value};
 
+/// The most steps a job may ask for: the longest job, for tests that stop one mid-way.
+const MAX_STEPS: u64 = sdhost::request::MAX_STEPS as u64;
+
 const LIMITS: FrameLimits = FrameLimits {
     max_payload: 1 << 30,
 };
 
 /// A daemon process and its folder; killed when dropped.
 pub(crate) struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
+    pub(crate) child: Child,
+    pub(crate) dir: tempfile::TempDir,
     pub(crate) socket: PathBuf,
 }
 
@@ -148,13 +151,13 @@ impl Client {
     }
 
     /// Queues a small img2img job; returns its job number.
-    fn submit(&mut self, seed: u64, steps: u64) -> u64 {
+    pub(crate) fn submit(&mut self, seed: u64, steps: u64) -> u64 {
         self.submit_batches(seed, steps, 1)
     }
 
     /// Queues a job that runs for minutes: 64 batches of the most steps a job may have.
     fn submit_long(&mut self, seed: u64) -> u64 {
-        self.submit_batches(seed, 1000, 64)
+        self.submit_batches(seed, MAX_STEPS, 64)
     }
 
     fn submit_batches(&mut self, seed: u64, steps: u64, n_iter: u64) -> u64 {

@@ -18,6 +18,7 @@ mod deepbooru;
 mod denoiser;
 mod doctor;
 mod families;
+mod faults;
 mod fuzz_corpus;
 mod grid;
 mod hypernetwork;

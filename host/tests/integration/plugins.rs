@@ -1,5 +1,5 @@
 //! Loading sampler plugins through the real dynamic path: listing, running, and every way a
-//! plugin can fail (error, panic, leaked handles, not a plugin, not a library, built against
+//! plugin can fail (error, panic, NaN result, leaked handles, not a plugin, not a library, built against
 //! another plugin API version, cancel, out of memory) without taking the host down, and a
 //! cancel flag that stops even a sampler that never reports a step.
 
@@ -71,7 +71,8 @@ fn registry_with(folder: &Path) -> SamplerRegistry {
     })
 }
 
-fn folder_with(libraries: &[&str]) -> tempfile::TempDir {
+/// A temporary plugin folder holding copies of the built `libraries`.
+pub(crate) fn folder_with(libraries: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for stem in libraries {
         let name = library_file_name(stem);
@@ -227,6 +228,23 @@ fn plugin_errors_and_panics_become_job_errors() {
         message.contains("faulty") && message.contains("deliberate failure"),
         "{message}"
     );
+    // A result with NaN is refused, not decoded into a black image reported as done.
+    let garbage = run(
+        &registry,
+        "NotFinite",
+        request(&sigmas, vec![]),
+        &mut ShrinkDenoiser,
+        &mut |_| Flow::Continue,
+    );
+    match garbage {
+        Err(SamplingError::Failed {
+            plugin, message, ..
+        }) => {
+            assert_eq!(plugin, "faulty");
+            assert!(message.contains("NaN or infinite"), "{message}");
+        }
+        other => panic!("expected a refused result, got {other:?}"),
+    }
     // Leaked handles are freed with the session; the result is still right.
     let leaked = run(
         &registry,

@@ -1,5 +1,5 @@
-//! Test fixture: samplers that panic, return errors, leak handles or never report a step, to
-//! show that the host turns each into a job error (or a cancellation) and keeps running.
+//! Test fixture: samplers that panic, return errors or NaN, leak handles or never report a step,
+//! to show that the host turns each into a job error (or a cancellation) and keeps running.
 
 use sdhost_plugin_api::{
     export_sampler_plugin, Context, Latent, SampleError, SampleResult, SamplerInfo, SamplerPlugin,
@@ -14,7 +14,7 @@ impl SamplerPlugin for FaultyPlugin {
     const VERSION: &'static str = "0.0.1";
 
     fn samplers() -> Vec<SamplerInfo> {
-        ["Panics", "Fails", "Leaks", "Silent"]
+        ["Panics", "Fails", "Leaks", "Silent", "NotFinite"]
             .into_iter()
             .map(|name| SamplerSpec::new(name).into())
             .collect()
@@ -39,6 +39,8 @@ impl SamplerPlugin for FaultyPlugin {
         match sampler {
             "Panics" => panic!("deliberate panic after one model call"),
             "Fails" => Err(SampleError::BadInput("deliberate failure".into())),
+            // Garbage that looks like success: the host must refuse to decode it.
+            "NotFinite" => Ok(denoised.add_scalar(f64::NAN)),
             // Keeps an extra handle alive past the end: the host must free it itself.
             _ => {
                 std::mem::forget(denoised.clone());
