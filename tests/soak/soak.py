@@ -229,11 +229,13 @@ class JobPlan:
 
     client: int
     index: int
-    action: str  # "finish", "cancel_queued", "cancel_running", "disconnect"
+    action: str  # "finish", "cancel_queued", "cancel_running", "cancel_late", "disconnect"
     mode: str  # "txt2img" or "img2img"
     seed: int
     steps: int
     batch: int
+    # cancel_late: the step after which the cancel is sent; steps + 1: after the result.
+    cancel_at: int = 0
 
     @property
     def token(self) -> str:
@@ -264,6 +266,8 @@ def plan_jobs(rng: random.Random, client: int, jobs: int, http_client: bool) -> 
             action = "cancel_running"
         elif roll < 0.2 and not http_client:
             action = "cancel_queued"
+        elif roll < 0.26 and not http_client:
+            action = "cancel_late"
         elif roll < 0.3:
             action = "disconnect"
         else:
@@ -276,7 +280,8 @@ def plan_jobs(rng: random.Random, client: int, jobs: int, http_client: bool) -> 
             client=client, index=index, action=action,
             mode="txt2img" if stopped or rng.random() < 0.5 else "img2img",
             seed=100000 * (client + 1) + 100 * index, steps=steps,
-            batch=1 if stopped else rng.choice((1, 1, 2))))
+            batch=1 if stopped or action == "cancel_late" else rng.choice((1, 1, 2)),
+            cancel_at=rng.randint(1, steps + 1)))
     return plans
 
 
@@ -353,8 +358,11 @@ class SocketDriver:
             if job in ended:
                 self.tally.fail(f"{where}: job {job} ({plan.token}) had already ended: {event.header}")
                 continue
+            late = plan.action == "cancel_late" and job not in cancels.values()
             if kind == "progress" and event.get("step", 0) >= 1:
                 if plan.action == "cancel_running" and job not in cancels.values():
+                    cancels[client.send({"type": "cancel", "job": job})] = job
+                elif late and event["step"] >= plan.cancel_at:
                     cancels[client.send({"type": "cancel", "job": job})] = job
                 elif plan.action == "disconnect":
                     self.disconnect(plan)
@@ -362,6 +370,8 @@ class SocketDriver:
             elif kind == "result":
                 results[job] = results.get(job, 0) + 1
                 check_result(self.tally, plan, event["index"], event["seed"], event["infotext"], where)
+                if late:
+                    cancels[client.send({"type": "cancel", "job": job})] = job
             elif kind in ("done", "cancelled", "error"):
                 ended[job] = kind
                 self.settle(where, plan, job, kind, event, results.get(job, 0))
@@ -393,7 +403,7 @@ class SocketDriver:
                 self.tally.fail(f"{where}: job {job} ({plan.token}) ended {kind} with {results} "
                                 f"of {plan.batch} images")
             self.tally.count("socket jobs done")
-        elif plan.action in ("cancel_queued", "cancel_running"):
+        elif plan.action in ("cancel_queued", "cancel_running", "cancel_late"):
             # `done` only when the cancel came too late, which its `unknown_job` answer proves
             # (checked in run_group); a queued job is cancelled before making anything.
             if kind == "cancelled":
