@@ -48,6 +48,11 @@ STOPPED_STEPS = 600
 # HTTP requests that are cut off still run to the end (A1111 does not notice a client that
 # went away either), so they are kept short.
 HTTP_DROPPED_STEPS = 120
+# A job queued behind a socket job whose connection is then cut runs this many steps plus the
+# client's index, if it ever runs: it must not (the daemon drops a closed connection's queue).
+DROPPED_QUEUED_STEPS = 700
+# Outcomes that are not one of the clients' planned jobs.
+EXTRA_OUTCOME = "socket jobs queued behind a disconnect, dropped"
 # A stopped job must end (or leave /progress) within this many seconds of the stop.
 STOP_WITHIN_S = 4.0
 
@@ -324,6 +329,12 @@ class SocketDriver:
         client = self.connect()
         where = f"socket client {group[0].client}"
         by_request = {self.submit(client, plan): plan for plan in group}
+        behind = None
+        if group[0].action == "disconnect":
+            # A job waiting behind the one cut off: the disconnect must drop it unrun.
+            behind = client.send({"type": "txt2img", "params": {
+                "prompt": "never runs", "steps": DROPPED_QUEUED_STEPS + group[0].client,
+                "width": SIZE, "height": SIZE}})
         jobs: dict[int, JobPlan] = {}
         ended: dict[int, str] = {}
         results: dict[int, int] = {}
@@ -341,6 +352,10 @@ class SocketDriver:
                 if kind == "error" and event.get("code") == "unknown_job" and ended.get(job) == "done":
                     continue
                 self.tally.fail(f"{where}: cancel of job {job} answered {event.header}")
+                continue
+            if behind is not None and request == behind:
+                if kind != "queued":
+                    self.tally.fail(f"{where}: the job queued behind a disconnect sent {event.header}")
                 continue
             if request not in by_request:
                 self.tally.fail(f"{where}: an event for a request it did not send: {event.header}")
@@ -366,6 +381,8 @@ class SocketDriver:
                     cancels[client.send({"type": "cancel", "job": job})] = job
                 elif plan.action == "disconnect":
                     self.disconnect(plan)
+                    if behind is not None:
+                        self.tally.count(EXTRA_OUTCOME)
                     return
             elif kind == "result":
                 results[job] = results.get(job, 0) + 1
@@ -621,9 +638,14 @@ def drive(daemon: Daemon, clients: int, jobs: int, seed: int, max_rss_growth_mb:
     running = threading.Event()
     running.set()
 
+    seen_steps: set[int] = set()
+
     def sample() -> None:
         while running.is_set():
             peak[0] = max(peak[0], Usage.of(daemon.pid).rss_kb)
+            state = progress(daemon.http)
+            if state["job_count"]:
+                seen_steps.add(state["sampling_steps"])
             time.sleep(0.5)
 
     started = time.monotonic()
@@ -638,9 +660,12 @@ def drive(daemon: Daemon, clients: int, jobs: int, seed: int, max_rss_growth_mb:
     running.clear()
     sampler.join()
     # Every outcome counted is one job's: none lost means they add up to all of them.
-    accounted = sum(tally.counts.values())
+    accounted = sum(n for what, n in tally.counts.items() if what != EXTRA_OUTCOME)
     if accounted != clients * jobs and not tally.failures:
         tally.fail(f"{clients * jobs - accounted} jobs lost: {accounted} of {clients * jobs} accounted for")
+    ran = sorted(s - DROPPED_QUEUED_STEPS for s in seen_steps if 0 <= s - DROPPED_QUEUED_STEPS < clients)
+    if ran:
+        tally.fail(f"jobs queued behind a disconnect ran anyway (clients {ran})")
     after = settled(daemon, before, 30)
     if after.fds > before.fds:
         tally.fail(f"open files {before.fds} -> {after.fds}")
