@@ -7,7 +7,7 @@ SDHOST := target/release/sdhost
 DEMO_MODEL := models/tiny-sd1.safetensors
 DEMO_IMAGE := host/assets/sample-init.png
 
-.PHONY: setup setup-test build build-all run demo test lint bench fuzz fuzz-smoke install-gimp-plugin install uninstall install-service
+.PHONY: setup setup-test build build-all run demo test lint bench soak fuzz fuzz-smoke install-gimp-plugin install uninstall install-service
 
 setup:
 	@scripts/setup
@@ -43,10 +43,16 @@ test: setup-test build-all lint
 	cargo test --release --workspace
 	.venv/bin/python -m pytest -q gimp-bridge/tests
 	.venv/bin/python -m pytest -q tests/api
+	.venv/bin/python -m pytest -q tests/soak
 	.venv/bin/python -m pytest -q tests/install
 	.venv/bin/python -m pytest -q tests/setup
 	tests/gimp/run_e2e.sh
 	scripts/fuzz smoke 60
+
+# The soak of docs/reliability.md: 8 clients (socket and HTTP) x 50 jobs with cancels and
+# disconnects against one daemon; `make test` runs 8 x 5 (tests/soak/test_soak.py).
+soak: setup-test build
+	.venv/bin/python tests/soak/soak.py --clients 8 --jobs 50
 
 # The fuzz campaign of docs/reliability.md: every target to 10 million executions (about
 # three hours on 2 cores); `scripts/fuzz campaign N TARGET…` for fewer.
