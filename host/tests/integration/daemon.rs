@@ -1178,17 +1178,10 @@ fn networks_are_listed_with_their_metadata_and_a_missing_vae_is_a_warning_of_the
         "{done}"
     );
     // A VAE file that does not fit the checkpoint: an error before any work.
-    let id = client.send(
-        json!({"type": "img2img", "params": {"steps": 2, "sd_vae": "kl-f8.safetensors"}}),
-        &[image_attachment(32, 32)],
+    let error = job_error(
+        &mut client,
+        json!({"steps": 2, "sd_vae": "kl-f8.safetensors"}),
     );
-    let job = client.answer(id).header["job"].as_u64().unwrap();
-    let error = loop {
-        let frame = client.read();
-        if frame.header["job"] == json!(job) && frame.header["type"] == "error" {
-            break frame.header;
-        }
-    };
     assert_eq!(error["code"], "invalid_params", "{error}");
     assert!(
         error["message"]
@@ -1200,17 +1193,7 @@ fn networks_are_listed_with_their_metadata_and_a_missing_vae_is_a_warning_of_the
     // A client names listed VAEs only: a path (absolute or climbing out) is refused before
     // any file is opened.
     for escape in ["/etc/passwd", "../VAE/kl-f8.safetensors"] {
-        let id = client.send(
-            json!({"type": "img2img", "params": {"steps": 2, "sd_vae": escape}}),
-            &[image_attachment(32, 32)],
-        );
-        let job = client.answer(id).header["job"].as_u64().unwrap();
-        let error = loop {
-            let frame = client.read();
-            if frame.header["job"] == json!(job) && frame.header["type"] == "error" {
-                break frame.header;
-            }
-        };
+        let error = job_error(&mut client, json!({"steps": 2, "sd_vae": escape}));
         assert_eq!(error["code"], "invalid_params", "{error}");
         assert!(
             error["message"].as_str().unwrap().contains("is a path"),
@@ -1220,6 +1203,21 @@ fn networks_are_listed_with_their_metadata_and_a_missing_vae_is_a_warning_of_the
 }
 
 /// The images of a job's `result` frames: (seed, width, height, pixels).
+/// Queues a 32×32 img2img job with `params` and returns its `error` event.
+fn job_error(client: &mut Client, params: Value) -> Value {
+    let id = client.send(
+        json!({"type": "img2img", "params": params}),
+        &[image_attachment(32, 32)],
+    );
+    let job = client.answer(id).header["job"].as_u64().unwrap();
+    loop {
+        let frame = client.read();
+        if frame.header["job"] == json!(job) && frame.header["type"] == "error" {
+            return frame.header;
+        }
+    }
+}
+
 fn results(events: &[Frame]) -> Vec<(u64, u32, u32, Vec<u8>)> {
     events
         .iter()
