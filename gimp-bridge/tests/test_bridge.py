@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from sdhost_bridge import (JobRunner, reuse_request, Region, Settings, context_region, expand_to_aspect, placements,
-                           start_daemon)
+from sdhost_bridge import JobRunner, Region, Settings, context_region, expand_to_aspect, placements, reuse_request
+from sdhost_link import Address, connect, start_daemon
 from sdhost_client import Client, Image
 
 
@@ -66,7 +66,7 @@ def test_a_deadline_cancels_and_an_absent_daemon_is_explained(daemon):
     start = time.monotonic()
     outcome = runner.wait(lambda *_: None, lambda: time.monotonic() - start > 0.5)
     assert outcome.status == "cancelled"
-    runner = JobRunner(lambda: Client.connect_unix("/nonexistent/sdhost.sock"), {}, [])
+    runner = JobRunner(lambda: connect(Address(path="/nonexistent/sdhost.sock")), {}, [])
     outcome = runner.wait(lambda *_: None)
     assert outcome.status == "error" and "sdhost serve" in outcome.error
 
@@ -117,13 +117,13 @@ def test_infotext_of_a_result_is_reused(daemon):
 
 def test_dialog_lists_come_from_the_daemon(daemon):
     from sdhost_bridge import SAMPLERS, fetch_choices, from_slug, slug
-    choices = fetch_choices(str(daemon.socket))
+    choices = fetch_choices(Address(path=str(daemon.socket)))
     assert choices.models == ("alpha", "beta")
     assert "DPM++ 2M SDE Heun" in choices.samplers and "Karras" in choices.schedules
     assert slug("DPM++ 2M SDE Heun") == "dpmpp-2m-sde-heun" and slug("Euler a") == "euler-a"
     assert from_slug("euler-a", choices.samplers) == "Euler a"
     # Without a daemon: A1111's lists, no models.
-    offline = fetch_choices("/nonexistent/sdhost.sock")
+    offline = fetch_choices(Address(path="/nonexistent/sdhost.sock"))
     assert offline.samplers == SAMPLERS and offline.models == ()
     assert len({slug(name) for name in SAMPLERS}) == len(SAMPLERS), "identifiers are unique"
 
@@ -146,7 +146,7 @@ def test_settings_send_only_request_fields_with_the_daemons_defaults(daemon):
 
 def test_dialog_defaults_are_the_daemons_and_the_same_offline(daemon):
     from sdhost_bridge import fetch_choices
-    online, offline = fetch_choices(str(daemon.socket)), fetch_choices("/nonexistent/sdhost.sock")
+    online, offline = fetch_choices(Address(path=str(daemon.socket))), fetch_choices(Address(path="/nonexistent/sdhost.sock"))
     assert online.defaults and not offline.defaults
     for name in ("sampler_name", "scheduler", "steps", "cfg_scale", "denoising_strength", "seed",
                  "n_iter", "batch_size", "resize_mode", "clip_skip", "mask_blur_x",

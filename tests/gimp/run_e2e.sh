@@ -34,11 +34,13 @@ mkdir -p "$work/models/Stable-diffusion"
 # Tiny BLIP, CLIP and DeepDanbooru where A1111 keeps them, for the Interrogate procedure.
 "$repo/.venv/bin/python" "$repo/tests/reference/interrogate_models.py" --write-models "$work/models" >/dev/null
 mkdir -p "$work/run" "$run_dir"
+# Also on TCP (remote use through the plug-in's preferences), on a free loopback port.
+port=$("$repo/.venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 XDG_CONFIG_HOME=$work/config XDG_DATA_HOME=$work/data SDHOST_CACHE_DIR=$work/cache \
   "$sdhost" serve --socket "$work/run/sdhost.sock" --models-dir "$work/models" --threads 1 \
-  >"$work/daemon.log" 2>&1 &
+  --listen "127.0.0.1:$port" >"$work/daemon.log" 2>&1 &
 daemon_pid=$!
-for _ in $(seq 600); do [ -S "$work/run/sdhost.sock" ] && break; sleep 0.1; done
+for _ in $(seq 600); do [ -S "$work/run/sdhost.sock" ] && [ -s "$work/config/sdhost/token" ] && break; sleep 0.1; done
 [ -S "$work/run/sdhost.sock" ] || { cat "$work/daemon.log"; echo "gimp e2e: the daemon did not start" >&2; exit 1; }
 
 # Mounts stack, so a concurrent run's mounts and ours come and go independently.
@@ -50,7 +52,7 @@ mount --bind "$work/run" "$run_dir" && mounted+=("$run_dir")
 # A fresh GIMP profile with the plug-in installed the way users install it.
 rm -rf "$root$home"
 "$repo/gimp-bridge/install.sh" "$root$home/.config/GIMP/3.0/plug-ins" >/dev/null
-install -m 644 "$repo/tests/gimp/e2e_batch.py" "$root$home/e2e_batch.py"
+install -m 644 "$repo/tests/gimp/e2e_batch.py" "$repo/tests/gimp/e2e_workflow.py" "$root$home/"
 "$repo/.venv/bin/python" - "$root$home/mask.png" <<'PY'
 import sys
 from PIL import Image, ImageDraw
@@ -61,7 +63,8 @@ PY
 
 status=0
 timeout 900 chroot "$root" /usr/bin/env -i HOME=$home PATH=/usr/bin:/bin LANG=C.UTF-8 \
-  SDHOST_SOCKET=/run/sdhost-$tag/sdhost.sock SDHOST_MASK_FILE=$home/mask.png \
+  SDHOST_SOCKET=/run/sdhost-$tag/sdhost.sock SDHOST_MASK_FILE=$home/mask.png SDHOST_E2E_DIR=$home \
+  SDHOST_TCP=127.0.0.1:$port SDHOST_TOKEN="$(cat "$work/config/sdhost/token")" SDHOST_DAEMON_PID=$daemon_pid \
   gimp-console-3.0 -i --batch-interpreter=python-fu-eval \
   -b "exec(open('$home/e2e_batch.py').read())" --quit >"$work/gimp.log" 2>&1 || status=$?
 grep -E '^E2E' "$work/gimp.log" || true

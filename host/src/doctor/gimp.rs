@@ -9,10 +9,30 @@ use super::Check;
 use crate::user_dirs::env_dir;
 
 /// The plug-in's files as `install.sh` installs them, with the contents built in.
-const FILES: [(&str, &[u8]); 3] = [
+const FILES: [(&str, &[u8]); 10] = [
     (
         "sdhost_gimp.py",
         include_bytes!("../../../gimp-bridge/sdhost_gimp/sdhost_gimp.py"),
+    ),
+    (
+        "gimp_arguments.py",
+        include_bytes!("../../../gimp-bridge/sdhost_gimp/gimp_arguments.py"),
+    ),
+    (
+        "gimp_dialog.py",
+        include_bytes!("../../../gimp-bridge/sdhost_gimp/gimp_dialog.py"),
+    ),
+    (
+        "gimp_jobs.py",
+        include_bytes!("../../../gimp-bridge/sdhost_gimp/gimp_jobs.py"),
+    ),
+    (
+        "gimp_layers.py",
+        include_bytes!("../../../gimp-bridge/sdhost_gimp/gimp_layers.py"),
+    ),
+    (
+        "gimp_procedures.py",
+        include_bytes!("../../../gimp-bridge/sdhost_gimp/gimp_procedures.py"),
     ),
     (
         "sdhost_client.py",
@@ -21,6 +41,14 @@ const FILES: [(&str, &[u8]); 3] = [
     (
         "sdhost_bridge.py",
         include_bytes!("../../../gimp-bridge/sdhost_bridge.py"),
+    ),
+    (
+        "sdhost_geometry.py",
+        include_bytes!("../../../gimp-bridge/sdhost_geometry.py"),
+    ),
+    (
+        "sdhost_link.py",
+        include_bytes!("../../../gimp-bridge/sdhost_link.py"),
     ),
 ];
 
