@@ -167,6 +167,11 @@ impl TextEncoders {
         })
     }
 
+    /// Whether the conditioning embeds the job's size (SDXL's and its refiner's vector).
+    pub fn uses_size(&self) -> bool {
+        matches!(self, Self::Sdxl { .. } | Self::SdxlRefiner(_))
+    }
+
     /// The context the family conditions on for token ids [B, 77] as given, without A1111's
     /// padding rules, emphasis or pooled vector (timings and smoke checks).
     pub fn context_of_ids(&self, ids: &Tensor) -> Tensor {

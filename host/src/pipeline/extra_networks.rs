@@ -5,6 +5,7 @@
 //! join the job's). The infotext keeps the prompt as written, tags included, so `--from-png`
 //! re-applies them. Each kind of network is one call in [`activate_extra_networks`].
 
+use crate::extra_networks::lora::apply::SetKey;
 use crate::extra_networks::lora::LoraActivation;
 use crate::extra_networks::{parse_prompt, ExtraNetworkData, ExtraNetworkParams};
 use crate::prompt::embeddings::EmbeddingDatabase;
@@ -27,6 +28,10 @@ pub struct JobNetworks {
     pub embeddings: Option<EmbeddingDatabase>,
     /// The same for the job's refiner, when it has one.
     pub refiner: Option<Box<JobNetworks>>,
+    /// The LoRA set patched into the model's weights (empty: its own weights).
+    pub lora_set: SetKey,
+    /// Layers the activation restored or patched (0: the set was applied already).
+    pub lora_changed_layers: usize,
 }
 
 impl JobNetworks {
@@ -96,6 +101,8 @@ pub fn activate_extra_networks(model: &GenerationModel, prompt: &str) -> JobNetw
         lora_hashes: lora.lora_hashes,
         embeddings,
         refiner: None,
+        lora_set: lora.set,
+        lora_changed_layers: lora.changed_layers,
     }
 }
 

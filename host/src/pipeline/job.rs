@@ -15,6 +15,7 @@ use crate::extra_networks::hypernetwork::ActiveHypernetworks;
 use crate::extra_networks::parse_prompt;
 use crate::infotext::Infotext;
 use crate::prepare::inpaint::Patch;
+use crate::prompt::cache::{CachedConditioning, CondKey, ConditioningCache};
 use crate::prompt::conditioning::{CondPart, Conditioner, ConditioningError, ScheduledCond};
 use crate::prompt::embeddings::ti_hashes;
 use crate::request::{GenerationRequest, HiresFacts, ImageFacts, RngChoice};
@@ -410,22 +411,44 @@ impl<'a> GenerationJob<'a> {
         let prompt = setting.prompt;
         let negative = setting.negative_prompt;
         let (width, height) = setting.size;
-        let conditioner =
-            Conditioner::new(&model.sd.text, networks.embeddings(model), params.clip_skip)
-                .with_size(i64::from(width), i64::from(height));
+        let embeddings = networks.embeddings(model);
+        let conditioner = Conditioner::new(&model.sd.text, embeddings, params.clip_skip)
+            .with_size(i64::from(width), i64::from(height));
         // Prompt schedules count model calls: twice per step for second-order samplers.
         let schedule_steps = setting.steps * if setting.second_order { 2 } else { 1 };
-        let (cond, uncond) = guarded("prompt encoding", || {
-            Ok::<_, ConditioningError>((
-                conditioner.multicond(prompt, schedule_steps)?,
-                conditioner.negative_schedule(negative, schedule_steps)?,
-            ))
-        })??;
-        let used = conditioner.embeddings_used(prompt, negative, schedule_steps);
+        let key = CondKey {
+            prompt: prompt.to_string(),
+            negative_prompt: negative.to_string(),
+            clip_skip: params.clip_skip,
+            schedule_calls: schedule_steps,
+            size: model.sd.text.uses_size().then_some(setting.size),
+            embeddings: embeddings.fingerprint(),
+            networks: networks.lora_set.clone(),
+        };
+        let cached = lock_cache(model).get(&key);
+        let encoded = match cached {
+            Some(encoded) => encoded,
+            None => {
+                let (cond, uncond) = guarded("prompt encoding", || {
+                    Ok::<_, ConditioningError>((
+                        conditioner.multicond(prompt, schedule_steps)?,
+                        conditioner.negative_schedule(negative, schedule_steps)?,
+                    ))
+                })??;
+                let used = conditioner.embeddings_used(prompt, negative, schedule_steps);
+                let encoded = CachedConditioning {
+                    cond,
+                    uncond,
+                    ti_hashes: ti_hashes(used.iter().map(|e| e.as_ref())),
+                };
+                lock_cache(model).insert(key, encoded.share());
+                encoded
+            }
+        };
         Ok(JobConditioning {
-            cond,
-            uncond,
-            ti_hashes: ti_hashes(used.iter().map(|e| e.as_ref())),
+            cond: encoded.cond,
+            uncond: encoded.uncond,
+            ti_hashes: encoded.ti_hashes,
             lora_hashes: networks.lora_hashes.clone(),
             refiner: None,
         })
@@ -604,6 +627,15 @@ impl<'a> GenerationJob<'a> {
             message: e.to_string(),
         })
     }
+}
+
+/// The model's prompt conditioning cache (a panic in an earlier encode leaves it whole: entries
+/// are only added after encoding).
+fn lock_cache(model: &GenerationModel) -> std::sync::MutexGuard<'_, ConditioningCache> {
+    model
+        .conditionings
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 /// Sampler settings as the model's family needs them: Align Your Steps has its own levels

@@ -18,3 +18,6 @@ pub mod png_info;
 pub mod preview;
 pub mod stop;
 pub mod txt2img;
+
+#[cfg(test)]
+mod cache_tests;

@@ -16,6 +16,7 @@ use crate::extra_networks::lora::LoraNetworks;
 use crate::extra_networks::ExtraNetworkData;
 use crate::models::vae::{AutoencoderKl, VaeTiling};
 use crate::models::{StableDiffusion, VAE_PREFIX};
+use crate::prompt::cache::ConditioningCache;
 use crate::prompt::embeddings::EmbeddingDatabase;
 use crate::sampling::noise_levels::{NoiseLevels, NoiseLevelsError};
 use crate::sd_vae::load_vae_file;
@@ -76,6 +77,9 @@ pub struct GenerationModel {
     pub hypernetworks: HypernetworkCache,
     /// The last model upscaler Hires. fix used, kept loaded for the next job.
     pub upscalers: UpscalerCache,
+    /// The prompt conditioning of recent jobs (dropped with the model, whose weights it
+    /// reflects).
+    pub conditionings: std::sync::Mutex<ConditioningCache>,
     /// Where the networks run.
     pub device: Device,
     /// Their dtype.
@@ -130,6 +134,7 @@ impl GenerationModel {
             lora: std::sync::Mutex::default(),
             hypernetworks: HypernetworkCache::new(kind, device),
             upscalers: UpscalerCache::default(),
+            conditionings: std::sync::Mutex::default(),
             device,
             kind,
             vae_swap: VaeSwap::default(),

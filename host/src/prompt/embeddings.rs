@@ -171,6 +171,23 @@ impl EmbeddingDatabase {
         shapes
     }
 
+    /// A digest of which embeddings are loaded (name, file hash, path and shape of each):
+    /// equal digests mean prompts encode the same (the prompt conditioning cache's key).
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut entries: Vec<&Embedding> = self
+            .by_first_token
+            .values()
+            .flat_map(|entries| entries.iter().map(|(_, e)| e.as_ref()))
+            .collect();
+        entries.sort_by(|a, b| (&a.name, &a.path).cmp(&(&b.name, &b.path)));
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for e in entries {
+            (&e.name, &e.hash, &e.path, e.width, e.vectors.len()).hash(&mut hasher);
+        }
+        hasher.finish()
+    }
+
     /// Whether an embedding called `name` is loaded.
     pub fn contains(&self, name: &str) -> bool {
         self.by_first_token

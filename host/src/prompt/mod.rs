@@ -1,5 +1,6 @@
 //! Prompt conditioning: A1111 prompt syntax, CLIP tokenisation, chunking and encoding.
 
+pub mod cache;
 pub mod chunks;
 pub mod clean;
 pub mod conditioning;

@@ -31,7 +31,7 @@ pub struct ActiveNetwork<'a> {
 type LayerState = Vec<(u64, [u64; 3], String)>;
 
 /// A set of networks as the patcher compares sets: load ids and multipliers.
-type SetKey = Vec<(u64, [u64; 3])>;
+pub type SetKey = Vec<(u64, [u64; 3])>;
 
 /// A layer change that could not be applied (A1111 counts these per network:
 /// `Networks with errors: name (count)`).
@@ -54,6 +54,8 @@ pub struct WeightPatcher {
     applied: BTreeMap<String, LayerState>,
     /// The set applied last and the failures it had, so a repeat costs nothing.
     last: Option<(SetKey, Vec<LayerFailure>)>,
+    /// Layers the last [`WeightPatcher::apply`] restored or patched (0 for a repeated set).
+    changed: usize,
 }
 
 fn multiplier_bits(m: &Multipliers) -> [u64; 3] {
@@ -86,6 +88,7 @@ impl WeightPatcher {
             .iter()
             .map(|a| (a.id, multiplier_bits(&a.multipliers)))
             .collect();
+        self.changed = 0;
         if let Some((key, failures)) = &self.last {
             if *key == set_key {
                 return failures.clone();
@@ -124,6 +127,7 @@ impl WeightPatcher {
             {
                 continue;
             }
+            self.changed += 1;
             self.restore(&key, params);
             if plan.is_empty() {
                 self.applied.remove(&key);
@@ -166,6 +170,20 @@ impl WeightPatcher {
     /// Whether any layer is patched now.
     pub fn is_patched(&self) -> bool {
         !self.applied.is_empty()
+    }
+
+    /// How many layers the last [`WeightPatcher::apply`] restored or patched: 0 when it
+    /// found the set already applied.
+    pub fn changed_layers(&self) -> usize {
+        self.changed
+    }
+
+    /// The set applied now (empty: the original weights).
+    pub fn applied_set(&self) -> SetKey {
+        match &self.last {
+            Some((key, _)) if self.is_patched() => key.clone(),
+            _ => SetKey::new(),
+        }
     }
 }
 

@@ -93,6 +93,11 @@ pub struct LoraActivation {
     pub lora_hashes: Option<String>,
     /// Embeddings bundled in the active files, for the job's prompts.
     pub embeddings: Vec<Embedding>,
+    /// The set now patched into the weights (load ids and multipliers; empty: the original
+    /// weights), for caches of what the weights compute.
+    pub set: apply::SetKey,
+    /// Layers this activation restored or patched: 0 when the set was applied already.
+    pub changed_layers: usize,
 }
 
 /// The model's LoRA state: files found, networks loaded, weights patched. One per loaded model.
@@ -251,6 +256,8 @@ impl LoraNetworks {
             .map(|a| (a.mentioned_name, a.network.file.clone()))
             .collect();
         out.lora_hashes = lora_hashes(&mut self.hashes, &files, &mut out.warnings);
+        out.set = self.patcher.applied_set();
+        out.changed_layers = self.patcher.changed_layers();
         self.index = Some(index);
         out
     }
