@@ -61,7 +61,6 @@ fn other_defaults() -> Vec<(&'static str, Value)> {
         ("return_grid", json!(true)),
         ("face_restoration", json!(false)),
         ("face_restoration_model", json!("CodeFormer")),
-        ("sd_checkpoints_limit", json!(1)),
         ("sd_unet", json!("Automatic")),
         ("emphasis", json!("Original")),
         ("enable_batch_seeds", json!(true)),
@@ -104,9 +103,14 @@ fn other_defaults() -> Vec<(&'static str, Value)> {
     ]
 }
 
-/// The options as GET answers them: the defaults, the stored keys over them, and the
-/// loaded model's title (exactly its `/sd-models` title) and full hash.
-pub fn options_view(stored: &Map<String, Value>, model: &CheckpointInfo) -> Map<String, Value> {
+/// The options as GET answers them: the defaults, the stored keys over them, the loaded
+/// model's title (exactly its `/sd-models` title) and full hash, and the daemon's
+/// `sd_checkpoints_limit`.
+pub fn options_view(
+    stored: &Map<String, Value>,
+    model: &CheckpointInfo,
+    checkpoints_limit: usize,
+) -> Map<String, Value> {
     let mut options = Map::new();
     options.insert("sd_model_checkpoint".into(), Value::from(model.title()));
     options.insert("sd_checkpoint_hash".into(), json!(model.sha256));
@@ -121,6 +125,8 @@ pub fn options_view(stored: &Map<String, Value>, model: &CheckpointInfo) -> Map<
             options.insert(key.clone(), value.clone());
         }
     }
+    // What the daemon does (`--checkpoints-limit`), whatever a client stored.
+    options.insert("sd_checkpoints_limit".into(), json!(checkpoints_limit));
     options
 }
 
@@ -205,7 +211,13 @@ pub fn known_short_hash(info: &mut CheckpointInfo, short: &str) {
 async fn get_options(State(state): State<ApiState>) -> Json<Map<String, Value>> {
     let view = tokio::task::spawn_blocking(move || {
         let model = loaded_checkpoint(&state);
-        options_view(&state.options(), &model)
+        let limit = state
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .checkpoints_limit;
+        options_view(&state.options(), &model, limit)
     })
     .await
     .unwrap_or_default();
@@ -349,10 +361,10 @@ mod tests {
     fn get_shows_defaults_posted_keys_and_the_model_title() {
         let stored: Map<String, Value> = serde_json::from_value(json!({
             "CLIP_stop_at_last_layers": 2, "my_extension_key": [1, 2],
-            "sd_model_checkpoint": "stale alias"
+            "sd_model_checkpoint": "stale alias", "sd_checkpoints_limit": 7
         }))
         .unwrap();
-        let view = options_view(&stored, &model());
+        let view = options_view(&stored, &model(), 3);
         assert_eq!(
             view["sd_model_checkpoint"],
             "sub/v1-5.safetensors [6ce0161689]"
@@ -360,6 +372,8 @@ mod tests {
         assert_eq!(view["sd_checkpoint_hash"].as_str().unwrap().len(), 64);
         assert_eq!(view["CLIP_stop_at_last_layers"], 2);
         assert_eq!(view["my_extension_key"], json!([1, 2]));
+        // The limit the daemon keeps, not a stored one.
+        assert_eq!(view["sd_checkpoints_limit"], 3);
         for key in [
             "sd_vae",
             "img2img_color_correction",

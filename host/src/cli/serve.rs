@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// Intra-op CPU threads (0: libtorch's default).
     #[arg(long)]
     threads: Option<i32>,
+    /// Checkpoints kept loaded, the one in use counted (A1111's sd_checkpoints_limit, 1-10)
+    /// [default: 1]: switching to a loaded one takes no load.
+    #[arg(long, value_name = "N")]
+    checkpoints_limit: Option<usize>,
     /// Also serve AUTOMATIC1111's HTTP API (/sdapi/v1/*) on 127.0.0.1:7860, for A1111
     /// clients (webuiapi, editor plug-ins).
     #[arg(long)]
@@ -89,6 +93,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         device,
         dtype,
         threads,
+        checkpoints_limit,
         api_addr,
         api_auth,
         cors_allow_origins

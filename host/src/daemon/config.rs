@@ -46,6 +46,9 @@ pub struct ServeConfig {
     /// Origins allowed to call the API from a browser, `a,b` (A1111's
     /// `--cors-allow-origins`; none: no CORS).
     pub cors_allow_origins: Option<String>,
+    /// How many checkpoints stay loaded, the one in use counted (A1111's
+    /// `sd_checkpoints_limit`, 1 … 10; default 1): switching to a loaded one is immediate.
+    pub checkpoints_limit: Option<usize>,
     /// Limits on what a client may ask.
     #[serde(default)]
     pub limits: Limits,

@@ -1,6 +1,9 @@
 //! The daemon from start to stop: load the model, bind the sockets, start the worker, accept
 //! connections, and on SIGTERM or SIGINT shut down gracefully (docs/protocol.md "Stopping").
 
+use super::resident::{
+    FileStamp, ResidentModels, DEFAULT_CHECKPOINTS_LIMIT, MAX_CHECKPOINTS_LIMIT,
+};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +39,9 @@ pub enum StartError {
     /// `device` or `dtype` is not one the daemon knows.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// `checkpoints_limit` is outside A1111's 1 … 10.
+    #[error("checkpoints_limit {0}: keep 1 to {max} checkpoints loaded", max = MAX_CHECKPOINTS_LIMIT)]
+    CheckpointsLimit(usize),
     /// No model is configured and there is no per-user folder for the demo model.
     #[error("no HOME to keep the demo model in; pass --model")]
     NoDataDir,
@@ -144,6 +150,12 @@ pub fn serve(
 ) -> Result<(), StartError> {
     let device = parse_device(config.device.as_deref().unwrap_or("cpu"))?;
     let kind = parse_dtype(config.dtype.as_deref().unwrap_or("fp32"))?;
+    let checkpoints_limit = config
+        .checkpoints_limit
+        .unwrap_or(DEFAULT_CHECKPOINTS_LIMIT);
+    if !(1..=MAX_CHECKPOINTS_LIMIT).contains(&checkpoints_limit) {
+        return Err(StartError::CheckpointsLimit(checkpoints_limit));
+    }
     if let Some(threads) = config.threads.filter(|&t| t > 0) {
         tch::set_num_threads(threads);
     }
@@ -182,6 +194,7 @@ pub fn serve(
             model.embeddings.shapes(),
             model.embeddings.skipped_shapes.clone(),
         ),
+        checkpoints_limit,
     }));
     let registry = SamplerRegistry::load(&PluginPaths::discover(config.plugins_dir.clone()));
     for skipped in &registry.skipped {
@@ -227,6 +240,7 @@ pub fn serve(
             device,
             Interrogator::default_feature_cache_dir(),
         ),
+        resident: ResidentModels::new(FileStamp::of(&model_path)),
     };
     let (worker_done, worker_ended) = crossbeam_channel::bounded::<()>(1);
     {

@@ -16,6 +16,7 @@ use super::live::LiveState;
 use super::protocol::{Attachment, PixelFormat};
 use super::queue::{Job, JobKind, Scheduler};
 use super::request::{GenerateRequest, InterrogateJob, Txt2imgJob};
+use super::resident::{FileStamp, ResidentModel, ResidentModels};
 use crate::extra_networks::dirs::NetworkDirs;
 use crate::interrogate::{InterrogateError, Interrogator};
 use crate::pipeline::img2img::{run_img2img, GeneratedImage, JobError, JobEvent, JobOutcome};
@@ -47,6 +48,9 @@ pub struct ModelStatus {
     pub inpainting: bool,
     /// Its embeddings' shapes, loaded and skipped (the HTTP API's `/embeddings`).
     pub embedding_shapes: (Vec<EmbeddingShape>, Vec<EmbeddingShape>),
+    /// How many checkpoints the daemon keeps loaded (A1111's `sd_checkpoints_limit`, which
+    /// the HTTP API's `/options` reports).
+    pub checkpoints_limit: usize,
 }
 
 /// The worker's resources.
@@ -71,9 +75,28 @@ pub struct Worker {
     pub live: Arc<LiveState>,
     /// The interrogation models, loaded on first use.
     pub interrogator: Interrogator,
+    /// Checkpoints kept loaded besides `model` (`sd_checkpoints_limit`).
+    pub resident: ResidentModels,
 }
 
 impl ModelStatus {
+    /// The status of `model`, loaded from `path` (not the demo model).
+    pub fn of(model: &GenerationModel, path: PathBuf, checkpoints_limit: usize) -> Self {
+        ModelStatus {
+            name: model.name.clone(),
+            hash: model.hash.clone(),
+            path,
+            demo: false,
+            embeddings: model.embeddings.names(),
+            inpainting: model.sd.architecture.is_inpainting(),
+            embedding_shapes: (
+                model.embeddings.shapes(),
+                model.embeddings.skipped_shapes.clone(),
+            ),
+            checkpoints_limit,
+        }
+    }
+
     /// What `welcome` and `list` say of it.
     pub fn facts(&self) -> ModelFacts {
         ModelFacts {
@@ -321,8 +344,11 @@ impl Worker {
             .map_err(|e| format!("refiner: {e}"))
     }
 
-    /// Loads the checkpoint `name` (a catalog name or title), unless it is the loaded one and
-    /// `reload` is off, and publishes it as the loaded model; the error says why not.
+    /// Makes the checkpoint `name` (a catalog name or title) the loaded model and publishes
+    /// it: nothing to do when it is the loaded one and `reload` is off (`reload` reads the
+    /// loaded one again); a resident model whose file is unchanged comes back without a load
+    /// (A1111's `sd_checkpoints_limit`); the model it replaces stays resident within the
+    /// limit. The error says why not.
     pub(super) fn load_checkpoint(
         &mut self,
         name: &str,
@@ -334,31 +360,65 @@ impl Worker {
             let message = format!("no model \"{name}\" (known: {known})");
             return Err((ErrorCode::UnknownModel, message));
         };
-        let loaded = self.status.lock().unwrap_or_else(|p| p.into_inner()).path == path;
-        if loaded && !reload {
+        let current = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if current.path == path && !reload {
             return Ok(());
         }
-        let model = GenerationModel::load(
-            &path,
-            self.device,
-            self.kind,
-            self.embeddings_dir.as_deref(),
-        )
-        .map_err(|error| (ErrorCode::ModelLoadFailed, error.to_string()))?;
-        self.model = model.with_network_dirs(self.network_dirs.clone());
-        let status = ModelStatus {
-            name: self.model.name.clone(),
-            hash: self.model.hash.clone(),
-            path,
-            demo: false,
-            embeddings: self.model.embeddings.names(),
-            inpainting: self.model.sd.architecture.is_inpainting(),
-            embedding_shapes: (
-                self.model.embeddings.shapes(),
-                self.model.embeddings.skipped_shapes.clone(),
-            ),
+        let limit = current.checkpoints_limit.max(1);
+        let start = std::time::Instant::now();
+        let resident = if current.path == path {
+            None
+        } else {
+            self.resident.take(&path)
         };
+        let (model, status, stamp, how) = match resident {
+            Some(resident) => (
+                resident.model,
+                resident.status,
+                resident.stamp,
+                "switched to",
+            ),
+            None => {
+                // Room first: with the new model in, at most `limit` are in memory.
+                self.resident.trim(limit - 1);
+                let stamp = FileStamp::of(&path);
+                let model = GenerationModel::load(
+                    &path,
+                    self.device,
+                    self.kind,
+                    self.embeddings_dir.as_deref(),
+                )
+                .map_err(|error| (ErrorCode::ModelLoadFailed, error.to_string()))?
+                .with_network_dirs(self.network_dirs.clone());
+                let status = ModelStatus::of(&model, path, limit);
+                (model, status, stamp, "loaded")
+            }
+        };
+        let status = ModelStatus {
+            checkpoints_limit: current.checkpoints_limit,
+            ..status
+        };
+        let previous = std::mem::replace(&mut self.model, model);
+        let switched = status.path != current.path;
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+        let previous_stamp = self.resident.replace_current_stamp(stamp);
+        if switched {
+            let kept = ResidentModel {
+                model: previous,
+                status: current,
+                stamp: previous_stamp,
+            };
+            self.resident.keep(kept, limit);
+        }
+        eprintln!(
+            "sdhost: {how} {} in {:.2} s",
+            self.model.name,
+            start.elapsed().as_secs_f64()
+        );
         Ok(())
     }
 

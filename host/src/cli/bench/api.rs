@@ -77,6 +77,7 @@ fn bench_shared() -> Arc<Shared> {
         embeddings: Vec::new(),
         embedding_shapes: Default::default(),
         inpainting: false,
+        checkpoints_limit: 1,
     }));
     Arc::new(Shared::new(
         limits.clone(),
