@@ -3,6 +3,7 @@
 //! (docs/performance.md).
 
 mod api;
+mod caches;
 mod figures;
 mod interrogate;
 mod jobs;
@@ -24,7 +25,7 @@ use reference::ReferenceScript;
 
 /// The cases a plain `sdhost bench` runs, in the order they run.
 const CASES: &str =
-    "unet,vae-encode,vae-decode,clip,gemm,variants,profile,jobs,memory,load,drift,scaling,inpaint,lora,transport,api";
+    "unet,vae-encode,vae-decode,clip,gemm,variants,profile,jobs,memory,load,caches,switch,drift,scaling,inpaint,lora,transport,api";
 
 /// Cases run only when named: they make multi-GB models once and an SDXL fp32 step needs about
 /// 12 GB of memory.
@@ -52,7 +53,9 @@ pub struct BenchArgs {
     /// variants (channels-last and no_grad on the reference side), profile (the UNet's time by
     /// operator category in fp32 and bf16),
     /// jobs (whole img2img against diffusers' pipeline, with peak RSS), memory (peak memory by
-    /// stage at 512²), load, drift, scaling, inpaint, lora (apply + restore of a rank-32 LoRA
+    /// stage at 512²), load, caches (a second job's prompt encoding from the conditioning
+    /// cache), switch (a checkpoint made ready, by stage, and switches between two kept
+    /// loaded), drift, scaling, inpaint, lora (apply + restore of a rank-32 LoRA
     /// against a 20-step 512² job), transport (sdhost's own figures), api (the A1111 HTTP API's
     /// overhead per 512² img2img request). Not in the default run,
     /// only when named: sd2-unet (SD 2.x 768-v UNet step at 768², context 1024) and sdxl-unet
