@@ -126,8 +126,27 @@ pub fn options_view(
         }
     }
     // What the daemon does (`--checkpoints-limit`), whatever a client stored.
-    options.insert("sd_checkpoints_limit".into(), json!(checkpoints_limit));
+    options.insert(CHECKPOINTS_LIMIT.into(), json!(checkpoints_limit));
     options
+}
+
+/// The option of the daemon's checkpoints limit (`--checkpoints-limit`).
+const CHECKPOINTS_LIMIT: &str = "sd_checkpoints_limit";
+
+/// A posted `sd_checkpoints_limit`: a whole number in A1111's 1 … 10 (null: unchanged).
+fn checkpoints_limit_option(value: &Value) -> Result<Option<usize>, ApiError> {
+    let number =
+        lax::int(value).map_err(|e| ApiError::Validation(vec![e.at(CHECKPOINTS_LIMIT)]))?;
+    let max = crate::daemon::resident::MAX_CHECKPOINTS_LIMIT;
+    match number {
+        None => Ok(None),
+        Some(n) if (1..=max as i64).contains(&n) => Ok(Some(n as usize)),
+        Some(n) => Err(ApiError::field(
+            CHECKPOINTS_LIMIT,
+            format!("{CHECKPOINTS_LIMIT} {n}: keep 1 to {max} checkpoints loaded"),
+            "value_error",
+        )),
+    }
 }
 
 /// A posted value of a request option read as its default's type (pydantic's lax reading:
@@ -250,8 +269,17 @@ fn set_config(state: &ApiState, client: SocketAddr, body: &[u8]) -> Result<(), A
     let body = lax::json_object(body)?;
     let mut typed = Map::new();
     let mut errors: Vec<ValidationItem> = Vec::new();
+    let mut checkpoints_limit = None;
     for (key, value) in &body {
         if matches!(key.as_str(), "sd_model_checkpoint" | "sd_checkpoint_hash") {
+            continue;
+        }
+        if key == CHECKPOINTS_LIMIT {
+            match checkpoints_limit_option(value) {
+                Ok(limit) => checkpoints_limit = limit,
+                Err(ApiError::Validation(items)) => errors.extend(items),
+                Err(other) => return Err(other),
+            }
             continue;
         }
         match typed_option(key, value) {
@@ -289,6 +317,15 @@ fn set_config(state: &ApiState, client: SocketAddr, body: &[u8]) -> Result<(), A
         if path != loaded {
             select_model(state, client, &name)?;
         }
+    }
+    if let Some(limit) = checkpoints_limit {
+        // The worker reads it at the next model switch (A1111 applies it at the next load).
+        let mut status = state
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        status.checkpoints_limit = limit;
     }
     let mut options = state.options.write().unwrap_or_else(|p| p.into_inner());
     options.extend(typed);
@@ -387,6 +424,17 @@ mod tests {
             assert!(view.contains_key(key), "{key}");
         }
         assert!(!view.contains_key("use_scale_latent_for_hires_fix"));
+    }
+
+    #[test]
+    fn a_posted_checkpoints_limit_is_a_whole_number_from_1_to_10() {
+        assert_eq!(checkpoints_limit_option(&json!(3)).unwrap(), Some(3));
+        assert_eq!(checkpoints_limit_option(&json!("2")).unwrap(), Some(2));
+        assert_eq!(checkpoints_limit_option(&Value::Null).unwrap(), None);
+        for bad in [json!(0), json!(11), json!(-1), json!("many")] {
+            let error = checkpoints_limit_option(&bad).unwrap_err();
+            assert!(matches!(error, ApiError::Validation(_)), "{bad}");
+        }
     }
 
     #[test]

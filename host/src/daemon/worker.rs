@@ -349,11 +349,7 @@ impl Worker {
     /// loaded one again); a resident model whose file is unchanged comes back without a load
     /// (A1111's `sd_checkpoints_limit`); the model it replaces stays resident within the
     /// limit. The error says why not.
-    pub fn load_checkpoint(
-        &mut self,
-        name: &str,
-        reload: bool,
-    ) -> Result<(), (ErrorCode, String)> {
+    pub fn load_checkpoint(&mut self, name: &str, reload: bool) -> Result<(), (ErrorCode, String)> {
         let found = self.catalog().find(name);
         let Some(path) = found else {
             let known = self.catalog().names().join(", ");

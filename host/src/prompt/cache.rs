@@ -24,6 +24,7 @@ pub struct CondKey {
     /// Model calls the prompt-editing schedule spans (steps, twice for second-order samplers).
     pub schedule_calls: usize,
     /// The job's size, for the models whose conditioning embeds it (SDXL); `None` otherwise.
+    /// (SDXL's crop and aesthetic scores are A1111's defaults, the same for every job.)
     pub size: Option<(u32, u32)>,
     /// The embeddings the prompts may use ([`EmbeddingDatabase::fingerprint`]).
     ///

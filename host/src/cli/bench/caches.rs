@@ -80,7 +80,12 @@ pub fn print_conditioning(model_path: &Path) -> anyhow::Result<()> {
 pub fn print_ready_and_switch(model: &Path, work: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::metadata(model)?.len() as f64 / 1e9;
     // Warm the page cache and the hash cache.
-    drop(GenerationModel::load(model, Device::Cpu, Kind::Float, None)?);
+    drop(GenerationModel::load(
+        model,
+        Device::Cpu,
+        Kind::Float,
+        None,
+    )?);
     for (kind, label) in [(Kind::Float, "fp32"), (Kind::BFloat16, "bf16")] {
         let (checkpoint, open) = seconds(|| -> anyhow::Result<_> {
             let checkpoint = Checkpoint::open(model)?;
