@@ -219,6 +219,24 @@ mod tests {
     }
 
     #[test]
+    fn a_limit_outside_1_to_10_stops_the_start_before_any_load() {
+        for limit in [0, 11] {
+            let config = crate::daemon::config::ServeConfig {
+                checkpoints_limit: Some(limit),
+                model: Some("/nonexistent/model.safetensors".into()),
+                ..Default::default()
+            };
+            let (_stop, stopped) = crossbeam_channel::bounded(1);
+            let error = crate::daemon::serve(config, Vec::new(), stopped).unwrap_err();
+            assert!(
+                matches!(error, crate::daemon::StartError::CheckpointsLimit(n) if n == limit),
+                "{error}"
+            );
+            assert!(error.to_string().contains("1 to 10"), "{error}");
+        }
+    }
+
+    #[test]
     fn a_changed_file_is_loaded_again_and_a_limit_of_one_keeps_none() {
         let _guard = tch::no_grad_guard();
         let dir = tempfile::tempdir().unwrap();

@@ -178,6 +178,38 @@ fn options_switch_models_by_any_alias_and_read_back_titles() {
     assert_eq!(status, 422, "{error}");
     let (_, options) = get(&server, "/sdapi/v1/options");
     assert_eq!(options["randn_source"], "GPU");
+
+    // The daemon's checkpoints limit: reported, changed by a post, kept within 1 … 10.
+    assert_eq!(options["sd_checkpoints_limit"], 1);
+    let (status, _) = post(
+        &server,
+        "/sdapi/v1/options",
+        &json!({"sd_checkpoints_limit": 2}),
+    );
+    assert_eq!(status, 200);
+    let (status, error) = post(
+        &server,
+        "/sdapi/v1/options",
+        &json!({"sd_checkpoints_limit": 11}),
+    );
+    assert_eq!(status, 422, "{error}");
+    assert!(
+        error.to_string().contains("sd_checkpoints_limit"),
+        "{error}"
+    );
+    let (_, options) = get(&server, "/sdapi/v1/options");
+    assert_eq!(options["sd_checkpoints_limit"], 2);
+    // With two kept loaded, switching back and forth works as before.
+    for name in ["a", "b", "a"] {
+        let (status, _) = post(
+            &server,
+            "/sdapi/v1/options",
+            &json!({"sd_model_checkpoint": name}),
+        );
+        assert_eq!(status, 200, "{name}");
+    }
+    let (_, options) = get(&server, "/sdapi/v1/options");
+    assert_eq!(options["sd_model_checkpoint"], a["title"]);
 }
 
 #[test]
