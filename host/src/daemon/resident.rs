@@ -195,7 +195,7 @@ mod tests {
         select(&mut worker, "b", true);
         assert!(!marked(&worker));
         mark(&worker);
-        assert_eq!(worker.resident.paths(), [a.clone()]);
+        assert_eq!(worker.resident.paths(), std::slice::from_ref(&a));
         // A swap: the same model object, its state kept, well within half a second.
         let took = select(&mut worker, "a", true);
         assert!(marked(&worker), "a was loaded again");
@@ -204,7 +204,7 @@ mod tests {
         // A third model with a limit of two: b, the least recently used, is dropped before
         // the load (at most two models in memory at any time) and a stays.
         select(&mut worker, "c", false);
-        assert_eq!(worker.resident.paths(), [a.clone()]);
+        assert_eq!(worker.resident.paths(), std::slice::from_ref(&a));
         select(&mut worker, "b", false);
         assert!(!marked(&worker), "b was dropped, so it is loaded again");
         assert_eq!(worker.resident.paths(), [dir.path().join("c.safetensors")]);

@@ -3,7 +3,7 @@
 //! switch between two checkpoints kept loaded (`--checkpoints-limit 2`) through the daemon's
 //! worker.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -139,9 +139,9 @@ pub fn print_ready_and_switch(model: &Path, work: &Path) -> anyhow::Result<()> {
 }
 
 /// A daemon worker over the checkpoints of `dir` with `first` loaded, keeping `limit`.
-fn bench_worker(dir: &Path, first: &PathBuf, limit: usize) -> anyhow::Result<Worker> {
+fn bench_worker(dir: &Path, first: &Path, limit: usize) -> anyhow::Result<Worker> {
     let model = GenerationModel::load(first, Device::Cpu, Kind::Float, None)?;
-    let status = ModelStatus::of(&model, first.clone(), limit);
+    let status = ModelStatus::of(&model, first.to_path_buf(), limit);
     Ok(Worker {
         model,
         registry: SamplerRegistry::load(&PluginPaths::discover(None)),
