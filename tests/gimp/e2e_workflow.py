@@ -5,6 +5,7 @@
 # previews; settings kept on the image, Repeat and Reuse; preferences and TCP; cancel by
 # killing the plug-in; the daemon killed mid-job.
 import json
+import os
 import signal
 import threading
 import time
@@ -179,6 +180,14 @@ check(status == SUCCESS and record["values"]["seed"] == 35 and record["values"][
       "Reuse settings: the layer's parameters become the image's")
 status, _ = run("sdhost-repeat", image, base)
 check(status == SUCCESS and "Seed: 35" in infotext(above(image, base)), "and Repeat runs them")
+image.delete()
+
+# Repeat keeps a sketch job's sketch layer (kept by its tattoo).
+image, base = new_image()
+strokes = small_layer(image, "strokes", at=(0, 0), size=(W, H))
+status, _ = run("sdhost-sketch", image, base, seed=40, **{"sketch-layer": strokes})
+status, _ = run("sdhost-repeat", image, base)
+check(status == SUCCESS and "Seed: 40" in infotext(above(image, base)), "Repeat of a sketch job finds its sketch layer")
 image.delete()
 
 # 10. Preferences: the daemon over TCP with its token, set once; a wrong token is explained.
