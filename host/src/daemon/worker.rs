@@ -232,6 +232,7 @@ pub(super) fn result_event(job: &Job, image: &GeneratedImage) -> Outgoing {
             infotext: image.infotext.to_text(),
             patch: image.patch.as_ref().map(|p| Placement { x: p.x, y: p.y }),
             grid: false,
+            cell: Vec::new(),
         },
         attachments,
     }
@@ -427,6 +428,7 @@ impl Worker {
                 params: request.params.clone(),
                 init: Some(ScriptInit::new(init, mask)),
                 checkpoint: None,
+                cell: Vec::new(),
             };
             self.run_script(job, script, &base, request.preview, queue);
             return;
@@ -449,6 +451,7 @@ impl Worker {
                 params: request.params.clone(),
                 init: None,
                 checkpoint: None,
+                cell: Vec::new(),
             };
             self.run_script(job, script, &base, request.preview, queue);
             return;
