@@ -5,6 +5,7 @@
 # plug-in's process when the dialog ignores the key. Used by tests/gimp/screenshots.sh.
 title=$1 out=$2
 id=
+# The pointer in the screen's corner, off the dialog: a tooltip would cover part of it.
 xdotool mousemove 1399 999 2>/dev/null
 for _ in $(seq 120); do
   id=$(xdotool search --onlyvisible --name "^$title\$" 2>/dev/null | head -n 1)
@@ -16,7 +17,7 @@ if [ -z "$id" ]; then
   import -window root "$out.screen.png"
   exit 1
 fi
-# The pointer out of the way (a tooltip would cover the dialog), then let GTK lay out and paint the dialog (and the LoRA's preview load) before the grab.
+# Let GTK lay out and paint the dialog (and load the LoRA's preview) before the grab.
 sleep 3
 xwininfo -id "$id" | grep -E 'Absolute|Width|Height' >&2
 import -window "$id" "$out"

@@ -3,7 +3,9 @@
 # GIMP 3 GUI runs on Xvfb in the Debian trixie chroot (tests/gimp/setup_chroot.sh) against the
 # daemon running here with tiny models and a LoRA with a preview image and trigger words;
 # tests/gimp/screenshots_batch.py opens each dialog and grab_dialog.sh saves it.
-# Needs root. Usage: tests/gimp/screenshots.sh [OUT_DIR]   (default docs/images)
+# Needs root; about a minute. Usage: tests/gimp/screenshots.sh [OUT_DIR]   (default docs/images)
+# $SDHOST names another sdhost binary; $SDHOST_SHOTS_KEEP a folder that receives the raw grabs
+# (each dialog and the whole screen) and GIMP's log, to look at a layout.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 out=$(mkdir -p "${1:-$repo/docs/images}" && cd "${1:-$repo/docs/images}" && pwd)
