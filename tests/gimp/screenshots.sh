@@ -92,7 +92,7 @@ timeout 600 chroot "$root" /usr/bin/env -i HOME=$home PATH=/usr/bin:/bin LANG=C.
     for _ in $(seq 50); do [ -e /tmp/.X11-unix/X42 ] && break; sleep 0.1; done
     DISPLAY=:42 dbus-run-session -- gimp-3.0 --no-splash --batch-interpreter=python-fu-eval \
       -b "exec(open(\"$HOME/screenshots_batch.py\").read())" --quit; s=$?
-    kill $x; exit $s' >"$work/gimp.log" 2>&1 || status=$?
+    kill $x; wait $x; exit $s' >"$work/gimp.log" 2>&1 || status=$?
 grep -E '^SHOT|grab_dialog|Traceback|Error' "$work/gimp.log" || true
 echo "screenshots: GIMP ran $((SECONDS - started)) s"
 missing=0
