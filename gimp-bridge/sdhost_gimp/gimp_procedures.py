@@ -68,8 +68,8 @@ def preferences() -> Preferences:
 
 
 def daemon_address(config: Gimp.ProcedureConfig, prefs: Preferences) -> Address:
-    """The `socket` argument's address, else the preferences'."""
-    return Address.parse(config.get_property("socket") or prefs.address)
+    """The `socket` argument's address, else the preferences' (one rule with the lists')."""
+    return prefs.daemon_address(config.get_property("socket"))
 
 
 def property_names(config: Gimp.ProcedureConfig) -> set[str]:

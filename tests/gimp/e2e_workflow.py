@@ -157,6 +157,19 @@ check(status == SUCCESS and isinstance(group, Gimp.GroupLayer) and names == ["sd
 Gimp.Selection.none(image)
 image.delete()
 
+# 6. X/Y/Z plot: a group named by the axes, a layer per cell named by its values, the grid.
+image, base = new_image()
+status, _ = run("sdhost-xyz-plot", image, base, seed=34, steps=2,
+                **{"x-type": "steps", "x-values": "1,2", "y-type": "cfg-scale", "y-values": "5,7"})
+group = above(image, base)
+names = [l.get_name() for l in group.get_children()]
+check(status == SUCCESS and group.get_name() == "sdhost X/Y/Z plot: Steps: 1,2 × CFG Scale: 5,7",
+      f"the plot's group: {group.get_name()}")
+check(sorted(n for n in names if not n.startswith("sdhost: grid")) ==
+      ["Steps: 1, CFG Scale: 5.0 (34)", "Steps: 1, CFG Scale: 7.0 (34)",
+       "Steps: 2, CFG Scale: 5.0 (34)", "Steps: 2, CFG Scale: 7.0 (34)"] and any(n.startswith("sdhost: grid") for n in names), f"cells and grid: {names}")
+image.delete()
+
 # 8. Live previews: shown during the job in a preview layer, gone at the end.
 image, base = new_image()
 status, _ = run("sdhost-img2img", image, base, seed=35, steps=4, **{"live-preview": "approx-cheap"})
