@@ -1,3 +1,4 @@
+# ruff: noqa: F821 - run by e2e_batch.py, whose helpers and GIMP modules are in scope
 # End-to-end test of the plug-in's second round (a professional's workflow), run by
 # e2e_batch.py in the same gimp-console after its own checks (its helpers `run`, `check`,
 # `pixels`, `above`, `infotext`, `new_image`, `text_of` are in scope): geometry with offsets,
