@@ -274,6 +274,9 @@ pub struct Listing {
     /// shows of it (docs/protocol.md, Networks). `sd_vae` takes `Automatic`, `None` or a
     /// `vae` entry's name.
     pub networks: Vec<NetworkFacts>,
+    /// The names `upscale` takes, as A1111's `/sdapi/v1/upscalers` lists them: None, Lanczos,
+    /// Nearest, then the model upscalers of the upscaler folders (added within protocol 1).
+    pub upscalers: Vec<String>,
     #[serde(flatten)]
     pub capabilities: Capabilities,
 }
@@ -602,6 +605,7 @@ mod tests {
             },
             models: vec!["tiny".into()],
             networks: Vec::new(),
+            upscalers: vec!["None".into(), "Lanczos".into(), "Nearest".into()],
             capabilities: Capabilities::new(&registry, &limits),
         };
         let welcome = header(Event::Welcome {
@@ -634,7 +638,8 @@ mod tests {
                 "resize_modes",
                 "samplers",
                 "schedules",
-                "type"
+                "type",
+                "upscalers"
             ]
         );
         assert_eq!(welcome["type"], "welcome");

@@ -283,6 +283,11 @@ impl Worker {
                 self.interrogate(job, request);
                 self.live.end();
             }
+            JobKind::Upscale(request) => {
+                self.live.begin("extras");
+                self.upscale(job, request, queue);
+                self.live.end();
+            }
             JobKind::Generate(request) => {
                 self.live.begin("scripts_img2img");
                 self.generate(job, request, queue);
