@@ -171,6 +171,14 @@ check(sorted(n for n in names if not n.startswith("sdhost: grid")) ==
        "Steps: 2, CFG Scale: 5.0 (34)", "Steps: 2, CFG Scale: 7.0 (34)"] and any(n.startswith("sdhost: grid") for n in names), f"cells and grid: {names}")
 image.delete()
 
+# 7. Upscale: a layer through an upscaler, the canvas grown to hold it.
+image, base = new_image()
+status, _ = run("sdhost-upscale", image, base, upscaler="lanczos", scale=2.0)
+big = above(image, base)
+check(status == SUCCESS and region_of(big) == (0, 0, 2 * W, 2 * H) and image.get_width() == 2 * W,
+      f"upscaled layer {region_of(big)}")
+image.delete()
+
 # 8. Live previews: shown during the job in a preview layer, gone at the end.
 image, base = new_image()
 status, _ = run("sdhost-img2img", image, base, seed=35, steps=4, **{"live-preview": "approx-cheap"})

@@ -226,6 +226,7 @@ impl Worker {
                             infotext: infotext(&info),
                             patch: None,
                             grid: false,
+                            cell: Vec::new(),
                         },
                         attachments: vec![rgba_attachment("image", &rgba)],
                     },
