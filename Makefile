@@ -7,7 +7,7 @@ SDHOST := target/release/sdhost
 DEMO_MODEL := models/tiny-sd1.safetensors
 DEMO_IMAGE := host/assets/sample-init.png
 
-.PHONY: setup setup-test build build-all run demo test lint bench soak fuzz fuzz-smoke install-gimp-plugin install uninstall install-service
+.PHONY: setup setup-test build build-all run demo test lint bench soak fuzz fuzz-smoke screenshots install-gimp-plugin install uninstall install-service
 
 setup:
 	@scripts/setup
@@ -48,6 +48,11 @@ test: setup-test build-all lint
 	.venv/bin/python -m pytest -q tests/setup
 	tests/gimp/run_e2e.sh
 	scripts/fuzz smoke 60
+
+# The GIMP dialogs' screenshots in docs/images/: the real GIMP on Xvfb in the trixie chroot,
+# against the daemon with tiny models (tests/gimp/screenshots.sh; needs root, about 1 minute).
+screenshots: setup-test build
+	tests/gimp/screenshots.sh
 
 # The soak of docs/reliability.md: 8 clients (socket and HTTP) x 50 jobs with cancels and
 # disconnects against one daemon; `make test` runs 8 x 5 (tests/soak/test_soak.py).

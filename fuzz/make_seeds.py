@@ -93,6 +93,10 @@ def requests() -> None:
                    "hr_second_pass_steps": 2, "hr_upscaler": "Latent"},
         "script_name": "X/Y/Z plot", "script_args": [4, "10-20 (+5)", [], 7, "1,2", [], 0, "", [], True, False, False, False, 0, False]}).encode())
     write("request", "interrogate", json.dumps({"type": "interrogate", "id": 3, "method": "clip"}).encode())
+    write("request", "upscale", json.dumps({"type": "upscale", "id": 5, "upscaler": "Lanczos", "scale": 2.5,
+                                            "upscaler_2": "Nearest", "upscaler_2_visibility": 0.3}).encode())
+    write("request", "upscale_size", json.dumps({"type": "upscale", "id": 6, "upscaler": "None",
+                                                 "width": 40, "height": 24}).encode())
     write("request", "sketch", json.dumps({"type": "img2img", "id": 4, "mode": "inpaint_sketch",
                                            "params": {"mask_blur_x": 2, "mask_alpha": 50, "sampler_name": "DDIM"}}).encode())
 

@@ -119,7 +119,7 @@ def fetch_choices(address: Address, token: str = "", timeout: float = 0.5) -> Ch
     try:
         with connect(address, token, timeout=timeout) as client:
             welcome = client.welcome
-    except (DaemonUnavailable, OSError, ValueError, KeyError):
+    except (DaemonUnavailable, ProtocolError, OSError, ValueError, KeyError):
         return Choices()
     samplers = tuple(s["name"] for s in welcome.get("samplers", [])) or SAMPLERS
     schedules = tuple(welcome.get("schedules", [])) or SCHEDULES

@@ -18,6 +18,14 @@ txt2img (with A1111's Hires. fix): `client.txt2img(params={"prompt": "a cat", "w
 Live previews (A1111's): pass `preview={"method": "Approx cheap", "every": 2}` (or "Full") to
 `img2img` or `txt2img`; every 2nd sampler step's progress event then has `event.preview_image`
 (rgba8).
+
+Upscaling (A1111's extras tab): `client.upscale(image, "R-ESRGAN 4x+", scale=2.0)` returns the
+upscaled picture (rgba8; the size is the scaled one rounded down to multiples of 8), or pass
+`width` and `height` instead of `scale` for the scale that covers that size. The names are
+`client.welcome["upscalers"]` (None, Lanczos, Nearest, then the daemon's model upscalers; `list()`
+rescans them). Transparent pixels keep their alpha, resized to the result. Failures and refusals
+(an unknown name, a scale outside (0, 8], a result over the daemon's pixel limit) raise
+DaemonError.
 """
 
 from __future__ import annotations
@@ -280,6 +288,30 @@ class Client:
             if event.type == "cancelled":
                 raise DaemonError("cancelled", "the interrogation was cancelled", job)
         raise ProtocolError("the interrogation ended without an answer")
+
+    def upscale(self, image: Image, upscaler: str, scale: float = 2.0,
+                width: Optional[int] = None, height: Optional[int] = None) -> Image:
+        """`image` through the upscaler named `upscaler` (one of `welcome["upscalers"]`) by
+        `scale`, or, with `width` and `height`, by the scale that covers that size (A1111's
+        extras upscale). Queued like a job; returns the rgba8 result, raises DaemonError on a
+        refusal, a failure or a cancel."""
+        header: dict[str, Any] = {"upscaler": upscaler}
+        if width is None and height is None:
+            header["scale"] = scale
+        else:
+            header["width"], header["height"] = width, height
+        job = self.submit("upscale", header, [("image", image)])
+        result: Optional[Image] = None
+        for event in self.events(job):
+            if event.type == "result":
+                result = event.attachments.get("image")
+            elif event.type == "error":
+                raise DaemonError(event["code"], event["message"], job)
+            elif event.type == "cancelled":
+                raise DaemonError("cancelled", "the upscale was cancelled", job)
+        if result is None:
+            raise ProtocolError("the upscale ended without a picture")
+        return result
 
     def select_model(self, model: str) -> int:
         return self.submit("select_model", {"model": model})

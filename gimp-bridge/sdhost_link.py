@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
-from sdhost_client import PROTOCOL_VERSION, Client, DaemonError, default_socket
+from sdhost_client import PROTOCOL_VERSION, Client, DaemonError, ProtocolError, default_socket
 
 # The preferences file, in GIMP's profile folder (Gimp.directory()).
 PREFERENCES_FILE = "sdhost.json"
@@ -47,6 +47,12 @@ class Preferences:
             if isinstance(value, type(getattr(prefs, key))):
                 setattr(prefs, key, value)
         return prefs
+
+    def daemon_address(self, override: str = "") -> "Address":
+        """Where the daemon is: `override` (a procedure's `socket` argument), else the
+        preferences' address, else $SDHOST_SOCKET, else the daemon's default socket. Raises
+        ValueError for an address that is neither a path nor HOST:PORT."""
+        return Address.parse(override or self.address or os.environ.get("SDHOST_SOCKET", ""))
 
     def save(self, folder: str) -> None:
         """Writes the preferences (mode 0600: the token is a credential)."""
@@ -120,6 +126,11 @@ def connect(address: Address, token: str = "", timeout: Optional[float] = None) 
                                 f"{error.message}") from error
     except OSError as error:
         raise DaemonUnavailable(unreachable(address, error)) from error
+    except ProtocolError as error:
+        raise DaemonUnavailable(
+            f"{address} does not answer as an sdhost daemon ({error}): is it another server, "
+            f"such as an A1111 web UI or sdhost's own HTTP API port? Give the daemon's socket or "
+            f"its --listen address in Filters > sdhost > Preferences") from error
     except (ValueError, KeyError) as error:
         raise DaemonUnavailable(incompatible(address, f"its answer was not understood ({error})")) from error
     if client.welcome.get("protocol") != PROTOCOL_VERSION:

@@ -68,34 +68,50 @@ def preferences() -> Preferences:
 
 
 def daemon_address(config: Gimp.ProcedureConfig, prefs: Preferences) -> Address:
-    """The `socket` argument's address, else the preferences'."""
-    return Address.parse(config.get_property("socket") or prefs.address)
+    """The `socket` argument's address, else the preferences' (one rule with the lists')."""
+    return prefs.daemon_address(config.get_property("socket"))
 
 
 def property_names(config: Gimp.ProcedureConfig) -> set[str]:
     return {prop.name for prop in config.list_properties()}
 
 
-def set_properties(config: Gimp.ProcedureConfig, values: dict[str, Any]) -> None:
+# A layer or channel argument in kept settings: its tattoo (which survives saving the XCF).
+ITEM = "gimp-item-tattoo:"
+
+
+def set_properties(config: Gimp.ProcedureConfig, values: dict[str, Any],
+                   image: Optional[Gimp.Image] = None) -> None:
     """Sets the values the config has a property for (a value a choice no longer offers, such
-    as a model removed since, is skipped)."""
+    as a model removed since, or a layer deleted since, is skipped)."""
     names = property_names(config)
     for name, value in values.items():
-        if name in names:
-            try:
-                config.set_property(name, value)
-            except (TypeError, ValueError):
-                pass
+        if name not in names:
+            continue
+        if isinstance(value, str) and value.startswith(ITEM):
+            if image is None:
+                continue
+            tattoo = int(value[len(ITEM):])
+            value = image.get_layer_by_tattoo(tattoo) or image.get_channel_by_tattoo(tattoo)
+            if value is None:
+                continue
+        try:
+            config.set_property(name, value)
+        except (TypeError, ValueError):
+            pass
 
 
 def plain_values(config: Gimp.ProcedureConfig) -> dict[str, Any]:
+    """The config's values worth keeping: plain ones, and layers and channels by tattoo."""
     skip = {"run-mode", "image", "drawables", "socket", "time-limit"}
     values = {}
     for prop in config.list_properties():
         if prop.name in skip:
             continue
         value = config.get_property(prop.name)
-        if isinstance(value, (str, int, float, bool)):
+        if isinstance(value, Gimp.Item):
+            values[prop.name] = f"{ITEM}{value.get_tattoo()}"
+        elif isinstance(value, (str, int, float, bool)):
             values[prop.name] = value
     return values
 
@@ -135,7 +151,7 @@ def apply_prompt_pickers(settings, config: Gimp.ProcedureConfig, choices: Choice
 def before_dialog(image: Gimp.Image, config: Gimp.ProcedureConfig) -> None:
     """Per-image memory: the image's last sdhost settings, and a prompt Interrogate handed over."""
     _, values = image_settings(image)
-    set_properties(config, values)
+    set_properties(config, values, image)
     handed = image.get_parasite(PROMPT_PARASITE)
     if handed is not None:
         config.set_property("prompt", parasite_text(handed.get_data()))
@@ -365,7 +381,7 @@ def run_repeat(procedure, run_mode, image, drawables, config, choices: Choices):
     repeat.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
     repeat.set_property("image", image)
     repeat.set_core_object_array("drawables", list(drawables))
-    set_properties(repeat, values)
+    set_properties(repeat, values, image)
     if config.get_property("socket"):
         repeat.set_property("socket", config.get_property("socket"))
     result = target.run(repeat)

@@ -50,7 +50,7 @@ def choices() -> Choices:
     if _choices is None:
         prefs = Preferences.load(Gimp.directory())
         try:
-            address = Address.parse(prefs.address or os.environ.get("SDHOST_SOCKET", ""))
+            address = prefs.daemon_address()
         except ValueError:
             address = Address.parse("")
         _choices = fetch_choices(address, prefs.token)
@@ -76,28 +76,28 @@ def generator(plug_in, name: str) -> Gimp.Procedure:
     args.add_sampling(p, c, denoising=0.7 if mode == "txt2img" else None)
     rw = args.RW
     if mode == "txt2img":
-        p.add_boolean_argument("enable-hr", "_Hires. fix", "Sample again at a larger size", False, rw)
-        p.add_double_argument("hr-scale", "Hires. _upscale by", "Hires. fix scale", 1.0, 4.0, 2.0, rw)
-        p.add_int_argument("hr-steps", "Hires. s_teps", "0: as many as the first pass", 0, 150, 0, rw)
+        p.add_boolean_argument("enable-hr", "Hires. fix", "Sample again at a larger size", False, rw)
+        p.add_double_argument("hr-scale", "Hires. upscale by", "Hires. fix scale", 1.0, 4.0, 2.0, rw)
+        p.add_int_argument("hr-steps", "Hires. steps", "0: as many as the first pass", 0, 150, 0, rw)
     else:
         args.add_source(p, c)
     if mode in ("sketch", "inpaint-sketch"):
-        p.add_layer_argument("sketch-layer", "Sketch _layer", "The layer painted over the image", False, rw)
+        p.add_layer_argument("sketch-layer", "Sketch layer", "The layer painted over the image", False, rw)
     if mode in ("inpaint", "inpaint-sketch", "inpaint-upload", "outpaint"):
         args.add_inpaint(p, c, masked_content="fill" if mode == "outpaint" else None)
     if mode == "inpaint-sketch":
-        p.add_double_argument("mask-alpha", "Mask _transparency", "0-100", 0.0, 100.0, 0.0, rw)
+        p.add_double_argument("mask-alpha", "Mask transparency", "0-100", 0.0, 100.0, 0.0, rw)
     if mode == "inpaint-upload":
-        p.add_channel_argument("mask-channel", "Mask c_hannel",
+        p.add_channel_argument("mask-channel", "Mask channel",
                                "A channel as the mask (none: the layer's mask)", True, rw)
-        p.add_string_argument("mask-file", "Mask _file", "An image file as the mask (white = regenerate)", "", rw)
+        p.add_string_argument("mask-file", "Mask file", "An image file as the mask (white = regenerate)", "", rw)
     if mode == "outpaint":
-        p.add_int_argument("pixels", "Pi_xels to expand",
+        p.add_int_argument("pixels", "Pixels to expand",
                            "Grow the layer by this much (0: fill its transparent areas instead)", 0, 512, 128, rw)
-        for side, label in (("left", "_Left"), ("right", "_Right"), ("up", "_Up"), ("down", "_Down")):
+        for side, label in (("left", "Left"), ("right", "Right"), ("up", "Up"), ("down", "Down")):
             p.add_boolean_argument(side, label, f"Outpaint towards the {side}", True, rw)
-        p.add_double_argument("noise-q", "Fall-off e_xponent", "Lower: more detail", 0.0, 4.0, 1.0, rw)
-        p.add_double_argument("color-variation", "Color v_ariation", "0-1", 0.0, 1.0, 0.05, rw)
+        p.add_double_argument("noise-q", "Fall-off exponent", "Lower: more detail", 0.0, 4.0, 1.0, rw)
+        p.add_double_argument("color-variation", "Color variation", "0-1", 0.0, 1.0, 0.05, rw)
     if mode == "xyz":
         args.add_xyz(p)
     args.add_delivery(p)
@@ -120,22 +120,22 @@ def tool(plug_in, name: str) -> Gimp.Procedure:
     rw = args.RW
     string_out = ("sdhost-layer-info", "sdhost-interrogate")
     if name == "sdhost-interrogate":
-        p.add_choice_argument("method", "_Method", "clip: BLIP caption + CLIP ranking; deepbooru: tags",
+        p.add_choice_argument("method", "Method", "clip: BLIP caption + CLIP ranking; deepbooru: tags",
                               args.choice(INTERROGATE_METHODS), "clip", rw)
     if name == "sdhost-upscale":
         c = choices()
-        p.add_choice_argument("upscaler", "_Upscaler", "A1111's upscaler list", args.choice(c.upscalers),
+        p.add_choice_argument("upscaler", "Upscaler", "A1111's upscaler list", args.choice(c.upscalers),
                               "lanczos", rw)
-        p.add_double_argument("scale", "_Scale", "Upscale by", 1.0, 8.0, 2.0, rw)
-        p.add_boolean_argument("grow-canvas", "_Grow the canvas", "Make the image big enough for the layer",
+        p.add_double_argument("scale", "Scale", "Upscale by", 1.0, 8.0, 2.0, rw)
+        p.add_boolean_argument("grow-canvas", "Grow the canvas", "Make the image big enough for the layer",
                                True, rw)
     if name == "sdhost-preferences":
-        p.add_string_argument("address", "Daemon _address",
+        p.add_string_argument("address", "Daemon address",
                               "A socket path or HOST:PORT (empty: the daemon's default socket)", "", rw)
-        p.add_string_argument("token", "_Token", "A TCP daemon's token (its ~/.config/sdhost/token)", "", rw)
-        p.add_boolean_argument("start-daemon", "_Start the daemon if needed",
+        p.add_string_argument("token", "Token", "A TCP daemon's token (its ~/.config/sdhost/token)", "", rw)
+        p.add_boolean_argument("start-daemon", "Start the daemon if needed",
                                "Start `sdhost serve` (detached) when no daemon answers", False, rw)
-        p.add_string_argument("daemon-command", "Daemon _command", "The sdhost program to start", "sdhost", rw)
+        p.add_string_argument("daemon-command", "Daemon command", "The sdhost program to start", "sdhost", rw)
     elif name != "sdhost-layer-info":
         args.add_socket(p)
     if name in string_out:

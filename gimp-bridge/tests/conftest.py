@@ -77,6 +77,13 @@ def daemon(tmp_path_factory: pytest.TempPathFactory):
     # Tiny BLIP, CLIP and DeepDanbooru where A1111 keeps them, for `interrogate`.
     subprocess.run([sys.executable, str(ROOT / "tests" / "reference" / "interrogate_models.py"),
                     "--write-models", str(base / "models")], check=True, capture_output=True)
+    # A tiny random ESRGAN where A1111 keeps model upscalers, for `upscale`.
+    reference = base / "upscaler_reference"
+    subprocess.run([sys.executable, str(ROOT / "tests" / "reference" / "upscaler_reference.py"),
+                    str(reference)], check=True, capture_output=True)
+    (base / "models" / "ESRGAN").mkdir()
+    (base / "models" / "ESRGAN" / "tiny_esrgan.pth").write_bytes(
+        (reference / "models" / "esrgan_4x.pth").read_bytes())
     socket = base / "run" / "sdhost" / "sdhost.sock"
     process = subprocess.Popen([str(SDHOST), "serve", "--models-dir", str(base / "models"),
                                 "--threads", "1"], env=env,

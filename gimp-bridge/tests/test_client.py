@@ -1,5 +1,6 @@
 """The Python client against the real daemon: handshake, jobs in every attachment format,
-inpainting patches, png_info, model selection, errors, and a client killed mid-job."""
+inpainting patches, png_info, model selection, errors, a client killed mid-job, interrogation
+and upscaling."""
 
 from __future__ import annotations
 
@@ -174,3 +175,36 @@ def test_interrogate_gives_the_prompt_of_sdhost_interrogate(daemon, tmp_path):
         with pytest.raises(DaemonError) as refused:
             client.interrogate(Image(rgba, width, height), "blip")
         assert refused.value.code == "bad_request"
+
+
+def test_upscale_by_a_scale_or_to_a_size_with_the_listed_upscalers(daemon):
+    """`Client.upscale` (the GIMP `sdhost-upscale` procedure's call): Lanczos as Pillow's, alpha
+    kept; the tiny ESRGAN of the models folder to cover a size; refusals as DaemonError."""
+    width, height = 20, 12
+    pixels = b"".join(bytes((x * 12 % 256, y * 20 % 256, 90, 0 if x < 10 else 255))
+                      for y in range(height) for x in range(width))
+    with daemon.client() as client:
+        assert client.welcome["upscalers"] == ["None", "Lanczos", "Nearest", "tiny_esrgan"]
+        assert client.list()["upscalers"] == client.welcome["upscalers"]
+        out = client.upscale(Image(pixels, width, height), "Lanczos", scale=2)
+        assert (out.width, out.height, out.format) == (40, 24, "rgba8")
+        got = Pil.frombytes("RGBA", (40, 24), out.data)
+        # A1111's Lanczos upscaler is Pillow's LANCZOS resize.
+        expected = Pil.frombytes("RGBA", (width, height), pixels).convert("RGB").resize(
+            (40, 24), Pil.LANCZOS)
+        diff = max(abs(a - b) for a, b in zip(got.convert("RGB").tobytes(), expected.tobytes()))
+        assert diff <= 1
+        assert got.getpixel((0, 0))[3] == 0 and got.getpixel((39, 23))[3] == 255
+
+        # Scale 2.5 covers 50x30; 50x30 rounded down to multiples of 8.
+        out = client.upscale(Image(pixels, width, height), "tiny_esrgan", width=50, height=30)
+        assert (out.width, out.height) == (48, 24)
+
+        with pytest.raises(DaemonError) as refused:
+            client.upscale(Image(pixels, width, height), "4x-UltraSharp")
+        assert refused.value.code == "invalid_params"
+        assert "None, Lanczos, Nearest, tiny_esrgan" in refused.value.message
+        with pytest.raises(DaemonError) as refused:
+            client.upscale(Image(pixels, width, height), "Lanczos", scale=9)
+        assert refused.value.code == "invalid_params"
+        client.ping()

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from conftest import SDHOST
+from sdhost_bridge import SAMPLERS, fetch_choices
 from sdhost_client import MAGIC
 from sdhost_link import Address, DaemonUnavailable, Preferences, connect, too_old
 
@@ -81,6 +82,37 @@ def test_an_incompatible_daemon_is_explained():
     server, port = fake_daemon({"type": "welcome", "protocol": 2})
     with server, pytest.raises(DaemonUnavailable, match="incompatible version.*speaks protocol 2"):
         connect(Address(host="127.0.0.1", port=port), "t", timeout=5)
+
+
+def test_an_http_server_is_not_taken_for_the_daemon():
+    """An A1111 web UI's port (an easy mistake in the preferences): explained, and the dialog's
+    lists fall back to A1111's instead of crashing the plug-in."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(1024)
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    address = Address(host="127.0.0.1", port=server.getsockname()[1])
+    with server, pytest.raises(DaemonUnavailable, match="does not answer as an sdhost daemon.*A1111"):
+        connect(address, "t", timeout=5)
+    assert fetch_choices(Address(path="/nonexistent/sdhost.sock")).samplers == SAMPLERS
+
+
+def test_one_rule_says_where_the_daemon_is(monkeypatch):
+    monkeypatch.setenv("SDHOST_SOCKET", "/env/sdhost.sock")
+    prefs = Preferences()
+    assert prefs.daemon_address().path == "/env/sdhost.sock"
+    assert prefs.daemon_address("host:7861") == Address(host="host", port=7861)
+    prefs.address = "/prefs/sdhost.sock"
+    assert prefs.daemon_address().path == "/prefs/sdhost.sock"
+    monkeypatch.delenv("SDHOST_SOCKET")
+    assert Preferences().daemon_address().path.endswith("sdhost.sock")
 
 
 def test_tcp_with_the_token_and_without(tmp_path):

@@ -1,3 +1,4 @@
+# ruff: noqa: F821 - run by e2e_batch.py, whose helpers and GIMP modules are in scope
 # End-to-end test of the plug-in's second round (a professional's workflow), run by
 # e2e_batch.py in the same gimp-console after its own checks (its helpers `run`, `check`,
 # `pixels`, `above`, `infotext`, `new_image`, `text_of` are in scope): geometry with offsets,
@@ -5,6 +6,7 @@
 # previews; settings kept on the image, Repeat and Reuse; preferences and TCP; cancel by
 # killing the plug-in; the daemon killed mid-job.
 import json
+import os
 import signal
 import threading
 import time
@@ -156,6 +158,27 @@ check(status == SUCCESS and isinstance(group, Gimp.GroupLayer) and names == ["sd
 Gimp.Selection.none(image)
 image.delete()
 
+# 6. X/Y/Z plot: a group named by the axes, a layer per cell named by its values, the grid.
+image, base = new_image()
+status, _ = run("sdhost-xyz-plot", image, base, seed=34, steps=2,
+                **{"x-type": "steps", "x-values": "1,2", "y-type": "cfg-scale", "y-values": "5,7"})
+group = above(image, base)
+names = [l.get_name() for l in group.get_children()]
+check(status == SUCCESS and group.get_name() == "sdhost X/Y/Z plot: Steps: 1,2 × CFG Scale: 5,7",
+      f"the plot's group: {group.get_name()}")
+check(sorted(n for n in names if not n.startswith("sdhost: grid")) ==
+      ["Steps: 1, CFG Scale: 5.0 (34)", "Steps: 1, CFG Scale: 7.0 (34)",
+       "Steps: 2, CFG Scale: 5.0 (34)", "Steps: 2, CFG Scale: 7.0 (34)"] and any(n.startswith("sdhost: grid") for n in names), f"cells and grid: {names}")
+image.delete()
+
+# 7. Upscale: a layer through an upscaler, the canvas grown to hold it.
+image, base = new_image()
+status, _ = run("sdhost-upscale", image, base, upscaler="lanczos", scale=2.0)
+big = above(image, base)
+check(status == SUCCESS and region_of(big) == (0, 0, 2 * W, 2 * H) and image.get_width() == 2 * W,
+      f"upscaled layer {region_of(big)}")
+image.delete()
+
 # 8. Live previews: shown during the job in a preview layer, gone at the end.
 image, base = new_image()
 status, _ = run("sdhost-img2img", image, base, seed=35, steps=4, **{"live-preview": "approx-cheap"})
@@ -179,6 +202,14 @@ check(status == SUCCESS and record["values"]["seed"] == 35 and record["values"][
       "Reuse settings: the layer's parameters become the image's")
 status, _ = run("sdhost-repeat", image, base)
 check(status == SUCCESS and "Seed: 35" in infotext(above(image, base)), "and Repeat runs them")
+image.delete()
+
+# Repeat keeps a sketch job's sketch layer (kept by its tattoo).
+image, base = new_image()
+strokes = small_layer(image, "strokes", at=(0, 0), size=(W, H))
+status, _ = run("sdhost-sketch", image, base, seed=40, **{"sketch-layer": strokes})
+status, _ = run("sdhost-repeat", image, base)
+check(status == SUCCESS and "Seed: 40" in infotext(above(image, base)), "Repeat of a sketch job finds its sketch layer")
 image.delete()
 
 # 10. Preferences: the daemon over TCP with its token, set once; a wrong token is explained.

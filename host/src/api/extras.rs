@@ -6,14 +6,14 @@
 //! result centred on a canvas of that size. The answer's `html_info` is the postprocessing
 //! infotext as A1111's `plaintext_to_html` writes it; each image keeps its text chunks and
 //! gains `postprocessing`. The work runs on a request thread, not the model's queue (it needs
-//! no checkpoint; a model upscaler runs on the daemon's device). Face restoration (GFPGAN, CodeFormer) is not available: a visibility above 0 is
+//! no checkpoint; a model upscaler runs on the daemon's device); the upscale itself is
+//! [`crate::upscale::extras`], which the daemon's `upscale` runs too. Face restoration (GFPGAN, CodeFormer) is not available: a visibility above 0 is
 //! logged and ignored.
 
 use axum::routing::post;
 use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use image::{Rgb, RgbImage};
 use serde_json::{json, Map, Value};
 
 use super::body::LimitedBody;
@@ -22,9 +22,10 @@ use super::images::{decode_image, field_bytes};
 use super::lax::{self, Fields, LaxError};
 use super::png_info::read_info;
 use super::ApiState;
-use crate::infotext::{py_float, quote};
 use crate::pipeline::png_info::png_bytes_with_texts;
-use crate::upscale::{ReadyUpscaler, Upscaler, UpscalerCache, UpscalerDirs};
+use crate::upscale::extras::{
+    infotext, postprocess, ExtrasError, ExtrasUpscale, UpscaleSize, UpscalerSource,
+};
 
 /// This module's routes.
 pub fn routes() -> Router<ApiState> {
@@ -163,144 +164,38 @@ pub fn read_settings(body: &Map<String, Value>) -> Result<ExtrasSettings, ApiErr
     })
 }
 
-/// Where the extras find and run upscalers.
-pub struct UpscalerSource<'a> {
-    /// The upscaler folders.
-    pub dirs: &'a UpscalerDirs,
-    /// The loaded model upscaler, shared between requests.
-    pub cache: &'a UpscalerCache,
-    /// Where models run.
-    pub device: tch::Device,
-}
-
-/// The upscaler `name` ready to run; A1111's assertion for an upscaler it does not have (a
-/// 500 `AssertionError`), and an error for a model file that cannot be used (A1111 logs it
-/// and returns the picture unchanged).
-fn find_upscaler(name: &str, source: &UpscalerSource) -> Result<Option<ReadyUpscaler>, ApiError> {
-    if name == "None" {
-        return Ok(None);
-    }
-    let upscaler = Upscaler::named(name, source.dirs).ok_or_else(|| ApiError::Exception {
-        error: "AssertionError".into(),
-        errors: format!("could not find upscaler named {name}"),
-    })?;
-    source
-        .cache
-        .ready(&upscaler, source.device)
-        .map(Some)
-        .map_err(|e| ApiError::runtime(format!("upscaler {name}: {e}")))
-}
-
-/// The postprocessing infotext's entries in A1111's order (values as Python prints them).
-type PostInfo = Vec<(String, String)>;
-
-fn set_info(info: &mut PostInfo, key: &str, value: String) {
-    match info.iter_mut().find(|(k, _)| k == key) {
-        Some((_, slot)) => *slot = value,
-        None => info.push((key.to_string(), value)),
-    }
-}
-
-/// `ScriptPostprocessingUpscale.upscale`: one upscaler's result and what it adds to `info`.
-fn upscale_once(
-    image: &RgbImage,
-    upscaler: &ReadyUpscaler,
-    settings: &ExtrasSettings,
-    info: &mut PostInfo,
-) -> RgbImage {
-    let (target_w, target_h) = (settings.upscaling_resize_w, settings.upscaling_resize_h);
-    let scale = if settings.resize_mode == 1 {
-        set_info(
-            info,
-            "Postprocess upscale to",
-            format!("{target_w}x{target_h}"),
-        );
-        (f64::from(target_w) / f64::from(image.width()))
-            .max(f64::from(target_h) / f64::from(image.height()))
-    } else {
-        set_info(
-            info,
-            "Postprocess upscale by",
-            py_float(settings.upscaling_resize),
-        );
-        settings.upscaling_resize
-    };
-    let upscaled = upscaler.upscale(image, scale);
-    if settings.resize_mode == 1 && settings.upscaling_crop {
-        let cropped = paste_centred(&upscaled, target_w, target_h);
-        set_info(
-            info,
-            "Postprocess crop to",
-            format!("{}x{}", cropped.width(), cropped.height()),
-        );
-        return cropped;
-    }
-    upscaled
-}
-
-/// Pillow's `Image.new("RGB", (w, h)).paste(image, (w//2 - iw//2, h//2 - ih//2))`: black
-/// where the image does not reach, cut where it overhangs.
-fn paste_centred(image: &RgbImage, width: u32, height: u32) -> RgbImage {
-    let x0 = i64::from(width / 2) - i64::from(image.width() / 2);
-    let y0 = i64::from(height / 2) - i64::from(image.height() / 2);
-    RgbImage::from_fn(width, height, |x, y| {
-        let (sx, sy) = (i64::from(x) - x0, i64::from(y) - y0);
-        if sx >= 0 && sy >= 0 && sx < i64::from(image.width()) && sy < i64::from(image.height()) {
-            *image.get_pixel(sx as u32, sy as u32)
-        } else {
-            Rgb([0, 0, 0])
-        }
-    })
-}
-
-/// Pillow's `Image.blend(a, b, alpha)`: `a + alpha·(b − a)` per channel, truncated.
-fn blend(a: &RgbImage, b: &RgbImage, alpha: f64) -> RgbImage {
-    let alpha = alpha as f32;
-    RgbImage::from_fn(a.width(), a.height(), |x, y| {
-        let (pa, pb) = (a.get_pixel(x, y), b.get_pixel(x, y));
-        Rgb(std::array::from_fn(|c| {
-            let value = f32::from(pa[c]) + alpha * (f32::from(pb[c]) - f32::from(pa[c]));
-            value.clamp(0.0, 255.0) as u8
-        }))
-    })
-}
-
-/// `ScriptPostprocessingUpscale.process`: the image after the upscalers, and the infotext
-/// entries they add.
-pub fn postprocess(
-    image: &RgbImage,
-    settings: &ExtrasSettings,
-    upscalers: &UpscalerSource,
-) -> Result<(RgbImage, PostInfo), ApiError> {
-    let mut info = PostInfo::new();
-    let Some(first) = find_upscaler(&settings.upscaler_1, upscalers)? else {
-        return Ok((image.clone(), info));
-    };
-    let second = find_upscaler(&settings.upscaler_2, upscalers)?;
-    let mut result = upscale_once(image, &first, settings, &mut info);
-    info.push(("Postprocess upscaler".into(), settings.upscaler_1.clone()));
-    if let Some(second) = second.filter(|_| settings.extras_upscaler_2_visibility > 0.0) {
-        let other = upscale_once(image, &second, settings, &mut info);
-        if other.dimensions() == result.dimensions() {
-            result = blend(&result, &other, settings.extras_upscaler_2_visibility);
-        }
-        info.push(("Postprocess upscaler 2".into(), settings.upscaler_2.clone()));
-    }
-    Ok((result, info))
-}
-
-/// The postprocessing infotext (`", ".join(k: quote(v))`).
-fn infotext(info: &PostInfo) -> String {
-    info.iter()
-        .map(|(k, v)| {
-            if k == v {
-                k.clone()
-            } else {
-                format!("{k}: {}", quote(v))
+impl ExtrasSettings {
+    /// The upscale these settings ask for.
+    pub fn upscale(&self) -> ExtrasUpscale {
+        let size = if self.resize_mode == 1 {
+            UpscaleSize::To {
+                width: self.upscaling_resize_w,
+                height: self.upscaling_resize_h,
+                crop: self.upscaling_crop,
             }
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+        } else {
+            UpscaleSize::By(self.upscaling_resize)
+        };
+        ExtrasUpscale {
+            size,
+            upscaler_1: self.upscaler_1.clone(),
+            upscaler_2: self.upscaler_2.clone(),
+            upscaler_2_visibility: self.extras_upscaler_2_visibility,
+        }
+    }
+}
+
+/// A1111's answers to an upscale that fails: its assertion for an upscaler it does not have
+/// (a 500 `AssertionError`), and an error for a model file that cannot be used (A1111 logs it
+/// and returns the picture unchanged).
+fn extras_error(error: ExtrasError) -> ApiError {
+    match error {
+        ExtrasError::Unknown(_) => ApiError::Exception {
+            error: "AssertionError".into(),
+            errors: error.to_string(),
+        },
+        ExtrasError::Load { .. } | ExtrasError::Stopped => ApiError::runtime(error.to_string()),
+    }
 }
 
 /// `ui_common.plaintext_to_html`: lines HTML-escaped, joined by `<br>`, in a `<p>`.
@@ -332,14 +227,8 @@ fn process_image(
     if !parameters.is_empty() {
         chunks.insert("parameters".into(), Value::String(parameters));
     }
-    let dirs = &state.shared.networks.dirs().upscalers;
-    let source = UpscalerSource {
-        dirs,
-        cache: &state.upscalers,
-        device: state.device,
-    };
-    let (result, info) = postprocess(&image, settings, &source)?;
-    let (width, height) = result.dimensions();
+    let upscale = settings.upscale();
+    let (width, height) = upscale.output_size(image.width(), image.height());
     if u64::from(width) * u64::from(height) > max_pixels {
         return Err(ApiError::http(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,
@@ -348,6 +237,12 @@ fn process_image(
             ),
         ));
     }
+    let source = UpscalerSource {
+        dirs: &state.shared.networks.dirs().upscalers,
+        cache: &state.upscalers,
+        device: state.device,
+    };
+    let (result, info) = postprocess(&image, &upscale, &source, &|| false).map_err(extras_error)?;
     let text = infotext(&info);
     let mut texts: Vec<(&str, &str)> = chunks
         .iter()
@@ -530,66 +425,32 @@ mod tests {
     }
 
     #[test]
-    fn upscales_by_and_to_with_a1111_info() {
-        let image = RgbImage::from_fn(10, 6, |x, y| Rgb([(x * 20) as u8, (y * 30) as u8, 9]));
-        let (dirs, cache) = (UpscalerDirs::default(), UpscalerCache::default());
-        let source = UpscalerSource {
-            dirs: &dirs,
-            cache: &cache,
-            device: tch::Device::Cpu,
-        };
-        let mut by = settings(json!({"upscaler_1": "Nearest", "upscaling_resize": 2})).unwrap();
-        let (out, info) = postprocess(&image, &by, &source).unwrap();
-        // `Upscaler.upscale` rounds to multiples of 8.
-        assert_eq!(out.dimensions(), (16, 8));
+    fn settings_name_the_upscale_and_a1111s_errors() {
+        let by = settings(json!({"upscaler_1": "Nearest", "upscaling_resize": 3})).unwrap();
+        assert_eq!(by.upscale().size, UpscaleSize::By(3.0));
+        assert_eq!(by.upscale().upscaler_2, "None");
+        let to = settings(json!({"upscaler_1": "Lanczos", "resize_mode": 1,
+            "upscaling_resize_w": 30, "upscaling_resize_h": 20, "upscaling_crop": false,
+            "upscaler_2": "Nearest", "extras_upscaler_2_visibility": 0.5}))
+        .unwrap()
+        .upscale();
         assert_eq!(
-            infotext(&info),
-            "Postprocess upscale by: 2.0, Postprocess upscaler: Nearest"
+            to.size,
+            UpscaleSize::To {
+                width: 30,
+                height: 20,
+                crop: false
+            }
         );
-        by.upscaler_1 = "None".into();
         assert_eq!(
-            postprocess(&image, &by, &source).unwrap(),
-            (image.clone(), vec![])
+            (to.upscaler_2.as_str(), to.upscaler_2_visibility),
+            ("Nearest", 0.5)
         );
-        by.upscaler_1 = "R-ESRGAN 4x+".into();
-        let error = postprocess(&image, &by, &source).unwrap_err();
+        let error = extras_error(ExtrasError::Unknown("R-ESRGAN 4x+".into()));
         assert_eq!(
             error.body(),
             json!({"error": "AssertionError", "detail": "", "body": "", "errors": "could not find upscaler named R-ESRGAN 4x+"})
         );
-
-        let to = settings(json!({"upscaler_1": "Lanczos", "resize_mode": 1,
-            "upscaling_resize_w": 30, "upscaling_resize_h": 30, "upscaler_2": "Nearest",
-            "extras_upscaler_2_visibility": 0.5}))
-        .unwrap();
-        let (out, info) = postprocess(&image, &to, &source).unwrap();
-        assert_eq!(out.dimensions(), (30, 30));
-        assert_eq!(
-            infotext(&info),
-            "Postprocess upscale to: 30x30, Postprocess crop to: 30x30, Postprocess upscaler: Lanczos, Postprocess upscaler 2: Nearest"
-        );
-        let no_crop = settings(json!({"upscaler_1": "Lanczos", "resize_mode": 1,
-            "upscaling_resize_w": 30, "upscaling_resize_h": 30, "upscaling_crop": false}))
-        .unwrap();
-        // Scale 5 covers 30x30; 50x30 rounded to multiples of 8.
-        assert_eq!(
-            postprocess(&image, &no_crop, &source)
-                .unwrap()
-                .0
-                .dimensions(),
-            (48, 24)
-        );
         assert_eq!(plaintext_to_html("a <b>\nc"), "<p>a &lt;b&gt;<br>\nc</p>");
-    }
-
-    #[test]
-    fn blend_and_paste_follow_pillow() {
-        let a = RgbImage::from_pixel(2, 2, Rgb([10, 200, 0]));
-        let b = RgbImage::from_pixel(2, 2, Rgb([21, 100, 255]));
-        assert_eq!(blend(&a, &b, 0.5).get_pixel(0, 0), &Rgb([15, 150, 127]));
-        let small = RgbImage::from_pixel(2, 2, Rgb([255, 255, 255]));
-        let canvas = paste_centred(&small, 4, 4);
-        assert_eq!(canvas.get_pixel(0, 0), &Rgb([0, 0, 0]));
-        assert_eq!(canvas.get_pixel(1, 1), &Rgb([255, 255, 255]));
     }
 }

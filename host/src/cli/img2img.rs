@@ -89,6 +89,7 @@ pub fn run(args: &Img2ImgArgs) -> anyhow::Result<()> {
             params: params.clone(),
             init: Some(ScriptInit::new(init_image, mask)),
             checkpoint: None,
+            cell: Vec::new(),
         };
         let grid_dir = args
             .script

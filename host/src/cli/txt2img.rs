@@ -38,6 +38,7 @@ pub fn run(args: &Txt2ImgArgs) -> anyhow::Result<()> {
             params: job.params.clone(),
             init: None,
             checkpoint: None,
+            cell: Vec::new(),
         };
         let grid_dir = args
             .script

@@ -16,6 +16,7 @@ use crate::prepare::modes::Img2ImgMode;
 use crate::request::{FieldInfo, GenerationRequest};
 use crate::sampling::plugins::SamplerRegistry;
 use crate::sampling::schedule::Schedule;
+use crate::scripts::CellAxis;
 
 /// One frame header the daemon sends. Every event repeats the `id` of the request it answers
 /// (job events: of the request that queued the job; null when there is none).
@@ -88,6 +89,10 @@ pub enum Event {
         /// counts grids from 0 (absent: an ordinary image).
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         grid: bool,
+        /// An X/Y/Z plot cell's image: its axis values, X then Y then Z, "Nothing" axes left
+        /// out (absent: not a cell's image).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        cell: Vec<CellAxis>,
     },
     /// Something the user should know about a job that still runs: a LoRA that was not
     /// found, keys of a network that match no layer … (added within protocol 1).
@@ -269,6 +274,9 @@ pub struct Listing {
     /// shows of it (docs/protocol.md, Networks). `sd_vae` takes `Automatic`, `None` or a
     /// `vae` entry's name.
     pub networks: Vec<NetworkFacts>,
+    /// The names `upscale` takes, as A1111's `/sdapi/v1/upscalers` lists them: None, Lanczos,
+    /// Nearest, then the model upscalers of the upscaler folders (added within protocol 1).
+    pub upscalers: Vec<String>,
     #[serde(flatten)]
     pub capabilities: Capabilities,
 }
@@ -509,9 +517,27 @@ mod tests {
                 infotext: "a cat".into(),
                 patch: Some(Placement { x: 2, y: 50 }),
                 grid: false,
+                cell: Vec::new(),
             }),
             json!({"type": "result", "id": 7, "job": 3, "index": 0, "seed": 42,
                    "infotext": "a cat", "patch": {"x": 2, "y": 50}})
+        );
+        assert_eq!(
+            header(Event::Result {
+                id: id.clone(),
+                job: 3,
+                index: 1,
+                seed: 42,
+                infotext: "a cat".into(),
+                patch: None,
+                grid: false,
+                cell: vec![CellAxis {
+                    axis: "Steps".into(),
+                    value: "10".into()
+                }],
+            }),
+            json!({"type": "result", "id": 7, "job": 3, "index": 1, "seed": 42,
+                   "infotext": "a cat", "cell": [{"axis": "Steps", "value": "10"}]})
         );
         assert_eq!(
             header(Event::Done {
@@ -579,6 +605,7 @@ mod tests {
             },
             models: vec!["tiny".into()],
             networks: Vec::new(),
+            upscalers: vec!["None".into(), "Lanczos".into(), "Nearest".into()],
             capabilities: Capabilities::new(&registry, &limits),
         };
         let welcome = header(Event::Welcome {
@@ -611,7 +638,8 @@ mod tests {
                 "resize_modes",
                 "samplers",
                 "schedules",
-                "type"
+                "type",
+                "upscalers"
             ]
         );
         assert_eq!(welcome["type"], "welcome");

@@ -2,7 +2,7 @@
 //! local socket (docs/protocol.md). [`run`] is the whole daemon; inside it `protocol` frames
 //! bytes, `request` and `event` type what the frames say, `connection` reads and writes them
 //! for one client, `server` admits and serves connections, `queue` orders jobs, `worker`
-//! runs them on the model (`resident` keeps others loaded), `private_files` re-checks at start that the token and socket are
+//! runs them on the model (`resident` keeps others loaded), `upscale` is the extras upscale request, `private_files` re-checks at start that the token and socket are
 //! private, `live` publishes what the running job does (for the HTTP API's `/progress`), and
 //! `lifecycle` starts and stops it all.
 
@@ -20,6 +20,7 @@ pub mod request;
 pub mod resident;
 mod script_run;
 pub mod server;
+pub mod upscale;
 pub mod worker;
 
 pub use catalog::ModelCatalog;

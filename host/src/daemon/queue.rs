@@ -24,6 +24,8 @@ pub enum JobKind {
     SelectModel(String),
     /// A prompt from a picture (A1111's interrogate buttons).
     Interrogate(Box<InterrogateJob>),
+    /// A picture through an upscaler (A1111's extras upscale).
+    Upscale(Box<super::upscale::UpscaleJob>),
 }
 
 /// A queued job.

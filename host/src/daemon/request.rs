@@ -66,6 +66,9 @@ pub enum Request {
     /// "Interrogate DeepBooru" makes it (queued like a job; the answer is `done` with a
     /// `caption`).
     Interrogate(InterrogateRequest),
+    /// The picture of attachment `image` through an upscaler, as A1111's extras tab upscales
+    /// (queued like a job; the answer is a `result` with the picture, then `done`).
+    Upscale(super::upscale::UpscaleRequest),
 }
 
 /// The header of an `interrogate` request.
@@ -332,7 +335,7 @@ pub fn png_attachment(
 }
 
 /// Moves the attachment `name` out of the list (large images are not copied).
-fn take_attachment(
+pub(super) fn take_attachment(
     attachments: &mut Vec<(Attachment, Vec<u8>)>,
     name: &str,
 ) -> Option<(Attachment, Vec<u8>)> {
@@ -341,7 +344,7 @@ fn take_attachment(
 }
 
 /// Decodes an attachment into an image, refusing more than `max_pixels` pixels.
-fn decode_image(
+pub(super) fn decode_image(
     (attachment, bytes): (Attachment, Vec<u8>),
     max_pixels: u64,
 ) -> Result<DynamicImage, RequestError> {
@@ -466,7 +469,8 @@ mod tests {
                 "txt2img",
                 "png_info",
                 "cancel",
-                "interrogate"
+                "interrogate",
+                "upscale"
             ]
         );
         let hello = parse(json!({"type": "hello", "id": 1, "protocol": 1, "client": null}));

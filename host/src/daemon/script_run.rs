@@ -125,8 +125,9 @@ impl ScriptHost for WorkerHost<'_> {
                 JobEvent::Image(_) if !deliver => {}
                 JobEvent::Image(image) => {
                     let mut outgoing = result_event(job, image);
-                    if let Event::Result { index, .. } = &mut outgoing.event {
+                    if let Event::Result { index, cell, .. } = &mut outgoing.event {
                         *index += first_index;
+                        cell.clone_from(&sjob.cell);
                     }
                     Worker::send(job, outgoing);
                 }
@@ -204,6 +205,7 @@ fn grid_event(job: &Job, index: usize, grid: &ScriptImage) -> Outgoing {
             infotext: grid.infotext.to_text(),
             patch: None,
             grid: true,
+            cell: Vec::new(),
         },
         attachments: vec![rgba_attachment("image", &rgba)],
     }

@@ -32,6 +32,7 @@ use crate::pipeline::hires::HiresTarget;
 use crate::pipeline::png_info::{png_text, PARAMETERS_KEY};
 use crate::pipeline::stop::JobStop;
 use crate::request::GenerationRequest;
+use crate::upscale::Upscaler;
 
 /// Why the daemon could not start listening.
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +189,10 @@ impl Shared {
                 .unwrap_or_else(|p| p.into_inner())
                 .names(),
             networks,
+            upscalers: Upscaler::all(&self.networks.dirs().upscalers)
+                .iter()
+                .map(|u| u.name().to_string())
+                .collect(),
             capabilities: self.capabilities.clone(),
         })
     }
@@ -496,6 +501,13 @@ fn read_requests<S: Stream>(
                         JobKind::Interrogate(Box::new(job)),
                         events,
                     ),
+                    Err(error) => refuse(error.code, &error.message),
+                }
+            }
+            Request::Upscale(header) => {
+                let dirs = &shared.networks.dirs().upscalers;
+                match header.into_job(envelope.attachments, shared.limits.max_pixels, dirs) {
+                    Ok(job) => submit(shared, conn, id, JobKind::Upscale(Box::new(job)), events),
                     Err(error) => refuse(error.code, &error.message),
                 }
             }

@@ -255,6 +255,7 @@ pub(super) fn result_event(job: &Job, image: &GeneratedImage) -> Outgoing {
             infotext: image.infotext.to_text(),
             patch: image.patch.as_ref().map(|p| Placement { x: p.x, y: p.y }),
             grid: false,
+            cell: Vec::new(),
         },
         attachments,
     }
@@ -303,6 +304,11 @@ impl Worker {
             JobKind::Interrogate(request) => {
                 self.live.begin("interrogate");
                 self.interrogate(job, request);
+                self.live.end();
+            }
+            JobKind::Upscale(request) => {
+                self.live.begin("extras");
+                self.upscale(job, request, queue);
                 self.live.end();
             }
             JobKind::Generate(request) => {
@@ -483,6 +489,7 @@ impl Worker {
                 params: request.params.clone(),
                 init: Some(ScriptInit::new(init, mask)),
                 checkpoint: None,
+                cell: Vec::new(),
             };
             self.run_script(job, script, &base, request.preview, queue);
             return;
@@ -505,6 +512,7 @@ impl Worker {
                 params: request.params.clone(),
                 init: None,
                 checkpoint: None,
+                cell: Vec::new(),
             };
             self.run_script(job, script, &base, request.preview, queue);
             return;

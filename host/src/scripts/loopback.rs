@@ -199,6 +199,7 @@ pub fn run(
             params: args.loop_request(&params, n, i),
             init: None,
             checkpoint: base.checkpoint.clone(),
+            cell: Vec::new(),
         })
         .collect();
     plan_jobs(host, &jobs);

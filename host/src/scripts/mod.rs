@@ -109,6 +109,18 @@ pub struct ScriptJob {
     /// Checkpoint to load first (a name, title or file, as `sd_model_checkpoint` takes it);
     /// it stays loaded after the job, as in A1111. `None`: the loaded one.
     pub checkpoint: Option<String>,
+    /// An X/Y/Z plot cell's axis values, X then Y then Z, so clients can tell the cells'
+    /// images apart (they run in cost order); empty for every other job.
+    pub cell: Vec<CellAxis>,
+}
+
+/// One axis value of an X/Y/Z plot cell, as the grid's legend writes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub struct CellAxis {
+    /// The axis's A1111 label (`Steps`, `CFG Scale`).
+    pub axis: String,
+    /// The value's legend text without the `Steps: ` prefix some axes' legends add.
+    pub value: String,
 }
 
 impl ScriptJob {

@@ -267,6 +267,7 @@ pub fn run(
         params: request.clone(),
         init: Some(ScriptInit::new(RgbImage::new(1, 1), None)),
         checkpoint: None,
+        cell: Vec::new(),
     };
     plan_jobs(host, &vec![stand_in; calls * batch_size]);
     let mut outcome = ScriptOutcome {
@@ -302,6 +303,7 @@ pub fn run(
                         deliver: false,
                     }),
                     checkpoint: base.checkpoint.clone(),
+                    cell: Vec::new(),
                 };
                 let done = host.run(&job)?;
                 let Some(result) = done.images.first() else {

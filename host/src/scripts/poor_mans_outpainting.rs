@@ -182,6 +182,7 @@ pub fn run(
                 deliver: false,
             }),
             checkpoint: base.checkpoint.clone(),
+            cell: Vec::new(),
         });
     }
     plan_jobs(host, &jobs);

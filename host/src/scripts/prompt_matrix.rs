@@ -211,6 +211,7 @@ pub fn run(
                 params: p,
                 init: base.init.clone(),
                 checkpoint: base.checkpoint.clone(),
+                cell: Vec::new(),
             }
         })
         .collect();

@@ -527,6 +527,7 @@ pub fn run(
             params,
             init: base.init.clone(),
             checkpoint: parsed.sd_model.clone().or_else(|| base.checkpoint.clone()),
+            cell: Vec::new(),
         });
         if args.iterate_seed {
             seed += step;

@@ -121,6 +121,7 @@ pub fn run(
                 params: p,
                 init: Some(tile_init),
                 checkpoint: base.checkpoint.clone(),
+                cell: Vec::new(),
             });
         }
     }

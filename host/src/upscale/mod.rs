@@ -3,9 +3,11 @@
 //! `prepare::upscalers`) and the model upscalers found in the `models/` folders
 //! ([`list`]), read through the restricted unpickler or safetensors ([`file`]), their
 //! architecture detected as spandrel does ([`detect`]), built from `models::upscalers` and run
-//! tiled as A1111 runs each class ([`tiling`]). Hires. fix and the extras find them by name.
+//! tiled as A1111 runs each class ([`tiling`]). Hires. fix and the extras ([`extras`]: the HTTP
+//! API's and the daemon's `upscale`) find them by name.
 
 pub mod detect;
+pub mod extras;
 pub mod file;
 pub mod list;
 pub mod model;
@@ -107,35 +109,64 @@ pub enum ReadyUpscaler {
 
 impl ReadyUpscaler {
     /// `do_upscale` once: the model's native scale through its class's tiling (A1111's model
-    /// upscalers ignore the requested scale here).
+    /// upscalers ignore the requested scale here); `stop` is asked before each tile.
     fn model_step(
         model: &UpscalerModel,
         class: UpscalerClass,
         tiles: TileSettings,
         image: &RgbImage,
+        stop: &dyn Fn() -> bool,
     ) -> RgbImage {
-        let never = || false;
         if class.tiles_in_float() {
-            tiling::upscale_2(model, image, tiles, &never)
+            tiling::upscale_2(model, image, tiles, stop)
         } else {
-            tiling::upscale_with_model(model, image, tiles, &never)
+            tiling::upscale_with_model(model, image, tiles, stop)
         }
     }
 
     /// `Upscaler.upscale(img, scale)`: up to three steps until the picture reaches `scale`
     /// rounded down to multiples of 8, then Lanczos to exactly that (the extras' upscale).
     pub fn upscale(&self, image: &RgbImage, scale: f64) -> RgbImage {
+        self.upscale_watched(image, scale, &|| false).0
+    }
+
+    /// [`Self::upscale`], asking `stop` before each tile of a model upscaler: `None` when it
+    /// said so (the pixel upscalers are not tiled and always finish).
+    pub fn upscale_until(
+        &self,
+        image: &RgbImage,
+        scale: f64,
+        stop: &dyn Fn() -> bool,
+    ) -> Option<RgbImage> {
+        let (upscaled, stopped) = self.upscale_watched(image, scale, stop);
+        (!stopped).then_some(upscaled)
+    }
+
+    /// The upscale, and whether `stop` ended it early.
+    fn upscale_watched(
+        &self,
+        image: &RgbImage,
+        scale: f64,
+        stop: &dyn Fn() -> bool,
+    ) -> (RgbImage, bool) {
         match self {
-            ReadyUpscaler::Pixel(p) => p.upscale(image, scale),
+            ReadyUpscaler::Pixel(p) => (p.upscale(image, scale), false),
             ReadyUpscaler::Model {
                 model,
                 class,
                 tiles,
             } => {
                 let model = model.lock().unwrap_or_else(|p| p.into_inner());
-                upscale_by(image, scale, &mut |img| {
-                    Self::model_step(&model, *class, *tiles, img)
-                })
+                let stopped = std::cell::Cell::new(false);
+                let watch = || {
+                    stopped.set(stopped.get() || stop());
+                    stopped.get()
+                };
+                // A stopped step gives the picture back unchanged, which ends the steps.
+                let upscaled = upscale_by(image, scale, &mut |img| {
+                    Self::model_step(&model, *class, *tiles, img, &watch)
+                });
+                (upscaled, stopped.get())
             }
         }
     }

@@ -1,9 +1,11 @@
 //! The real daemon (`sdhost serve`) on a temporary socket with a tiny model: many clients,
 //! fairness and routing, cancel, disconnects, malformed input, limits, the connection cap,
 //! permissions, TCP tokens, single-instance start and graceful shutdown; and
-//! docs/protocol.md against the protocol's types.
+//! docs/protocol.md against the protocol's types; `upscale` tests the extras upscale request.
 
 use crate::common;
+
+mod upscale;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

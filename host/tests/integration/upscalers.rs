@@ -17,7 +17,7 @@ use crate::cli::{assert_one_line_error, assert_success, make_tiny, pixels, run_s
 use crate::common::{read_tensors, run_reference};
 
 /// The reference's files, made once for every test of this module.
-fn reference() -> &'static Path {
+pub(crate) fn reference() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap().keep();
@@ -148,7 +148,7 @@ fn tiled_upscales_match_a1111s_transcriptions() {
 }
 
 /// An A1111 `models/` tree with the tiny checkpoint and upscalers in their folders.
-fn models_tree(root: &Path) -> PathBuf {
+pub(crate) fn models_tree(root: &Path) -> PathBuf {
     let models = root.join("models");
     let reference = reference().join("models");
     for (folder, from, to) in [

@@ -467,6 +467,22 @@ fn api_script_args_run_the_plot_and_return_the_grid_first() {
     );
 }
 
+/// The headers of socket job `job` up to its end.
+fn job_headers(client: &mut crate::daemon::Client, job: &Value) -> Vec<Value> {
+    let mut events = Vec::new();
+    loop {
+        let frame = client.read();
+        if frame.header["job"] != *job {
+            continue;
+        }
+        let kind = frame.header["type"].as_str().unwrap().to_string();
+        events.push(frame.header);
+        if matches!(kind.as_str(), "done" | "cancelled" | "error") {
+            return events;
+        }
+    }
+}
+
 #[test]
 fn socket_plot_counts_progress_over_cells_sends_the_grid_last_and_cancels_between_steps() {
     use crate::daemon::{image_attachment, start_daemon, Client};
@@ -481,18 +497,7 @@ fn socket_plot_counts_progress_over_cells_sends_the_grid_last_and_cancels_betwee
     let queued = client.answer(id).header;
     assert_eq!(queued["type"], "queued", "{queued}");
     let job = queued["job"].clone();
-    let mut events = Vec::new();
-    loop {
-        let frame = client.read();
-        if frame.header["job"] != job {
-            continue;
-        }
-        let kind = frame.header["type"].as_str().unwrap().to_string();
-        events.push(frame.header);
-        if matches!(kind.as_str(), "done" | "cancelled" | "error") {
-            break;
-        }
-    }
+    let events = job_headers(&mut client, &job);
     let progress: Vec<&Value> = events.iter().filter(|e| e["type"] == "progress").collect();
     // Two seeds × (2 + 3 steps): one plan of every cell's steps, counted on over the cells.
     assert_eq!(progress[0]["total"], 10, "{:?}", progress[0]);
@@ -508,6 +513,34 @@ fn socket_plot_counts_progress_over_cells_sends_the_grid_last_and_cancels_betwee
         .contains("Y Type: Seed"));
     assert_eq!(events.last().unwrap()["type"], "done");
     assert_eq!(events.last().unwrap()["images"], 4);
+
+    // Each cell's image names its cell as the legend does, X then Y (Z, "Nothing", left
+    // out), whatever order the cells ran in; the grid names none.
+    let mut cells = Vec::new();
+    for result in &results[..4] {
+        let cell = result["cell"]
+            .as_array()
+            .expect("a cell's image has `cell`");
+        let axes: Vec<&Value> = cell.iter().map(|axis| &axis["axis"]).collect();
+        assert_eq!(axes, [&json!("Steps"), &json!("Seed")], "{result}");
+        let (steps, seed) = (cell[0]["value"].as_str(), cell[1]["value"].as_str());
+        let (steps, seed) = (steps.unwrap().to_string(), seed.unwrap().to_string());
+        let infotext = result["infotext"].as_str().unwrap();
+        assert!(infotext.contains(&format!("Steps: {steps},")), "{result}");
+        assert_eq!(result["seed"].to_string(), seed, "{result}");
+        cells.push((steps, seed));
+    }
+    cells.sort();
+    let every: Vec<(String, String)> = [("2", "1"), ("2", "2"), ("3", "1"), ("3", "2")]
+        .map(|(x, y)| (x.to_string(), y.to_string()))
+        .into();
+    assert_eq!(cells, every);
+    assert!(results[4].get("cell").is_none(), "{}", results[4]);
+    // An ordinary job's image names no cell.
+    let ordinary = json!(client.submit(5, 2));
+    let events = job_headers(&mut client, &ordinary);
+    let result = events.iter().find(|e| e["type"] == "result").unwrap();
+    assert!(result.get("cell").is_none(), "{result}");
 
     // Cancelled after its first cell: no further cell runs, the grid still comes.
     let id = client.send(plot("40,40"), &[image_attachment(32, 32)]);

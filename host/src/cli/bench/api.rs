@@ -112,6 +112,7 @@ fn echo_worker(shared: Arc<Shared>) -> std::thread::JoinHandle<()> {
                     infotext: INFOTEXT.into(),
                     patch: None,
                     grid: false,
+                    cell: Vec::new(),
                 };
                 let _ = job.events.send(Outgoing {
                     event: result,

@@ -233,15 +233,21 @@ impl Axis {
     pub fn legend_text(&self, value: &AxisValue) -> String {
         match self.legend {
             Legend::Nothing => String::new(),
-            Legend::Value => value.display(),
-            Legend::FileName => {
-                let text = value.display();
-                std::path::Path::new(&text)
-                    .file_name()
-                    .map_or(text.clone(), |n| n.to_string_lossy().into_owned())
-            }
-            Legend::Labelled => format!("{}: {}", self.label, value.display()),
+            Legend::Labelled => format!("{}: {}", self.label, self.value_text(value)),
+            Legend::Value | Legend::FileName => self.value_text(value),
         }
+    }
+
+    /// The legend's text of `value` without the `<label>: ` that labelled legends put first:
+    /// how clients are told a cell's value.
+    pub fn value_text(&self, value: &AxisValue) -> String {
+        let text = value.display();
+        if self.legend != Legend::FileName {
+            return text;
+        }
+        std::path::Path::new(&text)
+            .file_name()
+            .map_or(text.clone(), |n| n.to_string_lossy().into_owned())
     }
 
     /// Whether it is a seed axis (random seeds for -1, `Fixed … Values` in the infotext).
@@ -442,6 +448,11 @@ mod tests {
     fn legends() {
         let steps = find(Tab::Img2img, "Steps").unwrap();
         assert_eq!(steps.legend_text(&AxisValue::Int(10)), "Steps: 10");
+        // A cell's value for clients: the legend without the label.
+        assert_eq!(steps.value_text(&AxisValue::Int(10)), "10");
+        let cfg = find(Tab::Img2img, "CFG Scale").unwrap();
+        assert_eq!(cfg.legend_text(&AxisValue::Float(5.0)), "CFG Scale: 5.0");
+        assert_eq!(cfg.value_text(&AxisValue::Float(5.0)), "5.0");
         let sampler = find(Tab::Img2img, "Sampler").unwrap();
         assert_eq!(
             sampler.legend_text(&AxisValue::Str("Euler".into())),
@@ -450,6 +461,10 @@ mod tests {
         let checkpoint = find(Tab::Img2img, "Checkpoint name").unwrap();
         assert_eq!(
             checkpoint.legend_text(&AxisValue::Str("sub/model.safetensors".into())),
+            "model.safetensors"
+        );
+        assert_eq!(
+            checkpoint.value_text(&AxisValue::Str("sub/model.safetensors".into())),
             "model.safetensors"
         );
     }

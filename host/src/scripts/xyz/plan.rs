@@ -10,7 +10,7 @@ use super::axes::{Axis, CellDraft, Effect};
 use super::values::{csv_values, expand, AxisValue};
 use super::{invalid, AxisArg, XyzArgs};
 use crate::rng::{fixed_seed, random_seed};
-use crate::scripts::{ScriptError, ScriptHost, ScriptJob};
+use crate::scripts::{CellAxis, ScriptError, ScriptHost, ScriptJob};
 
 /// A1111's option `img_max_size_mp`: the largest grid, in megapixels.
 pub const MAX_GRID_MEGAPIXELS: f64 = 200.0;
@@ -280,10 +280,18 @@ fn cell(
     params
         .validate(8)
         .map_err(|e| invalid(format!("cell {}: {e}", describe())))?;
+    let cell = (0..3)
+        .filter(|i| axes[*i].effect != Effect::Nothing)
+        .map(|i| CellAxis {
+            axis: axes[i].label.to_string(),
+            value: axes[i].value_text(&values[i][at[i]]),
+        })
+        .collect();
     Ok(ScriptJob {
         params,
         init: base.init.clone(),
         checkpoint: draft.checkpoint,
+        cell,
     })
 }
 
