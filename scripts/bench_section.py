@@ -27,26 +27,32 @@ def section(date: str, kind: str, device: str, command: str, output: str) -> lis
     return lines
 
 
+def headings(lines: list[str]) -> list[int]:
+    """Indices of the second-level headings outside code blocks."""
+    found, fenced = [], False
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("## "):
+            found.append(i)
+    return found
+
+
 def place(doc: str, kind: str, device: str, new: list[str]) -> str:
     """`doc` with `new` replacing the section for (kind, device), or added as the newest."""
     lines = doc.splitlines()
+    at = headings(lines)
     same = re.compile(rf"^## \d{{4}}-\d{{2}}-\d{{2}}, {re.escape(kind)}: {re.escape(device)}\s*$")
-    start = next((i for i, line in enumerate(lines) if same.match(line)), None)
+    start = next((i for i in at if same.match(lines[i])), None)
     if start is None:
-        # Newest first: before the first second-level heading (the intro stays on top).
-        at = next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))
-        if at == len(lines) and lines and lines[-1].strip():
+        # Newest first: before the first section (the intro stays on top), else at the end.
+        first = at[0] if at else len(lines)
+        if first == len(lines) and lines and lines[-1].strip():
             new = ["", *new]
-        lines[at:at] = new
+        lines[first:first] = new
     else:
-        # A section runs to the next second-level heading outside a code block.
-        end, fenced = len(lines), False
-        for i in range(start + 1, len(lines)):
-            if lines[i].startswith("```"):
-                fenced = not fenced
-            elif not fenced and lines[i].startswith("## "):
-                end = i
-                break
+        # A section runs to the next heading.
+        end = next((i for i in at if i > start), len(lines))
         lines[start:end] = new
     return "\n".join(lines).rstrip("\n") + "\n"
 

@@ -40,7 +40,7 @@ Tables.
 def test_a_new_device_goes_first_and_the_same_device_is_replaced_in_place() -> None:
     first = bench_section.section("2026-12-04", "GPU", "NVIDIA H200", "scripts/gpu-bench", "a\n b\n")
     doc = bench_section.place(DOC, "GPU", "NVIDIA H200", first)
-    headings = [line for line in doc.splitlines() if line.startswith("## ")]
+    headings = [doc.splitlines()[i] for i in bench_section.headings(doc.splitlines())]
     assert headings[0] == "## 2026-12-04, GPU: NVIDIA H200"
     assert "```\na\n b\n```" in doc and doc.startswith("# Performance\n\nIntro.\n\n## 2026-12-04")
 
@@ -48,14 +48,14 @@ def test_a_new_device_goes_first_and_the_same_device_is_replaced_in_place() -> N
     doc = bench_section.place(doc, "GPU", "NVIDIA L4", other)
     again = bench_section.section("2026-12-06", "GPU", "NVIDIA H200", "", "new\n")
     doc = bench_section.place(doc, "GPU", "NVIDIA H200", again)
-    headings = [line for line in doc.splitlines() if line.startswith("## ")]
+    headings = [doc.splitlines()[i] for i in bench_section.headings(doc.splitlines())]
     assert headings == ["## 2026-12-05, GPU: NVIDIA L4", "## 2026-12-06, GPU: NVIDIA H200",
                         "## 2026-12-03, build time", "## 2026-12-01, reference machine"]
     assert "a\n b" not in doc and "new" in doc and "l4" in doc and "Old text." in doc
 
 
 def test_a_section_ends_at_the_next_heading_outside_code_blocks() -> None:
-    doc = bench_section.place(DOC, "CPU", "X", bench_section.section("2026-12-01", "CPU", "X", "", "```\n## inner\n```\n"))
+    doc = bench_section.place(DOC, "CPU", "X", bench_section.section("2026-12-01", "CPU", "X", "", "## inner\n"))
     replaced = bench_section.place(doc, "CPU", "X", bench_section.section("2026-12-02", "CPU", "X", "", "x\n"))
     assert "## inner" not in replaced and "## 2026-12-03, build time" in replaced
 
