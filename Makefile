@@ -7,7 +7,7 @@ SDHOST := target/release/sdhost
 DEMO_MODEL := models/tiny-sd1.safetensors
 DEMO_IMAGE := host/assets/sample-init.png
 
-.PHONY: setup setup-test build build-all run demo test lint bench soak fuzz fuzz-smoke screenshots install-gimp-plugin install uninstall install-service
+.PHONY: setup setup-test build build-all run demo test lint bench bench-gpu soak fuzz fuzz-smoke screenshots install-gimp-plugin install uninstall install-service
 
 setup:
 	@scripts/setup
@@ -46,6 +46,7 @@ test: setup-test build-all lint
 	.venv/bin/python -m pytest -q tests/soak
 	.venv/bin/python -m pytest -q tests/install
 	.venv/bin/python -m pytest -q tests/setup
+	.venv/bin/python -m pytest -q tests/gpu_bench
 	tests/gimp/run_e2e.sh
 	scripts/fuzz smoke 60
 
@@ -71,6 +72,11 @@ fuzz-smoke: build-all
 # sdhost against diffusers, side by side (docs/performance.md); a few minutes on 2 cores.
 bench: setup-test build
 	$(SDHOST) bench
+
+# The side-by-side cases on a CUDA GPU (fp16), written into docs/performance.md as
+# "## DATE, GPU: <device>": its own CUDA build in target-cuda/, the CPU build untouched.
+bench-gpu:
+	scripts/gpu-bench
 
 # The GIMP 3 plug-in into ~/.config/GIMP/3.0/plug-ins (see README, "Use it from GIMP").
 install-gimp-plugin:

@@ -25,7 +25,35 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+    emit_libtorch_version(Path::new(&lib_dir));
     compile_generator_shim(Path::new(&lib_dir));
+}
+
+/// Tells the crate which libtorch it links (`sdhost bench` prints it beside its tables): the
+/// cut folder's `build-version` (scripts/libtorch.py), else the pip package's `version.py`.
+fn emit_libtorch_version(lib_dir: &Path) {
+    let root = lib_dir.parent().unwrap_or(lib_dir);
+    let (build_version, version_py) = (root.join("build-version"), root.join("version.py"));
+    println!("cargo:rerun-if-changed={}", build_version.display());
+    println!("cargo:rerun-if-changed={}", version_py.display());
+    let version = std::fs::read_to_string(&build_version)
+        .ok()
+        .map(|text| text.trim().to_owned())
+        .or_else(|| {
+            std::fs::read_to_string(&version_py)
+                .ok()?
+                .lines()
+                .find_map(|line| {
+                    let value = line
+                        .strip_prefix("__version__")?
+                        .split(['\'', '"'])
+                        .nth(1)?;
+                    Some(value.to_owned())
+                })
+        });
+    if let Some(version) = version.filter(|v| !v.is_empty()) {
+        println!("cargo:rustc-env=SDHOST_LIBTORCH_VERSION={version}");
+    }
 }
 
 /// Builds csrc/generator.cpp against the libtorch headers the way torch-sys builds its wrapper.

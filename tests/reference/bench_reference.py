@@ -1,20 +1,27 @@
 """The diffusers side of `sdhost bench`: the same networks from the same checkpoint, timed on
 request so that both sides run interleaved in one session.
 
-Usage: bench_reference.py CHECKPOINT THREADS
+Usage: bench_reference.py CHECKPOINT THREADS [--device cpu|cuda|cuda:N]
 Reads one JSON command per line on stdin, answers one JSON line on stdout:
-  {"op": "unet" | "vae_encode" | "vae_decode" | "clip", "dtype": "fp32" | "bf16", "size": N}
+  {"op": "describe"}
+  -> {"torch": …, "diffusers": …, "device_name": …, "attention": …}   (what a table says it ran)
+  {"op": "unet" | "vae_encode" | "vae_decode" | "clip", "dtype": "fp32" | "fp16" | "bf16", "size": N}
   -> {"seconds": t}   (one timed run; networks are built on first use per dtype)
   {"op": "sgm_unet", "dtype": …, "size": N}
   -> {"seconds": t}   (one SD 2.x / SDXL UNet call, CFG batch 2, N×N latent, with SDXL's vector y;
                        the UNet alone, built by sd2_sdxl_models.build_sgm_unet on first use)
-  {"op": "img2img", "model": PATH, "init": PNG, "size": N, "steps": S}
-  -> {"seconds": t}   (one whole diffusers img2img job, its pipeline built on first use)
+  {"op": "img2img", "model": PATH, "init": PNG, "size": N, "steps": S, "dtype": D}
+  -> {"seconds": t, "peak_mib": m}   (one whole diffusers img2img job, its pipeline built on
+                       first use; on CUDA m is the caching allocator's peak during the job)
   {"op": "quit"}
 
-Or: bench_reference.py --job CHECKPOINT THREADS INIT SIZE STEPS OUT
+Or: bench_reference.py --job CHECKPOINT THREADS INIT SIZE STEPS OUT [DEVICE DTYPE]
   one whole img2img job in a fresh process, from loading the checkpoint to writing OUT (PNG);
   `sdhost bench` measures its wall time and peak RSS next to `sdhost img2img`'s.
+
+Attention is PyTorch's scaled_dot_product_attention on every device, as in sdhost: diffusers'
+AttnProcessor2_0 in the UNet and VAE, transformers' "sdpa" in CLIP (checked when each network
+is built). On CUDA every timed run is bracketed by torch.cuda.synchronize().
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ import os
 import sys
 import time
 
+import diffusers
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
+from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 from safetensors import safe_open
@@ -36,19 +45,52 @@ sys.path.insert(0, os.path.dirname(__file__))
 from ldm_to_diffusers import UNET, build_clip, build_unet, build_vae, load_checkpoint  # noqa: E402
 from sd2_sdxl_models import build_sgm_unet  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TOKENIZER = os.path.join(os.path.dirname(__file__), "..", "..", "host", "assets", "clip-tokenizer.json")
 PROMPT = "a lighthouse on a cliff"
 
 
-def build_pipeline(checkpoint: str) -> StableDiffusionImg2ImgPipeline:
-    """diffusers' img2img pipeline on the checkpoint's weights, fp32, Euler as sdhost runs it.
+def check_sdpa(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` after checking that its attention is scaled_dot_product_attention (what the
+    bench's table header says): AttnProcessor2_0 in diffusers' networks, "sdpa" in CLIP."""
+    if hasattr(model, "attn_processors"):
+        kinds = {type(p).__name__ for p in model.attn_processors.values()}
+        if kinds - {AttnProcessor2_0.__name__}:
+            raise RuntimeError(f"{type(model).__name__} attention is {kinds}, not AttnProcessor2_0")
+    else:
+        kind = getattr(model.config, "_attn_implementation", None)
+        if kind != "sdpa":
+            raise RuntimeError(f"{type(model).__name__} attention is {kind!r}, not sdpa")
+    return model
+
+
+def describe(device: torch.device) -> dict:
+    """What a table says it measured: versions, the device's name and the attention kernels."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                     if line.startswith("model name")), "CPU")
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "device_name": name,
+            "attention": "AttnProcessor2_0 (SDPA), CLIP sdpa"}
+
+
+def synchronize(device: torch.device) -> None:
+    """Waits for the device's queued kernels (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_pipeline(checkpoint: str, device: torch.device = torch.device("cpu"),
+                   dtype: torch.dtype = torch.float32) -> StableDiffusionImg2ImgPipeline:
+    """diffusers' img2img pipeline on the checkpoint's weights, Euler as sdhost runs it, on
+    `device` in `dtype` (fp32 on the CPU).
 
     The file's tensors are kept in their stored dtype until each network copies them into its
     fp32 parameters, and dropped after, as a careful diffusers user would load them.
     """
     state = load_file(checkpoint)
-    unet, vae, clip = build_unet(state), build_vae(state), build_clip(state)
+    unet, vae, clip = (check_sdpa(build(state)) for build in (build_unet, build_vae, build_clip))
     del state
     # sdhost's tokenizer file is OpenAI's CLIP BPE, which is what CLIPTokenizer holds.
     end = "<|endoftext|>"
@@ -61,7 +103,7 @@ def build_pipeline(checkpoint: str) -> StableDiffusionImg2ImgPipeline:
                                           scheduler=scheduler, safety_checker=None,
                                           feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return pipe.to(device, dtype)
 
 
 def build_sgm_unet_in(checkpoint: str, dtype: torch.dtype) -> torch.nn.Module:
@@ -94,10 +136,12 @@ def run_job(pipe: StableDiffusionImg2ImgPipeline, init: str, size: int, steps: i
 
 
 def job_main(args: list[str]) -> None:
-    checkpoint, threads, init, size, steps, out = args
+    checkpoint, threads, init, size, steps, out = args[:6]
+    device, dtype = (args[6:] + ["cpu", "fp32"][len(args[6:]):])[:2]
     torch.set_num_threads(int(threads))
     diffusers_logging.set_verbosity_error()
-    run_job(build_pipeline(checkpoint), init, int(size), int(steps)).save(out)
+    pipe = build_pipeline(checkpoint, torch.device(device), DTYPES[dtype])
+    run_job(pipe, init, int(size), int(steps)).save(out)
 
 
 def main() -> None:
@@ -105,18 +149,19 @@ def main() -> None:
         job_main(sys.argv[2:])
         return
     checkpoint, threads = sys.argv[1], int(sys.argv[2])
+    device = torch.device(sys.argv[4] if sys.argv[3:4] == ["--device"] else "cpu")
     torch.set_num_threads(threads)
     diffusers_logging.set_verbosity_error()
     state: dict[str, torch.Tensor] = {}  # read on first use: the job cases never need it
     nets: dict[tuple[str, str], torch.nn.Module] = {}
-    pipelines: dict[str, StableDiffusionImg2ImgPipeline] = {}
+    pipelines: dict[tuple[str, str], StableDiffusionImg2ImgPipeline] = {}
 
     def net(kind: str, dtype: str, channels_last: bool = False) -> torch.nn.Module:
         if not state:
             state.update(load_checkpoint(checkpoint))
         if (kind, dtype, channels_last) not in nets:
             build = {"unet": build_unet, "vae": build_vae, "clip": build_clip}[kind]
-            model = build(state).to(DTYPES[dtype])
+            model = check_sdpa(build(state)).to(device, DTYPES[dtype])
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
             nets[(kind, dtype, channels_last)] = model
@@ -127,6 +172,9 @@ def main() -> None:
         op = command["op"]
         if op == "quit":
             return
+        if op == "describe":
+            print(json.dumps(describe(device)), flush=True)
+            continue
         dtype, size = command.get("dtype", "fp32"), int(command.get("size", 64))
         kind = DTYPES[dtype]
         # Variants measured against the default (inference mode, contiguous NCHW).
@@ -135,17 +183,18 @@ def main() -> None:
         with grad_mode:
             if op == "img2img":
                 path = command["model"]
-                if path not in pipelines:
-                    pipelines[path] = build_pipeline(path)
-                pipe, init, steps = pipelines[path], command["init"], int(command["steps"])
+                if (path, dtype) not in pipelines:
+                    pipelines[(path, dtype)] = build_pipeline(path, device, kind)
+                pipe, init, steps = pipelines[(path, dtype)], command["init"], int(command["steps"])
                 run = lambda: run_job(pipe, init, size, steps)  # noqa: E731
             elif op in ("unet", "profile"):
                 model = net("unet", dtype, channels_last)
-                x = torch.randn(2, 4, size, size, dtype=kind)
+                x = torch.randn(2, 4, size, size, dtype=kind, device=device)
                 if channels_last:
                     x = x.to(memory_format=torch.channels_last)
-                t = torch.tensor([500.0, 500.0])
-                context = torch.randn(2, 77, model.config.cross_attention_dim, dtype=kind)
+                t = torch.tensor([500.0, 500.0], device=device)
+                context = torch.randn(2, 77, model.config.cross_attention_dim, dtype=kind,
+                                      device=device)
                 run = lambda: model(x, t, encoder_hidden_states=context).sample  # noqa: E731
             elif op == "sgm_unet":
                 if ("sgm_unet", dtype, False) not in nets:
@@ -160,15 +209,15 @@ def main() -> None:
                 run = lambda: model(x, t, context, y=y).sample  # noqa: E731
             elif op == "vae_encode":
                 model = net("vae", dtype)
-                image = torch.rand(1, 3, size, size, dtype=kind) * 2 - 1
+                image = torch.rand(1, 3, size, size, dtype=kind, device=device) * 2 - 1
                 run = lambda: model.encode(image).latent_dist.mean  # noqa: E731
             elif op == "vae_decode":
                 model = net("vae", dtype)
-                latent = torch.randn(1, 4, size // 8, size // 8, dtype=kind)
+                latent = torch.randn(1, 4, size // 8, size // 8, dtype=kind, device=device)
                 run = lambda: model.decode(latent).sample  # noqa: E731
             elif op == "clip":
                 model = net("clip", dtype)
-                ids = torch.randint(0, 49000, (2, 77))
+                ids = torch.randint(0, 49000, (2, 77), device=device)
                 run = lambda: model(ids, output_hidden_states=True).last_hidden_state  # noqa: E731
             else:
                 print(json.dumps({"error": f"unknown op {op}"}), flush=True)
@@ -176,10 +225,17 @@ def main() -> None:
             if op == "profile":
                 print(json.dumps(profile(run)), flush=True)
                 continue
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            synchronize(device)
             start = time.perf_counter()
             run()
+            synchronize(device)
             seconds = time.perf_counter() - start
-        print(json.dumps({"seconds": seconds}), flush=True)
+        answer = {"seconds": seconds}
+        if device.type == "cuda":
+            answer["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+        print(json.dumps(answer), flush=True)
 
 
 # Where a UNet call's time goes, by the aten operators' own (self) CPU time.

@@ -4,6 +4,7 @@
 
 mod api;
 mod caches;
+mod context;
 mod figures;
 mod interrogate;
 mod jobs;
@@ -21,6 +22,7 @@ use clap::Args;
 use tch::Kind;
 
 use crate::tiny_model::{write_tiny_model, Preset, TinyModelSpec};
+use context::BenchContext;
 use reference::ReferenceScript;
 
 /// The cases a plain `sdhost bench` runs, in the order they run.
@@ -35,7 +37,7 @@ const NATIVE_CASES: &str = "sd2-unet,sdxl-unet";
 const OWN_MODEL_CASES: &str = "interrogate";
 
 /// Arguments of `sdhost bench`.
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct BenchArgs {
     /// Checkpoint [default: a random-weight SD 1.5 made once in ~/.cache/sdhost/bench].
     #[arg(long)]
@@ -46,9 +48,13 @@ pub struct BenchArgs {
     /// Intra-op threads on both sides [default: the machine's cores].
     #[arg(long)]
     threads: Option<i32>,
-    /// Dtypes to compare the networks in.
-    #[arg(long, value_delimiter = ',', default_value = "fp32,bf16")]
+    /// Dtypes to compare the networks in [default: fp32,bf16 on cpu, fp16 on cuda].
+    #[arg(long, value_delimiter = ',')]
     dtypes: Vec<String>,
+    /// Device of both sides: cpu, cuda or cuda:N. On CUDA only the side-by-side cases run
+    /// (unet, vae-encode, vae-decode, clip, gemm, jobs); the others say they are CPU-only.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Cases to run: unet, vae-encode, vae-decode, clip, gemm (networks against diffusers),
     /// variants (channels-last and no_grad on the reference side), profile (the UNet's time by
     /// operator category in fp32 and bf16),
@@ -102,12 +108,14 @@ impl From<&BenchArgs> for ReferenceScript {
         ReferenceScript {
             python: args.python.clone(),
             script: args.reference.clone(),
+            device: args.device.clone(),
         }
     }
 }
 
 /// Runs the benchmark and prints its tables.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let context = BenchContext::new(&args.device)?;
     for case in &args.only {
         anyhow::ensure!(
             CASES
@@ -119,12 +127,17 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     for dtype in &args.dtypes {
-        // The reference side knows these two; fp16 convolutions have no fast CPU kernels.
-        anyhow::ensure!(
-            matches!(dtype.as_str(), "fp32" | "bf16"),
-            "bench dtype \"{dtype}\": the CPU comparison runs fp32 and bf16"
-        );
+        context.check_dtype(dtype)?;
     }
+    let mut args = args.clone();
+    if args.dtypes.is_empty() {
+        args.dtypes = context.default_dtypes();
+    }
+    args.only = context.runnable(&args.only);
+    if args.only.is_empty() {
+        return Ok(());
+    }
+    let args = &args;
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i32));
@@ -168,7 +181,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         model.display(),
         args.repeat
     );
-    networks::run(&script, &model, threads, args, &wants)?;
+    networks::run(&script, &model, threads, args, &context, &wants)?;
     sgm::run(&script, threads, args, &wants)?;
     if wants("variants") {
         networks::variants(&script, &model, threads, args)?;
@@ -177,7 +190,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         networks::profile(&script, &model, threads)?;
     }
     if wants("jobs") {
-        jobs::run(&script, &model, threads, args.repeat)?;
+        jobs::run(&script, &model, threads, args, &context)?;
     }
     if wants("memory") {
         memory::profile(&model, 512)?;

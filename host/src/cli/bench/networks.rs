@@ -5,9 +5,10 @@ use std::path::Path;
 
 use anyhow::Context;
 use serde_json::json;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
-use super::reference::{interleaved, median, seconds, Reference, ReferenceScript};
+use super::context::BenchContext;
+use super::reference::{interleaved, median, Reference, ReferenceScript};
 use super::BenchArgs;
 use crate::checkpoint::{infer_architecture, Checkpoint};
 use crate::device::parse_dtype;
@@ -25,27 +26,34 @@ const CASES: [(&str, &str, i64); 4] = [
     ("clip", "clip", 0),
 ];
 
-/// One timed call of a network case on sdhost's side.
-fn time_ours(sd: &StableDiffusion, op: &str, size: i64, kind: Kind, context_width: i64) -> f64 {
-    let on = (kind, Device::Cpu);
+/// One timed call of a network case on sdhost's side, its inputs already on the device.
+fn time_ours(
+    sd: &StableDiffusion,
+    op: &str,
+    size: i64,
+    kind: Kind,
+    context_width: i64,
+    bench: &BenchContext,
+) -> f64 {
+    let on = (kind, bench.device);
     match op {
         "unet" => {
             let x = Tensor::randn([2, 4, size, size], on);
-            let t = Tensor::from_slice(&[500.0f32, 500.0]);
+            let t = Tensor::from_slice(&[500.0f32, 500.0]).to_device(bench.device);
             let context = Tensor::randn([2, 77, context_width], on);
-            seconds(|| sd.unet.forward(&x, &t, &context, None))
+            bench.seconds(|| sd.unet.forward(&x, &t, &context, None))
         }
         "vae_encode" => {
             let image = Tensor::rand([1, 3, size, size], on) * 2.0 - 1.0;
-            seconds(|| sd.vae.encode(&image).mean)
+            bench.seconds(|| sd.vae.encode(&image).mean)
         }
         "vae_decode" => {
             let latent = Tensor::randn([1, 4, size / 8, size / 8], on);
-            seconds(|| sd.vae.decode(&latent))
+            bench.seconds(|| sd.vae.decode(&latent))
         }
         _ => {
-            let ids = Tensor::randint(49000, [2, 77], (Kind::Int64, Device::Cpu));
-            seconds(|| sd.text.context_of_ids(&ids))
+            let ids = Tensor::randint(49000, [2, 77], (Kind::Int64, bench.device));
+            bench.seconds(|| sd.text.context_of_ids(&ids))
         }
     }
 }
@@ -56,6 +64,7 @@ pub fn run(
     model: &Path,
     threads: i32,
     args: &BenchArgs,
+    bench: &BenchContext,
     wants: &dyn Fn(&str) -> bool,
 ) -> anyhow::Result<()> {
     let cases: Vec<_> = CASES.iter().filter(|(case, _, _)| wants(case)).collect();
@@ -65,21 +74,27 @@ pub fn run(
     let checkpoint = Checkpoint::open(model)?;
     let architecture = infer_architecture(&checkpoint)?;
     println!("networks ({}):", architecture.family_name());
+    let mut reference = if cases.is_empty() {
+        None
+    } else {
+        let mut reference = Reference::start(script, model, threads)?;
+        println!("{}", bench.header(&mut reference, &args.dtypes)?);
+        Some(reference)
+    };
     println!(
         "{:<32} {:>12} {:>12} {:>8}",
         "case", "sdhost s", "diffusers s", "ratio"
     );
     let mut unet_times = Vec::new();
-    if !cases.is_empty() {
-        let mut reference = Reference::start(script, model, threads)?;
+    if let Some(reference) = &mut reference {
         for dtype in &args.dtypes {
             let kind = parse_dtype(dtype)?;
-            let sd = StableDiffusion::load(&checkpoint, &architecture, kind, Device::Cpu)?;
+            let sd = StableDiffusion::load(&checkpoint, &architecture, kind, bench.device)?;
             let context_width = architecture.unet.context_dim;
             for &&(case, op, size) in &cases {
                 let (mine, theirs) = interleaved(
                     args.repeat,
-                    || Ok(time_ours(&sd, op, size, kind, context_width)),
+                    || Ok(time_ours(&sd, op, size, kind, context_width, bench)),
                     || reference.time(json!({"op": op, "dtype": dtype, "size": size})),
                 )?;
                 let label = match size {
@@ -103,12 +118,12 @@ pub fn run(
         for dtype in &args.dtypes {
             let kind = parse_dtype(dtype)?;
             let n = 2048;
-            let a = Tensor::randn([n, n], (kind, Device::Cpu));
-            let b = Tensor::randn([n, n], (kind, Device::Cpu));
-            seconds(|| a.matmul(&b));
+            let a = Tensor::randn([n, n], (kind, bench.device));
+            let b = Tensor::randn([n, n], (kind, bench.device));
+            bench.seconds(|| a.matmul(&b));
             let time = median(
                 (0..args.repeat.max(1))
-                    .map(|_| seconds(|| a.matmul(&b)))
+                    .map(|_| bench.seconds(|| a.matmul(&b)))
                     .collect(),
             );
             let flops = 2.0 * (n as f64).powi(3) / time;

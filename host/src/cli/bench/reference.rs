@@ -15,6 +15,8 @@ pub struct ReferenceScript {
     pub python: PathBuf,
     /// `tests/reference/bench_reference.py`.
     pub script: PathBuf,
+    /// The device it runs on (`cpu`, `cuda:0`), as `--device` names it.
+    pub device: String,
 }
 
 /// The diffusers side, a process answering timing requests one JSON line at a time.
@@ -25,12 +27,15 @@ pub struct Reference {
 }
 
 impl Reference {
-    /// Starts the reference process for `model` with `threads` intra-op threads.
+    /// Starts the reference process for `model` with `threads` intra-op threads on the
+    /// script's device.
     pub fn start(script: &ReferenceScript, model: &Path, threads: i32) -> anyhow::Result<Self> {
         let mut child = Command::new(&script.python)
             .arg(&script.script)
             .arg(model)
             .arg(threads.to_string())
+            .arg("--device")
+            .arg(&script.device)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
