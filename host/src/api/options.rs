@@ -44,6 +44,9 @@ const REQUEST_OPTIONS: &[(&str, DefaultValue)] = &[
     ("inpainting_mask_weight", || json!(1.0)),
     ("initial_noise_multiplier", || json!(1.0)),
     ("img2img_extra_noise", || json!(0.0)),
+    ("token_merging_ratio", || json!(0.0)),
+    ("token_merging_ratio_img2img", || json!(0.0)),
+    ("token_merging_ratio_hr", || json!(0.0)),
     ("img2img_fix_steps", || json!(false)),
 ];
 

@@ -269,7 +269,10 @@ mod tests {
     #[test]
     fn destinations_are_each_cells_top_left() {
         let partition = Partition::top_left(3, 5, Device::Cpu);
-        assert_eq!(Vec::<i64>::try_from(&partition.destinations).unwrap(), [0, 2]);
+        assert_eq!(
+            Vec::<i64>::try_from(&partition.destinations).unwrap(),
+            [0, 2]
+        );
         assert_eq!(partition.sources.size(), [13]);
     }
 
