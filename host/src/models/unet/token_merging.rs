@@ -188,8 +188,7 @@ impl Matching {
         let channels = x.size()[2];
         let kept = gather_rows(&sources, &self.kept, channels);
         let merged = gather_rows(&sources, &self.merged, channels);
-        let targets = expand_rows(&self.targets, channels);
-        let destinations = destinations.internal_scatter_reduce(1, &targets, &merged, "mean", true);
+        let destinations = mean_into(&destinations, &self.targets, &merged);
         Tensor::cat(&[kept, destinations], 1)
     }
 
@@ -220,6 +219,18 @@ impl Matching {
         )
         .scatter(1, &expand_rows(&positions, channels), &values)
     }
+}
+
+/// `destinations` [B, D, C] with each row the mean of itself and the rows of `rows`
+/// [B, K, C] that `targets` [B, K] send to it (`scatter_reduce(…, "mean")` with the row
+/// included, which on CPUs is several times slower than a sum and a count).
+fn mean_into(destinations: &Tensor, targets: &Tensor, rows: &Tensor) -> Tensor {
+    let channels = rows.size()[2];
+    let sums = destinations.scatter_add(1, &expand_rows(targets, channels), rows);
+    let (batch, count) = (destinations.size()[0], destinations.size()[1]);
+    let ones = Tensor::ones([batch, count], (sums.kind(), sums.device()));
+    let counts = ones.scatter_add(1, targets, &targets.ones_like().to_kind(sums.kind()));
+    sums / counts.unsqueeze(-1)
 }
 
 /// The rows `index` [B, K] of `x` [B, M, C]: [B, K, C].
