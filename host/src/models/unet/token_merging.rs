@@ -14,7 +14,8 @@
 //! 4. its output is copied back to every token (a merged source takes its destination's).
 //!
 //! The order of the merged tokens differs from `tomesd`'s only where its sorts meet ties;
-//! attention does not depend on the order of the tokens, so only the sums' rounding does.
+//! attention does not depend on the order of the tokens, so only the sums' rounding does (the
+//! means too are a sum and a count here, not `scatter_reduce`).
 
 use tch::{Device, Tensor};
 
@@ -68,11 +69,15 @@ impl MergeScope {
         }
         // `tomesd` truncates: int(N · ratio).
         let removed = (tokens as f64 * self.merging.ratio) as i64;
-        (removed > 0).then(|| TokenGrid {
+        let grid = TokenGrid {
             height: ceil_div(height, factor),
             width: ceil_div(width, factor),
             removed,
-        })
+        };
+        // A grid one token high or wide has no full cell, so no destination (tomesd fails
+        // there): nothing merges.
+        let cells = (grid.height / STRIDE) * (grid.width / STRIDE);
+        (removed > 0 && cells > 0).then_some(grid)
     }
 }
 
@@ -275,6 +280,8 @@ mod tests {
     fn zero_ratio_is_no_merging() {
         assert_eq!(TokenMerging::new(0.0), None);
         assert_eq!(scope(0.001, (8, 8)).grid(64), None);
+        // An 8-pixel-wide picture: no 2×2 cell, nothing to merge into.
+        assert_eq!(scope(0.5, (64, 1)).grid(64), None);
     }
 
     #[test]
