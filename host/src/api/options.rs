@@ -44,6 +44,9 @@ const REQUEST_OPTIONS: &[(&str, DefaultValue)] = &[
     ("inpainting_mask_weight", || json!(1.0)),
     ("initial_noise_multiplier", || json!(1.0)),
     ("img2img_extra_noise", || json!(0.0)),
+    ("token_merging_ratio", || json!(0.0)),
+    ("token_merging_ratio_img2img", || json!(0.0)),
+    ("token_merging_ratio_hr", || json!(0.0)),
     ("img2img_fix_steps", || json!(false)),
 ];
 
@@ -479,6 +482,29 @@ mod tests {
         assert_eq!(
             base_from(&Map::new(), tch::Device::Cuda(0)).randn_source,
             RngChoice::Gpu
+        );
+    }
+
+    #[test]
+    fn stored_token_merging_options_keep_a1111s_precedence() {
+        // The img2img option is an option like the base ratio: it stays img2img's ratio.
+        let stored: Map<String, Value> = serde_json::from_value(json!({
+            "token_merging_ratio": 0.5, "token_merging_ratio_img2img": 0.7,
+            "token_merging_ratio_hr": 0.2
+        }))
+        .unwrap();
+        let base = base_from(&stored, tch::Device::Cpu);
+        assert_eq!(base.token_merging_ratio(true), 0.5);
+        assert_eq!(base.token_merging_ratio(false), 0.7);
+        assert_eq!(base.token_merging_ratio_hr(), 0.2);
+        // A request's `override_settings` ratio beats the img2img option, as in A1111.
+        let request: Map<String, Value> = serde_json::from_value(json!({
+            "override_settings": {"token_merging_ratio": 0.3}
+        }))
+        .unwrap();
+        assert_eq!(
+            base.overlay(&request).unwrap().token_merging_ratio(false),
+            0.3
         );
     }
 

@@ -17,6 +17,7 @@ use super::job::{ImageKind, SamplingPass};
 use super::model::GenerationModel;
 use super::stop::JobStop;
 use crate::device::release_freed_memory;
+use crate::models::unet::TokenMerging;
 use crate::prepare::inpaint::{MaskedContent, Patch};
 use crate::request::GenerationRequest;
 use crate::rng::ImageRng;
@@ -251,6 +252,7 @@ impl<'a> Img2ImgJob<'a> {
             last_latent: init_latent.shallow_clone(),
             batch,
             steps_before: 0,
+            token_merging: TokenMerging::new(params.token_merging_ratio(false)),
         };
         let Some(samples) = self.sample_pass(pass, stop, observe)? else {
             return Ok(None);

@@ -14,6 +14,7 @@ use crate::device::release_freed_memory;
 use crate::extra_networks::hypernetwork::ActiveHypernetworks;
 use crate::extra_networks::parse_prompt;
 use crate::infotext::Infotext;
+use crate::models::unet::TokenMerging;
 use crate::prepare::inpaint::Patch;
 use crate::prompt::cache::{CachedConditioning, CondKey, ConditioningCache};
 use crate::prompt::conditioning::{CondPart, Conditioner, ConditioningError, ScheduledCond};
@@ -249,6 +250,8 @@ pub struct SamplingPass<'p> {
     pub batch: usize,
     /// Steps of the batch before this pass (its step events go on from there).
     pub steps_before: usize,
+    /// Token merging in the UNet's calls (A1111 patches the model with the pass's ratio).
+    pub token_merging: Option<TokenMerging>,
 }
 
 impl<'a> GenerationJob<'a> {
@@ -515,6 +518,9 @@ impl<'a> GenerationJob<'a> {
         );
         if let Some(mask) = pass.latent_mask {
             denoiser = denoiser.latent_mask(mask);
+        }
+        if let Some(merging) = pass.token_merging {
+            denoiser = denoiser.token_merging(merging);
         }
         if let Some(extra) = pass.image_conditioning {
             denoiser = denoiser.image_conditioning(extra);

@@ -20,6 +20,7 @@ use super::mask_latents::InpaintingConditioning;
 use super::model::GenerationModel;
 use super::stop::JobStop;
 use crate::extra_networks::parse_prompt;
+use crate::models::unet::TokenMerging;
 use crate::request::{GenerationRequest, HiresFacts, InvalidRequest, MAX_SIDE};
 use crate::rng::Generator;
 use crate::sampling::plan::{SamplerSettings, SamplingPlan};
@@ -296,6 +297,7 @@ impl<'a> Txt2ImgJob<'a> {
             image_conditioning,
             batch,
             steps_before: 0,
+            token_merging: TokenMerging::new(params.token_merging_ratio(true)),
         };
         job.sample_pass(pass, stop, observe)
     }
@@ -352,6 +354,8 @@ impl<'a> Txt2ImgJob<'a> {
             last_latent: cropped,
             batch,
             steps_before: job.plan.steps_run,
+            // A1111's `sample_hr_pass` re-patches the model with the hires ratio.
+            token_merging: TokenMerging::new(params.token_merging_ratio_hr()),
         };
         job.sample_pass(pass, stop, observe)
     }

@@ -45,6 +45,9 @@ const KEYED_FIELDS: &[&str] = &[
     "inpainting_mask_weight",
     "clip_skip",
     "eta_noise_seed_delta",
+    "token_merging_ratio",
+    "token_merging_ratio_img2img",
+    "token_merging_ratio_hr",
     "randn_source",
     "resize_mode",
     "init_latent",
@@ -211,6 +214,20 @@ impl GenerationRequest {
                 (self.clip_skip > 1).then(|| self.clip_skip.to_string()),
             ),
             ("ENSD", ensd.then(|| self.eta_noise_seed_delta.to_string())),
+            // A1111 writes the ratios it applied (`get_token_merging_ratio`), when non-zero;
+            // the hires one only for Hires. fix jobs.
+            (
+                "Token merging ratio",
+                Some(self.token_merging_ratio(txt2img))
+                    .filter(|r| *r != 0.0)
+                    .map(py_float),
+            ),
+            (
+                "Token merging ratio hr",
+                Some(self.token_merging_ratio_hr())
+                    .filter(|r| hires.is_some() && *r != 0.0)
+                    .map(py_float),
+            ),
             ("RNG", self.randn_source.infotext_value().map(String::from)),
             (
                 RESIZE_MODE_KEY,
@@ -416,6 +433,10 @@ impl GenerationRequest {
         self.eta_noise_seed_delta = number("ENSD").map_or(0, |e| e as i64);
         self.initial_noise_multiplier = number("Noise multiplier").unwrap_or(1.0);
         self.img2img_extra_noise = number("Extra noise").unwrap_or(0.0);
+        // The ratio an image was made with, whichever option gave it.
+        self.token_merging_ratio = number("Token merging ratio").unwrap_or(0.0);
+        self.token_merging_ratio_img2img = 0.0;
+        self.token_merging_ratio_hr = number("Token merging ratio hr").unwrap_or(0.0);
         self.sampler.schedule_options.sigma_min = number("Schedule min sigma");
         self.sampler.schedule_options.sigma_max = number("Schedule max sigma");
         self.sampler.schedule_options.rho = number("Schedule rho");

@@ -177,6 +177,16 @@ pub struct GenerationRequest {
     pub img2img_extra_noise: f64,
     /// Eta noise seed delta (ENSD).
     pub eta_noise_seed_delta: i64,
+    /// Token merging ratio, 0-1 (A1111's option `token_merging_ratio`; 0: off): the share of
+    /// the first UNet level's tokens merged in self-attention (tomesd), faster and less exact.
+    pub token_merging_ratio: f64,
+    /// Token merging ratio of img2img jobs when non-zero (A1111's option
+    /// `token_merging_ratio_img2img`); a `token_merging_ratio` set with it in the same
+    /// request or `override_settings` wins, as in A1111.
+    pub token_merging_ratio_img2img: f64,
+    /// Token merging ratio of Hires. fix's second pass when non-zero (A1111's option
+    /// `token_merging_ratio_hr`; 0: the first pass's).
+    pub token_merging_ratio_hr: f64,
     /// Mask handling, used when the job has a mask.
     #[serde(flatten)]
     pub inpaint: InpaintSettings,
@@ -235,6 +245,26 @@ impl GenerationRequest {
         request.inpaint.only_masked_padding = 0;
         request.randn_source = RngChoice::Gpu;
         request
+    }
+
+    /// The token merging ratio of a job's first pass (A1111's `get_token_merging_ratio`:
+    /// img2img takes `token_merging_ratio_img2img` when it is non-zero).
+    pub fn token_merging_ratio(&self, txt2img: bool) -> f64 {
+        if !txt2img && self.token_merging_ratio_img2img != 0.0 {
+            self.token_merging_ratio_img2img
+        } else {
+            self.token_merging_ratio
+        }
+    }
+
+    /// The token merging ratio of Hires. fix's second pass (`get_token_merging_ratio(for_hr=True)`:
+    /// `token_merging_ratio_hr`, else the first pass's).
+    pub fn token_merging_ratio_hr(&self) -> f64 {
+        if self.token_merging_ratio_hr != 0.0 {
+            self.token_merging_ratio_hr
+        } else {
+            self.token_merging_ratio(true)
+        }
     }
 
     /// "Resize seed from" as a size, when set.
@@ -320,9 +350,30 @@ impl GenerationRequest {
             ("mask_alpha", self.mask_alpha),
             ("refiner_switch_at", self.refiner_switch_at),
             ("hr_scale", self.hires.hr_scale),
+            ("token_merging_ratio", self.token_merging_ratio),
+            (
+                "token_merging_ratio_img2img",
+                self.token_merging_ratio_img2img,
+            ),
+            ("token_merging_ratio_hr", self.token_merging_ratio_hr),
         ] {
             if !value.is_finite() {
                 return invalid(name, format!("must be a finite number, got {value}"));
+            }
+        }
+        for (name, ratio) in [
+            ("token_merging_ratio", self.token_merging_ratio),
+            (
+                "token_merging_ratio_img2img",
+                self.token_merging_ratio_img2img,
+            ),
+            ("token_merging_ratio_hr", self.token_merging_ratio_hr),
+        ] {
+            if !(0.0..=1.0).contains(&ratio) {
+                return invalid(
+                    name,
+                    format!("the token merging ratio must be between 0 and 1, got {ratio}"),
+                );
             }
         }
         if !(0.0..=1.0).contains(&self.subseed_strength) {

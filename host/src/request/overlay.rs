@@ -190,11 +190,29 @@ impl GenerationRequest {
             set("mask_blur_x", blur)?;
             set("mask_blur_y", blur)?;
         }
+        if overrides_img2img_ratio(changes) {
+            set("token_merging_ratio_img2img", &Value::from(0.0))?;
+        }
         serde_json::from_value(Value::Object(merged)).map_err(|e| InvalidRequest::Value {
             field: "request".into(),
             message: e.to_string(),
         })
     }
+}
+
+/// Whether `changes` set a non-zero `token_merging_ratio` and no img2img ratio: A1111's img2img
+/// takes a ratio the request overrides before its `token_merging_ratio_img2img` option
+/// (`StableDiffusionProcessingImg2Img.get_token_merging_ratio`), so that option is cleared.
+fn overrides_img2img_ratio(changes: &Map<String, Value>) -> bool {
+    let settings = changes.get("override_settings").and_then(Value::as_object);
+    let value = |name: &str| {
+        changes
+            .get(name)
+            .or_else(|| settings.and_then(|s| s.get(name)))
+    };
+    // The request's own field wins over its `override_settings`, as in `overlay`.
+    let ratio = value("token_merging_ratio").and_then(Value::as_f64);
+    ratio.is_some_and(|r| r != 0.0) && value("token_merging_ratio_img2img").is_none()
 }
 
 /// Checks that `value` is a valid `name` by deserializing `base` with only it changed.

@@ -12,7 +12,7 @@ use tch::{Kind, Tensor};
 
 use super::noise_levels::{NoiseLevels, NoiseModel};
 use super::session::{Denoise, StepFailure};
-use crate::models::unet::UNetModel;
+use crate::models::unet::{TokenMerging, UNetModel};
 use crate::prompt::conditioning::{cond_at_call, Cond, CondPart, ScheduledCond};
 use sdhost_plugin_api::abi::HostErrorKind;
 
@@ -79,6 +79,8 @@ pub struct CfgDenoiser<'m> {
     /// The last call's denoised prediction (A1111's `last_latent`, what an interrupted batch
     /// is decoded from).
     last_denoised: Option<Tensor>,
+    /// Token merging in every UNet call (the refiner's too: A1111's patch stays on the model).
+    token_merging: Option<TokenMerging>,
 }
 
 impl<'m> CfgDenoiser<'m> {
@@ -102,7 +104,14 @@ impl<'m> CfgDenoiser<'m> {
             refiner: None,
             switched: false,
             last_denoised: None,
+            token_merging: None,
         }
+    }
+
+    /// Merges tokens in the UNet's self-attention as `merging` says (A1111's token merging).
+    pub fn token_merging(mut self, merging: TokenMerging) -> Self {
+        self.token_merging = Some(merging);
+        self
     }
 
     /// The denoised prediction of the last model call, if there was one.
@@ -238,7 +247,13 @@ impl<'m> CfgDenoiser<'m> {
             let timesteps = Tensor::full([rows.len() as i64], t, (Kind::Float, x.device()));
             let output = self
                 .unet
-                .forward(&input.to_kind(kind), &timesteps, &context, y.as_ref())
+                .forward_merging(
+                    &input.to_kind(kind),
+                    &timesteps,
+                    &context,
+                    y.as_ref(),
+                    self.token_merging,
+                )
                 .to_kind(x.kind());
             let denoised = match self.prediction {
                 Prediction::Epsilon => &x_rows - output * sigma,

@@ -44,6 +44,7 @@ mod sampling_plan;
 mod schedules;
 mod scripts_parity;
 mod scripts_run;
+mod token_merging;
 mod tokenizer;
 mod txt2img;
 mod txt2img_parity;

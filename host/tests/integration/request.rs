@@ -44,6 +44,9 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("init_latent", r#""mean""#),
     ("initial_noise_multiplier", "0.9"),
     ("img2img_extra_noise", "0.25"),
+    ("token_merging_ratio", "0.3"),
+    ("token_merging_ratio_img2img", "0.6"),
+    ("token_merging_ratio_hr", "0.4"),
     ("eta_noise_seed_delta", "31337"),
     ("mask_blur_x", "3"),
     ("mask_blur_y", "5"),
@@ -74,7 +77,7 @@ const EXAMPLES: &[(&str, &str)] = &[
 
 /// Whether a field is one of Hires. fix's, which only a txt2img infotext carries.
 fn is_hires_field(name: &str) -> bool {
-    name == "enable_hr" || name.starts_with("hr_")
+    name == "enable_hr" || name.starts_with("hr_") || name == "token_merging_ratio_hr"
 }
 
 fn examples() -> Vec<(&'static str, Value)> {
@@ -246,9 +249,13 @@ fn every_field_of_one_image_survives_its_infotext() {
             }
             // The seeds an image's infotext has are the image's own (-1 picks one); the
             // variation seed is written only with a variation strength, as A1111 does.
+            // `Token merging ratio` is the ratio the image was made with (img2img's own when
+            // set), as A1111 writes it; it comes back as the ratio, img2img's cleared.
             let wanted = match name {
                 "seed" => json!(facts.seed),
                 "subseed" if request.subseed_strength != 0.0 => json!(facts.subseed),
+                "token_merging_ratio" => json!(request.token_merging_ratio(false)),
+                "token_merging_ratio_img2img" => json!(0.0),
                 _ => sent[name].clone(),
             };
             assert_eq!(read[name], wanted, "{name} through the infotext:\n{text}");

@@ -635,3 +635,52 @@ fn checkpoint_axis_cells_are_the_single_jobs_on_each_checkpoint() {
         );
     }
 }
+
+#[test]
+fn token_merging_axis_cells_are_the_single_jobs_with_the_ratio() {
+    let fx = fixture();
+    let out = fx.dir.path().join("tome-out");
+    let base = [
+        "--prompt",
+        "a barn",
+        "--seed",
+        "9",
+        "--steps",
+        "2",
+        "--sampler-name",
+        "Euler",
+        "--width",
+        "128",
+        "--height",
+        "128",
+    ];
+    let mut plot: Vec<&str> = base.to_vec();
+    let grids = fx.dir.path().join("tome-grids");
+    plot.extend([
+        "--x-axis",
+        "Token merging ratio: 0,0.5",
+        "--grid-dir",
+        grids.to_str().unwrap(),
+    ]);
+    assert_success(&generate(&fx, "img2img", &out, &plot));
+    let cells = pngs(&out);
+    assert_eq!(cells.len(), 2, "{cells:?}");
+    assert_ne!(
+        pixels(&cells[0]),
+        pixels(&cells[1]),
+        "merging changes the picture"
+    );
+    assert!(!infotext(&cells[0]).contains("Token merging ratio"));
+    assert!(
+        infotext(&cells[1]).contains("Token merging ratio: 0.5"),
+        "{}",
+        infotext(&cells[1])
+    );
+    let single_out = fx.dir.path().join("tome-single");
+    let mut single: Vec<&str> = base.to_vec();
+    single.extend(["--token-merging-ratio", "0.5"]);
+    assert_success(&generate(&fx, "img2img", &single_out, &single));
+    let single = &pngs(&single_out)[0];
+    assert_eq!(pixels(&cells[1]), pixels(single));
+    assert_eq!(infotext(&cells[1]), infotext(single));
+}

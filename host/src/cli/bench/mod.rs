@@ -13,6 +13,7 @@ mod memory;
 mod networks;
 mod reference;
 mod sgm;
+mod token_merging;
 mod transport;
 
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ use reference::ReferenceScript;
 
 /// The cases a plain `sdhost bench` runs, in the order they run.
 const CASES: &str =
-    "unet,vae-encode,vae-decode,clip,gemm,variants,profile,jobs,memory,load,caches,switch,drift,scaling,inpaint,lora,transport,api";
+    "unet,vae-encode,vae-decode,clip,gemm,variants,profile,jobs,memory,load,caches,switch,drift,scaling,inpaint,lora,tome,transport,api";
 
 /// Cases run only when named: they make multi-GB models once and an SDXL fp32 step needs about
 /// 12 GB of memory.
@@ -62,7 +63,9 @@ pub struct BenchArgs {
     /// stage at 512²), load, caches (a second job's prompt encoding from the conditioning
     /// cache), switch (a checkpoint made ready, by stage, and switches between two kept
     /// loaded), drift, scaling, inpaint, lora (apply + restore of a rank-32 LoRA
-    /// against a 20-step 512² job), transport (sdhost's own figures), api (the A1111 HTTP API's
+    /// against a 20-step 512² job), tome (token merging ratios 0, 0.3, 0.5 side by side: UNet
+    /// calls at --tome-sizes, a 20-step img2img job at the first with its time and picture
+    /// drift), transport (sdhost's own figures), api (the A1111 HTTP API's
     /// overhead per 512² img2img request). Not in the default run,
     /// only when named: sd2-unet (SD 2.x 768-v UNet step at 768², context 1024) and sdxl-unet
     /// (SDXL UNet step at 1024² with the vector y), each against diffusers on full-size random
@@ -71,6 +74,9 @@ pub struct BenchArgs {
     /// A1111 does, against sdhost's cached features; the cold first call; DeepBooru per call).
     #[arg(long, value_delimiter = ',', default_value = CASES)]
     only: Vec<String>,
+    /// The tome case's picture sides (square): UNet calls at each, the whole job at the first.
+    #[arg(long, value_delimiter = ',', default_value = "512,1024")]
+    tome_sizes: Vec<u32>,
     /// The interrogate case's models: an A1111 models/ folder [default: tiny random models over
     /// the real category lists].
     #[arg(long, value_name = "DIR")]
@@ -129,6 +135,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for dtype in &args.dtypes {
         context.check_dtype(dtype)?;
     }
+    for &side in &args.tome_sizes {
+        anyhow::ensure!(
+            side >= 64 && side % 8 == 0 && side <= crate::request::MAX_SIDE,
+            "--tome-sizes {side}: a side is a multiple of 8 from 64 to {}",
+            crate::request::MAX_SIDE
+        );
+    }
+    anyhow::ensure!(!args.tome_sizes.is_empty(), "--tome-sizes needs a size");
     let mut args = args.clone();
     if args.dtypes.is_empty() {
         args.dtypes = context.default_dtypes();
@@ -196,6 +210,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         memory::profile(&model, 512)?;
     }
     figures::print_figures(&model, &wants)?;
+    if wants("tome") {
+        token_merging::run(&token_merging::TomeCase {
+            model: &model,
+            sizes: &args.tome_sizes,
+            dtypes: &args.dtypes,
+            repeat: args.repeat,
+        })?;
+    }
     if wants("api") {
         api::run(tempfile::tempdir()?.path())?;
     }

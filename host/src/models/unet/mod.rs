@@ -7,9 +7,11 @@
 mod downsample;
 mod resblock;
 mod timestep;
+mod token_merging;
 mod transformer;
 
 pub use timestep::timestep_embedding;
+pub use token_merging::TokenMerging;
 
 use crate::models::hypernetwork::HypernetworkSlot;
 use crate::models::layers::{Conv2d, ConvSpec, GroupNorm, Linear, Upsample};
@@ -18,6 +20,7 @@ use crate::weights::VarBuilder;
 use downsample::Downsample;
 use resblock::ResBlock;
 use tch::Tensor;
+use token_merging::MergeScope;
 use transformer::{SpatialTransformer, TransformerSpec};
 
 /// Group count of every group norm in the UNet.
@@ -130,12 +133,18 @@ enum Layer {
 struct Block(Vec<Layer>);
 
 impl Block {
-    fn forward(&self, x: &Tensor, emb: &Tensor, context: &Tensor) -> Tensor {
+    fn forward(
+        &self,
+        x: &Tensor,
+        emb: &Tensor,
+        context: &Tensor,
+        merging: Option<&MergeScope>,
+    ) -> Tensor {
         let mut h = x.shallow_clone();
         for layer in &self.0 {
             h = match layer {
                 Layer::Res(r) => r.forward(&h, emb),
-                Layer::Attention(t) => t.forward(&h, context),
+                Layer::Attention(t) => t.forward(&h, context, merging),
                 Layer::Down(d) => d.forward(&h),
                 Layer::Up(u) => u.forward(&h),
             };
@@ -286,6 +295,22 @@ impl UNetModel {
         context: &Tensor,
         y: Option<&Tensor>,
     ) -> Tensor {
+        self.forward_merging(x, timesteps, context, y, None)
+    }
+
+    /// [`Self::forward`] with the first level's self-attention over merged tokens when
+    /// `merging` is set (A1111's token merging ratio); `None` is exactly `forward`.
+    pub fn forward_merging(
+        &self,
+        x: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        y: Option<&Tensor>,
+        merging: Option<TokenMerging>,
+    ) -> Tensor {
+        let (height, width) = (x.size()[2], x.size()[3]);
+        let scope = merging.map(|m| MergeScope::new(m, (height, width)));
+        let scope = scope.as_ref();
         let t_emb = timestep_embedding(timesteps, self.config.model_channels).to_kind(x.kind());
         let mut emb = self
             .time_embed_2
@@ -303,13 +328,13 @@ impl UNetModel {
         let mut h = self.conv_in.forward(x);
         let mut skips = vec![h.shallow_clone()];
         for block in &self.input_blocks {
-            h = block.forward(&h, &emb, context);
+            h = block.forward(&h, &emb, context, scope);
             skips.push(h.shallow_clone());
         }
-        h = self.middle_block.forward(&h, &emb, context);
+        h = self.middle_block.forward(&h, &emb, context, scope);
         for block in &self.output_blocks {
             let skip = skips.pop().expect("one skip connection per output block");
-            h = block.forward(&concat_skip(&h, &skip), &emb, context);
+            h = block.forward(&concat_skip(&h, &skip), &emb, context, scope);
         }
         self.out_conv.forward(&self.out_norm.forward(&h).silu())
     }

@@ -6,6 +6,7 @@ use crate::weights::Result;
 use crate::weights::VarBuilder;
 use tch::Tensor;
 
+use super::token_merging::{MergeScope, TokenGrid};
 use super::GROUPS;
 
 /// Group-norm epsilon at the transformer's input (LDM `Normalize` here uses 1e-6).
@@ -88,9 +89,18 @@ impl TransformerBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
+    /// The block over tokens `x`; with `grid`, self-attention runs over the tokens merged as
+    /// `tomesd` merges them (matched on `x`) and its output is unmerged.
+    fn forward(&self, x: &Tensor, context: &Tensor, grid: Option<&TokenGrid>) -> Tensor {
         let h = self.norm1.forward(x);
-        let x = x + self.attn1.forward(&h, &h);
+        let attended = match grid.and_then(|g| g.match_tokens(x)) {
+            Some(matching) => {
+                let merged = matching.merge(&h);
+                matching.unmerge(&self.attn1.forward(&merged, &merged))
+            }
+            None => self.attn1.forward(&h, &h),
+        };
+        let x = x + attended;
         let x = &x + self.attn2.forward(&self.norm2.forward(&x), context);
         // GEGLU: the projection's first half gated by GELU of its second half.
         let proj = self.ff_proj.forward(&self.norm3.forward(&x));
@@ -165,9 +175,11 @@ impl SpatialTransformer {
         })
     }
 
-    /// Attends the NCHW feature map `x` to itself and to `context` [B, L, context_dim].
-    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Tensor {
+    /// Attends the NCHW feature map `x` to itself and to `context` [B, L, context_dim],
+    /// merging tokens in self-attention where `merging` says so.
+    pub fn forward(&self, x: &Tensor, context: &Tensor, merging: Option<&MergeScope>) -> Tensor {
         let (b, c, h, w) = x.size4().expect("UNet features are NCHW");
+        let grid = merging.and_then(|scope| scope.grid(h * w));
         let to_tokens = |t: Tensor| t.permute([0, 2, 3, 1]).reshape([b, h * w, c]);
         let to_image = |t: Tensor| t.reshape([b, h, w, c]).permute([0, 3, 1, 2]);
         let normed = self.norm.forward(x);
@@ -176,7 +188,7 @@ impl SpatialTransformer {
             Projection::Linear(linear) => linear.forward(&to_tokens(normed)),
         };
         for block in &self.blocks {
-            tokens = block.forward(&tokens, context);
+            tokens = block.forward(&tokens, context, grid.as_ref());
         }
         let out = match &self.proj_out {
             Projection::Conv(conv) => conv.forward(&to_image(tokens)),

@@ -1,7 +1,7 @@
 //! The X/Y/Z plot's axis table (`scripts/xyz_grid.py: axis_options`): every axis A1111 v1.10.1
 //! lists, in its order (the API's `x_type` is an index into the tab's list), with the value
 //! type, the cost that orders the loops, how its legend is written and what it changes in a
-//! cell's job. Axes for what sdhost does not do (face restoration, token merging, styles …)
+//! cell's job. Axes for what sdhost does not do (face restoration, styles …)
 //! are listed so that indices match, and refused with a clear error. The list includes "Skip
 //! Early CFG" (added with A1111 1.10's `skip_early_cond` option) between "Schedule rho" and
 //! "Beta schedule alpha".
@@ -183,11 +183,11 @@ pub const AXES: &[Axis] = &[
     axis("Styles", Str, Unsupported("prompt styles")).choices(),
     axis("UniPC Order", Int, UniPcOrder).cost(0.5),
     axis("Face restore", Str, Unsupported("face restoration")).legend(Legend::Value),
-    axis("Token merging ratio", Float, Unsupported("token merging")),
+    axis("Token merging ratio", Float, Field("token_merging_ratio")),
     axis(
         "Token merging ratio high-res",
         Float,
-        Unsupported("token merging"),
+        Field("token_merging_ratio_hr"),
     ),
     axis(
         "Always discard next-to-last sigma",
