@@ -6,12 +6,14 @@
 //! private, `live` publishes what the running job does (for the HTTP API's `/progress`), and
 //! `lifecycle` starts and stops it all.
 
+pub mod attachments;
 pub mod catalog;
 pub mod config;
 pub mod connection;
 pub mod event;
 pub mod lifecycle;
 pub mod live;
+pub mod model_status;
 pub mod networks;
 pub mod private_files;
 pub mod protocol;
@@ -21,6 +23,7 @@ pub mod resident;
 mod script_run;
 pub mod server;
 pub mod upscale;
+mod upscale_run;
 pub mod worker;
 
 pub use catalog::ModelCatalog;

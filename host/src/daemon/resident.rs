@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::worker::ModelStatus;
+use super::model_status::ModelStatus;
 use crate::pipeline::model::GenerationModel;
 
 /// A1111's default `sd_checkpoints_limit`: only the model in use is kept.

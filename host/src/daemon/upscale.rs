@@ -7,15 +7,11 @@ use image::{GrayImage, Rgb, RgbImage, RgbaImage};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::event::{DoneOutcome, ErrorCode, Event, Outgoing};
+use super::attachments::{decode_image, take_attachment, RequestError};
+use super::event::ErrorCode;
 use super::protocol::Attachment;
-use super::queue::{Job, Scheduler};
-use super::request::{decode_image, take_attachment, RequestError};
-use super::worker::{job_error, rgba_attachment, Worker};
 use crate::prepare::resample::{resize, Filter};
-use crate::upscale::extras::{
-    infotext, postprocess, ExtrasError, ExtrasUpscale, UpscaleSize, UpscalerSource,
-};
+use crate::upscale::extras::{ExtrasUpscale, UpscaleSize};
 use crate::upscale::{Upscaler, UpscalerDirs};
 
 /// The largest scale `upscale` takes (by `scale`, or implied by a target size): A1111's
@@ -181,7 +177,7 @@ fn split_alpha(image: &RgbaImage) -> (RgbImage, Option<GrayImage>) {
 }
 
 /// The result's colours with `alpha` (resized with Lanczos to their size) or opaque.
-fn join_alpha(image: &RgbImage, alpha: Option<&GrayImage>) -> RgbaImage {
+pub(super) fn join_alpha(image: &RgbImage, alpha: Option<&GrayImage>) -> RgbaImage {
     let (width, height) = image.dimensions();
     let alpha = alpha.map(|a| {
         let grey = RgbImage::from_fn(a.width(), a.height(), |x, y| {
@@ -199,69 +195,6 @@ fn join_alpha(image: &RgbImage, alpha: Option<&GrayImage>) -> RgbaImage {
         let a = alpha.as_ref().map_or(255, |a| a.get_pixel(x, y)[0]);
         image::Rgba([p[0], p[1], p[2], a])
     })
-}
-
-impl Worker {
-    /// Runs an `upscale` job: its `result` (the picture, the postprocessing infotext) and
-    /// `done`; `cancelled` when stopped between a model's tiles.
-    pub(super) fn upscale(&mut self, job: &Job, request: &UpscaleJob, queue: &Scheduler) {
-        let source = UpscalerSource {
-            dirs: &self.network_dirs.upscalers,
-            cache: &self.model.upscalers,
-            device: self.device,
-        };
-        let stop = || job.stop.is_cancelled();
-        let (id, job_id) = (job.request_id.clone(), job.id);
-        let event: Outgoing = match postprocess(&request.image, &request.upscale, &source, &stop) {
-            Ok((image, info)) => {
-                let rgba = join_alpha(&image, request.alpha.as_ref());
-                Self::send(
-                    job,
-                    Outgoing {
-                        event: Event::Result {
-                            id: id.clone(),
-                            job: job_id,
-                            index: 0,
-                            seed: 0,
-                            infotext: infotext(&info),
-                            patch: None,
-                            grid: false,
-                            cell: Vec::new(),
-                        },
-                        attachments: vec![rgba_attachment("image", &rgba)],
-                    },
-                );
-                Event::Done {
-                    id,
-                    job: job_id,
-                    outcome: DoneOutcome::Images {
-                        images: 1,
-                        warnings: Vec::new(),
-                    },
-                }
-                .into()
-            }
-            Err(ExtrasError::Stopped) if queue.is_shut_down() => job_error(
-                job,
-                ErrorCode::ShuttingDown,
-                "the daemon is shutting down; the upscale stopped",
-            ),
-            Err(ExtrasError::Stopped) => Event::Cancelled {
-                id,
-                job: job_id,
-                images: 0,
-            }
-            .into(),
-            // The file went away since the request was accepted.
-            Err(error @ ExtrasError::Unknown(_)) => {
-                job_error(job, ErrorCode::InvalidParams, error.to_string())
-            }
-            Err(error @ ExtrasError::Load { .. }) => {
-                job_error(job, ErrorCode::ModelLoadFailed, error.to_string())
-            }
-        };
-        Self::send(job, event);
-    }
 }
 
 #[cfg(test)]

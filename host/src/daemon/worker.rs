@@ -10,9 +10,10 @@ use tch::{Device, Kind};
 
 use super::catalog::SharedCatalog;
 use super::event::{
-    DoneOutcome, ErrorCode, Event, ModelFacts, Outgoing, Placement, PreviewFacts, ProgressDetail,
+    DoneOutcome, ErrorCode, Event, Outgoing, Placement, PreviewFacts, ProgressDetail,
 };
 use super::live::LiveState;
+use super::model_status::ModelStatus;
 use super::protocol::{Attachment, PixelFormat};
 use super::queue::{Job, JobKind, Scheduler};
 use super::request::{GenerateRequest, InterrogateJob, Txt2imgJob};
@@ -25,33 +26,10 @@ use crate::pipeline::preview::{preview_image, PreviewSettings};
 use crate::pipeline::txt2img::run_txt2img;
 use crate::prepare::init_image::DEFAULT_BACKGROUND;
 use crate::prepare::modes::ModeInputs;
-use crate::prompt::embeddings::EmbeddingShape;
 use crate::request::GenerationRequest;
 use crate::sampling::plugins::SamplerRegistry;
 use crate::scripts::{ScriptInit, ScriptJob};
 use crate::sd_vae::VaeChooser;
-
-/// What clients see of the loaded model (kept current by the worker).
-#[derive(Debug, Clone, Default)]
-pub struct ModelStatus {
-    /// Infotext name of the loaded model.
-    pub name: String,
-    /// Its short hash.
-    pub hash: String,
-    /// Its file.
-    pub path: PathBuf,
-    /// Whether it is the random-weight demo model.
-    pub demo: bool,
-    /// Embeddings its prompts can use.
-    pub embeddings: Vec<String>,
-    /// Whether it is an inpainting model (a 9-channel UNet).
-    pub inpainting: bool,
-    /// Its embeddings' shapes, loaded and skipped (the HTTP API's `/embeddings`).
-    pub embedding_shapes: (Vec<EmbeddingShape>, Vec<EmbeddingShape>),
-    /// How many checkpoints the daemon keeps loaded (A1111's `sd_checkpoints_limit`, which
-    /// the HTTP API's `/options` reports).
-    pub checkpoints_limit: usize,
-}
 
 /// The worker's resources.
 pub struct Worker {
@@ -77,35 +55,6 @@ pub struct Worker {
     pub interrogator: Interrogator,
     /// Checkpoints kept loaded besides `model` (`sd_checkpoints_limit`).
     pub resident: ResidentModels,
-}
-
-impl ModelStatus {
-    /// The status of `model`, loaded from `path` (not the demo model).
-    pub fn of(model: &GenerationModel, path: PathBuf, checkpoints_limit: usize) -> Self {
-        ModelStatus {
-            name: model.name.clone(),
-            hash: model.hash.clone(),
-            path,
-            demo: false,
-            embeddings: model.embeddings.names(),
-            inpainting: model.sd.architecture.is_inpainting(),
-            embedding_shapes: (
-                model.embeddings.shapes(),
-                model.embeddings.skipped_shapes.clone(),
-            ),
-            checkpoints_limit,
-        }
-    }
-
-    /// What `welcome` and `list` say of it.
-    pub fn facts(&self) -> ModelFacts {
-        ModelFacts {
-            name: self.name.clone(),
-            hash: self.hash.clone(),
-            demo: self.demo,
-            embeddings: self.embeddings.clone(),
-        }
-    }
 }
 
 /// A generation job's pipeline call, given the model, the samplers and the event observer.

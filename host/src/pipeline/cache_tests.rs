@@ -223,8 +223,10 @@ fn a_lora_set_and_its_weights_are_part_of_the_key_and_a_repeated_set_patches_not
     let back = condition(&model, &params("a cat"));
     assert_eq!(stats(&model), (2, 3));
     assert!(context(&back).equal(&plain));
+    // A fresh model's encode is another computation: other tests running beside this one may
+    // change libtorch's thread count, and with it the order of float sums.
     let fresh = tiny_model(dir.path());
-    assert!(context(&condition(&fresh, &params("a cat"))).equal(&plain));
+    assert!(context(&condition(&fresh, &params("a cat"))).allclose(&plain, 1e-5, 1e-6, false));
 
     // A file changed on disk is loaded again with a new id: a new set, a miss.
     write_lora(&model, &lora_dir.join("style.safetensors"), 2);

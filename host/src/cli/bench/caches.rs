@@ -15,8 +15,9 @@ use crate::checkpoint::{
 };
 use crate::daemon::catalog::ModelCatalog;
 use crate::daemon::live::LiveState;
+use crate::daemon::model_status::ModelStatus;
 use crate::daemon::resident::{FileStamp, ResidentModels};
-use crate::daemon::worker::{ModelStatus, Worker};
+use crate::daemon::worker::Worker;
 use crate::extra_networks::dirs::NetworkDirs;
 use crate::interrogate::{InterrogateFiles, Interrogator};
 use crate::models::StableDiffusion;

@@ -86,12 +86,6 @@ pub fn print_figures(model: &Path, wants: &dyn Fn(&str) -> bool) -> anyhow::Resu
             start.elapsed().as_secs_f64()
         );
     }
-    if wants("caches") {
-        super::caches::print_conditioning(model)?;
-    }
-    if wants("switch") {
-        super::caches::print_ready_and_switch(model, work.path())?;
-    }
     if wants("drift") {
         bf16_drift(work.path())?;
     }

@@ -210,6 +210,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         memory::profile(&model, 512)?;
     }
     figures::print_figures(&model, &wants)?;
+    if wants("caches") {
+        caches::print_conditioning(&model)?;
+    }
+    if wants("switch") {
+        caches::print_ready_and_switch(&model, tempfile::tempdir()?.path())?;
+    }
     if wants("tome") {
         token_merging::run(&token_merging::TomeCase {
             model: &model,
