@@ -91,8 +91,10 @@ def set_properties(config: Gimp.ProcedureConfig, values: dict[str, Any],
         if isinstance(value, str) and value.startswith(ITEM):
             if image is None:
                 continue
-            tattoo = int(value[len(ITEM):])
-            value = image.get_layer_by_tattoo(tattoo) or image.get_channel_by_tattoo(tattoo)
+            tattoo = value[len(ITEM):]
+            if not tattoo.isdigit():  # a damaged parasite: skip the value, not the job
+                continue
+            value = image.get_layer_by_tattoo(int(tattoo)) or image.get_channel_by_tattoo(int(tattoo))
             if value is None:
                 continue
         try:

@@ -92,17 +92,12 @@ impl ResidentModels {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::catalog::ModelCatalog;
-    use crate::daemon::live::LiveState;
     use crate::daemon::worker::Worker;
-    use crate::extra_networks::dirs::NetworkDirs;
-    use crate::interrogate::{InterrogateFiles, Interrogator};
     use crate::pipeline::img2img::tests::registry;
     use crate::prompt::cache::{CachedConditioning, CondKey};
     use crate::tiny_model::{write_tiny_model, Preset, TinyModelSpec};
-    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
-    use tch::{Device, Kind};
+    use tch::Kind;
 
     fn write_model(dir: &Path, name: &str, seed: i64) -> PathBuf {
         let path = dir.join(format!("{name}.safetensors"));
@@ -118,21 +113,7 @@ mod tests {
 
     /// A worker over the models of `dir` with `first` loaded, keeping `limit` loaded.
     fn worker(dir: &Path, first: &Path, limit: usize) -> Worker {
-        let model = GenerationModel::load(first, Device::Cpu, Kind::Float, None).unwrap();
-        let status = ModelStatus::of(&model, first.to_path_buf(), limit);
-        Worker {
-            model,
-            registry: registry(),
-            catalog: ModelCatalog::scan(Some(dir), None).shared(),
-            embeddings_dir: None,
-            network_dirs: NetworkDirs::default(),
-            device: Device::Cpu,
-            kind: Kind::Float,
-            status: Arc::new(Mutex::new(status)),
-            live: Arc::new(LiveState::default()),
-            interrogator: Interrogator::new(InterrogateFiles::default(), Device::Cpu, None),
-            resident: ResidentModels::new(FileStamp::of(first)),
-        }
+        Worker::over_models(dir, first, limit, registry()).unwrap()
     }
 
     fn marker() -> CondKey {

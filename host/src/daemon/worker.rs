@@ -211,6 +211,37 @@ pub(super) fn result_event(job: &Job, image: &GeneratedImage) -> Outgoing {
 }
 
 impl Worker {
+    /// A CPU fp32 worker over the checkpoints of `dir` with `first` loaded, keeping `limit`
+    /// loaded, no interrogation models (the benchmarks' and tests' worker).
+    pub fn over_models(
+        dir: &Path,
+        first: &Path,
+        limit: usize,
+        registry: SamplerRegistry,
+    ) -> Result<Self, crate::pipeline::model::ModelError> {
+        let model = GenerationModel::load(first, Device::Cpu, Kind::Float, None)?;
+        let status = ModelStatus::of(&model, first.to_path_buf(), limit);
+        Ok(Worker {
+            model,
+            registry,
+            catalog: super::ModelCatalog::scan(Some(dir), None).shared(),
+            embeddings_dir: None,
+            network_dirs: NetworkDirs::default(),
+            device: Device::Cpu,
+            kind: Kind::Float,
+            status: Arc::new(Mutex::new(status)),
+            live: Arc::new(LiveState::default()),
+            interrogator: Interrogator::new(
+                crate::interrogate::InterrogateFiles::default(),
+                Device::Cpu,
+                None,
+            ),
+            resident: ResidentModels::new(FileStamp::of(first)),
+        })
+    }
+}
+
+impl Worker {
     /// Serves jobs until the queue shuts down.
     pub fn run(mut self, queue: &Scheduler) {
         while let Some(job) = queue.next() {

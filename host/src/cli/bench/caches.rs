@@ -4,7 +4,7 @@
 //! worker.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+
 use std::time::Instant;
 
 use anyhow::Context;
@@ -13,13 +13,9 @@ use tch::{Device, Kind};
 use crate::checkpoint::{
     default_cache_dir, detect_prediction, infer_architecture, Checkpoint, ModelHashes,
 };
-use crate::daemon::catalog::ModelCatalog;
-use crate::daemon::live::LiveState;
-use crate::daemon::model_status::ModelStatus;
-use crate::daemon::resident::{FileStamp, ResidentModels};
+
 use crate::daemon::worker::Worker;
-use crate::extra_networks::dirs::NetworkDirs;
-use crate::interrogate::{InterrogateFiles, Interrogator};
+
 use crate::models::StableDiffusion;
 use crate::pipeline::img2img::Img2ImgJob;
 use crate::pipeline::model::GenerationModel;
@@ -141,19 +137,6 @@ pub fn print_ready_and_switch(model: &Path, work: &Path) -> anyhow::Result<()> {
 
 /// A daemon worker over the checkpoints of `dir` with `first` loaded, keeping `limit`.
 fn bench_worker(dir: &Path, first: &Path, limit: usize) -> anyhow::Result<Worker> {
-    let model = GenerationModel::load(first, Device::Cpu, Kind::Float, None)?;
-    let status = ModelStatus::of(&model, first.to_path_buf(), limit);
-    Ok(Worker {
-        model,
-        registry: SamplerRegistry::load(&PluginPaths::discover(None)),
-        catalog: ModelCatalog::scan(Some(dir), None).shared(),
-        embeddings_dir: None,
-        network_dirs: NetworkDirs::default(),
-        device: Device::Cpu,
-        kind: Kind::Float,
-        status: Arc::new(Mutex::new(status)),
-        live: Arc::new(LiveState::default()),
-        interrogator: Interrogator::new(InterrogateFiles::default(), Device::Cpu, None),
-        resident: ResidentModels::new(FileStamp::of(first)),
-    })
+    let registry = SamplerRegistry::load(&PluginPaths::discover(None));
+    Ok(Worker::over_models(dir, first, limit, registry)?)
 }
