@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// [default: 1]: switching to a loaded one takes no load.
     #[arg(long, value_name = "N")]
     checkpoints_limit: Option<usize>,
+    /// Most images in one batch of queued jobs that differ only in prompts and seeds, run as
+    /// one UNet batch (1: each job alone) [default: 8 on CUDA, 1 on the CPU].
+    #[arg(long, value_name = "IMAGES")]
+    joint_batch: Option<usize>,
     /// Also serve AUTOMATIC1111's HTTP API (/sdapi/v1/*) on 127.0.0.1:7860, for A1111
     /// clients (webuiapi, editor plug-ins).
     #[arg(long)]
@@ -94,6 +98,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
         dtype,
         threads,
         checkpoints_limit,
+        joint_batch,
         api_addr,
         api_auth,
         cors_allow_origins

@@ -49,6 +49,10 @@ pub struct ServeConfig {
     /// How many checkpoints stay loaded, the one in use counted (A1111's
     /// `sd_checkpoints_limit`, 1 … 10; default 1): switching to a loaded one is immediate.
     pub checkpoints_limit: Option<usize>,
+    /// Most images in one batch of queued jobs run together (jobs that differ only in
+    /// prompts, seeds and batch size share every UNet call; 1: each job alone; default 8 on
+    /// CUDA, 1 on the CPU, where a larger batch gains little and delays the first job).
+    pub joint_batch: Option<usize>,
     /// Limits on what a client may ask.
     #[serde(default)]
     pub limits: Limits,

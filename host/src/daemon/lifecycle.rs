@@ -22,6 +22,7 @@ use super::worker::Worker;
 use crate::device::{parse_device, parse_dtype, DeviceError};
 use crate::interrogate::Interrogator;
 use crate::pipeline::model::{GenerationModel, ModelError};
+use crate::request::MAX_BATCH_SIZE;
 use crate::sampling::plugins::{PluginPaths, SamplerRegistry};
 
 /// The file name of the demo model made when no model is configured.
@@ -30,6 +31,9 @@ pub const DEMO_MODEL_FILE: &str = "tiny-sd1-demo.safetensors";
 /// How long the running job has to notice its cancel flag before the daemon exits anyway
 /// (one sampler step or a VAE decode; a model load cannot be interrupted).
 const JOB_GRACE: Duration = Duration::from_secs(10);
+
+/// Most images of a joint batch on a CUDA device by default (A1111's largest batch size).
+const DEFAULT_JOINT_BATCH_CUDA: usize = 8;
 
 /// How long clients have to take their last events before their connections are dropped.
 const FLUSH_GRACE: Duration = Duration::from_secs(5);
@@ -43,6 +47,9 @@ pub enum StartError {
     /// `checkpoints_limit` is outside A1111's 1 … 10.
     #[error("checkpoints_limit {0}: keep 1 to {max} checkpoints loaded", max = MAX_CHECKPOINTS_LIMIT)]
     CheckpointsLimit(usize),
+    /// `joint_batch` is outside 1 … the largest batch.
+    #[error("joint_batch {0}: 1 to {max} images", max = MAX_BATCH_SIZE)]
+    JointBatch(usize),
     /// No model is configured and there is no per-user folder for the demo model.
     #[error("no HOME to keep the demo model in; pass --model")]
     NoDataDir,
@@ -157,6 +164,13 @@ pub fn serve(
     if !(1..=MAX_CHECKPOINTS_LIMIT).contains(&checkpoints_limit) {
         return Err(StartError::CheckpointsLimit(checkpoints_limit));
     }
+    let joint_batch = config.joint_batch.unwrap_or(match device {
+        Device::Cuda(_) => DEFAULT_JOINT_BATCH_CUDA,
+        _ => 1,
+    });
+    if !(1..=MAX_BATCH_SIZE).contains(&joint_batch) {
+        return Err(StartError::JointBatch(joint_batch));
+    }
     if let Some(threads) = config.threads.filter(|&t| t > 0) {
         tch::set_num_threads(threads);
     }
@@ -242,6 +256,7 @@ pub fn serve(
             Interrogator::default_feature_cache_dir(),
         ),
         resident: ResidentModels::new(FileStamp::of(&model_path)),
+        joint_batch,
     };
     let (worker_done, worker_ended) = crossbeam_channel::bounded::<()>(1);
     {

@@ -51,7 +51,8 @@ struct State {
     /// Connections with queued jobs, in turn order.
     turns: VecDeque<ConnId>,
     waiting: usize,
-    running: Option<(u64, ConnId, JobStop)>,
+    /// The running jobs (more than one when queued jobs run as one batch).
+    running: Vec<(u64, ConnId, JobStop)>,
     shutdown: bool,
 }
 
@@ -112,7 +113,7 @@ impl Scheduler {
         if state.waiting >= self.capacity {
             return Err(SubmitError::Full);
         }
-        let ahead = state.waiting + usize::from(state.running.is_some());
+        let ahead = state.waiting + state.running.len();
         announce(&job, ahead);
         let conn = job.conn;
         state.queued.entry(conn).or_default().push_back(job);
@@ -126,22 +127,33 @@ impl Scheduler {
 
     /// The next job in turn, waiting for one; None after [`Self::shutdown`].
     pub fn next(&self) -> Option<Job> {
+        self.next_group(|_, _| false)
+            .and_then(|mut group| group.pop())
+    }
+
+    /// The next job in turn (waiting for one) and, behind it, the jobs that would run right
+    /// after it for as long as `joins(taken, next)` says the next one can join them: each is
+    /// taken in its turn, so no job overtakes another and every connection keeps its order.
+    /// None after [`Self::shutdown`].
+    pub fn next_group(&self, joins: impl Fn(&[Job], &Job) -> bool) -> Option<Vec<Job>> {
         let mut state = self.lock();
         loop {
             if state.shutdown {
                 return None;
             }
-            if let Some(conn) = state.turns.pop_front() {
-                let queue = state.queued.get_mut(&conn).expect("a turn has a queue");
-                let job = queue.pop_front().expect("a turn has a job");
-                if queue.is_empty() {
-                    state.queued.remove(&conn);
-                } else {
-                    state.turns.push_back(conn);
+            if let Some(first) = Self::take_turn(&mut state) {
+                let mut group = vec![first];
+                while let Some(next) = Self::peek_turn(&state) {
+                    if !joins(&group, next) {
+                        break;
+                    }
+                    group.extend(Self::take_turn(&mut state));
                 }
-                state.waiting -= 1;
-                state.running = Some((job.id, job.conn, job.stop.clone()));
-                return Some(job);
+                state.running = group
+                    .iter()
+                    .map(|job| (job.id, job.conn, job.stop.clone()))
+                    .collect();
+                return Some(group);
             }
             state = self
                 .wake
@@ -150,9 +162,29 @@ impl Scheduler {
         }
     }
 
+    /// The job whose turn it is, if any.
+    fn peek_turn(state: &State) -> Option<&Job> {
+        let conn = state.turns.front()?;
+        state.queued.get(conn)?.front()
+    }
+
+    /// Takes the job whose turn it is; its connection's turn goes to the back when it has more.
+    fn take_turn(state: &mut State) -> Option<Job> {
+        let conn = state.turns.pop_front()?;
+        let queue = state.queued.get_mut(&conn).expect("a turn has a queue");
+        let job = queue.pop_front().expect("a turn has a job");
+        if queue.is_empty() {
+            state.queued.remove(&conn);
+        } else {
+            state.turns.push_back(conn);
+        }
+        state.waiting -= 1;
+        Some(job)
+    }
+
     /// The worker finished its job.
     pub fn finished(&self) {
-        self.lock().running = None;
+        self.lock().running.clear();
     }
 
     fn remove_queued(state: &mut State, conn: ConnId, job: Option<u64>) -> Vec<Job> {
@@ -177,52 +209,56 @@ impl Scheduler {
         if let Some(found) = Self::remove_queued(&mut state, conn, Some(job)).pop() {
             return CancelOutcome::Dequeued(Box::new(found));
         }
-        match &state.running {
-            Some((id, owner, stop)) if *id == job && *owner == conn => {
+        match state
+            .running
+            .iter()
+            .find(|(id, owner, _)| *id == job && *owner == conn)
+        {
+            Some((_, _, stop)) => {
                 stop.cancel();
                 CancelOutcome::Flagged
             }
-            _ => CancelOutcome::Unknown,
+            None => CancelOutcome::Unknown,
         }
     }
 
-    /// A1111's `/interrupt`, global: the running job, whoever's it is, returns its running
-    /// batch as far as it got and ends; whether one was running.
+    /// A1111's `/interrupt`, global: the running jobs, whoever's they are, return their
+    /// running batch as far as it got and end; whether one was running.
     pub fn interrupt_running(&self) -> bool {
         let state = self.lock();
-        if let Some((_, _, stop)) = &state.running {
+        for (_, _, stop) in &state.running {
             stop.interrupt();
         }
-        state.running.is_some()
+        !state.running.is_empty()
     }
 
-    /// A1111's `/skip`, global: the running job returns its running batch as far as it got
-    /// and goes on with the next; whether one was running.
+    /// A1111's `/skip`, global: the running jobs return their running batch as far as it got
+    /// and go on with the next; whether one was running.
     pub fn skip_running(&self) -> bool {
         let state = self.lock();
-        if let Some((_, _, stop)) = &state.running {
+        for (_, _, stop) in &state.running {
             stop.skip();
         }
-        state.running.is_some()
+        !state.running.is_empty()
     }
 
-    /// A connection went away: its waiting jobs are dropped and its running job is cancelled.
+    /// A connection went away: its waiting jobs are dropped and its running ones cancelled.
     pub fn drop_connection(&self, conn: ConnId) {
         let mut state = self.lock();
         Self::remove_queued(&mut state, conn, None);
-        if let Some((_, owner, stop)) = &state.running {
+        for (_, owner, stop) in &state.running {
             if *owner == conn {
                 stop.cancel();
             }
         }
     }
 
-    /// Stops taking jobs: the running job is flagged to stop, the worker gets no other, and
+    /// Stops taking jobs: the running jobs are flagged to stop, the worker gets no other, and
     /// the waiting jobs are returned (for the caller to tell their clients).
     pub fn shutdown(&self) -> Vec<Job> {
         let mut state = self.lock();
         state.shutdown = true;
-        if let Some((_, _, stop)) = &state.running {
+        for (_, _, stop) in &state.running {
             stop.cancel();
         }
         let mut waiting = Vec::new();
@@ -318,5 +354,32 @@ mod tests {
         );
         queue.finished();
         assert!(queue.next().is_none());
+    }
+
+    #[test]
+    fn a_group_takes_the_jobs_in_turn_until_one_cannot_join() {
+        let queue = Scheduler::new(10);
+        for (id, conn) in [(1, 1), (2, 1), (3, 2), (4, 3), (5, 2)] {
+            queue.submit(job(id, conn), |_, _| {}).unwrap();
+        }
+        let ids = |group: &[Job]| group.iter().map(|j| j.id).collect::<Vec<_>>();
+        let group = queue.next_group(|_, next| next.id != 4).unwrap();
+        assert_eq!(
+            ids(&group),
+            [1, 3],
+            "job 4's turn is next: nothing overtakes it"
+        );
+        assert!(matches!(queue.cancel(2, 3), CancelOutcome::Flagged));
+        assert!(group[1].stop.is_cancelled() && !group[0].stop.is_cancelled());
+        assert!(queue.interrupt_running());
+        assert!(group[0].stop.is_interrupted());
+        queue.finished();
+        assert!(!queue.interrupt_running());
+        let group = queue.next_group(|taken, _| taken.len() < 2).unwrap();
+        assert_eq!(ids(&group), [4, 2]);
+        queue.drop_connection(1);
+        assert!(group[1].stop.is_cancelled());
+        queue.finished();
+        assert_eq!(ids(&queue.next_group(|_, _| true).unwrap()), [5]);
     }
 }

@@ -55,6 +55,8 @@ pub struct Worker {
     pub interrogator: Interrogator,
     /// Checkpoints kept loaded besides `model` (`sd_checkpoints_limit`).
     pub resident: ResidentModels,
+    /// Most images in one batch of queued jobs run together (1: each job alone).
+    pub joint_batch: usize,
 }
 
 /// A generation job's pipeline call, given the model, the samplers and the event observer.
@@ -237,19 +239,26 @@ impl Worker {
                 None,
             ),
             resident: ResidentModels::new(FileStamp::of(first)),
+            joint_batch: 1,
         })
     }
 }
 
 impl Worker {
-    /// Serves jobs until the queue shuts down.
+    /// Serves jobs until the queue shuts down: one at a time, or queued jobs that differ only
+    /// in prompts and seeds as one batch (`joint_batch`).
     pub fn run(mut self, queue: &Scheduler) {
-        while let Some(job) = queue.next() {
+        while let Some(group) = queue.next_group(|taken, next| self.joins(taken, next)) {
             // Whatever a job hits, the worker (and with it the daemon) must go on.
-            let outcome = catch_unwind(AssertUnwindSafe(|| self.serve(&job, queue)));
+            let outcome = catch_unwind(AssertUnwindSafe(|| match group.as_slice() {
+                [job] => self.serve(job, queue),
+                jobs => self.serve_joint(jobs, queue),
+            }));
             if let Err(payload) = outcome {
                 let message = crate::error::panic_message(&*payload);
-                Self::send(&job, job_error(&job, ErrorCode::Internal, message));
+                for job in &group {
+                    Self::send(job, job_error(job, ErrorCode::Internal, &message));
+                }
             }
             queue.finished();
         }
@@ -508,6 +517,22 @@ impl Worker {
         );
     }
 
+    /// Chooses a generation job's VAE and loads its refiner, before any work (A1111 reloads the
+    /// VAE before processing): the VAE's warning (a name not found is A1111's warning, and the
+    /// job runs with the checkpoint's own; it goes into the `done` event), or why the job
+    /// cannot run.
+    pub(super) fn select_job_models(
+        &mut self,
+        params: &GenerationRequest,
+    ) -> Result<Option<String>, String> {
+        let warning = self
+            .model
+            .select_vae_for(VaeChooser::Client, &params.sd_vae)
+            .map_err(|error| error.to_string())?;
+        self.select_refiner(&params.refiner_checkpoint)?;
+        Ok(warning)
+    }
+
     /// Runs a generation job with its VAE and refiner, streaming its events (progress with
     /// the asked previews, warnings, results) and ending it with `done`, `cancelled` or an
     /// error.
@@ -518,113 +543,129 @@ impl Worker {
         queue: &Scheduler,
         run: &mut RunJob<'_>,
     ) {
-        // The VAE is chosen before any work (A1111 reloads it before processing); a name that
-        // is not found is A1111's warning, and the job runs with the checkpoint's own.
-        // The warning is the `done` event's, with the job's own.
-        let vae_warning = match self
-            .model
-            .select_vae_for(VaeChooser::Client, &params.sd_vae)
-        {
+        let vae_warning = match self.select_job_models(params) {
             Ok(warning) => warning,
-            Err(error) => {
-                let code = ErrorCode::InvalidParams;
-                Self::send(job, job_error(job, code, error.to_string()));
+            Err(message) => {
+                Self::send(job, job_error(job, ErrorCode::InvalidParams, message));
                 return;
             }
         };
-        if let Err(message) = self.select_refiner(&params.refiner_checkpoint) {
-            Self::send(job, job_error(job, ErrorCode::InvalidParams, message));
-            return;
-        }
-        let mut steps_per_batch = 0;
-        let (model, live) = (&self.model, &self.live);
-        let outcome = run(model, &self.registry, &mut |event| {
-            match event {
-                JobEvent::Started {
-                    images,
-                    batches,
-                    steps_per_batch: steps,
-                    hires_steps,
-                } => {
-                    steps_per_batch = steps;
+        let mut observe = job_observer(job, (params, preview), &self.model, Some(&self.live));
+        let outcome = run(&self.model, &self.registry, &mut observe);
+        Self::send(job, outcome_event(job, outcome, queue, vae_warning));
+    }
+}
+
+/// The observer of a generation job's events: progress with the asked previews, warnings and
+/// results go to its connection; with `live`, its steps are also published as the running
+/// job's state (the HTTP API's `/progress`). It answers [`Flow::Cancel`] once the job is
+/// cancelled.
+pub(super) fn job_observer<'a>(
+    job: &'a Job,
+    (params, preview): (&'a GenerationRequest, Option<PreviewSettings>),
+    model: &'a GenerationModel,
+    live: Option<&'a LiveState>,
+) -> impl FnMut(JobEvent<'_>) -> Flow + 'a {
+    let mut steps_per_batch = 0;
+    move |event| {
+        match event {
+            JobEvent::Started {
+                images,
+                batches,
+                steps_per_batch: steps,
+                hires_steps,
+            } => {
+                steps_per_batch = steps;
+                if let Some(live) = live {
                     live.planned(batches, steps, hires_steps);
-                    let planned = Event::Progress {
-                        id: job.request_id.clone(),
-                        job: job.id,
-                        step: 0,
-                        detail: ProgressDetail::Planned {
-                            total: steps * batches,
-                            images,
-                        },
-                    };
-                    Self::send(job, planned);
                 }
-                JobEvent::Step {
-                    batch,
-                    step,
-                    denoised,
-                } => {
-                    publish_step(live, model, params, (batch, step), denoised);
-                    Self::send(
-                        job,
-                        step_event(
-                            job,
-                            (params, preview),
-                            model,
-                            (batch, step, steps_per_batch),
-                            denoised,
-                        ),
-                    )
-                }
-                JobEvent::Image(image) => {
-                    if (image.index + 1) % params.batch_size == 0 {
-                        live.batches_done((image.index + 1) / params.batch_size);
-                    }
-                    Self::send(job, result_event(job, image))
-                }
-                JobEvent::Warning(message) => Self::send(
-                    job,
-                    Event::Warning {
-                        id: job.request_id.clone(),
-                        job: job.id,
-                        message: message.to_string(),
+                let planned = Event::Progress {
+                    id: job.request_id.clone(),
+                    job: job.id,
+                    step: 0,
+                    detail: ProgressDetail::Planned {
+                        total: steps * batches,
+                        images,
                     },
-                ),
+                };
+                Worker::send(job, planned);
             }
-            if job.stop.is_cancelled() {
-                Flow::Cancel
-            } else {
-                Flow::Continue
+            JobEvent::Step {
+                batch,
+                step,
+                denoised,
+            } => {
+                if let Some(live) = live {
+                    publish_step(live, model, params, (batch, step), denoised);
+                }
+                Worker::send(
+                    job,
+                    step_event(
+                        job,
+                        (params, preview),
+                        model,
+                        (batch, step, steps_per_batch),
+                        denoised,
+                    ),
+                )
             }
-        });
-        let (id, job_id) = (job.request_id.clone(), job.id);
-        let event = match outcome {
-            // Stopped by the daemon, not by its client: say so, so that an editor reports
-            // why its picture did not come.
-            Ok(outcome) if outcome.cancelled && queue.is_shut_down() => Event::error(
-                &id,
-                Some(job_id),
-                ErrorCode::ShuttingDown,
-                format!(
-                    "the daemon is shutting down; the job stopped after {} of its images",
-                    outcome.images.len()
-                ),
-            ),
-            Ok(outcome) if outcome.cancelled => Event::Cancelled {
-                id,
-                job: job_id,
-                images: outcome.images.len(),
-            },
-            Ok(outcome) => Event::Done {
-                id,
-                job: job_id,
-                outcome: DoneOutcome::Images {
-                    images: outcome.images.len(),
-                    warnings: vae_warning.into_iter().chain(outcome.warnings).collect(),
+            JobEvent::Image(image) => {
+                if let Some(live) = live.filter(|_| (image.index + 1) % params.batch_size == 0) {
+                    live.batches_done((image.index + 1) / params.batch_size);
+                }
+                Worker::send(job, result_event(job, image))
+            }
+            JobEvent::Warning(message) => Worker::send(
+                job,
+                Event::Warning {
+                    id: job.request_id.clone(),
+                    job: job.id,
+                    message: message.to_string(),
                 },
+            ),
+        }
+        if job.stop.is_cancelled() {
+            Flow::Cancel
+        } else {
+            Flow::Continue
+        }
+    }
+}
+
+/// The event that ends a generation job: `done` (with the VAE's warning and the job's),
+/// `cancelled`, or an error (`shutting_down` when the daemon stopped it).
+pub(super) fn outcome_event(
+    job: &Job,
+    outcome: Result<JobOutcome, JobError>,
+    queue: &Scheduler,
+    vae_warning: Option<String>,
+) -> Event {
+    let (id, job_id) = (job.request_id.clone(), job.id);
+    match outcome {
+        // Stopped by the daemon, not by its client: say so, so that an editor reports
+        // why its picture did not come.
+        Ok(outcome) if outcome.cancelled && queue.is_shut_down() => Event::error(
+            &id,
+            Some(job_id),
+            ErrorCode::ShuttingDown,
+            format!(
+                "the daemon is shutting down; the job stopped after {} of its images",
+                outcome.images.len()
+            ),
+        ),
+        Ok(outcome) if outcome.cancelled => Event::Cancelled {
+            id,
+            job: job_id,
+            images: outcome.images.len(),
+        },
+        Ok(outcome) => Event::Done {
+            id,
+            job: job_id,
+            outcome: DoneOutcome::Images {
+                images: outcome.images.len(),
+                warnings: vae_warning.into_iter().chain(outcome.warnings).collect(),
             },
-            Err(error) => Event::error(&id, Some(job_id), error_code(&error), error.to_string()),
-        };
-        Self::send(job, event);
+        },
+        Err(error) => Event::error(&id, Some(job_id), error_code(&error), error.to_string()),
     }
 }

@@ -13,7 +13,7 @@ use tch::Tensor;
 
 use super::error::guarded;
 use super::init::JobInit;
-use super::job::{ImageKind, SamplingPass};
+use super::job::{BatchPrompts, ImageKind, SamplingPass};
 use super::model::GenerationModel;
 use super::stop::JobStop;
 use crate::device::release_freed_memory;
@@ -193,6 +193,19 @@ impl<'a> Img2ImgJob<'a> {
         &self,
         init: &InitLatents,
         conditioning: &JobConditioning,
+        batch: usize,
+        stop: &JobStop,
+        observe: &mut dyn FnMut(JobEvent<'_>) -> Flow,
+    ) -> Result<Option<Tensor>, JobError> {
+        let prompts = BatchPrompts::shared(conditioning, self.params.batch_size);
+        self.sample_with_prompts(init, prompts, batch, stop, observe)
+    }
+
+    /// [`Img2ImgJob::sample`] with each image's own prompts (a joint batch of queued jobs).
+    pub fn sample_with_prompts(
+        &self,
+        init: &InitLatents,
+        conditioning: BatchPrompts<'_>,
         batch: usize,
         stop: &JobStop,
         observe: &mut dyn FnMut(JobEvent<'_>) -> Flow,

@@ -189,6 +189,61 @@ pub struct JobConditioning {
     pub refiner: Option<(Vec<CondPart>, Vec<ScheduledCond>)>,
 }
 
+impl JobConditioning {
+    /// The model's prompt parts and negative prompt.
+    fn own_prompts(&self) -> Option<(&[CondPart], &[ScheduledCond])> {
+        Some((&self.cond, &self.uncond))
+    }
+
+    /// The refiner's, when the job has one.
+    fn refiner_prompts(&self) -> Option<(&[CondPart], &[ScheduledCond])> {
+        self.refiner
+            .as_ref()
+            .map(|(cond, uncond)| (cond.as_slice(), uncond.as_slice()))
+    }
+}
+
+/// Chooses a conditioning's prompt parts and negative prompt (the model's or the refiner's).
+type PickPrompts = fn(&JobConditioning) -> Option<(&[CondPart], &[ScheduledCond])>;
+
+/// The prompts of each image of a batch: a job's own batch shares one conditioning; a joint
+/// batch of queued jobs (`pipeline/joint.rs`) gives each image its job's.
+#[derive(Clone)]
+pub struct BatchPrompts<'p> {
+    images: Vec<&'p JobConditioning>,
+}
+
+impl<'p> BatchPrompts<'p> {
+    /// `images` images with the same prompts.
+    pub fn shared(conditioning: &'p JobConditioning, images: usize) -> Self {
+        BatchPrompts {
+            images: vec![conditioning; images],
+        }
+    }
+
+    /// One conditioning per image, in batch order.
+    pub fn per_image(images: Vec<&'p JobConditioning>) -> Self {
+        BatchPrompts { images }
+    }
+
+    /// The images' guidance: `pick` chooses a conditioning's prompts (the model's or the
+    /// refiner's); `None` when an image has none for it.
+    fn guidance(&self, cfg_scale: f64, pick: PickPrompts) -> Option<Guidance> {
+        let mut conds = Vec::with_capacity(self.images.len());
+        let mut unconds = Vec::with_capacity(self.images.len());
+        for conditioning in &self.images {
+            let (cond, uncond) = pick(conditioning)?;
+            conds.push(share_parts(cond));
+            unconds.push(share_schedule(uncond));
+        }
+        Some(Guidance {
+            conds,
+            unconds,
+            cfg_scale,
+        })
+    }
+}
+
 /// Where one image sits in the job and which seeds made it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ImageSeeds {
@@ -236,8 +291,8 @@ pub struct SamplingPass<'p> {
     pub seeds: &'p [u64],
     /// One image's latent shape.
     pub shape: [i64; 3],
-    /// The prompts.
-    pub conditioning: &'p JobConditioning,
+    /// Each image's prompts.
+    pub conditioning: BatchPrompts<'p>,
     /// Whether the refiner may take over in this pass.
     pub refiner: bool,
     /// Inpainting's blend with the init latent.
@@ -504,17 +559,25 @@ impl<'a> GenerationJob<'a> {
             })?;
             job_noise = job_noise.with_brownian(Box::new(tree));
         }
-        let conditioning = pass.conditioning;
-        let guidance = |cond: &[CondPart], uncond: &[ScheduledCond]| Guidance {
-            conds: seeds.iter().map(|_| share_parts(cond)).collect(),
-            unconds: seeds.iter().map(|_| share_schedule(uncond)).collect(),
-            cfg_scale: params.cfg_scale,
-        };
+        let prompts = &pass.conditioning;
+        if prompts.images.len() != seeds.len() {
+            return Err(JobError::torch(
+                "sampling",
+                format!(
+                    "prompts for {} images, a batch of {}",
+                    prompts.images.len(),
+                    seeds.len()
+                ),
+            ));
+        }
+        let guidance = prompts
+            .guidance(params.cfg_scale, JobConditioning::own_prompts)
+            .expect("every conditioning has the model's prompts");
         let mut denoiser = CfgDenoiser::new(
             &model.sd.unet,
             &model.levels,
             model.prediction.prediction,
-            guidance(&conditioning.cond, &conditioning.uncond),
+            guidance,
         );
         if let Some(mask) = pass.latent_mask {
             denoiser = denoiser.latent_mask(mask);
@@ -526,11 +589,12 @@ impl<'a> GenerationJob<'a> {
             denoiser = denoiser.image_conditioning(extra);
         }
         let refiner = self.refiner().filter(|_| pass.refiner);
-        if let (Some(refiner), Some((cond, uncond))) = (refiner, &conditioning.refiner) {
+        let refiner_guidance = prompts.guidance(params.cfg_scale, JobConditioning::refiner_prompts);
+        if let (Some(refiner), Some(guidance)) = (refiner, refiner_guidance) {
             denoiser = denoiser.refiner(RefinerStage {
                 unet: &refiner.sd.unet,
                 prediction: refiner.prediction.prediction,
-                guidance: guidance(cond, uncond),
+                guidance,
                 switch_at: params.refiner_switch_at,
             });
         }

@@ -10,6 +10,7 @@ pub mod hires;
 pub mod img2img;
 pub mod init;
 pub mod job;
+pub mod joint;
 pub mod mask_latents;
 pub mod model;
 pub mod output;

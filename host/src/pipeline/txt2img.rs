@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 use super::encode::{InitEncoding, InitLatent};
 use super::error::guarded;
 use super::hires::{HiresTarget, HiresUpscale, HiresUpscaler, LatentMode};
-use super::job::{family_settings, ImageKind, PromptSetting, SamplingPass};
+use super::job::{family_settings, BatchPrompts, ImageKind, PromptSetting, SamplingPass};
 use super::mask_latents::InpaintingConditioning;
 use super::model::GenerationModel;
 use super::stop::JobStop;
@@ -276,6 +276,18 @@ impl<'a> Txt2ImgJob<'a> {
         stop: &JobStop,
         observe: &mut dyn FnMut(JobEvent<'_>) -> Flow,
     ) -> Result<Option<Tensor>, JobError> {
+        let prompts = BatchPrompts::shared(conditioning, self.job.params.batch_size);
+        self.sample_with_prompts(prompts, batch, stop, observe)
+    }
+
+    /// [`Txt2ImgJob::sample`] with each image's own prompts (a joint batch of queued jobs).
+    pub fn sample_with_prompts(
+        &self,
+        conditioning: BatchPrompts<'_>,
+        batch: usize,
+        stop: &JobStop,
+        observe: &mut dyn FnMut(JobEvent<'_>) -> Flow,
+    ) -> Result<Option<Tensor>, JobError> {
         let job = &self.job;
         let (model, params) = (job.model, job.params);
         let seeds = job.seeds.batch(batch, params.batch_size).0;
@@ -310,6 +322,20 @@ impl<'a> Txt2ImgJob<'a> {
         &self,
         hires: &HiresPass<'_>,
         conditioning: &JobConditioning,
+        samples: Tensor,
+        batch: usize,
+        stop: &JobStop,
+        observe: &mut dyn FnMut(JobEvent<'_>) -> Flow,
+    ) -> Result<Option<Tensor>, JobError> {
+        let prompts = BatchPrompts::shared(conditioning, self.job.params.batch_size);
+        self.sample_hires_with_prompts(hires, prompts, samples, batch, stop, observe)
+    }
+
+    /// [`Txt2ImgJob::sample_hires`] with each image's own hires prompts (a joint batch).
+    pub fn sample_hires_with_prompts(
+        &self,
+        hires: &HiresPass<'_>,
+        conditioning: BatchPrompts<'_>,
         samples: Tensor,
         batch: usize,
         stop: &JobStop,

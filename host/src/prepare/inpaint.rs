@@ -108,7 +108,7 @@ pub struct InpaintSettings {
 }
 
 /// Why a mask cannot be used.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum MaskError {
     /// The mask selects nothing.
     #[error("the mask is empty: nothing to inpaint (mark the area to regenerate, or run img2img without a mask)")]

@@ -5,6 +5,7 @@
 
 use crate::common;
 
+mod joint;
 mod upscale;
 
 use std::io::Write;

@@ -11,7 +11,7 @@ use super::reference::Reference;
 use crate::device::parse_device;
 
 /// The cases that run on a CUDA device: the networks and whole jobs side by side.
-pub const CUDA_CASES: &str = "unet,vae-encode,vae-decode,clip,gemm,jobs";
+pub const CUDA_CASES: &str = "unet,vae-encode,vae-decode,clip,gemm,jobs,batching";
 
 /// Why the other cases stay on the CPU, printed when they are skipped on CUDA.
 const CPU_ONLY_REASON: &str = "measures the CPU itself (peak RSS, the CPU profiler, \

@@ -3,6 +3,7 @@
 //! (docs/performance.md).
 
 mod api;
+mod batching;
 mod caches;
 mod context;
 mod figures;
@@ -28,7 +29,7 @@ use reference::ReferenceScript;
 
 /// The cases a plain `sdhost bench` runs, in the order they run.
 const CASES: &str =
-    "unet,vae-encode,vae-decode,clip,gemm,variants,profile,jobs,memory,load,caches,switch,drift,scaling,inpaint,lora,tome,transport,api";
+    "unet,vae-encode,vae-decode,clip,gemm,variants,profile,jobs,memory,load,caches,switch,batching,drift,scaling,inpaint,lora,tome,transport,api";
 
 /// Cases run only when named: they make multi-GB models once and an SDXL fp32 step needs about
 /// 12 GB of memory.
@@ -53,7 +54,8 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     dtypes: Vec<String>,
     /// Device of both sides: cpu, cuda or cuda:N. On CUDA only the side-by-side cases run
-    /// (unet, vae-encode, vae-decode, clip, gemm, jobs); the others say they are CPU-only.
+    /// (unet, vae-encode, vae-decode, clip, gemm, jobs, batching); the others say they are
+    /// CPU-only.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Cases to run: unet, vae-encode, vae-decode, clip, gemm (networks against diffusers),
@@ -62,7 +64,8 @@ pub struct BenchArgs {
     /// jobs (whole img2img against diffusers' pipeline, with peak RSS), memory (peak memory by
     /// stage at 512²), load, caches (a second job's prompt encoding from the conditioning
     /// cache), switch (a checkpoint made ready, by stage, and switches between two kept
-    /// loaded), drift, scaling, inpaint, lora (apply + restore of a rank-32 LoRA
+    /// loaded), batching (4 queued 512² img2img jobs as one joint batch against one after
+    /// another, in the first dtype), drift, scaling, inpaint, lora (apply + restore of a rank-32 LoRA
     /// against a 20-step 512² job), tome (token merging ratios 0, 0.3, 0.5 side by side: UNet
     /// calls at --tome-sizes, a 20-step img2img job at the first with its time and picture
     /// drift), transport (sdhost's own figures), api (the A1111 HTTP API's
@@ -208,6 +211,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if wants("memory") {
         memory::profile(&model, 512)?;
+    }
+    if wants("batching") {
+        batching::run(&model, &context, &args.dtypes[0], args.repeat)?;
     }
     figures::print_figures(&model, &wants)?;
     if wants("caches") {
