@@ -2,11 +2,15 @@
 //! such a group with each job's events going to its own connection (the pipeline side is
 //! `pipeline/joint.rs`).
 
+use std::cell::Cell;
+
 use image::DynamicImage;
+use sdhost_plugin_api::Flow;
 
 use super::event::{ErrorCode, Event};
 use super::queue::{Job, JobKind, Scheduler};
 use super::worker::{job_error, job_observer, outcome_event, Worker};
+use crate::pipeline::img2img::{JobEvent, JobOutcome};
 use crate::pipeline::joint::{joinable, run_joint, JointInputs, JointMember};
 use crate::prepare::init_image::DEFAULT_BACKGROUND;
 use crate::prepare::modes::ModeInputs;
@@ -127,13 +131,36 @@ impl Worker {
         });
         let model = &self.model;
         // Only the first job publishes the running state (`/progress` shows one job).
+        // A job cancelled mid-batch is told at once (the others go on): its `cancelled`
+        // event is sent when its observer first answers Cancel.
+        let told: Vec<Cell<bool>> = running.iter().map(|_| Cell::new(false)).collect();
         let mut observers: Vec<_> = running
             .iter()
+            .zip(&told)
             .enumerate()
-            .map(|(index, job)| {
+            .map(|(index, (job, told))| {
                 let params = batchable(job).expect("every job of the group is batchable");
                 let live = (index == 0).then_some(&*self.live);
-                job_observer(job, (params, preview_of(job)), model, live)
+                let mut observe = job_observer(job, (params, preview_of(job)), model, live);
+                let mut images = 0;
+                move |event: JobEvent<'_>| {
+                    images += usize::from(matches!(event, JobEvent::Image(_)));
+                    let flow = observe(event);
+                    if flow == Flow::Cancel && !told.replace(true) {
+                        let outcome = Ok(JobOutcome {
+                            images: Vec::new(),
+                            cancelled: true,
+                            interrupted: false,
+                            warnings: Vec::new(),
+                        });
+                        let mut event = outcome_event(job, outcome, queue, None);
+                        if let Event::Cancelled { images: sent, .. } = &mut event {
+                            *sent = images;
+                        }
+                        Self::send(job, event);
+                    }
+                    flow
+                }
             })
             .collect();
         let mut members: Vec<JointMember<'_>> = running
@@ -149,8 +176,10 @@ impl Worker {
         drop(members);
         drop(observers);
         self.live.end();
-        for (job, outcome) in running.iter().zip(outcomes) {
-            Self::send(job, outcome_event(job, outcome, queue, vae_warning.clone()));
+        for ((job, outcome), told) in running.iter().zip(outcomes).zip(&told) {
+            if !told.get() {
+                Self::send(job, outcome_event(job, outcome, queue, vae_warning.clone()));
+            }
         }
     }
 }

@@ -101,3 +101,52 @@ fn queued_jobs_that_differ_in_prompts_and_seeds_run_as_one_batch() {
         "the second image's seed is the job's seed + 1"
     );
 }
+
+#[test]
+fn a_job_cancelled_in_a_joint_batch_ends_at_once_and_the_others_go_on() {
+    let daemon = start_daemon(&["--joint-batch", "8"], None);
+    let mut client = Client::connected(&daemon.socket);
+    let requests = [
+        job("a long job", 1, 1, 5.0, 40),
+        job("a house", 5, 1, 7.0, 30),
+        job("a boat", 6, 2, 7.0, 30),
+        job("a tree", 7, 1, 7.0, 30),
+    ];
+    let mut numbers = Vec::new();
+    for request in requests {
+        let id = client.send(request, &[]);
+        numbers.push(client.answer(id).header["job"].as_u64().unwrap());
+    }
+    let mut order = Vec::new();
+    let mut results = [0; 4];
+    let ended = |order: &[(usize, String)]| {
+        order
+            .iter()
+            .filter(|(_, k)| k == "done" || k == "cancelled")
+            .count()
+    };
+    while ended(&order) < numbers.len() {
+        let header = client.read().header;
+        let Some(index) = numbers.iter().position(|n| header["job"] == json!(n)) else {
+            continue;
+        };
+        let kind = header["type"].as_str().unwrap().to_string();
+        if kind == "progress" && index == 2 && header["step"] == json!(2) {
+            client.send(json!({"type": "cancel", "job": numbers[2]}), &[]);
+        }
+        if kind == "result" {
+            results[index] += 1;
+            continue;
+        }
+        assert!(kind != "error", "{header}");
+        order.push((index, kind));
+    }
+    let at = |index, kind| position(&order, index, kind);
+    assert!(at(2, "cancelled") < at(1, "done") && at(2, "cancelled") < at(3, "done"));
+    // The others stepped on after the cancel.
+    assert!(order[at(2, "cancelled")..]
+        .iter()
+        .any(|(i, k)| *i == 1 && k == "progress"));
+    assert_eq!(results, [1, 1, 0, 1]);
+    assert!(!order.iter().any(|(i, k)| *i == 2 && k == "done"));
+}
