@@ -34,8 +34,13 @@ fn main() {
 fn emit_libtorch_version(lib_dir: &Path) {
     let root = lib_dir.parent().unwrap_or(lib_dir);
     let (build_version, version_py) = (root.join("build-version"), root.join("version.py"));
-    println!("cargo:rerun-if-changed={}", build_version.display());
-    println!("cargo:rerun-if-changed={}", version_py.display());
+    // Watch only the file that exists: cargo counts a watched missing file as changed, which
+    // reran this script and rebuilt the crate on every build.
+    let watched = [build_version.as_path(), version_py.as_path()]
+        .into_iter()
+        .find(|path| path.exists())
+        .unwrap_or(root);
+    println!("cargo:rerun-if-changed={}", watched.display());
     let version = std::fs::read_to_string(&build_version)
         .ok()
         .map(|text| text.trim().to_owned())
