@@ -12,8 +12,6 @@ use super::queue::{Job, JobKind, Scheduler};
 use super::worker::{job_error, job_observer, outcome_event, Worker};
 use crate::pipeline::img2img::{JobEvent, JobOutcome};
 use crate::pipeline::joint::{joinable, run_joint, JointInputs, JointMember};
-use crate::prepare::init_image::DEFAULT_BACKGROUND;
-use crate::prepare::modes::ModeInputs;
 use crate::request::GenerationRequest;
 
 /// The generation parameters of a job that may join a batch (no script).
@@ -105,14 +103,7 @@ impl Worker {
         };
         // The pictures are the same for every job: prepared once.
         let pictures = match &first.kind {
-            JobKind::Generate(request) => match request.mode.prepare(&ModeInputs {
-                image: &request.image,
-                sketch: request.sketch.as_ref(),
-                mask: request.mask.as_ref(),
-                mask_alpha: request.params.mask_alpha,
-                mask_blur: request.params.inpaint.mask_blur_x,
-                background: DEFAULT_BACKGROUND,
-            }) {
+            JobKind::Generate(request) => match request.prepare() {
                 Ok(prepared) => Some(prepared),
                 Err(error) => return fail_all(ErrorCode::BadRequest, &error.to_string()),
             },

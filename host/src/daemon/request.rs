@@ -3,7 +3,7 @@
 //! is accepted ([`Img2imgRequest::into_job`]). Job parameters use the field names of A1111's
 //! `/sdapi/v1/img2img` and `/sdapi/v1/txt2img` so existing client code maps over directly.
 
-use image::DynamicImage;
+use image::{DynamicImage, GrayImage, RgbImage};
 use schemars::JsonSchema;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
@@ -17,7 +17,8 @@ use crate::interrogate::interrogator::check_options;
 use crate::interrogate::options::read_interrogate_options;
 use crate::interrogate::{InterrogateMethod, InterrogateOptions};
 use crate::pipeline::preview::{PreviewMethod, PreviewSettings};
-use crate::prepare::modes::Img2ImgMode;
+use crate::prepare::init_image::DEFAULT_BACKGROUND;
+use crate::prepare::modes::{Img2ImgMode, ModeError, ModeInputs};
 use crate::request::GenerationRequest;
 use crate::scripts::{Script, Tab};
 
@@ -234,6 +235,20 @@ pub struct GenerateRequest {
     pub preview: Option<PreviewSettings>,
     /// The script run over it, if any.
     pub script: Option<Script>,
+}
+
+impl GenerateRequest {
+    /// The init image (RGB) and mask of the job, as its mode makes them from the layers sent.
+    pub fn prepare(&self) -> Result<(RgbImage, Option<GrayImage>), ModeError> {
+        self.mode.prepare(&ModeInputs {
+            image: &self.image,
+            sketch: self.sketch.as_ref(),
+            mask: self.mask.as_ref(),
+            mask_alpha: self.params.mask_alpha,
+            mask_blur: self.params.inpaint.mask_blur_x,
+            background: DEFAULT_BACKGROUND,
+        })
+    }
 }
 
 /// The `preview` object on the wire: `{"method", "every"?}`.

@@ -3,13 +3,11 @@
 //! (so a client's progress bar covers every cell), checkpoints are loaded as the jobs ask, and
 //! the script's grids come last as `result` events marked `grid`, before `done`.
 
-use sdhost_plugin_api::Flow;
-
 use super::event::{DoneOutcome, ErrorCode, Event, Outgoing, ProgressDetail};
 use super::queue::{Job, Scheduler};
 use super::worker::{
-    error_code, interrogate_error_code, job_error, publish_step, result_event, rgba_attachment,
-    step_event, Worker,
+    error_code, interrogate_error_code, job_error, job_flow, publish_step, result_event,
+    rgba_attachment, step_event, warning_event, Worker,
 };
 use crate::interrogate::Interrogator;
 use crate::pipeline::img2img::{run_img2img_with, JobEvent, JobOutcome};
@@ -133,21 +131,10 @@ impl ScriptHost for WorkerHost<'_> {
                 }
                 JobEvent::Warning(message) => {
                     warnings.push(message.to_string());
-                    Worker::send(
-                        job,
-                        Event::Warning {
-                            id: job.request_id.clone(),
-                            job: job.id,
-                            message: message.to_string(),
-                        },
-                    );
+                    Worker::send(job, warning_event(job, message));
                 }
             }
-            if job.stop.is_cancelled() {
-                Flow::Cancel
-            } else {
-                Flow::Continue
-            }
+            job_flow(job)
         };
         let outcome = match &sjob.init {
             Some(init) => run_img2img_with(
@@ -183,12 +170,7 @@ impl ScriptHost for WorkerHost<'_> {
 
 impl WorkerHost<'_> {
     fn warn(&mut self, message: String) {
-        let event = Event::Warning {
-            id: self.job.request_id.clone(),
-            job: self.job.id,
-            message: message.clone(),
-        };
-        Worker::send(self.job, event);
+        Worker::send(self.job, warning_event(self.job, &message));
         self.warnings.push(message);
     }
 }

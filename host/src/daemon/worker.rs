@@ -24,8 +24,6 @@ use crate::pipeline::img2img::{run_img2img, GeneratedImage, JobError, JobEvent, 
 use crate::pipeline::model::GenerationModel;
 use crate::pipeline::preview::{preview_image, PreviewSettings};
 use crate::pipeline::txt2img::run_txt2img;
-use crate::prepare::init_image::DEFAULT_BACKGROUND;
-use crate::prepare::modes::ModeInputs;
 use crate::request::GenerationRequest;
 use crate::sampling::plugins::SamplerRegistry;
 use crate::scripts::{ScriptInit, ScriptJob};
@@ -101,6 +99,24 @@ pub(super) fn interrogate_error_code(error: &InterrogateError) -> ErrorCode {
 /// The `error` event of job `job` failing with `code`.
 pub(super) fn job_error(job: &Job, code: ErrorCode, message: impl Into<String>) -> Outgoing {
     Event::error(&job.request_id, Some(job.id), code, message).into()
+}
+
+/// The `warning` event of job `job`.
+pub(super) fn warning_event(job: &Job, message: &str) -> Event {
+    Event::Warning {
+        id: job.request_id.clone(),
+        job: job.id,
+        message: message.to_string(),
+    }
+}
+
+/// What a job's observer answers the sampler: stop once the job is cancelled.
+pub(super) fn job_flow(job: &Job) -> Flow {
+    if job.stop.is_cancelled() {
+        Flow::Cancel
+    } else {
+        Flow::Continue
+    }
 }
 
 pub(super) fn rgba_attachment(name: &str, image: &image::RgbaImage) -> (Attachment, Vec<u8>) {
@@ -455,15 +471,7 @@ impl Worker {
     }
 
     fn generate(&mut self, job: &Job, request: &GenerateRequest, queue: &Scheduler) {
-        let prepared = request.mode.prepare(&ModeInputs {
-            image: &request.image,
-            sketch: request.sketch.as_ref(),
-            mask: request.mask.as_ref(),
-            mask_alpha: request.params.mask_alpha,
-            mask_blur: request.params.inpaint.mask_blur_x,
-            background: DEFAULT_BACKGROUND,
-        });
-        let (init, mask) = match prepared {
+        let (init, mask) = match request.prepare() {
             Ok(inputs) => inputs,
             Err(error) => {
                 Self::send(
@@ -615,20 +623,9 @@ pub(super) fn job_observer<'a>(
                 }
                 Worker::send(job, result_event(job, image))
             }
-            JobEvent::Warning(message) => Worker::send(
-                job,
-                Event::Warning {
-                    id: job.request_id.clone(),
-                    job: job.id,
-                    message: message.to_string(),
-                },
-            ),
+            JobEvent::Warning(message) => Worker::send(job, warning_event(job, message)),
         }
-        if job.stop.is_cancelled() {
-            Flow::Cancel
-        } else {
-            Flow::Continue
-        }
+        job_flow(job)
     }
 }
 
