@@ -4,10 +4,18 @@
 //!
 //! The parser follows A1111's grammar: plain text, emphasis brackets kept as written, scheduled
 //! and alternate groups, and stray bracket characters allowed at the top level only. A prompt
-//! the grammar rejects is used unchanged for every step, as in A1111.
+//! the grammar rejects is used unchanged for every step, as in A1111; so is one whose bracket
+//! groups nest deeper than [`MAX_NESTING`].
 
 use regex::Regex;
+use std::collections::HashMap;
 use std::sync::LazyLock;
+
+/// The deepest nesting of bracket groups the parser follows. Deeper, the prompt is used
+/// unchanged: the parser recurses once per level and runs on the job's thread, whose stack
+/// a 20,000-character prompt of brackets would overflow (A1111's tree transformer, recursing
+/// per level too, stops at Python's recursion limit).
+pub const MAX_NESTING: usize = 100;
 
 /// One entry of a prompt's schedule: `text` is used for model calls up to `end_at_step`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,7 +75,7 @@ pub fn split_and(prompt: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Node {
     /// Text kept as written: plain text, whitespace, brackets of emphasis, stray characters.
     Text(String),
@@ -86,6 +94,15 @@ enum Node {
 struct Parser {
     chars: Vec<char>,
     pos: usize,
+    /// Bracket groups open around the current position.
+    depth: usize,
+    /// Whether a group nested deeper than [`MAX_NESTING`].
+    too_deep: bool,
+    /// Each group's parse by its start: the node and where it ends, or `None` when no group
+    /// starts there. The parser backtracks (a failed group is text, and the top level goes on
+    /// after it), and without this a run of unclosed brackets is parsed again from each of
+    /// them: 9 s for 10,000 characters.
+    groups: HashMap<usize, Option<(Node, usize)>>,
 }
 
 impl Parser {
@@ -93,6 +110,9 @@ impl Parser {
         Self {
             chars: text.chars().collect(),
             pos: 0,
+            depth: 0,
+            too_deep: false,
+            groups: HashMap::new(),
         }
     }
 
@@ -115,6 +135,9 @@ impl Parser {
         while self.pos < self.chars.len() {
             let before = self.pos;
             let mut part = self.parse_prompt()?;
+            if self.too_deep {
+                return None;
+            }
             nodes.append(&mut part);
             if self.pos == before {
                 match self.peek() {
@@ -175,7 +198,28 @@ impl Parser {
         (!text.is_empty()).then_some(text)
     }
 
+    /// A bracket group starting here, parsed once per start (see `groups`).
     fn parse_group(&mut self) -> Option<Node> {
+        let start = self.pos;
+        if let Some(known) = self.groups.get(&start) {
+            let (node, end) = known.clone()?;
+            self.pos = end;
+            return Some(node);
+        }
+        self.depth += 1;
+        let node = if self.depth > MAX_NESTING {
+            self.too_deep = true;
+            None
+        } else {
+            self.parse_new_group()
+        };
+        self.depth -= 1;
+        let known = node.clone().map(|node| (node, self.pos));
+        self.groups.insert(start, known);
+        node
+    }
+
+    fn parse_new_group(&mut self) -> Option<Node> {
         if self.eat('(') {
             // emphasized: "(" prompt ")" | "(" prompt ":" prompt ")"
             let mut inner = vec![Node::Text("(".into())];
@@ -240,7 +284,16 @@ impl Parser {
             Regex::new(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*\]")
                 .expect("valid regex")
         });
-        let rest: String = self.chars[self.pos..].iter().collect();
+        // Only the characters the pattern can match, up to the first `]`: the whole rest of a
+        // long prompt at every `:` would be quadratic.
+        let mut rest = String::new();
+        for &c in &self.chars[self.pos..] {
+            rest.push(c);
+            let numeric = c.is_whitespace() || c.is_numeric() || "+-.eE".contains(c);
+            if c == ']' || !numeric {
+                break;
+            }
+        }
         let caps = NUMBER.captures(&rest)?;
         self.pos += caps[0].chars().count();
         Some(caps[1].to_string())
@@ -377,6 +430,43 @@ mod tests {
             sched("(emphasis:1.2) kept", 5),
             v(&[(5, "(emphasis:1.2) kept")])
         );
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_used_unchanged() {
+        let nested = |levels: usize| format!("{}[a:b:2]{}", "(".repeat(levels), ")".repeat(levels));
+        let parens = |levels: usize| ("(".repeat(levels), ")".repeat(levels));
+        let (open, close) = parens(MAX_NESTING - 1);
+        assert_eq!(
+            sched(&nested(MAX_NESTING - 1), 4),
+            v(&[
+                (2, &format!("{open}a{close}")),
+                (4, &format!("{open}b{close}"))
+            ])
+        );
+        let deep = nested(MAX_NESTING);
+        assert_eq!(sched(&deep, 4), v(&[(4, &deep)]));
+    }
+
+    #[test]
+    fn long_runs_of_brackets_parse_on_a_small_stack() {
+        // At the daemon's prompt limit (20,000 characters), on a thread with the 2 MiB stack
+        // std gives spawned threads: once an overflow that killed the daemon, and 9 s already
+        // at 10,000 characters.
+        let prompts = [
+            "(a".repeat(10_000),
+            "[a".repeat(10_000),
+            "[a:".repeat(6_666),
+            format!("{}x{}", "(".repeat(10_000), ")".repeat(9_999)),
+            "(a)[b|c]".repeat(2_500),
+        ];
+        let schedules = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || prompts.map(|p| prompt_schedule(&p, 20).len()))
+            .unwrap()
+            .join()
+            .expect("no overflow");
+        assert_eq!(schedules, [1, 1, 1, 1, 20]);
     }
 
     #[test]
