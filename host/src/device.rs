@@ -56,6 +56,18 @@ pub fn dtype_name(kind: Kind) -> &'static str {
     }
 }
 
+/// Whether this CPU computes bf16 in hardware (x86 AVX512-BF16, which every AMX CPU also has;
+/// Arm's BF16). Elsewhere libtorch converts each bf16 value to fp32 and back, so bf16 runs
+/// several times slower than fp32 instead of faster.
+pub fn cpu_has_native_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512bf16");
+    #[cfg(target_arch = "aarch64")]
+    return std::arch::is_aarch64_feature_detected!("bf16");
+    #[allow(unreachable_code)]
+    false
+}
+
 /// Hands the heap memory that finished stages freed back to the system. glibc keeps freed
 /// buffers below its (adaptive) mmap threshold in its heaps, so without this a job's VAE
 /// decode would stack its peak on top of what the sampler left behind (CPU only; the CUDA

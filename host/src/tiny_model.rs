@@ -457,6 +457,71 @@ fn unused_text_keys(text: &TextConfig) -> Vec<(String, Tensor)> {
     }
 }
 
+/// A LoRA of random weights for a model's layers, in kohya's names of the LDM layers (which
+/// A1111 matches as it matches trained ones).
+pub struct RandomLora<'a> {
+    /// The rank of every layer's down and up matrices.
+    pub rank: i64,
+    /// The standard deviation of the weights.
+    pub scale: f64,
+    /// The stored dtype.
+    pub kind: Kind,
+    /// The `alpha` of every layer, or none (then A1111 scales by 1).
+    pub alpha: Option<f64>,
+    /// The UNet layers trained: those whose key contains one of these.
+    pub unet_layers: &'a [&'a str],
+    /// The seed of the weights.
+    pub seed: i64,
+}
+
+/// The tensors of `lora` for `sd`: the UNet layers it names and every linear of the text
+/// encoder's blocks, as kohya trains them (convolutions get 1×1 kernels).
+pub fn random_lora(sd: &StableDiffusion, lora: &RandomLora<'_>) -> Vec<(String, Tensor)> {
+    tch::manual_seed(lora.seed);
+    let clip_prefix = format!("{}.", sd.architecture.text.clip_prefix());
+    let mut tensors = Vec::new();
+    for (key, layer) in &sd.layers {
+        let size = layer.weight.size();
+        let name = if let Some(rest) = key.strip_prefix("model.diffusion_model.") {
+            if !lora
+                .unet_layers
+                .iter()
+                .any(|trained| rest.contains(trained))
+                || size.len() < 2
+            {
+                continue;
+            }
+            format!("lora_unet_{}", rest.replace('.', "_"))
+        } else if let Some(rest) = key.strip_prefix(&clip_prefix) {
+            if !rest.starts_with("encoder.layers.") || size.len() != 2 {
+                continue;
+            }
+            format!("lora_te_text_model_{}", rest.replace('.', "_"))
+        } else {
+            continue;
+        };
+        let kernel = vec![1; size.len() - 2];
+        let options = (lora.kind, Device::Cpu);
+        let down: Vec<i64> = [vec![lora.rank, size[1]], kernel.clone()].concat();
+        let up: Vec<i64> = [vec![size[0], lora.rank], kernel].concat();
+        tensors.push((
+            format!("{name}.lora_down.weight"),
+            Tensor::randn(down.as_slice(), options) * lora.scale,
+        ));
+        tensors.push((
+            format!("{name}.lora_up.weight"),
+            Tensor::randn(up.as_slice(), options) * lora.scale,
+        ));
+        if let Some(alpha) = lora.alpha {
+            tensors.push((
+                format!("{name}.alpha"),
+                Tensor::from(alpha).to_kind(lora.kind),
+            ));
+        }
+    }
+    tensors
+}
+
 /// Writes named CPU tensors to a `.safetensors` file (sorted, as the format requires).
 pub fn save_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
     save_safetensors_with_metadata(tensors, None, path)

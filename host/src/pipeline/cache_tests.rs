@@ -4,51 +4,31 @@
 
 use std::path::Path;
 
-use sdhost_plugin_api::Flow;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::extra_networks::activate_extra_networks;
 use super::img2img::tests::{registry, tiny_model};
-use super::img2img::{run_img2img, Img2ImgJob};
+use super::img2img::{run_img2img_unobserved, Img2ImgJob};
 use super::job::JobConditioning;
 use super::model::GenerationModel;
-use super::stop::JobStop;
 use crate::extra_networks::dirs::NetworkDirs;
 use crate::prompt::embeddings::{Embedding, EmbeddingDatabase};
 use crate::request::GenerationRequest;
 use crate::sampling::plan::SamplerSettings;
+use crate::tiny_model::{random_lora, RandomLora};
 
 /// A rank-4 LoRA on every text-encoder linear and UNet attention projection of `model`
 /// (kohya names), random from `seed`.
 fn write_lora(model: &GenerationModel, path: &Path, seed: i64) {
-    tch::manual_seed(seed);
-    let clip_prefix = format!("{}.", model.sd.architecture.text.clip_prefix());
-    let mut tensors = Vec::new();
-    for (key, layer) in &model.sd.layers {
-        let name = if let Some(rest) = key.strip_prefix("model.diffusion_model.") {
-            if !rest.contains("transformer_blocks") || layer.weight.dim() != 2 {
-                continue;
-            }
-            format!("lora_unet_{}", rest.replace('.', "_"))
-        } else if let Some(rest) = key.strip_prefix(&clip_prefix) {
-            if !rest.starts_with("encoder.layers.") || layer.weight.dim() != 2 {
-                continue;
-            }
-            format!("lora_te_text_model_{}", rest.replace('.', "_"))
-        } else {
-            continue;
-        };
-        let size = layer.weight.size();
-        let options = (Kind::Float, Device::Cpu);
-        tensors.push((
-            format!("{name}.lora_down.weight"),
-            Tensor::randn([4, size[1]], options) * 0.5,
-        ));
-        tensors.push((
-            format!("{name}.lora_up.weight"),
-            Tensor::randn([size[0], 4], options) * 0.5,
-        ));
-    }
+    let lora = RandomLora {
+        rank: 4,
+        scale: 0.5,
+        kind: Kind::Float,
+        alpha: None,
+        unet_layers: &["transformer_blocks"],
+        seed,
+    };
+    let tensors = random_lora(&model.sd, &lora);
     assert!(!tensors.is_empty());
     crate::tiny_model::save_safetensors(&tensors, path).unwrap();
 }
@@ -96,16 +76,7 @@ fn a_repeated_prompt_reuses_its_conditioning_and_the_same_images_come_out() {
     let (model, registry) = (tiny_model(dir.path()), registry());
     let init = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([x as u8 * 3, y as u8 * 4, 90]));
     let run = |params: &GenerationRequest| {
-        run_img2img(
-            &model,
-            &registry,
-            params,
-            &init,
-            None,
-            &JobStop::new(),
-            &mut |_| Flow::Continue,
-        )
-        .unwrap()
+        run_img2img_unobserved(&model, &registry, params, &init, None).unwrap()
     };
     let params = params("a [red:blue:2] cat");
     let first = run(&params);

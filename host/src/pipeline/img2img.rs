@@ -63,6 +63,26 @@ pub fn run_img2img(
     run_img2img_with(model, registry, params, inputs, stop, observe)
 }
 
+/// [`run_img2img`] to its end, with no observer and nothing to stop it (the bench and tests).
+pub fn run_img2img_unobserved(
+    model: &GenerationModel,
+    registry: &SamplerRegistry,
+    params: &GenerationRequest,
+    init_image: &RgbImage,
+    mask: Option<&GrayImage>,
+) -> Result<JobOutcome, JobError> {
+    let stop = JobStop::new();
+    run_img2img(
+        model,
+        registry,
+        params,
+        init_image,
+        mask,
+        &stop,
+        &mut |_| Flow::Continue,
+    )
+}
+
 /// An img2img job's pictures: the init image and mask, and what A1111's scripts set besides
 /// them on `p`.
 #[derive(Clone, Copy)]
@@ -395,16 +415,8 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (model, registry, params) = (tiny_model(dir.path()), registry(), params());
         let (image, mask) = picture();
-        let whole = run_img2img(
-            &model,
-            &registry,
-            &params,
-            &image,
-            Some(&mask),
-            &JobStop::new(),
-            &mut |_| Flow::Continue,
-        )
-        .expect("the job runs");
+        let whole = run_img2img_unobserved(&model, &registry, &params, &image, Some(&mask))
+            .expect("the job runs");
 
         let job = Img2ImgJob::prepare(&model, &registry, &params).unwrap();
         let init = job.init_latents(&image, Some(&mask)).unwrap();

@@ -411,7 +411,7 @@ fn route_step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::img2img::run_img2img;
+    use crate::pipeline::img2img::run_img2img_unobserved;
     use crate::pipeline::img2img::tests::{registry, tiny_model};
     use crate::pipeline::txt2img::run_txt2img;
     use crate::prepare::inpaint::{InpaintSettings, MaskError};
@@ -569,16 +569,9 @@ mod tests {
         let cancelled = outcomes[1].as_ref().unwrap();
         assert!(cancelled.cancelled && cancelled.images.is_empty());
         for index in [0, 2] {
-            let alone = run_img2img(
-                &model,
-                &registry,
-                &requests[index],
-                &image,
-                Some(&mask),
-                &JobStop::new(),
-                &mut |_| Flow::Continue,
-            )
-            .unwrap();
+            let alone =
+                run_img2img_unobserved(&model, &registry, &requests[index], &image, Some(&mask))
+                    .unwrap();
             assert_same_images(outcomes[index].as_ref().unwrap(), &alone);
         }
     }

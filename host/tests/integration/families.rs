@@ -12,9 +12,8 @@ use sdhost::checkpoint::{
 };
 use sdhost::models::text_encoders::{ModelFamily, TextEncoders};
 use sdhost::models::{Prediction, StableDiffusion};
-use sdhost::pipeline::img2img::run_img2img;
+use sdhost::pipeline::img2img::run_img2img_unobserved;
 use sdhost::pipeline::model::GenerationModel;
-use sdhost::pipeline::stop::JobStop;
 use sdhost::prepare::inpaint::{InpaintSettings, MaskedContent};
 use sdhost::prompt::chunks::{tokenize_line_with, PromptChunk, TokenizedPrompt};
 use sdhost::prompt::clean::TextCleaning;
@@ -22,7 +21,6 @@ use sdhost::prompt::conditioning::{BatchCond, Conditioner};
 use sdhost::prompt::embeddings::EmbeddingDatabase;
 use sdhost::tiny_model::{save_safetensors, write_tiny_model, TinyFamily, TinyModelSpec};
 use sdhost::weights::LoadError;
-use sdhost_plugin_api::Flow;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -1040,16 +1038,8 @@ fn sd2_v_and_sdxl_inpainting_match_the_reference() {
             (case.sampler, case.karras, case.strength),
             &case.settings,
         );
-        let outcome = run_img2img(
-            &model,
-            &registry,
-            &params,
-            &init,
-            Some(&mask),
-            &JobStop::new(),
-            &mut |_| Flow::Continue,
-        )
-        .expect("inpainting job runs");
+        let outcome = run_img2img_unobserved(&model, &registry, &params, &init, Some(&mask))
+            .expect("inpainting job runs");
         assert_eq!(outcome.images.len(), case.seeds.len());
         for (i, generated) in outcome.images.iter().enumerate() {
             let expected = image::open(dir.path().join(format!("{}_{i}.png", case.name)))

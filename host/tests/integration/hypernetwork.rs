@@ -13,7 +13,7 @@ use sdhost::extra_networks::dirs::NetworkDirs;
 use sdhost::extra_networks::hypernetwork::{load_hypernetwork, HypernetworkError};
 use sdhost::extra_networks::parse_prompt;
 use sdhost::pickle::PickleError;
-use sdhost::pipeline::img2img::{run_img2img, JobOutcome};
+use sdhost::pipeline::img2img::{run_img2img, run_img2img_unobserved, JobOutcome};
 use sdhost::pipeline::model::GenerationModel;
 use sdhost::pipeline::stop::JobStop;
 use sdhost::request::GenerationRequest;
@@ -273,16 +273,7 @@ fn job_params(prompt: &str) -> GenerationRequest {
 
 fn run(model: &GenerationModel, params: &GenerationRequest, init: &image::RgbImage) -> JobOutcome {
     let registry = common::builtin_registry();
-    run_img2img(
-        model,
-        &registry,
-        params,
-        init,
-        None,
-        &JobStop::new(),
-        &mut |_| Flow::Continue,
-    )
-    .expect("job runs")
+    run_img2img_unobserved(model, &registry, params, init, None).expect("job runs")
 }
 
 #[test]

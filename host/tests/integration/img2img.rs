@@ -5,7 +5,7 @@
 use crate::common;
 
 use image::RgbImage;
-use sdhost::pipeline::img2img::{run_img2img, JobEvent, JobOutcome};
+use sdhost::pipeline::img2img::{run_img2img, run_img2img_unobserved, JobEvent, JobOutcome};
 use sdhost::pipeline::model::GenerationModel;
 use sdhost::pipeline::stop::JobStop;
 use sdhost::prepare::resize::ResizeMode;
@@ -29,16 +29,7 @@ fn run(
     params: &GenerationRequest,
     init: &RgbImage,
 ) -> JobOutcome {
-    run_img2img(
-        model,
-        registry,
-        params,
-        init,
-        None,
-        &JobStop::new(),
-        &mut |_| Flow::Continue,
-    )
-    .expect("job runs")
+    run_img2img_unobserved(model, registry, params, init, None).expect("job runs")
 }
 
 /// One sampler of a reference comparison: sdhost's name, k-diffusion's function, Karras or not.
@@ -306,18 +297,10 @@ fn job_seeds_infotext_cancel_and_errors() {
 
     // User errors are typed and say what is wrong.
     let error = |params: GenerationRequest| {
-        run_img2img(
-            &model,
-            &registry,
-            &params,
-            &init,
-            None,
-            &JobStop::new(),
-            &mut |_| Flow::Continue,
-        )
-        .err()
-        .expect("refused")
-        .to_string()
+        run_img2img_unobserved(&model, &registry, &params, &init, None)
+            .err()
+            .expect("refused")
+            .to_string()
     };
     assert!(error(GenerationRequest {
         width: 4,

@@ -5,15 +5,13 @@
 use crate::common;
 
 use image::{GrayImage, RgbImage};
-use sdhost::pipeline::img2img::{run_img2img, JobOutcome};
+use sdhost::pipeline::img2img::{run_img2img_unobserved, JobOutcome};
 use sdhost::pipeline::model::GenerationModel;
-use sdhost::pipeline::stop::JobStop;
 use sdhost::prepare::inpaint::{prepare_inpaint, InpaintSettings, MaskedContent};
 use sdhost::prepare::mask::binary_mask;
 use sdhost::request::GenerationRequest;
 use sdhost::sampling::plan::SamplerSettings;
 use sdhost::sampling::schedule::Schedule;
-use sdhost_plugin_api::Flow;
 use tch::{Device, Kind};
 
 /// Mean absolute difference per channel value allowed against the reference (issue #6).
@@ -229,16 +227,7 @@ fn run(
     mask: &GrayImage,
 ) -> JobOutcome {
     let registry = crate::common::builtin_registry();
-    run_img2img(
-        model,
-        &registry,
-        params,
-        init,
-        Some(mask),
-        &JobStop::new(),
-        &mut |_| Flow::Continue,
-    )
-    .expect("inpainting job runs")
+    run_img2img_unobserved(model, &registry, params, init, Some(mask)).expect("inpainting job runs")
 }
 
 #[test]
@@ -370,18 +359,10 @@ fn masks_that_cannot_be_used_are_refused_clearly() {
     let case = &cases()[0];
     let registry = crate::common::builtin_registry();
     let error = |mask: &GrayImage, params: &GenerationRequest| {
-        run_img2img(
-            &model,
-            &registry,
-            params,
-            &init,
-            Some(mask),
-            &JobStop::new(),
-            &mut |_| Flow::Continue,
-        )
-        .err()
-        .expect("refused")
-        .to_string()
+        run_img2img_unobserved(&model, &registry, params, &init, Some(mask))
+            .err()
+            .expect("refused")
+            .to_string()
     };
     let empty = GrayImage::new(100, 76);
     assert!(error(&empty, &params(case)).contains("the mask is empty"));

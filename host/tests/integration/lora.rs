@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use sdhost::checkpoint::Checkpoint;
 use sdhost::extra_networks::dirs::NetworkDirs;
 use sdhost::pipeline::extra_networks::activate_extra_networks;
-use sdhost::pipeline::img2img::{run_img2img, JobEvent};
+use sdhost::pipeline::img2img::{run_img2img, run_img2img_unobserved, JobEvent};
 use sdhost::pipeline::model::GenerationModel;
 use sdhost::pipeline::stop::JobStop;
 use sdhost::request::GenerationRequest;
@@ -491,16 +491,7 @@ fn embeddings_bundled_in_a_lora_join_the_jobs_prompt_words() {
         ..GenerationRequest::default()
     };
     let init = image::RgbImage::from_pixel(64, 64, image::Rgb([120, 80, 40]));
-    let outcome = run_img2img(
-        &model,
-        &registry,
-        &params,
-        &init,
-        None,
-        &JobStop::new(),
-        &mut |_| Flow::Continue,
-    )
-    .unwrap();
+    let outcome = run_img2img_unobserved(&model, &registry, &params, &init, None).unwrap();
     let text = outcome.images[0].infotext.to_text();
     // A1111's BundledTIHash: the network's name stands in for the embedding's hash.
     assert!(text.contains("TI hashes: \"lorastar: bundled\""), "{text}");

@@ -6,13 +6,11 @@
 use crate::common;
 
 use image::RgbImage;
-use sdhost::pipeline::img2img::{run_img2img, JobError, JobOutcome};
+use sdhost::pipeline::img2img::{run_img2img_unobserved, JobError, JobOutcome};
 use sdhost::pipeline::model::GenerationModel;
-use sdhost::pipeline::stop::JobStop;
 use sdhost::request::GenerationRequest;
 use sdhost::sampling::plan::SamplerSettings;
 use sdhost::tiny_model::{write_tiny_model, TinyFamily, TinyModelSpec};
-use sdhost_plugin_api::Flow;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
 
@@ -47,16 +45,7 @@ fn params(refiner: &str) -> GenerationRequest {
 
 fn run(model: &GenerationModel, params: &GenerationRequest, init: &RgbImage) -> JobOutcome {
     let registry = common::builtin_registry();
-    run_img2img(
-        model,
-        &registry,
-        params,
-        init,
-        None,
-        &JobStop::new(),
-        &mut |_| Flow::Continue,
-    )
-    .expect("job runs")
+    run_img2img_unobserved(model, &registry, params, init, None).expect("job runs")
 }
 
 #[test]
@@ -139,14 +128,8 @@ fn jobs_that_cannot_have_their_refiner_are_refused_before_work() {
     let init = common::test_picture(&dir.path().join("init.png"));
     let registry = common::builtin_registry();
     let mut model = GenerationModel::load(&base, Device::Cpu, Kind::Float, None).unwrap();
-    let refuse = |model: &GenerationModel, params: &GenerationRequest| match run_img2img(
-        model,
-        &registry,
-        params,
-        &init,
-        None,
-        &JobStop::new(),
-        &mut |_| Flow::Continue,
+    let refuse = |model: &GenerationModel, params: &GenerationRequest| match run_img2img_unobserved(
+        model, &registry, params, &init, None,
     ) {
         Err(error @ (JobError::Unsupported(_) | JobError::InvalidParams(_))) => error.to_string(),
         Err(other) => panic!("unexpected error {other}"),
@@ -174,16 +157,8 @@ fn inpainting_with_the_9_channel_sdxl_model_hands_over_to_the_4_channel_refiner(
     let mut model = GenerationModel::load(&base, Device::Cpu, Kind::Float, None).unwrap();
     model.select_refiner(&refiner_path, None).unwrap();
     let inpaint = |params: &GenerationRequest| {
-        run_img2img(
-            &model,
-            &registry,
-            params,
-            &init,
-            Some(&mask),
-            &JobStop::new(),
-            &mut |_| Flow::Continue,
-        )
-        .expect("the inpainting job runs")
+        run_img2img_unobserved(&model, &registry, params, &init, Some(&mask))
+            .expect("the inpainting job runs")
     };
     let refined = inpaint(&params("refiner"));
     let alone = inpaint(&params(""));

@@ -11,12 +11,10 @@ use std::process::{Command, Output};
 
 use image::RgbImage;
 use sdhost::infotext::Infotext;
-use sdhost::pipeline::img2img::{run_img2img, GeneratedImage};
+use sdhost::pipeline::img2img::{run_img2img_unobserved, GeneratedImage};
 use sdhost::pipeline::model::GenerationModel;
-use sdhost::pipeline::stop::JobStop;
 use sdhost::request::GenerationRequest;
 use sdhost::sd_vae::{load_vae_file, VaeError, VaeResolution};
-use sdhost_plugin_api::Flow;
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
@@ -64,16 +62,8 @@ fn job(model: &GenerationModel, init: &RgbImage) -> GeneratedImage {
         ..GenerationRequest::ui_defaults()
     };
     let registry = common::builtin_registry();
-    let mut outcome = run_img2img(
-        model,
-        &registry,
-        &params,
-        init,
-        None,
-        &JobStop::new(),
-        &mut |_| Flow::Continue,
-    )
-    .expect("job runs");
+    let mut outcome =
+        run_img2img_unobserved(model, &registry, &params, init, None).expect("job runs");
     outcome.images.remove(0)
 }
 

@@ -11,7 +11,7 @@ use sdhost_plugin_api::Flow;
 use super::context::BenchContext;
 use super::figures::{params, picture};
 use crate::device::parse_dtype;
-use crate::pipeline::img2img::{run_img2img, JobEvent, JobOutcome};
+use crate::pipeline::img2img::{run_img2img_unobserved, JobEvent, JobOutcome};
 use crate::pipeline::joint::{run_joint, JointInputs, JointMember};
 use crate::pipeline::model::GenerationModel;
 use crate::pipeline::stop::JobStop;
@@ -56,16 +56,7 @@ fn one_by_one(
 ) -> anyhow::Result<Vec<JobOutcome>> {
     jobs.iter()
         .map(|params| {
-            run_img2img(
-                model,
-                registry,
-                params,
-                init,
-                None,
-                &JobStop::new(),
-                &mut |_| Flow::Continue,
-            )
-            .context("a queued job")
+            run_img2img_unobserved(model, registry, params, init, None).context("a queued job")
         })
         .collect()
 }

@@ -8,7 +8,7 @@ use anyhow::Context;
 use tch::Device;
 
 use super::reference::Reference;
-use crate::device::parse_device;
+use crate::device::{cpu_has_native_bf16, parse_device};
 
 /// The cases that run on a CUDA device: the networks and whole jobs side by side.
 pub const CUDA_CASES: &str = "unet,vae-encode,vae-decode,clip,gemm,jobs,batching";
@@ -48,15 +48,26 @@ impl BenchContext {
         matches!(self.device, Device::Cuda(_))
     }
 
-    /// The dtypes compared when `--dtypes` is not given: fp32 and bf16 on the CPU (fp16
-    /// convolutions have no fast CPU kernels), fp16 on CUDA.
+    /// The dtypes compared when `--dtypes` is not given: fp32 on the CPU, and bf16 where the
+    /// CPU computes it in hardware (fp16 convolutions have no fast CPU kernels, emulated bf16
+    /// only measures the emulation); fp16 on CUDA.
     pub fn default_dtypes(&self) -> Vec<String> {
         let names: &[&str] = if self.is_cuda() {
             &["fp16"]
-        } else {
+        } else if cpu_has_native_bf16() {
             &["fp32", "bf16"]
+        } else {
+            &["fp32"]
         };
         names.iter().map(|name| name.to_string()).collect()
+    }
+
+    /// The line saying which default dtype this device left out, if any.
+    pub fn dtypes_left_out(&self) -> Option<&'static str> {
+        (!self.is_cuda() && !cpu_has_native_bf16()).then_some(
+            "bf16 left out: this CPU has no bf16 instructions (AVX512-BF16 or Arm BF16), so \
+             libtorch emulates it through fp32; --dtypes fp32,bf16 measures the emulation",
+        )
     }
 
     /// Checks that both sides can compare `dtype` on this device.
@@ -140,11 +151,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_keeps_every_case_and_its_two_dtypes() {
+    fn cpu_keeps_every_case_and_its_native_dtypes() {
         let context = BenchContext::new("cpu").unwrap();
         let only = vec!["unet".to_string(), "memory".to_string()];
         assert_eq!(context.runnable(&only), only);
-        assert_eq!(context.default_dtypes(), ["fp32", "bf16"]);
+        let expected: &[&str] = if cpu_has_native_bf16() {
+            &["fp32", "bf16"]
+        } else {
+            &["fp32"]
+        };
+        assert_eq!(context.default_dtypes(), expected);
+        assert_eq!(context.dtypes_left_out().is_some(), expected.len() == 1);
         assert!(context.check_dtype("bf16").is_ok());
         let error = context.check_dtype("fp16").unwrap_err().to_string();
         assert!(error.contains("CPU comparison runs fp32, bf16"), "{error}");

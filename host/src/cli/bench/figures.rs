@@ -6,14 +6,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use image::{GrayImage, RgbImage};
-use sdhost_plugin_api::Flow;
 use tch::{Device, Kind};
 
 use crate::checkpoint::{infer_architecture, Checkpoint};
 use crate::models::StableDiffusion;
-use crate::pipeline::img2img::run_img2img;
+use crate::pipeline::img2img::run_img2img_unobserved;
 use crate::pipeline::model::GenerationModel;
-use crate::pipeline::stop::JobStop;
 use crate::prepare::inpaint::InpaintSettings;
 use crate::request::GenerationRequest;
 use crate::sampling::plan::SamplerSettings;
@@ -53,16 +51,7 @@ pub(super) fn time_job(
     mask: Option<&GrayImage>,
 ) -> anyhow::Result<f64> {
     let start = Instant::now();
-    run_img2img(
-        model,
-        registry,
-        params,
-        init,
-        mask,
-        &JobStop::new(),
-        &mut |_| Flow::Continue,
-    )
-    .context("benchmark job")?;
+    run_img2img_unobserved(model, registry, params, init, mask).context("benchmark job")?;
     Ok(start.elapsed().as_secs_f64())
 }
 
@@ -148,15 +137,8 @@ fn bf16_drift(dir: &Path) -> anyhow::Result<()> {
     let init = picture(128, 128);
     let job = |kind: Kind| -> anyhow::Result<RgbImage> {
         let model = GenerationModel::load(&tiny, Device::Cpu, kind, None)?;
-        let outcome = run_img2img(
-            &model,
-            &registry,
-            &params(128, 128, 10, 0.6),
-            &init,
-            None,
-            &JobStop::new(),
-            &mut |_| Flow::Continue,
-        )?;
+        let outcome =
+            run_img2img_unobserved(&model, &registry, &params(128, 128, 10, 0.6), &init, None)?;
         Ok(outcome.images.into_iter().next().context("an image")?.image)
     };
     let (fp32, bf16) = (job(Kind::Float)?, job(Kind::BFloat16)?);

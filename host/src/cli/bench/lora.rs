@@ -10,7 +10,7 @@ use tch::{Device, Kind, Tensor};
 use crate::extra_networks::dirs::NetworkDirs;
 use crate::pipeline::extra_networks::activate_extra_networks;
 use crate::pipeline::model::GenerationModel;
-use crate::tiny_model::save_safetensors;
+use crate::tiny_model::{random_lora, save_safetensors, RandomLora};
 
 /// The rank of the benchmark LoRA.
 const RANK: i64 = 32;
@@ -18,46 +18,15 @@ const RANK: i64 = 32;
 /// Writes a rank-32 LoRA for `model`'s layers into `dir` as `bench32.safetensors`, kohya
 /// names in LDM form (which A1111 also matches), random weights from a fixed seed.
 fn write_lora(model: &GenerationModel, dir: &Path) -> anyhow::Result<usize> {
-    tch::manual_seed(32);
-    let clip_prefix = format!("{}.", model.sd.architecture.text.clip_prefix());
-    let mut tensors = Vec::new();
-    for (key, layer) in &model.sd.layers {
-        let name = if let Some(rest) = key.strip_prefix("model.diffusion_model.") {
-            let trained = ["transformer_blocks", "proj_in", "proj_out"];
-            if !trained.iter().any(|t| rest.contains(t)) {
-                continue;
-            }
-            format!("lora_unet_{}", rest.replace('.', "_"))
-        } else if let Some(rest) = key.strip_prefix(&clip_prefix) {
-            if !rest.starts_with("encoder.layers.") || layer.weight.dim() != 2 {
-                continue;
-            }
-            format!("lora_te_text_model_{}", rest.replace('.', "_"))
-        } else {
-            continue;
-        };
-        let size = layer.weight.size();
-        if size.len() < 2 {
-            continue;
-        }
-        let (out, input) = (size[0], size[1]);
-        let kernel: Vec<i64> = vec![1; size.len() - 2];
-        let options = (Kind::Half, Device::Cpu);
-        let down_shape: Vec<i64> = [vec![RANK, input], kernel.clone()].concat();
-        let up_shape: Vec<i64> = [vec![out, RANK], kernel].concat();
-        tensors.push((
-            format!("{name}.lora_down.weight"),
-            Tensor::randn(down_shape.as_slice(), options) * 0.02,
-        ));
-        tensors.push((
-            format!("{name}.lora_up.weight"),
-            Tensor::randn(up_shape.as_slice(), options) * 0.02,
-        ));
-        tensors.push((
-            format!("{name}.alpha"),
-            Tensor::from(16.0f32).to_kind(Kind::Half),
-        ));
-    }
+    let lora = RandomLora {
+        rank: RANK,
+        scale: 0.02,
+        kind: Kind::Half,
+        alpha: Some(16.0),
+        unet_layers: &["transformer_blocks", "proj_in", "proj_out"],
+        seed: 32,
+    };
+    let tensors = random_lora(&model.sd, &lora);
     let layers = tensors.len() / 3;
     save_safetensors(&tensors, &dir.join("bench32.safetensors"))?;
     Ok(layers)

@@ -50,7 +50,8 @@ pub struct BenchArgs {
     /// Intra-op threads on both sides [default: the machine's cores].
     #[arg(long)]
     threads: Option<i32>,
-    /// Dtypes to compare the networks in [default: fp32,bf16 on cpu, fp16 on cuda].
+    /// Dtypes to compare the networks in [default: fp32 on cpu, with bf16 where the CPU has
+    /// bf16 instructions; fp16 on cuda].
     #[arg(long, value_delimiter = ',')]
     dtypes: Vec<String>,
     /// Device of both sides: cpu, cuda or cuda:N. On CUDA only the side-by-side cases run
@@ -149,6 +150,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut args = args.clone();
     if args.dtypes.is_empty() {
         args.dtypes = context.default_dtypes();
+        if let Some(line) = context.dtypes_left_out() {
+            println!("{line}");
+        }
     }
     args.only = context.runnable(&args.only);
     if args.only.is_empty() {
@@ -204,7 +208,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         networks::variants(&script, &model, threads, args)?;
     }
     if wants("profile") {
-        networks::profile(&script, &model, threads)?;
+        networks::profile(&script, &model, threads, &args.dtypes)?;
     }
     if wants("jobs") {
         jobs::run(&script, &model, threads, args, &context)?;

@@ -188,21 +188,25 @@ pub fn variants(
     Ok(())
 }
 
-/// Where a UNet call's time goes in fp32 and bf16, by operator category (the reference's
-/// profiler over the same kernels), with each category's bf16 speed-up.
-pub fn profile(script: &ReferenceScript, model: &Path, threads: i32) -> anyhow::Result<()> {
+/// Where a UNet call's time goes in fp32 and, when `dtypes` has it, bf16, by operator category
+/// (the reference's profiler over the same kernels), with each category's bf16 speed-up.
+pub fn profile(
+    script: &ReferenceScript,
+    model: &Path,
+    threads: i32,
+    dtypes: &[String],
+) -> anyhow::Result<()> {
     let mut reference = Reference::start(script, model, threads)?;
+    let profiled: Vec<&str> = ["fp32", "bf16"]
+        .into_iter()
+        .filter(|dtype| *dtype == "fp32" || dtypes.iter().any(|d| d == dtype))
+        .collect();
     let mut parts = Vec::new();
-    for dtype in ["fp32", "bf16"] {
+    for dtype in &profiled {
         let command = json!({"op": "profile", "dtype": dtype, "size": 64});
         reference.ask(command.clone())?; // warm-up
         parts.push(reference.ask(command)?);
     }
-    println!("UNet call by operator category, 64x64 latent, CFG 2 (self CPU seconds):");
-    println!(
-        "  {:<24} {:>9} {:>9} {:>9}",
-        "category", "fp32", "bf16", "speed-up"
-    );
     let categories = |answer: &serde_json::Value| -> anyhow::Result<Vec<(String, f64)>> {
         let ops = answer["ops"]
             .as_array()
@@ -212,20 +216,36 @@ pub fn profile(script: &ReferenceScript, model: &Path, threads: i32) -> anyhow::
             .filter_map(|pair| Some((pair[0].as_str()?.to_string(), pair[1].as_f64()?)))
             .collect())
     };
-    let (fp32_ops, bf16_ops) = (categories(&parts[0])?, categories(&parts[1])?);
-    for ((category, fp32), (_, bf16)) in fp32_ops.iter().zip(&bf16_ops) {
-        println!(
-            "  {category:<24} {fp32:>9.3} {bf16:>9.3} {:>8.2}x",
-            fp32 / bf16
-        );
-    }
+    let ops = parts
+        .iter()
+        .map(categories)
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let total = |i: usize| parts[i]["seconds"].as_f64().unwrap_or(f64::NAN);
-    println!(
-        "  {:<24} {:>9.3} {:>9.3} {:>8.2}x",
-        "wall (profiled)",
-        total(0),
-        total(1),
-        total(0) / total(1)
-    );
+    println!("UNet call by operator category, 64x64 latent, CFG 2 (self CPU seconds):");
+    if let [fp32_ops, bf16_ops] = ops.as_slice() {
+        println!(
+            "  {:<24} {:>9} {:>9} {:>9}",
+            "category", "fp32", "bf16", "speed-up"
+        );
+        for ((category, fp32), (_, bf16)) in fp32_ops.iter().zip(bf16_ops) {
+            println!(
+                "  {category:<24} {fp32:>9.3} {bf16:>9.3} {:>8.2}x",
+                fp32 / bf16
+            );
+        }
+        println!(
+            "  {:<24} {:>9.3} {:>9.3} {:>8.2}x",
+            "wall (profiled)",
+            total(0),
+            total(1),
+            total(0) / total(1)
+        );
+    } else {
+        println!("  {:<24} {:>9}", "category", "fp32");
+        for (category, fp32) in &ops[0] {
+            println!("  {category:<24} {fp32:>9.3}");
+        }
+        println!("  {:<24} {:>9.3}", "wall (profiled)", total(0));
+    }
     Ok(())
 }

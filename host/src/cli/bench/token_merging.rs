@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use anyhow::Context;
 use image::RgbImage;
-use sdhost_plugin_api::Flow;
 use tch::{Device, Kind, Tensor};
 
 use super::figures::{params, picture};
@@ -16,9 +15,8 @@ use crate::checkpoint::{infer_architecture, Checkpoint};
 use crate::device::parse_dtype;
 use crate::models::unet::TokenMerging;
 use crate::models::StableDiffusion;
-use crate::pipeline::img2img::run_img2img;
+use crate::pipeline::img2img::run_img2img_unobserved;
 use crate::pipeline::model::GenerationModel;
-use crate::pipeline::stop::JobStop;
 use crate::request::GenerationRequest;
 use crate::sampling::plugins::{PluginPaths, SamplerRegistry};
 use crate::sampling::schedule::Schedule;
@@ -80,16 +78,8 @@ fn run_job(
     init: &RgbImage,
 ) -> anyhow::Result<(f64, RgbImage)> {
     let start = Instant::now();
-    let outcome = run_img2img(
-        model,
-        registry,
-        request,
-        init,
-        None,
-        &JobStop::new(),
-        &mut |_| Flow::Continue,
-    )
-    .context("token merging job")?;
+    let outcome = run_img2img_unobserved(model, registry, request, init, None)
+        .context("token merging job")?;
     let seconds = start.elapsed().as_secs_f64();
     let image = outcome
         .images

@@ -92,8 +92,9 @@ fn attachment(name: &str, format: PixelFormat, side: u32, value: u8) -> (Attachm
 }
 
 /// Round trip of a 4096² RGBA layer plus its Y8 mask through the daemon's Unix socket with no
-/// generation: the request is read, its images decoded and checked, and refused by a limit
-/// (batch size over the maximum), which is the daemon's answer.
+/// generation: the request is read, its images decoded and checked, and refused by validation
+/// (batch size over the maximum, checked after the attachments are decoded), which is the
+/// daemon's answer.
 pub fn round_trip(sdhost: &Path, model: &str, dir: &Path) -> anyhow::Result<()> {
     let mut daemon = BenchDaemon::start(sdhost, model, dir)?;
     let attachments = [
@@ -109,7 +110,7 @@ pub fn round_trip(sdhost: &Path, model: &str, dir: &Path) -> anyhow::Result<()> 
         )?;
         let answer = daemon.receive()?;
         anyhow::ensure!(
-            answer.header["code"] == "limit",
+            answer.header["code"] == "invalid_params",
             "unexpected {}",
             answer.header
         );
