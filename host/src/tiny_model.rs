@@ -12,7 +12,7 @@ use crate::models::open_clip::OpenClipConfig;
 use crate::models::text_encoders::{ModelFamily, TextConfig};
 use crate::models::unet::{AttentionHeads, UNetConfig};
 use crate::models::vae::{VaeConfig, SD1_LATENT_SCALE, SDXL_LATENT_SCALE};
-use crate::models::{Architecture, Prediction, StableDiffusion, CLIP_PREFIX};
+use crate::models::{Architecture, Prediction, StableDiffusion, CLIP_PREFIX, UNET_PREFIX};
 use crate::weights::TensorSource;
 use crate::weights::{LoadError, Result};
 use safetensors::tensor::TensorView;
@@ -482,7 +482,10 @@ pub fn random_lora(sd: &StableDiffusion, lora: &RandomLora<'_>) -> Vec<(String, 
     let mut tensors = Vec::new();
     for (key, layer) in &sd.layers {
         let size = layer.weight.size();
-        let name = if let Some(rest) = key.strip_prefix("model.diffusion_model.") {
+        let unet_rest = key
+            .strip_prefix(UNET_PREFIX)
+            .and_then(|rest| rest.strip_prefix('.'));
+        let name = if let Some(rest) = unet_rest {
             if !lora
                 .unet_layers
                 .iter()

@@ -220,32 +220,33 @@ pub fn profile(
         .iter()
         .map(categories)
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let total = |i: usize| parts[i]["seconds"].as_f64().unwrap_or(f64::NAN);
+    // One column per profiled dtype, and bf16's speed-up when both were profiled.
+    let row = |label: &str, values: &[f64]| {
+        let columns: String = values.iter().map(|v| format!(" {v:>9.3}")).collect();
+        match values {
+            [fp32, bf16] => println!("  {label:<24}{columns} {:>8.2}x", fp32 / bf16),
+            _ => println!("  {label:<24}{columns}"),
+        }
+    };
     println!("UNet call by operator category, 64x64 latent, CFG 2 (self CPU seconds):");
-    if let [fp32_ops, bf16_ops] = ops.as_slice() {
-        println!(
-            "  {:<24} {:>9} {:>9} {:>9}",
-            "category", "fp32", "bf16", "speed-up"
-        );
-        for ((category, fp32), (_, bf16)) in fp32_ops.iter().zip(bf16_ops) {
-            println!(
-                "  {category:<24} {fp32:>9.3} {bf16:>9.3} {:>8.2}x",
-                fp32 / bf16
-            );
-        }
-        println!(
-            "  {:<24} {:>9.3} {:>9.3} {:>8.2}x",
-            "wall (profiled)",
-            total(0),
-            total(1),
-            total(0) / total(1)
-        );
+    let columns: String = profiled.iter().map(|d| format!(" {d:>9}")).collect();
+    let speed_up = if profiled.len() == 2 {
+        "  speed-up"
     } else {
-        println!("  {:<24} {:>9}", "category", "fp32");
-        for (category, fp32) in &ops[0] {
-            println!("  {category:<24} {fp32:>9.3}");
-        }
-        println!("  {:<24} {:>9.3}", "wall (profiled)", total(0));
+        ""
+    };
+    println!("  {:<24}{columns}{speed_up}", "category");
+    for (i, (category, _)) in ops[0].iter().enumerate() {
+        let values: Vec<f64> = ops
+            .iter()
+            .map(|o| o.get(i).map_or(f64::NAN, |(_, seconds)| *seconds))
+            .collect();
+        row(category, &values);
     }
+    let totals: Vec<f64> = parts
+        .iter()
+        .map(|part| part["seconds"].as_f64().unwrap_or(f64::NAN))
+        .collect();
+    row("wall (profiled)", &totals);
     Ok(())
 }
