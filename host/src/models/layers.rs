@@ -1,5 +1,6 @@
 //! The small layers every network here is made of, loaded under their checkpoint names.
 
+use super::row_bands::{size4, GroupStats, RowBands};
 use crate::weights::Result;
 use crate::weights::{LayerKind, VarBuilder};
 use tch::{Kind, Tensor};
@@ -115,6 +116,27 @@ impl Conv2d {
             1,
         )
     }
+
+    /// Output rows `r0..r0 + n` of this stride-1 convolution over an input of `height` rows,
+    /// from `input_rows(first, count)`, which gives the input's rows (clipped to the input;
+    /// the rows of zero padding outside it are added here).
+    pub fn forward_rows(
+        &self,
+        height: i64,
+        r0: i64,
+        n: i64,
+        input_rows: impl FnOnce(i64, i64) -> Tensor,
+    ) -> Tensor {
+        debug_assert_eq!(self.stride, 1, "row bands need a stride-1 convolution");
+        let p = self.padding;
+        let (lo, hi) = ((r0 - p).max(0), (r0 + n + p).min(height));
+        let mut input = input_rows(lo, hi - lo);
+        let (top, bottom) = (lo - (r0 - p), r0 + n + p - hi);
+        if top > 0 || bottom > 0 {
+            input = input.constant_pad_nd([0, 0, top, bottom]);
+        }
+        input.conv2d(&self.weight, Some(&self.bias), [1, 1], [0, p], [1, 1], 1)
+    }
 }
 
 /// Nearest-neighbour ×2 followed by a 3×3 convolution (`conv`): the upsampling of both the
@@ -137,6 +159,31 @@ impl Upsample {
         let (_, _, h, w) = x.size4().expect("features are NCHW");
         self.conv
             .forward(&x.upsample_nearest2d([2 * h, 2 * w], None, None))
+    }
+
+    /// [`Upsample::forward`] in row bands when the output is large: the doubled input is
+    /// never built whole (the autoencoder's decoder at 512² and above).
+    pub fn forward_in_bands(&self, x: &Tensor) -> Tensor {
+        let [b, c, h, w] = size4(x);
+        let bands = RowBands::for_activation([b, c, 2 * h, 2 * w], x.kind());
+        self.forward_with(x, bands)
+    }
+
+    /// [`Upsample::forward`] computed in `bands` of output rows.
+    pub fn forward_with(&self, x: &Tensor, bands: RowBands) -> Tensor {
+        if bands.is_whole() {
+            return self.forward(x);
+        }
+        let [_, _, h, w] = size4(x);
+        bands.collect(|r0, n| {
+            self.conv.forward_rows(2 * h, r0, n, |first, count| {
+                // Doubled rows first..first + count come from input rows first / 2 ..= last / 2.
+                let (i0, i1) = (first / 2, (first + count - 1) / 2 + 1);
+                x.narrow(2, i0, i1 - i0)
+                    .upsample_nearest2d([2 * (i1 - i0), 2 * w], None, None)
+                    .narrow(2, first - 2 * i0, count)
+            })
+        })
     }
 }
 
@@ -188,6 +235,19 @@ impl GroupNorm {
                 true,
             )
         }
+    }
+
+    /// This norm's statistics over `x`, gathered in `bands`.
+    pub fn stats(&self, x: &Tensor, bands: RowBands) -> GroupStats {
+        GroupStats::of(x, self.groups, self.eps, bands)
+    }
+
+    /// Rows `r0..r0 + n` of [`GroupNorm::forward`] from the whole tensor's `stats`, computed
+    /// in fp32 and returned in `x`'s kind.
+    pub fn forward_rows(&self, x: &Tensor, stats: &GroupStats, r0: i64, n: i64) -> Tensor {
+        let channel = |t: &Tensor| t.to_kind(Kind::Float).reshape([1, -1, 1, 1]);
+        (stats.normalize_rows(x, r0, n) * channel(&self.weight) + channel(&self.bias))
+            .to_kind(x.kind())
     }
 }
 

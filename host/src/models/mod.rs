@@ -8,6 +8,7 @@ pub mod hypernetwork;
 pub mod layers;
 pub mod open_clip;
 pub mod openai_clip;
+pub mod row_bands;
 pub mod stable_diffusion;
 pub mod text_encoders;
 pub mod unet;

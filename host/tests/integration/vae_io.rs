@@ -89,3 +89,24 @@ fn tiled_vae_matches_diffusers_enable_tiling() {
     let seams = common::relative_error(&whole, &r["decoded"]);
     assert!(seams > 1e-3, "tiling must change the result ({seams:.1e})");
 }
+
+#[test]
+fn vae_in_row_bands_matches_diffusers_untiled() {
+    // 800×768: the full-resolution activations pass 64 MiB, so encode and decode run their
+    // large layers in bands of rows (models::row_bands), the last band shorter.
+    tch::set_num_threads(2);
+    let _guard = tch::no_grad_guard();
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), 4);
+    run_reference(
+        "vae_bands_reference.py",
+        &[model.as_os_str(), dir.path().as_os_str()],
+    );
+    let r = read_tensors(&dir.path().join("bands.safetensors"));
+    let sd = common::load_fp32(&model);
+    let encoded = sd.vae.encode(&r["image"]);
+    assert_close("banded encode mean", &encoded.mean, &r["mean"], 1e-5);
+    let decoded = sd.vae.decode(&r["z"]);
+    assert_eq!(decoded.size(), vec![1, 3, 800, 768]);
+    assert_close("banded decode", &decoded, &r["decoded"], 1e-5);
+}

@@ -3,6 +3,7 @@
 use super::blocks::{normalize, MidBlock, ResnetBlock};
 use super::VaeConfig;
 use crate::models::layers::{Conv2d, ConvSpec, GroupNorm, Upsample};
+use crate::models::row_bands::{size4, RowBands};
 use crate::weights::Result;
 use crate::weights::VarBuilder;
 use tch::Tensor;
@@ -63,9 +64,25 @@ impl Decoder {
                 h = block.forward(&h);
             }
             if let Some(u) = &level.upsample {
-                h = u.forward(&h);
+                h = u.forward_in_bands(&h);
             }
         }
-        self.conv_out.forward(&self.norm_out.forward(&h).silu())
+        self.output(&h)
+    }
+
+    /// `conv_out(swish(norm_out(h)))`, in row bands when `h` is large: the full-resolution
+    /// normalised copy of `h` is never built whole.
+    fn output(&self, h: &Tensor) -> Tensor {
+        let bands = RowBands::for_activation(size4(h), h.kind());
+        if bands.is_whole() {
+            return self.conv_out.forward(&self.norm_out.forward(h).silu_());
+        }
+        let stats = self.norm_out.stats(h, bands);
+        bands.collect(|r0, n| {
+            self.conv_out
+                .forward_rows(bands.height, r0, n, |first, count| {
+                    self.norm_out.forward_rows(h, &stats, first, count).silu_()
+                })
+        })
     }
 }
