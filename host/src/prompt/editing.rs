@@ -7,6 +7,7 @@
 //! the grammar rejects is used unchanged for every step, as in A1111; so is one whose bracket
 //! groups nest deeper than [`MAX_NESTING`].
 
+use super::marker::split_at;
 use regex::Regex;
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -62,7 +63,8 @@ pub fn split_and(prompt: &str) -> Vec<(String, f64)> {
     static WEIGHT: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(r"^((?s:.)*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$").expect("valid regex")
     });
-    AND.split(prompt)
+    split_at(prompt, "AND", &AND)
+        .into_iter()
         .map(|part| match WEIGHT.captures(part) {
             Some(c) => (
                 c[1].to_string(),

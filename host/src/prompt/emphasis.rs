@@ -1,6 +1,7 @@
 //! A1111's emphasis syntax (`parse_prompt_attention`): `(a)` ×1.1, `[a]` ÷1.1, `(a:1.3)`,
 //! escapes `\(`, and `BREAK` markers.
 
+use super::marker::split_at;
 use regex::Regex;
 use std::sync::LazyLock;
 
@@ -81,7 +82,7 @@ pub fn parse_prompt_attention(text: &str) -> Vec<Fragment> {
             let from = square.pop().expect("checked non-empty");
             closes.push(close(from, SQUARE_BRACKET, &res));
         } else if token.contains("BREAK") {
-            for (i, part) in BREAK.split(token).enumerate() {
+            for (i, part) in split_at(token, "BREAK", &BREAK).into_iter().enumerate() {
                 if i > 0 {
                     res.push(Fragment::new("BREAK", -1.0));
                 }

@@ -7,4 +7,5 @@ pub mod conditioning;
 pub mod editing;
 pub mod embeddings;
 pub mod emphasis;
+pub mod marker;
 pub mod tokenizer;
