@@ -7,7 +7,8 @@ use crate::common::{assert_close, read_tensors, run_reference};
 use sdhost::pipeline::decode::decode_latents;
 use sdhost::pipeline::encode::{encode_image, InitLatent};
 use sdhost::rng::Generator;
-use tch::{Device, Kind};
+use std::collections::HashMap;
+use tch::{Device, Kind, Tensor};
 
 #[test]
 fn vae_round_trip_matches_a1111_conversions() {
@@ -65,14 +66,7 @@ fn vae_round_trip_matches_a1111_conversions() {
 fn tiled_vae_matches_diffusers_enable_tiling() {
     tch::set_num_threads(1);
     let _guard = tch::no_grad_guard();
-    let dir = tempfile::tempdir().unwrap();
-    let model = common::tiny_model(dir.path(), 4);
-    run_reference(
-        "vae_tiling_reference.py",
-        &[model.as_os_str(), dir.path().as_os_str()],
-    );
-    let r = read_tensors(&dir.path().join("tiling.safetensors"));
-    let sd = common::load_fp32(&model);
+    let (sd, r) = tiny_vae_and_reference("vae_tiling_reference.py", "tiling.safetensors");
     // 64-pixel tiles: a 136×200 image is 3×5 tiles, a 21×27 latent 4×5 (partial ones at the edges).
     let tiling = Some(sdhost::models::vae::VaeTiling {
         tile_size: 64,
@@ -96,17 +90,24 @@ fn vae_in_row_bands_matches_diffusers_untiled() {
     // large layers in bands of rows (models::row_bands), the last band shorter.
     tch::set_num_threads(2);
     let _guard = tch::no_grad_guard();
-    let dir = tempfile::tempdir().unwrap();
-    let model = common::tiny_model(dir.path(), 4);
-    run_reference(
-        "vae_bands_reference.py",
-        &[model.as_os_str(), dir.path().as_os_str()],
-    );
-    let r = read_tensors(&dir.path().join("bands.safetensors"));
-    let sd = common::load_fp32(&model);
+    let (sd, r) = tiny_vae_and_reference("vae_bands_reference.py", "bands.safetensors");
     let encoded = sd.vae.encode(&r["image"]);
     assert_close("banded encode mean", &encoded.mean, &r["mean"], 1e-5);
     let decoded = sd.vae.decode(&r["z"]);
     assert_eq!(decoded.size(), vec![1, 3, 800, 768]);
     assert_close("banded decode", &decoded, &r["decoded"], 1e-5);
+}
+
+/// The tiny model (seed 4) loaded in fp32, and the tensors `script` wrote into `file` from it.
+fn tiny_vae_and_reference(
+    script: &str,
+    file: &str,
+) -> (sdhost::models::StableDiffusion, HashMap<String, Tensor>) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::tiny_model(dir.path(), 4);
+    run_reference(script, &[model.as_os_str(), dir.path().as_os_str()]);
+    (
+        common::load_fp32(&model),
+        read_tensors(&dir.path().join(file)),
+    )
 }
