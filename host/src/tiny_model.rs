@@ -477,7 +477,11 @@ pub struct RandomLora<'a> {
 /// The tensors of `lora` for `sd`: the UNet layers it names and every linear of the text
 /// encoder's blocks, as kohya trains them (convolutions get 1×1 kernels).
 pub fn random_lora(sd: &StableDiffusion, lora: &RandomLora<'_>) -> Vec<(String, Tensor)> {
-    tch::manual_seed(lora.seed);
+    // Exclusively: tests that make models and LoRAs at once share the global generator.
+    crate::rng::with_global_seed(lora.seed, || random_lora_tensors(sd, lora))
+}
+
+fn random_lora_tensors(sd: &StableDiffusion, lora: &RandomLora<'_>) -> Vec<(String, Tensor)> {
     let clip_prefix = format!("{}.", sd.architecture.text.clip_prefix());
     let mut tensors = Vec::new();
     for (key, layer) in &sd.layers {

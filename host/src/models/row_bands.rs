@@ -133,7 +133,8 @@ pub(crate) mod test_weights {
     use tch::{Device, Kind, Tensor};
 
     /// Invents every tensor asked for: norm scales near one, small non-zero biases, weights
-    /// scaled by their fan-in (libtorch's global generator; callers seed it).
+    /// scaled by their fan-in (libtorch's global generator: callers draw under
+    /// `rng::with_global_seed`, which other tests share).
     pub struct RandomWeights;
 
     impl TensorSource for RandomWeights {
@@ -166,6 +167,7 @@ mod tests {
     use super::test_weights::{max_diff, RandomWeights};
     use super::*;
     use crate::models::layers::Upsample;
+    use crate::rng::with_global_seed;
     use crate::weights::VarBuilder;
     use tch::Device;
 
@@ -189,8 +191,9 @@ mod tests {
 
     #[test]
     fn banded_group_statistics_normalise_like_group_norm() {
-        tch::manual_seed(7);
-        let x = Tensor::randn([2, 64, 11, 6], (Kind::Float, Device::Cpu)) * 3.0 + 5.0;
+        let x = with_global_seed(7, || {
+            Tensor::randn([2, 64, 11, 6], (Kind::Float, Device::Cpu)) * 3.0 + 5.0
+        });
         let whole = x.group_norm(32, None::<Tensor>, None::<Tensor>, 1e-6, false);
         for rows in [1, 4, 11] {
             let bands = RowBands::with_rows(11, rows);
@@ -202,10 +205,14 @@ mod tests {
 
     #[test]
     fn banded_upsample_matches_the_whole_tensor() {
-        tch::manual_seed(3);
         let vb = VarBuilder::new(&RandomWeights, Kind::Float, Device::Cpu);
-        let upsample = Upsample::new(&vb, 8).unwrap();
-        let x = Tensor::randn([1, 8, 7, 5], (Kind::Float, Device::Cpu));
+        let (upsample, x) = with_global_seed(3, || {
+            let upsample = Upsample::new(&vb, 8).unwrap();
+            (
+                upsample,
+                Tensor::randn([1, 8, 7, 5], (Kind::Float, Device::Cpu)),
+            )
+        });
         let whole = upsample.forward(&x);
         for rows in [1, 3, 5, 13] {
             let banded = upsample.forward_with(&x, RowBands::with_rows(14, rows));

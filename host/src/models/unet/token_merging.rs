@@ -297,8 +297,9 @@ mod tests {
     #[test]
     fn unmerge_after_merge_restores_unmerged_tokens() {
         let _guard = tch::no_grad_guard();
-        tch::manual_seed(3);
-        let x = Tensor::randn([2, 36, 8], (Kind::Float, Device::Cpu));
+        let x = crate::rng::with_global_seed(3, || {
+            Tensor::randn([2, 36, 8], (Kind::Float, Device::Cpu))
+        });
         let grid = scope(0.5, (6, 6)).grid(36).expect("merges");
         let matching = grid.match_tokens(&x).expect("grid fits");
         let merged = matching.merge(&x);

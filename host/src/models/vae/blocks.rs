@@ -185,13 +185,16 @@ impl MidBlock {
 mod tests {
     use super::*;
     use crate::models::row_bands::test_weights::{max_diff, RandomWeights};
+    use crate::rng::with_global_seed;
     use tch::{Device, Kind};
 
     fn banded_and_whole(in_ch: i64, out_ch: i64, kind: Kind, rows: i64) -> (Tensor, Tensor) {
-        tch::manual_seed(11);
         let vb = VarBuilder::new(&RandomWeights, kind, Device::Cpu);
-        let block = ResnetBlock::new(&vb, in_ch, out_ch).unwrap();
-        let x = (Tensor::randn([1, in_ch, 13, 9], (Kind::Float, Device::Cpu)) * 2.0).to_kind(kind);
+        let (block, x) = with_global_seed(11, || {
+            let block = ResnetBlock::new(&vb, in_ch, out_ch).unwrap();
+            let x = Tensor::randn([1, in_ch, 13, 9], (Kind::Float, Device::Cpu)) * 2.0;
+            (block, x.to_kind(kind))
+        });
         let whole = block.forward_with(&x, RowBands::with_rows(13, 13));
         let banded = block.forward_with(&x, RowBands::with_rows(13, rows));
         assert_eq!(banded.kind(), kind);

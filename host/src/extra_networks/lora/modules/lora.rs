@@ -149,9 +149,10 @@ mod tests {
 
     #[test]
     fn linear_updown_is_up_times_down_scaled_by_alpha_over_rank_and_multiplier() {
-        tch::manual_seed(1);
-        let up = Tensor::randn([6, 2], (Kind::Float, Device::Cpu));
-        let down = Tensor::randn([2, 5], (Kind::Float, Device::Cpu));
+        let (up, down) = crate::rng::with_global_seed(1, || {
+            let up = Tensor::randn([6, 2], (Kind::Float, Device::Cpu));
+            (up, Tensor::randn([2, 5], (Kind::Float, Device::Cpu)))
+        });
         let w = weights(
             LayerKind::Linear,
             &[6, 5],
@@ -178,9 +179,10 @@ mod tests {
 
     #[test]
     fn conv_updown_has_the_kernel_of_down_and_peft_names_work() {
-        tch::manual_seed(2);
-        let up = Tensor::randn([4, 3, 1, 1], (Kind::Float, Device::Cpu));
-        let down = Tensor::randn([3, 2, 3, 3], (Kind::Float, Device::Cpu));
+        let (up, down) = crate::rng::with_global_seed(2, || {
+            let up = Tensor::randn([4, 3, 1, 1], (Kind::Float, Device::Cpu));
+            (up, Tensor::randn([3, 2, 3, 3], (Kind::Float, Device::Cpu)))
+        });
         let w = weights(
             LayerKind::Conv2d {
                 stride: 1,
