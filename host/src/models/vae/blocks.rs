@@ -59,24 +59,13 @@ impl ResnetBlock {
         if bands.is_whole() {
             return self.forward_whole(x);
         }
-        let height = bands.height;
-        let stats = self.norm1.stats(x, bands);
-        let h = bands.collect(|r0, n| {
-            self.conv1.forward_rows(height, r0, n, |first, count| {
-                self.norm1.forward_rows(x, &stats, first, count).silu_()
-            })
-        });
-        let stats = self.norm2.stats(&h, bands);
-        bands.collect(|r0, n| {
-            let mut out = self.conv2.forward_rows(height, r0, n, |first, count| {
-                self.norm2.forward_rows(&h, &stats, first, count).silu_()
-            });
+        let h = norm_swish_conv_in_bands(&self.norm1, &self.conv1, x, bands, |_, _| None);
+        norm_swish_conv_in_bands(&self.norm2, &self.conv2, &h, bands, |r0, n| {
             let x = x.narrow(2, r0, n);
-            match &self.nin_shortcut {
-                Some(shortcut) => out += shortcut.forward(&x),
-                None => out += x,
-            }
-            out
+            Some(match &self.nin_shortcut {
+                Some(shortcut) => shortcut.forward(&x),
+                None => x,
+            })
         })
     }
 
@@ -179,6 +168,28 @@ impl MidBlock {
         self.block_2
             .forward(&self.attn_1.forward(&self.block_1.forward(x)))
     }
+}
+
+/// `conv(swish(norm(x)))` in `bands` of rows, each band's output plus `residual(r0, n)` where
+/// it gives one: the norm's statistics come from the whole tensor, each band of the (stride-1)
+/// convolution normalises only the rows it reads.
+pub(super) fn norm_swish_conv_in_bands(
+    norm: &GroupNorm,
+    conv: &Conv2d,
+    x: &Tensor,
+    bands: RowBands,
+    residual: impl Fn(i64, i64) -> Option<Tensor>,
+) -> Tensor {
+    let stats = norm.stats(x, bands);
+    bands.collect(|r0, n| {
+        let mut out = conv.forward_rows(bands.height, r0, n, |first, count| {
+            norm.forward_rows(x, &stats, first, count).silu_()
+        });
+        if let Some(residual) = residual(r0, n) {
+            out += residual;
+        }
+        out
+    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The autoencoder's decoder: latent → image in [−1, 1].
 
-use super::blocks::{normalize, MidBlock, ResnetBlock};
+use super::blocks::{norm_swish_conv_in_bands, normalize, MidBlock, ResnetBlock};
 use super::VaeConfig;
 use crate::models::layers::{Conv2d, ConvSpec, GroupNorm, Upsample};
 use crate::models::row_bands::{size4, RowBands};
@@ -77,12 +77,6 @@ impl Decoder {
         if bands.is_whole() {
             return self.conv_out.forward(&self.norm_out.forward(h).silu_());
         }
-        let stats = self.norm_out.stats(h, bands);
-        bands.collect(|r0, n| {
-            self.conv_out
-                .forward_rows(bands.height, r0, n, |first, count| {
-                    self.norm_out.forward_rows(h, &stats, first, count).silu_()
-                })
-        })
+        norm_swish_conv_in_bands(&self.norm_out, &self.conv_out, h, bands, |_, _| None)
     }
 }
